@@ -1,0 +1,103 @@
+# ckptscope — build, test, demo, bench.
+#   make            build the library and the CLI (build/ckptscope)
+#   make test       install missing Debian packages (as root), build, run every test
+#   make test-san   the same under AddressSanitizer + UndefinedBehaviorSanitizer (build-san/)
+#   make fuzz       short libFuzzer runs of every fuzz target (clang)
+#   make demo       the main job on the built-in demo
+#   make bench      benchmarks (never part of make test)
+#   make install    binary and manual page under $(PREFIX)
+
+PREFIX    ?= /usr/local
+BUILD     ?= build
+CC        ?= gcc
+SAN       ?= 0
+PKGS      := libcurl libcjson libcrypto libzstd openblas
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+OPT       ?= -O2
+CFLAGS    ?= $(OPT) -g
+CFLAGS    += -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+             -Iinclude $(PKG_CFLAGS) -pthread
+LDLIBS    += $(PKG_LIBS) -lm -pthread
+
+ifeq ($(SAN),1)
+  BUILD   := build-san
+  OPT     := -O1
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+LIB_SRC   := $(wildcard src/*.c)
+CLI_SRC   := $(wildcard src/cli/*.c)
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+SUPPORT_SRC := $(wildcard tests/support/*.c)
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ   := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+SUPPORT_OBJ := $(SUPPORT_SRC:%.c=$(BUILD)/obj/%.o)
+LIB       := $(BUILD)/libckptscope.a
+BIN       := $(BUILD)/ckptscope
+UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/replay_%)
+TOOLS     := $(BUILD)/tests/mkfixtures
+
+.PHONY: all deps test test-san check-unit fuzz demo bench install clean
+.SECONDARY:
+
+all: $(BIN)
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/obj/%.o: %.c $(wildcard include/ckptscope/*.h) $(wildcard src/*.h) $(wildcard src/cli/*.h) $(wildcard tests/*.h) $(wildcard tests/support/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Isrc -Itests -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(CLI_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(SUPPORT_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJ) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/mkfixtures: $(BUILD)/obj/tests/tools/mkfixtures.o $(SUPPORT_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJ) $(LIB) $(LDLIBS)
+
+# Fuzz targets are always compiled: with a replay main for make test, with libFuzzer for make fuzz.
+$(BUILD)/tests/replay_%: $(BUILD)/obj/tests/fuzz/%.o $(BUILD)/obj/tests/fuzz/replay_main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+test: deps
+	@$(MAKE) --no-print-directory $(BIN) $(UNIT_BIN) $(FUZZ_REPLAY) $(TOOLS)
+	@tests/run.sh $(BUILD)
+
+test-san: deps
+	@$(MAKE) --no-print-directory SAN=1 test
+
+FUZZ_SECONDS ?= 30
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+demo: deps $(BIN) $(TOOLS)
+	@scripts/demo.sh $(BUILD)
+
+bench: deps
+	@$(MAKE) --no-print-directory OPT=-O3 $(BIN)
+	@bench/run.sh $(BUILD)
+
+install: $(BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ckptscope
+	install -m 0644 man/ckptscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/ckptscope.1
+
+clean:
+	rm -rf build build-san build-fuzz

@@ -1,0 +1,57 @@
+/*
+ * ckptscope/source.h — the one interface every byte goes through.
+ *
+ * A source is one file (local, in memory, cached or remote) of known total size that can
+ * read `len` bytes at `offset`. Parsers, hashers and metrics see only this interface, so
+ * the same code runs on a local checkpoint and on one that lives on the Hub.
+ *
+ * Contract:
+ *   - read_at() fills exactly `len` bytes or fails; reading past `size` is
+ *     CKS_ERR_TRUNCATED (the file is shorter than something said it would be).
+ *   - prefetch() is optional (NULL for local files): a remote source uses it to fetch a
+ *     batch of ranges at once (coalesced, in parallel) before the reads that follow.
+ *   - A source may be read from several threads at once only if `thread_safe` is set.
+ *   - cks_source_free(NULL) is a no-op.
+ */
+#ifndef CKPTSCOPE_SOURCE_H
+#define CKPTSCOPE_SOURCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptscope/error.h"
+
+typedef struct cks_range {
+    uint64_t offset;
+    uint64_t length;
+} cks_range;
+
+typedef struct cks_source cks_source;
+
+typedef struct cks_source_ops {
+    cks_err (*read_at)(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag);
+    cks_err (*prefetch)(cks_source *src, const cks_range *ranges, size_t n_ranges, cks_diag *diag);
+    void (*destroy)(cks_source *src);
+} cks_source_ops;
+
+struct cks_source {
+    const cks_source_ops *ops;
+    uint64_t size;     /* total file size in bytes */
+    char *name;        /* what a person calls it: a path or repo/file@commit */
+    bool thread_safe;  /* read_at may be called concurrently */
+    /* Content identity when known (the Hub's LFS SHA-256 as 64 hex chars), else "". */
+    char sha256_hex[65];
+};
+
+cks_err cks_source_read_at(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag);
+cks_err cks_source_prefetch(cks_source *src, const cks_range *ranges, size_t n_ranges, cks_diag *diag);
+void cks_source_free(cks_source *src);
+
+/* A local file opened read-only; pread() based, thread-safe. */
+cks_err cks_source_open_file(const char *path, cks_source **out, cks_diag *diag);
+/* A memory buffer; the source keeps its own copy when `copy` is true, else borrows. */
+cks_err cks_source_from_memory(const void *data, size_t len, const char *name, bool copy,
+                               cks_source **out, cks_diag *diag);
+
+#endif
