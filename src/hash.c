@@ -1,0 +1,162 @@
+#include "ckptscope/hash.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_CHUNK (4u * 1024u * 1024u)
+#define MAX_THREADS 8u
+
+void cks_hex_encode(const uint8_t *bytes, size_t n, char *hex_out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        hex_out[2 * i] = digits[bytes[i] >> 4];
+        hex_out[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    hex_out[2 * n] = '\0';
+}
+
+void cks_sha256_hex(const void *data, size_t len, char hex[65])
+{
+    uint8_t digest[32];
+    unsigned int dlen = 0;
+    EVP_Digest(data, len, digest, &dlen, EVP_sha256(), NULL);
+    cks_hex_encode(digest, 32, hex);
+}
+
+struct hash_job {
+    const cks_ckpt *ckpt;
+    const cks_ckpt_tensor *const *tensors;
+    size_t n;
+    size_t chunk;
+    cks_tensor_hash *out;
+    cks_progress_fn progress;
+    void *progress_ctx;
+    uint64_t total_bytes;
+
+    pthread_mutex_t lock;   /* guards everything below */
+    size_t next;
+    uint64_t done_bytes;
+    cks_err err;
+    cks_diag diag;
+};
+
+static cks_err hash_one(struct hash_job *job, const cks_ckpt_tensor *t, uint8_t *buf, cks_tensor_hash *res,
+                        cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    uint64_t size = t->info->end - t->info->begin, at = 0;
+    unsigned int dlen = 0;
+
+    if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cannot set up SHA-256");
+        goto out;
+    }
+    while (at < size) {
+        size_t len = size - at < job->chunk ? (size_t)(size - at) : job->chunk;
+        err = cks_ckpt_read_tensor(job->ckpt, t, at, buf, len, diag);
+        if (err)
+            goto out;
+        EVP_DigestUpdate(md, buf, len);
+        at += len;
+        if (job->progress) {
+            pthread_mutex_lock(&job->lock);
+            job->done_bytes += len;
+            job->progress(job->progress_ctx, job->done_bytes, job->total_bytes);
+            pthread_mutex_unlock(&job->lock);
+        }
+    }
+    EVP_DigestFinal_ex(md, res->sha256, &dlen);
+    cks_hex_encode(res->sha256, 32, res->hex);
+    res->tensor = t;
+out:
+    EVP_MD_CTX_free(md);
+    return err;
+}
+
+static void *hash_worker(void *arg)
+{
+    struct hash_job *job = arg;
+    uint8_t *buf = malloc(job->chunk);
+    cks_diag diag;
+
+    for (;;) {
+        size_t i;
+        cks_err err;
+        pthread_mutex_lock(&job->lock);
+        if (!buf && !job->err) {
+            job->err = cks_fail(&job->diag, CKS_ERR_NOMEM, "out of memory for a hash buffer");
+        }
+        if (job->err || job->next >= job->n) {
+            pthread_mutex_unlock(&job->lock);
+            break;
+        }
+        i = job->next++;
+        pthread_mutex_unlock(&job->lock);
+        err = hash_one(job, job->tensors[i], buf, &job->out[i], &diag);
+        if (err) {
+            pthread_mutex_lock(&job->lock);
+            if (!job->err) {
+                job->err = err;
+                job->diag = diag;
+            }
+            pthread_mutex_unlock(&job->lock);
+            break;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *tensors, size_t n,
+                         const cks_hash_opts *opts, cks_tensor_hash *out, cks_diag *diag)
+{
+    struct hash_job job;
+    pthread_t threads[MAX_THREADS];
+    unsigned n_threads = opts && opts->threads ? opts->threads : 0, started = 0;
+    bool all_thread_safe = true;
+
+    memset(&job, 0, sizeof job);
+    job.ckpt = ckpt;
+    job.tensors = tensors;
+    job.n = n;
+    job.out = out;
+    job.chunk = opts && opts->chunk_bytes ? opts->chunk_bytes : DEFAULT_CHUNK;
+    job.progress = opts ? opts->progress : NULL;
+    job.progress_ctx = opts ? opts->progress_ctx : NULL;
+    for (size_t i = 0; i < n; i++) {
+        job.total_bytes += tensors[i]->info->end - tensors[i]->info->begin;
+        if (!ckpt->files[tensors[i]->file].source->thread_safe)
+            all_thread_safe = false;
+    }
+    if (n_threads == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = cores > 0 ? (unsigned)cores : 1;
+    }
+    if (n_threads > MAX_THREADS)
+        n_threads = MAX_THREADS;
+    if (n_threads > n)
+        n_threads = n ? (unsigned)n : 1;
+    if (!all_thread_safe)
+        n_threads = 1;
+    pthread_mutex_init(&job.lock, NULL);
+    if (n_threads == 1) {
+        hash_worker(&job);
+    } else {
+        for (; started < n_threads; started++)
+            if (pthread_create(&threads[started], NULL, hash_worker, &job) != 0)
+                break;
+        if (started == 0)
+            hash_worker(&job);
+        for (unsigned t = 0; t < started; t++)
+            pthread_join(threads[t], NULL);
+    }
+    pthread_mutex_destroy(&job.lock);
+    if (job.err && diag)
+        *diag = job.diag;
+    return job.err;
+}

@@ -1,0 +1,811 @@
+/*
+ * safetensors header and index parsing, rule for rule as the reference crate validates
+ * (huggingface/safetensors tensor.rs; research notes hub-protocol.md §B2-§B6).
+ *
+ * cJSON is lenient where serde is strict, so the raw header bytes are checked first:
+ * strict UTF-8, no control bytes other than JSON whitespace, no BOM, no escaped NUL (a C
+ * string would silently truncate the name). Then cJSON parses with an explicit length,
+ * we check that only JSON whitespace follows the value, look keys up case-sensitively and
+ * reject duplicate keys ourselves.
+ */
+#include "ckptscope/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FIRST_CHUNK (64u * 1024u)   /* one read covers the header of most files */
+#define MAX_EXACT_INTEGER 9007199254740992.0 /* 2^53: larger JSON numbers lose precision in a double */
+#define MAX_INDEX_BYTES (256u * 1024u * 1024u)
+
+/* ---- raw byte checks ---- */
+
+/* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF), as Rust's from_utf8.
+ * Returns the offset of the first invalid byte, or len when all is valid. */
+static size_t utf8_invalid_at(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t c = s[i];
+        size_t need;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            cp = c & 0x07;
+        } else {
+            return i;
+        }
+        if (len - i <= need)
+            return i;
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return i;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return i;
+        i += need + 1;
+    }
+    return len;
+}
+
+static bool is_json_space(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/*
+ * serde_json rejects raw control bytes anywhere (inside strings too) except JSON
+ * whitespace between tokens; cJSON would skip them as whitespace. An escaped \u0000 is
+ * valid JSON but cannot survive as a C string. Returns the offset of the offending byte
+ * or len; *what names the problem.
+ */
+static size_t raw_json_problem_at(const uint8_t *s, size_t len, const char **what)
+{
+    bool in_string = false;
+    if (len >= 3 && s[0] == 0xEF && s[1] == 0xBB && s[2] == 0xBF) {
+        *what = "a UTF-8 byte-order mark before the JSON";
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        uint8_t c = s[i];
+        if (c < 0x20 && (in_string || !is_json_space(c))) {
+            *what = in_string ? "a raw control byte inside a string" : "a control byte outside JSON whitespace";
+            return i;
+        }
+        if (!in_string) {
+            if (c == '"')
+                in_string = true;
+            continue;
+        }
+        if (c == '"') {
+            in_string = false;
+        } else if (c == '\\' && i + 1 < len) {
+            if (s[i + 1] == 'u' && i + 5 < len && memcmp(s + i + 2, "0000", 4) == 0) {
+                *what = "an escaped NUL (\\u0000) in a string";
+                return i;
+            }
+            i++; /* skip the escaped character, so \\" does not end the string */
+        }
+    }
+    return len;
+}
+
+cks_err cks_st_sniff(const uint8_t *buf, size_t buf_len, uint64_t file_size, cks_diag *diag)
+{
+    size_t i = 0;
+    static const char lfs_magic[] = "version https://git-lfs.github.com/spec/";
+    size_t lfs_len = sizeof lfs_magic - 1;
+
+    if (buf_len >= 8 && memcmp(buf, "version ", 8) == 0 &&
+        (buf_len < lfs_len || memcmp(buf, lfs_magic, lfs_len) == 0))
+        return cks_fail(diag, CKS_ERR_LFS_POINTER,
+                        "this is a Git-LFS pointer (%llu bytes of text), not the weights: the file "
+                        "was committed or cloned without LFS; run `git lfs pull` or download it "
+                        "from the Hub's resolve URL",
+                        (unsigned long long)file_size);
+    while (i < buf_len && is_json_space(buf[i]))
+        i++;
+    if (i < buf_len && buf[i] == '<') {
+        size_t rest = buf_len - i;
+        const char *p = (const char *)buf + i;
+        if ((rest >= 9 && strncasecmp(p, "<!doctype", 9) == 0) || (rest >= 5 && strncasecmp(p, "<html", 5) == 0) ||
+            (rest >= 5 && strncasecmp(p, "<?xml", 5) == 0) || (rest >= 5 && strncasecmp(p, "<head", 5) == 0))
+            return cks_fail(diag, CKS_ERR_HTML_PAGE,
+                            "this is an HTML/XML page (%llu bytes), not a safetensors file: probably "
+                            "an error or login page saved in its place; download it again (with a "
+                            "token if the repo is gated)",
+                            (unsigned long long)file_size);
+    }
+    if (i < buf_len && buf[i] == '{')
+        return cks_fail(diag, CKS_ERR_TEXT_FILE,
+                        "this is a JSON text file, not a safetensors file (safetensors starts with "
+                        "an 8-byte little-endian header length)");
+    /* Eight printable bytes in a row where the header length should be: text, not binary. */
+    if (buf_len >= 8) {
+        bool printable = true;
+        for (size_t k = 0; k < 8; k++)
+            if (!((buf[k] >= 0x20 && buf[k] < 0x7F) || buf[k] == '\n' || buf[k] == '\r' || buf[k] == '\t'))
+                printable = false;
+        if (printable) {
+            char head[41];
+            size_t n = buf_len < 40 ? buf_len : 40;
+            for (size_t k = 0; k < n; k++)
+                head[k] = (buf[k] >= 0x20 && buf[k] < 0x7F) ? (char)buf[k] : ' ';
+            head[n] = '\0';
+            return cks_fail(diag, CKS_ERR_TEXT_FILE,
+                            "this is a text file (%llu bytes, starting \"%s%s\"), not a safetensors "
+                            "file: a symlink stored as its target path, or a placeholder?",
+                            (unsigned long long)file_size, head, buf_len > 40 ? "..." : "");
+        }
+    }
+    return CKS_OK;
+}
+
+/* ---- header ---- */
+
+void cks_st_header_free(cks_st_header *hdr)
+{
+    if (!hdr)
+        return;
+    for (size_t i = 0; i < hdr->n_tensors; i++) {
+        free(hdr->tensors[i].name);
+        free(hdr->tensors[i].shape);
+    }
+    free(hdr->tensors);
+    for (size_t i = 0; i < hdr->n_metadata; i++) {
+        free(hdr->metadata_keys[i]);
+        free(hdr->metadata_values[i]);
+    }
+    free(hdr->metadata_keys);
+    free(hdr->metadata_values);
+    free(hdr);
+}
+
+static int compare_cstr_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Reject an object whose keys repeat (cJSON keeps both; serde keeps the last silently). */
+static cks_err check_duplicate_keys(const cJSON *object, const char *where, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    size_t n = 0, i = 0;
+    const char **names = NULL;
+    const cJSON *child;
+
+    cJSON_ArrayForEach(child, object) n++;
+    if (n < 2)
+        goto out;
+    names = malloc(n * sizeof *names);
+    if (!names) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory checking %zu keys", n);
+        goto out;
+    }
+    cJSON_ArrayForEach(child, object) names[i++] = child->string;
+    qsort(names, n, sizeof *names, compare_cstr_ptr);
+    for (i = 1; i < n; i++) {
+        if (strcmp(names[i - 1], names[i]) == 0) {
+            err = cks_fail(diag, CKS_ERR_DUPLICATE_KEY,
+                           "DuplicateKey: key \"%s\" appears more than once in %s (the reference "
+                           "would silently keep the last one)",
+                           names[i], where);
+            goto out;
+        }
+    }
+out:
+    free(names);
+    return err;
+}
+
+/* A non-negative integer that a double holds exactly; anything else is not a usize. */
+static cks_err json_to_u64(const cJSON *item, const char *tensor, const char *field, uint64_t *out,
+                           cks_diag *diag)
+{
+    double v;
+    if (!cJSON_IsNumber(item))
+        return cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                        "InvalidHeaderDeserialization: tensor \"%s\": %s holds a non-number", tensor, field);
+    v = item->valuedouble;
+    if (!(v >= 0) || v != floor(v))
+        return cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                        "InvalidHeaderDeserialization: tensor \"%s\": %s holds %g, not a "
+                        "non-negative integer",
+                        tensor, field, v);
+    if (v >= MAX_EXACT_INTEGER)
+        return cks_fail(diag, CKS_ERR_VALIDATION_OVERFLOW,
+                        "ValidationOverflow: tensor \"%s\": %s holds %g, beyond 2^53 (no real "
+                        "tensor is that large; the format's schema caps values at 2^48)",
+                        tensor, field, v);
+    *out = (uint64_t)v;
+    return CKS_OK;
+}
+
+static cks_err parse_metadata(const cJSON *meta, cks_st_header *hdr, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    size_t n = 0, i = 0;
+    const cJSON *child;
+
+    if (cJSON_IsNull(meta))
+        goto out;
+    if (!cJSON_IsObject(meta)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: __metadata__ must be an object of strings");
+        goto out;
+    }
+    err = check_duplicate_keys(meta, "__metadata__", diag);
+    if (err)
+        goto out;
+    cJSON_ArrayForEach(child, meta) n++;
+    if (n == 0)
+        goto out;
+    hdr->metadata_keys = calloc(n, sizeof *hdr->metadata_keys);
+    hdr->metadata_values = calloc(n, sizeof *hdr->metadata_values);
+    if (!hdr->metadata_keys || !hdr->metadata_values) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory reading __metadata__");
+        goto out;
+    }
+    cJSON_ArrayForEach(child, meta) {
+        if (!cJSON_IsString(child)) {
+            err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                           "InvalidHeaderDeserialization: __metadata__ value of \"%s\" is not a "
+                           "string (arbitrary JSON is not allowed, all values must be strings)",
+                           child->string);
+            goto out;
+        }
+        hdr->metadata_keys[i] = strdup(child->string);
+        hdr->metadata_values[i] = strdup(child->valuestring);
+        hdr->n_metadata = ++i;
+        if (!hdr->metadata_keys[i - 1] || !hdr->metadata_values[i - 1]) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory reading __metadata__");
+            goto out;
+        }
+    }
+out:
+    return err;
+}
+
+static cks_err parse_tensor(const cJSON *obj, cks_tensor_info *t, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const char *name = obj->string;
+    const cJSON *dtype, *shape, *offsets, *dim;
+    int ndim;
+
+    if (!cJSON_IsObject(obj)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: tensor \"%s\" is not an object", name);
+        goto out;
+    }
+    err = check_duplicate_keys(obj, name, diag);
+    if (err)
+        goto out;
+    t->name = strdup(name);
+    if (!t->name) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    dtype = cJSON_GetObjectItemCaseSensitive(obj, "dtype");
+    shape = cJSON_GetObjectItemCaseSensitive(obj, "shape");
+    offsets = cJSON_GetObjectItemCaseSensitive(obj, "data_offsets");
+    if (!dtype || !shape || !offsets) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: tensor \"%s\" lacks \"%s\"", name,
+                       !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+        goto out;
+    }
+    if (!cJSON_IsString(dtype)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: tensor \"%s\": dtype is not a string", name);
+        goto out;
+    }
+    t->dtype = cks_dtype_from_name(dtype->valuestring, strlen(dtype->valuestring));
+    if (t->dtype == CKS_DTYPE_INVALID) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: tensor \"%s\": unknown dtype \"%s\" (dtype "
+                       "names are case-sensitive: BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, "
+                       "U16, F16, BF16, I32, U32, F32, F64, I64, U64, C64, F4, F6_E2M3, F6_E3M2, "
+                       "F8_E4M3FNUZ, F8_E5M2FNUZ)",
+                       name, dtype->valuestring);
+        goto out;
+    }
+    if (!cJSON_IsArray(shape)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: tensor \"%s\": shape is not an array", name);
+        goto out;
+    }
+    ndim = cJSON_GetArraySize(shape);
+    if (ndim > CKS_ST_MAX_NDIM) {
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "tensor \"%s\" has %d dimensions; at most %d are supported",
+                       name, ndim, CKS_ST_MAX_NDIM);
+        goto out;
+    }
+    t->ndim = (uint32_t)ndim;
+    if (ndim > 0) {
+        t->shape = calloc((size_t)ndim, sizeof *t->shape);
+        if (!t->shape) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+    }
+    {
+        int d = 0;
+        cJSON_ArrayForEach(dim, shape) {
+            err = json_to_u64(dim, name, "shape", &t->shape[d++], diag);
+            if (err)
+                goto out;
+        }
+    }
+    if (!cJSON_IsArray(offsets) || cJSON_GetArraySize(offsets) != 2) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: tensor \"%s\": data_offsets must be an array "
+                       "of exactly two integers",
+                       name);
+        goto out;
+    }
+    err = json_to_u64(cJSON_GetArrayItem(offsets, 0), name, "data_offsets", &t->begin, diag);
+    if (!err)
+        err = json_to_u64(cJSON_GetArrayItem(offsets, 1), name, "data_offsets", &t->end, diag);
+out:
+    return err;
+}
+
+static int compare_by_offsets(const void *a, const void *b)
+{
+    const cks_tensor_info *x = a, *y = b;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end)
+        return x->end < y->end ? -1 : 1;
+    /* ties (zero-size tensors at one offset): keep a deterministic order */
+    return strcmp(x->name, y->name);
+}
+
+/* Reference Metadata::validate: contiguous from 0, exact sizes, checked arithmetic. */
+static cks_err validate_layout(cks_st_header *hdr, cks_diag *diag)
+{
+    uint64_t start = 0;
+    for (size_t i = 0; i < hdr->n_tensors; i++) {
+        cks_tensor_info *t = &hdr->tensors[i];
+        uint64_t nelements = 1, nbits;
+        unsigned bits = cks_dtype_bits(t->dtype);
+
+        if (t->begin != start || t->end < t->begin)
+            return cks_fail(diag, CKS_ERR_INVALID_OFFSET,
+                            "InvalidOffset: tensor \"%s\": data_offsets [%llu, %llu] %s (expected "
+                            "it to start at %llu, where the previous tensor ends)",
+                            t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                            t->end < t->begin        ? "end before they begin"
+                            : t->begin > start       ? "leave a hole before this tensor"
+                                                     : "overlap the previous tensor",
+                            (unsigned long long)start);
+        for (uint32_t d = 0; d < t->ndim; d++) {
+            if (__builtin_mul_overflow(nelements, t->shape[d], &nelements))
+                return cks_fail(diag, CKS_ERR_VALIDATION_OVERFLOW,
+                                "ValidationOverflow: tensor \"%s\": the product of its shape "
+                                "overflows 64 bits",
+                                t->name);
+        }
+        if (__builtin_mul_overflow(nelements, (uint64_t)bits, &nbits))
+            return cks_fail(diag, CKS_ERR_VALIDATION_OVERFLOW,
+                            "ValidationOverflow: tensor \"%s\": %llu elements x %u bits overflows",
+                            t->name, (unsigned long long)nelements, bits);
+        if (nbits % 8 != 0)
+            return cks_fail(diag, CKS_ERR_MISALIGNED_SLICE,
+                            "MisalignedSlice: tensor \"%s\": %llu elements of %s (%u bits) is not "
+                            "a whole number of bytes",
+                            t->name, (unsigned long long)nelements, cks_dtype_name(t->dtype), bits);
+        if (t->end - t->begin != nbits / 8)
+            return cks_fail(diag, CKS_ERR_TENSOR_INVALID_INFO,
+                            "TensorInvalidInfo: tensor \"%s\" at data offset %llu: %llu bytes "
+                            "stored, but its shape and %s need %llu",
+                            t->name, (unsigned long long)t->begin,
+                            (unsigned long long)(t->end - t->begin), cks_dtype_name(t->dtype),
+                            (unsigned long long)(nbits / 8));
+        t->nelements = nelements;
+        t->file_offset = hdr->data_start + t->begin;
+        start = t->end;
+    }
+    /* start is now the end of the data section (0 when there is no tensor) */
+    if (start > hdr->file_size - hdr->data_start)
+        return cks_fail(diag, CKS_ERR_TRUNCATED,
+                        "MetadataIncompleteBuffer (truncated): the header says the data ends at "
+                        "byte %llu but the file has only %llu bytes: %llu bytes are missing "
+                        "(an interrupted download?)",
+                        (unsigned long long)(hdr->data_start + start), (unsigned long long)hdr->file_size,
+                        (unsigned long long)(hdr->data_start + start - hdr->file_size));
+    if (start < hdr->file_size - hdr->data_start)
+        return cks_fail(diag, CKS_ERR_METADATA_INCOMPLETE_BUFFER,
+                        "MetadataIncompleteBuffer: the last tensor ends at byte %llu but the file "
+                        "has %llu bytes: %llu trailing bytes belong to no tensor",
+                        (unsigned long long)(hdr->data_start + start), (unsigned long long)hdr->file_size,
+                        (unsigned long long)(hdr->file_size - hdr->data_start - start));
+    return CKS_OK;
+}
+
+static cks_err parse_json(const uint8_t *json, size_t len, cks_st_header *hdr, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cJSON *root = NULL;
+    const char *end = NULL, *what = NULL;
+    const cJSON *child;
+    size_t at, n = 0, i = 0;
+
+    at = utf8_invalid_at(json, len);
+    if (at < len) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER,
+                       "InvalidHeader: the header is not valid UTF-8 (byte 0x%02x at file offset %zu)",
+                       json[at], at + 8);
+        goto out;
+    }
+    at = raw_json_problem_at(json, len, &what);
+    if (at < len) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: %s at file offset %zu", what, at + 8);
+        goto out;
+    }
+    root = cJSON_ParseWithLengthOpts((const char *)json, len, &end, 0);
+    if (!root) {
+        const char *bad = cJSON_GetErrorPtr();
+        size_t pos = (bad && bad >= (const char *)json && bad <= (const char *)json + len)
+                         ? (size_t)(bad - (const char *)json)
+                         : 0;
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: the header is not valid JSON (near file "
+                       "offset %zu)",
+                       pos + 8);
+        goto out;
+    }
+    for (const uint8_t *p = (const uint8_t *)end; p < json + len; p++) {
+        if (!is_json_space(*p)) {
+            err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                           "InvalidHeaderDeserialization: trailing characters after the JSON "
+                           "object at file offset %zu (padding must be JSON whitespace)",
+                           (size_t)(p - json) + 8);
+            goto out;
+        }
+    }
+    if (!cJSON_IsObject(root)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_HEADER_DESERIALIZATION,
+                       "InvalidHeaderDeserialization: the header is JSON but not an object");
+        goto out;
+    }
+    err = check_duplicate_keys(root, "the header", diag);
+    if (err)
+        goto out;
+    cJSON_ArrayForEach(child, root) {
+        if (strcmp(child->string, "__metadata__") != 0)
+            n++;
+    }
+    if (n > 0) {
+        hdr->tensors = calloc(n, sizeof *hdr->tensors);
+        if (!hdr->tensors) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %zu tensors", n);
+            goto out;
+        }
+    }
+    cJSON_ArrayForEach(child, root) {
+        if (strcmp(child->string, "__metadata__") == 0) {
+            err = parse_metadata(child, hdr, diag);
+        } else {
+            hdr->n_tensors = i + 1; /* so free() sees the partly filled entry */
+            err = parse_tensor(child, &hdr->tensors[i++], diag);
+        }
+        if (err)
+            goto out;
+    }
+    if (n > 1)
+        qsort(hdr->tensors, n, sizeof *hdr->tensors, compare_by_offsets);
+    err = validate_layout(hdr, diag);
+out:
+    cJSON_Delete(root);
+    return err;
+}
+
+cks_err cks_st_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size, cks_st_header **out,
+                     uint64_t *need, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_st_header *hdr = NULL;
+    uint64_t n = 0;
+
+    *out = NULL;
+    if (need)
+        *need = 0;
+    if (file_size < 8) {
+        err = cks_fail(diag, CKS_ERR_HEADER_TOO_SMALL,
+                       "HeaderTooSmall: the file has %llu bytes, fewer than the 8-byte header "
+                       "length every safetensors file starts with (empty or not safetensors)",
+                       (unsigned long long)file_size);
+        goto out;
+    }
+    if (buf_len < 8) {
+        if (need)
+            *need = 8;
+        err = cks_fail(diag, CKS_ERR_NEED_MORE, "need the first 8 bytes");
+        goto out;
+    }
+    for (int k = 7; k >= 0; k--)
+        n = (n << 8) | buf[k];
+    if (n > CKS_ST_MAX_HEADER || 8 + n > file_size) {
+        /* The usual reason is that this is not safetensors at all: say what it is. */
+        err = cks_st_sniff(buf, buf_len, file_size, diag);
+        if (err)
+            goto out;
+        if (n > CKS_ST_MAX_HEADER)
+            err = cks_fail(diag, CKS_ERR_HEADER_TOO_LARGE,
+                           "HeaderTooLarge: the first 8 bytes declare a %llu-byte header; the "
+                           "limit is %llu (not a safetensors file? a pickle .bin renamed?)",
+                           (unsigned long long)n, (unsigned long long)CKS_ST_MAX_HEADER);
+        else
+            err = cks_fail(diag, CKS_ERR_INVALID_HEADER_LENGTH,
+                           "InvalidHeaderLength: the header is declared as %llu bytes but the file "
+                           "has only %llu bytes after the length field (truncated, or not "
+                           "safetensors)",
+                           (unsigned long long)n, (unsigned long long)(file_size - 8));
+        goto out;
+    }
+    if (buf_len < 8 + n) {
+        if (need)
+            *need = 8 + n;
+        err = cks_fail(diag, CKS_ERR_NEED_MORE, "need %llu bytes for the header", (unsigned long long)(8 + n));
+        goto out;
+    }
+    hdr = calloc(1, sizeof *hdr);
+    if (!hdr) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    hdr->header_len = n;
+    hdr->data_start = 8 + n;
+    hdr->file_size = file_size;
+    err = parse_json(buf + 8, (size_t)n, hdr, diag);
+    if (err)
+        goto out;
+    *out = hdr;
+    hdr = NULL;
+out:
+    cks_st_header_free(hdr);
+    return err;
+}
+
+cks_err cks_st_read_header(cks_source *src, cks_st_header **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    uint8_t *buf = NULL;
+    uint64_t have = src->size < FIRST_CHUNK ? src->size : FIRST_CHUNK, need = 0;
+    cks_diag inner;
+
+    *out = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint8_t *grown = realloc(buf, have ? (size_t)have : 1);
+        if (!grown) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "%s: out of memory for a %llu-byte header", src->name,
+                           (unsigned long long)have);
+            goto out;
+        }
+        buf = grown;
+        err = cks_source_read_at(src, 0, buf, (size_t)have, diag);
+        if (err)
+            goto out;
+        err = cks_st_parse(buf, (size_t)have, src->size, out, &need, &inner);
+        if (err != CKS_ERR_NEED_MORE)
+            break;
+        have = need; /* bounded by the parser: need <= 8 + 100,000,000 <= size */
+    }
+    if (err)
+        cks_fail(diag, err, "%s: %s", src->name, inner.text);
+out:
+    free(buf);
+    return err;
+}
+
+const cks_tensor_info *cks_st_find(const cks_st_header *hdr, const char *name)
+{
+    for (size_t i = 0; i < hdr->n_tensors; i++)
+        if (strcmp(hdr->tensors[i].name, name) == 0)
+            return &hdr->tensors[i];
+    return NULL;
+}
+
+/* ---- index ---- */
+
+void cks_st_index_free(cks_st_index *index)
+{
+    if (!index)
+        return;
+    for (size_t i = 0; i < index->n_entries; i++)
+        free(index->entries[i].tensor);
+    free(index->entries);
+    for (size_t i = 0; i < index->n_shards; i++)
+        free(index->shards[i]);
+    free(index->shards);
+    free(index);
+}
+
+/* A shard path must stay inside the checkpoint: no "..", no absolute path, no URL. */
+static cks_err check_shard_path(const char *path, const char *tensor, cks_diag *diag)
+{
+    const char *why = NULL;
+    size_t len = strlen(path);
+
+    if (len == 0)
+        why = "is empty";
+    else if (path[0] == '/')
+        why = "is absolute";
+    else if (strchr(path, '\\'))
+        why = "contains a backslash";
+    else if (strstr(path, "://") || (len >= 2 && path[1] == ':'))
+        why = "is a URL or drive path";
+    else {
+        for (size_t i = 0; i < len && !why; i++)
+            if ((unsigned char)path[i] < 0x20)
+                why = "contains a control character";
+        const char *p = path;
+        while (!why && *p) {
+            const char *slash = strchr(p, '/');
+            size_t seg = slash ? (size_t)(slash - p) : strlen(p);
+            if ((seg == 2 && p[0] == '.' && p[1] == '.') || seg == 0)
+                why = seg == 0 ? "has an empty path component" : "leaves the checkpoint with \"..\"";
+            p = slash ? slash + 1 : p + seg;
+        }
+    }
+    if (why)
+        return cks_fail(diag, CKS_ERR_UNSAFE_PATH,
+                        "UnsafeShardPath: the index maps tensor \"%s\" to shard \"%s\", which %s; "
+                        "shard paths must be relative paths inside the checkpoint",
+                        tensor, path, why);
+    return CKS_OK;
+}
+
+static int compare_entries(const void *a, const void *b)
+{
+    return strcmp(((const cks_st_index_entry *)a)->tensor, ((const cks_st_index_entry *)b)->tensor);
+}
+
+cks_err cks_st_index_parse(const char *json, size_t len, cks_st_index **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cJSON *root = NULL;
+    cks_st_index *index = NULL;
+    const cJSON *map, *meta, *child;
+    const char *end = NULL, *what = NULL;
+    const char **paths = NULL;
+    size_t n = 0, i = 0, at;
+
+    *out = NULL;
+    if (len > MAX_INDEX_BYTES) {
+        err = cks_fail(diag, CKS_ERR_INDEX_INVALID, "IndexInvalid: the index is %zu bytes, over the %u-byte limit",
+                       len, MAX_INDEX_BYTES);
+        goto out;
+    }
+    at = utf8_invalid_at((const uint8_t *)json, len);
+    if (at == len)
+        at = raw_json_problem_at((const uint8_t *)json, len, &what);
+    if (at < len) {
+        err = cks_fail(diag, CKS_ERR_INDEX_INVALID, "IndexInvalid: %s at byte %zu",
+                       what ? what : "invalid UTF-8", at);
+        goto out;
+    }
+    root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
+    if (!root) {
+        err = cks_fail(diag, CKS_ERR_INDEX_INVALID, "IndexInvalid: not valid JSON");
+        goto out;
+    }
+    for (const char *p = end; p < json + len; p++)
+        if (!is_json_space((uint8_t)*p)) {
+            err = cks_fail(diag, CKS_ERR_INDEX_INVALID, "IndexInvalid: trailing characters after the JSON at byte %zu",
+                           (size_t)(p - json));
+            goto out;
+        }
+    if (!cJSON_IsObject(root)) {
+        err = cks_fail(diag, CKS_ERR_INDEX_INVALID, "IndexInvalid: the index is not a JSON object");
+        goto out;
+    }
+    err = check_duplicate_keys(root, "the index", diag);
+    if (err)
+        goto out;
+    map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    if (!cJSON_IsObject(map)) {
+        err = cks_fail(diag, CKS_ERR_INDEX_INVALID, "IndexInvalid: no \"weight_map\" object");
+        goto out;
+    }
+    err = check_duplicate_keys(map, "weight_map", diag);
+    if (err) {
+        err = CKS_ERR_INDEX_INVALID;
+        goto out;
+    }
+    index = calloc(1, sizeof *index);
+    if (!index) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    index->total_size = -1;
+    meta = cJSON_GetObjectItemCaseSensitive(root, "metadata");
+    if (meta && cJSON_IsObject(meta)) {
+        const cJSON *total = cJSON_GetObjectItemCaseSensitive(meta, "total_size");
+        if (cJSON_IsNumber(total) && total->valuedouble >= 0 && total->valuedouble < MAX_EXACT_INTEGER)
+            index->total_size = (int64_t)total->valuedouble;
+    }
+    cJSON_ArrayForEach(child, map) n++;
+    if (n > 0) {
+        index->entries = calloc(n, sizeof *index->entries);
+        paths = calloc(n, sizeof *paths);
+        if (!index->entries || !paths) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %zu index entries", n);
+            goto out;
+        }
+    }
+    cJSON_ArrayForEach(child, map) {
+        if (!cJSON_IsString(child)) {
+            err = cks_fail(diag, CKS_ERR_INDEX_INVALID,
+                           "IndexInvalid: weight_map entry \"%s\" is not a string", child->string);
+            goto out;
+        }
+        err = check_shard_path(child->valuestring, child->string, diag);
+        if (err)
+            goto out;
+        index->entries[i].tensor = strdup(child->string);
+        index->n_entries = i + 1;
+        if (!index->entries[i].tensor) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        paths[i++] = child->valuestring;
+    }
+    /* distinct shard paths, sorted */
+    {
+        const char **sorted = NULL;
+        if (n > 0) {
+            sorted = malloc(n * sizeof *sorted);
+            index->shards = calloc(n, sizeof *index->shards);
+            if (!sorted || !index->shards) {
+                free(sorted);
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            memcpy(sorted, paths, n * sizeof *sorted);
+            qsort(sorted, n, sizeof *sorted, compare_cstr_ptr);
+        }
+        for (i = 0; i < n; i++) {
+            if (i > 0 && strcmp(sorted[i], sorted[i - 1]) == 0)
+                continue;
+            index->shards[index->n_shards] = strdup(sorted[i]);
+            if (!index->shards[index->n_shards]) {
+                free(sorted);
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            index->n_shards++;
+        }
+        free(sorted);
+    }
+    for (i = 0; i < n; i++) {
+        const char *key = paths[i];
+        const char **hit = bsearch(&key, index->shards, index->n_shards, sizeof *index->shards, compare_cstr_ptr);
+        index->entries[i].shard = (size_t)(hit - (const char **)index->shards);
+    }
+    if (n > 1)
+        qsort(index->entries, n, sizeof *index->entries, compare_entries);
+    *out = index;
+    index = NULL;
+out:
+    free(paths);
+    cks_st_index_free(index);
+    cJSON_Delete(root);
+    return err;
+}
