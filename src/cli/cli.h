@@ -1,0 +1,122 @@
+/*
+ * src/cli/cli.h — what the subcommands share: options every command takes, opening a
+ * SOURCE, turning library errors into messages and exit codes, JSON output, progress.
+ * Only the CLI talks to people; it uses the library through its public headers.
+ */
+#ifndef CKS_CLI_H
+#define CKS_CLI_H
+
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ckptscope/checkpoint.h"
+#include "ckptscope/error.h"
+#include "ckptscope/hash.h"
+
+#define CKS_VERSION "0.1.0"
+#define CKS_SCHEMA_VERSION 1
+
+/* Exit codes (README "Exit codes"): stable, a script may branch on them. */
+enum {
+    EXIT_OK = 0,
+    EXIT_DIFFERENT = 1,   /* diff: contents differ; verify: related to a known model */
+    EXIT_USAGE = 2,
+    EXIT_FORMAT = 3,      /* not a valid checkpoint */
+    EXIT_IO = 4,          /* local I/O, cache, disk full, offline miss */
+    EXIT_NETWORK = 5,     /* network, HTTP, TLS, rate limit */
+    EXIT_ACCESS = 6,      /* not found, gated, private, bad token */
+    EXIT_INTERNAL = 7     /* out of memory, numeric failure */
+};
+
+typedef struct cli_opts {
+    bool json;
+    bool quiet;
+    bool verbose;
+    bool offline;
+    const char *cache_dir;
+    uint64_t cache_max;
+} cli_opts;
+
+/* Long options every subcommand accepts; values >= 0x1000 are reserved for them. */
+enum {
+    OPT_JSON = 0x1000,
+    OPT_QUIET,
+    OPT_VERBOSE,
+    OPT_OFFLINE,
+    OPT_CACHE_DIR,
+    OPT_CACHE_MAX,
+    OPT_HELP,
+};
+#define CLI_COMMON_LONGOPTS                                          \
+    {"json", no_argument, NULL, OPT_JSON},                           \
+        {"quiet", no_argument, NULL, OPT_QUIET},                     \
+        {"verbose", no_argument, NULL, OPT_VERBOSE},                 \
+        {"offline", no_argument, NULL, OPT_OFFLINE},                 \
+        {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},       \
+        {"cache-max", required_argument, NULL, OPT_CACHE_MAX},       \
+        {"help", no_argument, NULL, OPT_HELP}
+
+/*
+ * Handle a common option; returns 1 if handled, 0 if not common, -1 on a bad value
+ * (after printing why). OPT_HELP is not handled here: each command prints its own help.
+ */
+int cli_common_option(int opt, const char *arg, cli_opts *opts);
+
+/* "2G", "512M", "1.5GiB", "1000000" → bytes; false on nonsense. */
+bool cli_parse_size(const char *text, uint64_t *out);
+
+/* Print "ckptscope CMD: <Name>: <detail>" (and a hint) to stderr; return the exit code. */
+int cli_fail(const char *cmd, cks_err err, const cks_diag *diag);
+int cli_exit_code(cks_err err);
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Open SOURCE (a local file, index, or directory; remote forms are added by the Hub client)
+ * as a checkpoint. `report` (may be NULL) receives a JSON "source" object for --json.
+ */
+cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
+                            cks_diag *diag);
+
+/* A JSON object with "schema_version" first, and the printer that frees it. */
+cJSON *cli_json_new(const char *command);
+void cli_json_print(cJSON *root);
+cJSON *cli_json_shape(const cks_tensor_info *info);
+
+/* Bytes as "1.5 GiB". buf >= 32. */
+const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size);
+/* Shape as "[4096, 1024]". */
+const char *cli_shape_text(const cks_tensor_info *info, char *buf, size_t size);
+
+/* Progress on stderr when it is a terminal and not --quiet (rate-limited redraws). */
+typedef struct cli_progress {
+    bool enabled;
+    const char *what;
+    double started;
+    double last_draw;
+} cli_progress;
+void cli_progress_init(cli_progress *p, const cli_opts *opts, const char *what);
+void cli_progress_update(void *ctx, uint64_t done, uint64_t total);
+void cli_progress_done(cli_progress *p);
+double cli_now(void);
+
+/*
+ * The tensors of `ckpt` whose names match any glob (all when n_globs == 0), in natural
+ * name order ("layers.9" before "layers.10"). *out is malloc'd; *n may be 0.
+ */
+cks_err cli_select_tensors(const cks_ckpt *ckpt, char *const *globs, size_t n_globs,
+                           const cks_ckpt_tensor ***out, size_t *n, cks_diag *diag);
+
+/* Hash the selected tensors with progress on stderr; *out is malloc'd (n entries). */
+cks_err cli_hash_selection(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n,
+                           const cli_opts *opts, const char *what, cks_tensor_hash **out,
+                           cks_diag *diag);
+
+/* Subcommands (one file each). */
+int cmd_ls(int argc, char **argv);
+int cmd_hash(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
+
+#endif

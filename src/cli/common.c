@@ -1,0 +1,305 @@
+#include <ctype.h>
+#include <fnmatch.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+int cli_exit_code(cks_err err)
+{
+    switch (cks_err_class_of(err)) {
+    case CKS_CLASS_OK:
+        return EXIT_OK;
+    case CKS_CLASS_USAGE:
+        return EXIT_USAGE;
+    case CKS_CLASS_FORMAT:
+        return EXIT_FORMAT;
+    case CKS_CLASS_IO:
+        return EXIT_IO;
+    case CKS_CLASS_NETWORK:
+        return EXIT_NETWORK;
+    case CKS_CLASS_ACCESS:
+        return EXIT_ACCESS;
+    default:
+        return EXIT_INTERNAL;
+    }
+}
+
+int cli_fail(const char *cmd, cks_err err, const cks_diag *diag)
+{
+    const char *text = diag && diag->text[0] ? diag->text : "";
+    const char *name = cks_strerror(err);
+    /* the detail usually starts with the rule's name already; do not say it twice */
+    if (strstr(text, name))
+        fprintf(stderr, "ckptscope %s: %s\n", cmd, text);
+    else
+        fprintf(stderr, "ckptscope %s: %s: %s\n", cmd, name, text);
+    return cli_exit_code(err);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "ckptscope %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(run `ckptscope %s --help` for usage)\n", cmd);
+    return EXIT_USAGE;
+}
+
+bool cli_parse_size(const char *text, uint64_t *out)
+{
+    char *end = NULL;
+    double value, mult = 1;
+    if (!text || !*text || !isdigit((unsigned char)text[0]))
+        return false;
+    value = strtod(text, &end);
+    if (end == text || !isfinite(value) || value < 0)
+        return false;
+    while (*end == ' ')
+        end++;
+    switch (toupper((unsigned char)*end)) {
+    case '\0':
+        break;
+    case 'K':
+        mult = 1024.0;
+        break;
+    case 'M':
+        mult = 1024.0 * 1024.0;
+        break;
+    case 'G':
+        mult = 1024.0 * 1024.0 * 1024.0;
+        break;
+    case 'T':
+        mult = 1024.0 * 1024.0 * 1024.0 * 1024.0;
+        break;
+    case 'B':
+        break;
+    default:
+        return false;
+    }
+    if (*end) {
+        end++;
+        if (*end == 'i' || *end == 'I')
+            end++;
+        if (*end == 'b' || *end == 'B')
+            end++;
+        if (*end)
+            return false;
+    }
+    value *= mult;
+    if (value >= 18446744073709551615.0)
+        return false;
+    *out = (uint64_t)value;
+    return true;
+}
+
+int cli_common_option(int opt, const char *arg, cli_opts *opts)
+{
+    switch (opt) {
+    case OPT_JSON:
+        opts->json = true;
+        return 1;
+    case OPT_QUIET:
+        opts->quiet = true;
+        return 1;
+    case OPT_VERBOSE:
+        opts->verbose = true;
+        return 1;
+    case OPT_OFFLINE:
+        opts->offline = true;
+        return 1;
+    case OPT_CACHE_DIR:
+        opts->cache_dir = arg;
+        return 1;
+    case OPT_CACHE_MAX:
+        if (!cli_parse_size(arg, &opts->cache_max)) {
+            fprintf(stderr, "ckptscope: --cache-max wants a size such as 20G or 500M, not \"%s\"\n", arg);
+            return -1;
+        }
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
+                            cks_diag *diag)
+{
+    cks_err err;
+    (void)opts;
+    *out = NULL;
+    if (report)
+        *report = NULL;
+    err = cks_ckpt_open_local(spec, out, diag);
+    if (err)
+        return err;
+    if (report) {
+        cJSON *src = cJSON_CreateObject();
+        cJSON *files = cJSON_AddArrayToObject(src, "files");
+        cJSON_AddStringToObject(src, "kind", "local");
+        cJSON_AddStringToObject(src, "path", spec);
+        for (size_t f = 0; f < (*out)->n_files; f++) {
+            cJSON *file = cJSON_CreateObject();
+            cJSON_AddStringToObject(file, "path", (*out)->files[f].path);
+            cJSON_AddNumberToObject(file, "size", (double)(*out)->files[f].source->size);
+            cJSON_AddNumberToObject(file, "header_bytes", (double)(*out)->files[f].header->header_len);
+            cJSON_AddItemToArray(files, file);
+        }
+        *report = src;
+    }
+    return CKS_OK;
+}
+
+cJSON *cli_json_new(const char *command)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddNumberToObject(root, "schema_version", CKS_SCHEMA_VERSION);
+    cJSON_AddStringToObject(root, "command", command);
+    cJSON_AddStringToObject(root, "ckptscope_version", CKS_VERSION);
+    return root;
+}
+
+void cli_json_print(cJSON *root)
+{
+    char *text = cJSON_Print(root);
+    if (text) {
+        fputs(text, stdout);
+        fputc('\n', stdout);
+        free(text);
+    }
+    cJSON_Delete(root);
+}
+
+cJSON *cli_json_shape(const cks_tensor_info *info)
+{
+    cJSON *shape = cJSON_CreateArray();
+    for (uint32_t d = 0; d < info->ndim; d++)
+        cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)info->shape[d]));
+    return shape;
+}
+
+const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size)
+{
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024.0 && u < 5) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, size, "%llu B", (unsigned long long)bytes);
+    else
+        snprintf(buf, size, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+const char *cli_shape_text(const cks_tensor_info *info, char *buf, size_t size)
+{
+    size_t at = 0;
+    at += (size_t)snprintf(buf + at, size - at, "[");
+    for (uint32_t d = 0; d < info->ndim && at < size; d++)
+        at += (size_t)snprintf(buf + at, size - at, "%s%llu", d ? ", " : "", (unsigned long long)info->shape[d]);
+    if (at < size)
+        snprintf(buf + at, size - at, "]");
+    return buf;
+}
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void cli_progress_init(cli_progress *p, const cli_opts *opts, const char *what)
+{
+    memset(p, 0, sizeof *p);
+    p->enabled = !opts->quiet && isatty(STDERR_FILENO);
+    p->what = what;
+    p->started = cli_now();
+}
+
+void cli_progress_update(void *ctx, uint64_t done, uint64_t total)
+{
+    cli_progress *p = ctx;
+    double now, elapsed, rate;
+    char a[32], b[32], r[32];
+    if (!p->enabled)
+        return;
+    now = cli_now();
+    if (now - p->last_draw < 0.1 && done < total)
+        return;
+    p->last_draw = now;
+    elapsed = now - p->started;
+    rate = elapsed > 0 ? (double)done / elapsed : 0;
+    fprintf(stderr, "\r\033[K%s: %s / %s  %s/s", p->what, cli_human_bytes(done, a, sizeof a),
+            cli_human_bytes(total, b, sizeof b), cli_human_bytes((uint64_t)rate, r, sizeof r));
+    if (rate > 0 && done < total)
+        fprintf(stderr, "  ETA %.0fs", (double)(total - done) / rate);
+}
+
+void cli_progress_done(cli_progress *p)
+{
+    if (p->enabled && p->last_draw > 0)
+        fprintf(stderr, "\r\033[K");
+}
+
+static int natural_order(const void *a, const void *b)
+{
+    const cks_ckpt_tensor *x = *(const cks_ckpt_tensor *const *)a, *y = *(const cks_ckpt_tensor *const *)b;
+    return strverscmp(x->info->name, y->info->name);
+}
+
+cks_err cli_select_tensors(const cks_ckpt *ckpt, char *const *globs, size_t n_globs,
+                           const cks_ckpt_tensor ***out, size_t *n, cks_diag *diag)
+{
+    const cks_ckpt_tensor **sel = calloc(ckpt->n_tensors ? ckpt->n_tensors : 1, sizeof *sel);
+    size_t count = 0;
+    *out = NULL;
+    *n = 0;
+    if (!sel)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < ckpt->n_tensors; i++) {
+        bool keep = n_globs == 0;
+        for (size_t g = 0; g < n_globs && !keep; g++)
+            keep = fnmatch(globs[g], ckpt->tensors[i].info->name, 0) == 0;
+        if (keep)
+            sel[count++] = &ckpt->tensors[i];
+    }
+    qsort(sel, count, sizeof *sel, natural_order);
+    *out = sel;
+    *n = count;
+    return CKS_OK;
+}
+
+cks_err cli_hash_selection(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n,
+                           const cli_opts *opts, const char *what, cks_tensor_hash **out, cks_diag *diag)
+{
+    cks_err err;
+    cli_progress progress;
+    cks_hash_opts hopts = {0};
+    cks_tensor_hash *hashes = calloc(n ? n : 1, sizeof *hashes);
+
+    *out = NULL;
+    if (!hashes)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    cli_progress_init(&progress, opts, what);
+    hopts.progress = cli_progress_update;
+    hopts.progress_ctx = &progress;
+    err = cks_hash_tensors(ckpt, sel, n, &hopts, hashes, diag);
+    cli_progress_done(&progress);
+    if (err) {
+        free(hashes);
+        return err;
+    }
+    *out = hashes;
+    return CKS_OK;
+}

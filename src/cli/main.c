@@ -1,0 +1,54 @@
+/* ckptscope — entry point: dispatch to one subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"ls", cmd_ls, "list tensors, shapes, dtypes, sizes and metadata"},
+    {"hash", cmd_hash, "SHA-256 of each tensor's raw bytes"},
+    {"diff", cmd_diff, "which tensors were added, removed, renamed, reshaped or changed"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "ckptscope %s — audit model checkpoints where they live\n\n"
+            "usage: ckptscope COMMAND [OPTIONS] SOURCE...\n\n"
+            "commands:\n",
+            CKS_VERSION);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out,
+            "\nSOURCE is a .safetensors file, a model.safetensors.index.json, or a directory.\n"
+            "Every command takes --help, --json, --quiet and --verbose.\n"
+            "Run `ckptscope COMMAND --help` for details; exit codes are listed in the README.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("ckptscope %s\n", CKS_VERSION);
+        return EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "ckptscope: unknown command \"%s\"\n\n", argv[1]);
+    usage(stderr);
+    return EXIT_USAGE;
+}
