@@ -174,6 +174,52 @@ def cmd_decode_realdata(d):
         f.write('\n'.join(out) + '\n')
 
 
+def cmd_pair_stats(d):
+    """a.f64, b.f64 -> stats.f64: n, mean_a, mean_b, std_a, std_b, cosine, pearson,
+    rel_l2_over_a, rel_l2_over_b, max_abs_diff, spearman (pairs with a non-finite side dropped)."""
+    import scipy.stats
+    a = np.fromfile(os.path.join(d, 'a.f64'), dtype='<f8')
+    b = np.fromfile(os.path.join(d, 'b.f64'), dtype='<f8')
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    ac, bc = a - a.mean(), b - b.mean()
+    diff = np.linalg.norm(a - b)
+    out = [len(a), a.mean(), b.mean(), a.std(ddof=1), b.std(ddof=1),
+           a.dot(b) / (np.linalg.norm(a) * np.linalg.norm(b)),
+           np.corrcoef(a, b)[0, 1], diff / np.linalg.norm(a), diff / np.linalg.norm(b),
+           np.max(np.abs(a - b)), scipy.stats.spearmanr(a, b).correlation,
+           ac.dot(bc) / np.sqrt(ac.dot(ac) * bc.dot(bc))]
+    np.array(out, dtype='<f8').tofile(os.path.join(d, 'stats.f64'))
+
+
+def cmd_bf16_pair_stats(d):
+    """a.bf16, b.bf16 raw codes -> same as pair_stats, decoding by the shift definition."""
+    for side in 'ab':
+        codes = np.fromfile(os.path.join(d, side + '.bf16'), dtype='<u2')
+        values = (codes.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        values.tofile(os.path.join(d, side + '.f64'))
+    cmd_pair_stats(d)
+
+
+def cmd_ulp(d):
+    """dtype.txt, a.codes, b.codes (uint16 codes) -> ulp.u64 distances (2**64-1 marks NaN):
+    the distance is the difference of the two values' positions among all distinct
+    non-NaN values of the format, found by sorting them (no bit tricks)."""
+    name = open(os.path.join(d, 'dtype.txt')).read().strip()
+    width = 1 if name in SMALL_FLOATS else 2
+    values = expected_f32_bits(name, np.arange(256 if width == 1 else 65536,
+                                               dtype=np.uint8 if width == 1 else '<u2').tobytes()).view(np.float32)
+    distinct = sorted(set(float(v) for v in values if not math.isnan(v)))
+    position = {v: i for i, v in enumerate(distinct)}
+    a = np.fromfile(os.path.join(d, 'a.codes'), dtype='<u2')
+    b = np.fromfile(os.path.join(d, 'b.codes'), dtype='<u2')
+    out = []
+    for x, y in zip(a, b):
+        vx, vy = float(values[x]), float(values[y])
+        out.append(2 ** 64 - 1 if math.isnan(vx) or math.isnan(vy) else abs(position[vx] - position[vy]))
+    np.array(out, dtype='<u8').tofile(os.path.join(d, 'ulp.u64'))
+
+
 COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith('cmd_')}
 
 if __name__ == '__main__':

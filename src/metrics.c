@@ -1,0 +1,560 @@
+/*
+ * Streaming pair statistics. Chunks are cut into blocks small enough to stay in L1; each
+ * block is decoded to double, its own mean taken, its centred sums formed (two passes over
+ * cached data: the textbook two-pass algorithm, stable), and the block is merged into the
+ * running totals with the pairwise update of Chan, Golub & LeVeque (1979). The inner loops
+ * use GCC vector types so that one source serves SSE2 and, chosen at run time, AVX2.
+ */
+#include "ckptscope/metrics.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* 32-byte vectors only ever live inside always-inlined static helpers: no ABI crosses. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+enum { BLOCK = 512 }; /* two double blocks = 8 KiB: comfortably inside L1 */
+
+typedef double v4d __attribute__((vector_size(32)));
+typedef long long v4i __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) v4d load4(const double *p)
+{
+    v4d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#define HSUM4(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+
+/* ---------------- single vector ---------------- */
+
+void cks_moments_init(cks_moments *m) { memset(m, 0, sizeof *m); }
+
+/* Chan et al.: combine (n, mean, m2) of two disjoint parts. */
+static void merge_moments(uint64_t *n, double *mean, double *m2, uint64_t n_b, double mean_b,
+                          double m2_b)
+{
+    if (n_b == 0)
+        return;
+    if (*n == 0) {
+        *n = n_b;
+        *mean = mean_b;
+        *m2 = m2_b;
+        return;
+    }
+    double total = (double)*n + (double)n_b;
+    double delta = mean_b - *mean;
+    *mean += delta * ((double)n_b / total);
+    *m2 += m2_b + delta * delta * ((double)*n * (double)n_b / total);
+    *n += n_b;
+}
+
+void cks_moments_merge(cks_moments *into, const cks_moments *other)
+{
+    merge_moments(&into->n, &into->mean, &into->m2, other->n, other->mean, other->m2);
+    into->skipped.nan_count += other->skipped.nan_count;
+    into->skipped.inf_count += other->skipped.inf_count;
+}
+
+void cks_moments_add_f64(cks_moments *m, const double *x, size_t count)
+{
+    double finite[BLOCK];
+    for (size_t start = 0; start < count; start += BLOCK) {
+        size_t len = count - start < BLOCK ? count - start : BLOCK, kept = 0;
+        for (size_t i = 0; i < len; i++) {
+            double v = x[start + i];
+            if (isfinite(v))
+                finite[kept++] = v;
+            else if (isnan(v))
+                m->skipped.nan_count++;
+            else
+                m->skipped.inf_count++;
+        }
+        if (kept == 0)
+            continue;
+        double sum = 0, m2 = 0;
+        for (size_t i = 0; i < kept; i++)
+            sum += finite[i];
+        double mean = sum / (double)kept;
+        for (size_t i = 0; i < kept; i++)
+            m2 += (finite[i] - mean) * (finite[i] - mean);
+        merge_moments(&m->n, &m->mean, &m->m2, kept, mean, m2);
+    }
+}
+
+cks_err cks_moments_add(cks_moments *m, cks_dtype dtype, const void *src, size_t count,
+                        cks_diag *diag)
+{
+    double block[BLOCK];
+    size_t elem = cks_decode_elem_size(dtype);
+    cks_err err = CKS_OK;
+    if (elem == 0) {
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "moments of dtype %s", cks_dtype_name(dtype));
+        goto out;
+    }
+    for (size_t start = 0; start < count; start += BLOCK) {
+        size_t len = count - start < BLOCK ? count - start : BLOCK;
+        err = cks_decode_f64(dtype, (const uint8_t *)src + start * elem, len, block, NULL, diag);
+        if (err != CKS_OK)
+            goto out;
+        cks_moments_add_f64(m, block, len);
+    }
+out:
+    return err;
+}
+
+double cks_moments_std(const cks_moments *m, unsigned ddof)
+{
+    if (m->n <= ddof)
+        return NAN;
+    return sqrt(m->m2 / (double)(m->n - ddof));
+}
+
+/* ---------------- pairs ---------------- */
+
+void cks_pair_acc_init(cks_pair_acc *acc) { memset(acc, 0, sizeof *acc); }
+
+typedef struct block_sums {
+    double mean_a, mean_b, m2_a, m2_b, comoment, sumsq_diff, max_abs_diff;
+} block_sums;
+
+/*
+ * The two-pass kernel over one block of finite pairs. Two accumulators per quantity hide
+ * the add latency; the order of operations is fixed, so results do not depend on which
+ * instruction set runs it (no FMA contraction under -std=c17).
+ */
+static inline __attribute__((always_inline)) void pair_block_body(const double *a, const double *b,
+                                                                 size_t m, block_sums *s)
+{
+    v4d sa0 = {0}, sa1 = {0}, sb0 = {0}, sb1 = {0};
+    size_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        sa0 += load4(a + i);
+        sa1 += load4(a + i + 4);
+        sb0 += load4(b + i);
+        sb1 += load4(b + i + 4);
+    }
+    double sum_a = HSUM4(sa0 + sa1), sum_b = HSUM4(sb0 + sb1);
+    for (; i < m; i++) {
+        sum_a += a[i];
+        sum_b += b[i];
+    }
+    double mean_a = sum_a / (double)m, mean_b = sum_b / (double)m;
+    v4d ma = {mean_a, mean_a, mean_a, mean_a}, mb = {mean_b, mean_b, mean_b, mean_b};
+    v4d aa = {0}, bb = {0}, ab = {0}, dd = {0}, mx = {0};
+    const v4i abs_mask = {0x7fffffffffffffffLL, 0x7fffffffffffffffLL, 0x7fffffffffffffffLL,
+                          0x7fffffffffffffffLL};
+    for (i = 0; i + 4 <= m; i += 4) {
+        v4d va = load4(a + i), vb = load4(b + i);
+        v4d da = va - ma, db = vb - mb, diff = va - vb;
+        aa += da * da;
+        bb += db * db;
+        ab += da * db;
+        dd += diff * diff;
+        v4d ad = (v4d)((v4i)diff & abs_mask);
+        v4i bigger = ad > mx;
+        mx = (v4d)(((v4i)ad & bigger) | ((v4i)mx & ~bigger));
+    }
+    double m2_a = HSUM4(aa), m2_b = HSUM4(bb), co = HSUM4(ab), sdd = HSUM4(dd);
+    double max_abs = fmax(fmax(mx[0], mx[1]), fmax(mx[2], mx[3]));
+    for (; i < m; i++) {
+        double da = a[i] - mean_a, db = b[i] - mean_b, diff = a[i] - b[i];
+        m2_a += da * da;
+        m2_b += db * db;
+        co += da * db;
+        sdd += diff * diff;
+        max_abs = fmax(max_abs, fabs(diff));
+    }
+    s->mean_a = mean_a;
+    s->mean_b = mean_b;
+    s->m2_a = m2_a;
+    s->m2_b = m2_b;
+    s->comoment = co;
+    s->sumsq_diff = sdd;
+    s->max_abs_diff = max_abs;
+}
+
+static void pair_block_generic(const double *a, const double *b, size_t m, block_sums *s)
+{
+    pair_block_body(a, b, m, s);
+}
+
+__attribute__((target("avx2"))) static void pair_block_avx2(const double *a, const double *b,
+                                                            size_t m, block_sums *s)
+{
+    pair_block_body(a, b, m, s);
+}
+
+typedef void (*pair_block_fn)(const double *, const double *, size_t, block_sums *);
+
+static pair_block_fn choose_pair_block(void)
+{
+    /* a racy first call stores the same value from every thread: benign */
+    static pair_block_fn chosen;
+    if (!chosen) {
+        __builtin_cpu_init();
+        chosen = __builtin_cpu_supports("avx2") ? pair_block_avx2 : pair_block_generic;
+    }
+    return chosen;
+}
+
+static void merge_block(cks_pair_acc *acc, uint64_t m, const block_sums *s)
+{
+    if (m == 0)
+        return;
+    if (acc->n == 0) {
+        acc->mean_a = s->mean_a;
+        acc->mean_b = s->mean_b;
+        acc->m2_a = s->m2_a;
+        acc->m2_b = s->m2_b;
+        acc->comoment = s->comoment;
+    } else {
+        double total = (double)acc->n + (double)m;
+        double delta_a = s->mean_a - acc->mean_a, delta_b = s->mean_b - acc->mean_b;
+        double weight = (double)acc->n * (double)m / total;
+        acc->mean_a += delta_a * ((double)m / total);
+        acc->mean_b += delta_b * ((double)m / total);
+        acc->m2_a += s->m2_a + delta_a * delta_a * weight;
+        acc->m2_b += s->m2_b + delta_b * delta_b * weight;
+        acc->comoment += s->comoment + delta_a * delta_b * weight;
+    }
+    acc->n += m;
+    acc->sumsq_diff += s->sumsq_diff;
+    acc->max_abs_diff = fmax(acc->max_abs_diff, s->max_abs_diff);
+}
+
+/*
+ * One block of decoded pairs: pairs with a non-finite side are counted and squeezed out
+ * (in place) before the kernel sees the block.
+ */
+static void add_decoded_block(cks_pair_acc *acc, double *a, double *b, size_t len,
+                              bool may_have_nonfinite)
+{
+    size_t kept = len;
+    if (may_have_nonfinite) {
+        kept = 0;
+        for (size_t i = 0; i < len; i++) {
+            bool fa = isfinite(a[i]), fb = isfinite(b[i]);
+            if (fa && fb) {
+                a[kept] = a[i];
+                b[kept] = b[i];
+                kept++;
+                continue;
+            }
+            acc->skipped_pairs++;
+            if (!fa)
+                isnan(a[i]) ? acc->nonfinite_a.nan_count++ : acc->nonfinite_a.inf_count++;
+            if (!fb)
+                isnan(b[i]) ? acc->nonfinite_b.nan_count++ : acc->nonfinite_b.inf_count++;
+        }
+    }
+    if (kept == 0)
+        return;
+    block_sums sums;
+    choose_pair_block()(a, b, kept, &sums);
+    merge_block(acc, kept, &sums);
+}
+
+void cks_pair_acc_add_f64(cks_pair_acc *acc, const double *a, const double *b, size_t count)
+{
+    double block_a[BLOCK], block_b[BLOCK];
+    for (size_t start = 0; start < count; start += BLOCK) {
+        size_t len = count - start < BLOCK ? count - start : BLOCK;
+        memcpy(block_a, a + start, len * sizeof(double));
+        memcpy(block_b, b + start, len * sizeof(double));
+        add_decoded_block(acc, block_a, block_b, len, true);
+    }
+}
+
+cks_err cks_pair_acc_add(cks_pair_acc *acc, cks_dtype dtype_a, const void *a, cks_dtype dtype_b,
+                         const void *b, size_t count, cks_diag *diag)
+{
+    double block_a[BLOCK], block_b[BLOCK];
+    size_t elem_a = cks_decode_elem_size(dtype_a), elem_b = cks_decode_elem_size(dtype_b);
+    cks_err err = CKS_OK;
+    if (elem_a == 0 || elem_b == 0) {
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "pair statistics of dtypes %s and %s",
+                       cks_dtype_name(dtype_a), cks_dtype_name(dtype_b));
+        goto out;
+    }
+    if (count > 0 && (a == NULL || b == NULL)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "pair statistics with a NULL buffer");
+        goto out;
+    }
+    for (size_t start = 0; start < count; start += BLOCK) {
+        size_t len = count - start < BLOCK ? count - start : BLOCK;
+        cks_nonfinite tally = {0, 0};
+        err = cks_decode_f64(dtype_a, (const uint8_t *)a + start * elem_a, len, block_a, &tally, diag);
+        if (err == CKS_OK)
+            err = cks_decode_f64(dtype_b, (const uint8_t *)b + start * elem_b, len, block_b, &tally, diag);
+        if (err != CKS_OK)
+            goto out;
+        add_decoded_block(acc, block_a, block_b, len, tally.nan_count + tally.inf_count > 0);
+    }
+out:
+    return err;
+}
+
+void cks_pair_acc_merge(cks_pair_acc *into, const cks_pair_acc *other)
+{
+    block_sums s = {other->mean_a, other->mean_b, other->m2_a, other->m2_b, other->comoment,
+                    other->sumsq_diff, other->max_abs_diff};
+    merge_block(into, other->n, &s);
+    into->skipped_pairs += other->skipped_pairs;
+    into->nonfinite_a.nan_count += other->nonfinite_a.nan_count;
+    into->nonfinite_a.inf_count += other->nonfinite_a.inf_count;
+    into->nonfinite_b.nan_count += other->nonfinite_b.nan_count;
+    into->nonfinite_b.inf_count += other->nonfinite_b.inf_count;
+}
+
+void cks_pair_acc_result(const cks_pair_acc *acc, cks_pair_stats *out)
+{
+    double n = (double)acc->n;
+    memset(out, 0, sizeof *out);
+    out->n = acc->n;
+    out->skipped_pairs = acc->skipped_pairs;
+    out->nonfinite_a = acc->nonfinite_a;
+    out->nonfinite_b = acc->nonfinite_b;
+    out->mean_a = acc->n ? acc->mean_a : NAN;
+    out->mean_b = acc->n ? acc->mean_b : NAN;
+    out->std_a = acc->n > 1 ? sqrt(acc->m2_a / (n - 1)) : NAN;
+    out->std_b = acc->n > 1 ? sqrt(acc->m2_b / (n - 1)) : NAN;
+    out->max_abs_diff = acc->n ? acc->max_abs_diff : NAN;
+    /* raw second moments from the centred ones: all terms of sumsq are non-negative */
+    double sumsq_a = acc->m2_a + n * acc->mean_a * acc->mean_a;
+    double sumsq_b = acc->m2_b + n * acc->mean_b * acc->mean_b;
+    double dot = acc->comoment + n * acc->mean_a * acc->mean_b;
+    out->cosine_defined = acc->n > 0 && sumsq_a > 0 && sumsq_b > 0;
+    out->cosine = out->cosine_defined ? dot / (sqrt(sumsq_a) * sqrt(sumsq_b)) : NAN;
+    out->pearson_defined = acc->n > 1 && acc->m2_a > 0 && acc->m2_b > 0;
+    out->pearson = out->pearson_defined ? acc->comoment / (sqrt(acc->m2_a) * sqrt(acc->m2_b)) : NAN;
+    /* rounding can push |r| a hair above 1; a correlation never is */
+    if (out->pearson_defined)
+        out->pearson = fmax(-1.0, fmin(1.0, out->pearson));
+    if (out->cosine_defined)
+        out->cosine = fmax(-1.0, fmin(1.0, out->cosine));
+    out->rel_l2_over_a_defined = acc->n > 0 && sumsq_a > 0;
+    out->rel_l2_over_b_defined = acc->n > 0 && sumsq_b > 0;
+    out->rel_l2_over_a = out->rel_l2_over_a_defined ? sqrt(acc->sumsq_diff / sumsq_a) : NAN;
+    out->rel_l2_over_b = out->rel_l2_over_b_defined ? sqrt(acc->sumsq_diff / sumsq_b) : NAN;
+}
+
+cks_err cks_pearson_f64(const double *a, const double *b, size_t n, double *r, cks_diag *diag)
+{
+    cks_pair_acc acc;
+    cks_pair_stats stats;
+    cks_err err = CKS_OK;
+    *r = NAN;
+    cks_pair_acc_init(&acc);
+    cks_pair_acc_add_f64(&acc, a, b, n);
+    cks_pair_acc_result(&acc, &stats);
+    if (stats.skipped_pairs > 0) {
+        err = cks_fail(diag, CKS_ERR_NUMERIC, "Pearson: %llu of %zu pairs are not finite",
+                       (unsigned long long)stats.skipped_pairs, n);
+        goto out;
+    }
+    if (!stats.pearson_defined) {
+        err = cks_fail(diag, CKS_ERR_NUMERIC, "Pearson undefined: fewer than 2 values or a constant side");
+        goto out;
+    }
+    *r = stats.pearson;
+out:
+    return err;
+}
+
+/* ---------------- Spearman ---------------- */
+
+typedef struct ranked {
+    double value;
+    size_t index;
+} ranked;
+
+static int compare_ranked(const void *x, const void *y)
+{
+    const ranked *p = x, *q = y;
+    if (p->value != q->value)
+        return p->value < q->value ? -1 : 1;
+    return p->index < q->index ? -1 : p->index > q->index;
+}
+
+/* Mid-ranks (1-based; ties share the mean of their positions). */
+static cks_err mid_ranks(const double *x, size_t n, double *rank, ranked *scratch, cks_diag *diag)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]))
+            return cks_fail(diag, CKS_ERR_NUMERIC, "Spearman: value %zu is not finite", i);
+        scratch[i].value = x[i];
+        scratch[i].index = i;
+    }
+    qsort(scratch, n, sizeof *scratch, compare_ranked);
+    for (size_t start = 0; start < n;) {
+        size_t end = start + 1;
+        while (end < n && scratch[end].value == scratch[start].value)
+            end++;
+        double mean_rank = ((double)start + (double)end + 1.0) / 2.0; /* positions start+1..end */
+        for (size_t k = start; k < end; k++)
+            rank[scratch[k].index] = mean_rank;
+        start = end;
+    }
+    return CKS_OK;
+}
+
+cks_err cks_spearman_f64(const double *a, const double *b, size_t n, double *rho, cks_diag *diag)
+{
+    double *rank_a = NULL, *rank_b = NULL;
+    ranked *scratch = NULL;
+    cks_err err = CKS_OK;
+    *rho = NAN;
+    if (n < 2 || a == NULL || b == NULL) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Spearman needs two vectors of length >= 2");
+        goto out;
+    }
+    if (n > SIZE_MAX / sizeof(ranked)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Spearman: %zu elements is too many", n);
+        goto out;
+    }
+    rank_a = malloc(n * sizeof *rank_a);
+    rank_b = malloc(n * sizeof *rank_b);
+    scratch = malloc(n * sizeof *scratch);
+    if (!rank_a || !rank_b || !scratch) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "Spearman of %zu elements", n);
+        goto out;
+    }
+    if ((err = mid_ranks(a, n, rank_a, scratch, diag)) != CKS_OK ||
+        (err = mid_ranks(b, n, rank_b, scratch, diag)) != CKS_OK)
+        goto out;
+    err = cks_pearson_f64(rank_a, rank_b, n, rho, diag);
+out:
+    free(rank_a);
+    free(rank_b);
+    free(scratch);
+    return err;
+}
+
+/* ---------------- bitwise ---------------- */
+
+cks_err cks_bits_acc_init(cks_bits_acc *acc, cks_dtype dtype, cks_diag *diag)
+{
+    memset(acc, 0, sizeof *acc);
+    if (!cks_decode_supported(dtype))
+        return cks_fail(diag, CKS_ERR_UNSUPPORTED, "bitwise comparison of dtype %s", cks_dtype_name(dtype));
+    acc->dtype = dtype;
+    return CKS_OK;
+}
+
+static uint64_t load_bits(const uint8_t *p, size_t width)
+{
+    uint64_t v = 0;
+    for (size_t k = 0; k < width; k++)
+        v |= (uint64_t)p[k] << (8 * k);
+    return v;
+}
+
+static bool bits_are_nan(cks_dtype dtype, uint64_t bits)
+{
+    switch (dtype) {
+    case CKS_DTYPE_F8_E4M3: return isnan(cks_f8_e4m3_to_f32((uint8_t)bits));
+    case CKS_DTYPE_F8_E5M2: return isnan(cks_f8_e5m2_to_f32((uint8_t)bits));
+    case CKS_DTYPE_F8_E4M3FNUZ: return isnan(cks_f8_e4m3fnuz_to_f32((uint8_t)bits));
+    case CKS_DTYPE_F8_E5M2FNUZ: return isnan(cks_f8_e5m2fnuz_to_f32((uint8_t)bits));
+    case CKS_DTYPE_F8_E8M0: return bits == 0xff;
+    case CKS_DTYPE_F16: return (bits & 0x7c00) == 0x7c00 && (bits & 0x3ff);
+    case CKS_DTYPE_BF16: return (bits & 0x7f80) == 0x7f80 && (bits & 0x7f);
+    case CKS_DTYPE_F32: return (bits & 0x7f800000u) == 0x7f800000u && (bits & 0x7fffffu);
+    case CKS_DTYPE_F64:
+        return (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull && (bits & 0xfffffffffffffull);
+    default: return false;
+    }
+}
+
+/*
+ * Position of an encoding on the number line of its dtype, as a signed 64-bit key whose
+ * differences are ULP distances: sign-magnitude floats map to -magnitude / +magnitude;
+ * integers are their value (U64 above 2^63 is shifted so the order survives).
+ */
+static bool ordered_key(cks_dtype dtype, uint64_t bits, __int128 *key)
+{
+    unsigned width = cks_dtype_bits(dtype);
+    if (bits_are_nan(dtype, bits))
+        return false;
+    switch (dtype) {
+    case CKS_DTYPE_F8_E4M3: case CKS_DTYPE_F8_E5M2: case CKS_DTYPE_F8_E4M3FNUZ:
+    case CKS_DTYPE_F8_E5M2FNUZ: case CKS_DTYPE_F16: case CKS_DTYPE_BF16: case CKS_DTYPE_F32:
+    case CKS_DTYPE_F64: {
+        uint64_t sign_bit = 1ull << (width - 1);
+        __int128 magnitude = (__int128)(bits & (sign_bit - 1));
+        *key = (bits & sign_bit) ? -magnitude : magnitude;
+        return true;
+    }
+    case CKS_DTYPE_BOOL: *key = bits != 0; return true;
+    case CKS_DTYPE_I8: *key = (int8_t)bits; return true;
+    case CKS_DTYPE_I16: *key = (int16_t)bits; return true;
+    case CKS_DTYPE_I32: *key = (int32_t)bits; return true;
+    case CKS_DTYPE_I64: *key = (int64_t)bits; return true;
+    default: *key = (__int128)bits; return true; /* unsigned types and E8M0 */
+    }
+}
+
+bool cks_ulp_distance(cks_dtype dtype, uint64_t bits_a, uint64_t bits_b, uint64_t *distance)
+{
+    __int128 ka, kb;
+    if (!ordered_key(dtype, bits_a, &ka) || !ordered_key(dtype, bits_b, &kb))
+        return false;
+    __int128 d = ka > kb ? ka - kb : kb - ka;
+    /* the widest gap (-max to +max of F64, 0 to U64 max) still fits 64 bits */
+    *distance = d > (__int128)UINT64_MAX ? UINT64_MAX : (uint64_t)d;
+    return true;
+}
+
+static unsigned ulp_bucket(uint64_t distance)
+{
+    return distance == 0 ? 0 : 64u - (unsigned)__builtin_clzll(distance);
+}
+
+cks_err cks_bits_acc_add(cks_bits_acc *acc, const void *a, const void *b, size_t count,
+                         cks_diag *diag)
+{
+    size_t width = cks_decode_elem_size(acc->dtype);
+    const uint8_t *pa = a, *pb = b;
+    cks_err err = CKS_OK;
+    if (width == 0) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "bitwise accumulator not initialised");
+        goto out;
+    }
+    if (count > 0 && (a == NULL || b == NULL)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "bitwise comparison with a NULL buffer");
+        goto out;
+    }
+    for (size_t i = 0; i < count; i++) {
+        uint64_t ba = load_bits(pa + i * width, width), bb = load_bits(pb + i * width, width);
+        uint64_t distance;
+        acc->equal += ba == bb;
+        if (cks_ulp_distance(acc->dtype, ba, bb, &distance))
+            acc->ulp_hist[ulp_bucket(distance)]++;
+        else
+            acc->nan_pairs++;
+    }
+    acc->n += count;
+out:
+    return err;
+}
+
+cks_err cks_bits_acc_merge(cks_bits_acc *into, const cks_bits_acc *other, cks_diag *diag)
+{
+    if (into->dtype != other->dtype)
+        return cks_fail(diag, CKS_ERR_INVALID_ARG, "merging bitwise accumulators of %s and %s",
+                        cks_dtype_name(into->dtype), cks_dtype_name(other->dtype));
+    into->n += other->n;
+    into->equal += other->equal;
+    into->nan_pairs += other->nan_pairs;
+    for (size_t k = 0; k < CKS_ULP_BUCKETS; k++)
+        into->ulp_hist[k] += other->ulp_hist[k];
+    return CKS_OK;
+}
+
+double cks_bits_equal_fraction(const cks_bits_acc *acc)
+{
+    return acc->n ? (double)acc->equal / (double)acc->n : NAN;
+}
