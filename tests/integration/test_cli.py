@@ -1,0 +1,137 @@
+"""The command line on local files: exit codes, --help, --json contracts, diff categories.
+
+Files are written here by a few lines of independent Python (json + struct), and by the
+project's fixture writer (build/tests/mkfixtures) for the one-corrupt-file-per-rule table.
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+BIN = os.environ.get("CKS_BIN", "build/ckptscope")
+BUILD = os.environ.get("CKS_BUILD", "build")
+failures = 0
+
+
+def report(name, ok, why=""):
+    global failures
+    if ok:
+        print(f"PASS {name}")
+    else:
+        failures += 1
+        print(f"FAIL {name}: {why}")
+
+
+def run(*args):
+    p = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+
+def write_st(path, tensors, metadata=None):
+    """tensors: list of (name, dtype, shape, raw bytes)."""
+    header, offset, data = {}, 0, b""
+    if metadata:
+        header["__metadata__"] = metadata
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        data += raw
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + data)
+
+
+def f32(*values):
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+EXPECTED_RULES = {
+    "bad_header_too_small": "HeaderTooSmall", "bad_header_too_large": "HeaderTooLarge",
+    "bad_invalid_header_length": "InvalidHeaderLength", "bad_not_utf8": "InvalidHeader",
+    "bad_not_json": "InvalidHeaderDeserialization", "bad_unknown_dtype": "InvalidHeaderDeserialization",
+    "bad_duplicate_tensor": "DuplicateKey", "bad_offset_gap": "InvalidOffset",
+    "bad_validation_overflow": "ValidationOverflow", "bad_misaligned_slice": "MisalignedSlice",
+    "bad_tensor_invalid_info": "TensorInvalidInfo", "bad_trailing_bytes": "MetadataIncompleteBuffer",
+    "bad_truncated": "Truncated", "bad_lfs_pointer": "GitLfsPointer", "bad_html_page": "HtmlPage",
+    "bad_text_file": "TextFile",
+}
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="cks-cli-")
+    try:
+        fx = os.path.join(tmp, "fx")
+        subprocess.run([os.path.join(BUILD, "tests/mkfixtures"), fx], check=True)
+        names = sorted(n[:-12] for n in os.listdir(fx) if n.endswith(".safetensors"))
+        report("fixtures written", len(names) >= 30, f"only {len(names)} fixtures")
+        for stem in names:
+            rc, out, err = run("ls", os.path.join(fx, stem + ".safetensors"))
+            if stem.startswith("valid_"):
+                report(f"ls {stem}", rc == 0, f"exit {rc}: {err.strip()}")
+            else:
+                rule = EXPECTED_RULES.get(stem)
+                ok = rc == 3 and err.startswith("ckptscope ls: ") and (rule is None or rule in err)
+                ok = ok and "Traceback" not in err and out == ""
+                report(f"reject {stem}", ok, f"exit {rc}, stderr {err.strip()!r}")
+        rc, out, err = run("ls", "--json", os.path.join(fx, "sharded"))
+        doc = json.loads(out) if rc == 0 else {}
+        ok = rc == 0 and list(doc)[0] == "schema_version" and len(doc["tensors"]) == 4
+        ok = ok and all(set(t) >= {"name", "dtype", "shape", "data_offsets", "file"} for t in doc["tensors"])
+        report("ls --json sharded contract", ok, f"exit {rc}: {err.strip()}")
+        rc, out, err = run("ls", os.path.join(fx, "sharded-mismatch"))
+        report("sharded index mismatch rejected", rc == 3 and "IndexMismatch" in err, f"exit {rc}: {err.strip()}")
+
+        # usage, help, missing files
+        for cmd in ("ls", "hash", "diff"):
+            rc, out, err = run(cmd, "--help")
+            report(f"{cmd} --help", rc == 0 and "usage: ckptscope " + cmd in out and "example" in out, f"exit {rc}")
+            rc, out, err = run(cmd, "--no-such-option", "x")
+            report(f"{cmd} bad option exits 2", rc == 2, f"exit {rc}")
+        rc, out, err = run("frobnicate")
+        report("unknown command exits 2", rc == 2 and "unknown command" in err, f"exit {rc}")
+        rc, out, err = run("ls", os.path.join(tmp, "absent.safetensors"))
+        report("missing file exits 6", rc == 6 and "absent.safetensors" in err, f"exit {rc}: {err.strip()}")
+        rc, out, err = run("ls", tmp + "/fx/sharded/model.safetensors.index.json", "--tensor", "*norm*", "--json")
+        doc = json.loads(out) if rc == 0 else {"tensors": []}
+        report("ls --tensor filters", sorted(t["name"] for t in doc["tensors"]) ==
+               ["model.layers.0.input_layernorm.weight", "model.norm.weight"], out[:200])
+
+        # diff categories, checked against what was written
+        a, b = os.path.join(tmp, "a.safetensors"), os.path.join(tmp, "b.safetensors")
+        write_st(a, [("same", "F32", [2], f32(1, 2)), ("changed", "F32", [2], f32(1, 2)),
+                     ("old_name", "F32", [3], f32(7, 8, 9)), ("reshaped", "F32", [2, 2], f32(1, 2, 3, 4)),
+                     ("gone", "F32", [1], f32(5))])
+        write_st(b, [("same", "F32", [2], f32(1, 2)), ("changed", "F32", [2], f32(1, 2.5)),
+                     ("new_name", "F32", [3], f32(7, 8, 9)), ("reshaped", "F32", [4], f32(1, 2, 3, 4)),
+                     ("fresh", "F32", [1], f32(6))])
+        rc, out, err = run("diff", "--json", a, b)
+        doc = json.loads(out) if out else {}
+        ok = rc == 1 and list(doc)[0] == "schema_version" and doc.get("identical") == ["same"]
+        ok = ok and doc["changed"] == ["changed"] and doc["added"] == ["fresh"] and doc["removed"] == ["gone"]
+        ok = ok and doc["renamed"] == [{"from": "old_name", "to": "new_name", "sha256": doc["renamed"][0]["sha256"]}]
+        ok = ok and [r["name"] for r in doc["reshaped"]] == ["reshaped"] and doc["same_contents"] is False
+        report("diff categories", ok, f"exit {rc}: {out[:400]}")
+        # a copy stored under other names and in another order is the same contents: exit 0
+        c = os.path.join(tmp, "c.safetensors")
+        write_st(c, [("gone", "F32", [1], f32(5)), ("x.changed", "F32", [2], f32(1, 2)),
+                     ("x.same", "F32", [2], f32(1, 2)), ("reshaped", "F32", [2, 2], f32(1, 2, 3, 4)),
+                     ("old_name", "F32", [3], f32(7, 8, 9))])
+        rc, out, err = run("diff", "--json", a, c)
+        doc = json.loads(out) if out else {}
+        report("diff renamed-only copy exits 0", rc == 0 and doc.get("same_contents") is True and
+               len(doc["renamed"]) == 2, f"exit {rc}: {out[:300]}")
+        rc, out, err = run("diff", a, a)
+        report("diff identical exits 0", rc == 0 and "5 identical" in out, f"exit {rc}: {out}")
+        rc, out, err = run("hash", a, "--tensor", "nomatch*")
+        report("hash --tensor with no match fails clearly", rc == 6 and "no tensor matches" in err, f"exit {rc}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
