@@ -1,0 +1,35 @@
+/* Fuzz target: the safetensors header parser, given the bytes as a whole file and as a
+ * prefix of a larger remote file (the range-engine path). */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptscope/safetensors.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    cks_st_header *hdr = NULL;
+    cks_diag diag;
+    uint64_t need = 0;
+    cks_err err = cks_st_parse(data, size, size, &hdr, &need, &diag);
+    if (err == CKS_OK && hdr) {
+        /* invariants of an accepted header */
+        uint64_t at = 0;
+        for (size_t i = 0; i < hdr->n_tensors; i++) {
+            if (hdr->tensors[i].begin != at)
+                __builtin_trap();
+            at = hdr->tensors[i].end;
+        }
+        if (hdr->data_start + at != size)
+            __builtin_trap();
+    }
+    cks_st_header_free(hdr);
+    hdr = NULL;
+    /* the same bytes as the start of a file twice as long */
+    err = cks_st_parse(data, size, (uint64_t)size * 2 + 8, &hdr, &need, &diag);
+    if (err == CKS_ERR_NEED_MORE && need <= size)
+        __builtin_trap(); /* asked for bytes it already had */
+    cks_st_header_free(hdr);
+    return 0;
+}
