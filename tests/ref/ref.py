@@ -220,6 +220,37 @@ def cmd_ulp(d):
     np.array(out, dtype='<u8').tofile(os.path.join(d, 'ulp.u64'))
 
 
+def cmd_xoshiro(d):
+    """seed.txt -> rng.u64: the first 1000 outputs of xoshiro256** seeded by four splitmix64
+    outputs, written from the algorithm descriptions in Python integers."""
+    mask = (1 << 64) - 1
+    x = int(open(os.path.join(d, 'seed.txt')).read())
+    state = []
+    for _ in range(4):
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        z = x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        state.append(z ^ (z >> 31))
+
+    def rotl(v, k):
+        return ((v << k) | (v >> (64 - k))) & mask
+
+    out = []
+    for _ in range(1000):
+        s0, s1, s2, s3 = state
+        out.append(rotl((s1 * 5) & mask, 7) * 9 & mask)
+        t = (s1 << 17) & mask
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= t
+        s3 = rotl(s3, 45)
+        state = [s0, s1, s2, s3]
+    np.array(out, dtype='<u8').tofile(os.path.join(d, 'rng.u64'))
+
+
 COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith('cmd_')}
 
 if __name__ == '__main__':

@@ -1,0 +1,125 @@
+/*
+ * ckptscope/stats.h — seeded randomness, permutation nulls, exact equality nulls, Holm.
+ *
+ * Reproducibility contract: every random quantity comes from cks_rng, xoshiro256** (Blackman
+ * & Vigna 2018) seeded through splitmix64 from one 64-bit seed, and every result that used
+ * randomness records that seed. The same seed on any machine gives the same permutations.
+ *
+ * Permutation p-values are p = (1 + b) / (T + 1), with b the number of the T random
+ * permutations whose statistic is at least as extreme as the observed one (Phipson & Smyth
+ * 2010: exact and never 0). "At least as extreme" tolerates a relative 1e-12 rounding
+ * difference, so an identity-like permutation is counted (conservative, as scipy does).
+ * Alternatives: GREATER (S_pi >= S), LESS (S_pi <= S), TWO_SIDED (|S_pi| >= |S|, meant for
+ * statistics centred on 0 under the null, such as Pearson r).
+ * A z-score is reported next to p with the null mean and sd it used; with few permutations
+ * it is approximate and the p-value is what is exact.
+ */
+#ifndef CKPTSCOPE_STATS_H
+#define CKPTSCOPE_STATS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptscope/dtype.h"
+#include "ckptscope/error.h"
+
+/* ---- PRNG ---- */
+
+typedef struct cks_rng {
+    uint64_t state[4];
+    uint64_t seed; /* the seed it was started from, for reports */
+} cks_rng;
+
+void cks_rng_seed(cks_rng *rng, uint64_t seed);
+uint64_t cks_rng_next(cks_rng *rng);
+/* Uniform in [0, 1) with 53 random bits. */
+double cks_rng_uniform(cks_rng *rng);
+/* Uniform integer in [0, bound), without modulo bias (Lemire 2019); 0 when bound == 0. */
+uint64_t cks_rng_below(cks_rng *rng, uint64_t bound);
+/* Standard normal (Marsaglia polar method). */
+double cks_rng_normal(cks_rng *rng);
+/* perm = a uniformly random permutation of 0..n-1 (Fisher–Yates). */
+void cks_rng_permutation(cks_rng *rng, uint32_t *perm, size_t n);
+
+/* ---- permutation tests ---- */
+
+typedef enum cks_alternative {
+    CKS_ALT_GREATER = 0,
+    CKS_ALT_LESS,
+    CKS_ALT_TWO_SIDED
+} cks_alternative;
+
+typedef struct cks_perm_result {
+    double observed;
+    uint64_t seed;
+    uint32_t permutations;        /* T */
+    uint32_t at_least_as_extreme; /* b */
+    double p_value;               /* (1 + b) / (T + 1) */
+    double null_mean, null_sd;    /* of the T permuted statistics (sd with T-1) */
+    double z;                     /* (observed - null_mean) / null_sd; NAN when sd == 0 */
+    cks_alternative alternative;
+} cks_perm_result;
+
+/*
+ * The statistic of the data with index i of the permuted side replaced by perm[i]
+ * (perm == NULL: the observed, unpermuted data). A joint permutation is simply a callback
+ * that applies the one perm to every vector of that side.
+ */
+typedef cks_err (*cks_perm_statistic)(void *ctx, const uint32_t *perm, size_t n, double *value,
+                                      cks_diag *diag);
+
+/*
+ * Run a permutation test over indices 0..n-1 (n <= UINT32_MAX, T >= 1). Allocates O(n) and
+ * O(T). Any error of the callback is returned as is; *out is zeroed on failure.
+ */
+cks_err cks_perm_test(size_t n, cks_perm_statistic statistic, void *ctx, uint64_t seed,
+                      uint32_t permutations, cks_alternative alternative, cks_perm_result *out,
+                      cks_diag *diag);
+
+/*
+ * The T2/T3 test of fingerprinting.md §3.2: statistic = mean over k vector pairs of Pearson
+ * r(a_j, b_j), null = ONE permutation of the n coordinates applied to every b_j at once,
+ * which keeps the dependence between the vectors of one model. Every vector must be finite
+ * and non-constant (CKS_ERR_NUMERIC otherwise).
+ */
+cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const *b, size_t k,
+                                    size_t n, uint64_t seed, uint32_t permutations,
+                                    cks_alternative alternative, cks_perm_result *out,
+                                    cks_diag *diag);
+
+/* ---- exact null of the bitwise equality fraction ---- */
+
+typedef struct cks_equality_null {
+    uint64_t n;
+    uint64_t equal;          /* observed bit-identical pairs */
+    double observed_fraction;
+    double expected_fraction; /* sum_v cA(v) cB(v) / n^2: the same under independent draws
+                                 from the two histograms and under a uniform shuffle of B */
+    double null_sd;           /* exact sd of the fraction under the uniform shuffle of B */
+    double z;                 /* NAN when null_sd == 0 (e.g. constant tensors) */
+    uint64_t distinct_a, distinct_b; /* low counts mark low-information tensors */
+} cks_equality_null;
+
+/*
+ * From the raw encodings of two same-dtype tensors of n elements (any decodable dtype; the
+ * histograms are of bit patterns). Allocates O(n) for 32/64-bit types, 1 MiB for 16-bit.
+ */
+cks_err cks_equality_null_compute(cks_dtype dtype, const void *a, const void *b, size_t n,
+                                  cks_equality_null *out, cks_diag *diag);
+
+/* ---- small helpers ---- */
+
+/* (x - mean) / sd; NAN when sd <= 0 or not finite. */
+double cks_zscore(double x, double mean, double sd);
+/* Upper tail of the standard normal, P(Z > z), accurate in the far tail (erfc). */
+double cks_normal_sf(double z);
+
+/*
+ * Holm–Bonferroni adjusted p-values: adjusted[i] <= alpha exactly when Holm's step-down
+ * procedure at family-wise level alpha rejects hypothesis i. Order of the input is kept.
+ * CKS_ERR_INVALID_ARG for k == 0 or a p outside [0, 1] (NaN included).
+ */
+cks_err cks_holm(const double *p, size_t k, double *adjusted, cks_diag *diag);
+
+#endif

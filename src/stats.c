@@ -1,0 +1,414 @@
+/*
+ * Randomness and nulls. xoshiro256** and splitmix64 are implemented from their published
+ * definitions (Blackman & Vigna, "Scrambled linear pseudorandom number generators", 2018);
+ * bounded integers use Lemire's multiply-and-reject ("Fast random integer generation in an
+ * interval", 2019); the equality-fraction variance is derived in the comment of
+ * equality_moments().
+ */
+#include "ckptscope/stats.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckptscope/decode.h"
+
+/* ---------------- PRNG ---------------- */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void cks_rng_seed(cks_rng *rng, uint64_t seed)
+{
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++)
+        rng->state[i] = splitmix64(&x);
+    rng->seed = seed;
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t cks_rng_next(cks_rng *rng)
+{
+    uint64_t *s = rng->state;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double cks_rng_uniform(cks_rng *rng) { return (double)(cks_rng_next(rng) >> 11) * 0x1p-53; }
+
+uint64_t cks_rng_below(cks_rng *rng, uint64_t bound)
+{
+    if (bound == 0)
+        return 0;
+    unsigned __int128 product = (unsigned __int128)cks_rng_next(rng) * bound;
+    uint64_t low = (uint64_t)product;
+    if (low < bound) {
+        /* reject the few low words that would make some results more likely */
+        uint64_t threshold = (0 - bound) % bound;
+        while (low < threshold) {
+            product = (unsigned __int128)cks_rng_next(rng) * bound;
+            low = (uint64_t)product;
+        }
+    }
+    return (uint64_t)(product >> 64);
+}
+
+double cks_rng_normal(cks_rng *rng)
+{
+    double u, v, s;
+    do {
+        u = 2.0 * cks_rng_uniform(rng) - 1.0;
+        v = 2.0 * cks_rng_uniform(rng) - 1.0;
+        s = u * u + v * v;
+    } while (s >= 1.0 || s == 0.0);
+    /* the second variate is discarded: keeps the generator state simple to reason about */
+    return u * sqrt(-2.0 * log(s) / s);
+}
+
+void cks_rng_permutation(cks_rng *rng, uint32_t *perm, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        perm[i] = (uint32_t)i;
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)cks_rng_below(rng, i);
+        uint32_t t = perm[i - 1];
+        perm[i - 1] = perm[j];
+        perm[j] = t;
+    }
+}
+
+/* ---------------- permutation tests ---------------- */
+
+static bool at_least_as_extreme(double permuted, double observed, cks_alternative alternative)
+{
+    double slack = 1e-12 * fabs(observed);
+    switch (alternative) {
+    case CKS_ALT_LESS: return permuted <= observed + slack;
+    case CKS_ALT_TWO_SIDED: return fabs(permuted) >= fabs(observed) - slack;
+    default: return permuted >= observed - slack;
+    }
+}
+
+cks_err cks_perm_test(size_t n, cks_perm_statistic statistic, void *ctx, uint64_t seed,
+                      uint32_t permutations, cks_alternative alternative, cks_perm_result *out,
+                      cks_diag *diag)
+{
+    uint32_t *perm = NULL;
+    cks_err err = CKS_OK;
+    cks_rng rng;
+    memset(out, 0, sizeof *out);
+    if (n == 0 || n > UINT32_MAX || permutations == 0 || statistic == NULL ||
+        (unsigned)alternative > CKS_ALT_TWO_SIDED) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG,
+                       "permutation test needs 1 <= n <= 2^32-1 (got %zu), T >= 1 (got %u) and a statistic",
+                       n, permutations);
+        goto out;
+    }
+    perm = malloc(n * sizeof *perm);
+    if (!perm) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "permutation of %zu indices", n);
+        goto out;
+    }
+    double observed;
+    if ((err = statistic(ctx, NULL, n, &observed, diag)) != CKS_OK)
+        goto out;
+    cks_rng_seed(&rng, seed);
+    uint32_t extreme = 0;
+    double mean = 0, m2 = 0;
+    for (uint32_t t = 0; t < permutations; t++) {
+        double value;
+        cks_rng_permutation(&rng, perm, n);
+        if ((err = statistic(ctx, perm, n, &value, diag)) != CKS_OK)
+            goto out;
+        extreme += at_least_as_extreme(value, observed, alternative);
+        double delta = value - mean; /* Welford */
+        mean += delta / (double)(t + 1);
+        m2 += delta * (value - mean);
+    }
+    out->observed = observed;
+    out->seed = seed;
+    out->permutations = permutations;
+    out->at_least_as_extreme = extreme;
+    out->p_value = (1.0 + extreme) / (1.0 + permutations);
+    out->null_mean = mean;
+    out->null_sd = permutations > 1 ? sqrt(m2 / (permutations - 1)) : NAN;
+    out->z = cks_zscore(observed, mean, out->null_sd);
+    out->alternative = alternative;
+out:
+    if (err != CKS_OK)
+        memset(out, 0, sizeof *out);
+    free(perm);
+    return err;
+}
+
+typedef struct joint_pearson_ctx {
+    size_t k;
+    double *za, *zb; /* k rows of n: centred, unit-norm copies */
+} joint_pearson_ctx;
+
+static cks_err joint_pearson_statistic(void *opaque, const uint32_t *perm, size_t n, double *value,
+                                       cks_diag *diag)
+{
+    const joint_pearson_ctx *ctx = opaque;
+    double total = 0;
+    for (size_t j = 0; j < ctx->k; j++) {
+        const double *za = ctx->za + j * n, *zb = ctx->zb + j * n;
+        double r = 0;
+        if (perm) {
+            for (size_t i = 0; i < n; i++)
+                r += za[i] * zb[perm[i]];
+        } else {
+            for (size_t i = 0; i < n; i++)
+                r += za[i] * zb[i];
+        }
+        total += r;
+    }
+    *value = total / (double)ctx->k;
+    return CKS_OK;
+}
+
+/* dst = (src - mean) / |src - mean|, two passes in double. */
+static cks_err standardise(const double *src, size_t n, double *dst, size_t which, cks_diag *diag)
+{
+    double sum = 0, ss = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(src[i]))
+            return cks_fail(diag, CKS_ERR_NUMERIC, "vector %zu: element %zu is not finite", which, i);
+        sum += src[i];
+    }
+    double mean = sum / (double)n;
+    for (size_t i = 0; i < n; i++)
+        ss += (src[i] - mean) * (src[i] - mean);
+    if (!(ss > 0))
+        return cks_fail(diag, CKS_ERR_NUMERIC, "vector %zu is constant: Pearson undefined", which);
+    double scale = 1.0 / sqrt(ss);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (src[i] - mean) * scale;
+    return CKS_OK;
+}
+
+cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const *b, size_t k,
+                                    size_t n, uint64_t seed, uint32_t permutations,
+                                    cks_alternative alternative, cks_perm_result *out,
+                                    cks_diag *diag)
+{
+    joint_pearson_ctx ctx = {k, NULL, NULL};
+    cks_err err = CKS_OK;
+    memset(out, 0, sizeof *out);
+    if (k == 0 || n < 2 || !a || !b || k > SIZE_MAX / n / sizeof(double)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "joint Pearson test needs k >= 1 vectors of n >= 2");
+        goto out;
+    }
+    ctx.za = malloc(k * n * sizeof(double));
+    ctx.zb = malloc(k * n * sizeof(double));
+    if (!ctx.za || !ctx.zb) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "joint Pearson test of %zu x %zu", k, n);
+        goto out;
+    }
+    for (size_t j = 0; j < k; j++) {
+        if ((err = standardise(a[j], n, ctx.za + j * n, j, diag)) != CKS_OK ||
+            (err = standardise(b[j], n, ctx.zb + j * n, j, diag)) != CKS_OK)
+            goto out;
+    }
+    err = cks_perm_test(n, joint_pearson_statistic, &ctx, seed, permutations, alternative, out, diag);
+out:
+    free(ctx.za);
+    free(ctx.zb);
+    return err;
+}
+
+/* ---------------- equality null ---------------- */
+
+static int compare_u64(const void *x, const void *y)
+{
+    uint64_t p = *(const uint64_t *)x, q = *(const uint64_t *)y;
+    return (p > q) - (p < q);
+}
+
+static uint64_t load_bits(const uint8_t *p, size_t width)
+{
+    uint64_t v = 0;
+    for (size_t k = 0; k < width; k++)
+        v |= (uint64_t)p[k] << (8 * k);
+    return v;
+}
+
+/*
+ * X = number of i with a_i == b_pi(i) for a uniform permutation pi. With cA, cB the value
+ * counts, S1 = sum cA cB, S2 = sum cA cB^2, S3 = sum cA^2 cB:
+ *   E[X]   = sum_i cB(a_i)/n = S1/n
+ *   E[X^2] = E[X] + sum_{i != j} P(both match)
+ *          = S1/n + (S1^2 - S3 - S2 + S1) / (n (n-1)),
+ * because P(a_i = b_pi(i), a_j = b_pi(j)) = cB(a_i) (cB(a_j) - [a_i = a_j]) / (n (n-1)) and
+ * summing that over all (i, j) gives S1^2 - S3, from which the i = j terms S2 - S1 go.
+ */
+static void equality_moments(long double s1, long double s2, long double s3, uint64_t n,
+                             cks_equality_null *out)
+{
+    long double nn = (long double)n;
+    long double mean = s1 / nn;
+    long double second = mean;
+    if (n > 1)
+        second += (s1 * s1 - s3 - s2 + s1) / (nn * (nn - 1));
+    long double var = second - mean * mean;
+    if (var < 0)
+        var = 0; /* rounding */
+    out->expected_fraction = (double)(mean / nn);
+    out->null_sd = (double)(sqrtl(var) / nn);
+}
+
+cks_err cks_equality_null_compute(cks_dtype dtype, const void *a, const void *b, size_t n,
+                                  cks_equality_null *out, cks_diag *diag)
+{
+    size_t width = cks_decode_elem_size(dtype);
+    uint64_t *sorted_a = NULL, *sorted_b = NULL, *table = NULL;
+    const uint8_t *pa = a, *pb = b;
+    cks_err err = CKS_OK;
+    memset(out, 0, sizeof *out);
+    if (width == 0) {
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "equality null of dtype %s", cks_dtype_name(dtype));
+        goto out;
+    }
+    if (n == 0 || !a || !b || n > SIZE_MAX / sizeof(uint64_t)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "equality null needs two non-empty tensors");
+        goto out;
+    }
+    long double s1 = 0, s2 = 0, s3 = 0;
+    uint64_t equal = 0;
+    for (size_t i = 0; i < n; i++)
+        equal += load_bits(pa + i * width, width) == load_bits(pb + i * width, width);
+    if (width <= 2) {
+        /* one count table per side: 2 x 65536 counters */
+        size_t values = (size_t)1 << (8 * width);
+        table = calloc(2 * values, sizeof *table);
+        if (!table) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "equality null histogram");
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+            table[load_bits(pa + i * width, width)]++;
+            table[values + load_bits(pb + i * width, width)]++;
+        }
+        for (size_t v = 0; v < values; v++) {
+            long double ca = table[v], cb = table[values + v];
+            out->distinct_a += ca > 0;
+            out->distinct_b += cb > 0;
+            s1 += ca * cb;
+            s2 += ca * cb * cb;
+            s3 += ca * ca * cb;
+        }
+    } else {
+        sorted_a = malloc(n * sizeof *sorted_a);
+        sorted_b = malloc(n * sizeof *sorted_b);
+        if (!sorted_a || !sorted_b) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "equality null of %zu elements", n);
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+            sorted_a[i] = load_bits(pa + i * width, width);
+            sorted_b[i] = load_bits(pb + i * width, width);
+        }
+        qsort(sorted_a, n, sizeof *sorted_a, compare_u64);
+        qsort(sorted_b, n, sizeof *sorted_b, compare_u64);
+        /* walk both sorted runs in step */
+        size_t i = 0, j = 0;
+        while (i < n || j < n) {
+            uint64_t value = i < n && (j >= n || sorted_a[i] <= sorted_b[j]) ? sorted_a[i] : sorted_b[j];
+            long double ca = 0, cb = 0;
+            while (i < n && sorted_a[i] == value) {
+                ca++;
+                i++;
+            }
+            while (j < n && sorted_b[j] == value) {
+                cb++;
+                j++;
+            }
+            out->distinct_a += ca > 0;
+            out->distinct_b += cb > 0;
+            s1 += ca * cb;
+            s2 += ca * cb * cb;
+            s3 += ca * ca * cb;
+        }
+    }
+    out->n = n;
+    out->equal = equal;
+    out->observed_fraction = (double)equal / (double)n;
+    equality_moments(s1, s2, s3, n, out);
+    out->z = cks_zscore(out->observed_fraction, out->expected_fraction, out->null_sd);
+out:
+    free(sorted_a);
+    free(sorted_b);
+    free(table);
+    return err;
+}
+
+/* ---------------- helpers ---------------- */
+
+double cks_zscore(double x, double mean, double sd)
+{
+    if (!(sd > 0) || !isfinite(sd))
+        return NAN;
+    return (x - mean) / sd;
+}
+
+double cks_normal_sf(double z) { return 0.5 * erfc(z / sqrt(2.0)); }
+
+typedef struct indexed_p {
+    double p;
+    size_t index;
+} indexed_p;
+
+static int compare_indexed_p(const void *x, const void *y)
+{
+    const indexed_p *u = x, *v = y;
+    if (u->p != v->p)
+        return u->p < v->p ? -1 : 1;
+    return (u->index > v->index) - (u->index < v->index);
+}
+
+cks_err cks_holm(const double *p, size_t k, double *adjusted, cks_diag *diag)
+{
+    indexed_p *order = NULL;
+    cks_err err = CKS_OK;
+    if (k == 0 || !p || !adjusted || k > SIZE_MAX / sizeof *order) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Holm correction of an empty family");
+        goto out;
+    }
+    for (size_t i = 0; i < k; i++) {
+        if (!(p[i] >= 0 && p[i] <= 1)) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Holm: p-value %zu is %g, not in [0, 1]", i, p[i]);
+            goto out;
+        }
+    }
+    order = malloc(k * sizeof *order);
+    if (!order) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "Holm correction of %zu p-values", k);
+        goto out;
+    }
+    for (size_t i = 0; i < k; i++)
+        order[i] = (indexed_p){p[i], i};
+    qsort(order, k, sizeof *order, compare_indexed_p);
+    /* adjusted p_(i) = max over j <= i of min(1, (k - j + 1) p_(j)), 1-based ranks */
+    double running = 0;
+    for (size_t r = 0; r < k; r++) {
+        double scaled = fmin(1.0, (double)(k - r) * order[r].p);
+        running = fmax(running, scaled);
+        adjusted[order[r].index] = running;
+    }
+out:
+    free(order);
+    return err;
+}

@@ -1,0 +1,416 @@
+/*
+ * PRNG, permutation tests, equality null and Holm against independent references: a Python
+ * implementation of xoshiro256** and splitmix64, exact results known in closed form (the
+ * permutation variance of Pearson r is 1/(n-1)), brute-force enumeration of every
+ * permutation, hand-worked Holm cases and Holm's sequential rejection rule, and a
+ * Kolmogorov–Smirnov check that p-values are uniform under a true null.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "ckptscope/metrics.h"
+#include "ckptscope/stats.h"
+#include "ref/pyref.h"
+
+static bool sanitized(void)
+{
+    const char *s = getenv("CKS_SANITIZED");
+    return s && strcmp(s, "1") == 0;
+}
+
+static void rng_matches_python_reference(void)
+{
+    if (!pyref_available())
+        SKIP("/usr/bin/python3 with numpy/scipy not available for the reference");
+    pyref_dir dir = {{0}};
+    CHECK(pyref_dir_make(&dir));
+    CHECK(pyref_write_text(&dir, "seed.txt", "20260128"));
+    CHECK(pyref_run(&dir, "xoshiro"));
+    size_t bytes = 0;
+    uint64_t *want = pyref_read(&dir, "rng.u64", &bytes);
+    CHECK(want && bytes == 8000);
+    cks_rng rng;
+    cks_rng_seed(&rng, 20260128);
+    CHECK(rng.seed == 20260128);
+    size_t bad = 0;
+    for (size_t i = 0; want && i < 1000; i++)
+        bad += cks_rng_next(&rng) != want[i];
+    CHECK_MSG(bad == 0, "%zu of 1000 outputs differ from the Python xoshiro256**", bad);
+    free(want);
+    pyref_dir_remove(&dir);
+}
+
+/* Chi-square goodness of fit of bounded draws and of all 24 permutations of 4 elements. */
+static void rng_bounded_and_permutations_are_uniform(void)
+{
+    cks_rng rng;
+    cks_rng_seed(&rng, 7);
+    enum { DRAWS = 70000 };
+    uint64_t counts[7] = {0};
+    for (int i = 0; i < DRAWS; i++) {
+        uint64_t v = cks_rng_below(&rng, 7);
+        CHECK(v < 7);
+        counts[v < 7 ? v : 0]++;
+    }
+    double chi2 = 0;
+    for (int k = 0; k < 7; k++)
+        chi2 += pow(counts[k] - DRAWS / 7.0, 2) / (DRAWS / 7.0);
+    CHECK_MSG(chi2 < 22.46, "chi2 %g over 6 df (p < 0.001)", chi2); /* chi2_6 quantile 0.999 */
+    CHECK(cks_rng_below(&rng, 0) == 0);
+    CHECK(cks_rng_below(&rng, 1) == 0);
+
+    uint64_t perm_counts[24] = {0};
+    for (int t = 0; t < 48000; t++) {
+        uint32_t p[4];
+        cks_rng_permutation(&rng, p, 4);
+        /* Lehmer code -> index 0..23 */
+        int code = 0;
+        for (int i = 0; i < 4; i++) {
+            int smaller = 0;
+            for (int j = i + 1; j < 4; j++)
+                smaller += p[j] < p[i];
+            code = code * (4 - i) + smaller;
+        }
+        perm_counts[code]++;
+    }
+    chi2 = 0;
+    for (int k = 0; k < 24; k++)
+        chi2 += pow(perm_counts[k] - 2000.0, 2) / 2000.0;
+    CHECK_MSG(chi2 < 49.73, "chi2 %g over 23 df (p < 0.001)", chi2);
+
+    double sum = 0, sumsq = 0;
+    for (int i = 0; i < 20000; i++) {
+        double z = cks_rng_normal(&rng);
+        sum += z;
+        sumsq += z * z;
+    }
+    CHECK_NEAR(sum / 20000, 0.0, 0.03);  /* 4 sd of the mean */
+    CHECK_NEAR(sumsq / 20000, 1.0, 0.04);
+}
+
+static cks_err constant_statistic(void *ctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    *value = 3.0;
+    return CKS_OK;
+}
+
+/* sum i * x[perm[i]] with x increasing: the identity is the unique maximum (rearrangement). */
+static cks_err rearrangement_statistic(void *ctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)i * (double)(perm ? perm[i] : i);
+    *value = s;
+    return CKS_OK;
+}
+
+static cks_err failing_statistic(void *ctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    return perm ? cks_fail(diag, CKS_ERR_NUMERIC, "planted failure") : (*value = 0, CKS_OK);
+}
+
+static void perm_test_counting_rules(void)
+{
+    cks_perm_result r;
+    /* all ties: b = T, p = 1 */
+    CHECK(cks_perm_test(10, constant_statistic, NULL, 1, 99, CKS_ALT_GREATER, &r, NULL) == CKS_OK);
+    CHECK(r.at_least_as_extreme == 99 && r.p_value == 1.0 && r.null_sd == 0 && isnan(r.z));
+    /* unique maximum over 12! orderings: nothing reaches it, p = 1/(T+1) */
+    CHECK(cks_perm_test(12, rearrangement_statistic, NULL, 5, 199, CKS_ALT_GREATER, &r, NULL) == CKS_OK);
+    CHECK(r.at_least_as_extreme == 0);
+    CHECK_NEAR(r.p_value, 1.0 / 200, 1e-15);
+    CHECK(r.seed == 5 && r.permutations == 199 && r.z > 0);
+    /* the opposite alternative: everything is at most the maximum */
+    CHECK(cks_perm_test(12, rearrangement_statistic, NULL, 5, 199, CKS_ALT_LESS, &r, NULL) == CKS_OK);
+    CHECK(r.at_least_as_extreme == 199 && r.p_value == 1.0);
+    /* same seed, same answer; the callback's error is passed through and out is zeroed */
+    cks_perm_result again;
+    CHECK(cks_perm_test(12, rearrangement_statistic, NULL, 5, 199, CKS_ALT_LESS, &again, NULL) == CKS_OK);
+    CHECK(again.null_mean == r.null_mean && again.null_sd == r.null_sd);
+    cks_diag diag = {{0}};
+    CHECK(cks_perm_test(5, failing_statistic, NULL, 1, 9, CKS_ALT_GREATER, &r, &diag) == CKS_ERR_NUMERIC);
+    CHECK(strstr(diag.text, "planted") != NULL && r.permutations == 0);
+    CHECK(cks_perm_test(0, constant_statistic, NULL, 1, 9, CKS_ALT_GREATER, &r, NULL) == CKS_ERR_INVALID_ARG);
+    CHECK(cks_perm_test(5, constant_statistic, NULL, 1, 0, CKS_ALT_GREATER, &r, NULL) == CKS_ERR_INVALID_ARG);
+}
+
+/* For one pair the permutation distribution of r has mean 0 and variance 1/(n-1) exactly. */
+static void joint_pearson_null_moments(void)
+{
+    enum { N = 40 };
+    double a[N], b[N];
+    cks_rng data;
+    cks_rng_seed(&data, 99);
+    for (int i = 0; i < N; i++) {
+        a[i] = cks_rng_normal(&data);
+        b[i] = cks_rng_normal(&data) + 0.2 * a[i];
+    }
+    const double *pa[1] = {a}, *pb[1] = {b};
+    cks_perm_result r;
+    uint32_t T = sanitized() ? 2000 : 8000;
+    CHECK(cks_joint_pearson_perm_test(pa, pb, 1, N, 11, T, CKS_ALT_TWO_SIDED, &r, NULL) == CKS_OK);
+    double want_r = 0;
+    CHECK(cks_pearson_f64(a, b, N, &want_r, NULL) == CKS_OK);
+    CHECK_NEAR(r.observed, want_r, 1e-14);
+    double sd = 1 / sqrt(N - 1.0);
+    CHECK_NEAR(r.null_mean, 0.0, 5 * sd / sqrt(T));
+    CHECK_MSG(fabs(r.null_sd / sd - 1) < 0.06, "null sd %g, exact %g", r.null_sd, sd);
+
+    /* within-model dependence: 8 vectors sharing one pattern (rho ~ 0.8). The joint null is
+     * much wider than the iid prediction 1/sqrt(k n), which is the point of permuting jointly */
+    enum { K = 8, M = 256 };
+    static double va[K][M], vb[K][M];
+    double shared_a[M], shared_b[M];
+    for (int i = 0; i < M; i++) {
+        shared_a[i] = cks_rng_normal(&data);
+        shared_b[i] = cks_rng_normal(&data);
+    }
+    const double *qa[K], *qb[K];
+    for (int k = 0; k < K; k++) {
+        for (int i = 0; i < M; i++) {
+            va[k][i] = 2 * shared_a[i] + cks_rng_normal(&data);
+            vb[k][i] = 2 * shared_b[i] + cks_rng_normal(&data);
+        }
+        qa[k] = va[k];
+        qb[k] = vb[k];
+    }
+    CHECK(cks_joint_pearson_perm_test(qa, qb, K, M, 3, 2000, CKS_ALT_TWO_SIDED, &r, NULL) == CKS_OK);
+    CHECK_MSG(r.null_sd > 2.0 / sqrt((double)K * M), "joint null sd %g vs iid %g", r.null_sd,
+              1 / sqrt((double)K * M));
+    double constant[M];
+    for (int i = 0; i < M; i++)
+        constant[i] = 1;
+    qb[3] = constant;
+    CHECK(cks_joint_pearson_perm_test(qa, qb, K, M, 3, 10, CKS_ALT_TWO_SIDED, &r, NULL) == CKS_ERR_NUMERIC);
+}
+
+/* Kolmogorov–Smirnov distance of permutation p-values from uniform under a true null. */
+static void perm_p_values_uniform_under_null(void)
+{
+    int runs = sanitized() ? 200 : 400;
+    enum { N = 48, K = 3, T = 99 };
+    double *p = malloc(sizeof(double) * (size_t)runs);
+    cks_rng data;
+    cks_rng_seed(&data, 2026);
+    double a[K][N], b[K][N];
+    for (int run = 0; run < runs; run++) {
+        const double *pa[K], *pb[K];
+        for (int k = 0; k < K; k++) {
+            for (int i = 0; i < N; i++) {
+                a[k][i] = cks_rng_normal(&data);
+                b[k][i] = cks_rng_normal(&data);
+            }
+            pa[k] = a[k];
+            pb[k] = b[k];
+        }
+        cks_perm_result r;
+        CHECK(cks_joint_pearson_perm_test(pa, pb, K, N, 1000 + (uint64_t)run, T, CKS_ALT_GREATER, &r, NULL) == CKS_OK);
+        p[run] = r.p_value;
+    }
+    /* p lives on the grid j/(T+1); compare the empirical CDF with the uniform CDF there */
+    double d = 0;
+    for (int j = 1; j <= T + 1; j++) {
+        double grid = (double)j / (T + 1), below = 0;
+        for (int run = 0; run < runs; run++)
+            below += p[run] <= grid + 1e-12;
+        d = fmax(d, fabs(below / runs - grid));
+    }
+    double critical = 1.949 / sqrt((double)runs); /* Kolmogorov, alpha = 0.001 */
+    CHECK_MSG(d < critical, "KS distance %g >= %g over %d runs", d, critical, runs);
+    free(p);
+
+    /* and the test has power: a real dependence gives the floor 1/(T+1) */
+    const double *pa[1] = {a[0]}, *pb[1] = {a[1]};
+    for (int i = 0; i < N; i++)
+        a[1][i] = a[0][i] + 0.3 * cks_rng_normal(&data);
+    cks_perm_result r;
+    CHECK(cks_joint_pearson_perm_test(pa, pb, 1, N, 1, T, CKS_ALT_GREATER, &r, NULL) == CKS_OK);
+    CHECK_NEAR(r.p_value, 1.0 / (T + 1), 1e-15);
+}
+
+/* Exact mean and variance of the number of matches, by enumerating all n! shuffles of B. */
+static void brute_equality_moments(const uint8_t *a, const uint8_t *b, int n, double *mean, double *var)
+{
+    int idx[8];
+    for (int i = 0; i < n; i++)
+        idx[i] = i;
+    double s = 0, ss = 0, count = 0;
+    /* Heap's algorithm, iterative */
+    int c[8] = {0};
+    for (int i = 0;;) {
+        double x = 0;
+        for (int k = 0; k < n; k++)
+            x += a[k] == b[idx[k]];
+        s += x;
+        ss += x * x;
+        count++;
+        while (i < n && c[i] >= i) {
+            c[i] = 0;
+            i++;
+        }
+        if (i >= n)
+            break;
+        int j = i % 2 ? c[i] : 0;
+        int t = idx[j];
+        idx[j] = idx[i];
+        idx[i] = t;
+        c[i]++;
+        i = 0;
+    }
+    *mean = s / count;
+    *var = ss / count - (*mean) * (*mean);
+}
+
+static void equality_null_exact(void)
+{
+    cks_equality_null e;
+    /* two values, B a copy of A: X is 2 (identity) or 0 (swap) */
+    uint8_t two[2] = {1, 2};
+    CHECK(cks_equality_null_compute(CKS_DTYPE_U8, two, two, 2, &e, NULL) == CKS_OK);
+    CHECK(e.equal == 2 && e.observed_fraction == 1.0);
+    CHECK_NEAR(e.expected_fraction, 0.5, 1e-15);
+    CHECK_NEAR(e.null_sd, 0.5, 1e-15);
+
+    static const uint8_t cases[][2][7] = {
+        {{1, 1, 2, 2, 2, 3, 4}, {2, 1, 2, 5, 2, 3, 1}},
+        {{7, 7, 7, 7, 7, 7, 7}, {7, 7, 7, 1, 7, 7, 7}},
+        {{1, 2, 3, 4, 5, 6, 7}, {7, 6, 5, 4, 3, 2, 1}},
+        {{0, 0, 1, 1, 0, 1, 0}, {1, 0, 1, 0, 0, 0, 1}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        double mean, var;
+        brute_equality_moments(cases[c][0], cases[c][1], 7, &mean, &var);
+        CHECK(cks_equality_null_compute(CKS_DTYPE_U8, cases[c][0], cases[c][1], 7, &e, NULL) == CKS_OK);
+        CHECK_NEAR(e.expected_fraction, mean / 7, 1e-14);
+        CHECK_NEAR(e.null_sd, sqrt(fmax(var, 0)) / 7, 1e-12);
+        /* the sorted path (32-bit values) gives the same numbers as the table path */
+        uint32_t wa[7], wb[7];
+        for (int i = 0; i < 7; i++) {
+            wa[i] = cases[c][0][i] * 0x01010101u;
+            wb[i] = cases[c][1][i] * 0x01010101u;
+        }
+        cks_equality_null e32;
+        CHECK(cks_equality_null_compute(CKS_DTYPE_U32, wa, wb, 7, &e32, NULL) == CKS_OK);
+        CHECK_NEAR(e32.expected_fraction, mean / 7, 1e-14);
+        CHECK_NEAR(e32.null_sd, sqrt(fmax(var, 0)) / 7, 1e-12);
+        CHECK(e32.equal == e.equal && e32.distinct_a == e.distinct_a && e32.distinct_b == e.distinct_b);
+    }
+    /* a constant tensor: every shuffle matches the same way, sd 0, z undefined */
+    CHECK(cks_equality_null_compute(CKS_DTYPE_U8, cases[1][0], cases[1][0], 7, &e, NULL) == CKS_OK);
+    CHECK(e.null_sd == 0 && isnan(e.z) && e.distinct_a == 1);
+    CHECK(cks_equality_null_compute(CKS_DTYPE_F4, two, two, 2, &e, NULL) == CKS_ERR_UNSUPPORTED);
+}
+
+/* BF16 "norm gains" in a narrow band collide by chance: the null mean is far above 0. */
+static void equality_null_bf16_against_shuffles(void)
+{
+    enum { N = 4096 };
+    uint16_t a[N], b[N], shuffled[N];
+    cks_rng rng;
+    cks_rng_seed(&rng, 77);
+    for (int i = 0; i < N; i++) {
+        float x = (float)(0.8 + 0.01 * cks_rng_normal(&rng)), y = (float)(0.8 + 0.01 * cks_rng_normal(&rng));
+        uint32_t ux, uy;
+        memcpy(&ux, &x, 4);
+        memcpy(&uy, &y, 4);
+        a[i] = (uint16_t)(ux >> 16);
+        b[i] = (uint16_t)(uy >> 16);
+    }
+    cks_equality_null e;
+    CHECK(cks_equality_null_compute(CKS_DTYPE_BF16, a, b, N, &e, NULL) == CKS_OK);
+    CHECK(e.expected_fraction > 0.1); /* many collisions expected by chance */
+    /* Monte Carlo over explicit shuffles with a test-local shuffle */
+    int shuffles = sanitized() ? 300 : 1000;
+    double s = 0, ss = 0;
+    uint64_t state = 1;
+    for (int t = 0; t < shuffles; t++) {
+        memcpy(shuffled, b, sizeof b);
+        for (int i = N - 1; i > 0; i--) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            int j = (int)((state >> 33) % (uint64_t)(i + 1));
+            uint16_t tmp = shuffled[i];
+            shuffled[i] = shuffled[j];
+            shuffled[j] = tmp;
+        }
+        double x = 0;
+        for (int i = 0; i < N; i++)
+            x += a[i] == shuffled[i];
+        s += x / N;
+        ss += (x / N) * (x / N);
+    }
+    double mc_mean = s / shuffles, mc_sd = sqrt(ss / shuffles - mc_mean * mc_mean);
+    CHECK_NEAR(mc_mean, e.expected_fraction, 5 * e.null_sd / sqrt(shuffles));
+    CHECK_MSG(fabs(mc_sd / e.null_sd - 1) < 0.12, "Monte Carlo sd %g, exact %g", mc_sd, e.null_sd);
+}
+
+/* Holm's step-down rule written out: reject in p order while p_(i) <= alpha / (k - i + 1). */
+static void holm_sequential_reference(const double *p, size_t k, double alpha, bool *reject)
+{
+    bool *done = calloc(k, 1);
+    for (size_t i = 0; i < k; i++)
+        reject[i] = false;
+    for (size_t step = 0; step < k; step++) {
+        size_t best = k;
+        for (size_t j = 0; j < k; j++)
+            if (!done[j] && (best == k || p[j] < p[best]))
+                best = j;
+        done[best] = true;
+        if (p[best] > alpha / (double)(k - step))
+            break;
+        reject[best] = true;
+    }
+    free(done);
+}
+
+static void holm_correction(void)
+{
+    /* hand-worked: sorted .005 .01 .03 .04 -> x4 .02, x3 .03, x2 .06, x1 .04 -> monotone .06 */
+    double p[4] = {0.01, 0.04, 0.03, 0.005}, adj[4];
+    CHECK(cks_holm(p, 4, adj, NULL) == CKS_OK);
+    CHECK_NEAR(adj[0], 0.03, 1e-15);
+    CHECK_NEAR(adj[1], 0.06, 1e-15);
+    CHECK_NEAR(adj[2], 0.06, 1e-15);
+    CHECK_NEAR(adj[3], 0.02, 1e-15);
+    double big[2] = {0.6, 0.9}, adj2[2];
+    CHECK(cks_holm(big, 2, adj2, NULL) == CKS_OK);
+    CHECK(adj2[0] == 1.0 && adj2[1] == 1.0);
+
+    cks_rng rng;
+    cks_rng_seed(&rng, 4);
+    static const double alphas[] = {1e-3, 0.01, 0.05, 0.2};
+    for (int trial = 0; trial < 300; trial++) {
+        size_t k = 1 + cks_rng_below(&rng, 9);
+        double q[10], qa[10];
+        bool want[10];
+        for (size_t i = 0; i < k; i++)
+            q[i] = pow(cks_rng_uniform(&rng), 3); /* skewed towards small p */
+        CHECK(cks_holm(q, k, qa, NULL) == CKS_OK);
+        for (size_t a = 0; a < 4; a++) {
+            holm_sequential_reference(q, k, alphas[a], want);
+            for (size_t i = 0; i < k; i++)
+                CHECK((qa[i] <= alphas[a]) == want[i]);
+        }
+    }
+    double bad[2] = {0.1, NAN}, out[2];
+    CHECK(cks_holm(bad, 2, out, NULL) == CKS_ERR_INVALID_ARG);
+    bad[1] = 1.5;
+    CHECK(cks_holm(bad, 2, out, NULL) == CKS_ERR_INVALID_ARG);
+    CHECK(cks_holm(bad, 0, out, NULL) == CKS_ERR_INVALID_ARG);
+}
+
+static void normal_tail_and_z(void)
+{
+    CHECK_NEAR(cks_normal_sf(0), 0.5, 1e-16);
+    CHECK_NEAR(cks_normal_sf(1.959963984540054), 0.025, 1e-15);
+    /* P(Z > 10) = 7.619853024160527e-24 (tables; Abramowitz & Stegun 26.2) */
+    CHECK_NEAR(cks_normal_sf(10) / 7.619853024160527e-24, 1.0, 1e-12);
+    CHECK_NEAR(cks_zscore(3, 1, 0.5), 4.0, 0);
+    CHECK(isnan(cks_zscore(3, 1, 0)));
+}
+
+TEST_MAIN(T(rng_matches_python_reference), T(rng_bounded_and_permutations_are_uniform),
+          T(perm_test_counting_rules), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
+          T(equality_null_exact), T(equality_null_bf16_against_shuffles), T(holm_correction),
+          T(normal_tail_and_z))
