@@ -1,0 +1,838 @@
+/*
+ * The disk cache through its C API: byte exactness, merging, missing-range computation,
+ * checksums (a flipped bit is a miss, never data), metadata TTLs, whole-file SHA-256,
+ * LRU eviction and pins, HF_HOME reuse, several processes at once, kill -9 during writes,
+ * and a full disk. Child processes are plain fork()s of this binary.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache_internal.h"
+#include "check.h"
+#include "ckptscope/cache.h"
+
+#define KEY_A "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define KEY_B "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+#define KEY_C "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+#define KEY_G "git:0123456789abcdef0123456789abcdef01234567:config.json"
+
+/* The content of "the file" at absolute offset i: position-dependent so that a byte
+ * served from the wrong offset is caught. */
+static unsigned char pat(uint64_t i)
+{
+    /* splitmix64 finaliser: incompressible, like the mantissa bytes of real weights */
+    uint64_t x = (i >> 3) + 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    return (unsigned char)(x >> (8 * (i & 7)));
+}
+
+/* Low-entropy content that zstd compresses well (think norm vectors). */
+static unsigned char pat_z(uint64_t i)
+{
+    return (unsigned char)((i / 4096) % 5 + (i % 3 == 0));
+}
+
+static void fill(unsigned char *buf, uint64_t off, size_t len, bool compressible)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = compressible ? pat_z(off + i) : pat(off + i);
+}
+
+static bool check_bytes(const unsigned char *buf, uint64_t off, size_t len, bool compressible)
+{
+    for (size_t i = 0; i < len; i++)
+        if (buf[i] != (compressible ? pat_z(off + i) : pat(off + i)))
+            return false;
+    return true;
+}
+
+static char *mkcachedir(void)
+{
+    char tmpl[] = "/tmp/cks-cache-test-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}
+
+static void rmtree(const char *dir)
+{
+    char *cmd = NULL;
+    if (asprintf(&cmd, "rm -rf '%s'", dir) >= 0)
+        (void)system(cmd);
+    free(cmd);
+}
+
+static cks_cache *open_at(const char *dir, uint64_t max_bytes)
+{
+    cks_cache_opts o = {.dir = dir, .max_bytes = max_bytes, .revision_ttl_seconds = -1};
+    cks_cache *c = NULL;
+    cks_diag d = {{0}};
+    cks_err e = cks_cache_open(&o, &c, &d);
+    CHECK_MSG(e == CKS_OK, "open: %s", d.text);
+    return c;
+}
+
+static cks_err put_range(cks_cache *c, const char *key, uint64_t off, size_t len, bool z)
+{
+    unsigned char *buf = malloc(len ? len : 1);
+    cks_diag d = {{0}};
+    cks_err e;
+    if (!buf)
+        return CKS_ERR_NOMEM;
+    fill(buf, off, len, z);
+    e = cks_cache_write(c, key, off, buf, len, &d);
+    if (e)
+        fprintf(stderr, "  write: %s\n", d.text);
+    free(buf);
+    return e;
+}
+
+/* 1 = hit with the right bytes, 0 = miss, -1 = hit with WRONG bytes, -2 = error */
+static int get_range(cks_cache *c, const char *key, uint64_t off, size_t len, bool z)
+{
+    unsigned char *buf = malloc(len ? len : 1);
+    bool hit = false;
+    cks_diag d = {{0}};
+    int r;
+    if (!buf)
+        return -2;
+    if (cks_cache_read(c, key, off, buf, len, &hit, &d) != CKS_OK) {
+        fprintf(stderr, "  read: %s\n", d.text);
+        r = -2;
+    } else if (!hit) {
+        r = 0;
+    } else {
+        r = check_bytes(buf, off, len, z) ? 1 : -1;
+    }
+    free(buf);
+    return r;
+}
+
+static size_t count_extents(const char *dir, const char *key)
+{
+    cks_cache *c = open_at(dir, 0);
+    cks_cache_entry *v = NULL;
+    size_t n = 0, found = 0;
+    if (c && cks_cache_list(c, &v, &n, NULL) == CKS_OK)
+        for (size_t i = 0; i < n; i++)
+            if (v[i].kind == CKS_CACHE_ENTRY_FILE && strcmp(v[i].key, key) == 0)
+                found = (size_t)v[i].n_extents;
+    cks_cache_entries_free(v, n);
+    cks_cache_free(c);
+    return found;
+}
+
+/* Path of the first extent file of key (LFS keys are stored under s-<hex>). */
+static char *first_extent_path(const char *dir, const char *key)
+{
+    char *kd = NULL, *res = NULL;
+    const char *hex = key + 7;
+    if (asprintf(&kd, "%s/files/%.2s/s-%s", dir, hex, hex) < 0)
+        return NULL;
+    DIR *d = opendir(kd);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "x-", 2) == 0) {
+            if (asprintf(&res, "%s/%s", kd, de->d_name) < 0)
+                res = NULL;
+            break;
+        }
+    }
+    if (d)
+        closedir(d);
+    free(kd);
+    return res;
+}
+
+static void flip_byte(const char *path, off_t at)
+{
+    int fd = open(path, O_RDWR);
+    unsigned char b;
+    CHECK(fd >= 0);
+    if (fd < 0)
+        return;
+    CHECK(pread(fd, &b, 1, at) == 1);
+    b ^= 0x10;
+    CHECK(pwrite(fd, &b, 1, at) == 1);
+    close(fd);
+}
+
+/* ------------------------------------------------------------------------------------ */
+
+static void checksum_matches_portable_and_catches_flips(void)
+{
+    unsigned char buf[4099];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = pat(i);
+    static const size_t lens[] = {0, 1, 7, 8, 31, 32, 33, 63, 64, 100, 1000, 4096, 4099};
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        uint32_t a[4], b[4];
+        cks_cache_checksum(buf, lens[i], a);
+        cks_cache_checksum_portable(buf, lens[i], b);
+        CHECK_MSG(memcmp(a, b, sizeof a) == 0, "length %zu", lens[i]);
+    }
+    /* known answer: CRC32C("123456789") = 0xE3069283 */
+    CHECK_EQ_INT(cks_crc32c(0, "123456789", 9), 0xE3069283u);
+    uint32_t ref[4];
+    cks_cache_checksum(buf, sizeof buf, ref);
+    for (size_t bit = 0; bit < sizeof buf * 8; bit += 97) {
+        uint32_t got[4];
+        buf[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+        cks_cache_checksum(buf, sizeof buf, got);
+        buf[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+        CHECK_MSG(memcmp(ref, got, sizeof ref) != 0, "flip of bit %zu not detected", bit);
+    }
+}
+
+static void roundtrip_and_missing(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    CHECK(cks_cache_key_valid(KEY_A));
+    CHECK(cks_cache_key_valid(KEY_G));
+    CHECK(!cks_cache_key_valid("sha256:ABC"));
+    CHECK(!cks_cache_key_valid("git:0123:x"));
+    CHECK_EQ_INT(get_range(c, KEY_A, 0, 100, false), 0);
+    CHECK_EQ_INT(put_range(c, KEY_A, 1000, 5000, false), CKS_OK);
+    CHECK_EQ_INT(put_range(c, KEY_A, 100000, 3000, false), CKS_OK);
+    CHECK_EQ_INT(get_range(c, KEY_A, 1000, 5000, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 1234, 17, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 100500, 2500, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 900, 200, false), 0);   /* starts before */
+    CHECK_EQ_INT(get_range(c, KEY_A, 5999, 2, false), 0);    /* ends after */
+    CHECK_EQ_INT(get_range(c, KEY_B, 1000, 10, false), 0);   /* other key */
+
+    /* unsorted, overlapping request -> sorted, merged gaps */
+    cks_range want[] = {{102000, 5000}, {0, 2000}, {1500, 4000}, {6000, 100}};
+    cks_range *miss = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(cks_cache_missing(c, KEY_A, want, 4, &miss, &n, NULL), CKS_OK);
+    CHECK_EQ_INT(n, 3);
+    if (n == 3) {
+        CHECK_EQ_INT(miss[0].offset, 0);
+        CHECK_EQ_INT(miss[0].length, 1000);
+        CHECK_EQ_INT(miss[1].offset, 6000);
+        CHECK_EQ_INT(miss[1].length, 100);
+        CHECK_EQ_INT(miss[2].offset, 103000);
+        CHECK_EQ_INT(miss[2].length, 4000);
+    }
+    free(miss);
+    cks_range all[] = {{1000, 5000}};
+    CHECK_EQ_INT(cks_cache_missing(c, KEY_A, all, 1, &miss, &n, NULL), CKS_OK);
+    CHECK(n == 0 && miss == NULL);
+
+    /* a fresh handle (another process, later) sees the same bytes */
+    cks_cache_free(c);
+    c = open_at(dir, 0);
+    CHECK_EQ_INT(get_range(c, KEY_A, 1000, 5000, false), 1);
+    /* a git key stores non-LFS files the same way */
+    CHECK_EQ_INT(put_range(c, KEY_G, 0, 777, true), CKS_OK);
+    CHECK_EQ_INT(get_range(c, KEY_G, 0, 777, true), 1);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+static void adjacent_and_overlapping_extents_merge(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    CHECK_EQ_INT(put_range(c, KEY_A, 0, 100000, false), CKS_OK);
+    CHECK_EQ_INT(put_range(c, KEY_A, 100000, 50000, false), CKS_OK);   /* adjacent */
+    CHECK_EQ_INT(put_range(c, KEY_A, 120000, 60000, false), CKS_OK);   /* overlapping */
+    CHECK_EQ_INT(put_range(c, KEY_A, 10, 20, false), CKS_OK);          /* already there */
+    CHECK_EQ_INT(count_extents(dir, KEY_A), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 0, 180000, false), 1);
+    /* a gap closed from both sides */
+    CHECK_EQ_INT(put_range(c, KEY_A, 300000, 1000, false), CKS_OK);
+    CHECK_EQ_INT(count_extents(dir, KEY_A), 2);
+    CHECK_EQ_INT(put_range(c, KEY_A, 150000, 200000, false), CKS_OK);
+    CHECK_EQ_INT(count_extents(dir, KEY_A), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 0, 350000, false), 1);
+    /* a large write is split into bounded extents and reads back across their seams */
+    size_t big = 70u * 1024 * 1024;
+    CHECK_EQ_INT(put_range(c, KEY_B, 12345, big, false), CKS_OK);
+    CHECK(count_extents(dir, KEY_B) >= 2);
+    CHECK_EQ_INT(get_range(c, KEY_B, 12345, big, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_B, 12345 + 64u * 1024 * 1024 - 10, 20, false), 1);
+    cks_cache_stat st;
+    CHECK_EQ_INT(cks_cache_stat_get(c, &st, NULL), CKS_OK);
+    CHECK_EQ_INT(st.n_keys, 2);
+    CHECK_EQ_INT(st.logical_bytes, 350000 + big);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+static void compression_saves_space_and_reads_back(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    size_t len = 3u * 1024 * 1024 + 17;
+    CHECK_EQ_INT(put_range(c, KEY_C, 5, len, true), CKS_OK);
+    CHECK_EQ_INT(put_range(c, KEY_A, 0, 1024 * 1024, false), CKS_OK);
+    CHECK_EQ_INT(get_range(c, KEY_C, 5, len, true), 1);
+    CHECK_EQ_INT(get_range(c, KEY_C, 300000, 1000, true), 1);
+    cks_cache_entry *v = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(cks_cache_list(c, &v, &n, NULL), CKS_OK);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(v[i].key, KEY_C) == 0)
+            CHECK_MSG(v[i].stored_bytes * 10 < v[i].logical_bytes, "stored %" PRIu64
+                      " of %" PRIu64, v[i].stored_bytes, v[i].logical_bytes);
+        if (strcmp(v[i].key, KEY_A) == 0) /* random bytes: stored raw, small overhead */
+            CHECK(v[i].stored_bytes >= v[i].logical_bytes &&
+                  v[i].stored_bytes < v[i].logical_bytes + 8192);
+    }
+    cks_cache_entries_free(v, n);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+static void flipped_byte_is_a_miss_and_refetch_repairs(void)
+{
+    char *dir = mkcachedir();
+    static const bool kinds[] = {false, true};
+    for (size_t kind = 0; kind < 2; kind++) {
+        bool z = kinds[kind];
+        const char *key = z ? KEY_C : KEY_A;
+        cks_cache *c = open_at(dir, 0);
+        CHECK_EQ_INT(put_range(c, key, 0, 600000, z), CKS_OK);
+        cks_cache_free(c);
+        char *p = first_extent_path(dir, key);
+        CHECK(p != NULL);
+        if (!p)
+            continue;
+        struct stat st;
+        CHECK(stat(p, &st) == 0);
+        /* raw: inside the last chunk's bytes; zstd: a literal of the first chunk (a flip in a
+         * match offset of periodic data may decode to the same bytes, which is no harm) */
+        flip_byte(p, z ? 64 + 3 * 32 + 16 : st.st_size - 100);
+
+        cks_cache_verify_report rep;
+        c = open_at(dir, 0);
+        CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+        CHECK_EQ_INT(rep.bad_extents, 1);
+        cks_cache_verify_report_release(&rep);
+        /* a read of an untouched chunk of that extent is still checked chunk by chunk */
+        CHECK_EQ_INT(get_range(c, key, z ? 590000 : 10, 100, z), 1);
+        /* the damaged chunk: never data */
+        CHECK_EQ_INT(get_range(c, key, 0, 600000, z), 0);
+        char **notes = NULL;
+        size_t nn = cks_cache_take_notes(c, &notes);
+        CHECK_EQ_INT(nn, 1);
+        if (nn)
+            CHECK_MSG(strstr(notes[0], "corrupt") != NULL, "note: %s", notes[0]);
+        cks_cache_free_notes(notes, nn);
+        cks_range want = {0, 600000}, *miss = NULL;
+        size_t n = 0;
+        CHECK_EQ_INT(cks_cache_missing(c, key, &want, 1, &miss, &n, NULL), CKS_OK);
+        CHECK_EQ_INT(n, 1);
+        free(miss);
+        /* the refetch stores the bytes again and they read back */
+        CHECK_EQ_INT(put_range(c, key, 0, 600000, z), CKS_OK);
+        CHECK_EQ_INT(get_range(c, key, 0, 600000, z), 1);
+        CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+        CHECK_EQ_INT(rep.bad_extents, 0);
+        cks_cache_verify_report_release(&rep);
+        cks_cache_free(c);
+        free(p);
+    }
+    /* a flip in the header / chunk table is caught too */
+    cks_cache *c = open_at(dir, 0);
+    CHECK_EQ_INT(put_range(c, KEY_B, 0, 1000, false), CKS_OK);
+    cks_cache_free(c);
+    char *p = first_extent_path(dir, KEY_B);
+    if (p) {
+        flip_byte(p, 70);
+        c = open_at(dir, 0);
+        CHECK_EQ_INT(get_range(c, KEY_B, 0, 1000, false), 0);
+        cks_cache_free(c);
+    }
+    free(p);
+    rmtree(dir);
+    free(dir);
+}
+
+static void metadata_roundtrip_ttl_and_corruption(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    char *data = NULL;
+    size_t len = 0;
+    bool hit = true;
+    const char *commit = "0123456789abcdef0123456789abcdef01234567";
+    CHECK_EQ_INT(cks_cache_meta_get(c, "revision", "org/name@main", 600, &data, &len, &hit, NULL),
+                 CKS_OK);
+    CHECK(!hit && data == NULL);
+    CHECK_EQ_INT(cks_cache_meta_put(c, "revision", "org/name@main", commit, 40, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_meta_get(c, "revision", "org/name@main", 600, &data, &len, &hit, NULL),
+                 CKS_OK);
+    CHECK(hit && len == 40 && data && strcmp(data, commit) == 0);
+    free(data);
+    /* a big, compressible header */
+    size_t hl = 300000;
+    char *hdr = malloc(hl);
+    for (size_t i = 0; i < hl; i++)
+        hdr[i] = "{\"model.layers.0.weight\":{\"dtype\":\"BF16\"}},"[i % 44];
+    CHECK_EQ_INT(cks_cache_meta_put(c, "header", KEY_A, hdr, hl, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_meta_get(c, "header", KEY_A, -1, &data, &len, &hit, NULL), CKS_OK);
+    CHECK(hit && len == hl && memcmp(data, hdr, hl) == 0);
+    free(data);
+    /* invalid namespace */
+    CHECK_EQ_INT(cks_cache_meta_put(c, "../x", "k", "v", 1, NULL), CKS_ERR_INVALID_ARG);
+    /* TTL: after a second, a 0-second TTL is expired, "never" is not */
+    sleep(1);
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    CHECK_EQ_INT(cks_cache_meta_get(c, "revision", "org/name@main", 0, &data, &len, &hit, NULL),
+                 CKS_OK);
+    CHECK(!hit);
+    CHECK_EQ_INT(cks_cache_meta_get(c, "revision", "org/name@main", -1, &data, &len, &hit, NULL),
+                 CKS_OK);
+    CHECK(hit);
+    free(data);
+    /* corruption: flip a byte of the header entry */
+    cks_cache_entry *v = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(cks_cache_list(c, &v, &n, NULL), CKS_OK);
+    CHECK_EQ_INT(n, 2);
+    cks_cache_entries_free(v, n);
+    char *cmd = NULL;
+    char path[512] = "";
+    if (asprintf(&cmd, "ls %s/meta/header/* | head -1", dir) >= 0) {
+        FILE *f = popen(cmd, "r");
+        if (f && fgets(path, sizeof path, f))
+            path[strcspn(path, "\n")] = '\0';
+        if (f)
+            pclose(f);
+    }
+    free(cmd);
+    flip_byte(path, 100);
+    CHECK_EQ_INT(cks_cache_meta_get(c, "header", KEY_A, -1, &data, &len, &hit, NULL), CKS_OK);
+    CHECK(!hit && data == NULL);
+    free(hdr);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+static void sha256_hex_of(const unsigned char *buf, size_t n, char out[72])
+{
+    unsigned char md[32];
+    unsigned int ml = 0;
+    EVP_Digest(buf, n, md, &ml, EVP_sha256(), NULL);
+    strcpy(out, "sha256:");
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 7 + 2 * i, 3, "%02x", md[i]);
+}
+
+static void whole_file_sha256_check(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    size_t n = 2u * 1024 * 1024 + 3;
+    unsigned char *buf = malloc(n);
+    char key[72];
+    bool ok = true;
+    fill(buf, 0, n, false);
+    sha256_hex_of(buf, n, key);
+    CHECK_EQ_INT(cks_cache_write(c, key, 0, buf, n / 2, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_verify_file(c, key, n, &ok, NULL), CKS_OK);
+    CHECK(!ok); /* not whole yet */
+    CHECK_EQ_INT(cks_cache_write(c, key, n / 2, buf + n / 2, n - n / 2, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_verify_file(c, key, n, &ok, NULL), CKS_OK);
+    CHECK(ok);
+    CHECK_EQ_INT(cks_cache_verify_file(c, key, n, &ok, NULL), CKS_OK); /* from the marker */
+    CHECK(ok);
+    /* bytes that do not hash to their key are dropped */
+    CHECK_EQ_INT(cks_cache_write(c, KEY_B, 0, buf, n, NULL), CKS_OK);
+    cks_diag d = {{0}};
+    CHECK_EQ_INT(cks_cache_verify_file(c, KEY_B, n, &ok, &d), CKS_ERR_INTEGRITY);
+    CHECK(!ok);
+    CHECK_EQ_INT(get_range(c, KEY_B, 0, 100, false), 0);
+    free(buf);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+static void set_key_atime(const char *dir, const char *key, time_t t)
+{
+    char *kd = NULL;
+    if (asprintf(&kd, "%s/files/%.2s/s-%s", dir, key + 7, key + 7) < 0)
+        return;
+    DIR *d = opendir(kd);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "x-", 2) != 0)
+            continue;
+        struct timespec ts[2] = {{t, 0}, {0, UTIME_OMIT}};
+        utimensat(dirfd(d), de->d_name, ts, 0);
+    }
+    if (d)
+        closedir(d);
+    free(kd);
+}
+
+static void lru_eviction_respects_cap_and_pins(void)
+{
+    char *dir = mkcachedir();
+    size_t mb = 1024 * 1024;
+    cks_cache *c = open_at(dir, 0);
+    CHECK_EQ_INT(put_range(c, KEY_A, 0, mb, false), CKS_OK);
+    CHECK_EQ_INT(put_range(c, KEY_B, 0, mb, false), CKS_OK);
+    cks_cache_free(c);
+    time_t now = time(NULL);
+    set_key_atime(dir, KEY_A, now - 1000); /* A is the least recently used */
+    set_key_atime(dir, KEY_B, now - 500);
+    /* a process with a 2.5 MiB cap writes C: A must go, B and C stay */
+    c = open_at(dir, 2 * mb + mb / 2);
+    CHECK_EQ_INT(put_range(c, KEY_C, 0, mb, false), CKS_OK);
+    CHECK_EQ_INT(get_range(c, KEY_C, 0, mb, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_B, 0, mb, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 0, mb, false), 0);
+    char **notes = NULL;
+    size_t nn = cks_cache_take_notes(c, &notes);
+    CHECK(nn >= 1);
+    cks_cache_free_notes(notes, nn);
+    /* this process has read B and C (pinned): even a cap of 0 does not evict them */
+    uint64_t ev_n = 0, ev_b = 0;
+    CHECK_EQ_INT(cks_cache_prune(c, 0, &ev_n, &ev_b, NULL), CKS_OK);
+    CHECK_EQ_INT(ev_n, 0);
+    /* another process pins B while this one prunes: only C goes */
+    int ready[2], done[2];
+    CHECK(pipe(ready) == 0 && pipe(done) == 0);
+    cks_cache_free(c);
+    pid_t pid = fork();
+    if (pid == 0) {
+        cks_cache *cc = open_at(dir, 0);
+        cks_cache_pin(cc, KEY_B);
+        char x = 1;
+        (void)!write(ready[1], &x, 1);
+        (void)!read(done[0], &x, 1);
+        cks_cache_free(cc);
+        _exit(0);
+    }
+    char x;
+    CHECK(read(ready[0], &x, 1) == 1);
+    c = open_at(dir, 0);
+    CHECK_EQ_INT(cks_cache_prune(c, 0, &ev_n, &ev_b, NULL), CKS_OK);
+    CHECK_EQ_INT(ev_n, 1);
+    CHECK_EQ_INT(count_extents(dir, KEY_B), 1);
+    CHECK_EQ_INT(count_extents(dir, KEY_C), 0);
+    (void)!write(done[1], &x, 1);
+    int status;
+    waitpid(pid, &status, 0);
+    /* and with nobody pinning, clear removes everything */
+    uint64_t removed = 0;
+    CHECK_EQ_INT(cks_cache_clear(c, &removed, NULL), CKS_OK);
+    CHECK(removed >= mb);
+    CHECK_EQ_INT(count_extents(dir, KEY_B), 0);
+    close(ready[0]);
+    close(ready[1]);
+    close(done[0]);
+    close(done[1]);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+static void write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    if (f) {
+        CHECK(fwrite(data, 1, n, f) == n);
+        fclose(f);
+    }
+}
+
+static void hf_home_reuse(void)
+{
+    char *home = mkcachedir();
+    const char *commit = "0123456789abcdef0123456789abcdef01234567";
+    const char *etag = "3f2a9d5e5c1f0b6a7d8e9f00112233445566778899aabbccddeeff0011223344";
+    char *cmd = NULL;
+    CHECK(asprintf(&cmd,
+                   "cd '%s' && mkdir -p hub/models--org--name/blobs hub/models--org--name/refs "
+                   "hub/models--org--name/snapshots/%s/sub && "
+                   "ln -s ../../blobs/%s hub/models--org--name/snapshots/%s/model.safetensors && "
+                   "ln -s ../../../blobs/part.incomplete "
+                   "hub/models--org--name/snapshots/%s/sub/partial.bin",
+                   home, commit, etag, commit, commit) >= 0);
+    CHECK(system(cmd) == 0);
+    free(cmd);
+    char *p = NULL;
+    CHECK(asprintf(&p, "%s/hub/models--org--name/blobs/%s", home, etag) >= 0);
+    write_file(p, "hello", 5);
+    free(p);
+    CHECK(asprintf(&p, "%s/hub/models--org--name/blobs/part.incomplete", home) >= 0);
+    write_file(p, "hel", 3);
+    free(p);
+    CHECK(asprintf(&p, "%s/hub/models--org--name/refs/main", home) >= 0);
+    write_file(p, commit, 40);
+    free(p);
+
+    char *lp = NULL;
+    CHECK_EQ_INT(cks_cache_hf_lookup(home, "model", "org/name", commit, "model.safetensors", &lp,
+                                     NULL), CKS_OK);
+    CHECK(lp != NULL && strstr(lp, etag) != NULL);
+    free(lp);
+    CHECK_EQ_INT(cks_cache_hf_lookup(home, "model", "org/name", "main", "model.safetensors", &lp,
+                                     NULL), CKS_OK);
+    CHECK(lp != NULL);
+    free(lp);
+    /* absent file, absent repo, partial blob, dataset type, unsafe path */
+    CHECK_EQ_INT(cks_cache_hf_lookup(home, "model", "org/name", commit, "other.bin", &lp, NULL),
+                 CKS_OK);
+    CHECK(lp == NULL);
+    CHECK_EQ_INT(cks_cache_hf_lookup(home, "model", "org/none", commit, "model.safetensors", &lp,
+                                     NULL), CKS_OK);
+    CHECK(lp == NULL);
+    CHECK_EQ_INT(cks_cache_hf_lookup(home, "model", "org/name", commit, "sub/partial.bin", &lp,
+                                     NULL), CKS_OK);
+    CHECK(lp == NULL);
+    CHECK_EQ_INT(cks_cache_hf_lookup(home, "dataset", "org/name", commit, "model.safetensors", &lp,
+                                     NULL), CKS_OK);
+    CHECK(lp == NULL);
+    CHECK_EQ_INT(cks_cache_hf_lookup(home, "model", "org/name", commit, "../../x", &lp, NULL),
+                 CKS_ERR_INVALID_ARG);
+    /* through the environment */
+    char *hub = NULL;
+    CHECK(asprintf(&hub, "%s/hub", home) >= 0);
+    setenv("HF_HUB_CACHE", hub, 1);
+    CHECK_EQ_INT(cks_cache_hf_lookup(NULL, "model", "org/name", commit, "model.safetensors", &lp,
+                                     NULL), CKS_OK);
+    CHECK(lp != NULL);
+    free(lp);
+    unsetenv("HF_HUB_CACHE");
+    free(hub);
+    rmtree(home);
+    free(home);
+}
+
+static void offline_report_names_missing_tensors(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    CHECK_EQ_INT(put_range(c, KEY_A, 0, 1000, false), CKS_OK);
+    const char *names[] = {"embed.weight", "layers.0.norm.weight", "layers.1.norm.weight"};
+    cks_range r[] = {{0, 500}, {500, 1000}, {2000, 10}};
+    char *msg = NULL;
+    CHECK_EQ_INT(cks_cache_describe_missing(c, KEY_A, "model.safetensors", names, r, 3, &msg,
+                                            NULL), CKS_OK);
+    CHECK(msg != NULL);
+    if (msg) {
+        CHECK_MSG(strstr(msg, "model.safetensors: 2 of 3 tensors not cached") != NULL, "%s", msg);
+        CHECK(strstr(msg, "layers.0.norm.weight") && strstr(msg, "layers.1.norm.weight"));
+        CHECK(strstr(msg, "embed.weight") == NULL);
+    }
+    free(msg);
+    CHECK_EQ_INT(cks_cache_describe_missing(c, KEY_A, "f", names, r, 1, &msg, NULL), CKS_OK);
+    CHECK(msg == NULL);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+/* Several processes write overlapping ranges of one file into one cache at once; every
+ * read anyone does is right, and the cache is consistent afterwards. */
+static void concurrent_writers_overlapping_ranges(void)
+{
+    char *dir = mkcachedir();
+    enum { N_PROC = 6, ROUNDS = 25 };
+    pid_t pids[N_PROC];
+    for (int p = 0; p < N_PROC; p++) {
+        pids[p] = fork();
+        if (pids[p] == 0) {
+            srand((unsigned)(p * 7919 + 1));
+            cks_cache *c = open_at(dir, 0);
+            int bad = c ? 0 : 1;
+            for (int r = 0; r < ROUNDS && !bad; r++) {
+                uint64_t off = (uint64_t)(rand() % 4000) * 1000;
+                size_t len = (size_t)(rand() % 400 + 1) * 1000 + (size_t)(rand() % 999);
+                const char *key = (r % 3 == 0) ? KEY_C : KEY_A;
+                bool z = (r % 3 == 0);
+                cks_range want = {off, len}, *miss = NULL;
+                size_t nm = 0;
+                if (cks_cache_missing(c, key, &want, 1, &miss, &nm, NULL) != CKS_OK)
+                    bad = 2;
+                for (size_t i = 0; i < nm && !bad; i++)
+                    if (put_range(c, key, miss[i].offset, (size_t)miss[i].length, z) != CKS_OK)
+                        bad = 3;
+                free(miss);
+                int g = get_range(c, key, off, len, z);
+                if (g == -1)
+                    bad = 4; /* wrong bytes: the one unforgivable outcome */
+                else if (g != 1 && put_range(c, key, off, len, z) != CKS_OK)
+                    bad = 5;
+            }
+            cks_cache_free(c);
+            _exit(bad);
+        }
+    }
+    for (int p = 0; p < N_PROC; p++) {
+        int st = 0;
+        waitpid(pids[p], &st, 0);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d status %d", p, st);
+    }
+    cks_cache *c = open_at(dir, 0);
+    cks_cache_verify_report rep;
+    CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.bad_extents, 0);
+    CHECK_EQ_INT(rep.stale_temp, 0);
+    cks_cache_verify_report_release(&rep);
+    /* whatever is cached is right */
+    cks_cache_entry *v = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(cks_cache_list(c, &v, &n, NULL), CKS_OK);
+    CHECK_EQ_INT(n, 2);
+    cks_cache_entries_free(v, n);
+    for (uint64_t off = 0; off < 4400000; off += 50000) {
+        int g1 = get_range(c, KEY_A, off, 50000, false), g2 = get_range(c, KEY_C, off, 50000, true);
+        CHECK(g1 >= 0 && g2 >= 0);
+    }
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+/* kill -9 a writer at many points of a large fetch; afterwards no entry is bad, nothing
+ * half-written is visible, and a rerun completes with the right bytes. */
+static void kill9_during_writes_leaves_cache_consistent(void)
+{
+    char *dir = mkcachedir();
+    const size_t total = 24u * 1024 * 1024, piece = 3u * 1024 * 1024 + 4321;
+    for (int round = 0; round < 12; round++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            cks_cache *c = open_at(dir, 0);
+            /* pieces in a round-dependent order, so merges and splits happen mid-kill */
+            for (size_t k = 0; k * piece < total; k++) {
+                size_t idx = (k * 5 + (size_t)round) % ((total + piece - 1) / piece);
+                uint64_t off = (uint64_t)idx * piece;
+                size_t len = off + piece > total ? total - off : piece;
+                put_range(c, round % 2 ? KEY_A : KEY_C, off, len, round % 2 == 0);
+            }
+            cks_cache_free(c);
+            _exit(0);
+        }
+        struct timespec ts = {0, (long)(5 + (round * 37) % 120) * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        kill(pid, SIGKILL);
+        int st;
+        waitpid(pid, &st, 0);
+    }
+    cks_cache *c = open_at(dir, 0);
+    cks_cache_verify_report rep;
+    CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.bad_extents, 0);
+    CHECK_EQ_INT(rep.bad_meta, 0);
+    cks_cache_verify_report_release(&rep);
+    /* rerun: fetch what is missing, then everything reads back exactly */
+    static const char *const keys[] = {KEY_A, KEY_C};
+    for (int i = 0; i < 2; i++) {
+        bool z = i == 1;
+        cks_range want = {0, total}, *miss = NULL;
+        size_t nm = 0;
+        CHECK_EQ_INT(cks_cache_missing(c, keys[i], &want, 1, &miss, &nm, NULL), CKS_OK);
+        for (size_t m = 0; m < nm; m++)
+            CHECK_EQ_INT(put_range(c, keys[i], miss[m].offset, (size_t)miss[m].length, z), CKS_OK);
+        free(miss);
+        CHECK_EQ_INT(get_range(c, keys[i], 0, total, z), 1);
+    }
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
+/* A 4 MiB tmpfs fills up: a clear NoSpace error, no temporary left behind, and everything
+ * stored before is still there and right. */
+static void disk_full_is_a_clear_error(void)
+{
+    char *dir = mkcachedir();
+    if (geteuid() != 0 || mount("cks-test", dir, "tmpfs", 0, "size=4m") != 0) {
+        rmtree(dir);
+        free(dir);
+        SKIP("cannot mount a tmpfs here (%s)", geteuid() ? "not root" : strerror(errno));
+    }
+    cks_cache *c = open_at(dir, 0);
+    CHECK_EQ_INT(put_range(c, KEY_A, 0, 1024 * 1024, false), CKS_OK);
+    cks_diag d = {{0}};
+    size_t big = 8u * 1024 * 1024;
+    unsigned char *buf = malloc(big);
+    fill(buf, 0, big, false);
+    cks_err e = cks_cache_write(c, KEY_B, 0, buf, big, &d);
+    CHECK_EQ_INT(e, CKS_ERR_NO_SPACE);
+    CHECK_MSG(strstr(d.text, "no space") != NULL, "%s", d.text);
+    free(buf);
+    CHECK_EQ_INT(get_range(c, KEY_A, 0, 1024 * 1024, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_B, 0, 100, false), 0);
+    cks_cache_verify_report rep;
+    CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.bad_extents, 0);
+    CHECK_EQ_INT(rep.stale_temp, 0);
+    cks_cache_verify_report_release(&rep);
+    /* metadata too */
+    char *m = calloc(1, 6u * 1024 * 1024);
+    for (size_t i = 0; i < 6u * 1024 * 1024; i++)
+        m[i] = (char)pat(i);
+    CHECK_EQ_INT(cks_cache_meta_put(c, "header", KEY_B, m, 6u * 1024 * 1024, NULL),
+                 CKS_ERR_NO_SPACE);
+    free(m);
+    char *cmd = NULL;
+    int tmp_left = -1;
+    if (asprintf(&cmd, "ls -A '%s/tmp' | wc -l", dir) >= 0) {
+        FILE *f = popen(cmd, "r");
+        if (f && fscanf(f, "%d", &tmp_left) != 1)
+            tmp_left = -1;
+        if (f)
+            pclose(f);
+    }
+    free(cmd);
+    CHECK_EQ_INT(tmp_left, 0);
+    cks_cache_free(c);
+    umount2(dir, MNT_DETACH);
+    rmtree(dir);
+    free(dir);
+}
+
+static void bad_layout_is_refused(void)
+{
+    char *dir = mkcachedir();
+    char *p = NULL;
+    CHECK(asprintf(&p, "%s/layout", dir) >= 0);
+    write_file(p, "something else 9\n", 17);
+    cks_cache_opts o = {.dir = dir};
+    cks_cache *c = NULL;
+    cks_diag d = {{0}};
+    CHECK_EQ_INT(cks_cache_open(&o, &c, &d), CKS_ERR_CACHE);
+    CHECK(c == NULL);
+    cks_cache_free(NULL);
+    free(p);
+    rmtree(dir);
+    free(dir);
+}
+
+TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
+          T(adjacent_and_overlapping_extents_merge), T(compression_saves_space_and_reads_back),
+          T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
+          T(whole_file_sha256_check), T(lru_eviction_respects_cap_and_pins), T(hf_home_reuse),
+          T(offline_report_names_missing_tensors), T(concurrent_writers_overlapping_ranges),
+          T(kill9_during_writes_leaves_cache_consistent), T(disk_full_is_a_clear_error),
+          T(bad_layout_is_refused))
