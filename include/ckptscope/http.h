@@ -1,0 +1,185 @@
+/*
+ * ckptscope/http.h — the range engine: many byte ranges over HTTP(S), few round trips.
+ *
+ * One cks_http owns one libcurl multi handle, so connections (and TLS sessions) stay alive
+ * between calls and HTTP/2 streams are multiplexed where the server offers it; over
+ * HTTP/1.1 several connections per host run in parallel instead.
+ *
+ * Rules the engine enforces (DESIGN.md §4, research/hub-protocol.md §A3):
+ *   - Redirects are never followed automatically; the Hub client follows them itself.
+ *   - Only http and https are allowed, in requests and anywhere else.
+ *   - The bearer token is attached only to requests whose scheme, host and port equal the
+ *     configured auth origin (the Hub endpoint). A signed CDN URL never sees it. The token
+ *     is never copied into a diagnostic.
+ *   - A range succeeds only as 206 with `Content-Range: bytes a-b/TOTAL` where a, b are
+ *     exactly what was asked and TOTAL the expected file size, and exactly b-a+1 body bytes.
+ *     A 200 to a ranged request is CKS_ERR_RANGE_IGNORED and its body is never used (the
+ *     transfer is cut off at the first body byte). Multi-range requests are never sent.
+ *   - 408, 429, 5xx, resets and stalls are retried with exponential backoff and jitter,
+ *     honouring Retry-After; a broken range resumes from the first byte not yet received.
+ *     403 from a signed URL (expired) makes the engine ask the target for a fresh URL.
+ *
+ * Ownership: cks_http_new/cks_http_free; targets are owned by the caller and must outlive
+ * every call that uses them. Nothing here is thread-safe: one thread drives one engine.
+ */
+#ifndef CKPTSCOPE_HTTP_H
+#define CKPTSCOPE_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptscope/error.h"
+
+typedef struct cks_http cks_http;
+
+typedef struct cks_http_stats {
+    uint64_t bytes_fetched;   /* body bytes received, all requests, including discarded */
+    uint64_t bytes_planned;   /* body bytes the range calls asked for (after coalescing) */
+    uint64_t requests;        /* HTTP requests sent, including retries and resolves */
+    uint64_t retries;         /* requests that were repeats of a failed one */
+    uint64_t coalesced;       /* caller ranges that were merged into another request */
+    double seconds;           /* wall time spent inside engine calls */
+} cks_http_stats;
+
+typedef void (*cks_http_progress_fn)(void *ctx, const cks_http_stats *stats);
+
+typedef struct cks_http_config {
+    const char *user_agent;      /* NULL: "ckptscope" */
+    const char *ca_bundle;       /* NULL: $CKPTSCOPE_CA_BUNDLE, $CURL_CA_BUNDLE, system */
+    const char *auth_origin;     /* URL whose scheme://host:port may receive the token */
+    const char *token;           /* bearer token, NULL for anonymous; copied */
+    unsigned max_parallel;       /* transfers in flight at once; 0: 32 */
+    unsigned max_host_conns;     /* connections per host; 0: 16 */
+    unsigned max_attempts;       /* attempts without progress per request; 0: 6 */
+    double max_retry_wait;       /* longest Retry-After we wait for, seconds; 0: 60 */
+    double backoff_base;         /* first backoff, seconds; 0: 0.25 (doubles, cap 8 s) */
+    long connect_timeout;        /* seconds; 0: 15 */
+    long stall_timeout;          /* seconds below 1 byte/s before a transfer is cut; 0: 20 */
+    uint64_t coalesce_gap;       /* merge ranges of one file closer than this; 0: 256 KiB */
+    uint64_t max_request;        /* split requests larger than this; 0: 8 MiB */
+    cks_http_progress_fn progress;  /* called about every 200 ms during transfers */
+    void *progress_ctx;
+} cks_http_config;
+
+cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag);
+void cks_http_free(cks_http *http);
+
+/* Counters since cks_http_new. */
+void cks_http_get_stats(const cks_http *http, cks_http_stats *out);
+
+/* ---- single requests (Hub API, resolve) ---- */
+
+/* The response headers the Hub client needs, each bounded (longer values are truncated
+ * and flagged, never overflow). Empty string when absent. */
+#define CKS_HTTP_HDR_MAX 4096
+typedef struct cks_http_response {
+    long status;
+    char location[CKS_HTTP_HDR_MAX];
+    char x_repo_commit[64];
+    char x_linked_etag[160];
+    char x_linked_size[32];
+    char etag[160];
+    char content_length[32];
+    char content_range[128];
+    char content_type[128];
+    char x_error_code[64];
+    char x_error_message[512];
+    char retry_after[64];
+    char ratelimit[160];
+    char link[1024];
+    bool header_truncated;        /* some header value did not fit */
+    char *body;                   /* NUL-terminated, malloc'd; NULL when none */
+    size_t body_len;
+    bool body_truncated;          /* the body was longer than max_body */
+} cks_http_response;
+
+void cks_http_response_release(cks_http_response *resp);
+
+typedef struct cks_http_request {
+    const char *method;           /* "GET" or "HEAD" */
+    const char *url;
+    size_t max_body;              /* bytes kept; more is flagged as truncated; 0: 64 KiB */
+    const char *accept;           /* Accept header value, NULL for none */
+    cks_http_response resp;       /* OUT */
+    cks_err err;                  /* OUT: transport outcome (HTTP status is in resp) */
+    cks_diag diag;                /* OUT: detail when err != CKS_OK */
+} cks_http_request;
+
+/*
+ * Run requests in parallel without following redirects. Transport failures and 408/429/5xx
+ * are retried; the final status, whatever it is, is returned in each resp for the caller
+ * to interpret. Returns the first error of any request (details in that request).
+ */
+cks_err cks_http_request_many(cks_http *http, cks_http_request *reqs, size_t n, cks_diag *diag);
+
+/* ---- ranged reads ---- */
+
+typedef struct cks_http_target cks_http_target;
+
+/*
+ * Called when the engine needs a (fresh) URL for the target: before the first request when
+ * url is NULL and after a 403 from a signed URL. It must set url (malloc'd; the engine frees
+ * the old one) and may update size. `hint` is the failed status (0 for "no URL yet").
+ */
+typedef cks_err (*cks_http_refresh_fn)(void *ctx, cks_http_target *target, long hint,
+                                       cks_diag *diag);
+
+struct cks_http_target {
+    char *url;                    /* where ranged GETs go; owned by the target */
+    uint64_t size;                /* total file size; Content-Range totals must equal it */
+    const char *name;             /* for diagnostics ("org/name/model.safetensors") */
+    cks_http_refresh_fn refresh;  /* NULL: a 403 is final */
+    void *refresh_ctx;
+    double expires_at;            /* unix seconds after which url is stale; 0: unknown */
+};
+
+/* One caller range: `length` bytes at `offset` of `target`, written to `dst`. */
+typedef struct cks_http_piece {
+    cks_http_target *target;
+    uint64_t offset;
+    uint64_t length;
+    uint8_t *dst;
+} cks_http_piece;
+
+/*
+ * Fetch every piece. Pieces of the same target closer than coalesce_gap are merged into one
+ * request (the gap bytes are read and dropped); requests above max_request are split; up
+ * to max_parallel run at once. On failure the contents of every dst are unspecified.
+ */
+cks_err cks_http_fetch(cks_http *http, cks_http_piece *pieces, size_t n, cks_diag *diag);
+
+/* ---- pieces exposed for unit tests ---- */
+
+/* Parse "bytes a-b/TOTAL" (TOTAL may be "*": *total = UINT64_MAX) or "bytes * /TOTAL"
+ * (without the space; then *first = *last = UINT64_MAX). Strict: no signs, no spaces
+ * inside numbers, no overflow. */
+bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *last,
+                                  uint64_t *total);
+
+/* Retry-After as delta-seconds or HTTP-date, relative to `now` (unix seconds).
+ * Returns false when unparseable. */
+bool cks_http_parse_retry_after(const char *value, double now, double *seconds);
+
+/* Seconds until reset from a `RateLimit: "name";r=R;t=T` header when r == 0. */
+bool cks_http_parse_ratelimit(const char *value, double *seconds);
+
+/* Backoff before attempt `attempt` (1 = first retry): base*2^(attempt-1) capped at 8 s,
+ * scaled by a jitter factor in [0.5, 1.0] drawn from `rnd` in [0,1). */
+double cks_http_backoff(double base, unsigned attempt, double rnd);
+
+/* Group pieces into requests: sorts `order` (indices into pieces) by (target, offset) and
+ * writes request spans; returns the number of spans. Exposed so coalescing is testable. */
+typedef struct cks_http_span {
+    cks_http_target *target;
+    uint64_t first, last;         /* inclusive */
+    size_t piece_begin, piece_end;/* range in `order` of pieces overlapping this span */
+} cks_http_span;
+
+cks_err cks_http_plan(const cks_http_piece *pieces, size_t n, uint64_t gap, uint64_t max_request,
+                      size_t *order, cks_http_span **spans, size_t *n_spans, cks_diag *diag);
+
+/* The scheme://host:port of a URL, lower-cased, default port filled in. Caller frees. */
+cks_err cks_http_origin(const char *url, char **out, cks_diag *diag);
+
+#endif

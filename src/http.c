@@ -1,0 +1,1263 @@
+/*
+ * http.c — the range engine on libcurl multi. Contract in include/ckptscope/http.h.
+ *
+ * Shape: every call builds an array of transfers (struct xfer) and hands it to run(),
+ * which keeps up to max_parallel of them on the multi handle, retries the ones that fail
+ * in a retryable way after a backoff, and returns when all are done or one failed for good.
+ * The multi handle lives as long as the engine, so its connection pool (and HTTP/2
+ * sessions) carries over from one call to the next.
+ */
+#include "ckptscope/http.h"
+
+#include <curl/curl.h>
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_MAX_PARALLEL 32
+#define DEFAULT_MAX_HOST_CONNS 16
+#define DEFAULT_MAX_ATTEMPTS 6
+#define DEFAULT_MAX_RETRY_WAIT 60.0
+#define DEFAULT_BACKOFF_BASE 0.25
+#define BACKOFF_CAP 8.0
+#define DEFAULT_CONNECT_TIMEOUT 15
+#define DEFAULT_STALL_TIMEOUT 20
+#define DEFAULT_COALESCE_GAP (256u * 1024u)
+#define DEFAULT_MAX_REQUEST (8u * 1024u * 1024u)
+#define DEFAULT_MAX_BODY (64u * 1024u)
+#define ERROR_BODY_MAX 1024
+/* Signed URLs are refreshed this long before they expire, so a request never races it. */
+#define EXPIRY_MARGIN 30.0
+
+struct cks_http {
+    CURLM *multi;
+    CURLM *aux_multi;        /* for requests made from inside a run (URL refresh) */
+    unsigned depth;          /* nesting of run() */
+    char *user_agent;
+    char *ca_bundle;
+    char *auth_origin;
+    char *auth_header;       /* "Authorization: Bearer ..." — never copied anywhere else */
+    unsigned max_parallel;
+    unsigned max_attempts;
+    double max_retry_wait;
+    double backoff_base;
+    long connect_timeout;
+    long stall_timeout;
+    uint64_t coalesce_gap;
+    uint64_t max_request;
+    cks_http_progress_fn progress;
+    void *progress_ctx;
+    cks_http_stats stats;
+    double last_progress;
+    uint64_t rng;
+};
+
+enum xkind { XK_SIMPLE, XK_RANGE };
+
+/* Why a range transfer was cut off by our own write callback. */
+enum verdict { V_NONE, V_IGNORED, V_BAD_RANGE, V_TOO_LONG, V_BODY_FULL };
+
+struct xfer {
+    enum xkind kind;
+    CURL *easy;
+    struct curl_slist *hdrs;
+    bool active, done;
+    double not_before;         /* monotonic seconds; 0: now */
+    unsigned attempts;         /* failures since the last progress */
+    cks_err err;
+    cks_diag diag;
+    char curl_err[CURL_ERROR_SIZE];
+
+    /* XK_SIMPLE */
+    cks_http_request *req;
+
+    /* XK_RANGE */
+    cks_http_span span;
+    uint64_t next;             /* first byte not yet received (resume point) */
+    const cks_http_piece *pieces;
+    const size_t *order;
+    size_t cursor;
+    unsigned refreshes;        /* URL refreshes in a row without progress */
+
+    /* per attempt */
+    long status;
+    bool validated;
+    enum verdict verdict;
+    uint64_t got;
+    uint64_t expect;
+    cks_http_response hdr;     /* response headers of the current attempt */
+    char errbody[ERROR_BODY_MAX];
+    size_t errbody_len;
+};
+
+/* ---------------------------------------------------------------- small helpers ---- */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double rand01(cks_http *h)
+{
+    /* xorshift64*: jitter only needs to decorrelate clients, not be unpredictable */
+    h->rng ^= h->rng >> 12;
+    h->rng ^= h->rng << 25;
+    h->rng ^= h->rng >> 27;
+    return (double)((h->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
+
+/* A URL fit for a diagnostic: signed query strings are credentials too, so drop them. */
+static void url_for_diag(const char *url, char *out, size_t cap)
+{
+    size_t n = url ? strcspn(url, "?#") : 0;
+    if (n >= cap)
+        n = cap - 1;
+    if (n)
+        memcpy(out, url, n);
+    out[n] = '\0';
+}
+
+static bool parse_u64(const char **pp, uint64_t *out)
+{
+    const char *p = *pp;
+    uint64_t v = 0;
+    if (!isdigit((unsigned char)*p))
+        return false;
+    while (isdigit((unsigned char)*p)) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+        p++;
+    }
+    *pp = p;
+    *out = v;
+    return true;
+}
+
+bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *last,
+                                  uint64_t *total)
+{
+    const char *p = value;
+    uint64_t a, b, t;
+    if (!p || strncasecmp(p, "bytes", 5) != 0)
+        return false;
+    p += 5;
+    if (*p != ' ' && *p != '=')
+        return false;
+    p++;
+    while (*p == ' ')
+        p++;
+    if (*p == '*') {
+        a = b = UINT64_MAX;
+        p++;
+    } else {
+        if (!parse_u64(&p, &a) || *p != '-')
+            return false;
+        p++;
+        if (!parse_u64(&p, &b) || b < a)
+            return false;
+    }
+    if (*p != '/')
+        return false;
+    p++;
+    if (*p == '*') {
+        if (a == UINT64_MAX)
+            return false; /* both unknown says nothing */
+        t = UINT64_MAX;
+        p++;
+    } else if (!parse_u64(&p, &t)) {
+        return false;
+    }
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+        p++;
+    if (*p)
+        return false;
+    if (a != UINT64_MAX && t != UINT64_MAX && b >= t)
+        return false;
+    *first = a;
+    *last = b;
+    *total = t;
+    return true;
+}
+
+bool cks_http_parse_retry_after(const char *value, double now, double *seconds)
+{
+    const char *p = value;
+    uint64_t v;
+    struct tm tm;
+    if (!p)
+        return false;
+    while (*p == ' ')
+        p++;
+    if (isdigit((unsigned char)*p)) {
+        if (!parse_u64(&p, &v))
+            return false;
+        while (*p == ' ' || *p == '\r' || *p == '\n')
+            p++;
+        if (*p || v > 365u * 86400u)
+            return false;
+        *seconds = (double)v;
+        return true;
+    }
+    memset(&tm, 0, sizeof tm);
+    const char *end = strptime(p, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (!end)
+        return false;
+    double at = (double)timegm(&tm);
+    *seconds = at > now ? at - now : 0.0;
+    return true;
+}
+
+bool cks_http_parse_ratelimit(const char *value, double *seconds)
+{
+    /* RateLimit: "resolvers";r=0;t=55 — only r == 0 says "wait t" */
+    const char *r = value ? strstr(value, ";r=") : NULL;
+    const char *t = value ? strstr(value, ";t=") : NULL;
+    uint64_t rv, tv;
+    if (!r || !t)
+        return false;
+    r += 3;
+    t += 3;
+    if (!parse_u64(&r, &rv) || !parse_u64(&t, &tv) || rv != 0 || tv > 86400)
+        return false;
+    *seconds = (double)tv;
+    return true;
+}
+
+double cks_http_backoff(double base, unsigned attempt, double rnd)
+{
+    double d = base;
+    for (unsigned i = 1; i < attempt && d < BACKOFF_CAP; i++)
+        d *= 2;
+    if (d > BACKOFF_CAP)
+        d = BACKOFF_CAP;
+    if (rnd < 0)
+        rnd = 0;
+    if (rnd >= 1)
+        rnd = 0.999;
+    return d * (0.5 + 0.5 * rnd);
+}
+
+cks_err cks_http_origin(const char *url, char **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *res = NULL;
+    *out = NULL;
+    if (!u) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory parsing a URL");
+        goto out;
+    }
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
+        char shown[256];
+        url_for_diag(url, shown, sizeof shown);
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "not a valid URL: '%s'", shown);
+        goto out;
+    }
+    if (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "only http and https URLs are supported, not '%s'",
+                       scheme);
+        goto out;
+    }
+    size_t n = strlen(scheme) + strlen(host) + strlen(port) + 5;
+    res = malloc(n);
+    if (!res) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    snprintf(res, n, "%s://%s:%s", scheme, host, port);
+    for (char *p = res; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    if (u)
+        curl_url_cleanup(u);
+    if (err) {
+        free(res);
+        res = NULL;
+    }
+    *out = res;
+    return err;
+}
+
+/* ---------------------------------------------------------------- engine life ---- */
+
+cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
+{
+    static const cks_http_config defaults;
+    cks_err err = CKS_OK;
+    cks_http *h = NULL;
+    *out = NULL;
+    if (!cfg)
+        cfg = &defaults;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        err = cks_fail(diag, CKS_ERR_NETWORK, "libcurl failed to initialise");
+        goto out;
+    }
+    h = calloc(1, sizeof *h);
+    if (!h) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    h->multi = curl_multi_init();
+    const char *ca = cfg->ca_bundle;
+    if (!ca || !*ca)
+        ca = getenv("CKPTSCOPE_CA_BUNDLE");
+    if (!ca || !*ca)
+        ca = getenv("CURL_CA_BUNDLE");
+    h->user_agent = strdup(cfg->user_agent ? cfg->user_agent : "ckptscope/0.1");
+    h->ca_bundle = (ca && *ca) ? strdup(ca) : NULL;
+    if (!h->multi || !h->user_agent || ((ca && *ca) && !h->ca_bundle)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (cfg->token && *cfg->token) {
+        /* A token with control bytes would let a header be injected; refuse it whole. */
+        for (const char *p = cfg->token; *p; p++) {
+            if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e) {
+                err = cks_fail(diag, CKS_ERR_AUTH,
+                               "the Hugging Face token contains spaces or control characters; "
+                               "check HF_TOKEN or the token file");
+                goto out;
+            }
+        }
+        if (!cfg->auth_origin) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "a token needs an auth origin");
+            goto out;
+        }
+        err = cks_http_origin(cfg->auth_origin, &h->auth_origin, diag);
+        if (err)
+            goto out;
+        size_t n = strlen(cfg->token) + sizeof "Authorization: Bearer ";
+        h->auth_header = malloc(n);
+        if (!h->auth_header) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        snprintf(h->auth_header, n, "Authorization: Bearer %s", cfg->token);
+    }
+    h->max_parallel = cfg->max_parallel ? cfg->max_parallel : DEFAULT_MAX_PARALLEL;
+    h->max_attempts = cfg->max_attempts ? cfg->max_attempts : DEFAULT_MAX_ATTEMPTS;
+    h->max_retry_wait = cfg->max_retry_wait > 0 ? cfg->max_retry_wait : DEFAULT_MAX_RETRY_WAIT;
+    h->backoff_base = cfg->backoff_base > 0 ? cfg->backoff_base : DEFAULT_BACKOFF_BASE;
+    h->connect_timeout = cfg->connect_timeout > 0 ? cfg->connect_timeout : DEFAULT_CONNECT_TIMEOUT;
+    h->stall_timeout = cfg->stall_timeout > 0 ? cfg->stall_timeout : DEFAULT_STALL_TIMEOUT;
+    h->coalesce_gap = cfg->coalesce_gap ? cfg->coalesce_gap : DEFAULT_COALESCE_GAP;
+    h->max_request = cfg->max_request ? cfg->max_request : DEFAULT_MAX_REQUEST;
+    h->progress = cfg->progress;
+    h->progress_ctx = cfg->progress_ctx;
+    h->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ULL;
+    unsigned conns = cfg->max_host_conns ? cfg->max_host_conns : DEFAULT_MAX_HOST_CONNS;
+    curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)conns);
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)conns * 4);
+    /* libcurl's default of 100 streams per connection is what HTTP/2 servers allow */
+    curl_multi_setopt(h->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, 100L);
+out:
+    if (err) {
+        cks_http_free(h);
+        h = NULL;
+    }
+    *out = h;
+    return err;
+}
+
+void cks_http_free(cks_http *h)
+{
+    if (!h)
+        return;
+    if (h->multi)
+        curl_multi_cleanup(h->multi);
+    if (h->aux_multi)
+        curl_multi_cleanup(h->aux_multi);
+    free(h->user_agent);
+    free(h->ca_bundle);
+    free(h->auth_origin);
+    if (h->auth_header) {
+        /* do not leave the token lying around in freed memory */
+        volatile char *p = h->auth_header;
+        while (*p)
+            *p++ = 0;
+        free(h->auth_header);
+    }
+    free(h);
+}
+
+void cks_http_get_stats(const cks_http *h, cks_http_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (h)
+        *out = h->stats;
+}
+
+void cks_http_response_release(cks_http_response *resp)
+{
+    if (!resp)
+        return;
+    free(resp->body);
+    memset(resp, 0, sizeof *resp);
+}
+
+/* ---------------------------------------------------------------- callbacks ---- */
+
+static void set_field(char *dst, size_t cap, const char *v, size_t n, bool *trunc)
+{
+    if (n >= cap) {
+        n = cap - 1;
+        *trunc = true;
+    }
+    memcpy(dst, v, n);
+    dst[n] = '\0';
+}
+
+/* Header lines arrive one at a time, not NUL-terminated. A status line starts a fresh
+ * response (interim 1xx responses come first). */
+static void capture_header(cks_http_response *r, const char *line, size_t n)
+{
+    while (n && (line[n - 1] == '\r' || line[n - 1] == '\n'))
+        n--;
+    if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+        char *body = r->body;
+        size_t body_len = r->body_len;
+        memset(r, 0, sizeof *r);
+        r->body = body;
+        r->body_len = body_len;
+        return;
+    }
+    const char *colon = memchr(line, ':', n);
+    if (!colon)
+        return;
+    size_t klen = (size_t)(colon - line);
+    const char *v = colon + 1;
+    size_t vlen = n - klen - 1;
+    while (vlen && (*v == ' ' || *v == '\t')) {
+        v++;
+        vlen--;
+    }
+    while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+        vlen--;
+    static const struct {
+        const char *name;
+        size_t off, cap;
+    } fields[] = {
+#define F(hname, member) {hname, offsetof(cks_http_response, member), sizeof(((cks_http_response *)0)->member)}
+        F("location", location),
+        F("x-repo-commit", x_repo_commit),
+        F("x-linked-etag", x_linked_etag),
+        F("x-linked-size", x_linked_size),
+        F("etag", etag),
+        F("content-length", content_length),
+        F("content-range", content_range),
+        F("content-type", content_type),
+        F("x-error-code", x_error_code),
+        F("x-error-message", x_error_message),
+        F("retry-after", retry_after),
+        F("ratelimit", ratelimit),
+        F("link", link),
+#undef F
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        if (strlen(fields[i].name) == klen && strncasecmp(fields[i].name, line, klen) == 0) {
+            set_field((char *)r + fields[i].off, fields[i].cap, v, vlen, &r->header_truncated);
+            break;
+        }
+    }
+}
+
+static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
+{
+    struct xfer *x = ud;
+    size_t n = size * nmemb;
+    capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->hdr, p, n);
+    return n;
+}
+
+static size_t on_simple_body(char *p, size_t size, size_t nmemb, void *ud)
+{
+    struct xfer *x = ud;
+    cks_http_response *r = &x->req->resp;
+    size_t n = size * nmemb;
+    size_t cap = x->req->max_body ? x->req->max_body : DEFAULT_MAX_BODY;
+    if (r->body_len + n > cap) {
+        /* stop reading: the caller said how much it can use */
+        r->body_truncated = true;
+        x->verdict = V_BODY_FULL;
+        return 0;
+    }
+    char *nb = realloc(r->body, r->body_len + n + 1);
+    if (!nb)
+        return 0;
+    memcpy(nb + r->body_len, p, n);
+    r->body = nb;
+    r->body_len += n;
+    r->body[r->body_len] = '\0';
+    return n;
+}
+
+static void scatter(struct xfer *x, uint64_t pos, const uint8_t *data, size_t n)
+{
+    uint64_t end = pos + n;
+    size_t pe = x->span.piece_end;
+    while (x->cursor < pe) {
+        const cks_http_piece *pc = &x->pieces[x->order[x->cursor]];
+        if (pc->offset + pc->length > pos)
+            break;
+        x->cursor++;
+    }
+    for (size_t i = x->cursor; i < pe; i++) {
+        const cks_http_piece *pc = &x->pieces[x->order[i]];
+        if (pc->offset >= end)
+            break;
+        uint64_t a = pc->offset > pos ? pc->offset : pos;
+        uint64_t pend = pc->offset + pc->length;
+        uint64_t b = pend < end ? pend : end;
+        if (a < b)
+            memcpy(pc->dst + (a - pc->offset), data + (a - pos), (size_t)(b - a));
+    }
+}
+
+static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
+{
+    struct xfer *x = ud;
+    size_t n = size * nmemb;
+    if (!x->validated) {
+        long code = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+        x->status = code;
+        x->validated = true;
+        if (code == 200) {
+            /* The server sent the whole file. Never mistake it for the range: hang up. */
+            x->verdict = V_IGNORED;
+            return 0;
+        }
+        if (code == 206) {
+            uint64_t a, b, t;
+            curl_off_t cl = -1;
+            curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+            if (!cks_http_parse_content_range(x->hdr.content_range, &a, &b, &t) ||
+                a != x->next || b != x->span.last || t != x->span.target->size ||
+                (cl >= 0 && (uint64_t)cl != x->expect)) {
+                x->verdict = V_BAD_RANGE;
+                return 0;
+            }
+        }
+    }
+    if (x->status != 206) {
+        /* an error page: keep its start for the diagnostic, count the rest */
+        size_t room = sizeof x->errbody - 1 - x->errbody_len;
+        size_t k = n < room ? n : room;
+        memcpy(x->errbody + x->errbody_len, p, k);
+        x->errbody_len += k;
+        x->errbody[x->errbody_len] = '\0';
+        return n;
+    }
+    if (n > x->expect - x->got) {
+        x->verdict = V_TOO_LONG;
+        return 0;
+    }
+    scatter(x, x->next + x->got, (const uint8_t *)p, n);
+    x->got += n;
+    return n;
+}
+
+/* ---------------------------------------------------------------- transfers ---- */
+
+static bool same_origin_as_auth(cks_http *h, const char *url)
+{
+    char *origin = NULL;
+    bool same = false;
+    if (!h->auth_header || !h->auth_origin)
+        return false;
+    if (cks_http_origin(url, &origin, NULL) == CKS_OK)
+        same = strcmp(origin, h->auth_origin) == 0;
+    free(origin);
+    return same;
+}
+
+static void xfer_reset_attempt(struct xfer *x)
+{
+    x->status = 0;
+    x->validated = false;
+    x->verdict = V_NONE;
+    x->got = 0;
+    x->errbody_len = 0;
+    x->errbody[0] = '\0';
+    x->curl_err[0] = '\0';
+    memset(&x->hdr, 0, sizeof x->hdr);
+    if (x->kind == XK_SIMPLE)
+        cks_http_response_release(&x->req->resp);
+    if (x->kind == XK_RANGE) {
+        x->cursor = x->span.piece_begin;
+        x->expect = x->span.last - x->next + 1;
+    }
+}
+
+static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const char *url;
+    char range[64];
+    xfer_reset_attempt(x);
+    if (x->kind == XK_RANGE) {
+        cks_http_target *t = x->span.target;
+        /* A signed URL about to expire is refreshed before use, not after a 403. */
+        if (!t->url || (t->expires_at > 0 && wall_now() + EXPIRY_MARGIN > t->expires_at)) {
+            if (!t->refresh) {
+                err = cks_fail(diag, CKS_ERR_INVALID_ARG, "%s: no URL to read from", t->name);
+                goto out;
+            }
+            err = t->refresh(t->refresh_ctx, t, 0, diag);
+            if (err)
+                goto out;
+        }
+        url = t->url;
+    } else {
+        url = x->req->url;
+    }
+    if (!x->easy)
+        x->easy = curl_easy_init();
+    else
+        curl_easy_reset(x->easy);
+    curl_slist_free_all(x->hdrs);
+    x->hdrs = NULL;
+    if (!x->easy) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory creating a transfer");
+        goto out;
+    }
+    CURL *e = x->easy;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, h->user_agent);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, h->connect_timeout);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, h->stall_timeout);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_err);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    if (h->ca_bundle)
+        curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_bundle);
+    /* Content-Length and Content-Range must describe the stored bytes, so no encodings. */
+    x->hdrs = curl_slist_append(x->hdrs, "Accept-Encoding: identity");
+    if (same_origin_as_auth(h, url))
+        x->hdrs = curl_slist_append(x->hdrs, h->auth_header);
+    if (x->kind == XK_RANGE) {
+        snprintf(range, sizeof range, "Range: bytes=%" PRIu64 "-%" PRIu64, x->next, x->span.last);
+        x->hdrs = curl_slist_append(x->hdrs, range);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_range_body);
+    } else {
+        if (x->req->accept) {
+            char acc[256];
+            snprintf(acc, sizeof acc, "Accept: %s", x->req->accept);
+            x->hdrs = curl_slist_append(x->hdrs, acc);
+        }
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_simple_body);
+        if (strcmp(x->req->method, "HEAD") == 0)
+            curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    }
+    if (!x->hdrs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory building request headers");
+        goto out;
+    }
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
+    if (curl_multi_add_handle(m, e) != CURLM_OK) {
+        err = cks_fail(diag, CKS_ERR_NETWORK, "libcurl refused a transfer");
+        goto out;
+    }
+    x->active = true;
+    h->stats.requests++;
+    if (x->attempts > 0)
+        h->stats.retries++;
+out:
+    return err;
+}
+
+static bool curl_is_tls(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_USE_SSL_FAILED:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool status_retryable(long s)
+{
+    return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504;
+}
+
+/* How long the server asked us to wait, or -1. */
+static double server_wait(const cks_http_response *r)
+{
+    double s;
+    if (r->retry_after[0] && cks_http_parse_retry_after(r->retry_after, wall_now(), &s))
+        return s;
+    if (r->ratelimit[0] && cks_http_parse_ratelimit(r->ratelimit, &s))
+        return s;
+    return -1;
+}
+
+static void format_until(double wait, char *out, size_t cap)
+{
+    time_t at = (time_t)(wall_now() + wait + 0.5);
+    struct tm tm;
+    gmtime_r(&at, &tm);
+    strftime(out, cap, "%H:%M:%S UTC", &tm);
+}
+
+/*
+ * Decide when to try again. Returns false (and fills x->err) when the request must not be
+ * retried: too many attempts, or the server asks for a longer wait than we accept.
+ */
+static bool schedule_retry(cks_http *h, struct xfer *x, const cks_http_response *r,
+                           const char *what)
+{
+    double srv = r ? server_wait(r) : -1;
+    double wait;
+    char until[32];
+    x->attempts++;
+    if (srv > h->max_retry_wait || x->attempts >= h->max_attempts) {
+        bool limited = r && x->status == 429;
+        if (limited) {
+            if (srv >= 0) {
+                format_until(srv, until, sizeof until);
+                x->err = cks_fail(&x->diag, CKS_ERR_RATE_LIMITED,
+                                  "rate limited by the server (429) — retry after %.0f s "
+                                  "(at %s)%s",
+                                  srv, until,
+                                  x->attempts >= h->max_attempts ? "; gave up after retries" : "");
+            } else {
+                x->err = cks_fail(&x->diag, CKS_ERR_RATE_LIMITED,
+                                  "rate limited by the server (429) after %u attempts, and it "
+                                  "did not say for how long; wait a few minutes and retry",
+                                  x->attempts);
+            }
+        } else {
+            x->err = cks_fail(&x->diag, CKS_ERR_NETWORK, "%s; gave up after %u attempts", what,
+                              x->attempts);
+        }
+        return false;
+    }
+    wait = cks_http_backoff(h->backoff_base, x->attempts, rand01(h));
+    if (srv > wait)
+        wait = srv + 0.05 * rand01(h);
+    x->not_before = mono_now() + wait;
+    return true;
+}
+
+static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
+{
+    cks_http_response *r = &x->req->resp;
+    char shown[512];
+    long code = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    r->status = code;
+    x->status = code;
+    url_for_diag(x->req->url, shown, sizeof shown);
+    if (rc == CURLE_WRITE_ERROR && x->verdict == V_BODY_FULL)
+        rc = CURLE_OK;
+    if (rc != CURLE_OK) {
+        if (curl_is_tls(rc)) {
+            x->err = cks_fail(&x->diag, CKS_ERR_TLS,
+                              "TLS failure talking to %s: %s (set CKPTSCOPE_CA_BUNDLE or "
+                              "CURL_CA_BUNDLE if you use a private CA)",
+                              shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+            x->done = true;
+            return;
+        }
+        char what[1100];
+        snprintf(what, sizeof what, "%s %s: %s", x->req->method, shown,
+                 x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+        if (!schedule_retry(h, x, NULL, what))
+            x->done = true;
+        return;
+    }
+    if (status_retryable(code)) {
+        char what[1100];
+        snprintf(what, sizeof what, "%s %s: HTTP %ld", x->req->method, shown, code);
+        if (!schedule_retry(h, x, r, what)) {
+            /* the status itself is the answer; let the caller map it (e.g. 429) */
+            if (x->err != CKS_ERR_RATE_LIMITED) {
+                x->err = CKS_OK;
+                x->diag.text[0] = '\0';
+            }
+            x->done = true;
+        }
+        return;
+    }
+    x->done = true;
+}
+
+static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
+{
+    cks_http_target *t = x->span.target;
+    char shown[512];
+    long code = x->status;
+    if (!x->validated)
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    x->status = code;
+    url_for_diag(t->url, shown, sizeof shown);
+    h->stats.bytes_fetched += x->got + x->errbody_len;
+
+    if (x->got > 0) {
+        /* progress: the next attempt resumes after the bytes we have */
+        x->next += x->got;
+        x->attempts = 0;
+        x->refreshes = 0;
+        if (x->next > x->span.last) {
+            x->done = true;
+            return;
+        }
+    }
+    if (x->verdict == V_IGNORED) {
+        x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED,
+                          "%s: the server ignored the Range header (asked bytes=%" PRIu64
+                          "-%" PRIu64 ", got 200 with the whole file); ckptscope never reads "
+                          "a whole file in place of a range — use a server that honours Range",
+                          t->name, x->next, x->span.last);
+        x->done = true;
+        return;
+    }
+    if (x->verdict == V_BAD_RANGE || x->verdict == V_TOO_LONG) {
+        x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED,
+                          "%s: the server answered bytes=%" PRIu64 "-%" PRIu64
+                          " (file of %" PRIu64 " bytes) with %s 'Content-Range: %s'; "
+                          "refusing bytes that may not be the ones asked for",
+                          t->name, x->next, x->span.last, t->size,
+                          x->verdict == V_TOO_LONG ? "more bytes than asked and" : "206 but",
+                          x->hdr.content_range[0] ? x->hdr.content_range : "(missing)");
+        x->done = true;
+        return;
+    }
+    if (rc != CURLE_OK && curl_is_tls(rc)) {
+        x->err = cks_fail(&x->diag, CKS_ERR_TLS, "TLS failure reading %s from %s: %s", t->name,
+                          shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+        x->done = true;
+        return;
+    }
+    if (rc != CURLE_OK || (code == 206 && x->got < x->expect)) {
+        /* reset, stall, short body: resume from x->next */
+        char what[1400];
+        snprintf(what, sizeof what, "%s: reading bytes %" PRIu64 "-%" PRIu64 " from %s: %s",
+                 t->name, x->next, x->span.last, shown,
+                 rc != CURLE_OK ? (x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc))
+                                : "the body ended early");
+        if (!schedule_retry(h, x, NULL, what))
+            x->done = true;
+        return;
+    }
+    if (code == 206) {
+        /* got == expect handled above; an empty 206 for a non-empty range is a bad reply */
+        x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED, "%s: 206 without a body", t->name);
+        x->done = true;
+        return;
+    }
+    if (code == 403 && t->refresh && x->refreshes < 2) {
+        /* A signed URL expired (or was revoked): ask the Hub for a fresh one. */
+        cks_diag d;
+        x->refreshes++;
+        cks_err err = t->refresh(t->refresh_ctx, t, code, &d);
+        if (err) {
+            x->err = err;
+            x->diag = d;
+            x->done = true;
+        }
+        return; /* retried at once with the new URL */
+    }
+    if (status_retryable(code)) {
+        char what[1400];
+        snprintf(what, sizeof what, "%s: HTTP %ld from %s", t->name, code, shown);
+        if (!schedule_retry(h, x, &x->hdr, what))
+            x->done = true;
+        return;
+    }
+    if (code == 416) {
+        x->err = cks_fail(&x->diag, CKS_ERR_HTTP,
+                          "%s: range bytes=%" PRIu64 "-%" PRIu64 " not satisfiable (416, "
+                          "Content-Range '%s'); the file is not the %" PRIu64 " bytes the Hub "
+                          "announced",
+                          t->name, x->next, x->span.last, x->hdr.content_range, t->size);
+    } else if (code == 404 || code == 410) {
+        x->err = cks_fail(&x->diag, CKS_ERR_FILE_NOT_FOUND, "%s: HTTP %ld from %s", t->name,
+                          code, shown);
+    } else if (code == 401 || code == 403) {
+        x->err = cks_fail(&x->diag, CKS_ERR_AUTH,
+                          "%s: HTTP %ld from %s%s%s", t->name, code, shown,
+                          x->hdr.x_error_message[0] ? ": " : "", x->hdr.x_error_message);
+    } else {
+        x->err = cks_fail(&x->diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld from %s for bytes=%"
+                          PRIu64 "-%" PRIu64, t->name, code, shown, x->next, x->span.last);
+    }
+    x->done = true;
+}
+
+static void report_progress(cks_http *h, double t0, bool force)
+{
+    double now = mono_now();
+    if (!h->progress || (!force && now - h->last_progress < 0.2))
+        return;
+    h->last_progress = now;
+    cks_http_stats s = h->stats;
+    s.seconds += now - t0;
+    h->progress(h->progress_ctx, &s);
+}
+
+/*
+ * Drive transfers until all are done. With `stop_on_error`, the first transfer that fails
+ * for good ends the run (the others are abandoned) and its error is returned.
+ */
+static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    double t0 = mono_now();
+    size_t n_done = 0, n_active = 0;
+    size_t first_undone = 0;
+    CURLM *m = h->multi;
+
+    if (h->depth > 0) {
+        /* A URL refresh runs while range transfers sit on the main handle; keep their
+         * completions out of this loop by using a handle of its own. */
+        if (!h->aux_multi)
+            h->aux_multi = curl_multi_init();
+        m = h->aux_multi;
+        if (!m)
+            return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    }
+    h->depth++;
+
+    while (n_done < n) {
+        double now = mono_now();
+        double soonest = -1;
+        for (size_t i = first_undone; i < n && n_active < h->max_parallel; i++) {
+            struct xfer *x = &xs[i];
+            if (x->done || x->active)
+                continue;
+            if (x->not_before > now) {
+                if (soonest < 0 || x->not_before < soonest)
+                    soonest = x->not_before;
+                continue;
+            }
+            cks_diag d;
+            cks_err e = xfer_start(h, m, x, &d);
+            if (e) {
+                x->err = e;
+                x->diag = d;
+                x->done = true;
+                n_done++;
+                if (stop_on_error) {
+                    err = e;
+                    if (diag)
+                        *diag = d;
+                    goto out;
+                }
+                continue;
+            }
+            n_active++;
+        }
+        while (first_undone < n && xs[first_undone].done)
+            first_undone++;
+        if (n_done >= n)
+            break;
+
+        int running = 0;
+        if (curl_multi_perform(m, &running) != CURLM_OK) {
+            err = cks_fail(diag, CKS_ERR_NETWORK, "libcurl multi interface failed");
+            goto out;
+        }
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left))) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            struct xfer *x = NULL;
+            CURLcode rc = msg->data.result;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+            curl_multi_remove_handle(m, msg->easy_handle);
+            x->active = false;
+            n_active--;
+            if (x->kind == XK_SIMPLE)
+                finish_simple(h, x, rc);
+            else
+                finish_range(h, x, rc);
+            if (x->done) {
+                n_done++;
+                if (x->err && stop_on_error) {
+                    err = x->err;
+                    if (diag)
+                        *diag = x->diag;
+                    goto out;
+                }
+            }
+        }
+        report_progress(h, t0, false);
+        if (n_done >= n)
+            break;
+
+        int timeout_ms = 200;
+        now = mono_now();
+        if (soonest >= 0) {
+            double w = (soonest - now) * 1000.0;
+            if (w < timeout_ms)
+                timeout_ms = w < 1 ? 1 : (int)w;
+        }
+        if (n_active == 0) {
+            /* nothing on the wire: sleep until the next retry is due */
+            if (soonest >= 0 && soonest > now)
+                usleep((useconds_t)((soonest - now) * 1e6));
+            continue;
+        }
+        curl_multi_poll(m, NULL, 0, timeout_ms, NULL);
+    }
+out:
+    for (size_t i = 0; i < n; i++) {
+        if (xs[i].active) {
+            curl_multi_remove_handle(m, xs[i].easy);
+            xs[i].active = false;
+        }
+    }
+    h->depth--;
+    h->stats.seconds += mono_now() - t0;
+    report_progress(h, mono_now(), true);
+    return err;
+}
+
+static void xfers_release(struct xfer *xs, size_t n)
+{
+    if (!xs)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (xs[i].easy)
+            curl_easy_cleanup(xs[i].easy);
+        curl_slist_free_all(xs[i].hdrs);
+    }
+    free(xs);
+}
+
+cks_err cks_http_request_many(cks_http *h, cks_http_request *reqs, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct xfer *xs = NULL;
+    if (n == 0)
+        goto out;
+    xs = calloc(n, sizeof *xs);
+    if (!xs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        memset(&reqs[i].resp, 0, sizeof reqs[i].resp);
+        reqs[i].err = CKS_OK;
+        reqs[i].diag.text[0] = '\0';
+        if (!reqs[i].method || (strcmp(reqs[i].method, "GET") && strcmp(reqs[i].method, "HEAD"))) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "only GET and HEAD are supported");
+            goto out;
+        }
+        xs[i].kind = XK_SIMPLE;
+        xs[i].req = &reqs[i];
+    }
+    err = run(h, xs, n, false, diag);
+    if (err)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        reqs[i].err = xs[i].err;
+        reqs[i].diag = xs[i].diag;
+        if (xs[i].err && !err) {
+            err = xs[i].err;
+            if (diag)
+                *diag = xs[i].diag;
+        }
+    }
+out:
+    xfers_release(xs, n);
+    return err;
+}
+
+/* ---------------------------------------------------------------- planning ---- */
+
+static const cks_http_piece *sort_base;
+
+static int cmp_piece(const void *a, const void *b)
+{
+    const cks_http_piece *x = &sort_base[*(const size_t *)a];
+    const cks_http_piece *y = &sort_base[*(const size_t *)b];
+    if (x->target != y->target)
+        return (uintptr_t)x->target < (uintptr_t)y->target ? -1 : 1;
+    if (x->offset != y->offset)
+        return x->offset < y->offset ? -1 : 1;
+    return 0;
+}
+
+cks_err cks_http_plan(const cks_http_piece *pieces, size_t n, uint64_t gap, uint64_t max_request,
+                      size_t *order, cks_http_span **out_spans, size_t *n_spans, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_http_span *spans = NULL;
+    size_t ns = 0, cap = 0, m = 0;
+    *out_spans = NULL;
+    *n_spans = 0;
+    if (max_request == 0)
+        max_request = DEFAULT_MAX_REQUEST;
+    for (size_t i = 0; i < n; i++) {
+        const cks_http_piece *p = &pieces[i];
+        if (p->length == 0)
+            continue;
+        if (!p->target || p->offset > p->target->size ||
+            p->length > p->target->size - p->offset) {
+            err = cks_fail(diag, CKS_ERR_TRUNCATED,
+                           "%s: range of %" PRIu64 " bytes at %" PRIu64 " is past the end "
+                           "(%" PRIu64 " bytes)",
+                           p->target ? p->target->name : "?", p->length, p->offset,
+                           p->target ? p->target->size : 0);
+            goto out;
+        }
+        order[m++] = i;
+    }
+    /* qsort has no context argument in C17; planning is not reentrant-critical */
+    sort_base = pieces;
+    qsort(order, m, sizeof *order, cmp_piece);
+    sort_base = NULL;
+
+    size_t i = 0;
+    while (i < m) {
+        const cks_http_piece *p = &pieces[order[i]];
+        uint64_t first = p->offset, last = p->offset + p->length - 1;
+        size_t begin = i++;
+        while (i < m) {
+            const cks_http_piece *q = &pieces[order[i]];
+            if (q->target != p->target)
+                break;
+            uint64_t qlast = q->offset + q->length - 1;
+            uint64_t nlast = qlast > last ? qlast : last;
+            bool touching = q->offset <= last + 1;
+            bool close_enough = !touching && q->offset - (last + 1) <= gap &&
+                                nlast - first + 1 <= max_request;
+            if (!touching && !close_enough)
+                break;
+            last = nlast;
+            i++;
+        }
+        /* split what is too large for one request into parallel parts */
+        uint64_t a = first;
+        while (a <= last) {
+            uint64_t b = last - a + 1 > max_request ? a + max_request - 1 : last;
+            if (ns == cap) {
+                size_t ncap = cap ? cap * 2 : 16;
+                cks_http_span *nsp = realloc(spans, ncap * sizeof *nsp);
+                if (!nsp) {
+                    err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory planning requests");
+                    goto out;
+                }
+                spans = nsp;
+                cap = ncap;
+            }
+            /* pieces overlapping [a,b]: narrow the begin..i window */
+            size_t pb = begin, pe = i;
+            while (pb < pe) {
+                const cks_http_piece *r = &pieces[order[pb]];
+                if (r->offset + r->length > a)
+                    break;
+                pb++;
+            }
+            spans[ns].target = p->target;
+            spans[ns].first = a;
+            spans[ns].last = b;
+            spans[ns].piece_begin = pb;
+            spans[ns].piece_end = pe;
+            ns++;
+            if (b == last)
+                break;
+            a = b + 1;
+        }
+    }
+out:
+    if (err) {
+        free(spans);
+        spans = NULL;
+        ns = 0;
+    }
+    *out_spans = spans;
+    *n_spans = ns;
+    return err;
+}
+
+cks_err cks_http_fetch(cks_http *h, cks_http_piece *pieces, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    size_t *order = NULL;
+    cks_http_span *spans = NULL;
+    size_t ns = 0;
+    struct xfer *xs = NULL;
+    if (n == 0)
+        goto out;
+    order = malloc(n * sizeof *order);
+    if (!order) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = cks_http_plan(pieces, n, h->coalesce_gap, h->max_request, order, &spans, &ns, diag);
+    if (err || ns == 0)
+        goto out;
+    size_t nonempty = 0;
+    for (size_t i = 0; i < n; i++)
+        nonempty += pieces[i].length > 0;
+    if (nonempty > ns)
+        h->stats.coalesced += nonempty - ns;
+    xs = calloc(ns, sizeof *xs);
+    if (!xs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < ns; i++) {
+        xs[i].kind = XK_RANGE;
+        xs[i].span = spans[i];
+        xs[i].next = spans[i].first;
+        xs[i].pieces = pieces;
+        xs[i].order = order;
+        h->stats.bytes_planned += spans[i].last - spans[i].first + 1;
+    }
+    err = run(h, xs, ns, true, diag);
+out:
+    xfers_release(xs, ns);
+    free(spans);
+    free(order);
+    return err;
+}

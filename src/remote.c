@@ -1,0 +1,1025 @@
+/*
+ * remote.c — remote sources and the Hub checkpoint provider. Contract in hub.h.
+ *
+ * Every byte a remote source hands out comes from one of three places, tried in order:
+ * the in-memory extents of this run, the disk cache (when the session has one), and the
+ * range engine. Whatever the engine fetches is written to the cache and fed to the
+ * whole-file SHA-256 check before anyone reads it.
+ */
+#include "ckptscope/hub.h"
+
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_MEMORY_CAP (256u * 1024u * 1024u)
+#define HEADER_CHUNK (64u * 1024u)       /* matches cks_st_read_header's first read */
+#define READAHEAD_MIN (1u * 1024u * 1024u)
+#define READAHEAD_MAX (64u * 1024u * 1024u)
+#define MAX_SMALL_FILE (256u * 1024u * 1024u)
+
+struct extent {
+    uint64_t off, len;
+    uint8_t *data;
+    uint64_t stamp;   /* last use, for LRU eviction */
+};
+
+enum sha_state { SHA_NONE, SHA_RUNNING, SHA_OK, SHA_BAD };
+
+struct cks_remote {
+    pthread_mutex_t mu;
+    int refs;
+    cks_http *http;
+    cks_hub *hub;
+    cks_hub_repo *repo;        /* HUB */
+    cks_hub_spec spec;
+    cks_cache *cache;
+    const char *token_origin;
+    uint64_t memory_cap;
+    uint64_t stamp;
+    char *url;                 /* URL session: the file URL */
+    char *url_base;            /* URL session: up to and including the last '/' */
+    char *url_shown;           /* URL without the query string */
+    cks_hub_resolved url_res;  /* URL session: resolution of `url` */
+};
+
+struct rsrc {
+    cks_source base;
+    cks_remote *rem;
+    char *path;                /* path in the repo, or the URL for URL sessions */
+    cks_http_target target;
+    char key[200];             /* cache key, "" when the content has no identity */
+    struct extent *ext;
+    size_t n_ext, cap_ext;
+    uint64_t mem;
+    uint64_t seq_end;          /* end of the previous read_at, to detect streaming */
+    uint64_t readahead;
+    EVP_MD_CTX *sha;
+    uint64_t sha_next;
+    enum sha_state sha_state;
+};
+
+static const cks_source_ops rsrc_ops;
+
+/* ---------------------------------------------------------------- session ---- */
+
+static void remote_unref(cks_remote *r)
+{
+    bool last;
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    last = --r->refs == 0;
+    pthread_mutex_unlock(&r->mu);
+    if (!last)
+        return;
+    cks_hub_repo_free(r->repo);
+    cks_hub_free(r->hub);
+    cks_http_free(r->http);
+    cks_hub_spec_release(&r->spec);
+    cks_hub_resolved_release(&r->url_res);
+    free(r->url);
+    free(r->url_base);
+    free(r->url_shown);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+void cks_remote_free(cks_remote *r)
+{
+    remote_unref(r);
+}
+
+static bool env_u64(const char *name, uint64_t *out)
+{
+    const char *v = getenv(name);
+    char *end;
+    if (!v || !*v)
+        return false;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (*end)
+        return false;
+    *out = x;
+    return true;
+}
+
+static bool env_double(const char *name, double *out)
+{
+    const char *v = getenv(name);
+    char *end;
+    if (!v || !*v)
+        return false;
+    double x = strtod(v, &end);
+    if (*end || !(x > 0))
+        return false;
+    *out = x;
+    return true;
+}
+
+void cks_remote_config_from_env(cks_http_config *cfg)
+{
+    uint64_t v;
+    double d;
+    if (env_u64("CKPTSCOPE_MAX_PARALLEL", &v) && v > 0 && v <= 1024)
+        cfg->max_parallel = (unsigned)v;
+    if (env_u64("CKPTSCOPE_MAX_HOST_CONNS", &v) && v > 0 && v <= 256)
+        cfg->max_host_conns = (unsigned)v;
+    if (env_u64("CKPTSCOPE_STALL_TIMEOUT", &v) && v > 0 && v <= 3600)
+        cfg->stall_timeout = (long)v;
+    if (env_u64("CKPTSCOPE_MAX_ATTEMPTS", &v) && v > 0 && v <= 100)
+        cfg->max_attempts = (unsigned)v;
+    if (env_u64("CKPTSCOPE_COALESCE_GAP", &v))
+        cfg->coalesce_gap = v ? v : 1; /* 0 means "never merge across a gap" */
+    if (env_u64("CKPTSCOPE_MAX_REQUEST", &v) && v >= 4096)
+        cfg->max_request = v;
+    if (env_double("CKPTSCOPE_BACKOFF_BASE", &d))
+        cfg->backoff_base = d;
+    if (env_double("CKPTSCOPE_MAX_RETRY_WAIT", &d))
+        cfg->max_retry_wait = d;
+}
+
+cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, cks_remote **out,
+                        cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    static const cks_remote_opts defaults;
+    cks_remote *r = NULL;
+    char *token = NULL;
+    cks_http_config cfg;
+    *out = NULL;
+    if (!opts)
+        opts = &defaults;
+    if (spec->kind != CKS_SPEC_HUB && spec->kind != CKS_SPEC_URL) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "not a remote source");
+        goto out;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    r->refs = 1;
+    r->cache = opts->cache;
+    r->memory_cap = opts->memory_cap ? opts->memory_cap : DEFAULT_MEMORY_CAP;
+    r->spec.kind = spec->kind;
+    r->spec.repo_type = spec->repo_type;
+#define COPY(f)                                                                          \
+    if (spec->f && !(r->spec.f = strdup(spec->f))) {                                     \
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");                            \
+        goto out;                                                                        \
+    }
+    COPY(repo_id)
+    COPY(revision)
+    COPY(path)
+    COPY(url)
+#undef COPY
+    const char *endpoint = opts->endpoint ? opts->endpoint : cks_hub_default_endpoint();
+    if (!opts->anonymous) {
+        err = cks_hub_find_token(&token, &r->token_origin, diag);
+        if (err)
+            goto out;
+    }
+    cfg = opts->http;
+    cfg.token = token;
+    cfg.auth_origin = endpoint;
+    err = cks_http_new(&cfg, &r->http, diag);
+    if (err)
+        goto out;
+    err = cks_hub_new(r->http, endpoint, token != NULL, &r->hub, diag);
+    if (err)
+        goto out;
+    if (spec->kind == CKS_SPEC_HUB) {
+        err = cks_hub_open_repo(r->hub, spec->repo_type, spec->repo_id, spec->revision, &r->repo,
+                                diag);
+        if (err)
+            goto out;
+    } else {
+        const char *slash;
+        r->url = strdup(spec->url);
+        r->url_shown = strndup(spec->url, strcspn(spec->url, "?#"));
+        if (!r->url || !r->url_shown) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        slash = strrchr(r->url_shown, '/');
+        r->url_base = strndup(r->url_shown, (size_t)(slash - r->url_shown) + 1);
+        if (!r->url_base) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        err = cks_hub_resolve_url(r->hub, r->url, &r->url_res, diag);
+        if (err)
+            goto out;
+    }
+out:
+    if (token) {
+        memset(token, 0, strlen(token));
+        free(token);
+    }
+    if (err) {
+        cks_remote_free(r);
+        r = NULL;
+    }
+    *out = r;
+    return err;
+}
+
+const cks_hub_repo *cks_remote_repo(const cks_remote *r)
+{
+    return r ? r->repo : NULL;
+}
+
+const char *cks_remote_endpoint(const cks_remote *r)
+{
+    return r ? cks_hub_endpoint(r->hub) : NULL;
+}
+
+const char *cks_remote_url(const cks_remote *r)
+{
+    return r ? r->url_shown : NULL;
+}
+
+const char *cks_remote_token_origin(const cks_remote *r)
+{
+    return r ? r->token_origin : NULL;
+}
+
+void cks_remote_get_stats(const cks_remote *r, cks_http_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!r)
+        return;
+    pthread_mutex_lock((pthread_mutex_t *)&r->mu);
+    cks_http_get_stats(r->http, out);
+    pthread_mutex_unlock((pthread_mutex_t *)&r->mu);
+}
+
+/* ---------------------------------------------------------------- sources ---- */
+
+static void hex32(const unsigned char *d, char out[65])
+{
+    static const char h[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = h[d[i] >> 4];
+        out[2 * i + 1] = h[d[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+/* Feed bytes [off, off+len) to the whole-file hash if they continue it. */
+static void sha_feed(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
+{
+    if (s->sha_state != SHA_RUNNING || off > s->sha_next || off + len <= s->sha_next)
+        return;
+    uint64_t skip = s->sha_next - off;
+    EVP_DigestUpdate(s->sha, data + skip, (size_t)(len - skip));
+    s->sha_next = off + len;
+}
+
+/* Continue the hash through the in-memory extents, and conclude it at the end of file. */
+static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
+{
+    bool moved = true;
+    while (s->sha_state == SHA_RUNNING && moved && s->sha_next < s->base.size) {
+        moved = false;
+        for (size_t i = 0; i < s->n_ext; i++) {
+            struct extent *e = &s->ext[i];
+            if (e->off <= s->sha_next && s->sha_next < e->off + e->len) {
+                sha_feed(s, e->off, e->data, e->len);
+                moved = true;
+            }
+        }
+    }
+    if (s->sha_state == SHA_RUNNING && s->sha_next == s->base.size) {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned dl = 0;
+        char hex[65];
+        EVP_DigestFinal_ex(s->sha, d, &dl);
+        hex32(d, hex);
+        s->sha_state = strcmp(hex, s->base.sha256_hex) == 0 ? SHA_OK : SHA_BAD;
+    }
+    if (s->sha_state == SHA_BAD) {
+        return cks_fail(diag, CKS_ERR_INTEGRITY,
+                        "%s: the bytes read do not match the SHA-256 the Hub publishes (%s); "
+                        "the file was changed or corrupted in transit — retry, and report it if "
+                        "it persists",
+                        s->base.name, s->base.sha256_hex);
+    }
+    return CKS_OK;
+}
+
+bool cks_remote_source_verified(const cks_source *src, bool *verified)
+{
+    if (!src || src->ops != &rsrc_ops)
+        return false;
+    const struct rsrc *s = (const struct rsrc *)src;
+    if (verified)
+        *verified = s->sha_state == SHA_OK;
+    return true;
+}
+
+static void evict(struct rsrc *s, uint64_t cap)
+{
+    while (s->mem > cap && s->n_ext > 0) {
+        size_t oldest = 0;
+        for (size_t i = 1; i < s->n_ext; i++)
+            if (s->ext[i].stamp < s->ext[oldest].stamp)
+                oldest = i;
+        s->mem -= s->ext[oldest].len;
+        free(s->ext[oldest].data);
+        s->ext[oldest] = s->ext[--s->n_ext];
+    }
+}
+
+static cks_err add_extent(struct rsrc *s, uint64_t off, uint64_t len, uint8_t *data, cks_diag *diag)
+{
+    if (s->n_ext == s->cap_ext) {
+        size_t ncap = s->cap_ext ? s->cap_ext * 2 : 8;
+        struct extent *ne = realloc(s->ext, ncap * sizeof *ne);
+        if (!ne) {
+            free(data);
+            return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        }
+        s->ext = ne;
+        s->cap_ext = ncap;
+    }
+    /* make room first, so the newest bytes are never the ones evicted */
+    if (s->mem + len > s->rem->memory_cap)
+        evict(s, s->rem->memory_cap > len ? s->rem->memory_cap - len : 0);
+    s->ext[s->n_ext].off = off;
+    s->ext[s->n_ext].len = len;
+    s->ext[s->n_ext].data = data;
+    s->ext[s->n_ext].stamp = ++s->rem->stamp;
+    s->n_ext++;
+    s->mem += len;
+    return CKS_OK;
+}
+
+/* Copy from memory what covers [off, off+len); return the first byte not covered. */
+static uint64_t copy_from_memory(struct rsrc *s, uint64_t off, uint8_t *buf, uint64_t len)
+{
+    uint64_t pos = off, end = off + len;
+    bool moved = true;
+    while (pos < end && moved) {
+        moved = false;
+        for (size_t i = 0; i < s->n_ext; i++) {
+            struct extent *e = &s->ext[i];
+            if (e->off <= pos && pos < e->off + e->len) {
+                uint64_t n = e->off + e->len - pos;
+                if (n > end - pos)
+                    n = end - pos;
+                memcpy(buf + (pos - off), e->data + (pos - e->off), (size_t)n);
+                e->stamp = ++s->rem->stamp;
+                pos += n;
+                moved = true;
+                break;
+            }
+        }
+    }
+    return pos;
+}
+
+static bool in_memory(struct rsrc *s, uint64_t off, uint64_t len)
+{
+    for (size_t i = 0; i < s->n_ext; i++)
+        if (s->ext[i].off <= off && off + len <= s->ext[i].off + s->ext[i].len)
+            return true;
+    return false;
+}
+
+/* Store fetched bytes in the cache; a cache failure costs a refetch later, never data. */
+static void cache_store(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
+{
+    if (s->rem->cache && s->key[0] && len)
+        (void)cks_cache_write(s->rem->cache, s->key, off, data, (size_t)len, NULL);
+}
+
+static cks_err refresh_target(void *ctx, cks_http_target *t, long hint, cks_diag *diag)
+{
+    struct rsrc *s = ctx;
+    cks_remote *r = s->rem;
+    cks_err err = CKS_OK;
+    cks_hub_resolved res;
+    memset(&res, 0, sizeof res);
+    if (r->repo) {
+        const char *p = s->path;
+        err = cks_hub_resolve_many(r->hub, r->repo, &p, 1, &res, diag);
+    } else {
+        err = cks_hub_resolve_url(r->hub, r->url, &res, diag);
+    }
+    if (err)
+        goto out;
+    if (res.size_known && res.size != s->base.size) {
+        err = cks_fail(diag, CKS_ERR_INTEGRITY,
+                       "%s: the server now reports %" PRIu64 " bytes, the listing said %" PRIu64,
+                       s->base.name, res.size, s->base.size);
+        goto out;
+    }
+    if (s->base.sha256_hex[0] && res.sha256[0] && strcmp(res.sha256, s->base.sha256_hex) != 0) {
+        err = cks_fail(diag, CKS_ERR_INTEGRITY, "%s: the Hub now names content %s, not %s",
+                       s->base.name, res.sha256, s->base.sha256_hex);
+        goto out;
+    }
+    free(t->url);
+    t->url = res.url;
+    res.url = NULL;
+    t->expires_at = res.expires_at;
+out:
+    cks_hub_resolved_release(&res);
+    return err;
+}
+
+static void rsrc_destroy(cks_source *src)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    for (size_t i = 0; i < s->n_ext; i++)
+        free(s->ext[i].data);
+    free(s->ext);
+    free(s->target.url);
+    free(s->path);
+    free(s->base.name);
+    EVP_MD_CTX_free(s->sha);
+    cks_remote *r = s->rem;
+    free(s);
+    remote_unref(r);
+}
+
+/* A batch of (source, range) to bring into memory; the caller holds the session lock. */
+struct want {
+    struct rsrc *src;
+    uint64_t off, len;
+};
+
+static cks_err resolve_pending(cks_remote *r, struct rsrc **srcs, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const char **paths = calloc(n ? n : 1, sizeof *paths);
+    struct rsrc **todo = calloc(n ? n : 1, sizeof *todo);
+    cks_hub_resolved *res = NULL;
+    size_t m = 0;
+    if (!paths || !todo) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool dup = false;
+        if (srcs[i]->target.url || !r->repo)
+            continue;
+        for (size_t k = 0; k < m && !dup; k++)
+            dup = todo[k] == srcs[i];
+        if (dup)
+            continue;
+        todo[m] = srcs[i];
+        paths[m++] = srcs[i]->path;
+    }
+    if (m == 0)
+        goto out;
+    res = calloc(m, sizeof *res);
+    if (!res) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = cks_hub_resolve_many(r->hub, r->repo, paths, m, res, diag);
+    if (err)
+        goto out;
+    for (size_t k = 0; k < m; k++) {
+        struct rsrc *s = todo[k];
+        if (res[k].size_known && res[k].size != s->base.size) {
+            err = cks_fail(diag, CKS_ERR_INTEGRITY,
+                           "%s: the resolve reports %" PRIu64 " bytes, the listing %" PRIu64,
+                           s->base.name, res[k].size, s->base.size);
+            goto out;
+        }
+        s->target.url = res[k].url;
+        s->target.expires_at = res[k].expires_at;
+        res[k].url = NULL;
+    }
+out:
+    if (res)
+        for (size_t k = 0; k < m; k++)
+            cks_hub_resolved_release(&res[k]);
+    free(res);
+    free(paths);
+    free(todo);
+    return err;
+}
+
+/*
+ * Bring every wanted range into memory (and the cache): skip what memory already holds,
+ * read what the cache holds, fetch the rest in one engine call.
+ */
+static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_http_piece *pieces = calloc(n ? n : 1, sizeof *pieces);
+    struct rsrc **srcs = calloc(n ? n : 1, sizeof *srcs);
+    size_t np = 0;
+    if (!pieces || !srcs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct rsrc *s = w[i].src;
+        if (w[i].len == 0 || in_memory(s, w[i].off, w[i].len))
+            continue;
+        uint8_t *buf = malloc((size_t)w[i].len);
+        if (!buf) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
+            goto out;
+        }
+        if (r->cache && s->key[0]) {
+            bool hit = false;
+            if (cks_cache_read(r->cache, s->key, w[i].off, buf, (size_t)w[i].len, &hit, NULL) ==
+                    CKS_OK &&
+                hit) {
+                err = add_extent(s, w[i].off, w[i].len, buf, diag);
+                if (err)
+                    goto out;
+                continue;
+            }
+            if (cks_cache_offline(r->cache)) {
+                free(buf);
+                err = cks_fail(diag, CKS_ERR_OFFLINE_MISS,
+                               "%s: bytes %" PRIu64 "-%" PRIu64 " are not in the cache and "
+                               "--offline forbids the network",
+                               s->base.name, w[i].off, w[i].off + w[i].len - 1);
+                goto out;
+            }
+        }
+        pieces[np].target = &s->target;
+        pieces[np].offset = w[i].off;
+        pieces[np].length = w[i].len;
+        pieces[np].dst = buf;
+        srcs[np++] = s;
+    }
+    if (np == 0)
+        goto out;
+    err = resolve_pending(r, srcs, np, diag);
+    if (err)
+        goto out;
+    err = cks_http_fetch(r->http, pieces, np, diag);
+    if (err)
+        goto out;
+    for (size_t i = 0; i < np; i++) {
+        struct rsrc *s = srcs[i];
+        cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
+        sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
+        err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
+        pieces[i].dst = NULL; /* owned by the extent (or freed by add_extent) now */
+        if (err)
+            goto out;
+    }
+    for (size_t i = 0; i < np; i++) {
+        err = sha_advance(srcs[i], diag);
+        if (err)
+            goto out;
+    }
+out:
+    if (pieces)
+        for (size_t i = 0; i < np; i++)
+            free(pieces[i].dst);
+    free(pieces);
+    free(srcs);
+    return err;
+}
+
+static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t len,
+                            cks_diag *diag)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *r = s->rem;
+    cks_err err = CKS_OK;
+    uint8_t *buf = vbuf;
+    pthread_mutex_lock(&r->mu);
+    if (s->sha_state == SHA_BAD) {
+        err = sha_advance(s, diag);
+        goto out;
+    }
+    uint64_t pos = copy_from_memory(s, offset, buf, len);
+    uint64_t end = offset + len;
+    bool streaming = offset == s->seq_end && offset > 0;
+    while (pos < end && err == CKS_OK) {
+        /* the hole runs from pos to the next byte memory holds (or the end of the read) */
+        uint64_t hole_end = end;
+        for (size_t i = 0; i < s->n_ext; i++)
+            if (s->ext[i].off > pos && s->ext[i].off < hole_end)
+                hole_end = s->ext[i].off;
+        uint64_t want = hole_end - pos;
+        if (streaming && hole_end == end) {
+            /* someone is reading the file front to back: fetch ahead, in parallel parts */
+            s->readahead = s->readahead ? s->readahead * 2 : READAHEAD_MIN;
+            if (s->readahead > READAHEAD_MAX)
+                s->readahead = READAHEAD_MAX;
+            uint64_t ahead = s->readahead;
+            if (ahead > s->base.size - end)
+                ahead = s->base.size - end;
+            if (want + ahead <= r->memory_cap / 2)
+                want += ahead;
+        }
+        struct want w = {s, pos, want};
+        err = fetch_wants(r, &w, 1, diag);
+        if (err)
+            break;
+        pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
+    }
+    if (!streaming)
+        s->readahead = 0;
+    s->seq_end = end;
+out:
+    pthread_mutex_unlock(&r->mu);
+    return err;
+}
+
+static cks_err rsrc_prefetch(cks_source *src, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_source **srcs = malloc((n ? n : 1) * sizeof *srcs);
+    cks_err err;
+    if (!srcs)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        srcs[i] = src;
+    err = cks_remote_prefetch(s->rem, srcs, ranges, n, diag);
+    free(srcs);
+    return err;
+}
+
+static const cks_source_ops rsrc_ops = {rsrc_read_at, rsrc_prefetch, rsrc_destroy};
+
+cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
+                            size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct want *w = calloc(n ? n : 1, sizeof *w);
+    size_t m = 0;
+    if (!w)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (!sources[i] || sources[i]->ops != &rsrc_ops)
+            continue;
+        struct rsrc *s = (struct rsrc *)sources[i];
+        if (s->rem != r || ranges[i].length == 0)
+            continue;
+        if (ranges[i].offset > s->base.size || ranges[i].length > s->base.size - ranges[i].offset) {
+            err = cks_fail(diag, CKS_ERR_TRUNCATED,
+                           "%s: prefetch of %" PRIu64 " bytes at %" PRIu64 " is past the end",
+                           s->base.name, ranges[i].length, ranges[i].offset);
+            goto out;
+        }
+        w[m].src = s;
+        w[m].off = ranges[i].offset;
+        w[m].len = ranges[i].length;
+        m++;
+    }
+    err = fetch_wants(r, w, m, diag);
+out:
+    pthread_mutex_unlock(&r->mu);
+    free(w);
+    return err;
+}
+
+static cks_err new_source(cks_remote *r, const char *path, uint64_t size, const char *sha256,
+                          const char *url, struct rsrc **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct rsrc *s = calloc(1, sizeof *s);
+    *out = NULL;
+    if (!s) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    s->base.ops = &rsrc_ops;
+    s->base.size = size;
+    s->base.thread_safe = true;
+    s->path = strdup(path);
+    if (r->repo) {
+        if (asprintf(&s->base.name, "%s@%.12s/%s", r->repo->repo_id, r->repo->commit, path) < 0)
+            s->base.name = NULL;
+    } else {
+        s->base.name = strdup(r->url_shown);
+    }
+    if (!s->path || !s->base.name) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (sha256 && strlen(sha256) == 64) {
+        memcpy(s->base.sha256_hex, sha256, 65);
+        snprintf(s->key, sizeof s->key, "sha256:%s", sha256);
+        s->sha = EVP_MD_CTX_new();
+        if (!s->sha || EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cannot set up SHA-256");
+            goto out;
+        }
+        s->sha_state = SHA_RUNNING;
+    } else if (r->repo && strlen(path) + 50 < sizeof s->key) {
+        snprintf(s->key, sizeof s->key, "git:%s:%s", r->repo->commit, path);
+    }
+    if (s->key[0] && r->cache && !cks_cache_key_valid(s->key))
+        s->key[0] = '\0';
+    if (url) {
+        s->target.url = strdup(url);
+        if (!s->target.url) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+    }
+    s->target.size = size;
+    s->target.name = s->base.name;
+    s->target.refresh = refresh_target;
+    s->target.refresh_ctx = s;
+    pthread_mutex_lock(&r->mu);
+    r->refs++;
+    pthread_mutex_unlock(&r->mu);
+    s->rem = r;
+out:
+    if (err && s) {
+        EVP_MD_CTX_free(s->sha);
+        free(s->path);
+        free(s->base.name);
+        free(s->target.url);
+        free(s);
+        s = NULL;
+    }
+    *out = s;
+    return err;
+}
+
+cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct rsrc *s = NULL;
+    char *url = NULL;
+    *out = NULL;
+    if (r->repo) {
+        const cks_hub_file *f = cks_hub_repo_find(r->repo, path);
+        if (!f) {
+            err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s@%.12s has no file '%s'",
+                           r->repo->repo_id, r->repo->commit, path);
+            goto out;
+        }
+        if (f->size_known) {
+            err = new_source(r, path, f->size, f->sha256, NULL, &s, diag);
+        } else {
+            /* the listing did not say how big it is: ask now */
+            cks_hub_resolved res;
+            err = cks_hub_resolve_many(r->hub, r->repo, &path, 1, &res, diag);
+            if (err)
+                goto out;
+            if (!res.size_known) {
+                cks_hub_resolved_release(&res);
+                err = cks_fail(diag, CKS_ERR_HTTP, "%s: the Hub did not report the size", path);
+                goto out;
+            }
+            err = new_source(r, path, res.size, f->sha256[0] ? f->sha256 : res.sha256, res.url,
+                             &s, diag);
+            cks_hub_resolved_release(&res);
+        }
+        goto out;
+    }
+    /* URL session: the file itself, or a file next to it (a shard named by an index) */
+    const char *base_name = strrchr(r->url_shown, '/') + 1;
+    if (strcmp(path, base_name) == 0) {
+        err = new_source(r, path, r->url_res.size, r->url_res.sha256, r->url_res.url, &s, diag);
+        goto out;
+    }
+    if (asprintf(&url, "%s%s", r->url_base, path) < 0) {
+        url = NULL;
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    cks_hub_resolved res;
+    err = cks_hub_resolve_url(r->hub, url, &res, diag);
+    if (err)
+        goto out;
+    err = new_source(r, path, res.size, res.sha256, res.url, &s, diag);
+    if (s) {
+        /* re-resolves must go to this file, not the session's URL */
+        free(s->base.name);
+        s->base.name = strdup(url);
+        s->target.name = s->base.name;
+        if (!s->base.name)
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    }
+    cks_hub_resolved_release(&res);
+out:
+    free(url);
+    if (err && s) {
+        rsrc_destroy(&s->base);
+        s = NULL;
+    }
+    *out = s ? &s->base : NULL;
+    return err;
+}
+
+/* ---------------------------------------------------------------- provider ---- */
+
+static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size_t *len,
+                               cks_diag *diag)
+{
+    cks_remote *r = ctx;
+    cks_err err;
+    cks_source *src = NULL;
+    char *buf = NULL;
+    *data = NULL;
+    *len = 0;
+    err = cks_remote_open_file(r, relpath, &src, diag);
+    if (err)
+        goto out;
+    if (src->size > MAX_SMALL_FILE) {
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "%s: %" PRIu64 " bytes is too large to read whole",
+                       src->name, src->size);
+        goto out;
+    }
+    buf = malloc((size_t)src->size + 1);
+    if (!buf) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = cks_source_read_at(src, 0, buf, (size_t)src->size, diag);
+    if (err)
+        goto out;
+    buf[src->size] = '\0';
+    *len = (size_t)src->size;
+    *data = buf;
+    buf = NULL;
+out:
+    free(buf);
+    cks_source_free(src);
+    return err;
+}
+
+static cks_err prov_open_source(void *ctx, const char *relpath, cks_source **out, cks_diag *diag)
+{
+    return cks_remote_open_file(ctx, relpath, out, diag);
+}
+
+/*
+ * Every shard's header in (about) one round trip: the first chunk of all shards at once,
+ * then, for the few whose header is larger than the chunk, the rest.
+ */
+static cks_err prov_prefetch_headers(void *ctx, cks_source *const *sources, size_t n,
+                                     cks_diag *diag)
+{
+    cks_remote *r = ctx;
+    cks_err err = CKS_OK;
+    cks_range *ranges = calloc(n ? n : 1, sizeof *ranges);
+    if (!ranges)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        ranges[i].offset = 0;
+        ranges[i].length = sources[i]->size < HEADER_CHUNK ? sources[i]->size : HEADER_CHUNK;
+    }
+    err = cks_remote_prefetch(r, sources, ranges, n, diag);
+    if (err)
+        goto out;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t le[8];
+        uint64_t hlen = 0;
+        if (sources[i]->size < 8)
+            continue;
+        err = cks_source_read_at(sources[i], 0, le, 8, diag);
+        if (err)
+            goto out;
+        for (int b = 7; b >= 0; b--)
+            hlen = (hlen << 8) | le[b];
+        /* the parser judges absurd lengths; only fetch what could be a header */
+        if (hlen > CKS_ST_MAX_HEADER || hlen > sources[i]->size - 8 || 8 + hlen <= HEADER_CHUNK) {
+            ranges[i].length = 0;
+            continue;
+        }
+        ranges[i].offset = HEADER_CHUNK;
+        ranges[i].length = 8 + hlen - HEADER_CHUNK;
+        m++;
+    }
+    if (m)
+        err = cks_remote_prefetch(r, sources, ranges, n, diag);
+out:
+    free(ranges);
+    return err;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* Pick the checkpoint entry inside `dir` ("" for the root) from the listing. */
+static cks_err pick_entry(const cks_hub_repo *repo, const char *dir, char **entry, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *cand = NULL;
+    size_t dl = strlen(dir);
+    const char *only = NULL;
+    size_t n_st = 0;
+    *entry = NULL;
+    static const char *const names[] = {"model.safetensors.index.json", "model.safetensors",
+                                        "diffusion_pytorch_model.safetensors.index.json",
+                                        "diffusion_pytorch_model.safetensors"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (asprintf(&cand, "%s%s%s", dir, dl ? "/" : "", names[i]) < 0) {
+            cand = NULL;
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        if (cks_hub_repo_find(repo, cand)) {
+            *entry = cand;
+            cand = NULL;
+            goto out;
+        }
+        free(cand);
+        cand = NULL;
+    }
+    for (size_t i = 0; i < repo->n_files; i++) {
+        const char *p = repo->files[i].path;
+        if (dl && (strncmp(p, dir, dl) != 0 || p[dl] != '/'))
+            continue;
+        const char *rest = dl ? p + dl + 1 : p;
+        if (strchr(rest, '/'))
+            continue;
+        if (ends_with(rest, ".safetensors.index.json") || ends_with(rest, ".safetensors")) {
+            /* an index wins over the shards it names */
+            if (!only || (ends_with(rest, ".json") && !ends_with(only, ".json")))
+                only = p;
+            if (ends_with(rest, ".json"))
+                n_st = 1;
+            else if (!ends_with(only, ".json"))
+                n_st++;
+        }
+    }
+    if (only && n_st == 1) {
+        *entry = strdup(only);
+        if (!*entry)
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (n_st > 1) {
+        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
+                       "%s@%.12s%s%s holds %zu .safetensors files and no index; name one "
+                       "(hf://%s@%s/FILE)",
+                       repo->repo_id, repo->commit, dl ? "/" : "", dir, n_st, repo->repo_id,
+                       repo->revision);
+        goto out;
+    }
+    err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
+                   "%s@%.12s%s%s has no safetensors checkpoint (no model.safetensors, no "
+                   "index); for a component in a folder use hf://%s/FOLDER",
+                   repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->repo_id);
+out:
+    free(cand);
+    return err;
+}
+
+cks_err cks_remote_open_ckpt(cks_remote *r, cks_ckpt **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *entry = NULL, *name = NULL;
+    cks_ckpt_provider prov = {r, prov_fetch_file, prov_open_source, prov_prefetch_headers};
+    *out = NULL;
+    if (r->repo) {
+        const char *p = r->spec.path;
+        if (p && (ends_with(p, ".safetensors") || ends_with(p, ".json"))) {
+            entry = strdup(p);
+            if (!entry) {
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            if (!cks_hub_repo_find(r->repo, entry)) {
+                err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s@%s has no file '%s'",
+                               r->repo->repo_id, r->repo->revision, entry);
+                goto out;
+            }
+        } else {
+            err = pick_entry(r->repo, p ? p : "", &entry, diag);
+            if (err)
+                goto out;
+        }
+        if (asprintf(&name, "%s@%s", r->repo->repo_id, r->repo->revision) < 0) {
+            name = NULL;
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+    } else {
+        entry = strdup(strrchr(r->url_shown, '/') + 1);
+        name = strdup(r->url_shown);
+        if (!entry || !name) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        if (!*entry) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "%s: the URL must name a file", name);
+            goto out;
+        }
+    }
+    err = cks_ckpt_open_with(&prov, name, entry, out, diag);
+out:
+    free(entry);
+    free(name);
+    return err;
+}
