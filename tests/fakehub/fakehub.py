@@ -19,6 +19,7 @@ import http.server
 import json
 import math
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -165,6 +166,8 @@ class RequestLog:
         self.path = path
         self.lock = threading.Lock()
         self.f = open(path, "a", encoding="utf-8")
+        self.cond = threading.Condition()
+        self.pending = 0
 
     def write(self, entry):
         line = json.dumps(entry, sort_keys=True)
@@ -172,13 +175,28 @@ class RequestLog:
             self.f.write(line + "\n")
             self.f.flush()
 
+    def begin(self):
+        with self.cond:
+            self.pending += 1
+
+    def end(self):
+        with self.cond:
+            self.pending -= 1
+            self.cond.notify_all()
+
+    def settle(self, timeout=2.0):
+        with self.cond:
+            self.cond.wait_for(lambda: self.pending <= 0, timeout)
+
     def clear(self):
+        self.settle()
         with self.lock:
             self.f.truncate(0)
             self.f.seek(0)
             self.f.flush()
 
     def read(self):
+        self.settle()
         with self.lock:
             self.f.flush()
             out = []
@@ -187,6 +205,8 @@ class RequestLog:
                     line = line.strip()
                     if line:
                         out.append(json.loads(line))
+            # The file is in completion order; readers want arrival order ("t").
+            out.sort(key=lambda e: e["t"])
             return out
 
 
@@ -296,12 +316,12 @@ def parse_range(value, size):
                 if not a.isdigit() or (b and not b.isdigit()):
                     return None
                 first = int(a)
-                last = int(b) if b else size - 1
-                if last < first:
+                if b and int(b) < first:
                     return None
                 if first >= size:
                     out.append(None)
                     continue
+                last = int(b) if b else size - 1
                 out.append((first, min(last, size - 1)))
         except ValueError:
             return None
@@ -398,7 +418,8 @@ class App:
 
     def cdn_location(self, repo, sha256, filename):
         path = "/xet-bridge-us/%s/%s" % (repo["oid"], sha256)
-        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        # Round the signing time up: a URL then lives at least url_ttl seconds (at most one more).
+        amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(math.ceil(time.time())))
         expires = str(int(self.url_ttl))
         base = os.path.basename(filename)
         q = [("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
@@ -449,6 +470,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # ----------------------------------------------------------------------
 
     def dispatch(self):
+        self.t_arrival = time.time()
         app = self.server.app
         kind = self.server.kind
         self.req_body = b""
@@ -513,6 +535,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         no_cl = kind == "no_content_length"
         body_fault = kind in BODY_FAULTS
         sent = 0
+        # Until this response is logged, readers of the log wait (bounded) for it: a client that
+        # has its answer must find it in the log. A stall only counts once it is over.
+        pending = log and kind != "stall"
+        if pending:
+            self.server.app.log.begin()
         try:
             self.send_response_only(resp.status, REASONS.get(resp.status))
             self.send_header("Date", self.date_time_string())
@@ -537,8 +564,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     elif kind == "short_body":
                         self.close_connection = True
                     elif kind == "stall":
-                        STOP.wait(float(fault.get("seconds", 5)))
-                        if fault.get("close"):
+                        ok = self.stall(float(fault.get("seconds", 5)))
+                        pending = log
+                        if pending:
+                            self.server.app.log.begin()
+                        if not ok:
+                            self.close_connection = True
+                        elif fault.get("close"):
                             self.close_connection = True
                         else:
                             sent += self.write_body(resp, cut, length - cut)
@@ -548,6 +580,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         if log:
             self.write_log(resp, sent, kind, flags)
+        if pending:
+            self.server.app.log.end()
+
+    def stall(self, seconds):
+        """Sleep, but stop early (-> False) when the client hangs up or the server stops."""
+        deadline = time.time() + seconds
+        sock = self.connection
+        while not STOP.is_set():
+            left = deadline - time.time()
+            if left <= 0:
+                return True
+            try:
+                readable, _, _ = select.select([sock], [], [], min(left, 0.05))
+                if readable:
+                    # The client sends nothing while it waits for a body: readable means EOF
+                    # (or a TLS close_notify), so it has given up.
+                    return False
+            except (OSError, ValueError):
+                return False
+        return False
 
     def write_body(self, resp, start, n):
         if n <= 0:
@@ -597,7 +649,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for k, v in self.headers.items():
             k = k.lower()
             headers[k] = "<present>" if k == "authorization" else v
-        entry = {"t": time.time(), "server": self.server.kind, "method": self.command,
+        entry = {"t": self.t_arrival, "server": self.server.kind, "method": self.command,
                  "path": self.raw_path, "query": self.query, "headers": headers,
                  "status": resp.status, "range": self.headers.get("Range"), "bytes_sent": sent,
                  "fault": fault_kind}
