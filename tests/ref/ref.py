@@ -251,6 +251,19 @@ def cmd_xoshiro(d):
     np.array(out, dtype='<u8').tofile(os.path.join(d, 'rng.u64'))
 
 
+def cmd_lap(d):
+    """shape.txt "rows cols", cost.f64 -> assign.i64 (column per row, -1 if none), total.f64
+    from scipy.optimize.linear_sum_assignment (minimisation)."""
+    from scipy.optimize import linear_sum_assignment
+    rows, cols = map(int, open(os.path.join(d, 'shape.txt')).read().split())
+    cost = np.fromfile(os.path.join(d, 'cost.f64'), dtype='<f8').reshape(rows, cols)
+    r, c = linear_sum_assignment(cost)
+    assign = -np.ones(rows, dtype='<i8')
+    assign[r] = c
+    assign.tofile(os.path.join(d, 'assign.i64'))
+    np.array([cost[r, c].sum()], dtype='<f8').tofile(os.path.join(d, 'total.f64'))
+
+
 COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith('cmd_')}
 
 if __name__ == '__main__':
