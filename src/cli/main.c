@@ -4,6 +4,8 @@
 
 #include "cli.h"
 
+int cks_cmd_cache(int argc, char **argv); /* src/cli/cmd_cache.c */
+
 struct command {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -14,6 +16,7 @@ static const struct command commands[] = {
     {"ls", cmd_ls, "list tensors, shapes, dtypes, sizes and metadata"},
     {"hash", cmd_hash, "SHA-256 of each tensor's raw bytes"},
     {"diff", cmd_diff, "which tensors were added, removed, renamed, reshaped or changed"},
+    {"cache", cks_cmd_cache, "inspect and maintain the disk cache: ls, du, verify, prune, clear"},
 };
 
 static void usage(FILE *out)

@@ -1,0 +1,305 @@
+/* ckptscope cache ls|du|verify|prune|clear — look after the disk cache. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ckptscope/cache.h"
+#include "cli.h"
+
+int cks_cmd_cache(int argc, char **argv);
+
+static const char cache_help[] =
+    "usage: ckptscope cache ACTION [OPTIONS]\n"
+    "\n"
+    "Inspect and maintain the disk cache that holds every byte ckptscope fetched, keyed by\n"
+    "content (an LFS file's SHA-256, or commit + path for small files), so a second run\n"
+    "costs no network. Layout and guarantees: cache/README.md.\n"
+    "\n"
+    "actions:\n"
+    "  ls       one line per cached file and metadata entry: bytes covered, bytes on disk,\n"
+    "           extents, last use\n"
+    "  du       totals: logical bytes (what the cached ranges hold) versus stored bytes\n"
+    "           (what they take on disk after compression)\n"
+    "  verify   read every stored chunk and metadata entry and check its checksum;\n"
+    "           exit 4 if any is bad (with --repair, bad entries are deleted and the exit is 0)\n"
+    "  prune    evict least-recently-used extents until the cache fits in --max SIZE\n"
+    "           (default --cache-max); data a running ckptscope is using is never evicted\n"
+    "  clear    delete every entry no running ckptscope is using\n"
+    "\n"
+    "options:\n"
+    "  --max SIZE        prune target, e.g. 20G, 500M\n"
+    "  --repair          verify: delete bad entries and leftover temporary files\n"
+    "  --cache-dir DIR   the cache to use (default $CKPTSCOPE_CACHE, else\n"
+    "                    ${XDG_CACHE_HOME:-~/.cache}/ckptscope)\n"
+    "  --cache-max SIZE  size cap (prune's default target)\n"
+    "  --json            machine-readable output\n"
+    "  --verbose         verify: name every bad entry (always listed in --json)\n"
+    "  --help            this text\n"
+    "\n"
+    "examples:\n"
+    "  ckptscope cache du\n"
+    "  ckptscope cache verify --repair\n"
+    "  ckptscope cache prune --max 50G\n"
+    "  ckptscope cache ls --json | jq '.entries[] | select(.kind == \"file\")'\n";
+
+enum { OPT_MAX = 0x2000, OPT_REPAIR };
+
+static void iso_time(int64_t t, char *buf, size_t n)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (t <= 0 || !gmtime_r(&tt, &tm) || strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(buf, n, "-");
+}
+
+static int do_ls(cks_cache *c, const cli_opts *o)
+{
+    cks_cache_entry *v = NULL;
+    size_t n = 0;
+    cks_diag d;
+    cks_err err = cks_cache_list(c, &v, &n, &d);
+    if (err)
+        return cli_fail("cache", err, &d);
+    if (o->json) {
+        cJSON *root = cli_json_new("cache");
+        cJSON_AddStringToObject(root, "action", "ls");
+        cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
+        cJSON *arr = cJSON_AddArrayToObject(root, "entries");
+        for (size_t i = 0; i < n; i++) {
+            cJSON *e = cJSON_CreateObject();
+            char when[32];
+            bool file = v[i].kind == CKS_CACHE_ENTRY_FILE;
+            iso_time(v[i].last_used, when, sizeof when);
+            cJSON_AddStringToObject(e, "kind", file ? "file" : "meta");
+            if (!file)
+                cJSON_AddStringToObject(e, "namespace", v[i].ns);
+            cJSON_AddStringToObject(e, "key", v[i].key);
+            if (file) {
+                cJSON_AddNumberToObject(e, "extents", (double)v[i].n_extents);
+                cJSON_AddBoolToObject(e, "sha256_verified", v[i].verified);
+            }
+            cJSON_AddNumberToObject(e, "logical_bytes", (double)v[i].logical_bytes);
+            cJSON_AddNumberToObject(e, "stored_bytes", (double)v[i].stored_bytes);
+            cJSON_AddStringToObject(e, file ? "last_used" : "created", when);
+            cJSON_AddItemToArray(arr, e);
+        }
+        cli_json_print(root);
+    } else if (n == 0) {
+        if (!o->quiet)
+            printf("cache %s is empty\n", cks_cache_dir(c));
+    } else {
+        printf("%-6s %10s %10s %7s  %-20s  %s\n", "KIND", "LOGICAL", "STORED", "EXTENTS",
+               "LAST USED", "KEY");
+        for (size_t i = 0; i < n; i++) {
+            char a[32], b[32], when[32], ext[24];
+            bool file = v[i].kind == CKS_CACHE_ENTRY_FILE;
+            iso_time(v[i].last_used, when, sizeof when);
+            snprintf(ext, sizeof ext, "%" PRIu64, v[i].n_extents);
+            printf("%-6s %10s %10s %7s  %-20s  %s%s%s%s\n", file ? "file" : "meta",
+                   cli_human_bytes(v[i].logical_bytes, a, sizeof a),
+                   cli_human_bytes(v[i].stored_bytes, b, sizeof b), file ? ext : "-", when,
+                   file ? "" : v[i].ns, file ? "" : " ", v[i].key,
+                   file && v[i].verified ? "  (sha256 verified)" : "");
+        }
+    }
+    cks_cache_entries_free(v, n);
+    return EXIT_OK;
+}
+
+static int do_du(cks_cache *c, const cli_opts *o)
+{
+    cks_cache_stat st;
+    cks_diag d;
+    cks_err err = cks_cache_stat_get(c, &st, &d);
+    if (err)
+        return cli_fail("cache", err, &d);
+    double ratio = st.logical_bytes ? (double)st.stored_bytes / (double)st.logical_bytes : 0;
+    if (o->json) {
+        cJSON *root = cli_json_new("cache");
+        cJSON_AddStringToObject(root, "action", "du");
+        cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
+        cJSON_AddNumberToObject(root, "files", (double)st.n_keys);
+        cJSON_AddNumberToObject(root, "extents", (double)st.n_extents);
+        cJSON_AddNumberToObject(root, "metadata_entries", (double)st.n_meta);
+        cJSON_AddNumberToObject(root, "logical_bytes", (double)st.logical_bytes);
+        cJSON_AddNumberToObject(root, "stored_bytes", (double)st.stored_bytes);
+        cJSON_AddNumberToObject(root, "metadata_stored_bytes", (double)st.meta_bytes);
+        cJSON_AddNumberToObject(root, "stored_over_logical", ratio);
+        cJSON_AddNumberToObject(root, "stale_temporaries", (double)st.n_temp);
+        cli_json_print(root);
+    } else {
+        char a[32], b[32], m[32];
+        printf("cache      %s\n", cks_cache_dir(c));
+        printf("files      %" PRIu64 " (%" PRIu64 " extents), %" PRIu64 " metadata entries\n",
+               st.n_keys, st.n_extents, st.n_meta);
+        printf("logical    %s (%" PRIu64 " bytes)\n", cli_human_bytes(st.logical_bytes, a, sizeof a),
+               st.logical_bytes);
+        printf("stored     %s (%" PRIu64 " bytes, %.1f%% of logical; metadata %s)\n",
+               cli_human_bytes(st.stored_bytes, b, sizeof b), st.stored_bytes, 100.0 * ratio,
+               cli_human_bytes(st.meta_bytes, m, sizeof m));
+    }
+    return EXIT_OK;
+}
+
+static int do_verify(cks_cache *c, const cli_opts *o, bool repair)
+{
+    cks_cache_verify_report rep;
+    cks_diag d;
+    cks_err err = cks_cache_verify(c, repair, &rep, &d);
+    if (err)
+        return cli_fail("cache", err, &d);
+    uint64_t bad = rep.bad_extents + rep.bad_meta;
+    if (o->json) {
+        cJSON *root = cli_json_new("cache");
+        cJSON_AddStringToObject(root, "action", "verify");
+        cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
+        cJSON_AddBoolToObject(root, "ok", bad == 0);
+        cJSON_AddNumberToObject(root, "checked_extents", (double)rep.checked_extents);
+        cJSON_AddNumberToObject(root, "checked_metadata", (double)rep.checked_meta);
+        cJSON_AddNumberToObject(root, "checked_bytes", (double)rep.checked_bytes);
+        cJSON_AddNumberToObject(root, "bad_extents", (double)rep.bad_extents);
+        cJSON_AddNumberToObject(root, "bad_metadata", (double)rep.bad_meta);
+        cJSON_AddNumberToObject(root, "stale_temporaries", (double)rep.stale_temp);
+        cJSON_AddBoolToObject(root, "repaired", repair);
+        cJSON *arr = cJSON_AddArrayToObject(root, "bad");
+        for (size_t i = 0; i < rep.n_bad; i++)
+            cJSON_AddItemToArray(arr, cJSON_CreateString(rep.bad[i]));
+        cli_json_print(root);
+    } else {
+        char a[32];
+        if (bad || o->verbose)
+            for (size_t i = 0; i < rep.n_bad; i++)
+                printf("bad %s%s\n", rep.bad[i], repair ? " (deleted)" : "");
+        printf("checked %" PRIu64 " extents (%s) and %" PRIu64 " metadata entries: %" PRIu64
+               " bad%s\n",
+               rep.checked_extents, cli_human_bytes(rep.checked_bytes, a, sizeof a),
+               rep.checked_meta, bad, bad && repair ? ", deleted" : "");
+        if (rep.stale_temp)
+            printf("%" PRIu64 " temporary file(s) left by interrupted runs%s\n", rep.stale_temp,
+                   repair ? ", deleted" : " (harmless; --repair deletes them)");
+    }
+    cks_cache_verify_report_release(&rep);
+    return bad && !repair ? EXIT_IO : EXIT_OK;
+}
+
+static int do_prune(cks_cache *c, const cli_opts *o, uint64_t max)
+{
+    uint64_t n = 0, bytes = 0;
+    cks_diag d;
+    cks_err err = cks_cache_prune(c, max, &n, &bytes, &d);
+    if (err)
+        return cli_fail("cache", err, &d);
+    if (o->json) {
+        cJSON *root = cli_json_new("cache");
+        cJSON_AddStringToObject(root, "action", "prune");
+        cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
+        cJSON_AddNumberToObject(root, "max_bytes", (double)max);
+        cJSON_AddNumberToObject(root, "evicted_extents", (double)n);
+        cJSON_AddNumberToObject(root, "evicted_bytes", (double)bytes);
+        cli_json_print(root);
+    } else if (!o->quiet) {
+        char a[32], b[32];
+        printf("evicted %" PRIu64 " extents (%s) to fit in %s\n", n,
+               cli_human_bytes(bytes, a, sizeof a), cli_human_bytes(max, b, sizeof b));
+    }
+    return EXIT_OK;
+}
+
+static int do_clear(cks_cache *c, const cli_opts *o)
+{
+    uint64_t bytes = 0;
+    cks_diag d;
+    cks_err err = cks_cache_clear(c, &bytes, &d);
+    if (err)
+        return cli_fail("cache", err, &d);
+    if (o->json) {
+        cJSON *root = cli_json_new("cache");
+        cJSON_AddStringToObject(root, "action", "clear");
+        cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
+        cJSON_AddNumberToObject(root, "removed_bytes", (double)bytes);
+        cli_json_print(root);
+    } else if (!o->quiet) {
+        char a[32];
+        printf("removed %s from %s\n", cli_human_bytes(bytes, a, sizeof a), cks_cache_dir(c));
+    }
+    return EXIT_OK;
+}
+
+int cks_cmd_cache(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"max", required_argument, NULL, OPT_MAX},
+                                             {"repair", no_argument, NULL, OPT_REPAIR},
+                                             CLI_COMMON_LONGOPTS,
+                                             {0}};
+    cli_opts opts = {0};
+    uint64_t max = 0;
+    bool have_max = false, repair = false;
+    int opt, rc = EXIT_OK;
+    cks_cache *c = NULL;
+    cks_diag d;
+
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int common = cli_common_option(opt, optarg, &opts);
+        if (common < 0)
+            return EXIT_USAGE;
+        if (common > 0)
+            continue;
+        if (opt == OPT_HELP || opt == 'h') {
+            fputs(cache_help, stdout);
+            return EXIT_OK;
+        } else if (opt == OPT_MAX) {
+            if (!cli_parse_size(optarg, &max))
+                return cli_usage_error("cache", "--max wants a size such as 20G or 500M, not \"%s\"",
+                                       optarg);
+            have_max = true;
+        } else if (opt == OPT_REPAIR) {
+            repair = true;
+        } else {
+            return cli_usage_error("cache", "unknown option");
+        }
+    }
+    if (argc - optind != 1)
+        return cli_usage_error("cache", "expected one action: ls, du, verify, prune or clear");
+    const char *action = argv[optind];
+    static const char *const actions[] = {"ls", "du", "verify", "prune", "clear"};
+    bool known = false;
+    for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++)
+        known = known || strcmp(action, actions[i]) == 0;
+    if (!known)
+        return cli_usage_error("cache", "unknown action \"%s\" (ls, du, verify, prune, clear)",
+                               action);
+    if (strcmp(action, "prune") == 0 && !have_max) {
+        if (!opts.cache_max)
+            return cli_usage_error("cache", "prune needs a target: --max SIZE or --cache-max SIZE");
+        max = opts.cache_max;
+    }
+    cks_cache_opts co = {.dir = opts.cache_dir, .max_bytes = 0, .offline = opts.offline,
+                         .revision_ttl_seconds = -1};
+    cks_err err = cks_cache_open(&co, &c, &d);
+    if (err) {
+        rc = cli_fail("cache", err, &d);
+        goto out;
+    }
+    if (strcmp(action, "ls") == 0)
+        rc = do_ls(c, &opts);
+    else if (strcmp(action, "du") == 0)
+        rc = do_du(c, &opts);
+    else if (strcmp(action, "verify") == 0)
+        rc = do_verify(c, &opts, repair);
+    else if (strcmp(action, "prune") == 0)
+        rc = do_prune(c, &opts, max);
+    else
+        rc = do_clear(c, &opts);
+    if (opts.verbose) {
+        char **notes = NULL;
+        size_t n = cks_cache_take_notes(c, &notes);
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, "ckptscope: %s\n", notes[i]);
+        cks_cache_free_notes(notes, n);
+    }
+out:
+    cks_cache_free(c);
+    return rc;
+}
