@@ -386,6 +386,10 @@ class App:
         self.multipart = True
         self.secret = os.urandom(32)
         self.hub_url = self.cdn_url = None
+        # URLs put into Location / Link headers, when clients reach the servers through a proxy
+        # (bench/netem_proxy.py): the signed path does not include the host, so any works.
+        self.cdn_public_url = getattr(args, "cdn_public_url", None)
+        self.hub_public_url = getattr(args, "hub_public_url", None)
 
     def config(self, obj):
         if "url_ttl" in obj:
@@ -402,13 +406,21 @@ class App:
             self.tree_page_size = int(obj["tree_page_size"]) if obj["tree_page_size"] else None
         if "multipart" in obj:
             self.multipart = bool(obj["multipart"])
+        if "cdn_public_url" in obj:
+            self.cdn_public_url = (obj["cdn_public_url"] or "").rstrip("/") or None
+        if "hub_public_url" in obj:
+            self.hub_public_url = (obj["hub_public_url"] or "").rstrip("/") or None
         self.rate.reset()
         return self.current_config()
 
     def current_config(self):
         return {"url_ttl": self.url_ttl, "rate_limit": self.rate.limit, "rate_window": self.rate.window,
                 "rate_retry_after": self.rate.retry_after, "rate_buckets": list(self.rate.buckets),
-                "tree_page_size": self.tree_page_size, "multipart": self.multipart}
+                "tree_page_size": self.tree_page_size, "multipart": self.multipart,
+                "cdn_public_url": self.cdn_public_url, "hub_public_url": self.hub_public_url}
+
+    def public_hub(self):
+        return self.hub_public_url or self.hub_url
 
     # signed CDN URLs ------------------------------------------------------------
 
@@ -432,7 +444,7 @@ class App:
              ("response-content-disposition",
               "inline; filename*=UTF-8''%s; filename=\"%s\";" % (urllib.parse.quote(base), base)),
              ("x-id", "GetObject")]
-        return "%s%s?%s" % (self.cdn_url, path, urllib.parse.urlencode(q))
+        return "%s%s?%s" % (self.cdn_public_url or self.cdn_url, path, urllib.parse.urlencode(q))
 
 
 # --------------------------------------------------------------------------- HTTP handling
@@ -787,7 +799,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                   "authenticated to access it. Please log in." % (label, repo_id))
             return error_resp(403, "GatedRepo",
                               "Access to %s %s is restricted and you are not in the authorized list. "
-                              "Visit %s/%s to ask for access." % (label, repo_id, self.server.app.hub_url,
+                              "Visit %s/%s to ask for access." % (label, repo_id, self.server.app.public_hub(),
                                                                    repo_id))
         return None
 
@@ -1075,7 +1087,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             nxt = base64.urlsafe_b64encode(json.dumps({"c": commit, "o": offset + page}).encode()).decode().rstrip("=")
             q = [(k, v) for k, v in urllib.parse.parse_qsl(self.query, keep_blank_values=True) if k != "cursor"]
             q.append(("cursor", nxt))
-            url = "%s%s?%s" % (app.hub_url, self.raw_path, urllib.parse.urlencode(q))
+            url = "%s%s?%s" % (app.public_hub(), self.raw_path, urllib.parse.urlencode(q))
             h = h + [("Link", '<%s>; rel="next"' % url)]
         return json_resp(200, chunk, h)
 
@@ -1273,6 +1285,8 @@ def main(argv=None):
     ap.add_argument("--rate-limit", type=int, default=0, help="requests per window per bucket (0: none)")
     ap.add_argument("--rate-window", type=float, default=300, help="rate-limit window (seconds)")
     ap.add_argument("--no-retry-after", action="store_true", help="answer 429 without Retry-After")
+    ap.add_argument("--cdn-public-url", help="CDN base URL to put in redirects (e.g. a proxy in front of it)")
+    ap.add_argument("--hub-public-url", help="hub base URL to put in Link headers")
     ap.add_argument("--hub-port", type=int, default=0)
     ap.add_argument("--cdn-port", type=int, default=0)
     args = ap.parse_args(argv)

@@ -31,7 +31,8 @@ SERVER = os.path.join(HERE, "fakehub.py")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 _OPT_FLAGS = {"url_ttl": "--url-ttl", "rate_limit": "--rate-limit", "rate_window": "--rate-window",
-              "hub_port": "--hub-port", "cdn_port": "--cdn-port", "tls_dir": "--tls-dir"}
+              "hub_port": "--hub-port", "cdn_port": "--cdn-port", "tls_dir": "--tls-dir",
+              "cdn_public_url": "--cdn-public-url", "hub_public_url": "--hub-public-url"}
 
 
 def _command(root, state_file, tls, opts):
