@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_remote.h"
 
 int cli_exit_code(cks_err err)
 {
@@ -137,6 +138,8 @@ cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **o
     *out = NULL;
     if (report)
         *report = NULL;
+    if (cli_remote_open(spec, opts, out, report, &err, diag)) /* Hub repos and URLs */
+        return err;
     err = cks_ckpt_open_local(spec, out, diag);
     if (err)
         return err;
@@ -168,6 +171,7 @@ cJSON *cli_json_new(const char *command)
 
 void cli_json_print(cJSON *root)
 {
+    cli_remote_json_finish(root); /* "transfer" when remote sources were read */
     char *text = cJSON_Print(root);
     if (text) {
         fputs(text, stdout);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_remote.h" /* cmd_fetch */
 
 int cks_cmd_cache(int argc, char **argv); /* src/cli/cmd_cache.c */
 
@@ -15,6 +16,7 @@ struct command {
 static const struct command commands[] = {
     {"ls", cmd_ls, "list tensors, shapes, dtypes, sizes and metadata"},
     {"hash", cmd_hash, "SHA-256 of each tensor's raw bytes"},
+    {"fetch", cmd_fetch, "pull chosen tensors (remote: coalesced, parallel ranges)"},
     {"diff", cmd_diff, "which tensors were added, removed, renamed, reshaped or changed"},
     {"cache", cks_cmd_cache, "inspect and maintain the disk cache: ls, du, verify, prune, clear"},
 };

@@ -1,0 +1,197 @@
+/* src/cli/cli_remote.c — opening remote SOURCEs for every command; see cli_remote.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli_remote.h"
+#include "ckptscope/cache.h"
+
+#define MAX_SESSIONS 16
+
+static struct {
+    cks_remote *sessions[MAX_SESSIONS];
+    size_t n;
+    cks_cache *cache;
+    bool cache_tried;
+    bool registered;
+    bool progress_on;
+    bool progress_drawn;
+} g;
+
+static void cleanup(void)
+{
+    if (g.progress_drawn)
+        fprintf(stderr, "\r\033[K");
+    for (size_t i = 0; i < g.n; i++)
+        cks_remote_free(g.sessions[i]);
+    g.n = 0;
+    cks_cache_free(g.cache);
+    g.cache = NULL;
+}
+
+static void on_progress(void *ctx, const cks_http_stats *st)
+{
+    char a[32], b[32], r[32];
+    (void)ctx;
+    if (!g.progress_on || st->seconds < 0.5)
+        return;
+    double rate = st->seconds > 0 ? (double)st->bytes_fetched / st->seconds : 0;
+    fprintf(stderr, "\r\033[Kfetching: %s of %s planned, %llu requests, %s/s",
+            cli_human_bytes(st->bytes_fetched, a, sizeof a),
+            cli_human_bytes(st->bytes_planned, b, sizeof b), (unsigned long long)st->requests,
+            cli_human_bytes((uint64_t)rate, r, sizeof r));
+    g.progress_drawn = true;
+}
+
+/* The disk cache is an optimisation: when it cannot be opened the run goes on without it. */
+static cks_cache *get_cache(const cli_opts *opts)
+{
+    const char *off = getenv("CKPTSCOPE_NO_CACHE");
+    if (g.cache_tried)
+        return g.cache;
+    g.cache_tried = true;
+    if (off && *off && strcmp(off, "0") != 0 && !opts->offline)
+        return NULL;
+    cks_cache_opts co = {0};
+    cks_diag d;
+    co.dir = opts->cache_dir;
+    co.max_bytes = opts->cache_max;
+    co.offline = opts->offline;
+    co.revision_ttl_seconds = -1;
+    if (cks_cache_open(&co, &g.cache, &d) != CKS_OK) {
+        if (opts->verbose)
+            fprintf(stderr, "ckptscope: cache unavailable, continuing without it: %s\n", d.text);
+        g.cache = NULL;
+    }
+    return g.cache;
+}
+
+cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_remote **out,
+                           cks_diag *diag)
+{
+    cks_err err;
+    cks_remote_opts ro;
+    *out = NULL;
+    if (!g.registered) {
+        atexit(cleanup);
+        g.registered = true;
+    }
+    if (g.n == MAX_SESSIONS)
+        return cks_fail(diag, CKS_ERR_INVALID_ARG, "too many remote sources in one command");
+    memset(&ro, 0, sizeof ro);
+    ro.cache = get_cache(opts);
+    cks_remote_config_from_env(&ro.http);
+    g.progress_on = !opts->quiet && isatty(STDERR_FILENO);
+    ro.http.progress = on_progress;
+    if (opts->offline) {
+        /* revision -> commit and the listing need the Hub; the cache does not hold them yet */
+        return cks_fail(diag, CKS_ERR_OFFLINE_MISS,
+                        "--offline: remote sources need the Hub to resolve the revision and list "
+                        "files; this version cannot answer that from the cache");
+    }
+    err = cks_remote_open(spec, &ro, out, diag);
+    if (err)
+        return err;
+    g.sessions[g.n++] = *out;
+    if (opts->verbose) {
+        const char *t = cks_remote_token_origin(*out);
+        const cks_hub_repo *repo = cks_remote_repo(*out);
+        fprintf(stderr, "ckptscope: %s, token from %s\n", cks_remote_endpoint(*out),
+                t ? t : "nowhere (anonymous)");
+        if (repo)
+            fprintf(stderr, "ckptscope: %s@%s is commit %s (%zu files)\n", repo->repo_id,
+                    repo->revision, repo->commit, repo->n_files);
+    }
+    return CKS_OK;
+}
+
+cJSON *cli_remote_source_json(cks_remote *r, const cks_ckpt *ckpt)
+{
+    cJSON *src = cJSON_CreateObject();
+    const cks_hub_repo *repo = cks_remote_repo(r);
+    if (repo) {
+        cJSON_AddStringToObject(src, "kind", "hub");
+        cJSON_AddStringToObject(src, "endpoint", cks_remote_endpoint(r));
+        cJSON_AddStringToObject(src, "repo_type",
+                                repo->type == CKS_REPO_DATASET ? "dataset"
+                                : repo->type == CKS_REPO_SPACE ? "space"
+                                                               : "model");
+        cJSON_AddStringToObject(src, "repo", repo->repo_id);
+        cJSON_AddStringToObject(src, "revision", repo->revision);
+        cJSON_AddStringToObject(src, "commit", repo->commit);
+    } else {
+        cJSON_AddStringToObject(src, "kind", "url");
+        cJSON_AddStringToObject(src, "url", cks_remote_url(r));
+    }
+    if (ckpt->index_path)
+        cJSON_AddStringToObject(src, "index", ckpt->index_path);
+    cJSON *files = cJSON_AddArrayToObject(src, "files");
+    for (size_t f = 0; f < ckpt->n_files; f++) {
+        cJSON *file = cJSON_CreateObject();
+        const cks_source *s = ckpt->files[f].source;
+        cJSON_AddStringToObject(file, "path", ckpt->files[f].path);
+        cJSON_AddNumberToObject(file, "size", (double)s->size);
+        if (s->sha256_hex[0])
+            cJSON_AddStringToObject(file, "sha256", s->sha256_hex);
+        else
+            cJSON_AddNullToObject(file, "sha256");
+        cJSON_AddNumberToObject(file, "header_bytes", (double)ckpt->files[f].header->header_len);
+        cJSON_AddItemToArray(files, file);
+    }
+    return src;
+}
+
+bool cli_remote_open(const char *text, const cli_opts *opts, cks_ckpt **out, cJSON **report,
+                     cks_err *err, cks_diag *diag)
+{
+    cks_hub_spec spec;
+    cks_remote *r = NULL;
+    *err = cks_hub_parse_spec(text, &spec, diag);
+    if (*err)
+        return true; /* a malformed hf:// or URL: report it rather than treat it as a path */
+    if (spec.kind == CKS_SPEC_LOCAL) {
+        cks_hub_spec_release(&spec);
+        return false;
+    }
+    *err = cli_remote_session(&spec, opts, &r, diag);
+    if (!*err)
+        *err = cks_remote_open_ckpt(r, out, diag);
+    if (!*err && report)
+        *report = cli_remote_source_json(r, *out);
+    cks_hub_spec_release(&spec);
+    return true;
+}
+
+void cli_remote_totals(cks_http_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    for (size_t i = 0; i < g.n; i++) {
+        cks_http_stats s;
+        cks_remote_get_stats(g.sessions[i], &s);
+        out->bytes_fetched += s.bytes_fetched;
+        out->bytes_planned += s.bytes_planned;
+        out->requests += s.requests;
+        out->retries += s.retries;
+        out->coalesced += s.coalesced;
+        out->seconds += s.seconds;
+    }
+}
+
+void cli_remote_json_finish(cJSON *root)
+{
+    cks_http_stats t;
+    if (!root || g.n == 0 || cJSON_GetObjectItemCaseSensitive(root, "transfer"))
+        return;
+    cli_remote_totals(&t);
+    cJSON *tr = cJSON_AddObjectToObject(root, "transfer");
+    cJSON_AddNumberToObject(tr, "bytes_fetched", (double)t.bytes_fetched);
+    cJSON_AddNumberToObject(tr, "requests", (double)t.requests);
+    cJSON_AddNumberToObject(tr, "seconds", t.seconds);
+    cJSON_AddNumberToObject(tr, "retries", (double)t.retries);
+    cJSON_AddNumberToObject(tr, "ranges_coalesced", (double)t.coalesced);
+    if (g.progress_drawn) {
+        fprintf(stderr, "\r\033[K");
+        g.progress_drawn = false;
+    }
+}

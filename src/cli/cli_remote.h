@@ -1,0 +1,38 @@
+/*
+ * src/cli/cli_remote.h — the CLI side of remote sources (Hub repos and URLs).
+ *
+ * cli_open_checkpoint() asks cli_remote_open() first; it handles every remote SOURCE form
+ * and leaves local paths alone. Sessions stay registered until exit so that the JSON
+ * printer can add the "transfer" object (bytes_fetched, requests, seconds) of the run.
+ */
+#ifndef CKS_CLI_REMOTE_H
+#define CKS_CLI_REMOTE_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+
+#include "ckptscope/checkpoint.h"
+#include "ckptscope/hub.h"
+#include "cli.h"
+
+/* true when `spec` is remote: then *err is the outcome, and out and report are set on success. */
+bool cli_remote_open(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
+                     cks_err *err, cks_diag *diag);
+
+/* Open a remote session (for commands that need more than a checkpoint, e.g. fetch).
+ * The session is registered for the transfer report and freed at exit. */
+cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_remote **out,
+                           cks_diag *diag);
+
+/* The "source" JSON object of a remote checkpoint. */
+cJSON *cli_remote_source_json(cks_remote *r, const cks_ckpt *ckpt);
+
+/* Add "transfer" to a report when any remote session was used. */
+void cli_remote_json_finish(cJSON *root);
+
+/* Totals over every session of this run. */
+void cli_remote_totals(cks_http_stats *out);
+
+int cmd_fetch(int argc, char **argv);
+
+#endif
