@@ -264,6 +264,33 @@ def cmd_lap(d):
     np.array([cost[r, c].sum()], dtype='<f8').tofile(os.path.join(d, 'total.f64'))
 
 
+def cmd_cka(d):
+    """shape.txt "n p1 p2", x.f32, y.f32 (row-major, rows = samples) -> cka.f64:
+    biased CKA, debiased CKA, HSIC1(x,y), HSIC1(x,x), HSIC1(y,y), computed the textbook way
+    with n x n Gram matrices in float64 (H K H for the biased one, Song et al.'s formula for
+    the unbiased HSIC)."""
+    n, p1, p2 = map(int, open(os.path.join(d, 'shape.txt')).read().split())
+    x = np.fromfile(os.path.join(d, 'x.f32'), dtype='<f4').astype(np.float64).reshape(n, p1)
+    y = np.fromfile(os.path.join(d, 'y.f32'), dtype='<f4').astype(np.float64).reshape(n, p2)
+    k, l = x @ x.T, y @ y.T
+    h = np.eye(n) - np.ones((n, n)) / n
+
+    def hsic0(a, b):
+        return np.trace(a @ h @ b @ h)
+
+    def hsic1(a, b):
+        a, b = a.copy(), b.copy()
+        np.fill_diagonal(a, 0)
+        np.fill_diagonal(b, 0)
+        one = np.ones(n)
+        return (np.trace(a @ b) + (one @ a @ one) * (one @ b @ one) / ((n - 1) * (n - 2))
+                - 2.0 / (n - 2) * (one @ a @ b @ one)) / (n * (n - 3))
+
+    biased = hsic0(k, l) / np.sqrt(hsic0(k, k) * hsic0(l, l))
+    xy, xx, yy = hsic1(k, l), hsic1(k, k), hsic1(l, l)
+    np.array([biased, xy / np.sqrt(xx * yy), xy, xx, yy], dtype='<f8').tofile(os.path.join(d, 'cka.f64'))
+
+
 COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith('cmd_')}
 
 if __name__ == '__main__':
