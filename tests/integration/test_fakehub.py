@@ -810,7 +810,15 @@ def t_tls_with_generated_ca():
         eq(p.returncode, 0, "cert valid for localhost")
         p = curl("-o", "/dev/null", hub.hub_url + "/_fake/health")
         eq(p.returncode, 60, "unknown CA rejected by curl")
-        eq(len(hub.log()), 6, "log over TLS (2 python, 2 per curl -L; control and failed handshakes not logged)")
+        hub.faults([{"server": "cdn", "match": "model.safetensors", "kind": "reset", "after_bytes": 100}])
+        p = curl("--cacert", ca, "-L", "-o", "/dev/null", hub.hub_url + "/org/tls/resolve/main/model.safetensors")
+        check(p.returncode in (18, 56), "reset over TLS: curl rc %d (%s)" % (p.returncode, p.stderr.decode()))
+        hub.faults([{"server": "cdn", "match": "model.safetensors", "kind": "short_body", "after_bytes": 100}])
+        p = curl("--cacert", ca, "-L", "-o", "/dev/null", hub.hub_url + "/org/tls/resolve/main/model.safetensors")
+        check(p.returncode in (18, 56), "short body over TLS: curl rc %d (%s)" % (p.returncode, p.stderr.decode()))
+        hub.clear_log()
+        req("HEAD", hub.hub_url + "/org/tls/resolve/main/model.safetensors", ctx=ctx)
+        eq(len(hub.log()), 1, "log over TLS")
 
 
 def t_harness_shell_entry_and_clean_shutdown():
