@@ -46,7 +46,19 @@ void cks_ckpt_free(cks_ckpt *ckpt)
     cks_st_index_free(ckpt->index);
     free(ckpt->index_path);
     free(ckpt->name);
+    if (ckpt->provider.release_ctx)
+        ckpt->provider.release_ctx(ckpt->provider.ctx);
     free(ckpt);
+}
+
+cks_err cks_ckpt_fetch_aux(const cks_ckpt *ckpt, const char *relpath, char **data, size_t *len,
+                           cks_diag *diag)
+{
+    *data = NULL;
+    *len = 0;
+    if (!ckpt->provider.fetch_file)
+        return cks_fail(diag, CKS_ERR_NOT_FOUND, "%s: no way to read %s beside the weights", ckpt->name, relpath);
+    return ckpt->provider.fetch_file(ckpt->provider.ctx, relpath, data, len, diag);
 }
 
 static int compare_tensor_names(const void *a, const void *b)
@@ -283,6 +295,10 @@ cks_err cks_ckpt_open_with(const cks_ckpt_provider *provider, const char *name, 
     }
     err = cks_ckpt_from_sources(name, &src, &path, 1, out, diag);
 out:
+    if (err == CKS_OK) {
+        (*out)->provider = *provider;
+        (*out)->provider.release_ctx = NULL; /* the caller hands over ctx explicitly */
+    }
     free(json);
     return err;
 }
@@ -394,6 +410,17 @@ static cks_err open_local_dir_files(const char *dir, cks_ckpt **out, cks_diag *d
     opened = 0;
     err = cks_ckpt_from_sources(dir, sources, names, n, out, diag);
     n = 0; /* names now owned by the checkpoint (or freed by it) */
+    if (err == CKS_OK) {
+        (*out)->provider.fetch_file = local_fetch_file;
+        (*out)->provider.open_source = local_open_source;
+        (*out)->provider.ctx = strdup(dir);
+        (*out)->provider.release_ctx = free;
+        if (!(*out)->provider.ctx) {
+            cks_ckpt_free(*out);
+            *out = NULL;
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        }
+    }
 out:
     for (size_t i = 0; i < opened; i++)
         cks_source_free(sources[i]);
@@ -427,8 +454,17 @@ cks_err cks_ckpt_open_local(const char *path, cks_ckpt **out, cks_diag *diag)
         free(index);
         if (!has_index)
             return open_local_dir_files(path, out, diag);
-        provider.ctx = (void *)path;
+        dir = strdup(path);
+        if (!dir) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        provider.ctx = dir;
         err = cks_ckpt_open_with(&provider, path, INDEX_NAME, out, diag);
+        if (err == CKS_OK) {
+            (*out)->provider.release_ctx = free;
+            dir = NULL;
+        }
         goto out;
     }
     /* a file: resolve relative to its folder so an index finds its shards */
@@ -444,6 +480,10 @@ cks_err cks_ckpt_open_local(const char *path, cks_ckpt **out, cks_diag *diag)
     }
     provider.ctx = dir;
     err = cks_ckpt_open_with(&provider, path, base ? base + 1 : path, out, diag);
+    if (err == CKS_OK) {
+        (*out)->provider.release_ctx = free;
+        dir = NULL;
+    }
     if (err == CKS_OK && !ends_with(path, ".json")) {
         /* show the path the user gave, not the one relative to its folder */
         char *given = strdup(path);

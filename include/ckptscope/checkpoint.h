@@ -36,6 +36,7 @@ typedef struct cks_ckpt {
     cks_ckpt_tensor *tensors;  /* sorted by name */
     cks_st_index *index;       /* NULL for a single file */
     char *index_path;          /* relative path of the index, NULL for a single file */
+    cks_ckpt_provider provider;  /* how it was opened: fetches config.json, tokenizer.json */
 } cks_ckpt;
 
 /*
@@ -49,6 +50,8 @@ typedef struct cks_ckpt_provider {
     cks_err (*fetch_file)(void *ctx, const char *relpath, char **data, size_t *len, cks_diag *diag);
     cks_err (*open_source)(void *ctx, const char *relpath, cks_source **out, cks_diag *diag);
     cks_err (*prefetch_headers)(void *ctx, cks_source *const *sources, size_t n, cks_diag *diag);
+    /* Optional: called once by cks_ckpt_free() so the checkpoint can own ctx (may be NULL). */
+    void (*release_ctx)(void *ctx);
 } cks_ckpt_provider;
 
 /* Open a local path: a .safetensors file, an index JSON, or a directory. */
@@ -65,6 +68,14 @@ cks_err cks_ckpt_open_with(const cks_ckpt_provider *provider, const char *name, 
 /* Build a checkpoint from already-open sources (takes ownership of them, even on failure). */
 cks_err cks_ckpt_from_sources(const char *name, cks_source **sources, char **relpaths, size_t n,
                               cks_ckpt **out, cks_diag *diag);
+
+/*
+ * A small whole file beside the weights (config.json, tokenizer.json), through the provider
+ * the checkpoint was opened with; relpath is relative to the checkpoint root. The buffer is
+ * malloc'd and NUL-terminated. CKS_ERR_NOT_FOUND / CKS_ERR_FILE_NOT_FOUND when absent.
+ */
+cks_err cks_ckpt_fetch_aux(const cks_ckpt *ckpt, const char *relpath, char **data, size_t *len,
+                           cks_diag *diag);
 
 const cks_ckpt_tensor *cks_ckpt_find(const cks_ckpt *ckpt, const char *name);
 
