@@ -20,6 +20,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,9 +54,12 @@
 #define MAX_NOTES 1000u
 #define MAX_PIN_FDS 512u
 #define N_SLOTS 16u
-/* Compress a chunk only when that saves at least 1/8: a barely-compressible bf16 chunk
- * would cost a decompression on every read for a few percent of disk. */
-#define COMPRESS_MIN_SAVING_SHIFT 3
+/* Compress a chunk only when that saves at least a quarter of it. bf16 weights save about
+ * 22% under zstd but decompress at ~1.3 GB/s, slower than the SHA-256 every analysis runs
+ * (~1.8 GB/s here): compressing them would make a warm rerun about twice as slow for a
+ * fifth of the disk. Norms, biases, constants and JSON save far more than a quarter.
+ * (bench/cache/RESULTS.md has the figures; cks_cache_set_min_saving changes the policy.) */
+#define DEFAULT_MIN_SAVING_PCT 25
 #define ZSTD_LEVEL 3
 /* Access times are refreshed at most this often (they only order evictions). */
 #define ATIME_SLACK_SECONDS 60
@@ -106,6 +110,7 @@ struct cks_cache {
     unsigned char *scratch;   /* CHUNK_SIZE-bound compressed buffer */
     size_t scratch_cap;
     uint64_t tmp_counter;
+    unsigned min_saving_pct;  /* compress a chunk only if it shrinks by this much */
     /* size-cap bookkeeping */
     bool size_known;
     uint64_t size_estimate;
@@ -748,8 +753,14 @@ static void clean_stale_temps(cks_cache *c, uint64_t *count, bool remove)
             break;
         int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd >= 0) {
-            /* a free lock means the writer is gone: the file can never be completed */
-            if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            /* A free lock means the writer is gone, except in the instant between its
+             * open(O_EXCL) and its flock: so also require that the pid in the name is
+             * dead (or the file older than an hour, should that pid have been reused). */
+            struct stat st;
+            long pid = strtol(de->d_name, NULL, 10);
+            bool dead = pid <= 0 || (kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+            bool old = fstat(fd, &st) == 0 && st.st_mtim.tv_sec + 3600 < now_seconds();
+            if ((dead || old) && flock(fd, LOCK_EX | LOCK_NB) == 0) {
                 if (count)
                     (*count)++;
                 if (remove)
@@ -792,6 +803,7 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
     for (size_t n = strlen(c->dir); n > 1 && c->dir[n - 1] == '/'; n--)
         c->dir[n - 1] = '\0';
     c->max_bytes = opts ? opts->max_bytes : 0;
+    c->min_saving_pct = DEFAULT_MIN_SAVING_PCT;
     c->offline = opts ? opts->offline : false;
     c->revision_ttl = (opts && opts->revision_ttl_seconds >= 0) ? opts->revision_ttl_seconds
                                                                 : CKS_CACHE_DEFAULT_REVISION_TTL;
@@ -875,6 +887,15 @@ void cks_cache_free(cks_cache *c)
     free(c->dir);
     pthread_mutex_destroy(&c->mu);
     free(c);
+}
+
+void cks_cache_set_min_saving(cks_cache *c, unsigned percent)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    c->min_saving_pct = percent;
+    pthread_mutex_unlock(&c->mu);
 }
 
 const char *cks_cache_dir(const cks_cache *c)
@@ -1237,7 +1258,8 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
         const unsigned char *out_p = src;
         uint32_t out_len = llen, method = METHOD_RAW;
         size_t z = ZSTD_compressCCtx(c->cctx, c->scratch, c->scratch_cap, src, llen, ZSTD_LEVEL);
-        if (!ZSTD_isError(z) && z <= llen - (llen >> COMPRESS_MIN_SAVING_SHIFT)) {
+        if (c->min_saving_pct <= 100 && !ZSTD_isError(z) &&
+            (uint64_t)z * 100 <= (uint64_t)llen * (100 - c->min_saving_pct)) {
             out_p = c->scratch;
             out_len = (uint32_t)z;
             method = METHOD_ZSTD;

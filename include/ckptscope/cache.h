@@ -63,6 +63,12 @@ const char *cks_cache_dir(const cks_cache *c);
 bool cks_cache_offline(const cks_cache *c);
 int64_t cks_cache_revision_ttl(const cks_cache *c);
 
+/* Compression policy: a chunk is stored zstd-compressed only when that makes it at least
+ * `percent` smaller (default 25: bf16 weights, which save ~22% but would then cost a
+ * decompression on every read, stay raw; norms, biases and JSON compress). 0 compresses
+ * whenever it does not grow; > 100 never compresses. Affects later writes only. */
+void cks_cache_set_min_saving(cks_cache *c, unsigned percent);
+
 /* True when `key` has the shape described above. */
 bool cks_cache_key_valid(const char *key);
 
