@@ -22,6 +22,21 @@ typedef struct cks_ckpt_file {
     cks_st_header *header;
 } cks_ckpt_file;
 
+/*
+ * A provider opens files of one checkpoint by relative path. `fetch_file` reads a small
+ * whole file (the index) into a malloc'd buffer; `open_source` opens a shard as a source.
+ * Optional `prefetch_headers` lets a remote provider fetch all shard headers in parallel
+ * before they are parsed one by one (may be NULL).
+ */
+typedef struct cks_ckpt_provider {
+    void *ctx;
+    cks_err (*fetch_file)(void *ctx, const char *relpath, char **data, size_t *len, cks_diag *diag);
+    cks_err (*open_source)(void *ctx, const char *relpath, cks_source **out, cks_diag *diag);
+    cks_err (*prefetch_headers)(void *ctx, cks_source *const *sources, size_t n, cks_diag *diag);
+    /* Optional: called once by cks_ckpt_free() so the checkpoint can own ctx (may be NULL). */
+    void (*release_ctx)(void *ctx);
+} cks_ckpt_provider;
+
 /* One tensor of the checkpoint, pointing into its file's header. */
 typedef struct cks_ckpt_tensor {
     const cks_tensor_info *info;
@@ -39,20 +54,6 @@ typedef struct cks_ckpt {
     cks_ckpt_provider provider;  /* how it was opened: fetches config.json, tokenizer.json */
 } cks_ckpt;
 
-/*
- * A provider opens files of one checkpoint by relative path. `fetch_file` reads a small
- * whole file (the index) into a malloc'd buffer; `open_source` opens a shard as a source.
- * Optional `prefetch_headers` lets a remote provider fetch all shard headers in parallel
- * before they are parsed one by one (may be NULL).
- */
-typedef struct cks_ckpt_provider {
-    void *ctx;
-    cks_err (*fetch_file)(void *ctx, const char *relpath, char **data, size_t *len, cks_diag *diag);
-    cks_err (*open_source)(void *ctx, const char *relpath, cks_source **out, cks_diag *diag);
-    cks_err (*prefetch_headers)(void *ctx, cks_source *const *sources, size_t n, cks_diag *diag);
-    /* Optional: called once by cks_ckpt_free() so the checkpoint can own ctx (may be NULL). */
-    void (*release_ctx)(void *ctx);
-} cks_ckpt_provider;
 
 /* Open a local path: a .safetensors file, an index JSON, or a directory. */
 cks_err cks_ckpt_open_local(const char *path, cks_ckpt **out, cks_diag *diag);
