@@ -202,19 +202,20 @@ def resolve_rev(repo, rev):
     return None
 
 
-def add_repo(root, repo_id, files, branch="main", tags=(), visibility="public", tokens=(),
-             parent=None, kind="model", renamed_from=None, gated="auto", inherit=False,
+def add_repo(root, repo_id, files, branch="main", tags=(), visibility=None, tokens=(),
+             parent=None, kind="model", renamed_from=None, gated=None, inherit=False,
              title=None):
     """Create (or add a commit to) a repo; return the new commit sha.
 
     files: {path_in_repo: bytes | local path}. By default it is the whole tree of the new
     commit; with inherit=True it is applied on top of the parent's tree (value None deletes).
     parent: commit the new one descends from (default: the branch head, if any).
-    visibility/tokens/gated: replace the repo's auth settings when given again.
+    visibility ("public" for a new repo), tokens and gated ("auto"|"manual") are kept from
+    earlier calls unless given again.
     """
     if kind not in KINDS:
         raise ValueError("kind must be one of %s" % (KINDS,))
-    if visibility not in VISIBILITIES:
+    if visibility is not None and visibility not in VISIBILITIES:
         raise ValueError("visibility must be one of %s" % (VISIBILITIES,))
     if isinstance(tags, str):
         tags = (tags,)
@@ -238,9 +239,15 @@ def add_repo(root, repo_id, files, branch="main", tags=(), visibility="public", 
                     "oid": hashlib.sha1(("repo:" + key).encode()).hexdigest()[:24],
                     "created": now}
             state["repos"][key] = repo
-        repo["visibility"] = visibility
-        repo["tokens"] = sorted(set(tokens) | (set(repo.get("tokens", [])) if not tokens else set()))
-        repo["gated"] = gated if visibility == "gated" else False
+        if visibility is not None:
+            repo["visibility"] = visibility
+        repo.setdefault("visibility", "public")
+        if tokens:
+            repo["tokens"] = sorted(set(tokens))
+        repo.setdefault("tokens", [])
+        if gated is not None:
+            repo["gated_mode"] = gated
+        repo["gated"] = repo.get("gated_mode", "auto") if repo["visibility"] == "gated" else False
         branch_ref = "refs/heads/" + branch
         if parent is None:
             parent = repo["refs"].get(branch_ref)
@@ -304,8 +311,8 @@ def main(argv=None):
     a.add_argument("--repo", required=True)
     a.add_argument("--branch", default="main")
     a.add_argument("--tag", action="append", default=[])
-    a.add_argument("--visibility", default="public", choices=VISIBILITIES)
-    a.add_argument("--gated", default="auto", choices=("auto", "manual"))
+    a.add_argument("--visibility", choices=VISIBILITIES, help="default: public, or unchanged")
+    a.add_argument("--gated", choices=("auto", "manual"), help="gated mode (default auto)")
     a.add_argument("--token", action="append", default=[])
     a.add_argument("--kind", default="model", choices=KINDS)
     a.add_argument("--renamed-from")
