@@ -291,6 +291,27 @@ def cmd_cka(d):
     np.array([biased, xy / np.sqrt(xx * yy), xy, xx, yy], dtype='<f8').tofile(os.path.join(d, 'cka.f64'))
 
 
+def cmd_curves(d):
+    """a.f64, b.f64, degree.txt -> resid_a.f64 (a minus numpy.polyfit of that degree over
+    relative depth) and r.f64 (Pearson of the detrended curves after np.interp of the
+    shorter onto the longer one's relative depths)."""
+    a = np.fromfile(os.path.join(d, 'a.f64'), dtype='<f8')
+    b = np.fromfile(os.path.join(d, 'b.f64'), dtype='<f8')
+    degree = int(open(os.path.join(d, 'degree.txt')).read())
+
+    def detrend(y):
+        x = np.linspace(0.0, 1.0, len(y))
+        return y - np.polyval(np.polyfit(x, y, degree), x)
+
+    detrend(a).astype('<f8').tofile(os.path.join(d, 'resid_a.f64'))
+    length = max(len(a), len(b))
+    grid = np.linspace(0.0, 1.0, length)
+    ra = np.interp(grid, np.linspace(0.0, 1.0, len(a)), a)
+    rb = np.interp(grid, np.linspace(0.0, 1.0, len(b)), b)
+    r = np.corrcoef(detrend(ra), detrend(rb))[0, 1]
+    np.array([r], dtype='<f8').tofile(os.path.join(d, 'r.f64'))
+
+
 COMMANDS = {name[4:]: fn for name, fn in globals().items() if name.startswith('cmd_')}
 
 if __name__ == '__main__':
