@@ -1,0 +1,655 @@
+#!/usr/bin/python3
+"""End-to-end tests of remote sources: the real binary against the fake Hub on 127.0.0.1.
+
+Each case prints "PASS name", "FAIL name: why" or "SKIP name: why". Cases assert on what the
+binary printed AND on what it sent (the fake Hub's request log): ranges, headers, hosts.
+Environment: CKS_BIN (binary), CKS_ROOT (repo root).
+"""
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.environ.get("CKS_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("CKS_BIN") or os.path.join(ROOT, "build", "ckptscope")
+sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
+
+TOKEN_OK = "hf_fakeAllowedToken0123456789abcdefghij"
+TOKEN_OTHER = "hf_fakeOtherUserToken0123456789abcdefgh"
+TOKEN_BAD = "hf_fakeRevokedToken0123456789abcdefghij"
+EXIT_NETWORK, EXIT_ACCESS, EXIT_FORMAT = 5, 6, 3
+
+failures = 0
+
+
+def report(status, name, why=""):
+    global failures
+    if status == "FAIL":
+        failures += 1
+    print("%s %s%s" % (status, name, (": " + why) if why else ""), flush=True)
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, why):
+    if not cond:
+        raise Fail(why)
+
+
+# ------------------------------------------------------------------ fixtures
+
+def st_bytes(tensors, meta=None):
+    """A safetensors file: tensors = [(name, dtype, shape, data)]."""
+    hdr, off = {}, 0
+    for name, dt, shape, data in tensors:
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    if meta:
+        hdr["__metadata__"] = meta
+    h = json.dumps(hdr).encode()
+    return struct.pack("<Q", len(h)) + h + b"".join(t[3] for t in tensors)
+
+
+def rbytes(rnd, n):
+    return rnd.getrandbits(8 * n).to_bytes(n, "little") if n else b""
+
+
+class Fixture:
+    def __init__(self, root):
+        rnd = random.Random(7)
+        import hubrepo
+        self.hubrepo = hubrepo
+        self.root = root
+        # single file, tags, a PR, a second commit on main
+        self.single_t = [("a.weight", "F32", [16, 16], rbytes(rnd, 1024)),
+                         ("b.bias", "F16", [64], rbytes(rnd, 128))]
+        self.single = st_bytes(self.single_t)
+        self.c_single_v1 = hubrepo.add_repo(root, "org/single", {"model.safetensors": self.single,
+                                                                  "config.json": b'{"model_type":"llama"}'},
+                                             tags=("v1.0",))
+        single2_t = [("a.weight", "F32", [16, 16], rbytes(rnd, 1024))]
+        self.single2 = st_bytes(single2_t)
+        self.c_pr = hubrepo.add_repo(root, "org/single", {"model.safetensors": st_bytes(single2_t)},
+                                     branch="pr-branch", parent=self.c_single_v1)
+        hubrepo.add_ref(root, "org/single", "refs/pr/1", self.c_pr)
+        self.c_single = hubrepo.add_repo(root, "org/single", {"model.safetensors": self.single2,
+                                                               "config.json": b"{}"})
+        # sharded: 4 shards of 8 tensors, 96 KiB each (bigger than the 64 KiB header chunk)
+        self.shards = {}
+        wm = {}
+        self.shard_t = {}
+        for s in range(4):
+            name = "model-%05d-of-00004.safetensors" % (s + 1)
+            ts = [("model.layers.%d.w%d" % (s, i), "BF16", [96, 64], rbytes(rnd, 96 * 64 * 2)) for i in range(8)]
+            self.shards[name] = st_bytes(ts, {"format": "pt"})
+            self.shard_t[name] = ts
+            for t in ts:
+                wm[t[0]] = name
+        idx = json.dumps({"metadata": {"total_size": sum(len(t[3]) for ts in self.shard_t.values() for t in ts)},
+                          "weight_map": wm}).encode()
+        files = dict(self.shards)
+        files["model.safetensors.index.json"] = idx
+        self.index = idx
+        self.c_sharded = hubrepo.add_repo(root, "org/sharded", files)
+        # a header larger than the first chunk
+        big_hdr_t = [("t.%05d.some_long_tensor_name_to_make_the_header_big" % i, "U8", [4], rbytes(rnd, 4))
+                     for i in range(1200)]
+        self.bighdr = st_bytes(big_hdr_t)
+        self.c_bighdr = hubrepo.add_repo(root, "org/bighdr", {"model.safetensors": self.bighdr})
+        # a big single file for streaming, resume, stall
+        self.big_t = [("big.%d" % i, "U8", [1 << 20], rbytes(rnd, 1 << 20)) for i in range(6)]
+        self.big = st_bytes(self.big_t)
+        self.c_big = hubrepo.add_repo(root, "org/big", {"model.safetensors": self.big})
+        # auth
+        hubrepo.add_token(root, TOKEN_OTHER)
+        self.c_private = hubrepo.add_repo(root, "org/private", {"model.safetensors": self.single},
+                                          visibility="private", tokens=(TOKEN_OK,))
+        self.c_gated = hubrepo.add_repo(root, "org/gated", {"model.safetensors": self.single},
+                                        visibility="gated", tokens=(TOKEN_OK,), gated="manual")
+        # dataset and a component folder
+        self.c_ds = hubrepo.add_repo(root, "org/ds", {"weights/model.safetensors": self.single}, kind="dataset")
+        self.c_diff = hubrepo.add_repo(root, "org/diffusers", {"transformer/diffusion_pytorch_model.safetensors": self.single,
+                                                                "model_index.json": b"{}"})
+
+
+# ------------------------------------------------------------------ running the binary
+
+class Env:
+    def __init__(self, hub, tmp):
+        self.hub = hub
+        self.tmp = tmp
+
+    def run(self, args, token=None, extra_env=None, timeout=60):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp,
+               "HF_ENDPOINT": self.hub.hub_url, "CKPTSCOPE_NO_CACHE": "1",
+               "CKPTSCOPE_BACKOFF_BASE": "0.05", "XDG_CACHE_HOME": os.path.join(self.tmp, "xdg")}
+        if self.hub.ca_bundle:
+            env["CKPTSCOPE_CA_BUNDLE"] = self.hub.ca_bundle
+        if token:
+            env["HF_TOKEN"] = token
+        if extra_env:
+            env.update(extra_env)
+        env = {k: v for k, v in env.items() if v is not None}
+        t0 = time.time()
+        p = subprocess.run([BIN] + args, env=env, capture_output=True, timeout=timeout)
+        self.last_seconds = time.time() - t0
+        out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+        for t in (TOKEN_OK, TOKEN_OTHER, TOKEN_BAD):
+            check(t not in out and t not in err, "the token appeared in the output")
+        return p.returncode, out, err
+
+    def json(self, args, **kw):
+        rc, out, err = self.run(args + ["--json"], **kw)
+        check(rc == 0, "exit %d: %s" % (rc, err.strip()[:400]))
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise Fail("not JSON: %r" % out[:300])
+
+
+def cdn_gets(log, match=None):
+    return [e for e in log if e["server"] == "cdn" and e["method"] == "GET" and (match is None or match in e["path"])]
+
+
+def parse_range(r):
+    m = re.fullmatch(r"bytes=(\d+)-(\d+)", r or "")
+    check(m, "request without a single closed range: %r" % r)
+    return int(m.group(1)), int(m.group(2))
+
+
+def no_auth_on_cdn(log):
+    for e in log:
+        if e["server"] == "cdn":
+            check("authorization" not in e["headers"], "Authorization sent to the CDN: %s" % e["path"])
+            check("authorization_on_cdn" not in (e.get("flags") or []), "fakehub flagged auth on CDN")
+
+
+def tensor_hashes(tensors):
+    return {n: hashlib.sha256(d).hexdigest() for n, _, _, d in tensors}
+
+
+# ------------------------------------------------------------------ cases
+
+def case_ls_single(env, fx):
+    env.hub.clear_log()
+    j = env.json(["ls", "org/single"])
+    src = j["source"]
+    check(src["kind"] == "hub" and src["repo"] == "org/single", "source %r" % src)
+    check(src["revision"] == "main" and src["commit"] == fx.c_single, "commit %r" % src.get("commit"))
+    f = src["files"][0]
+    check(f["size"] == len(fx.single2) and f["sha256"] == hashlib.sha256(fx.single2).hexdigest(), "file %r" % f)
+    t = j["transfer"]
+    check(t["requests"] >= 1 and t["bytes_fetched"] >= len(fx.single2) and t["seconds"] >= 0, "transfer %r" % t)
+    log = env.hub.log()
+    gets = cdn_gets(log)
+    check(len(gets) == 1 and gets[0]["status"] == 206, "CDN GETs %r" % [(g["range"], g["status"]) for g in gets])
+    check(parse_range(gets[0]["range"]) == (0, len(fx.single2) - 1), "range %r" % gets[0]["range"])
+    # pinned: every resolve names the commit, not the branch
+    for e in log:
+        if "/resolve/" in e["path"]:
+            check("/resolve/%s/" % fx.c_single in e["path"], "resolve not pinned: %s" % e["path"])
+            check(e["method"] == "HEAD", "resolve with %s" % e["method"])
+    no_auth_on_cdn(log)
+
+
+def case_ls_sharded_reads_headers_only(env, fx):
+    env.hub.clear_log()
+    j = env.json(["ls", "org/sharded"])
+    check(j["source"]["commit"] == fx.c_sharded, "commit")
+    check(len(j["source"]["files"]) == 4, "files %r" % j["source"]["files"])
+    log = env.hub.log()
+    gets = cdn_gets(log)
+    check(len(gets) == 4, "%d CDN GETs, want one per shard" % len(gets))
+    total = 0
+    for g in gets:
+        a, b = parse_range(g["range"])
+        check(a == 0 and b == 65535, "shard read %r, want the 64 KiB header chunk" % g["range"])
+        total += g["bytes_sent"]
+    hdr_total = sum(8 + struct.unpack("<Q", d[:8])[0] for d in fx.shards.values())
+    # bound: the 64 KiB first chunk per shard (cks_st_read_header reads that much) + the index
+    check(total <= 4 * 65536, "CDN bytes %d" % total)
+    check(j["transfer"]["bytes_fetched"] <= 4 * 65536 + len(fx.index) + 4096,
+          "bytes_fetched %d (headers %d, index %d)" % (j["transfer"]["bytes_fetched"], hdr_total, len(fx.index)))
+    # each file resolved exactly once
+    heads = [e["path"] for e in log if e["server"] == "hub" and e["method"] == "HEAD" and "/resolve/" in e["path"]]
+    check(len(heads) == len(set(heads)) == 5, "resolves %r" % heads)
+    no_auth_on_cdn(log)
+
+
+def case_ls_big_header(env, fx):
+    env.hub.clear_log()
+    j = env.json(["ls", "org/bighdr"])
+    check(len(j["tensors"]) == 1200, "tensors %d" % len(j["tensors"]))
+    gets = cdn_gets(env.hub.log())
+    ranges = sorted(parse_range(g["range"]) for g in gets)
+    n = struct.unpack("<Q", fx.bighdr[:8])[0]
+    check(ranges == [(0, 65535), (65536, 8 + n - 1)], "ranges %r (header ends at %d)" % (ranges, 8 + n))
+
+
+def case_hash_matches(env, fx):
+    j = env.json(["hash", "org/sharded"])
+    want = {}
+    for ts in fx.shard_t.values():
+        want.update(tensor_hashes(ts))
+    got = {t["name"]: t["sha256"] for t in j["tensors"]}
+    check(got == want, "hashes differ")
+    check("transfer" in j, "no transfer object")
+
+
+def case_hash_big_streams_and_verifies(env, fx):
+    env.hub.clear_log()
+    j = env.json(["hash", "org/big"])
+    got = {t["name"]: t["sha256"] for t in j["tensors"]}
+    check(got == tensor_hashes(fx.big_t), "hashes differ")
+    log = env.hub.log()
+    gets = cdn_gets(log)
+    covered = sum(g["bytes_sent"] for g in gets)
+    check(covered <= len(fx.big) + 65536, "read %d bytes of a %d-byte file" % (covered, len(fx.big)))
+    check(all(g["status"] == 206 for g in gets), "non-206 %r" % [g["status"] for g in gets])
+    heads = [e for e in log if e["method"] == "HEAD" and "/resolve/" in e["path"]]
+    check(len(heads) == 1, "%d resolves for one file" % len(heads))
+
+
+def case_revisions(env, fx):
+    for spec, commit in [("org/single@v1.0", fx.c_single_v1), ("org/single@" + fx.c_single_v1, fx.c_single_v1),
+                         ("org/single@refs/pr/1", fx.c_pr), ("hf://org/single@refs/pr/1", fx.c_pr),
+                         ("hf://org/single@pr-branch/model.safetensors", fx.c_pr),
+                         ("hf://models/org/single", fx.c_single)]:
+        env.hub.clear_log()
+        j = env.json(["ls", spec])
+        check(j["source"]["commit"] == commit, "%s resolved to %s, want %s" % (spec, j["source"]["commit"], commit))
+        for e in env.hub.log():
+            if "/resolve/" in e["path"]:
+                check("/resolve/%s/" % commit in e["path"], "%s: unpinned %s" % (spec, e["path"]))
+            if e["path"].startswith("/api/models/org/single/revision/") and "refs" in spec:
+                check("refs%2Fpr%2F1" in e["path"] or "refs%2fpr%2f1" in e["path"].lower(),
+                      "revision not percent-encoded: %s" % e["path"])
+
+
+def case_dataset_and_folder(env, fx):
+    env.hub.clear_log()
+    j = env.json(["ls", "hf://datasets/org/ds/weights"])
+    check(j["source"]["repo_type"] == "dataset" and j["source"]["commit"] == fx.c_ds, "source %r" % j["source"])
+    check(any(e["path"].startswith("/datasets/org/ds/resolve/") for e in env.hub.log()), "no dataset resolve")
+    j = env.json(["ls", "hf://org/diffusers/transformer"])
+    check(j["source"]["files"][0]["path"] == "transformer/diffusion_pytorch_model.safetensors", "%r" % j["source"])
+
+
+def case_url_source(env, fx):
+    env.hub.clear_log()
+    url = "%s/org/single/resolve/%s/model.safetensors" % (env.hub.hub_url, fx.c_single)
+    j = env.json(["ls", url], token=TOKEN_OTHER)
+    check(j["source"]["kind"] == "url", "kind %r" % j["source"])
+    check(len(j["tensors"]) == 1, "tensors")
+    log = env.hub.log()
+    no_auth_on_cdn(log)
+    check(any(e["server"] == "hub" and "authorization" in e["headers"] for e in log), "token not sent to the endpoint")
+
+
+def case_private(env, fx):
+    rc, out, err = env.run(["ls", "org/private"])
+    check(rc == EXIT_ACCESS and "RepoNotFound" in err and "private" in err, "anonymous: %d %s" % (rc, err))
+    rc, out, err = env.run(["ls", "org/private"], token=TOKEN_OTHER)
+    check(rc == EXIT_ACCESS and "RepoNotFound" in err and "no access" in err, "other user: %d %s" % (rc, err))
+    env.hub.clear_log()
+    j = env.json(["ls", "org/private"], token=TOKEN_OK)
+    check(j["source"]["commit"] == fx.c_private, "commit")
+    log = env.hub.log()
+    check(all("authorization" in e["headers"] for e in log if e["server"] == "hub"), "hub request without token")
+    no_auth_on_cdn(log)
+
+
+def case_token_files(env, fx):
+    tf = os.path.join(env.tmp, "tokfile")
+    with open(tf, "w") as f:
+        f.write("  %s\r\n" % TOKEN_OK)
+    j = env.json(["ls", "org/private"], extra_env={"HF_TOKEN_PATH": tf})
+    check(j["source"]["commit"] == fx.c_private, "HF_TOKEN_PATH")
+    hf_home = os.path.join(env.tmp, "hfhome")
+    os.makedirs(hf_home, exist_ok=True)
+    with open(os.path.join(hf_home, "token"), "w") as f:
+        f.write(TOKEN_OK + "\n")
+    j = env.json(["ls", "org/private"], extra_env={"HF_HOME": hf_home})
+    check(j["source"]["commit"] == fx.c_private, "HF_HOME/token")
+    # without HF_HOME: $XDG_CACHE_HOME/huggingface/token, else ~/.cache/huggingface/token
+    for xdg in (os.path.join(env.tmp, "xdg"), None):
+        std = os.path.join(xdg or os.path.join(env.tmp, ".cache"), "huggingface")
+        os.makedirs(std, exist_ok=True)
+        with open(os.path.join(std, "token"), "w") as f:
+            f.write(TOKEN_OK)
+        try:
+            j = env.json(["ls", "org/private"], extra_env={"XDG_CACHE_HOME": xdg})
+            check(j["source"]["commit"] == fx.c_private, "token file under %s" % std)
+        finally:
+            os.unlink(os.path.join(std, "token"))
+    # HF_HUB_DISABLE_IMPLICIT_TOKEN=1: the file is not used
+    rc, out, err = env.run(["ls", "org/private"], extra_env={"HF_TOKEN_PATH": tf,
+                                                            "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"})
+    check(rc == EXIT_ACCESS, "implicit token used despite HF_HUB_DISABLE_IMPLICIT_TOKEN")
+
+
+def case_invalid_token(env, fx):
+    rc, out, err = env.run(["ls", "org/single"], token=TOKEN_BAD)
+    check(rc == EXIT_ACCESS and "InvalidToken" in err, "%d %s" % (rc, err))
+    check("HF_TOKEN" in err, "no hint: %s" % err)
+
+
+def case_gated(env, fx):
+    rc, out, err = env.run(["ls", "org/gated"])
+    check(rc == EXIT_ACCESS and "GatedRepo" in err and "Request access" in err and "HF_TOKEN" in err,
+          "anonymous: %d %s" % (rc, err))
+    rc, out, err = env.run(["ls", "org/gated"], token=TOKEN_OTHER)
+    check(rc == EXIT_ACCESS and "GatedRepo" in err and "not been granted" in err, "not approved: %d %s" % (rc, err))
+    check(err != env.run(["ls", "org/gated"])[2], "same message with and without token")
+    j = env.json(["ls", "org/gated"], token=TOKEN_OK)
+    check(j["source"]["commit"] == fx.c_gated, "approved")
+
+
+def case_missing(env, fx):
+    seen = {}
+    for spec, name in [("org/nope", "RepoNotFound"), ("org/single@nope", "RevisionNotFound"),
+                       ("hf://org/single/nope.safetensors", "EntryNotFound"),
+                       ("org/single@" + "0" * 40, "RevisionNotFound")]:
+        rc, out, err = env.run(["ls", spec])
+        check(rc == EXIT_ACCESS and name in err, "%s: %d %s" % (spec, rc, err))
+        seen[name] = err
+    rc, out, err = env.run(["ls", "hf://org"])
+    check(rc == 2, "bad spec exit %d" % rc)
+
+
+def fault_case(env, fx, fault, spec="org/big", cmd="hash", expect_rc=0, extra_env=None):
+    env.hub.clear_log()
+    env.hub.clear_faults()
+    env.hub.faults(fault if isinstance(fault, list) else [fault])
+    try:
+        rc, out, err = env.run([cmd, spec, "--json"], extra_env=extra_env)
+    finally:
+        env.hub.clear_faults()
+    log = env.hub.log()
+    no_auth_on_cdn(log)
+    if expect_rc == 0:
+        check(rc == 0, "exit %d: %s" % (rc, err.strip()[:300]))
+        j = json.loads(out)
+        if spec == "org/big" and cmd == "hash":
+            got = {t["name"]: t["sha256"] for t in j["tensors"]}
+            check(got == tensor_hashes(fx.big_t), "wrong hashes after recovery")
+        return j, log, err
+    check(rc == expect_rc, "exit %d, want %d: %s" % (rc, expect_rc, err.strip()[:300]))
+    return None, log, err
+
+
+def case_fault_ignore_range(env, fx):
+    _, log, err = fault_case(env, fx, {"server": "cdn", "kind": "ignore_range", "count": -1}, expect_rc=EXIT_NETWORK)
+    check("RangeNotHonoured" in err and "ignored the Range" in err, err)
+    check(any(g["status"] == 200 for g in cdn_gets(log)), "no 200 in the log")
+
+
+def case_fault_wrong_content_range(env, fx):
+    _, log, err = fault_case(env, fx, {"server": "cdn", "kind": "wrong_content_range", "count": -1},
+                             expect_rc=EXIT_NETWORK)
+    check("RangeNotHonoured" in err and "Content-Range" in err, err)
+
+
+def resumed(log, after):
+    """The CDN log shows a range that starts where a broken one stopped."""
+    gets = cdn_gets(log)
+    broken = [g for g in gets if g.get("fault")]
+    check(broken, "the fault never fired")
+    b = broken[0]
+    a, e = parse_range(b["range"])
+    want = a + b["bytes_sent"]
+    later = [parse_range(g["range"]) for g in gets if g is not b]
+    check(any(x == want and y == e for x, y in later),
+          "no resume at %d-%d after %d bytes of %s (later %r)" % (want, e, b["bytes_sent"], b["range"], later[:8]))
+
+
+def case_fault_reset_resumes(env, fx):
+    _, log, _ = fault_case(env, fx, {"server": "cdn", "kind": "reset", "after_bytes": 30000, "count": 1})
+    resumed(log, 30000)
+
+
+def case_fault_short_body_resumes(env, fx):
+    _, log, _ = fault_case(env, fx, {"server": "cdn", "kind": "short_body", "after_bytes": 20000, "count": 1})
+    resumed(log, 20000)
+
+
+def case_fault_stall_times_out(env, fx):
+    t0 = time.time()
+    _, log, _ = fault_case(env, fx, {"server": "cdn", "kind": "stall", "after_bytes": 5000, "seconds": 60, "count": 1},
+                           extra_env={"CKPTSCOPE_STALL_TIMEOUT": "1"})
+    check(time.time() - t0 < 30, "stall not cut off")
+    resumed(log, 5000)
+
+
+def case_fault_5xx_retried(env, fx):
+    for kind in ("500", "502", "503", "504"):
+        j, log, _ = fault_case(env, fx, {"server": "cdn", "kind": kind, "count": 2})
+        statuses = [g["status"] for g in cdn_gets(log)]
+        check(statuses.count(int(kind)) == 2, "%s: statuses %r" % (kind, statuses))
+        check(j["transfer"]["retries"] >= 2, "%s: retries %r" % (kind, j["transfer"]))
+
+
+def case_fault_hub_5xx_retried(env, fx):
+    j, log, _ = fault_case(env, fx, {"server": "hub", "match": "/api/models/org/big", "kind": "503", "count": 1})
+    api = [e["status"] for e in log if e["path"].startswith("/api/models/org/big")]
+    check(api == [503, 200], "api statuses %r" % api)
+
+
+def case_fault_429_retry_after(env, fx):
+    t0 = time.time()
+    j, log, _ = fault_case(env, fx, {"server": "cdn", "kind": "429", "retry_after": 1, "count": 1})
+    check(time.time() - t0 >= 0.9, "did not wait for Retry-After")
+    check(429 in [g["status"] for g in cdn_gets(log)], "no 429 in log")
+
+
+def case_fault_429_gives_up_with_time(env, fx):
+    t0 = time.time()
+    _, log, err = fault_case(env, fx, {"server": "cdn", "kind": "429", "retry_after": 3600, "count": -1},
+                             expect_rc=EXIT_NETWORK)
+    check("RateLimited" in err and re.search(r"retry after 3600 s \(at \d\d:\d\d:\d\d UTC\)", err), err)
+    check(time.time() - t0 < 20, "waited for an hour-long Retry-After")
+
+
+def case_fault_hub_429(env, fx):
+    _, log, err = fault_case(env, fx, {"server": "hub", "match": "/api/", "kind": "429", "retry_after": 7200,
+                                       "count": -1}, expect_rc=EXIT_NETWORK)
+    check("RateLimited" in err and "UTC" in err, err)
+
+
+def case_fault_416(env, fx):
+    _, log, err = fault_case(env, fx, {"server": "cdn", "kind": "416", "count": -1}, expect_rc=EXIT_NETWORK)
+    check("416" in err, err)
+
+
+def case_fault_expired_reresolves(env, fx):
+    j, log, _ = fault_case(env, fx, {"server": "cdn", "kind": "expired", "count": 1})
+    heads = [e for e in log if e["method"] == "HEAD" and "/resolve/" in e["path"]]
+    check(len(heads) == 2, "%d resolves, want 2 (initial + after 403)" % len(heads))
+    check(403 in [g["status"] for g in cdn_gets(log)], "no 403")
+
+
+def case_fault_no_content_length(env, fx):
+    fault_case(env, fx, {"server": "cdn", "kind": "no_content_length", "count": -1})
+
+
+def case_short_url_ttl_reresolves(env, fx):
+    env.hub.config(url_ttl=2)
+    try:
+        env.hub.clear_log()
+        rc, out, err = env.run(["hash", "org/big", "--json"])
+        check(rc == 0, "exit %d: %s" % (rc, err))
+        log = env.hub.log()
+        check(all(g["status"] == 206 for g in cdn_gets(log)), "a request hit an expired URL")
+    finally:
+        env.hub.config(url_ttl=3600)
+
+
+def case_integrity(env, fx):
+    # corrupt the bytes the CDN serves for org/big's file (same size, one byte flipped)
+    import hubrepo
+    state = hubrepo.load_state(env.hub_root)
+    sha = hashlib.sha256(fx.big).hexdigest()
+    path = None
+    for repo in state["repos"].values() if isinstance(state.get("repos"), dict) else []:
+        for c in repo["commits"].values():
+            for e in c["files"].values():
+                if e.get("sha256") == sha:
+                    path = e["local"]
+    if path is None:
+        raise Fail("cannot find the blob of org/big in the fake Hub state")
+    with open(path, "r+b") as f:
+        f.seek(len(fx.big) - 10)
+        b = f.read(1)
+        f.seek(len(fx.big) - 10)
+        f.write(bytes([b[0] ^ 0xFF]))
+    try:
+        rc, out, err = env.run(["hash", "org/big"])
+        check(rc != 0 and "IntegrityError" in err and sha in err, "%d %s" % (rc, err))
+    finally:
+        with open(path, "r+b") as f:
+            f.seek(len(fx.big) - 10)
+            f.write(b)
+
+
+def case_fetch(env, fx):
+    env.hub.clear_log()
+    out = os.path.join(env.tmp, "fetched.safetensors")
+    j = env.json(["fetch", "org/sharded", "--tensor", "model.layers.1.*", "--tensor", "model.layers.3.w0", "-o", out])
+    want = tensor_hashes(fx.shard_t["model-00002-of-00004.safetensors"])
+    want.update({k: v for k, v in tensor_hashes(fx.shard_t["model-00004-of-00004.safetensors"]).items()
+                 if k == "model.layers.3.w0"})
+    got = {t["name"]: t["sha256"] for t in j["tensors"]}
+    check(got == want, "fetched hashes differ")
+    # the output is a valid checkpoint holding exactly those tensors
+    rc, o2, e2 = env.run(["hash", out, "--json"])
+    check(rc == 0, "output not readable: %s" % e2)
+    check({t["name"]: t["sha256"] for t in json.loads(o2)["tensors"]} == want, "output hashes differ")
+    # adjacent tensors were coalesced: shard 2 read in one ranged request after its header
+    gets = cdn_gets(env.hub.log())
+    check(all(g["status"] == 206 for g in gets), "non-206")
+    check(len(gets) <= 6, "%d CDN requests for 2 shards" % len(gets))
+
+
+def case_fetch_coalesces_gaps(env, fx):
+    env.hub.clear_log()
+    j = env.json(["fetch", "org/sharded", "--tensor", "model.layers.0.w[0246]"])
+    gets = [parse_range(g["range"]) for g in cdn_gets(env.hub.log(), None)]
+    check(len(j["tensors"]) == 4, "tensors")
+    data_reads = [r for r in gets if r[0] != 0]
+    check(len(data_reads) <= 1, "gaps of one tensor not coalesced: %r" % gets)
+    j = env.json(["fetch", "org/sharded", "--tensor", "model.layers.0.w[0246]"],
+                 extra_env={"CKPTSCOPE_COALESCE_GAP": "0"})
+    check(j["transfer"]["ranges_coalesced"] == 0, "coalesced with gap 0: %r" % j["transfer"])
+
+
+def case_diff_remote(env, fx):
+    rc, out, err = env.run(["diff", "org/single@v1.0", "org/single", "--json"])
+    check(rc in (0, 1), "exit %d: %s" % (rc, err))
+    j = json.loads(out)
+    check("transfer" in j, "no transfer in diff --json")
+
+
+def case_cache_rerun_no_network(env, fx):
+    cache = os.path.join(env.tmp, "cache")
+    e = {"CKPTSCOPE_NO_CACHE": None}
+    env.json(["hash", "org/single", "--cache-dir", cache], extra_env=e)
+    env.hub.clear_log()
+    env.json(["hash", "org/single", "--cache-dir", cache], extra_env=e)
+    gets = cdn_gets(env.hub.log())
+    check(gets == [], "second run fetched %r" % [g["range"] for g in gets])
+
+
+def case_tls(env, fx):
+    import harness
+    with harness.start(env.hub_root, tls=True, state_file=os.path.join(env.tmp, "tls-state.json")) as th:
+        check(th.ca_bundle and th.hub_url.startswith("https://"), "fake hub did not start with TLS")
+        tenv = Env(th, env.tmp)
+        j = tenv.json(["ls", "org/single"])
+        check(j["source"]["commit"] == fx.c_single, "TLS ls")
+        log = th.log()
+        no_auth_on_cdn(log)
+        rc, out, err = tenv.run(["ls", "org/single"], extra_env={"CKPTSCOPE_CA_BUNDLE": None,
+                                                                "CURL_CA_BUNDLE": "/nonexistent-ca.pem"})
+        check(rc == EXIT_NETWORK and "TlsError" in err, "untrusted CA: %d %s" % (rc, err))
+        rc, out, err = tenv.run(["ls", "org/single"], extra_env={"CKPTSCOPE_CA_BUNDLE": None})
+        check(rc == EXIT_NETWORK and "TlsError" in err, "system CA: %d %s" % (rc, err))
+
+
+CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_hash_matches,
+         case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_url_source,
+         case_private, case_token_files, case_invalid_token, case_gated, case_missing,
+         case_fault_ignore_range, case_fault_wrong_content_range, case_fault_reset_resumes,
+         case_fault_short_body_resumes, case_fault_stall_times_out, case_fault_5xx_retried,
+         case_fault_hub_5xx_retried, case_fault_429_retry_after, case_fault_429_gives_up_with_time,
+         case_fault_hub_429, case_fault_416, case_fault_expired_reresolves, case_fault_no_content_length,
+         case_short_url_ttl_reresolves, case_integrity, case_fetch, case_fetch_coalesces_gaps, case_diff_remote,
+         case_cache_rerun_no_network, case_tls]
+
+
+def main():
+    only = sys.argv[1] if len(sys.argv) > 1 else None
+    if not os.access(BIN, os.X_OK):
+        report("FAIL", "remote_setup", "no binary at %s" % BIN)
+        return 1
+    tmp = tempfile.mkdtemp(prefix="cks-remote-test-")
+    hub = None
+    try:
+        import harness
+        root = os.path.join(tmp, "hub")
+        fx = Fixture(root)
+        hub = harness.start(root, state_file=os.path.join(tmp, "state.json"))
+        env = Env(hub, tmp)
+        env.hub_root = root
+        # every request of every case is checked for a token on the CDN before a case clears
+        # the log, so the final verdict covers the whole run
+        auth_leaks = []
+        orig_clear = hub.clear_log
+
+        def clear_and_check():
+            try:
+                no_auth_on_cdn(hub.log())
+            except Fail as e:
+                auth_leaks.append(str(e))
+            orig_clear()
+        hub.clear_log = clear_and_check
+        for c in CASES:
+            name = c.__name__[5:]
+            if only and only not in name:
+                continue
+            try:
+                c(env, fx)
+                report("PASS", name)
+            except Fail as e:
+                report("FAIL", name, str(e))
+            except Exception as e:
+                report("FAIL", name, "%s: %s" % (type(e).__name__, e))
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                try:
+                    hub.clear_faults()
+                except Exception:
+                    pass
+        hub.clear_log()
+        if auth_leaks:
+            report("FAIL", "never_authorization_on_cdn", auth_leaks[0])
+        else:
+            report("PASS", "never_authorization_on_cdn")
+    finally:
+        if hub:
+            hub.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
