@@ -487,7 +487,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         kind = self.server.kind
         self.req_body = b""
         n = self.headers.get("Content-Length")
-        if n and n.isdigit() and int(n) > 0:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            self.close_connection = True  # chunked request bodies are not supported: never desync
+        elif n and n.isdigit() and int(n) > 0:
             self.req_body = self.rfile.read(min(int(n), 64 << 20))
         raw_path, _, query = self.path.partition("?")
         self.raw_path, self.query = raw_path, query

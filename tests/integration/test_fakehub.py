@@ -147,6 +147,8 @@ CD = hubrepo.add_repo(STORE, "org/ds", {"data/train.parquet": rand(2000), "data.
                       kind="dataset")
 CN = hubrepo.add_repo(STORE, "org/new-name", {"config.json": b"{}"}, renamed_from="org/old-name")
 CL = hubrepo.add_repo(STORE, "gpt2", {"config.json": b'{"legacy": 1}'})
+ODD_PATH = "sub dir/naïve file+x.json"
+CO = hubrepo.add_repo(STORE, "org/odd-names", {ODD_PATH: b'{"odd": true}', "w/model 1.safetensors": SHARD2})
 MANY = {"f%02d.txt" % i: b"%d" % i for i in range(23)}
 MANY.update({"d/x%02d.txt" % i: b"x" for i in range(7)})
 CM = hubrepo.add_repo(STORE, "org/many", MANY)
@@ -273,6 +275,74 @@ def t_resolve_big_sparse_file_is_lfs():
     g = req("GET", r.h("location"), {"Range": "bytes=-5"})
     eq((g.status, g.body), (206, b"TAIL!"), "suffix range of sparse file")
     eq(g.h("content-range"), "bytes %d-%d/%d" % (BIG_SIZE - 5, BIG_SIZE - 1, BIG_SIZE), "Content-Range")
+
+
+def t_odd_file_names():
+    r = resolve("org/odd-names", "main", ODD_PATH, method="GET")
+    eq(r.status, 307, "status")
+    check("/sub%20dir/na%C3%AFve%20file%2Bx.json?" in r.h("location"), r.h("location"))
+    eq(req("GET", H + r.h("location")).body, b'{"odd": true}', "content")
+    r = resolve("org/odd-names", "main", "w/model 1.safetensors")
+    eq(r.status, 302, "LFS in a subfolder with a space")
+    eq(req("GET", r.h("location")).body, SHARD2, "CDN content")
+    p = curl("-L", H + "/org/odd-names/resolve/main/" + urllib.parse.quote(ODD_PATH))
+    eq(p.stdout, b'{"odd": true}', "curl")
+    r = req("POST", H + "/api/models/org/odd-names/paths-info/main", {"Content-Type": "application/json"},
+            json.dumps({"paths": [ODD_PATH]}))
+    eq([e["path"] for e in json.loads(r.body)], [ODD_PATH], "paths-info with odd name")
+
+
+def t_full_read_of_big_sparse_file_matches_sha256():
+    r = resolve("org/public", "main", "big.txt")
+    g = req("GET", r.h("location"))
+    eq(len(g.body), BIG_SIZE, "size")
+    eq('"%s"' % hashlib.sha256(g.body).hexdigest(), r.h("x-linked-etag"), "sha256 of the body = X-Linked-Etag")
+
+
+def t_parallel_ranges_on_many_connections():
+    import threading
+    loc = cdn_url_for()
+    errors = []
+    n = len(WEIGHTS)
+
+    def worker(seed):
+        c = conn_for(loc)
+        try:
+            for i in range(25):
+                a = (seed * 7919 + i * 104729) % n
+                b = min(n - 1, a + (i * 997) % 20000)
+                r = req("GET", loc, {"Range": "bytes=%d-%d" % (a, b)}, conn=c)
+                if r.status != 206 or r.body != WEIGHTS[a:b + 1] or \
+                        r.h("content-range") != "bytes %d-%d/%d" % (a, b, n):
+                    errors.append((seed, i, r.status))
+        except Exception as e:  # noqa: BLE001
+            errors.append((seed, repr(e)))
+        finally:
+            c.close()
+    ths = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(30)
+    eq(errors, [], "16 connections x 25 keep-alive ranges")
+
+
+def t_hubrepo_cli_ref_token_and_attach():
+    hr = os.path.join(ROOT, "tests/fakehub/hubrepo.py")
+    p = subprocess.run([PY, hr, "ref", "--root", STORE, "--repo", "org/many", "--ref", "refs/pr/7", "--commit", CM[:12]],
+                       capture_output=True, timeout=30)
+    eq((p.returncode, p.stdout.decode().strip()), (0, CM), "ref (short sha accepted)")
+    eq(resolve("org/many", "refs/pr/7", "f00.txt").h("location").split("/")[6], CM, "refs/pr/7 resolves")
+    p = subprocess.run([PY, hr, "token", "--root", STORE, "--token", "hf_cli_user"], capture_output=True, timeout=30)
+    eq(p.returncode, 0, "token")
+    r = resolve("org/private", "main", "config.json", headers={"Authorization": "Bearer hf_cli_user"})
+    eq(r.status, 404, "registered token is valid but not allowed")
+    p = subprocess.run([PY, hr, "ref", "--root", STORE, "--repo", "org/public", "--ref", "x", "--commit", "f" * 40],
+                       capture_output=True, timeout=30)
+    check(p.returncode != 0 and b"not in" in p.stderr, "unknown commit refused")
+    a = harness.attach(HUB.state_file)
+    eq(a.hub_url, H, "attach")
+    check(isinstance(a.log(), list), "attach log")
 
 
 def t_cdn_ranges():
@@ -865,6 +935,8 @@ def main():
     try:
         for fn in [t_state_file_and_log_path, t_resolve_regular_file_307_then_200, t_resolve_lfs_file_302_to_cdn,
                    t_resolve_revision_flavours, t_resolve_dataset_and_legacy_id, t_resolve_big_sparse_file_is_lfs,
+                   t_odd_file_names, t_full_read_of_big_sparse_file_matches_sha256,
+                   t_parallel_ranges_on_many_connections, t_hubrepo_cli_ref_token_and_attach,
                    t_cdn_ranges, t_cdn_signature_and_expiry, t_cdn_flags_authorization,
                    t_curl_drops_auth_on_cross_port_redirect, t_curl_relative_redirect_and_range, t_errors,
                    t_auth_modes, t_renamed_repo_redirect, t_if_none_match_304, t_api_model_info,
