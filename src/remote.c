@@ -980,7 +980,11 @@ cks_err cks_remote_open_ckpt(cks_remote *r, cks_ckpt **out, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     char *entry = NULL, *name = NULL;
-    cks_ckpt_provider prov = {r, prov_fetch_file, prov_open_source, prov_prefetch_headers};
+    /* sources hold references to the session, so the provider needs no release_ctx */
+    cks_ckpt_provider prov = {.ctx = r,
+                              .fetch_file = prov_fetch_file,
+                              .open_source = prov_open_source,
+                              .prefetch_headers = prov_prefetch_headers};
     *out = NULL;
     if (r->repo) {
         const char *p = r->spec.path;
