@@ -13,6 +13,7 @@ See README.md next to this file for the protocol details and the fault-injection
 import argparse
 import base64
 import calendar
+import gzip
 import hashlib
 import hmac
 import http.server
@@ -384,6 +385,7 @@ class App:
         self.url_ttl = args.url_ttl
         self.tree_page_size = None
         self.multipart = True
+        self.cdn_gzip = False
         self.secret = os.urandom(32)
         self.hub_url = self.cdn_url = None
         # URLs put into Location / Link headers, when clients reach the servers through a proxy
@@ -406,6 +408,8 @@ class App:
             self.tree_page_size = int(obj["tree_page_size"]) if obj["tree_page_size"] else None
         if "multipart" in obj:
             self.multipart = bool(obj["multipart"])
+        if "cdn_gzip" in obj:
+            self.cdn_gzip = bool(obj["cdn_gzip"])
         if "cdn_public_url" in obj:
             self.cdn_public_url = (obj["cdn_public_url"] or "").rstrip("/") or None
         if "hub_public_url" in obj:
@@ -416,7 +420,7 @@ class App:
     def current_config(self):
         return {"url_ttl": self.url_ttl, "rate_limit": self.rate.limit, "rate_window": self.rate.window,
                 "rate_retry_after": self.rate.retry_after, "rate_buckets": list(self.rate.buckets),
-                "tree_page_size": self.tree_page_size, "multipart": self.multipart,
+                "tree_page_size": self.tree_page_size, "multipart": self.multipart, "cdn_gzip": self.cdn_gzip,
                 "cdn_public_url": self.cdn_public_url, "hub_public_url": self.hub_public_url}
 
     def public_hub(self):
@@ -747,6 +751,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
              ("Last-Modified", self.date_time_string(t0))]
         if q.get("response-content-disposition"):
             h.append(("Content-Disposition", q["response-content-disposition"]))
+        if app.cdn_gzip and accepts_gzip(self.headers) and ent["size"] <= GZIP_MAX:
+            # CloudFront pitfall (huggingface_hub file_download.py): with Accept-Encoding: gzip a
+            # ranged request may come back 200, compressed, whole file.
+            resp = serve_content(ent["local"], ent["size"], None, h, None, False)
+            gzip_resp(resp)
+            return resp
         return serve_content(ent["local"], ent["size"], self.headers.get("Range"), h, fault, app.multipart)
 
     # ---------------------------------------------------------------- hub
@@ -1157,7 +1167,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
             resp.set("Content-Type", "application/json; charset=utf-8")
         elif resp.status == 200 and not entry["lfs"]:
             resp.set("Content-Type", "text/plain; charset=utf-8")
+        if resp.status == 200 and accepts_gzip(self.headers) and entry["size"] <= GZIP_MAX:
+            # The Hub compresses text files for clients that allow it (then Content-Length is
+            # the compressed size, not the file size).
+            gzip_resp(resp)
         return resp
+
+
+GZIP_MAX = 10 * 1000 * 1000
+
+
+def accepts_gzip(headers):
+    for part in (headers.get("Accept-Encoding") or "").lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "*") and params.replace(" ", "") not in ("q=0", "q=0.0"):
+            return True
+    return False
+
+
+def gzip_resp(resp):
+    if resp.file:
+        local, off, n = resp.file
+        with open(local, "rb") as f:
+            f.seek(off)
+            data = f.read(n)
+    else:
+        data = resp.body
+    resp.file = None
+    resp.body = gzip.compress(data, mtime=0)
+    resp.set("Content-Encoding", "gzip")
+    resp.set("Content-Range", None)
+    resp.headers.append(("Vary", "Accept-Encoding"))
 
 
 def s3_error(status, code, message):

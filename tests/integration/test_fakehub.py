@@ -163,7 +163,15 @@ def git_sha1(b):
 
 ERR_PATH = os.path.join(TMP, "fakehub.err")
 ERR = open(ERR_PATH, "wb")
-HUB = harness.start(STORE, stderr=ERR)
+try:
+    HUB = harness.start(STORE, stderr=ERR)
+except Exception as e:  # noqa: BLE001 - say why instead of a bare traceback
+    print("FAIL start_server: %s" % e, flush=True)
+    ERR.close()
+    with open(ERR_PATH, "rb") as f:
+        sys.stderr.write(f.read().decode(errors="replace")[-2000:])
+    shutil.rmtree(TMP, ignore_errors=True)
+    sys.exit(1)
 H, CDN = HUB.hub_url, HUB.cdn_url
 
 
@@ -343,6 +351,30 @@ def t_hubrepo_cli_ref_token_and_attach():
     a = harness.attach(HUB.state_file)
     eq(a.hub_url, H, "attach")
     check(isinstance(a.log(), list), "attach log")
+
+
+def t_gzip_only_when_asked():
+    import gzip
+    r = resolve("org/public", "main", "config.json")
+    g = req("GET", H + r.h("location"), {"Accept-Encoding": "gzip"})
+    eq((g.status, g.h("content-encoding")), (200, "gzip"), "hub gzips text for gzip clients")
+    eq(gzip.decompress(g.body), CONFIG2, "gzip body")
+    eq(g.h("content-length"), str(len(g.body)), "Content-Length is the compressed size")
+    g = req("GET", H + r.h("location"), {"Accept-Encoding": "gzip", "Range": "bytes=0-3"})
+    eq((g.status, g.h("content-encoding"), g.body), (206, None, CONFIG2[:4]), "ranges are never encoded")
+    g = req("GET", H + r.h("location"), {"Accept-Encoding": "identity"})
+    eq((g.h("content-encoding"), g.body), (None, CONFIG2), "identity")
+    loc = cdn_url_for()
+    g = req("GET", loc, {"Accept-Encoding": "gzip", "Range": "bytes=0-9"})
+    eq(g.status, 206, "CDN ignores gzip by default")
+    HUB.config(cdn_gzip=True)
+    try:
+        g = req("GET", loc, {"Accept-Encoding": "gzip", "Range": "bytes=0-9"})
+        eq((g.status, g.h("content-encoding")), (200, "gzip"), "CloudFront pitfall: 200 gzip for a range")
+        eq(gzip.decompress(g.body), WEIGHTS, "whole file")
+        eq(req("GET", loc, {"Range": "bytes=0-9"}).status, 206, "no gzip without Accept-Encoding")
+    finally:
+        HUB.config(cdn_gzip=False)
 
 
 def t_cdn_ranges():
@@ -937,7 +969,7 @@ def main():
                    t_resolve_revision_flavours, t_resolve_dataset_and_legacy_id, t_resolve_big_sparse_file_is_lfs,
                    t_odd_file_names, t_full_read_of_big_sparse_file_matches_sha256,
                    t_parallel_ranges_on_many_connections, t_hubrepo_cli_ref_token_and_attach,
-                   t_cdn_ranges, t_cdn_signature_and_expiry, t_cdn_flags_authorization,
+                   t_gzip_only_when_asked, t_cdn_ranges, t_cdn_signature_and_expiry, t_cdn_flags_authorization,
                    t_curl_drops_auth_on_cross_port_redirect, t_curl_relative_redirect_and_range, t_errors,
                    t_auth_modes, t_renamed_repo_redirect, t_if_none_match_304, t_api_model_info,
                    t_api_tree_and_pagination, t_api_paths_info_and_refs, t_rate_limit_with_and_without_retry_after,
