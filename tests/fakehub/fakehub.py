@@ -41,7 +41,7 @@ PLURAL_KIND = {"models": "model", "datasets": "dataset"}
 STATUS_FAULTS = {"status", "416", "429", "500", "502", "503", "504", "expired"}
 BODY_FAULTS = {"short_body", "reset", "stall"}
 RANGE_FAULTS = {"ignore_range", "wrong_content_range"}
-OTHER_FAULTS = {"no_content_length", "delay"}
+OTHER_FAULTS = {"no_content_length", "delay", "corrupt"}
 ALL_FAULTS = STATUS_FAULTS | BODY_FAULTS | RANGE_FAULTS | OTHER_FAULTS
 REASONS = {416: "Range Not Satisfiable", 429: "Too Many Requests"}
 
@@ -336,6 +336,14 @@ def parse_range(value, size):
 
 def serve_content(local, size, range_value, base_headers, fault, multipart=True):
     """200/206/416 for a whole file on disk, honouring one Range (a-b, a-, -n)."""
+    try:
+        actual = os.stat(local).st_size
+    except OSError:
+        actual = -1
+    if actual != size:
+        # A file added by path was deleted or changed after hubrepo hashed it: a test bug.
+        sys.stderr.write("fakehub: %s is gone or changed size (%d, expected %d)\n" % (local, actual, size))
+        return error_resp(500, None, "fakehub: backing file %s missing or changed" % local)
     rng = parse_range(range_value, size)
     h = list(base_headers) + [("Accept-Ranges", "bytes")]
     if fault and fault["kind"] == "ignore_range":
@@ -552,6 +560,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         kind = fault["kind"] if fault else None
         no_cl = kind == "no_content_length"
         body_fault = kind in BODY_FAULTS
+        if kind == "corrupt" and length > 0 and method != "HEAD" and length <= (256 << 20):
+            data = bytearray(self.materialize(resp))
+            at = int(fault.get("offset", 0))
+            at = min(max(at, 0), len(data) - 1)
+            data[at] ^= 0xFF
+            resp.file, resp.body = None, bytes(data)
         sent = 0
         # Until this response is logged, readers of the log wait (bounded) for it: a client that
         # has its answer must find it in the log. A stall only counts once it is over.
@@ -600,6 +614,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.write_log(resp, sent, kind, flags)
         if pending:
             self.server.app.log.end()
+
+    @staticmethod
+    def materialize(resp):
+        if resp.file is None:
+            return resp.body
+        local, off, n = resp.file
+        with open(local, "rb") as f:
+            f.seek(off)
+            return f.read(n)
 
     def stall(self, seconds):
         """Sleep, but stop early (-> False) when the client hangs up or the server stops."""

@@ -801,6 +801,16 @@ def t_fault_missing_content_length():
     eq(body, WEIGHTS[:5000], "body read to EOF")
 
 
+def t_fault_corrupt_body():
+    loc = cdn_url_for()
+    g = with_fault({"server": "cdn", "match": "model.safetensors", "kind": "corrupt", "offset": 5},
+                   lambda: req("GET", loc, {"Range": "bytes=0-99"}))
+    eq((g.status, len(g.body), g.h("content-range")), (206, 100, "bytes 0-99/%d" % len(WEIGHTS)), "framing intact")
+    eq(g.body[:5] + g.body[6:], WEIGHTS[:5] + WEIGHTS[6:100], "other bytes intact")
+    eq(g.body[5], WEIGHTS[5] ^ 0xFF, "byte 5 flipped")
+    eq(req("GET", loc, {"Range": "bytes=0-99"}).body, WEIGHTS[:100], "then intact")
+
+
 def t_fault_match_by_shard_name_and_any():
     # the contract's example: match a shard by file name on the CDN (its path is only a sha256)
     loc = cdn_url_for(path="model-00002-of-00002.safetensors")
@@ -975,7 +985,7 @@ def main():
                    t_api_tree_and_pagination, t_api_paths_info_and_refs, t_rate_limit_with_and_without_retry_after,
                    t_fault_ignore_range, t_fault_wrong_content_range, t_fault_short_body, t_fault_reset_mid_body,
                    t_fault_stall, t_fault_statuses, t_fault_missing_content_length,
-                   t_fault_match_by_shard_name_and_any, t_keep_alive_reuse, t_live_reload, t_request_log_format,
+                   t_fault_corrupt_body, t_fault_match_by_shard_name_and_any, t_keep_alive_reuse, t_live_reload, t_request_log_format,
                    t_tls_with_generated_ca, t_harness_shell_entry_and_clean_shutdown, t_main_server_clean_exit]:
             case(fn)
     finally:
