@@ -7,7 +7,10 @@
  */
 #include "ckptscope/metrics.h"
 
+#include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -257,6 +260,228 @@ static void add_decoded_block(cks_pair_acc *acc, double *a, double *b, size_t le
     merge_block(acc, kept, &sums);
 }
 
+
+/*
+ * The BF16 x BF16 fast path (the common case: two checkpoints' weights). One pass over the
+ * raw bytes per block: decode by shifting, subtract a per-block shift (the block's first
+ * values, so the sums of squares stay small and cancellation costs at most a few bits —
+ * the "shifted data" algorithm), and accumulate seven double sums with FMA. A block that
+ * contains a NaN/inf code is detected from its exponent bits and redone by the generic path,
+ * which counts and skips those pairs. Results agree with the generic path to rounding.
+ */
+enum { FAST_BLOCK = 4096 };
+
+typedef struct shifted_sums {
+    double sx, sy, sxx, syy, sxy, sdd, max_abs;
+} shifted_sums;
+
+static inline __attribute__((always_inline)) double bf16_value(const uint8_t *p)
+{
+    uint32_t bits = (uint32_t)(p[0] | (p[1] << 8)) << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/*
+ * A NaN or inf element makes its shifted value, and so the plain sums sx/sy, non-finite
+ * (inf - inf is NaN, still non-finite), and finite BF16 values are far too small for the
+ * sums of one block to overflow: checking the sums once replaces a per-element test.
+ */
+static inline __attribute__((always_inline)) bool sums_finite(const shifted_sums *s)
+{
+    return isfinite(s->sx) && isfinite(s->sy) && isfinite(s->sxx) && isfinite(s->syy);
+}
+
+/* scalar tail, shared by both vector kernels */
+static inline __attribute__((always_inline)) void bf16_tail(const uint8_t *a, const uint8_t *b, size_t from,
+                                                           size_t m, double ka, double kb, shifted_sums *s)
+{
+    for (size_t i = from; i < m; i++) {
+        double va = bf16_value(a + 2 * i), vb = bf16_value(b + 2 * i);
+        double x = va - ka, y = vb - kb, d = va - vb;
+        s->sx += x;
+        s->sy += y;
+        s->sxx += x * x;
+        s->syy += y * y;
+        s->sxy += x * y;
+        s->sdd += d * d;
+        s->max_abs = fmax(s->max_abs, fabs(d));
+    }
+}
+
+__attribute__((target("avx512f"))) static bool bf16_block_avx512(const uint8_t *a, const uint8_t *b,
+                                                                 size_t m, double ka, double kb,
+                                                                 shifted_sums *s)
+{
+    __m512d sx = _mm512_setzero_pd(), sy = sx, sxx = sx, syy = sx, sxy = sx, sdd = sx, mx = sx;
+    __m512d vka = _mm512_set1_pd(ka), vkb = _mm512_set1_pd(kb);
+    size_t i = 0;
+    for (; i + 16 <= m; i += 16) {
+        __m256i ra = _mm256_loadu_si256((const __m256i *)(const void *)(a + 2 * i));
+        __m256i rb = _mm256_loadu_si256((const __m256i *)(const void *)(b + 2 * i));
+        __m512 fa = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(ra), 16));
+        __m512 fb = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rb), 16));
+        __m512d halves_a[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(fa)),
+                               _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(fa), 1)))};
+        __m512d halves_b[2] = {_mm512_cvtps_pd(_mm512_castps512_ps256(fb)),
+                               _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(fb), 1)))};
+        for (int h = 0; h < 2; h++) {
+            __m512d x = _mm512_sub_pd(halves_a[h], vka), y = _mm512_sub_pd(halves_b[h], vkb);
+            __m512d d = _mm512_sub_pd(halves_a[h], halves_b[h]);
+            sx = _mm512_add_pd(sx, x);
+            sy = _mm512_add_pd(sy, y);
+            sxx = _mm512_fmadd_pd(x, x, sxx);
+            syy = _mm512_fmadd_pd(y, y, syy);
+            sxy = _mm512_fmadd_pd(x, y, sxy);
+            sdd = _mm512_fmadd_pd(d, d, sdd);
+            mx = _mm512_max_pd(mx, _mm512_abs_pd(d));
+        }
+    }
+    s->sx = _mm512_reduce_add_pd(sx);
+    s->sy = _mm512_reduce_add_pd(sy);
+    s->sxx = _mm512_reduce_add_pd(sxx);
+    s->syy = _mm512_reduce_add_pd(syy);
+    s->sxy = _mm512_reduce_add_pd(sxy);
+    s->sdd = _mm512_reduce_add_pd(sdd);
+    s->max_abs = _mm512_reduce_max_pd(mx);
+    bf16_tail(a, b, i, m, ka, kb, s);
+    return sums_finite(s);
+}
+
+/* horizontal sum of four doubles, spelled out so it inlines into the AVX2 function */
+#define STORE_HSUM256(v, out)                                                                \
+    do {                                                                                     \
+        double lanes_[4];                                                                    \
+        _mm256_storeu_pd(lanes_, (v));                                                       \
+        (out) = (lanes_[0] + lanes_[1]) + (lanes_[2] + lanes_[3]);                           \
+    } while (0)
+
+__attribute__((target("avx2,fma"))) static bool bf16_block_avx2(const uint8_t *a, const uint8_t *b,
+                                                                size_t m, double ka, double kb,
+                                                                shifted_sums *s)
+{
+    __m256d sx = _mm256_setzero_pd(), sy = sx, sxx = sx, syy = sx, sxy = sx, sdd = sx, mx = sx;
+    __m256d vka = _mm256_set1_pd(ka), vkb = _mm256_set1_pd(kb);
+    __m256d sign = _mm256_set1_pd(-0.0);
+    size_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+        __m128i ra = _mm_loadu_si128((const __m128i *)(const void *)(a + 2 * i));
+        __m128i rb = _mm_loadu_si128((const __m128i *)(const void *)(b + 2 * i));
+        __m256 fa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(ra), 16));
+        __m256 fb = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(rb), 16));
+        __m256d halves_a[2] = {_mm256_cvtps_pd(_mm256_castps256_ps128(fa)), _mm256_cvtps_pd(_mm256_extractf128_ps(fa, 1))};
+        __m256d halves_b[2] = {_mm256_cvtps_pd(_mm256_castps256_ps128(fb)), _mm256_cvtps_pd(_mm256_extractf128_ps(fb, 1))};
+        for (int h = 0; h < 2; h++) {
+            __m256d x = _mm256_sub_pd(halves_a[h], vka), y = _mm256_sub_pd(halves_b[h], vkb);
+            __m256d d = _mm256_sub_pd(halves_a[h], halves_b[h]);
+            sx = _mm256_add_pd(sx, x);
+            sy = _mm256_add_pd(sy, y);
+            sxx = _mm256_fmadd_pd(x, x, sxx);
+            syy = _mm256_fmadd_pd(y, y, syy);
+            sxy = _mm256_fmadd_pd(x, y, sxy);
+            sdd = _mm256_fmadd_pd(d, d, sdd);
+            mx = _mm256_max_pd(mx, _mm256_andnot_pd(sign, d));
+        }
+    }
+    STORE_HSUM256(sx, s->sx);
+    STORE_HSUM256(sy, s->sy);
+    STORE_HSUM256(sxx, s->sxx);
+    STORE_HSUM256(syy, s->syy);
+    STORE_HSUM256(sxy, s->sxy);
+    STORE_HSUM256(sdd, s->sdd);
+    double lanes[4];
+    _mm256_storeu_pd(lanes, mx);
+    s->max_abs = fmax(fmax(lanes[0], lanes[1]), fmax(lanes[2], lanes[3]));
+    bf16_tail(a, b, i, m, ka, kb, s);
+    return sums_finite(s);
+}
+
+typedef bool (*bf16_block_fn)(const uint8_t *, const uint8_t *, size_t, double, double, shifted_sums *);
+
+static int isa_request = CKS_ISA_AUTO;
+
+void cks_metrics_set_isa(cks_metrics_isa isa)
+{
+    isa_request = (unsigned)isa <= CKS_ISA_AVX512 ? (int)isa : CKS_ISA_AUTO;
+}
+
+/* NULL when the CPU has neither AVX-512F nor AVX2+FMA (or GENERIC was requested). */
+static bf16_block_fn choose_bf16_block(void)
+{
+    static int best = -1; /* racy first call stores the same value everywhere: benign */
+    if (best < 0) {
+        __builtin_cpu_init();
+        best = __builtin_cpu_supports("avx512f") ? CKS_ISA_AVX512
+               : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? CKS_ISA_AVX2
+                                                                                    : CKS_ISA_GENERIC;
+    }
+    int use = isa_request == CKS_ISA_AUTO || isa_request > best ? best : isa_request;
+    return use == CKS_ISA_AVX512 ? bf16_block_avx512 : use == CKS_ISA_AVX2 ? bf16_block_avx2 : NULL;
+}
+
+/* Shifted sums of one block -> centred block moments, then the usual merge. */
+static void merge_shifted(cks_pair_acc *acc, size_t m, double ka, double kb, const shifted_sums *s)
+{
+    double count = (double)m;
+    block_sums b;
+    b.mean_a = ka + s->sx / count;
+    b.mean_b = kb + s->sy / count;
+    b.m2_a = fmax(0.0, s->sxx - s->sx * s->sx / count);
+    b.m2_b = fmax(0.0, s->syy - s->sy * s->sy / count);
+    b.comoment = s->sxy - s->sx * s->sy / count;
+    b.sumsq_diff = s->sdd;
+    b.max_abs_diff = s->max_abs;
+    merge_block(acc, m, &b);
+}
+
+static cks_err add_generic(cks_pair_acc *acc, cks_dtype dtype_a, const uint8_t *a, size_t elem_a,
+                           cks_dtype dtype_b, const uint8_t *b, size_t elem_b, size_t count,
+                           cks_diag *diag);
+static cks_err add_serial(cks_pair_acc *acc, cks_dtype dtype_a, const uint8_t *a, size_t elem_a,
+                          cks_dtype dtype_b, const uint8_t *b, size_t elem_b, size_t count,
+                          cks_diag *diag);
+static cks_err add_parallel(cks_pair_acc *acc, cks_dtype dtype_a, const uint8_t *a, size_t elem_a,
+                            cks_dtype dtype_b, const uint8_t *b, size_t elem_b, size_t count,
+                            unsigned threads, cks_diag *diag);
+
+/* Chunks below this many pairs are not worth a thread start (~4M pairs ~ 2 ms of work). */
+enum { PARALLEL_MIN = 1 << 22 };
+
+static unsigned configured_threads; /* 0: one per online CPU */
+
+void cks_metrics_set_threads(unsigned threads)
+{
+    configured_threads = threads > CKS_METRICS_MAX_THREADS ? CKS_METRICS_MAX_THREADS : threads;
+}
+
+static unsigned metrics_threads(void)
+{
+    if (configured_threads)
+        return configured_threads;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (online < 1)
+        online = 1;
+    return online > CKS_METRICS_MAX_THREADS ? CKS_METRICS_MAX_THREADS : (unsigned)online;
+}
+
+static cks_err add_bf16_fast(cks_pair_acc *acc, bf16_block_fn kernel, const uint8_t *a,
+                             const uint8_t *b, size_t count, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    for (size_t start = 0; start < count && err == CKS_OK; start += FAST_BLOCK) {
+        size_t len = count - start < FAST_BLOCK ? count - start : FAST_BLOCK;
+        const uint8_t *pa = a + 2 * start, *pb = b + 2 * start;
+        double ka = bf16_value(pa), kb = bf16_value(pb);
+        shifted_sums s;
+        if (isfinite(ka) && isfinite(kb) && kernel(pa, pb, len, ka, kb, &s))
+            merge_shifted(acc, len, ka, kb, &s);
+        else
+            err = add_generic(acc, CKS_DTYPE_BF16, pa, 2, CKS_DTYPE_BF16, pb, 2, len, diag);
+    }
+    return err;
+}
+
 void cks_pair_acc_add_f64(cks_pair_acc *acc, const double *a, const double *b, size_t count)
 {
     double block_a[BLOCK], block_b[BLOCK];
@@ -271,7 +496,6 @@ void cks_pair_acc_add_f64(cks_pair_acc *acc, const double *a, const double *b, s
 cks_err cks_pair_acc_add(cks_pair_acc *acc, cks_dtype dtype_a, const void *a, cks_dtype dtype_b,
                          const void *b, size_t count, cks_diag *diag)
 {
-    double block_a[BLOCK], block_b[BLOCK];
     size_t elem_a = cks_decode_elem_size(dtype_a), elem_b = cks_decode_elem_size(dtype_b);
     cks_err err = CKS_OK;
     if (elem_a == 0 || elem_b == 0) {
@@ -283,12 +507,103 @@ cks_err cks_pair_acc_add(cks_pair_acc *acc, cks_dtype dtype_a, const void *a, ck
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "pair statistics with a NULL buffer");
         goto out;
     }
+    unsigned threads = metrics_threads();
+    if (threads > 1 && count >= PARALLEL_MIN)
+        err = add_parallel(acc, dtype_a, a, elem_a, dtype_b, b, elem_b, count, threads, diag);
+    else
+        err = add_serial(acc, dtype_a, a, elem_a, dtype_b, b, elem_b, count, diag);
+out:
+    return err;
+}
+
+static cks_err add_serial(cks_pair_acc *acc, cks_dtype dtype_a, const uint8_t *a, size_t elem_a,
+                          cks_dtype dtype_b, const uint8_t *b, size_t elem_b, size_t count,
+                          cks_diag *diag)
+{
+    bf16_block_fn kernel = dtype_a == CKS_DTYPE_BF16 && dtype_b == CKS_DTYPE_BF16 ? choose_bf16_block() : NULL;
+    if (kernel)
+        return add_bf16_fast(acc, kernel, a, b, count, diag);
+    return add_generic(acc, dtype_a, a, elem_a, dtype_b, b, elem_b, count, diag);
+}
+
+typedef struct pair_job {
+    cks_pair_acc acc;
+    cks_dtype dtype_a, dtype_b;
+    const uint8_t *a, *b;
+    size_t elem_a, elem_b, count;
+    cks_err err;
+    cks_diag diag;
+} pair_job;
+
+static void *run_pair_job(void *opaque)
+{
+    pair_job *job = opaque;
+    job->err = add_serial(&job->acc, job->dtype_a, job->a, job->elem_a, job->dtype_b, job->b,
+                          job->elem_b, job->count, &job->diag);
+    return NULL;
+}
+
+/*
+ * Big chunks are cut into `threads` contiguous parts on FAST_BLOCK boundaries, accumulated
+ * in parallel and merged in order: the same thread count always gives the same result.
+ * If a thread cannot be started its part runs on the caller's thread.
+ */
+static cks_err add_parallel(cks_pair_acc *acc, cks_dtype dtype_a, const uint8_t *a, size_t elem_a,
+                            cks_dtype dtype_b, const uint8_t *b, size_t elem_b, size_t count,
+                            unsigned threads, cks_diag *diag)
+{
+    pair_job jobs[CKS_METRICS_MAX_THREADS];
+    pthread_t ids[CKS_METRICS_MAX_THREADS];
+    bool started[CKS_METRICS_MAX_THREADS] = {false};
+    size_t blocks = (count + FAST_BLOCK - 1) / FAST_BLOCK, start = 0;
+    cks_err err = CKS_OK;
+    for (unsigned t = 0; t < threads; t++) {
+        size_t my_blocks = blocks / threads + (t < blocks % threads);
+        size_t len = my_blocks * FAST_BLOCK;
+        if (start + len > count)
+            len = count - start;
+        pair_job *job = &jobs[t];
+        memset(job, 0, sizeof *job);
+        cks_pair_acc_init(&job->acc);
+        job->dtype_a = dtype_a;
+        job->dtype_b = dtype_b;
+        job->a = a + start * elem_a;
+        job->b = b + start * elem_b;
+        job->elem_a = elem_a;
+        job->elem_b = elem_b;
+        job->count = len;
+        start += len;
+        started[t] = t > 0 && pthread_create(&ids[t], NULL, run_pair_job, job) == 0;
+    }
+    for (unsigned t = 0; t < threads; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            run_pair_job(&jobs[t]);
+    }
+    for (unsigned t = 0; t < threads; t++) {
+        if (jobs[t].err != CKS_OK && err == CKS_OK) {
+            err = jobs[t].err;
+            if (diag)
+                *diag = jobs[t].diag;
+        }
+        cks_pair_acc_merge(acc, &jobs[t].acc);
+    }
+    return err;
+}
+
+static cks_err add_generic(cks_pair_acc *acc, cks_dtype dtype_a, const uint8_t *a, size_t elem_a,
+                           cks_dtype dtype_b, const uint8_t *b, size_t elem_b, size_t count,
+                           cks_diag *diag)
+{
+    double block_a[BLOCK], block_b[BLOCK];
+    cks_err err = CKS_OK;
     for (size_t start = 0; start < count; start += BLOCK) {
         size_t len = count - start < BLOCK ? count - start : BLOCK;
         cks_nonfinite tally = {0, 0};
-        err = cks_decode_f64(dtype_a, (const uint8_t *)a + start * elem_a, len, block_a, &tally, diag);
+        err = cks_decode_f64(dtype_a, a + start * elem_a, len, block_a, &tally, diag);
         if (err == CKS_OK)
-            err = cks_decode_f64(dtype_b, (const uint8_t *)b + start * elem_b, len, block_b, &tally, diag);
+            err = cks_decode_f64(dtype_b, b + start * elem_b, len, block_b, &tally, diag);
         if (err != CKS_OK)
             goto out;
         add_decoded_block(acc, block_a, block_b, len, tally.nan_count + tally.inf_count > 0);

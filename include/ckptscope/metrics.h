@@ -78,9 +78,27 @@ typedef struct cks_pair_stats {
 } cks_pair_stats;
 
 void cks_pair_acc_init(cks_pair_acc *acc);
-/* Chunks of raw element bytes; the two sides may have different dtypes. */
+/*
+ * Chunks of raw element bytes; the two sides may have different dtypes. BF16 x BF16 runs a
+ * one-pass SIMD kernel (AVX-512F or AVX2+FMA, chosen at run time). A chunk of >= 4M pairs
+ * is split over worker threads (see cks_metrics_set_threads) and merged in order, so a
+ * given thread count always gives the same bits; different counts agree to rounding.
+ */
 cks_err cks_pair_acc_add(cks_pair_acc *acc, cks_dtype dtype_a, const void *a, cks_dtype dtype_b,
                          const void *b, size_t count, cks_diag *diag);
+#define CKS_METRICS_MAX_THREADS 16
+/* Worker threads for large chunks; 0 (the default) means one per online CPU. Set it before
+ * starting concurrent work: it is a process-wide setting, not synchronised. */
+void cks_metrics_set_threads(unsigned threads);
+/* Which BF16 kernel to use (for tests and benchmarks); a request above what the CPU has
+ * falls back to the best available. Process-wide, like the thread count. */
+typedef enum cks_metrics_isa {
+    CKS_ISA_AUTO = 0,
+    CKS_ISA_GENERIC,
+    CKS_ISA_AVX2,
+    CKS_ISA_AVX512
+} cks_metrics_isa;
+void cks_metrics_set_isa(cks_metrics_isa isa);
 void cks_pair_acc_add_f64(cks_pair_acc *acc, const double *a, const double *b, size_t count);
 void cks_pair_acc_merge(cks_pair_acc *into, const cks_pair_acc *other);
 void cks_pair_acc_result(const cks_pair_acc *acc, cks_pair_stats *out);

@@ -271,6 +271,71 @@ static void bf16_against_numpy(void)
     pyref_dir_remove(&dir);
 }
 
+/*
+ * The one-pass SIMD BF16 kernel and the threaded split against the long-double reference:
+ * 5M pairs (enough to be split over threads), an odd byte offset, and NaN/inf codes placed
+ * mid-block and at a block's first element (the element the kernel shifts by).
+ */
+static void bf16_fast_path_and_threads(void)
+{
+    enum { N = 5000003 };
+    uint8_t *raw_a = malloc(2 * N + 1), *raw_b = malloc(2 * N + 1);
+    double *fa = malloc(N * sizeof *fa), *fb = malloc(N * sizeof *fb);
+    for (size_t i = 0; i < N; i++) {
+        float x = (float)(1.0 + 0.01 * test_normal());
+        float y = (float)(0.9 * x + 0.005 * test_normal());
+        uint32_t ux, uy;
+        memcpy(&ux, &x, 4);
+        memcpy(&uy, &y, 4);
+        uint16_t ha = (uint16_t)(ux >> 16), hb = (uint16_t)(uy >> 16);
+        if (i == 1234567)
+            ha = 0x7fc0; /* NaN */
+        if (i == 4000000)
+            hb = 0xff80; /* -inf */
+        if (i == 8192)
+            ha = 0x7f80; /* +inf as the first element of a 4096-block */
+        raw_a[1 + 2 * i] = (uint8_t)ha;
+        raw_a[2 + 2 * i] = (uint8_t)(ha >> 8);
+        raw_b[1 + 2 * i] = (uint8_t)hb;
+        raw_b[2 + 2 * i] = (uint8_t)(hb >> 8);
+        uint32_t ba = (uint32_t)ha << 16, bb = (uint32_t)hb << 16;
+        float va, vb;
+        memcpy(&va, &ba, 4);
+        memcpy(&vb, &bb, 4);
+        fa[i] = va;
+        fb[i] = vb;
+    }
+    ref_stats r = plain_reference(fa, fb, N);
+    static const unsigned thread_counts[] = {1, 2, 3, 1, 2};
+    static const cks_metrics_isa isas[] = {CKS_ISA_AUTO, CKS_ISA_AUTO, CKS_ISA_AVX512, CKS_ISA_AVX2, CKS_ISA_GENERIC};
+    for (size_t t = 0; t < 5; t++) {
+        cks_metrics_set_threads(thread_counts[t]);
+        cks_metrics_set_isa(isas[t]);
+        cks_pair_acc acc;
+        cks_pair_stats s;
+        cks_pair_acc_init(&acc);
+        CHECK(cks_pair_acc_add(&acc, CKS_DTYPE_BF16, raw_a + 1, CKS_DTYPE_BF16, raw_b + 1, N, NULL) == CKS_OK);
+        cks_pair_acc_result(&acc, &s);
+        CHECK_MSG(s.n == N - 3 && s.skipped_pairs == 3, "threads %u: n %llu skipped %llu", thread_counts[t],
+                  (unsigned long long)s.n, (unsigned long long)s.skipped_pairs);
+        CHECK(s.nonfinite_a.nan_count == 1 && s.nonfinite_a.inf_count == 1 && s.nonfinite_b.inf_count == 1);
+        CHECK_NEAR(s.mean_a, r.mean_a, 1e-13);
+        CHECK_NEAR(s.std_a, r.std_a, 1e-13);
+        CHECK_NEAR(s.std_b, r.std_b, 1e-13);
+        CHECK_NEAR(s.pearson, r.pearson, 1e-11);
+        CHECK_NEAR(s.cosine, r.cosine, 1e-13);
+        CHECK_NEAR(s.rel_l2_over_a, r.rel_a, 1e-12);
+        CHECK_NEAR(s.rel_l2_over_b, r.rel_b, 1e-12);
+        CHECK_NEAR(s.max_abs_diff, r.max_abs, 0);
+    }
+    cks_metrics_set_threads(0);
+    cks_metrics_set_isa(CKS_ISA_AUTO);
+    free(raw_a);
+    free(raw_b);
+    free(fa);
+    free(fb);
+}
+
 /* Spearman: a hand-worked case with ties, and scipy.stats.spearmanr on tied random data. */
 static void spearman_against_scipy(void)
 {
@@ -414,5 +479,5 @@ static void raw_input_errors(void)
 }
 
 TEST_MAIN(T(hand_worked_pairs), T(undefined_statistics_are_flagged), T(streaming_matches_plain_reference),
-          T(nonfinite_pairs_are_skipped_and_counted), T(bf16_against_numpy), T(spearman_against_scipy),
+          T(nonfinite_pairs_are_skipped_and_counted), T(bf16_against_numpy), T(bf16_fast_path_and_threads), T(spearman_against_scipy),
           T(bitwise_hand_worked), T(ulp_against_sorted_values), T(raw_input_errors))
