@@ -129,6 +129,16 @@ static const layer_rule layer_rules[] = {
     {"attn.c_proj", CKS_ROLE_O, true, FUSE_NONE},
     {"mlp.c_fc", CKS_ROLE_DENSE_UP, true, FUSE_NONE},
     {"mlp.c_proj", CKS_ROLE_DENSE_DOWN, true, FUSE_NONE},
+    /* Meta's original Llama checkpoints (consolidated.*.pth converted as-is) */
+    {"attention_norm", CKS_ROLE_ATTN_NORM, false, FUSE_NONE},
+    {"ffn_norm", CKS_ROLE_FFN_NORM, false, FUSE_NONE},
+    {"attention.wq", CKS_ROLE_Q, false, FUSE_NONE},
+    {"attention.wk", CKS_ROLE_K, false, FUSE_NONE},
+    {"attention.wv", CKS_ROLE_V, false, FUSE_NONE},
+    {"attention.wo", CKS_ROLE_O, false, FUSE_NONE},
+    {"feed_forward.w1", CKS_ROLE_DENSE_GATE, false, FUSE_NONE},
+    {"feed_forward.w3", CKS_ROLE_DENSE_UP, false, FUSE_NONE},
+    {"feed_forward.w2", CKS_ROLE_DENSE_DOWN, false, FUSE_NONE},
     /* BERT (post-LN: each LayerNorm closes its sub-block) */
     {"attention.self.query", CKS_ROLE_Q, false, FUSE_NONE},
     {"attention.self.key", CKS_ROLE_K, false, FUSE_NONE},
@@ -299,6 +309,11 @@ static void parse_name(const char *name, parsed *r)
     /* BERT's masked-LM head ("cls.predictions...") sits under a "cls" root */
     if (seg_is(segs[0], "cls")) {
         r->role = CKS_ROLE_HEAD;
+        return;
+    }
+    /* Meta's format calls the LM head just "output"; only at the root, where nothing else is */
+    if (n == 2 && seg_is(segs[0], "output")) {
+        r->role = CKS_ROLE_LM_HEAD;
         return;
     }
     for (size_t k = 0; k < sizeof top_rules / sizeof top_rules[0]; k++) {

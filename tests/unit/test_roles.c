@@ -812,6 +812,43 @@ static void gemma2_sandwich(void)
     cks_ckpt_free(c);
 }
 
+/* Meta's original Llama naming (layers.N.attention.wq, feed_forward.w1, output). */
+static void meta_llama(void)
+{
+    reset();
+    add(32, 8, "tok_embeddings.weight");
+    add(8, 0, "norm.weight");
+    add(32, 8, "output.weight");
+    add(8, 0, "layers.0.attention_norm.weight");
+    add(8, 0, "layers.0.ffn_norm.weight");
+    add(8, 8, "layers.0.attention.wq.weight");
+    add(4, 8, "layers.0.attention.wk.weight");
+    add(4, 8, "layers.0.attention.wv.weight");
+    add(8, 8, "layers.0.attention.wo.weight");
+    add(16, 8, "layers.0.feed_forward.w1.weight");
+    add(8, 16, "layers.0.feed_forward.w2.weight");
+    add(16, 8, "layers.0.feed_forward.w3.weight");
+    cks_ckpt *c = build();
+    cks_roles *r = map(c, NULL);
+    CHECK(r != NULL);
+    if (r) {
+        CHECK_EQ_INT(r->n_layers, 1);
+        EXPECT(r, "tok_embeddings.weight", CKS_ROLE_EMBED, W, -1, -1);
+        EXPECT(r, "norm.weight", CKS_ROLE_FINAL_NORM, W, -1, -1);
+        EXPECT(r, "output.weight", CKS_ROLE_LM_HEAD, W, -1, -1);
+        EXPECT(r, "layers.0.attention_norm.weight", CKS_ROLE_ATTN_NORM, W, 0, -1);
+        EXPECT(r, "layers.0.ffn_norm.weight", CKS_ROLE_FFN_NORM, W, 0, -1);
+        EXPECT(r, "layers.0.attention.wk.weight", CKS_ROLE_K, W, 0, -1);
+        EXPECT(r, "layers.0.attention.wo.weight", CKS_ROLE_O, W, 0, -1);
+        EXPECT(r, "layers.0.feed_forward.w1.weight", CKS_ROLE_DENSE_GATE, W, 0, -1);
+        EXPECT(r, "layers.0.feed_forward.w3.weight", CKS_ROLE_DENSE_UP, W, 0, -1);
+        EXPECT(r, "layers.0.feed_forward.w2.weight", CKS_ROLE_DENSE_DOWN, W, 0, -1);
+        CHECK_EQ_INT(r->cfg.tie_word_embeddings, 0);
+    }
+    cks_roles_free(r);
+    cks_ckpt_free(c);
+}
+
 TEST_MAIN(T(llama), T(mistral), T(qwen2_and_qwen3), T(mixtral), T(glm4_moe), T(deepseek_v3), T(solar_open),
           T(phimoe), T(phi3_fused), T(gpt2), T(bert), T(unknown_arch), T(layers_beyond_config), T(bad_configs),
-          T(gemma2_sandwich))
+          T(gemma2_sandwich), T(meta_llama))
