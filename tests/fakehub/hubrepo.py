@@ -24,6 +24,7 @@ Layout of ROOT:
 """
 
 import argparse
+import errno
 import fcntl
 import hashlib
 import json
@@ -109,8 +110,44 @@ class _Locked:
         return False
 
 
-def _hash_file(root, path):
-    """sha256 and git blob sha1 of a local file, cached by identity."""
+_ZEROS = memoryview(bytes(8 << 20))
+
+
+def _read_sparse(path, size):
+    """The file's bytes in chunks; holes (SEEK_HOLE) come from a zero buffer instead of read(),
+    which makes hashing the multi-GB sparse files of tests several times faster."""
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        pos = 0
+        while pos < size:
+            try:
+                data = min(os.lseek(fd, pos, os.SEEK_DATA), size)
+            except OSError as e:
+                # ENXIO: nothing but a hole up to the end; anything else: no hole support.
+                data = size if e.errno == errno.ENXIO else pos
+            while pos < data:
+                n = min(len(_ZEROS), data - pos)
+                yield _ZEROS[:n]
+                pos += n
+            if pos >= size:
+                break
+            try:
+                hole = min(os.lseek(fd, pos, os.SEEK_HOLE), size)
+            except OSError:
+                hole = size
+            if hole <= pos:
+                hole = size
+            f.seek(pos)
+            while pos < hole:
+                chunk = f.read(min(8 << 20, hole - pos))
+                if not chunk:
+                    return
+                yield chunk
+                pos += len(chunk)
+
+
+def _hash_file(root, path, need_sha1):
+    """sha256 (and git blob sha1 if needed) of a local file, cached by identity."""
     st = os.stat(path)
     key = "%s|%d|%d|%d|%d" % (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
     cache_path = os.path.join(root, "hashcache.json")
@@ -119,18 +156,17 @@ def _hash_file(root, path):
             cache = json.load(f)
     except (FileNotFoundError, ValueError):
         cache = {}
-    if key in cache:
-        return cache[key]["sha256"], cache[key]["sha1"], st.st_size
+    hit = cache.get(key)
+    if hit and (hit.get("sha1") or not need_sha1):
+        return hit["sha256"], hit.get("sha1"), st.st_size
     h256 = hashlib.sha256()
-    h1 = hashlib.sha1(b"blob %d\0" % st.st_size)
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(4 << 20)
-            if not chunk:
-                break
-            h256.update(chunk)
+    h1 = hashlib.sha1(b"blob %d\0" % st.st_size) if need_sha1 else None
+    for chunk in _read_sparse(path, st.st_size):
+        h256.update(chunk)
+        if h1:
             h1.update(chunk)
-    cache[key] = {"sha256": h256.hexdigest(), "sha1": h1.hexdigest()}
+    cache[key] = {"sha256": h256.hexdigest(), "sha1": h1.hexdigest() if h1 else None}
+    # Another writer may have added entries meanwhile; losing one only costs a rehash.
     _write_json_atomic(cache_path, cache)
     return cache[key]["sha256"], cache[key]["sha1"], st.st_size
 
@@ -149,11 +185,20 @@ def _file_entry(root, path_in_repo, content):
             os.replace(tmp, local)
         sha1 = git_blob_sha1_bytes(data)
         size = len(data)
+    elif isinstance(content, dict):
+        # {"path": local, "sha256": known}: trusted, not rehashed (multi-GB LFS files in tests).
+        local = os.path.abspath(os.fspath(content["path"]))
+        size = os.stat(local).st_size
+        if not is_lfs(path_in_repo, size):
+            return _file_entry(root, path_in_repo, local)
+        sha256, sha1 = content["sha256"].lower(), None
     elif isinstance(content, (str, os.PathLike)):
         local = os.path.abspath(os.fspath(content))
-        sha256, sha1, size = _hash_file(root, local)
+        size = os.stat(local).st_size
+        # An LFS file's git object is its pointer: its content sha1 is never needed.
+        sha256, sha1, size = _hash_file(root, local, need_sha1=not is_lfs(path_in_repo, size))
     else:
-        raise TypeError("file %r: content must be bytes or a local path" % path_in_repo)
+        raise TypeError("file %r: content must be bytes, a local path or {path, sha256}" % path_in_repo)
     lfs = is_lfs(path_in_repo, size)
     entry = {"local": local, "size": size, "sha256": sha256, "lfs": lfs}
     if lfs:
@@ -207,7 +252,8 @@ def add_repo(root, repo_id, files, branch="main", tags=(), visibility=None, toke
              title=None):
     """Create (or add a commit to) a repo; return the new commit sha.
 
-    files: {path_in_repo: bytes | local path}. By default it is the whole tree of the new
+    files: {path_in_repo: bytes | local path | {"path": local, "sha256": hex}} (the last form skips
+    hashing an LFS file whose sha256 the caller knows). By default it is the whole tree of the new
     commit; with inherit=True it is applied on top of the parent's tree (value None deletes).
     parent: commit the new one descends from (default: the branch head, if any).
     visibility ("public" for a new repo), tokens and gated ("auto"|"manual") are kept from
