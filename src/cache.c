@@ -75,9 +75,11 @@ typedef struct keyent {
     char name[67];          /* "s-<hex>" or "g-<hex>" */
     extent *ext;            /* sorted by offset */
     size_t n_ext, cap_ext;
+    uint64_t max_len;          /* longest extent in the index (bounds lookups) */
     bool loaded;
-    struct timespec dir_mtime; /* of the key directory when the index was read */
-    bool dir_mtime_trusted;    /* false when the scan came too soon after a change */
+    int lock_fd;               /* the key's "lock" file: writers' flock + generation */
+    uint64_t gen_seen;         /* generation the index reflects */
+    bool gen_valid;
     bool pinned;
     int pin_fd;
 } keyent;
@@ -492,6 +494,7 @@ static keyent *key_find(cks_cache *c, const char *key, bool create)
     if (!k->key)
         return NULL;
     k->pin_fd = -1;
+    k->lock_fd = -1;
     key_dirname(key, k->name);
     c->n_keys++;
     return k;
@@ -527,38 +530,100 @@ out:
 }
 
 /*
- * Reload a key's extent index from its directory when the directory changed since the
- * last scan. Directory mtimes have coarse (tick) resolution, so a scan that happened
- * within a second of the last change is not trusted to be complete.
+ * The key's "lock" file carries an 8-byte generation counter that every writer bumps
+ * (under the lock) after it adds or replaces extents. Comparing it with the generation the
+ * in-memory index was read at tells whether another process added anything, without
+ * reading a directory that may hold thousands of extents. Removals (eviction, corrupt
+ * extents) do not bump it: a stale entry costs an ENOENT and a rescan, never data.
  */
+static cks_err key_open_lock(cks_cache *c, keyent *k, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *dir = NULL, *lf = NULL;
+    struct stat st;
+    if (k->lock_fd >= 0) {
+        /* `cache clear` may have removed the directory of an unpinned key */
+        if (fstat(k->lock_fd, &st) == 0 && st.st_nlink > 0)
+            goto out;
+        close(k->lock_fd);
+        k->lock_fd = -1;
+        k->gen_valid = false;
+    }
+    err = keydir_ensure(c, k, diag);
+    if (err)
+        goto out;
+    dir = keydir_path(c, k->name);
+    lf = dir ? path_join(dir, "lock") : NULL;
+    if (!lf) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    k->lock_fd = open(lf, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (k->lock_fd < 0)
+        err = io_fail(diag, errno, "opening lock", lf);
+out:
+    free(dir);
+    free(lf);
+    return err;
+}
+
+static uint64_t key_gen_read(const keyent *k)
+{
+    unsigned char b[8];
+    if (k->lock_fd < 0 || pread(k->lock_fd, b, 8, 0) != 8)
+        return 0;
+    return get_u64(b);
+}
+
+static void key_gen_bump(keyent *k)
+{
+    unsigned char b[8];
+    uint64_t g = key_gen_read(k) + 1;
+    put_u64(b, g);
+    if (k->lock_fd >= 0 && pwrite(k->lock_fd, b, 8, 0) == 8) {
+        k->gen_seen = g;
+        k->gen_valid = true;
+    } else {
+        k->gen_valid = false;
+    }
+}
+
+/* Reload a key's extent index from its directory unless the generation says nothing was
+ * added since the last scan (force: always). */
 static cks_err key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    char *dir = keydir_path(c, k->name);
+    char *dir = NULL;
     DIR *d = NULL;
-    struct stat st;
-    struct timespec scan_time;
+    uint64_t gen = 0;
+    if (k->lock_fd < 0) {
+        char *kd = keydir_path(c, k->name);
+        struct stat st;
+        bool exists = kd && stat(kd, &st) == 0;
+        free(kd);
+        if (exists)
+            (void)key_open_lock(c, k, NULL);
+    }
+    if (k->lock_fd >= 0) {
+        gen = key_gen_read(k);
+        if (!force && k->loaded && k->gen_valid && gen == k->gen_seen)
+            goto out;
+    }
+    dir = keydir_path(c, k->name);
     if (!dir) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
         goto out;
     }
-    if (stat(dir, &st) != 0) {
-        k->n_ext = 0;
-        k->loaded = true;
-        k->dir_mtime_trusted = false;
-        goto out;
-    }
-    if (!force && k->loaded && k->dir_mtime_trusted &&
-        st.st_mtim.tv_sec == k->dir_mtime.tv_sec && st.st_mtim.tv_nsec == k->dir_mtime.tv_nsec)
-        goto out;
-    clock_gettime(CLOCK_REALTIME, &scan_time);
-    d = opendir(dir);
-    if (!d) {
-        k->n_ext = 0;
-        k->loaded = true;
-        goto out;
-    }
+    /* read the generation before the directory: a writer racing with the scan bumps it
+     * afterwards, so the next call rescans */
     k->n_ext = 0;
+    k->max_len = 0;
+    k->loaded = true;
+    k->gen_valid = k->lock_fd >= 0;
+    k->gen_seen = gen;
+    d = opendir(dir);
+    if (!d)
+        goto out;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         uint64_t off, len;
@@ -568,6 +633,7 @@ static cks_err key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
             size_t nc = k->cap_ext ? 2 * k->cap_ext : 16;
             extent *ne = realloc(k->ext, nc * sizeof *ne);
             if (!ne) {
+                k->gen_valid = false;
                 err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
                 goto out;
             }
@@ -577,16 +643,39 @@ static cks_err key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
         k->ext[k->n_ext].off = off;
         k->ext[k->n_ext].len = len;
         k->n_ext++;
+        if (len > k->max_len)
+            k->max_len = len;
     }
-    qsort(k->ext, k->n_ext, sizeof *k->ext, cmp_extent);
-    k->loaded = true;
-    k->dir_mtime = st.st_mtim;
-    k->dir_mtime_trusted = scan_time.tv_sec > st.st_mtim.tv_sec + 1;
+    if (k->n_ext > 1)
+        qsort(k->ext, k->n_ext, sizeof *k->ext, cmp_extent);
 out:
     if (d)
         closedir(d);
     free(dir);
     return err;
+}
+
+/* Keep the in-memory index in step with our own writes (we hold the key lock). */
+static cks_err key_insert_extent(keyent *k, uint64_t off, uint64_t len)
+{
+    if (k->n_ext == k->cap_ext) {
+        size_t nc = k->cap_ext ? 2 * k->cap_ext : 16;
+        extent *ne = realloc(k->ext, nc * sizeof *ne);
+        if (!ne)
+            return CKS_ERR_NOMEM;
+        k->ext = ne;
+        k->cap_ext = nc;
+    }
+    size_t i = k->n_ext;
+    extent e = {off, len};
+    while (i > 0 && cmp_extent(&k->ext[i - 1], &e) > 0)
+        i--;
+    memmove(&k->ext[i + 1], &k->ext[i], (k->n_ext - i) * sizeof *k->ext);
+    k->ext[i] = e;
+    k->n_ext++;
+    if (len > k->max_len)
+        k->max_len = len;
+    return CKS_OK;
 }
 
 static keyent *key_get(cks_cache *c, const char *key, cks_diag *diag, cks_err *err)
@@ -617,11 +706,28 @@ static void key_remove_extent(keyent *k, uint64_t off, uint64_t len)
 }
 
 /* Uncovered parts of [a, b) given a sorted extent list; appends to *out. */
+/* Index of the first extent that can reach offset a. No extent is longer than max_len,
+ * so none starting before a - max_len can: a binary search keeps lookups logarithmic in
+ * the number of extents (10,000 of them in bench/cache). */
+static size_t first_relevant(const keyent *k, uint64_t a)
+{
+    uint64_t from = a > k->max_len ? a - k->max_len : 0;
+    size_t lo = 0, hi = k->n_ext;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (k->ext[mid].off < from)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 static cks_err gaps_append(const keyent *k, uint64_t a, uint64_t b, cks_range **out, size_t *n,
                            size_t *cap)
 {
     uint64_t pos = a;
-    for (size_t i = 0; i < k->n_ext && pos < b; i++) {
+    for (size_t i = first_relevant(k, a); i < k->n_ext && pos < b; i++) {
         const extent *e = &k->ext[i];
         uint64_t e_end = e->off + e->len;
         if (e_end <= pos)
@@ -658,35 +764,13 @@ static cks_err gaps_append(const keyent *k, uint64_t a, uint64_t b, cks_range **
 
 static bool key_covers(const keyent *k, uint64_t a, uint64_t b)
 {
-    /* binary search for the first extent that could matter, then walk */
-    size_t lo = 0, hi = k->n_ext;
     uint64_t pos = a;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (k->ext[mid].off <= a)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    /* extents before lo start at or before a; overlaps are rare, so look back a little */
-    size_t start = lo > 8 ? lo - 8 : 0;
-    for (size_t i = start; i < k->n_ext && pos < b; i++) {
+    for (size_t i = first_relevant(k, a); i < k->n_ext && pos < b; i++) {
         const extent *e = &k->ext[i];
         if (e->off > pos)
             return false;
         if (e->off + e->len > pos)
             pos = e->off + e->len;
-    }
-    if (pos < b && start > 0) {
-        /* an old, long extent further back may cover it: do the exact walk */
-        pos = a;
-        for (size_t i = 0; i < k->n_ext && pos < b; i++) {
-            const extent *e = &k->ext[i];
-            if (e->off > pos)
-                return false;
-            if (e->off + e->len > pos)
-                pos = e->off + e->len;
-        }
     }
     return pos >= b;
 }
@@ -876,6 +960,8 @@ void cks_cache_free(cks_cache *c)
         free(c->keys[i].ext);
         if (c->keys[i].pin_fd >= 0)
             close(c->keys[i].pin_fd);
+        if (c->keys[i].lock_fd >= 0)
+            close(c->keys[i].lock_fd);
     }
     free(c->keys);
     cks_cache_free_notes(c->notes, c->n_notes);
@@ -1331,6 +1417,8 @@ cks_err cks_cache_missing(cks_cache *c, const char *key, const cks_range *want, 
     keyent *k = key_get(c, key, diag, &err);
     if (!k)
         goto out;
+    /* asking what is missing means this run is about to use the key: keep it */
+    key_pin(c, k);
     err = key_refresh(c, k, false, diag);
     if (err)
         goto out;
@@ -1405,9 +1493,9 @@ static cks_err read_locked(cks_cache *c, keyent *k, uint64_t offset, unsigned ch
     *hit = false;
     for (int attempt = 0; attempt < 3; attempt++) {
         if (!key_covers(k, offset, end)) {
-            if (attempt > 0 && k->dir_mtime_trusted)
+            if (attempt > 0)
                 goto out;
-            err = key_refresh(c, k, attempt > 0, diag);
+            err = key_refresh(c, k, false, diag);
             if (err)
                 goto out;
             if (!key_covers(k, offset, end))
@@ -1418,20 +1506,10 @@ static cks_err read_locked(cks_cache *c, keyent *k, uint64_t offset, unsigned ch
         while (pos < end) {
             /* the extent reaching furthest among those that contain pos */
             const extent *best = NULL;
-            size_t lo = 0, hi = k->n_ext;
-            while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                if (k->ext[mid].off <= pos)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
-            for (size_t i = lo; i-- > 0;) {
+            for (size_t i = first_relevant(k, pos); i < k->n_ext && k->ext[i].off <= pos; i++) {
                 const extent *e = &k->ext[i];
                 if (e->off + e->len > pos && (!best || e->off + e->len > best->off + best->len))
                     best = e;
-                if (best && lo - i > 8)
-                    break;
             }
             if (!best) {
                 retry = true;
@@ -1502,47 +1580,44 @@ out:
     return err;
 }
 
-static cks_err lock_key_dir(cks_cache *c, keyent *k, int *fd_out, cks_diag *diag)
+/* Take the key's writer lock. `cache clear` may remove the directory of a key nobody
+ * pins between our open and our flock: then the lock file is unlinked; start over. */
+static cks_err lock_key(cks_cache *c, keyent *k, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    char *dir = NULL, *lf = NULL;
-    int fd = -1;
-    /* `cache clear` may remove the directory between our open and our lock: retry */
     for (int tries = 0; tries < 8; tries++) {
         struct stat st;
-        err = keydir_ensure(c, k, diag);
+        err = key_open_lock(c, k, diag);
         if (err)
             goto out;
-        free(dir);
-        free(lf);
-        dir = keydir_path(c, k->name);
-        lf = dir ? path_join(dir, "lock") : NULL;
-        if (!lf) {
-            err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-            goto out;
-        }
-        fd = open(lf, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0) {
-            if (errno == ENOENT)
-                continue;
-            err = io_fail(diag, errno, "opening lock", lf);
-            goto out;
-        }
-        while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
+        while (flock(k->lock_fd, LOCK_EX) != 0 && errno == EINTR)
             ;
-        if (fstat(fd, &st) == 0 && st.st_nlink > 0)
+        if (fstat(k->lock_fd, &st) == 0 && st.st_nlink > 0)
             goto out;
-        close(fd);
-        fd = -1;
+        close(k->lock_fd);
+        k->lock_fd = -1;
+        k->gen_valid = false;
     }
-    err = cks_fail(diag, CKS_ERR_CACHE, "cache: cannot lock '%s'", dir ? dir : c->dir);
+    err = cks_fail(diag, CKS_ERR_CACHE, "cache: cannot lock the directory of %s", k->key);
 out:
-    free(dir);
-    free(lf);
-    *fd_out = err ? -1 : fd;
-    if (err && fd >= 0)
-        close(fd);
     return err;
+}
+
+/* True when every extent the index says covers part of [a, b) is still on disk. */
+static bool covering_extents_exist(cks_cache *c, const keyent *k, uint64_t a, uint64_t b)
+{
+    for (size_t i = 0; i < k->n_ext; i++) {
+        const extent *e = &k->ext[i];
+        struct stat st;
+        if (e->off >= b || e->off + e->len <= a)
+            continue;
+        char *p = extent_path(c, k->name, e->off, e->len);
+        bool ok = p && stat(p, &st) == 0;
+        free(p);
+        if (!ok)
+            return false;
+    }
+    return true;
 }
 
 static cks_err maybe_evict(cks_cache *c, cks_diag *diag);
@@ -1551,8 +1626,8 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
                         size_t len, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    bool locked = false;
-    int lock_fd = -1;
+    bool locked = false, key_locked = false, wrote = false;
+    keyent *k = NULL;
     unsigned char *merged = NULL;
     cks_range *gaps = NULL;
     size_t n_gaps = 0, cap_gaps = 0;
@@ -1567,20 +1642,29 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
         goto out;
     pthread_mutex_lock(&c->mu);
     locked = true;
-    keyent *k = key_get(c, key, diag, &err);
+    k = key_get(c, key, diag, &err);
     if (!k)
         goto out;
     key_pin(c, k);
-    err = lock_key_dir(c, k, &lock_fd, diag);
+    err = lock_key(c, k, diag);
     if (err)
         goto out;
-    /* under the key lock the directory is the truth: another process may have written */
-    err = key_refresh(c, k, true, diag);
+    key_locked = true;
+    /* under the key lock, catch up with what other processes wrote */
+    err = key_refresh(c, k, false, diag);
     if (err)
         goto out;
     uint64_t a = offset, b = offset + len;
-    if (key_covers(k, a, b))
-        goto out;
+    if (key_covers(k, a, b)) {
+        if (covering_extents_exist(c, k, a, b))
+            goto out;
+        /* evicted or dropped by someone else meanwhile */
+        err = key_refresh(c, k, true, diag);
+        if (err)
+            goto out;
+        if (key_covers(k, a, b))
+            goto out;
+    }
 
     /* Merge with overlapping or adjacent neighbours when the result is one bounded extent
      * and the neighbours are cheap to rewrite. */
@@ -1643,6 +1727,7 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
                 free(old);
                 goto out;
             }
+            wrote = true;
             stored_total += stored;
             /* the merged extent is durable; the parts it replaces can go */
             for (size_t i = 0; i < n_sel; i++) {
@@ -1658,8 +1743,11 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
                     unlink(p);
                 }
                 free(p);
+                key_remove_extent(k, old[i].off, old[i].len);
             }
             free(old);
+            if (key_insert_extent(k, ua, ub - ua) != CKS_OK)
+                k->gen_valid = false;
             goto done;
         }
         free(old);
@@ -1680,17 +1768,27 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
             err = ext_write(c, k, p, src + (p - a), piece, &stored, diag);
             if (err)
                 goto out;
+            wrote = true;
+            if (key_insert_extent(k, p, piece) != CKS_OK)
+                k->gen_valid = false;
             stored_total += stored;
             p += piece;
         }
     }
 done:
-    (void)key_refresh(c, k, true, NULL);
     slots_forget(c, k->name);
     c->size_estimate += stored_total;
 out:
-    if (lock_fd >= 0)
-        close(lock_fd);
+    if (k && wrote) {
+        /* tell other processes (and our next refresh) that extents were added; our own
+         * index already has them, unless it fell behind (then gen_valid is false) */
+        bool current = k->gen_valid;
+        key_gen_bump(k);
+        if (!current)
+            k->gen_valid = false;
+    }
+    if (key_locked && k && k->lock_fd >= 0)
+        flock(k->lock_fd, LOCK_UN);
     free(merged);
     free(gaps);
     if (!err && c && c->max_bytes && len)
@@ -2300,7 +2398,8 @@ static cks_err evict_to(cks_cache *c, uint64_t target, uint64_t *n_out, uint64_t
     total = w.meta_bytes;
     for (size_t i = 0; i < w.n; i++)
         total += w.ext[i].stored;
-    qsort(w.ext, w.n, sizeof *w.ext, cmp_walk_atime);
+    if (w.n > 1)
+        qsort(w.ext, w.n, sizeof *w.ext, cmp_walk_atime);
     for (size_t i = 0; i < w.n && total > target; i++) {
         walk_ext *e = &w.ext[i];
         if (name_pinned_here(c, e->name))
@@ -2463,6 +2562,7 @@ cks_err cks_cache_clear(cks_cache *c, uint64_t *removed_bytes, cks_diag *diag)
     clean_stale_temps(c, NULL, true);
     for (size_t i = 0; i < c->n_keys; i++) {
         c->keys[i].loaded = false;
+        c->keys[i].gen_valid = false;
         c->keys[i].n_ext = 0;
     }
     for (size_t s = 0; s < N_SLOTS; s++)
@@ -2548,7 +2648,8 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
     err = walk_cache(c, &w, diag);
     if (err)
         goto out;
-    qsort(w.ext, w.n, sizeof *w.ext, cmp_walk_name);
+    if (w.n > 1)
+        qsort(w.ext, w.n, sizeof *w.ext, cmp_walk_name);
     for (size_t i = 0; i < w.n;) {
         size_t j = i;
         cks_cache_entry e = {0};
