@@ -529,7 +529,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             else:
                 resp = self.hub(app, store, fault)
             if fault and fault["kind"] in STATUS_FAULTS:
-                resp = self.fault_status(app, fault, resp)
+                injected = self.fault_status(app, fault, resp)
+                keep = {"ratelimit", "ratelimit-policy", "x-request-id"}
+                names = {k.lower() for k, _ in injected.headers}
+                injected.headers += [(k, v) for k, v in resp.headers if k.lower() in keep - names]
+                resp = injected
         except Exception as e:  # a bug in the emulator must show up as a 500, not a hung client
             import traceback
             traceback.print_exc()
@@ -566,7 +570,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             at = min(max(at, 0), len(data) - 1)
             data[at] ^= 0xFF
             resp.file, resp.body = None, bytes(data)
-        sent = 0
+        self.body_sent = 0
         # Until this response is logged, readers of the log wait (bounded) for it: a client that
         # has its answer must find it in the log. A stall only counts once it is over.
         pending = log and kind != "stall"
@@ -590,7 +594,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if body_fault:
                     cut = int(fault.get("after_bytes", length // 2))
                     cut = max(0, min(cut, length))
-                    sent = self.write_body(resp, 0, cut)
+                    self.write_body(resp, 0, cut)
                     if kind == "reset":
                         self.reset_connection()
                     elif kind == "short_body":
@@ -605,11 +609,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         elif fault.get("close"):
                             self.close_connection = True
                         else:
-                            sent += self.write_body(resp, cut, length - cut)
+                            self.write_body(resp, cut, length - cut)
                 else:
-                    sent = self.write_body(resp, 0, length)
+                    self.write_body(resp, 0, length)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, socket.timeout, OSError):
             self.close_connection = True
+        sent = self.body_sent
         if log:
             self.write_log(resp, sent, kind, flags)
         if pending:
@@ -643,26 +648,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return False
 
     def write_body(self, resp, start, n):
+        """Send n body bytes from `start`; self.body_sent counts what actually went out."""
         if n <= 0:
-            return 0
+            return
         if resp.file is None:
             self.wfile.write(resp.body[start:start + n])
-            return n
+            self.body_sent += n
+            return
         local, off, _ = resp.file
-        sent = 0
-        if not isinstance(self.connection, ssl.SSLSocket):
-            # Zero-copy for plain HTTP, so benchmarks measure the client, not this server.
-            with open(local, "rb") as f:
-                return self.connection.sendfile(f, off + start, n)
         with open(local, "rb") as f:
+            if not isinstance(self.connection, ssl.SSLSocket):
+                # Zero-copy for plain HTTP, so benchmarks measure the client, not this server.
+                done = 0
+                while done < n:
+                    k = self.connection.sendfile(f, off + start + done, min(4 << 20, n - done))
+                    if k <= 0:
+                        return  # file shrank under us: the client sees a short body
+                    done += k
+                    self.body_sent += k
+                return
             f.seek(off + start)
-            while sent < n:
-                chunk = f.read(min(1 << 18, n - sent))
+            done = 0
+            while done < n:
+                chunk = f.read(min(1 << 18, n - done))
                 if not chunk:
-                    break  # file shrank under us: the client sees a short body
+                    return
                 self.wfile.write(chunk)
-                sent += len(chunk)
-        return sent
+                done += len(chunk)
+                self.body_sent += len(chunk)
 
     def reset_connection(self):
         """Abort with a TCP RST (SO_LINGER 0), not a FIN."""

@@ -771,6 +771,7 @@ def t_fault_statuses():
     g = with_fault({"server": "hub", "match": "/resolve/", "kind": "429", "retry_after": 2},
                    lambda: resolve("org/public", "main", "config.json"))
     eq((g.status, g.h("retry-after")), (429, "2"), "429 with Retry-After")
+    check(g.h("ratelimit") and g.h("ratelimit-policy"), "an injected 429 on the hub keeps the RateLimit headers")
     g = with_fault({"server": "hub", "match": "/resolve/", "kind": "status", "status": 429},
                    lambda: resolve("org/public", "main", "config.json"))
     eq((g.status, g.h("retry-after")), (429, None), "429 without Retry-After")
