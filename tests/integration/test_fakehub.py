@@ -964,6 +964,24 @@ def t_harness_shell_entry_and_clean_shutdown():
     check(b"Traceback" not in out, "no traceback: %r" % out[-300:])
 
 
+def t_sigint_clean_exit():
+    import signal
+    root = os.path.join(TMP, "sigint-store")
+    errp = os.path.join(TMP, "sigint.err")
+    with open(errp, "wb") as err:
+        hub = harness.start(root, stderr=err)
+        try:
+            eq(req("GET", hub.hub_url + "/_fake/health").status, 200, "up")
+            hub.proc.send_signal(signal.SIGINT)
+            hub.proc.wait(5)
+        finally:
+            hub.stop()
+    eq(hub.proc.returncode, 0, "exit status after SIGINT")
+    with open(errp, "rb") as f:
+        e = f.read()
+    check(b"Traceback" not in e and b"KeyboardInterrupt" not in e, "clean stderr: %r" % e[-300:])
+
+
 def t_main_server_clean_exit():
     HUB.stop()
     eq(HUB.proc.returncode, 0, "exit status after SIGTERM")
@@ -987,7 +1005,8 @@ def main():
                    t_fault_ignore_range, t_fault_wrong_content_range, t_fault_short_body, t_fault_reset_mid_body,
                    t_fault_stall, t_fault_statuses, t_fault_missing_content_length,
                    t_fault_corrupt_body, t_fault_match_by_shard_name_and_any, t_keep_alive_reuse, t_live_reload, t_request_log_format,
-                   t_tls_with_generated_ca, t_harness_shell_entry_and_clean_shutdown, t_main_server_clean_exit]:
+                   t_tls_with_generated_ca, t_harness_shell_entry_and_clean_shutdown, t_sigint_clean_exit,
+                   t_main_server_clean_exit]:
             case(fn)
     finally:
         HUB.stop()
