@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_MAX_PARALLEL 32
+#define DEFAULT_MAX_PARALLEL 64
 #define DEFAULT_MAX_HOST_CONNS 16
 #define DEFAULT_MAX_ATTEMPTS 6
 #define DEFAULT_MAX_RETRY_WAIT 60.0
@@ -26,7 +26,10 @@
 #define BACKOFF_CAP 8.0
 #define DEFAULT_CONNECT_TIMEOUT 15
 #define DEFAULT_STALL_TIMEOUT 20
-#define DEFAULT_COALESCE_GAP (256u * 1024u)
+#define DEFAULT_COALESCE_GAP (16u * 1024u * 1024u) /* the largest gap the cost model may pick */
+/* Until measured: a typical transatlantic round trip and a modest access link. */
+#define DEFAULT_RTT 0.05
+#define DEFAULT_BANDWIDTH 25e6
 #define DEFAULT_MAX_REQUEST (8u * 1024u * 1024u)
 #define DEFAULT_MAX_BODY (64u * 1024u)
 #define ERROR_BODY_MAX 1024
@@ -49,6 +52,11 @@ struct cks_http {
     long stall_timeout;
     uint64_t coalesce_gap;
     uint64_t max_request;
+    unsigned max_host_conns;
+    double rtt_est;          /* seconds from request sent to first byte, smoothed; 0: none yet */
+    double bw_est;           /* bytes/s the link delivered on large runs, smoothed; 0: none yet */
+    bool multiplexed;        /* the last range transfer ran on HTTP/2 or later */
+    uint64_t run_bytes;      /* range body bytes of the current run, for bw_est */
     cks_http_progress_fn progress;
     void *progress_ctx;
     cks_http_stats stats;
@@ -367,6 +375,7 @@ cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
     h->progress_ctx = cfg->progress_ctx;
     h->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^ 0x9e3779b97f4a7c15ULL;
     unsigned conns = cfg->max_host_conns ? cfg->max_host_conns : DEFAULT_MAX_HOST_CONNS;
+    h->max_host_conns = conns;
     curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
     curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)conns);
     curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)conns * 4);
@@ -930,6 +939,26 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
     x->done = true;
 }
 
+/* Learn the link: time to first byte (a round trip plus server time) and the protocol. */
+static void measure(cks_http *h, struct xfer *x, CURLcode rc)
+{
+    curl_off_t pre = 0, start = 0;
+    long ver = 0;
+    if (rc != CURLE_OK)
+        return;
+    if (curl_easy_getinfo(x->easy, CURLINFO_PRETRANSFER_TIME_T, &pre) == CURLE_OK &&
+        curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &start) == CURLE_OK &&
+        start > pre) {
+        double ttfb = (double)(start - pre) / 1e6;
+        h->rtt_est = h->rtt_est > 0 ? 0.8 * h->rtt_est + 0.2 * ttfb : ttfb;
+    }
+    if (x->kind == XK_RANGE) {
+        h->run_bytes += x->got;
+        if (curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &ver) == CURLE_OK)
+            h->multiplexed = ver >= CURL_HTTP_VERSION_2_0;
+    }
+}
+
 static void report_progress(cks_http *h, double t0, bool force)
 {
     double now = mono_now();
@@ -963,6 +992,8 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
             return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
     }
     h->depth++;
+    if (h->depth == 1)
+        h->run_bytes = 0;
 
     while (n_done < n) {
         double now = mono_now();
@@ -1014,6 +1045,7 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
             curl_multi_remove_handle(m, msg->easy_handle);
             x->active = false;
             n_active--;
+            measure(h, x, rc);
             if (x->kind == XK_SIMPLE)
                 finish_simple(h, x, rc);
             else
@@ -1055,7 +1087,13 @@ out:
         }
     }
     h->depth--;
-    h->stats.seconds += mono_now() - t0;
+    double took = mono_now() - t0;
+    h->stats.seconds += took;
+    if (h->depth == 0 && h->run_bytes >= 1024u * 1024u && took > 0) {
+        /* a run that moved at least 1 MiB says something about the link's bandwidth */
+        double bw = (double)h->run_bytes / took;
+        h->bw_est = h->bw_est > 0 ? 0.5 * h->bw_est + 0.5 * bw : bw;
+    }
     report_progress(h, mono_now(), true);
     return err;
 }
@@ -1219,6 +1257,61 @@ out:
     return err;
 }
 
+double cks_http_plan_cost(size_t n_spans, uint64_t bytes, unsigned parallel, double rtt, double bw)
+{
+    size_t rounds = parallel ? (n_spans + parallel - 1) / parallel : n_spans;
+    return (double)rounds * rtt + (double)bytes / bw;
+}
+
+/*
+ * Coalescing trades bandwidth for round trips: reading a gap costs gap/bandwidth, a separate
+ * request costs nothing extra while it runs in parallel with the others and a round trip
+ * once the requests outnumber the connections (or streams). So try gaps from "touching
+ * only" up to coalesce_gap and keep the plan with the lowest estimated time.
+ */
+static cks_err choose_plan(cks_http *h, const cks_http_piece *pieces, size_t n, size_t *order,
+                           cks_http_span **best, size_t *n_best, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    double rtt = h->rtt_est > 0 ? h->rtt_est : DEFAULT_RTT;
+    double bw = h->bw_est > 0 ? h->bw_est : DEFAULT_BANDWIDTH;
+    unsigned parallel = h->multiplexed ? h->max_parallel
+                                       : (h->max_host_conns < h->max_parallel ? h->max_host_conns
+                                                                              : h->max_parallel);
+    double best_cost = 0;
+    *best = NULL;
+    *n_best = 0;
+    for (uint64_t gap = 0;; gap = gap ? gap * 4 : 4096) {
+        cks_http_span *sp = NULL;
+        size_t ns = 0;
+        uint64_t g = gap < h->coalesce_gap ? gap : h->coalesce_gap;
+        err = cks_http_plan(pieces, n, g, h->max_request, order, &sp, &ns, diag);
+        if (err)
+            goto out;
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < ns; i++)
+            bytes += sp[i].last - sp[i].first + 1;
+        double cost = cks_http_plan_cost(ns, bytes, parallel, rtt, bw);
+        if (!*best || cost < best_cost) {
+            free(*best);
+            *best = sp;
+            *n_best = ns;
+            best_cost = cost;
+        } else {
+            free(sp);
+        }
+        if (g >= h->coalesce_gap || ns <= 1)
+            break;
+    }
+out:
+    if (err) {
+        free(*best);
+        *best = NULL;
+        *n_best = 0;
+    }
+    return err;
+}
+
 cks_err cks_http_fetch(cks_http *h, cks_http_piece *pieces, size_t n, cks_diag *diag)
 {
     cks_err err = CKS_OK;
@@ -1233,7 +1326,7 @@ cks_err cks_http_fetch(cks_http *h, cks_http_piece *pieces, size_t n, cks_diag *
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    err = cks_http_plan(pieces, n, h->coalesce_gap, h->max_request, order, &spans, &ns, diag);
+    err = choose_plan(h, pieces, n, order, &spans, &ns, diag);
     if (err || ns == 0)
         goto out;
     size_t nonempty = 0;

@@ -55,8 +55,11 @@ struct rsrc {
     struct extent *ext;
     size_t n_ext, cap_ext;
     uint64_t mem;
-    uint64_t seq_end;          /* end of the previous read_at, to detect streaming */
-    uint64_t readahead;
+    /* Readers streaming through the file (one per hashing thread, say): where each one's
+     * last read ended and how far ahead it is read. */
+    struct stream {
+        uint64_t end, ahead, stamp;
+    } streams[8];
     EVP_MD_CTX *sha;
     uint64_t sha_next;
     enum sha_state sha_state;
@@ -601,7 +604,19 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
     }
     uint64_t pos = copy_from_memory(s, offset, buf, len);
     uint64_t end = offset + len;
-    bool streaming = offset == s->seq_end && offset > 0;
+    struct stream *st = NULL;
+    for (size_t i = 0; i < sizeof s->streams / sizeof s->streams[0]; i++)
+        if (offset > 0 && s->streams[i].end == offset)
+            st = &s->streams[i];
+    bool streaming = st != NULL;
+    if (!st) {
+        /* a new reader takes the slot used least recently */
+        st = &s->streams[0];
+        for (size_t i = 1; i < sizeof s->streams / sizeof s->streams[0]; i++)
+            if (s->streams[i].stamp < st->stamp)
+                st = &s->streams[i];
+        st->ahead = 0;
+    }
     while (pos < end && err == CKS_OK) {
         /* the hole runs from pos to the next byte memory holds (or the end of the read) */
         uint64_t hole_end = end;
@@ -611,10 +626,10 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
         uint64_t want = hole_end - pos;
         if (streaming && hole_end == end) {
             /* someone is reading the file front to back: fetch ahead, in parallel parts */
-            s->readahead = s->readahead ? s->readahead * 2 : READAHEAD_MIN;
-            if (s->readahead > READAHEAD_MAX)
-                s->readahead = READAHEAD_MAX;
-            uint64_t ahead = s->readahead;
+            st->ahead = st->ahead ? st->ahead * 2 : READAHEAD_MIN;
+            if (st->ahead > READAHEAD_MAX)
+                st->ahead = READAHEAD_MAX;
+            uint64_t ahead = st->ahead;
             if (ahead > s->base.size - end)
                 ahead = s->base.size - end;
             if (want + ahead <= r->memory_cap / 2)
@@ -626,9 +641,8 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
             break;
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
     }
-    if (!streaming)
-        s->readahead = 0;
-    s->seq_end = end;
+    st->end = end;
+    st->stamp = ++r->stamp;
 out:
     pthread_mutex_unlock(&r->mu);
     return err;

@@ -56,7 +56,7 @@ typedef struct cks_http_config {
     double backoff_base;         /* first backoff, seconds; 0: 0.25 (doubles, cap 8 s) */
     long connect_timeout;        /* seconds; 0: 15 */
     long stall_timeout;          /* seconds below 1 byte/s before a transfer is cut; 0: 20 */
-    uint64_t coalesce_gap;       /* merge ranges of one file closer than this; 0: 256 KiB */
+    uint64_t coalesce_gap;       /* the largest gap merging may bridge; 0: 16 MiB (see below) */
     uint64_t max_request;        /* split requests larger than this; 0: 8 MiB */
     cks_http_progress_fn progress;  /* called about every 200 ms during transfers */
     void *progress_ctx;
@@ -143,9 +143,12 @@ typedef struct cks_http_piece {
 } cks_http_piece;
 
 /*
- * Fetch every piece. Pieces of the same target closer than coalesce_gap are merged into one
- * request (the gap bytes are read and dropped); requests above max_request are split; up
- * to max_parallel run at once. On failure the contents of every dst are unspecified.
+ * Fetch every piece. Pieces of the same target are merged into one request when the gap
+ * between them is cheaper to read than to skip (the gap bytes are read and dropped): the
+ * engine tries gaps from 0 to coalesce_gap and keeps the plan whose estimated time,
+ * cks_http_plan_cost() with the round-trip time and bandwidth measured so far, is lowest.
+ * Requests above max_request are split; up to max_parallel run at once. On failure the
+ * contents of every dst are unspecified.
  */
 cks_err cks_http_fetch(cks_http *http, cks_http_piece *pieces, size_t n, cks_diag *diag);
 
@@ -178,6 +181,9 @@ typedef struct cks_http_span {
 
 cks_err cks_http_plan(const cks_http_piece *pieces, size_t n, uint64_t gap, uint64_t max_request,
                       size_t *order, cks_http_span **spans, size_t *n_spans, cks_diag *diag);
+
+/* Estimated seconds for a plan: ceil(n_spans / parallel) round trips plus bytes / bandwidth. */
+double cks_http_plan_cost(size_t n_spans, uint64_t bytes, unsigned parallel, double rtt, double bw);
 
 /* The scheme://host:port of a URL, lower-cased, default port filled in. Caller frees. */
 cks_err cks_http_origin(const char *url, char **out, cks_diag *diag);
