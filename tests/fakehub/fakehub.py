@@ -23,7 +23,6 @@ import os
 import select
 import signal
 import socket
-import socketserver
 import ssl
 import struct
 import subprocess
