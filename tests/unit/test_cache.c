@@ -22,6 +22,7 @@
 #include "cache_internal.h"
 #include "check.h"
 #include "ckptscope/cache.h"
+#include "ckptscope/cache_hub.h"
 
 #define KEY_A "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 #define KEY_B "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -829,10 +830,76 @@ static void bad_layout_is_refused(void)
     free(dir);
 }
 
+
+/* Repository listings: a branch expires with the revision TTL, its commit never does. */
+static void repo_listing_cached_by_revision_and_commit(void)
+{
+    char *dir = mkcachedir();
+    cks_cache_opts o = {.dir = dir, .revision_ttl_seconds = 1};
+    cks_cache *c = NULL;
+    CHECK_EQ_INT(cks_cache_open(&o, &c, NULL), CKS_OK);
+    cks_hub_repo *r = calloc(1, sizeof *r);
+    r->type = CKS_REPO_MODEL;
+    r->repo_id = strdup("org/name");
+    r->revision = strdup("main");
+    strcpy(r->commit, "0123456789abcdef0123456789abcdef01234567");
+    r->n_files = 2;
+    r->files = calloc(2, sizeof *r->files);
+    r->files[0].path = strdup("config.json");
+    r->files[0].size = 22;
+    r->files[0].size_known = true;
+    strcpy(r->files[0].blob_id, "89abcdef0123456789abcdef0123456701234567");
+    r->files[1].path = strdup("model.safetensors");
+    r->files[1].size = 123456789012ull;
+    r->files[1].size_known = true;
+    r->files[1].lfs = true;
+    strcpy(r->files[1].sha256, KEY_A + 7);
+    const char *ep = "http://127.0.0.1:1";
+    cks_hub_repo *got = NULL;
+    bool hit = true;
+    CHECK_EQ_INT(cks_cache_repo_get(c, ep, CKS_REPO_MODEL, "org/name", "main", &got, &hit, NULL),
+                 CKS_OK);
+    CHECK(!hit && got == NULL);
+    CHECK_EQ_INT(cks_cache_repo_put(c, ep, "org/name", "main", r, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_repo_get(c, ep, CKS_REPO_MODEL, "org/name", "main", &got, &hit, NULL),
+                 CKS_OK);
+    CHECK(hit && got);
+    if (got) {
+        CHECK_EQ_STR(got->commit, r->commit);
+        CHECK_EQ_INT(got->n_files, 2);
+        CHECK_EQ_STR(got->files[1].path, "model.safetensors");
+        CHECK_EQ_INT(got->files[1].size, 123456789012ull);
+        CHECK(got->files[1].lfs && strcmp(got->files[1].sha256, KEY_A + 7) == 0);
+        CHECK_EQ_STR(got->files[0].blob_id, r->files[0].blob_id);
+        CHECK(!got->files[0].lfs && got->files[0].sha256[0] == '\0');
+    }
+    cks_hub_repo_free(got);
+    /* another endpoint or repo type is another answer */
+    CHECK_EQ_INT(cks_cache_repo_get(c, "http://other", CKS_REPO_MODEL, "org/name", "main", &got,
+                                    &hit, NULL), CKS_OK);
+    CHECK(!hit);
+    CHECK_EQ_INT(cks_cache_repo_get(c, ep, CKS_REPO_DATASET, "org/name", "main", &got, &hit, NULL),
+                 CKS_OK);
+    CHECK(!hit);
+    struct timespec ts = {2, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    CHECK_EQ_INT(cks_cache_repo_get(c, ep, CKS_REPO_MODEL, "org/name", "main", &got, &hit, NULL),
+                 CKS_OK);
+    CHECK(!hit); /* the branch may have moved */
+    CHECK_EQ_INT(cks_cache_repo_get(c, ep, CKS_REPO_MODEL, "org/name", r->commit, &got, &hit, NULL),
+                 CKS_OK);
+    CHECK(hit && got && strcmp(got->revision, r->commit) == 0);
+    cks_hub_repo_free(got);
+    cks_hub_repo_free(r);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
           T(adjacent_and_overlapping_extents_merge), T(compression_saves_space_and_reads_back),
           T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
           T(whole_file_sha256_check), T(lru_eviction_respects_cap_and_pins), T(hf_home_reuse),
           T(offline_report_names_missing_tensors), T(concurrent_writers_overlapping_ranges),
           T(kill9_during_writes_leaves_cache_consistent), T(disk_full_is_a_clear_error),
-          T(bad_layout_is_refused))
+          T(bad_layout_is_refused), T(repo_listing_cached_by_revision_and_commit))

@@ -1,0 +1,33 @@
+/*
+ * ckptscope/cache_hub.h — remembered Hub answers, so a rerun needs no Hub at all.
+ *
+ * A repository listing (revision → commit, and every file's size, LFS SHA-256 and blob id)
+ * is stored as cache metadata (namespace "repo"), keyed by endpoint, repo type, repo id and
+ * revision as asked. A listing asked for by commit never expires (a commit is immutable);
+ * one asked for by branch or tag expires after the cache's revision TTL (branches move).
+ * The listing is also stored under its commit, so a later run pinned to that commit hits.
+ *
+ * The hook in the remote source:
+ *     if (cks_cache_repo_get(cache, endpoint, type, id, rev, &repo, &hit, d) || !hit)
+ *         fetch with cks_hub_open_repo, then cks_cache_repo_put(cache, endpoint, id, rev, repo, d)
+ */
+#ifndef CKPTSCOPE_CACHE_HUB_H
+#define CKPTSCOPE_CACHE_HUB_H
+
+#include <stdbool.h>
+
+#include "ckptscope/cache.h"
+#include "ckptscope/hub.h"
+
+/* *out (free with cks_hub_repo_free) is NULL and *hit false when absent, expired or damaged.
+ * revision NULL means "main". A NULL cache is a miss. */
+cks_err cks_cache_repo_get(cks_cache *c, const char *endpoint, cks_repo_type type,
+                           const char *repo_id, const char *revision, cks_hub_repo **out,
+                           bool *hit, cks_diag *diag);
+
+/* Remember `repo` as the answer for (endpoint, type, asked_repo_id, asked_revision) and
+ * for its commit. A NULL cache does nothing. */
+cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked_repo_id,
+                           const char *asked_revision, const cks_hub_repo *repo, cks_diag *diag);
+
+#endif

@@ -1,0 +1,178 @@
+/*
+ * Repository listings in the cache (contract: include/ckptscope/cache_hub.h). The listing is
+ * stored as a small JSON document of our own, not the Hub's answer, so what is read back
+ * is exactly what the remote source used the first time.
+ */
+#include "ckptscope/cache_hub.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REPO_NS "repo"
+#define REPO_FORMAT 1
+#define MAX_REPO_FILES 1000000
+
+static bool hex_n(const char *s, size_t n)
+{
+    if (!s || strlen(s) != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static char *repo_key(const char *endpoint, cks_repo_type type, const char *repo_id,
+                      const char *revision)
+{
+    char *k = NULL;
+    if (asprintf(&k, "%s|%d|%s@%s", endpoint ? endpoint : "", (int)type, repo_id,
+                 revision ? revision : "main") < 0)
+        return NULL;
+    return k;
+}
+
+static bool copy_hex(const cJSON *o, const char *name, char *dst, size_t n)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!cJSON_IsString(j) || (*j->valuestring && !hex_n(j->valuestring, n)))
+        return false;
+    memcpy(dst, j->valuestring, strlen(j->valuestring) + 1);
+    return true;
+}
+
+static cks_hub_repo *repo_from_json(const char *text, size_t len, cks_repo_type type,
+                                    const char *revision)
+{
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    cks_hub_repo *repo = calloc(1, sizeof *repo);
+    bool ok = false;
+    const cJSON *fmt, *id, *files, *gated, *e;
+    if (!root || !repo)
+        goto out;
+    fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
+    id = cJSON_GetObjectItemCaseSensitive(root, "repo_id");
+    files = cJSON_GetObjectItemCaseSensitive(root, "files");
+    gated = cJSON_GetObjectItemCaseSensitive(root, "gated");
+    if (!cJSON_IsNumber(fmt) || fmt->valuedouble != REPO_FORMAT || !cJSON_IsString(id) ||
+        !cJSON_IsArray(files) || !copy_hex(root, "commit", repo->commit, 40) || !repo->commit[0])
+        goto out;
+    int n = cJSON_GetArraySize(files);
+    if (n < 0 || n > MAX_REPO_FILES)
+        goto out;
+    repo->type = type;
+    repo->gated = cJSON_IsTrue(gated);
+    repo->repo_id = strdup(id->valuestring);
+    repo->revision = strdup(revision ? revision : "main");
+    repo->files = calloc(n ? (size_t)n : 1, sizeof *repo->files);
+    if (!repo->repo_id || !repo->revision || !repo->files)
+        goto out;
+    cJSON_ArrayForEach(e, files) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "path");
+        const cJSON *sz = cJSON_GetObjectItemCaseSensitive(e, "size");
+        cks_hub_file *f = &repo->files[repo->n_files];
+        if (!cJSON_IsString(p) || !cJSON_IsNumber(sz) || sz->valuedouble < 0 ||
+            sz->valuedouble > 9007199254740992.0)
+            goto out;
+        f->path = strdup(p->valuestring);
+        if (!f->path)
+            goto out;
+        repo->n_files++;
+        f->size = (uint64_t)sz->valuedouble;
+        f->size_known = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "size_known"));
+        f->lfs = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "lfs"));
+        if (!copy_hex(e, "sha256", f->sha256, 64) || !copy_hex(e, "blob_id", f->blob_id, 40))
+            goto out;
+    }
+    ok = true;
+out:
+    cJSON_Delete(root);
+    if (!ok) {
+        cks_hub_repo_free(repo);
+        repo = NULL;
+    }
+    return repo;
+}
+
+cks_err cks_cache_repo_get(cks_cache *c, const char *endpoint, cks_repo_type type,
+                           const char *repo_id, const char *revision, cks_hub_repo **out,
+                           bool *hit, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *key = NULL, *data = NULL;
+    size_t len = 0;
+    bool h = false;
+    cks_hub_repo *repo = NULL;
+    if (!c || !repo_id)
+        goto out;
+    key = repo_key(endpoint, type, repo_id, revision);
+    if (!key) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    /* a commit never moves; a branch or tag does */
+    int64_t ttl = hex_n(revision, 40) ? -1 : cks_cache_revision_ttl(c);
+    err = cks_cache_meta_get(c, REPO_NS, key, ttl, &data, &len, &h, diag);
+    if (err || !h)
+        goto out;
+    repo = repo_from_json(data, len, type, revision);
+    h = repo != NULL;
+out:
+    free(key);
+    free(data);
+    if (out)
+        *out = repo;
+    if (hit)
+        *hit = h;
+    return err;
+}
+
+cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked_repo_id,
+                           const char *asked_revision, const cks_hub_repo *repo, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cJSON *root = NULL;
+    char *text = NULL, *k1 = NULL, *k2 = NULL;
+    if (!c || !repo || !asked_repo_id)
+        goto out;
+    root = cJSON_CreateObject();
+    cJSON *files = root ? cJSON_AddArrayToObject(root, "files") : NULL;
+    if (!files || !cJSON_AddNumberToObject(root, "format", REPO_FORMAT) ||
+        !cJSON_AddStringToObject(root, "repo_id", repo->repo_id) ||
+        !cJSON_AddStringToObject(root, "commit", repo->commit) ||
+        !cJSON_AddBoolToObject(root, "gated", repo->gated)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < repo->n_files; i++) {
+        const cks_hub_file *f = &repo->files[i];
+        cJSON *e = cJSON_CreateObject();
+        if (!e || !cJSON_AddItemToArray(files, e) || !cJSON_AddStringToObject(e, "path", f->path) ||
+            !cJSON_AddNumberToObject(e, "size", (double)f->size) ||
+            !cJSON_AddBoolToObject(e, "size_known", f->size_known) ||
+            !cJSON_AddBoolToObject(e, "lfs", f->lfs) ||
+            !cJSON_AddStringToObject(e, "sha256", f->sha256) ||
+            !cJSON_AddStringToObject(e, "blob_id", f->blob_id)) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+    }
+    text = cJSON_PrintUnformatted(root);
+    k1 = repo_key(endpoint, repo->type, asked_repo_id, asked_revision);
+    k2 = repo_key(endpoint, repo->type, asked_repo_id, repo->commit);
+    if (!text || !k1 || !k2) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = cks_cache_meta_put(c, REPO_NS, k1, text, strlen(text), diag);
+    if (!err && strcmp(k1, k2) != 0)
+        err = cks_cache_meta_put(c, REPO_NS, k2, text, strlen(text), diag);
+out:
+    cJSON_Delete(root);
+    free(text);
+    free(k1);
+    free(k2);
+    return err;
+}
