@@ -170,16 +170,19 @@ cks_err cks_cka_linear(const float *x, size_t n, size_t p1, const float *y, size
                        cks_cka_result *out, cks_diag *diag)
 {
     cka_prep prep;
-    cks_err err = cka_prep_init(&prep, x, n, p1, y, p2, false, diag);
+    cks_err err = CKS_OK;
+    if (!out) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "CKA without a result");
+        goto out;
+    }
     memset(out, 0, sizeof *out);
-    if (err != CKS_OK)
+    if ((err = cka_prep_init(&prep, x, n, p1, y, p2, false, diag)) != CKS_OK)
         goto out;
     cka_evaluate(&prep, prep.yc, NULL, out);
     cka_prep_release(&prep);
 out:
-    if (err != CKS_OK) {
+    if (err != CKS_OK && out)
         out->biased = out->debiased = NAN;
-    }
     return err;
 }
 
@@ -188,6 +191,7 @@ static cks_err permuted_cka_statistic(void *ctx, const uint32_t *perm, size_t n,
 {
     cka_prep *p = ctx;
     cks_cka_result r;
+    cks_err err = CKS_OK;
     if (!perm) {
         cka_evaluate(p, p->yc, NULL, &r);
     } else {
@@ -195,10 +199,11 @@ static cks_err permuted_cka_statistic(void *ctx, const uint32_t *perm, size_t n,
             memcpy(p->y_permuted + i * p->p2, p->yc + (size_t)perm[i] * p->p2, p->p2 * sizeof(float));
         cka_evaluate(p, p->y_permuted, perm, &r);
     }
-    if (!r.debiased_defined)
-        return cks_fail(diag, CKS_ERR_NUMERIC, "debiased CKA undefined: a side has no variance");
-    *value = r.debiased;
-    return CKS_OK;
+    if (r.debiased_defined)
+        *value = r.debiased;
+    else
+        err = cks_fail(diag, CKS_ERR_NUMERIC, "debiased CKA undefined: a side has no variance");
+    return err;
 }
 
 cks_err cks_cka_perm_test(const float *x, size_t n, size_t p1, const float *y, size_t p2,
@@ -206,9 +211,13 @@ cks_err cks_cka_perm_test(const float *x, size_t n, size_t p1, const float *y, s
                           cks_diag *diag)
 {
     cka_prep prep;
-    cks_err err = cka_prep_init(&prep, x, n, p1, y, p2, true, diag);
+    cks_err err = CKS_OK;
+    if (!out) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "CKA permutation test without a result");
+        goto out;
+    }
     memset(out, 0, sizeof *out);
-    if (err != CKS_OK)
+    if ((err = cka_prep_init(&prep, x, n, p1, y, p2, true, diag)) != CKS_OK)
         goto out;
     err = cks_perm_test(n, permuted_cka_statistic, &prep, seed, permutations, CKS_ALT_GREATER, out, diag);
     cka_prep_release(&prep);

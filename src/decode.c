@@ -222,15 +222,16 @@ static cks_err check_decode_args(cks_dtype dtype, const void *src, size_t count,
                                  cks_diag *diag)
 {
     size_t elem = cks_decode_elem_size(dtype);
+    cks_err err = CKS_OK;
     if (elem == 0)
-        return cks_fail(diag, CKS_ERR_UNSUPPORTED, "cannot decode dtype %s to floating point",
-                        cks_dtype_name(dtype));
-    if (count > 0 && (src == NULL || dst == NULL))
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "decode of %zu elements with a NULL buffer", count);
-    if (count > SIZE_MAX / elem)
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "decode of %zu %s elements overflows size_t",
-                        count, cks_dtype_name(dtype));
-    return CKS_OK;
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "cannot decode dtype %s to floating point",
+                       cks_dtype_name(dtype));
+    else if (count > 0 && (src == NULL || dst == NULL))
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "decode of %zu elements with a NULL buffer", count);
+    else if (count > SIZE_MAX / elem)
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "decode of %zu %s elements overflows size_t",
+                       count, cks_dtype_name(dtype));
+    return err;
 }
 
 cks_err cks_decode_f32(cks_dtype dtype, const void *src, size_t count, float *dst,

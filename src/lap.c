@@ -130,15 +130,24 @@ static bool solve_wide(const double *cost, size_t rows, size_t cols, lap_work *w
 
 static cks_err check_matrix(const double *m, size_t rows, size_t cols, const void *out, cks_diag *diag)
 {
-    if (!m || !out || rows == 0 || cols == 0)
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "assignment needs a non-empty matrix and an output");
-    if (rows > CKS_LAP_MAX_DIM || cols > CKS_LAP_MAX_DIM || rows > SIZE_MAX / sizeof(double) / cols)
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "assignment matrix %zu x %zu is too large", rows, cols);
-    for (size_t k = 0; k < rows * cols; k++)
-        if (!isfinite(m[k]))
-            return cks_fail(diag, CKS_ERR_NUMERIC, "assignment cost [%zu][%zu] is not finite",
-                            k / cols, k % cols);
-    return CKS_OK;
+    cks_err err = CKS_OK;
+    if (!m || !out || rows == 0 || cols == 0) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "assignment needs a non-empty matrix and an output");
+        goto out;
+    }
+    if (rows > CKS_LAP_MAX_DIM || cols > CKS_LAP_MAX_DIM || rows > SIZE_MAX / sizeof(double) / cols) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "assignment matrix %zu x %zu is too large", rows, cols);
+        goto out;
+    }
+    for (size_t k = 0; k < rows * cols; k++) {
+        if (!isfinite(m[k])) {
+            err = cks_fail(diag, CKS_ERR_NUMERIC, "assignment cost [%zu][%zu] is not finite",
+                           k / cols, k % cols);
+            goto out;
+        }
+    }
+out:
+    return err;
 }
 
 /* sign = +1 minimises cost, -1 maximises it. */

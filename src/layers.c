@@ -13,16 +13,25 @@
 
 static cks_err check_matrix(const double *s, size_t rows, size_t cols, cks_diag *diag)
 {
-    if (!s || rows == 0 || cols == 0)
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "layer matrix is empty");
-    if (rows > CKS_LAYERS_MAX_DIM || cols > CKS_LAYERS_MAX_DIM)
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "layer matrix %zu x %zu exceeds %u per side",
-                        rows, cols, CKS_LAYERS_MAX_DIM);
-    for (size_t k = 0; k < rows * cols; k++)
-        if (!isfinite(s[k]))
-            return cks_fail(diag, CKS_ERR_NUMERIC, "layer similarity [%zu][%zu] is not finite",
-                            k / cols, k % cols);
-    return CKS_OK;
+    cks_err err = CKS_OK;
+    if (!s || rows == 0 || cols == 0) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "layer matrix is empty");
+        goto out;
+    }
+    if (rows > CKS_LAYERS_MAX_DIM || cols > CKS_LAYERS_MAX_DIM) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "layer matrix %zu x %zu exceeds %u per side",
+                       rows, cols, CKS_LAYERS_MAX_DIM);
+        goto out;
+    }
+    for (size_t k = 0; k < rows * cols; k++) {
+        if (!isfinite(s[k])) {
+            err = cks_fail(diag, CKS_ERR_NUMERIC, "layer similarity [%zu][%zu] is not finite",
+                           k / cols, k % cols);
+            goto out;
+        }
+    }
+out:
+    return err;
 }
 
 static int compare_double(const void *x, const void *y)
@@ -205,10 +214,11 @@ cks_err cks_layer_path_summary(const double *s, size_t rows, size_t cols,
     int32_t *best = NULL;
     double *margin = NULL;
     cks_err err = check_matrix(s, rows, cols, diag);
-    memset(out, 0, sizeof *out);
+    if (out)
+        memset(out, 0, sizeof *out);
     if (err != CKS_OK)
         goto out;
-    if (!pairs || n_pairs == 0 || n_pairs > rows || n_pairs > cols) {
+    if (!out || !pairs || n_pairs == 0 || n_pairs > rows || n_pairs > cols) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "path summary needs 1..min(rows, cols) pairs");
         goto out;
     }

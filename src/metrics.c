@@ -661,6 +661,10 @@ cks_err cks_pearson_f64(const double *a, const double *b, size_t n, double *r, c
     cks_pair_acc acc;
     cks_pair_stats stats;
     cks_err err = CKS_OK;
+    if (!r || (n > 0 && (!a || !b))) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Pearson needs two vectors and a result");
+        goto out;
+    }
     *r = NAN;
     cks_pair_acc_init(&acc);
     cks_pair_acc_add_f64(&acc, a, b, n);
@@ -697,9 +701,12 @@ static int compare_ranked(const void *x, const void *y)
 /* Mid-ranks (1-based; ties share the mean of their positions). */
 static cks_err mid_ranks(const double *x, size_t n, double *rank, ranked *scratch, cks_diag *diag)
 {
+    cks_err err = CKS_OK;
     for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i]))
-            return cks_fail(diag, CKS_ERR_NUMERIC, "Spearman: value %zu is not finite", i);
+        if (!isfinite(x[i])) {
+            err = cks_fail(diag, CKS_ERR_NUMERIC, "Spearman: value %zu is not finite", i);
+            goto out;
+        }
         scratch[i].value = x[i];
         scratch[i].index = i;
     }
@@ -713,7 +720,8 @@ static cks_err mid_ranks(const double *x, size_t n, double *rank, ranked *scratc
             rank[scratch[k].index] = mean_rank;
         start = end;
     }
-    return CKS_OK;
+out:
+    return err;
 }
 
 cks_err cks_spearman_f64(const double *a, const double *b, size_t n, double *rho, cks_diag *diag)
@@ -721,8 +729,9 @@ cks_err cks_spearman_f64(const double *a, const double *b, size_t n, double *rho
     double *rank_a = NULL, *rank_b = NULL;
     ranked *scratch = NULL;
     cks_err err = CKS_OK;
-    *rho = NAN;
-    if (n < 2 || a == NULL || b == NULL) {
+    if (rho)
+        *rho = NAN;
+    if (!rho || n < 2 || a == NULL || b == NULL) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Spearman needs two vectors of length >= 2");
         goto out;
     }
@@ -752,11 +761,13 @@ out:
 
 cks_err cks_bits_acc_init(cks_bits_acc *acc, cks_dtype dtype, cks_diag *diag)
 {
+    cks_err err = CKS_OK;
     memset(acc, 0, sizeof *acc);
-    if (!cks_decode_supported(dtype))
-        return cks_fail(diag, CKS_ERR_UNSUPPORTED, "bitwise comparison of dtype %s", cks_dtype_name(dtype));
-    acc->dtype = dtype;
-    return CKS_OK;
+    if (cks_decode_supported(dtype))
+        acc->dtype = dtype;
+    else
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "bitwise comparison of dtype %s", cks_dtype_name(dtype));
+    return err;
 }
 
 static uint64_t load_bits(const uint8_t *p, size_t width)
@@ -858,15 +869,19 @@ out:
 
 cks_err cks_bits_acc_merge(cks_bits_acc *into, const cks_bits_acc *other, cks_diag *diag)
 {
-    if (into->dtype != other->dtype)
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "merging bitwise accumulators of %s and %s",
-                        cks_dtype_name(into->dtype), cks_dtype_name(other->dtype));
+    cks_err err = CKS_OK;
+    if (into->dtype != other->dtype) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "merging bitwise accumulators of %s and %s",
+                       cks_dtype_name(into->dtype), cks_dtype_name(other->dtype));
+        goto out;
+    }
     into->n += other->n;
     into->equal += other->equal;
     into->nan_pairs += other->nan_pairs;
     for (size_t k = 0; k < CKS_ULP_BUCKETS; k++)
         into->ulp_hist[k] += other->ulp_hist[k];
-    return CKS_OK;
+out:
+    return err;
 }
 
 double cks_bits_equal_fraction(const cks_bits_acc *acc)

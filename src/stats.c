@@ -109,6 +109,10 @@ cks_err cks_perm_test(size_t n, cks_perm_statistic statistic, void *ctx, uint64_
     uint32_t *perm = NULL;
     cks_err err = CKS_OK;
     cks_rng rng;
+    if (!out) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "permutation test without a result");
+        goto out;
+    }
     memset(out, 0, sizeof *out);
     if (n == 0 || n > UINT32_MAX || permutations == 0 || statistic == NULL ||
         (unsigned)alternative > CKS_ALT_TWO_SIDED) {
@@ -148,7 +152,7 @@ cks_err cks_perm_test(size_t n, cks_perm_statistic statistic, void *ctx, uint64_
     out->z = cks_zscore(observed, mean, out->null_sd);
     out->alternative = alternative;
 out:
-    if (err != CKS_OK)
+    if (err != CKS_OK && out)
         memset(out, 0, sizeof *out);
     free(perm);
     return err;
@@ -184,20 +188,26 @@ static cks_err joint_pearson_statistic(void *opaque, const uint32_t *perm, size_
 static cks_err standardise(const double *src, size_t n, double *dst, size_t which, cks_diag *diag)
 {
     double sum = 0, ss = 0;
+    cks_err err = CKS_OK;
     for (size_t i = 0; i < n; i++) {
-        if (!isfinite(src[i]))
-            return cks_fail(diag, CKS_ERR_NUMERIC, "vector %zu: element %zu is not finite", which, i);
+        if (!isfinite(src[i])) {
+            err = cks_fail(diag, CKS_ERR_NUMERIC, "vector %zu: element %zu is not finite", which, i);
+            goto out;
+        }
         sum += src[i];
     }
     double mean = sum / (double)n;
     for (size_t i = 0; i < n; i++)
         ss += (src[i] - mean) * (src[i] - mean);
-    if (!(ss > 0))
-        return cks_fail(diag, CKS_ERR_NUMERIC, "vector %zu is constant: Pearson undefined", which);
+    if (!(ss > 0)) {
+        err = cks_fail(diag, CKS_ERR_NUMERIC, "vector %zu is constant: Pearson undefined", which);
+        goto out;
+    }
     double scale = 1.0 / sqrt(ss);
     for (size_t i = 0; i < n; i++)
         dst[i] = (src[i] - mean) * scale;
-    return CKS_OK;
+out:
+    return err;
 }
 
 cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const *b, size_t k,
@@ -207,8 +217,9 @@ cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const 
 {
     joint_pearson_ctx ctx = {k, NULL, NULL};
     cks_err err = CKS_OK;
-    memset(out, 0, sizeof *out);
-    if (k == 0 || n < 2 || !a || !b || k > SIZE_MAX / n / sizeof(double)) {
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!out || k == 0 || n < 2 || !a || !b || k > SIZE_MAX / n / sizeof(double)) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "joint Pearson test needs k >= 1 vectors of n >= 2");
         goto out;
     }
@@ -277,6 +288,10 @@ cks_err cks_equality_null_compute(cks_dtype dtype, const void *a, const void *b,
     uint64_t *sorted_a = NULL, *sorted_b = NULL, *table = NULL;
     const uint8_t *pa = a, *pb = b;
     cks_err err = CKS_OK;
+    if (!out) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "equality null without a result");
+        goto out;
+    }
     memset(out, 0, sizeof *out);
     if (width == 0) {
         err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "equality null of dtype %s", cks_dtype_name(dtype));
