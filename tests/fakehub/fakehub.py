@@ -1306,6 +1306,7 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # never wait for a stalled handler on shutdown
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: clients open many connections at once
 
     def __init__(self, addr, kind, app, ssl_ctx):
         self.kind, self.app, self.ssl_ctx = kind, app, ssl_ctx

@@ -122,8 +122,22 @@ class Hub:
         return False
 
 
-def start(root, tls=False, timeout=15, state_file=None, stderr=None, **opts):
-    """Start fakehub.py as a child process and return a Hub once it listens."""
+def _die_with_parent():
+    """preexec_fn: SIGTERM the server when the process (thread) that started it dies, so a killed
+    test run leaves no server behind. Best effort (Linux prctl via ctypes)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def start(root, tls=False, timeout=15, state_file=None, stderr=None, die_with_parent=True, **opts):
+    """Start fakehub.py as a child process and return a Hub once it listens.
+
+    die_with_parent: the server gets SIGTERM if the *thread* that called start() exits (Linux
+    PDEATHSIG) — pass False when starting it from a short-lived thread."""
     os.makedirs(root, exist_ok=True)
     if state_file is None:
         fd, state_file = tempfile.mkstemp(prefix="fakehub-state-", suffix=".json", dir=root)
@@ -132,7 +146,8 @@ def start(root, tls=False, timeout=15, state_file=None, stderr=None, **opts):
     elif os.path.exists(state_file):
         os.unlink(state_file)
     proc = subprocess.Popen(_command(root, state_file, tls, opts), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=stderr)
+                            stdout=subprocess.DEVNULL, stderr=stderr,
+                            preexec_fn=_die_with_parent if die_with_parent else None)
     try:
         state = _wait_state(state_file, proc, timeout)
     except BaseException:
