@@ -118,5 +118,6 @@ cks_err cli_hash_selection(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *s
 int cmd_ls(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ static const struct command commands[] = {
     {"hash", cmd_hash, "SHA-256 of each tensor's raw bytes"},
     {"fetch", cmd_fetch, "pull chosen tensors (remote: coalesced, parallel ranges)"},
     {"diff", cmd_diff, "which tensors were added, removed, renamed, reshaped or changed"},
+    {"compare", cmd_compare, "was B derived from A? calibrated tests and a verdict"},
     {"cache", cks_cmd_cache, "inspect and maintain the disk cache: ls, du, verify, prune, clear"},
 };
 

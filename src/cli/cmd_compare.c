@@ -1,0 +1,446 @@
+/*
+ * ckptscope compare A B — was B derived from A? Text for people, --json as the contract.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ckptscope/compare.h"
+#include "cli.h"
+
+static const char compare_help[] =
+    "usage: ckptscope compare [OPTIONS] A B\n"
+    "\n"
+    "Decide whether checkpoint B was derived from A (or both from a common ancestor) from\n"
+    "the fewest bytes, with calibrated statistics:\n"
+    "  T1  byte identity of every tensor read, and bit-identical elements vs. their exact null\n"
+    "  T2  norm-gain Pearson along the layer pairing, joint hidden-dimension permutation null\n"
+    "  T3  index-aligned k/v/router/embedding rows, joint residual permutation null\n"
+    "  T4  hidden-dimension alignment from shared-token embeddings, then T2/T3 and debiased\n"
+    "      CKA of k on the aligned model\n"
+    "Verdict: identical, derived, not_derived (with the transformations covered) or\n"
+    "inconclusive (with why). Raw cosine is shown and labelled: it is not evidence.\n"
+    "\n"
+    "options:\n"
+    "  --control M      a model known to be independent of A and B (repeatable); a test that\n"
+    "                   flags a control is invalid for this run\n"
+    "  --positive M     a known derivative of A (repeatable); proves each test's power\n"
+    "  --budget SIZE    bytes read per model (default 384M); large matrices are sampled by\n"
+    "                   row blocks, the same rows in both models\n"
+    "  --tests LIST     which tests to run: T1,T2,T3,T4 (default all)\n"
+    "  --seed N         seed of every sample and permutation (default 20260128)\n"
+    "  --alpha X        family-wise error level for Holm (default 0.001)\n"
+    "  --permutations N permutations of the cheap tests (default 9999)\n"
+    "  --no-synthetic   skip the built-in synthetic power checks\n"
+    "  --json           machine-readable result (schema in the README)\n"
+    "  --quiet          no progress on stderr\n"
+    "  --help           this text\n"
+    "\n"
+    "exit status: 0 when the comparison ran (whatever the verdict), error codes otherwise.\n"
+    "\n"
+    "examples:\n"
+    "  ckptscope compare ./base ./finetune\n"
+    "  ckptscope compare zai-org/GLM-4.5-Air upstage/Solar-Open-100B \\\n"
+    "      --control microsoft/Phi-3.5-MoE-instruct --positive PrimeIntellect/INTELLECT-3\n"
+    "  ckptscope compare A B --tests T2 --json | jq '.tests[0]'\n";
+
+#define MAX_EXTRA 16
+
+struct opened {
+    cks_ckpt *ckpt;
+    char *config, *tokenizer;
+    size_t config_len, tokenizer_len;
+    cJSON *report;
+    cks_compare_model model;
+};
+
+static cks_err open_model(const char *spec, const char *label, const cli_opts *opts, struct opened *o, cks_diag *diag)
+{
+    cks_err err;
+    cks_diag ignored;
+    memset(o, 0, sizeof *o);
+    err = cli_open_checkpoint(spec, opts, &o->ckpt, &o->report, diag);
+    if (err)
+        return err;
+    /* config.json and tokenizer.json are optional: without them roles are inferred and T4 cannot run */
+    if (cks_ckpt_fetch_aux(o->ckpt, "config.json", &o->config, &o->config_len, &ignored) != CKS_OK) {
+        o->config = NULL;
+        o->config_len = 0;
+    }
+    if (cks_ckpt_fetch_aux(o->ckpt, "tokenizer.json", &o->tokenizer, &o->tokenizer_len, &ignored) != CKS_OK) {
+        o->tokenizer = NULL;
+        o->tokenizer_len = 0;
+    }
+    o->model.label = label;
+    o->model.ckpt = o->ckpt;
+    o->model.config_json = o->config;
+    o->model.config_len = o->config_len;
+    o->model.tokenizer_json = o->tokenizer;
+    o->model.tokenizer_len = o->tokenizer_len;
+    return CKS_OK;
+}
+
+static void close_model(struct opened *o)
+{
+    cks_ckpt_free(o->ckpt);
+    free(o->config);
+    free(o->tokenizer);
+    cJSON_Delete(o->report);
+    memset(o, 0, sizeof *o);
+}
+
+static bool parse_tests(const char *text, unsigned *bits)
+{
+    char buf[128];
+    char *save = NULL, *tok;
+    *bits = 0;
+    snprintf(buf, sizeof buf, "%s", text);
+    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (strcasecmp(tok, "T1") == 0)
+            *bits |= CKS_TEST_T1;
+        else if (strcasecmp(tok, "T2") == 0)
+            *bits |= CKS_TEST_T2;
+        else if (strcasecmp(tok, "T3") == 0)
+            *bits |= CKS_TEST_T3;
+        else if (strcasecmp(tok, "T4") == 0)
+            *bits |= CKS_TEST_T4;
+        else if (strcasecmp(tok, "all") == 0)
+            *bits |= CKS_TEST_ALL;
+        else
+            return false;
+    }
+    return *bits != 0;
+}
+
+static void progress_stage(void *ctx, const char *stage)
+{
+    const cli_opts *opts = ctx;
+    if (!opts->quiet && isatty(2))
+        fprintf(stderr, "\r\033[Kcompare: %s...", stage);
+}
+
+static cJSON *number_or_null(double v)
+{
+    return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
+}
+
+static cJSON *test_json(const cks_test_result *t)
+{
+    cJSON *o = cJSON_CreateObject(), *items;
+    cJSON_AddStringToObject(o, "id", t->id);
+    cJSON_AddStringToObject(o, "name", t->name);
+    cJSON_AddBoolToObject(o, "primary", t->primary);
+    cJSON_AddBoolToObject(o, "ran", t->ran);
+    if (!t->ran) {
+        cJSON_AddStringToObject(o, "why_not", t->why_not);
+        return o;
+    }
+    cJSON_AddStringToObject(o, "statistic_name", t->statistic_name);
+    cJSON_AddItemToObject(o, "statistic", number_or_null(t->statistic));
+    if (isfinite(t->raw_cosine)) {
+        cJSON *raw = cJSON_AddObjectToObject(o, "raw_cosine");
+        cJSON_AddNumberToObject(raw, "value", t->raw_cosine);
+        cJSON_AddBoolToObject(raw, "evidence", false);
+        cJSON_AddStringToObject(raw, "note", "positive-offset vectors give raw cosine near 1 for any two models");
+    }
+    cJSON_AddStringToObject(o, "null", t->null_kind);
+    cJSON_AddItemToObject(o, "null_mean", number_or_null(t->null_mean));
+    cJSON_AddItemToObject(o, "null_sd", number_or_null(t->null_sd));
+    cJSON_AddNumberToObject(o, "permutations", t->permutations);
+    cJSON_AddNumberToObject(o, "seed", (double)t->seed);
+    cJSON_AddItemToObject(o, "p", number_or_null(t->p_value));
+    cJSON_AddBoolToObject(o, "p_exact", t->p_exact);
+    cJSON_AddItemToObject(o, "p_holm", number_or_null(t->p_holm));
+    cJSON_AddItemToObject(o, "z", number_or_null(t->z));
+    cJSON_AddItemToObject(o, "effect", number_or_null(t->effect));
+    cJSON_AddBoolToObject(o, "rejects", t->rejects);
+    cJSON_AddBoolToObject(o, "valid", t->valid);
+    if (!t->valid)
+        cJSON_AddStringToObject(o, "invalid_reason", t->invalid_reason);
+    cJSON_AddStringToObject(o, "power", t->power > 0 ? "shown" : t->power == 0 ? "not_shown" : "not_checked");
+    if (t->power_note[0])
+        cJSON_AddStringToObject(o, "power_note", t->power_note);
+    cJSON_AddBoolToObject(o, "corroborated", t->corroborated);
+    cJSON_AddStringToObject(o, "tensors", t->tensors);
+    cJSON_AddNumberToObject(o, "layers", (double)t->n_layers);
+    cJSON_AddNumberToObject(o, "bytes_read", (double)t->bytes_read);
+    cJSON_AddStringToObject(o, "caveats", t->caveats);
+    items = cJSON_AddArrayToObject(o, "items");
+    for (size_t i = 0; i < t->n_items; i++) {
+        cJSON *it = cJSON_CreateObject();
+        cJSON_AddStringToObject(it, "label", t->items[i].label);
+        cJSON_AddItemToObject(it, "value", number_or_null(t->items[i].value));
+        if (isfinite(t->items[i].raw_cosine))
+            cJSON_AddNumberToObject(it, "raw_cosine", t->items[i].raw_cosine);
+        cJSON_AddItemToArray(items, it);
+    }
+    return o;
+}
+
+static cJSON *matrix_json(const double *m, int rows, int cols)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; i < rows; i++) {
+        cJSON *row = cJSON_CreateArray();
+        for (int j = 0; j < cols; j++)
+            cJSON_AddItemToArray(row, cJSON_CreateNumber(round(m[(size_t)i * cols + j] * 1e4) / 1e4));
+        cJSON_AddItemToArray(arr, row);
+    }
+    return arr;
+}
+
+static void print_json(const cks_compare_result *r, struct opened *a, struct opened *b)
+{
+    cJSON *root = cli_json_new("compare"), *tests, *desc, *models, *bytes, *matches;
+    cJSON_AddStringToObject(root, "verdict", cks_verdict_name(r->verdict));
+    cJSON_AddStringToObject(root, "reason", r->reason);
+    cJSON_AddStringToObject(root, "covers", r->covered);
+    cJSON_AddStringToObject(root, "does_not_cover", r->not_covered);
+    models = cJSON_AddObjectToObject(root, "models");
+    cJSON_AddItemToObject(models, "a", a->report);
+    cJSON_AddItemToObject(models, "b", b->report);
+    a->report = b->report = NULL;
+    tests = cJSON_AddArrayToObject(root, "tests");
+    for (size_t i = 0; i < r->n_tests; i++)
+        cJSON_AddItemToArray(tests, test_json(&r->tests[i]));
+    matches = cJSON_AddArrayToObject(root, "identical_tensors");
+    for (size_t i = 0; i < r->n_hash_matches; i++) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "a", r->hash_matches[i].name_a);
+        cJSON_AddStringToObject(m, "b", r->hash_matches[i].name_b);
+        cJSON_AddBoolToObject(m, "low_information", r->hash_matches[i].low_information);
+        cJSON_AddItemToArray(matches, m);
+    }
+    desc = cJSON_AddObjectToObject(root, "descriptive");
+    cJSON_AddStringToObject(desc, "family_a", r->family_a ? r->family_a : "unknown");
+    cJSON_AddStringToObject(desc, "family_b", r->family_b ? r->family_b : "unknown");
+    cJSON_AddNumberToObject(desc, "layers_a", r->layers_a);
+    cJSON_AddNumberToObject(desc, "layers_b", r->layers_b);
+    cJSON_AddNumberToObject(desc, "hidden_a", (double)r->hidden_a);
+    cJSON_AddNumberToObject(desc, "hidden_b", (double)r->hidden_b);
+    if (r->layer_matrix)
+        cJSON_AddItemToObject(desc, "layer_matrix_norm_pearson", matrix_json(r->layer_matrix, r->layers_a, r->layers_b));
+    if (r->layer_matrix_aligned)
+        cJSON_AddItemToObject(desc, "layer_matrix_norm_pearson_aligned",
+                              matrix_json(r->layer_matrix_aligned, r->layers_a, r->layers_b));
+    if (r->row_margin) {
+        cJSON *margins = cJSON_AddArrayToObject(desc, "row_margins");
+        for (int i = 0; i < r->layers_a; i++)
+            cJSON_AddItemToArray(margins, number_or_null(r->row_margin[i]));
+    }
+    {
+        cJSON *path = cJSON_AddArrayToObject(desc, "layer_pairing");
+        for (size_t p = 0; p < r->n_path; p++) {
+            cJSON *pair = cJSON_CreateArray();
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(r->path_a[p]));
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(r->path_b[p]));
+            cJSON_AddItemToArray(path, pair);
+        }
+    }
+    cJSON_AddItemToObject(desc, "std_curve_detrended_correlation", number_or_null(r->std_curve_corr));
+    cJSON_AddItemToObject(desc, "router_expert_match_mean_abs_cos", number_or_null(r->router_match));
+    cJSON_AddNumberToObject(desc, "vocab_a", (double)r->vocab_a);
+    cJSON_AddNumberToObject(desc, "vocab_b", (double)r->vocab_b);
+    cJSON_AddNumberToObject(desc, "vocab_shared", (double)r->vocab_shared);
+    cJSON_AddStringToObject(desc, "config_diff", r->config_diff);
+    cJSON_AddStringToObject(root, "sampling", r->sampling);
+    cJSON_AddNumberToObject(root, "seed", (double)r->seed);
+    bytes = cJSON_AddObjectToObject(root, "bytes_read");
+    cJSON_AddNumberToObject(bytes, "a", (double)r->bytes_a);
+    cJSON_AddNumberToObject(bytes, "b", (double)r->bytes_b);
+    cJSON_AddNumberToObject(root, "negative_controls", (double)r->n_controls_run);
+    cJSON_AddNumberToObject(root, "positive_controls", (double)r->n_positives_run);
+    cli_json_print(root);
+}
+
+static void print_text(const cks_compare_result *r, const char *a, const char *b)
+{
+    char pbuf[32], bytes_a[32], bytes_b[32];
+    printf("verdict: %s\n\n%s\n\n", cks_verdict_name(r->verdict), r->reason);
+    printf("A: %s (%s, %d layers, hidden %zu)\nB: %s (%s, %d layers, hidden %zu)\n\n", a,
+           r->family_a ? r->family_a : "?", r->layers_a, r->hidden_a, b, r->family_b ? r->family_b : "?", r->layers_b,
+           r->hidden_b);
+    printf("%-12s %-10s %-10s %-12s %-9s %-7s %s\n", "test", "statistic", "null mean", "p (Holm)", "z", "result",
+           "what");
+    for (size_t i = 0; i < r->n_tests; i++) {
+        const cks_test_result *t = &r->tests[i];
+        if (!t->ran) {
+            printf("%-12s %-10s %-10s %-12s %-9s %-7s %s: not run (%s)\n", t->id, "-", "-", "-", "-", "-", t->name,
+                   t->why_not);
+            continue;
+        }
+        if (!isfinite(t->p_holm))
+            snprintf(pbuf, sizeof pbuf, "%.2g", t->p_value);
+        else if (t->p_holm < 1e-12)
+            snprintf(pbuf, sizeof pbuf, "<1e-12");
+        else
+            snprintf(pbuf, sizeof pbuf, "%.2g", t->p_holm);
+        printf("%-12s %-10.4g %-10.3g %-12s %-9.1f %-7s %s\n", t->id, t->statistic, t->null_mean, pbuf, t->z,
+               !t->valid ? "INVALID" : t->rejects ? "REJECTS" : "null", t->name);
+        if (isfinite(t->raw_cosine))
+            printf("%-12s raw cosine %.4f  <- not evidence: norm gains of any two models score near 1\n", "",
+                   t->raw_cosine);
+        if (!t->valid)
+            printf("%-12s invalid: %s\n", "", t->invalid_reason);
+        if (t->power_note[0])
+            printf("%-12s power: %s\n", "", t->power_note);
+    }
+    if (r->n_hash_matches) {
+        size_t informative = 0;
+        for (size_t i = 0; i < r->n_hash_matches; i++)
+            informative += !r->hash_matches[i].low_information;
+        printf("\nbyte-identical tensors: %zu (%zu high-entropy)\n", r->n_hash_matches, informative);
+    }
+    if (r->layer_matrix && r->n_path) {
+        printf("\nlayer pairing (A->B, norm-gain Pearson):");
+        for (size_t p = 0; p < r->n_path && p < 64; p++)
+            printf(" %d->%d:%.2f", r->path_a[p], r->path_b[p],
+                   r->layer_matrix[(size_t)r->path_a[p] * (size_t)r->layers_b + (size_t)r->path_b[p]]);
+        printf("\n");
+    }
+    if (r->vocab_a || r->vocab_b)
+        printf("vocabularies: %zu and %zu tokens, %zu shared\n", r->vocab_a, r->vocab_b, r->vocab_shared);
+    if (isfinite(r->std_curve_corr))
+        printf("detrended std-curve correlation (descriptive only): %.3f\n", r->std_curve_corr);
+    if (r->config_diff[0])
+        printf("config differences: %s\n", r->config_diff);
+    printf("\ncovers: %s\ndoes not cover: %s\n", r->covered, r->not_covered);
+    printf("sampling: %s\nbytes read: A %s, B %s\n", r->sampling, cli_human_bytes(r->bytes_a, bytes_a, sizeof bytes_a),
+           cli_human_bytes(r->bytes_b, bytes_b, sizeof bytes_b));
+}
+
+int cmd_compare(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"control", required_argument, NULL, 'c'},
+                                             {"positive", required_argument, NULL, 'p'},
+                                             {"budget", required_argument, NULL, 'b'},
+                                             {"tests", required_argument, NULL, 't'},
+                                             {"seed", required_argument, NULL, 's'},
+                                             {"alpha", required_argument, NULL, 'a'},
+                                             {"permutations", required_argument, NULL, 'n'},
+                                             {"no-synthetic", no_argument, NULL, 'S'},
+                                             CLI_COMMON_LONGOPTS,
+                                             {0}};
+    cli_opts opts = {0};
+    cks_compare_opts copts;
+    const char *controls[MAX_EXTRA], *positives[MAX_EXTRA];
+    size_t n_controls = 0, n_positives = 0;
+    struct opened a, b, ctl[MAX_EXTRA], pos[MAX_EXTRA];
+    cks_compare_model ctl_models[MAX_EXTRA], pos_models[MAX_EXTRA];
+    char labels[2 * MAX_EXTRA][64];
+    cks_compare_result *result = NULL;
+    cks_diag diag;
+    cks_err err = CKS_OK;
+    int opt, rc = EXIT_OK;
+    size_t opened_ctl = 0, opened_pos = 0;
+
+    memset(&copts, 0, sizeof copts);
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int common = cli_common_option(opt, optarg, &opts);
+        char *end = NULL;
+        if (common < 0)
+            return EXIT_USAGE;
+        if (common > 0)
+            continue;
+        switch (opt) {
+        case 'c':
+            if (n_controls == MAX_EXTRA)
+                return cli_usage_error("compare", "at most %d --control models", MAX_EXTRA);
+            controls[n_controls++] = optarg;
+            break;
+        case 'p':
+            if (n_positives == MAX_EXTRA)
+                return cli_usage_error("compare", "at most %d --positive models", MAX_EXTRA);
+            positives[n_positives++] = optarg;
+            break;
+        case 'b':
+            if (!cli_parse_size(optarg, &copts.budget_bytes) || copts.budget_bytes < 4096)
+                return cli_usage_error("compare", "--budget wants a size such as 384M or 1G, not \"%s\"", optarg);
+            break;
+        case 't':
+            if (!parse_tests(optarg, &copts.tests))
+                return cli_usage_error("compare", "--tests wants a list such as T1,T2,T4, not \"%s\"", optarg);
+            break;
+        case 's':
+            copts.seed = strtoull(optarg, &end, 10);
+            if (!end || *end || copts.seed == 0)
+                return cli_usage_error("compare", "--seed wants a positive integer, not \"%s\"", optarg);
+            break;
+        case 'a':
+            copts.alpha = strtod(optarg, &end);
+            if (!end || *end || !(copts.alpha > 0 && copts.alpha < 0.5))
+                return cli_usage_error("compare", "--alpha wants a level in (0, 0.5), not \"%s\"", optarg);
+            break;
+        case 'n': {
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (!end || *end || v < 19 || v > 1000000)
+                return cli_usage_error("compare", "--permutations wants 19 to 1000000, not \"%s\"", optarg);
+            copts.permutations = (uint32_t)v;
+            break;
+        }
+        case 'S':
+            copts.no_synthetic_power = true;
+            break;
+        case OPT_HELP:
+        case 'h':
+            fputs(compare_help, stdout);
+            return EXIT_OK;
+        default:
+            return cli_usage_error("compare", "unknown option");
+        }
+    }
+    if (argc - optind != 2)
+        return cli_usage_error("compare", "expected two SOURCEs, A and B");
+
+    err = open_model(argv[optind], "A", &opts, &a, &diag);
+    if (!err)
+        err = open_model(argv[optind + 1], "B", &opts, &b, &diag);
+    for (; !err && opened_ctl < n_controls; opened_ctl++) {
+        snprintf(labels[opened_ctl], sizeof labels[0], "%.60s", controls[opened_ctl]);
+        err = open_model(controls[opened_ctl], labels[opened_ctl], &opts, &ctl[opened_ctl], &diag);
+        if (err)
+            break;
+        ctl_models[opened_ctl] = ctl[opened_ctl].model;
+    }
+    for (; !err && opened_pos < n_positives; opened_pos++) {
+        snprintf(labels[MAX_EXTRA + opened_pos], sizeof labels[0], "%.60s", positives[opened_pos]);
+        err = open_model(positives[opened_pos], labels[MAX_EXTRA + opened_pos], &opts, &pos[opened_pos], &diag);
+        if (err)
+            break;
+        pos_models[opened_pos] = pos[opened_pos].model;
+    }
+    if (err) {
+        rc = cli_fail("compare", err, &diag);
+        goto out;
+    }
+    copts.controls = ctl_models;
+    copts.n_controls = n_controls;
+    copts.positives = pos_models;
+    copts.n_positives = n_positives;
+    copts.progress = progress_stage;
+    copts.progress_ctx = &opts;
+    err = cks_compare(&a.model, &b.model, &copts, &result, &diag);
+    if (!opts.quiet && isatty(2))
+        fprintf(stderr, "\r\033[K");
+    if (err) {
+        rc = cli_fail("compare", err, &diag);
+        goto out;
+    }
+    if (opts.json)
+        print_json(result, &a, &b);
+    else
+        print_text(result, argv[optind], argv[optind + 1]);
+out:
+    cks_compare_result_free(result);
+    close_model(&a);
+    close_model(&b);
+    for (size_t i = 0; i < opened_ctl; i++)
+        close_model(&ctl[i]);
+    for (size_t i = 0; i < opened_pos; i++)
+        close_model(&pos[i]);
+    return rc;
+}

@@ -1,0 +1,564 @@
+/*
+ * compare: reading and decoding what the tests need, under a byte budget.
+ *
+ * Every read is planned first and handed to the sources' prefetch (a remote source then
+ * fetches all ranges of a stage at once, coalesced and in parallel), then read through the
+ * one read_at interface. Large matrices are sampled by blocks of consecutive rows (a row of
+ * a row-major [out, in] tensor is contiguous, so a block is one range), chosen from the seed
+ * and the row count only, so two models with the same shape get the same rows.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "ckptscope/decode.h"
+#include "ckptscope/hash.h"
+#include "ckptscope/stats.h"
+#include "compare_internal.h"
+
+#define ROW_BLOCK 8u
+#define MAX_PLAN 65536u
+
+void cmp_matrix_free(cmp_matrix *m)
+{
+    free(m->v);
+    memset(m, 0, sizeof *m);
+}
+
+void cmp_model_release(cmp_model *md)
+{
+    if (!md)
+        return;
+    for (int l = 0; l < md->n_layers && md->layers; l++) {
+        cmp_layer *L = &md->layers[l];
+        free(L->attn_norm);
+        free(L->ffn_norm);
+        cmp_matrix_free(&L->k);
+        cmp_matrix_free(&L->v);
+        cmp_matrix_free(&L->router);
+        free(L->router_bias);
+    }
+    free(md->layers);
+    for (size_t i = 0; i < md->n_raw; i++)
+        free(md->raw[i].bytes);
+    free(md->raw);
+    cks_roles_free(md->roles);
+    memset(md, 0, sizeof *md);
+}
+
+void cmp_embed_pair_release(cmp_embed_pair *e)
+{
+    cmp_matrix_free(&e->a);
+    cmp_matrix_free(&e->b);
+}
+
+size_t cmp_sample_rows(uint64_t seed, size_t total, size_t want, uint32_t *rows)
+{
+    size_t n_blocks = (total + ROW_BLOCK - 1) / ROW_BLOCK, take, n = 0;
+    uint32_t *blocks;
+    cks_rng rng;
+    if (want >= total) {
+        for (size_t r = 0; r < total; r++)
+            rows[r] = (uint32_t)r;
+        return total;
+    }
+    take = (want + ROW_BLOCK - 1) / ROW_BLOCK;
+    if (take > n_blocks)
+        take = n_blocks;
+    blocks = malloc(n_blocks * sizeof *blocks);
+    if (!blocks)
+        return 0;
+    cks_rng_seed(&rng, seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)total));
+    cks_rng_permutation(&rng, blocks, n_blocks);
+    /* the first `take` blocks of a random permutation, in file order */
+    for (size_t i = 1; i < take; i++) {
+        uint32_t key = blocks[i];
+        size_t j = i;
+        while (j > 0 && blocks[j - 1] > key) {
+            blocks[j] = blocks[j - 1];
+            j--;
+        }
+        blocks[j] = key;
+    }
+    for (size_t b = 0; b < take && n < want; b++)
+        for (size_t r = (size_t)blocks[b] * ROW_BLOCK; r < total && r < ((size_t)blocks[b] + 1) * ROW_BLOCK && n < want; r++)
+            rows[n++] = (uint32_t)r;
+    free(blocks);
+    return n;
+}
+
+/* ---- planned reads ---- */
+
+typedef struct read_plan {
+    size_t n;
+    struct {
+        cks_source *src;
+        cks_range range;
+    } items[MAX_PLAN];
+} read_plan;
+
+static void plan_add(read_plan *p, const cks_ckpt *ckpt, const cks_ckpt_tensor *t, uint64_t offset, uint64_t len)
+{
+    if (p->n == MAX_PLAN || len == 0)
+        return; /* prefetch is an optimisation: reads still work without it */
+    p->items[p->n].src = ckpt->files[t->file].source;
+    p->items[p->n].range.offset = t->info->file_offset + offset;
+    p->items[p->n].range.length = len;
+    p->n++;
+}
+
+static cks_err plan_run(read_plan *p, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_range *ranges = malloc((p->n ? p->n : 1) * sizeof *ranges);
+    bool *done = calloc(p->n ? p->n : 1, sizeof *done);
+    if (!ranges || !done) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory planning reads");
+        goto out;
+    }
+    for (size_t i = 0; i < p->n && !err; i++) {
+        size_t k = 0;
+        if (done[i])
+            continue;
+        for (size_t j = i; j < p->n; j++)
+            if (!done[j] && p->items[j].src == p->items[i].src) {
+                ranges[k++] = p->items[j].range;
+                done[j] = true;
+            }
+        err = cks_source_prefetch(p->items[i].src, ranges, k, diag);
+    }
+out:
+    free(ranges);
+    free(done);
+    p->n = 0;
+    return err;
+}
+
+/* ---- decoding helpers ---- */
+
+static uint64_t tensor_bytes(const cks_ckpt_tensor *t)
+{
+    return t->info->end - t->info->begin;
+}
+
+static cks_err read_whole(const cks_ckpt *ckpt, const cks_ckpt_tensor *t, uint8_t **out, cks_diag *diag)
+{
+    uint64_t len = tensor_bytes(t);
+    cks_err err;
+    *out = NULL;
+    if (len > (uint64_t)SIZE_MAX / 2)
+        return cks_fail(diag, CKS_ERR_UNSUPPORTED, "tensor %s is too large to read whole", t->info->name);
+    *out = malloc(len ? (size_t)len : 1);
+    if (!*out)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory reading %s (%llu bytes)", t->info->name,
+                        (unsigned long long)len);
+    err = cks_ckpt_read_tensor(ckpt, t, 0, *out, (size_t)len, diag);
+    if (err) {
+        free(*out);
+        *out = NULL;
+    }
+    return err;
+}
+
+static cmp_raw *raw_find(cmp_model *md, const cks_ckpt_tensor *t)
+{
+    for (size_t i = 0; i < md->n_raw; i++)
+        if (md->raw[i].tensor == t)
+            return &md->raw[i];
+    return NULL;
+}
+
+/* Few distinct element values (constants, ones-initialised norms): never evidence. */
+static bool low_information(const cks_ckpt_tensor *t, const uint8_t *bytes)
+{
+    size_t esize = cks_dtype_bits(t->info->dtype) / 8, n = (size_t)t->info->nelements, probe, distinct = 0;
+    uint64_t seen[64];
+    if (esize == 0 || n < 64)
+        return true;
+    probe = n < 4096 ? n : 4096;
+    for (size_t i = 0; i < probe && distinct <= 16; i++) {
+        uint64_t v = 0;
+        bool known = false;
+        memcpy(&v, bytes + i * esize, esize > 8 ? 8 : esize);
+        for (size_t k = 0; k < distinct && !known; k++)
+            known = seen[k] == v;
+        if (!known && distinct < 64)
+            seen[distinct++] = v;
+    }
+    return distinct <= 16;
+}
+
+/* Read a tensor whole into the raw list (once), hash it. */
+static cks_err raw_load(cmp_model *md, const cks_tensor_role *tr, cmp_raw **out, uint64_t *counter, cks_diag *diag)
+{
+    cks_err err;
+    cmp_raw *r = raw_find(md, tr->tensor);
+    *out = NULL;
+    if (r) {
+        *out = r;
+        return CKS_OK;
+    }
+    if (md->n_raw == md->cap_raw) {
+        size_t cap = md->cap_raw ? md->cap_raw * 2 : 64;
+        cmp_raw *grown = realloc(md->raw, cap * sizeof *grown);
+        if (!grown)
+            return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        md->raw = grown;
+        md->cap_raw = cap;
+    }
+    r = &md->raw[md->n_raw];
+    memset(r, 0, sizeof *r);
+    r->tensor = tr->tensor;
+    r->role = tr->role;
+    r->part = tr->part;
+    r->layer = tr->layer;
+    r->expert = tr->expert;
+    err = read_whole(md->m->ckpt, tr->tensor, &r->bytes, diag);
+    if (err)
+        return err;
+    r->len = (size_t)tensor_bytes(tr->tensor);
+    {
+        unsigned int dlen = 0;
+        EVP_Digest(r->bytes, r->len, r->sha256, &dlen, EVP_sha256(), NULL);
+    }
+    r->low_information = low_information(tr->tensor, r->bytes);
+    md->n_raw++;
+    *counter += r->len;
+    *out = r;
+    return CKS_OK;
+}
+
+static cks_err decode_vector(const cmp_raw *r, double **out, size_t *n, cks_diag *diag)
+{
+    cks_err err;
+    size_t count = (size_t)r->tensor->info->nelements;
+    *out = NULL;
+    *n = 0;
+    if (!cks_decode_supported(r->tensor->info->dtype))
+        return CKS_OK;
+    *out = malloc((count ? count : 1) * sizeof **out);
+    if (!*out)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    err = cks_decode_f64(r->tensor->info->dtype, r->bytes, count, *out, NULL, diag);
+    if (err) {
+        free(*out);
+        *out = NULL;
+        return err;
+    }
+    *n = count;
+    return CKS_OK;
+}
+
+/* Output units (rows in [out, in] terms) and input width of a role's matrix. */
+static void matrix_dims(const cks_tensor_role *tr, const cks_fused_slice *slice, size_t *rows, size_t *cols)
+{
+    const cks_tensor_info *info = tr->tensor->info;
+    size_t d0 = info->ndim >= 1 ? (size_t)info->shape[0] : 0, d1 = info->ndim >= 2 ? (size_t)info->shape[1] : 1;
+    if (tr->transposed) {
+        *rows = slice ? (size_t)slice->count : d1;
+        *cols = d0;
+    } else {
+        *rows = slice && tr->split.axis == 0 ? (size_t)slice->count : d0;
+        *cols = slice && tr->split.axis == 1 ? (size_t)slice->count : d1;
+    }
+}
+
+/*
+ * Decode rows `rows[0..n)` (output units) of a role's matrix into out (n x cols, float).
+ * Untransposed, unfused-on-axis-1 tensors read just those rows; anything else reads whole.
+ */
+static cks_err load_rows(cmp_model *md, const cks_tensor_role *tr, const cks_fused_slice *slice, const uint32_t *rows,
+                         size_t n, cmp_matrix *out, uint64_t *counter, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const cks_tensor_info *info = tr->tensor->info;
+    size_t total_rows, cols, esize = cks_decode_elem_size(info->dtype);
+    uint8_t *buf = NULL;
+
+    memset(out, 0, sizeof *out);
+    if (!esize || info->ndim != 2)
+        return CKS_OK; /* not a decodable matrix: the tests skip it */
+    matrix_dims(tr, slice, &total_rows, &cols);
+    out->v = malloc((n ? n : 1) * cols * sizeof(float));
+    if (!out->v)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %zu rows of %s", n, info->name);
+    out->rows = n;
+    out->cols = cols;
+    if (!tr->transposed && !(slice && tr->split.axis == 1)) {
+        size_t row_bytes = cols * esize, first = slice ? (size_t)slice->begin : 0;
+        buf = malloc(row_bytes * ROW_BLOCK);
+        if (!buf) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t i = 0; i < n;) {
+            size_t run = 1;
+            while (i + run < n && run < ROW_BLOCK && rows[i + run] == rows[i] + run)
+                run++;
+            err = cks_ckpt_read_tensor(md->m->ckpt, tr->tensor, (uint64_t)(first + rows[i]) * row_bytes, buf,
+                                       run * row_bytes, diag);
+            if (!err)
+                err = cks_decode_f32(info->dtype, buf, run * cols, out->v + i * cols, NULL, diag);
+            if (err)
+                goto out;
+            *counter += run * row_bytes;
+            i += run;
+        }
+    } else {
+        cmp_raw *raw = NULL;
+        size_t d0 = (size_t)info->shape[0], d1 = (size_t)info->shape[1];
+        float *all = malloc(d0 * d1 * sizeof *all);
+        if (!all) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        err = raw_load(md, tr, &raw, counter, diag);
+        if (!err)
+            err = cks_decode_f32(info->dtype, raw->bytes, d0 * d1, all, NULL, diag);
+        if (!err) {
+            size_t off = slice ? (size_t)slice->begin : 0;
+            for (size_t i = 0; i < n; i++)
+                for (size_t c = 0; c < cols; c++) {
+                    size_t unit = off + rows[i];
+                    /* transposed: stored [in, out]; fused on axis 1 untransposed: [out, in-slices] */
+                    out->v[i * cols + c] = tr->transposed ? all[c * d1 + unit] : all[rows[i] * d1 + off + c];
+                }
+        }
+        free(all);
+    }
+out:
+    free(buf);
+    if (err)
+        cmp_matrix_free(out);
+    return err;
+}
+
+static const cks_tensor_role *find_weight(const cks_roles *roles, cks_role role, int layer,
+                                          const cks_fused_slice **slice)
+{
+    *slice = NULL;
+    return cks_roles_locate(roles, role, CKS_PART_WEIGHT, layer, -1, slice);
+}
+
+static size_t infer_hidden(const cmp_model *md)
+{
+    const cks_tensor_role *tr;
+    const cks_fused_slice *slice;
+    if (md->roles->cfg.hidden_size > 0)
+        return (size_t)md->roles->cfg.hidden_size;
+    tr = find_weight(md->roles, CKS_ROLE_EMBED, -1, &slice);
+    if (tr && tr->tensor->info->ndim == 2)
+        return (size_t)tr->tensor->info->shape[1];
+    tr = find_weight(md->roles, CKS_ROLE_ATTN_NORM, 0, &slice);
+    if (tr && tr->tensor->info->ndim == 1)
+        return (size_t)tr->tensor->info->shape[0];
+    return 0;
+}
+
+cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const cks_ckpt *ckpt = m->ckpt;
+    uint64_t total = 0, used = 0;
+    read_plan *plan = NULL;
+    uint32_t *rows = NULL;
+    size_t n_rows = 0;
+
+    memset(md, 0, sizeof *md);
+    md->m = m;
+    err = cks_roles_build(ckpt, m->config_json, m->config_len, &md->roles, diag);
+    if (err)
+        goto out;
+    md->n_layers = md->roles->n_layers;
+    md->hidden = infer_hidden(md);
+    for (size_t i = 0; i < ckpt->n_tensors; i++)
+        total += tensor_bytes(&ckpt->tensors[i]);
+    plan = malloc(sizeof *plan);
+    if (!plan) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    plan->n = 0;
+
+    /* Small enough: read and hash everything, so T1 can say "identical" for certain. */
+    if (total <= ctx->budget) {
+        for (size_t i = 0; i < ckpt->n_tensors; i++)
+            plan_add(plan, ckpt, &ckpt->tensors[i], 0, tensor_bytes(&ckpt->tensors[i]));
+        err = plan_run(plan, diag);
+        for (size_t i = 0; i < md->roles->n && !err; i++) {
+            cmp_raw *r;
+            err = raw_load(md, &md->roles->entries[i], &r, &md->bytes_other, diag);
+        }
+        if (err)
+            goto out;
+        md->full_coverage = true;
+        used = total;
+    }
+    if (md->n_layers <= 0) {
+        md->known_arch = false;
+        goto out;
+    }
+    md->layers = calloc((size_t)md->n_layers, sizeof *md->layers);
+    if (!md->layers) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    /* Norms, routers and router biases: small, read whole. */
+    {
+        static const cks_role whole_roles[] = {CKS_ROLE_ATTN_NORM, CKS_ROLE_FFN_NORM, CKS_ROLE_ROUTER,
+                                               CKS_ROLE_ROUTER_BIAS};
+        uint64_t small = 0;
+        for (int l = 0; l < md->n_layers; l++)
+            for (size_t r = 0; r < sizeof whole_roles / sizeof whole_roles[0]; r++) {
+                const cks_fused_slice *slice;
+                const cks_tensor_role *tr = whole_roles[r] == CKS_ROLE_ROUTER_BIAS
+                                                ? cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_WEIGHT, l, -1)
+                                                : find_weight(md->roles, whole_roles[r], l, &slice);
+                if (!tr && whole_roles[r] == CKS_ROLE_ROUTER_BIAS)
+                    tr = cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_BIAS, l, -1);
+                if (!tr || tr->fused)
+                    continue;
+                /* routers only while they fit in half the budget */
+                if (whole_roles[r] == CKS_ROLE_ROUTER && small + tensor_bytes(tr->tensor) > ctx->budget / 2)
+                    continue;
+                small += tensor_bytes(tr->tensor);
+                if (!raw_find(md, tr->tensor))
+                    plan_add(plan, ckpt, tr->tensor, 0, tensor_bytes(tr->tensor));
+            }
+        err = plan_run(plan, diag);
+        if (err)
+            goto out;
+        for (int l = 0; l < md->n_layers && !err; l++) {
+            cmp_layer *L = &md->layers[l];
+            const cks_fused_slice *slice;
+            const cks_tensor_role *tr;
+            cmp_raw *raw;
+            size_t n;
+            tr = find_weight(md->roles, CKS_ROLE_ATTN_NORM, l, &slice);
+            if (tr && !tr->fused && tr->tensor->info->nelements == md->hidden) {
+                err = raw_load(md, tr, &raw, &md->bytes_norms, diag);
+                if (!err)
+                    err = decode_vector(raw, &L->attn_norm, &n, diag);
+            }
+            tr = find_weight(md->roles, CKS_ROLE_FFN_NORM, l, &slice);
+            if (!err && tr && !tr->fused && tr->tensor->info->nelements == md->hidden) {
+                err = raw_load(md, tr, &raw, &md->bytes_norms, diag);
+                if (!err)
+                    err = decode_vector(raw, &L->ffn_norm, &n, diag);
+            }
+            tr = find_weight(md->roles, CKS_ROLE_ROUTER, l, &slice);
+            if (!err && tr && !tr->fused && tr->tensor->info->ndim == 2 && tr->tensor->info->shape[1] == md->hidden &&
+                tensor_bytes(tr->tensor) <= ctx->budget / 2) {
+                size_t experts = (size_t)tr->tensor->info->shape[0];
+                uint32_t *all = malloc(experts * sizeof *all);
+                if (!all) {
+                    err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                for (size_t e = 0; e < experts; e++)
+                    all[e] = (uint32_t)e;
+                err = raw_load(md, tr, &raw, &md->bytes_router, diag);
+                if (!err)
+                    err = load_rows(md, tr, NULL, all, experts, &L->router, &md->bytes_router, diag);
+                free(all);
+            }
+            tr = cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_WEIGHT, l, -1);
+            if (!tr)
+                tr = cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_BIAS, l, -1);
+            if (!err && tr) {
+                err = raw_load(md, tr, &raw, &md->bytes_router, diag);
+                if (!err)
+                    err = decode_vector(raw, &L->router_bias, &L->n_router_bias, diag);
+            }
+        }
+        if (err)
+            goto out;
+        used += md->full_coverage ? 0 : md->bytes_norms + md->bytes_router;
+    }
+    /* k and v: sampled row blocks with what the budget leaves (a quarter is kept for embeddings). */
+    {
+        uint64_t left = used < ctx->budget ? (ctx->budget - used) * 3 / 4 : 0;
+        size_t max_rows = 0;
+        for (int l = 0; l < md->n_layers; l++) {
+            static const cks_role kv[2] = {CKS_ROLE_K, CKS_ROLE_V};
+            for (int w = 0; w < 2; w++) {
+                const cks_fused_slice *slice;
+                const cks_tensor_role *tr = find_weight(md->roles, kv[w], l, &slice);
+                size_t r, c;
+                if (!tr)
+                    continue;
+                matrix_dims(tr, slice, &r, &c);
+                if (r > max_rows)
+                    max_rows = r;
+            }
+        }
+        if (max_rows > 0 && md->hidden > 0) {
+            uint64_t per_row = (uint64_t)md->hidden * 2 /* bf16-ish */ * 2 /* k and v */ * (uint64_t)md->n_layers;
+            n_rows = per_row ? (size_t)(left / per_row) : 0;
+            if (n_rows > max_rows || md->full_coverage)
+                n_rows = max_rows;
+            if (n_rows > 4096)
+                n_rows = 4096; /* enough features for CKA; beyond this costs compute, not evidence */
+            rows = malloc((max_rows ? max_rows : 1) * sizeof *rows);
+            if (!rows) {
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+        }
+        for (int pass = 0; pass < 2 && n_rows > 0; pass++) {
+            for (int l = 0; l < md->n_layers && !err; l++) {
+                static const cks_role kv[2] = {CKS_ROLE_K, CKS_ROLE_V};
+                for (int w = 0; w < 2 && !err; w++) {
+                    const cks_fused_slice *slice;
+                    const cks_tensor_role *tr = find_weight(md->roles, kv[w], l, &slice);
+                    size_t r, c, got;
+                    if (!tr)
+                        continue;
+                    matrix_dims(tr, slice, &r, &c);
+                    if (c != md->hidden)
+                        continue;
+                    got = cmp_sample_rows(ctx->seed, r, n_rows < r ? n_rows : r, rows);
+                    if (pass == 0) {
+                        /* plan the row blocks so a remote source fetches them together */
+                        size_t esize = cks_decode_elem_size(tr->tensor->info->dtype);
+                        size_t first = slice && tr->split.axis == 0 ? (size_t)slice->begin : 0;
+                        if (tr->transposed || (slice && tr->split.axis == 1) || !esize)
+                            continue;
+                        for (size_t i = 0; i < got;) {
+                            size_t run = 1;
+                            while (i + run < got && rows[i + run] == rows[i] + run)
+                                run++;
+                            plan_add(plan, ckpt, tr->tensor, (uint64_t)(first + rows[i]) * c * esize,
+                                     (uint64_t)run * c * esize);
+                            i += run;
+                        }
+                        continue;
+                    }
+                    if (w == 0) {
+                        md->layers[l].k_total_rows = r;
+                        err = load_rows(md, tr, slice, rows, got, &md->layers[l].k, &md->bytes_weights, diag);
+                    } else {
+                        md->layers[l].v_total_rows = r;
+                        err = load_rows(md, tr, slice, rows, got, &md->layers[l].v, &md->bytes_weights, diag);
+                    }
+                }
+            }
+            if (pass == 0)
+                err = plan_run(plan, diag);
+            if (err)
+                goto out;
+        }
+    }
+    md->known_arch = md->hidden > 0;
+out:
+    if (md->full_coverage) {
+        /* everything was read once up front: account it there, not per test */
+        md->bytes_other = total;
+        md->bytes_norms = md->bytes_weights = md->bytes_router = 0;
+    }
+    free(rows);
+    free(plan);
+    return err;
+}
