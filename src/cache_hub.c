@@ -176,3 +176,53 @@ out:
     free(k2);
     return err;
 }
+
+cks_err cks_cache_hf_source(const char *hf_home, const cks_hub_repo *repo, const cks_hub_file *f,
+                            cks_source **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *path = NULL, *name = NULL;
+    cks_source *src = NULL;
+    const char *type;
+    if (out)
+        *out = NULL;
+    if (!out || !repo || !f || !f->size_known)
+        goto out;
+    if (repo->type == CKS_REPO_MODEL)
+        type = "model";
+    else if (repo->type == CKS_REPO_DATASET)
+        type = "dataset";
+    else
+        goto out;
+    /* a lookup failure (odd path, odd id) only means "not there": the network remains */
+    if (cks_cache_hf_lookup(hf_home, type, repo->repo_id, repo->commit, f->path, &path, NULL) !=
+            CKS_OK ||
+        !path)
+        goto out;
+    /* blobs are named by their etag: the LFS SHA-256, or the git blob id */
+    const char *blob = strrchr(path, '/');
+    const char *want = f->lfs ? f->sha256 : f->blob_id;
+    if (!blob || !*want || strcmp(blob + 1, want) != 0)
+        goto out;
+    if (cks_source_open_file(path, &src, NULL) != CKS_OK)
+        goto out;
+    if (src->size != f->size)
+        goto out;
+    if (asprintf(&name, "%s@%.12s/%s", repo->repo_id, repo->commit, f->path) < 0) {
+        name = NULL;
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    free(src->name);
+    src->name = name;
+    name = NULL;
+    if (f->lfs)
+        memcpy(src->sha256_hex, f->sha256, 65);
+    *out = src;
+    src = NULL;
+out:
+    cks_source_free(src);
+    free(path);
+    free(name);
+    return err;
+}

@@ -30,4 +30,12 @@ cks_err cks_cache_repo_get(cks_cache *c, const char *endpoint, cks_repo_type typ
 cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked_repo_id,
                            const char *asked_revision, const cks_hub_repo *repo, cks_diag *diag);
 
+/* HF_HOME reuse for a listed file: when the standard Hugging Face cache holds a complete
+ * copy of `f` at repo->commit (its blob named by the file's LFS SHA-256 or git blob id, its
+ * size the listed size), open it as a local source named like the remote one would be
+ * ("org/name@<commit12>/path"); else *out = NULL. Never writes there. hf_home as in
+ * cks_cache_hf_lookup (NULL: the environment). */
+cks_err cks_cache_hf_source(const char *hf_home, const cks_hub_repo *repo, const cks_hub_file *f,
+                            cks_source **out, cks_diag *diag);
+
 #endif
