@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "ckptscope/decode.h"
 
 /* ---------------- PRNG ---------------- */
@@ -238,6 +240,71 @@ cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const 
 out:
     free(ctx.za);
     free(ctx.zb);
+    return err;
+}
+
+enum { JOINT_COLUMNS_MAX_N = 16384 };
+
+typedef struct cross_matrix_ctx {
+    const double *m; /* n x n */
+} cross_matrix_ctx;
+
+static cks_err cross_matrix_statistic(void *opaque, const uint32_t *perm, size_t n, double *value,
+                                      cks_diag *diag)
+{
+    const cross_matrix_ctx *ctx = opaque;
+    double total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += ctx->m[i * n + (perm ? perm[i] : i)];
+    *value = total;
+    return CKS_OK;
+}
+
+cks_err cks_joint_column_pearson_perm_test(const double *const *a, const double *const *b,
+                                           const size_t *rows, size_t k, size_t n, uint64_t seed,
+                                           uint32_t permutations, cks_alternative alternative,
+                                           cks_perm_result *out, cks_diag *diag)
+{
+    double *cross = NULL, *za = NULL, *zb = NULL;
+    cks_err err = CKS_OK;
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!out || !a || !b || !rows || k == 0 || n < 2 || n > JOINT_COLUMNS_MAX_N) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG,
+                       "joint column test needs k >= 1 matrix pairs with 2 <= n <= %d columns",
+                       JOINT_COLUMNS_MAX_N);
+        goto out;
+    }
+    size_t max_rows = 0;
+    for (size_t j = 0; j < k; j++) {
+        if (rows[j] == 0 || rows[j] > INT32_MAX / n || !a[j] || !b[j]) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "matrix pair %zu: %zu rows of %zu columns", j, rows[j], n);
+            goto out;
+        }
+        max_rows = rows[j] > max_rows ? rows[j] : max_rows;
+    }
+    cross = calloc(n * n, sizeof *cross);
+    za = malloc(max_rows * n * sizeof *za);
+    zb = malloc(max_rows * n * sizeof *zb);
+    if (!cross || !za || !zb) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "joint column test: %zu x %zu cross matrix", n, n);
+        goto out;
+    }
+    for (size_t j = 0; j < k; j++) {
+        size_t len = rows[j] * n;
+        if ((err = standardise(a[j], len, za, j, diag)) != CKS_OK ||
+            (err = standardise(b[j], len, zb, j, diag)) != CKS_OK)
+            goto out;
+        /* cross += (1/k) Za^T Zb */
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)n, (blasint)n, (blasint)rows[j],
+                    1.0 / (double)k, za, (blasint)n, zb, (blasint)n, 1.0, cross, (blasint)n);
+    }
+    cross_matrix_ctx ctx = {cross};
+    err = cks_perm_test(n, cross_matrix_statistic, &ctx, seed, permutations, alternative, out, diag);
+out:
+    free(cross);
+    free(za);
+    free(zb);
     return err;
 }
 

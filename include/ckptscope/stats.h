@@ -88,6 +88,21 @@ cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const 
                                     cks_alternative alternative, cks_perm_result *out,
                                     cks_diag *diag);
 
+/*
+ * The same null for 2-D tensors (T3: k, v, router, ... in residual coordinates): statistic
+ * = mean over k matrix pairs of the Pearson r of the flattened A_j and B_j (rows_j x n,
+ * row-major, n = the residual dimension); null = ONE permutation of the n columns applied
+ * to every B_j. Exact and cheap: with Z the centred, unit-norm matrices, r_j(pi) =
+ * sum_i M_j[i][pi(i)] for the n x n cross matrix M_j = Za_j^T Zb_j, so M = mean_j M_j is
+ * formed once (OpenBLAS dgemm, rows_j n^2 multiply-adds per pair) and each permutation
+ * then costs O(n). Memory: 8 n^2 bytes for M (128 MiB at n = 4096) plus two standardised
+ * copies of the largest pair; n <= 16384. Vectors are the case rows_j = 1.
+ */
+cks_err cks_joint_column_pearson_perm_test(const double *const *a, const double *const *b,
+                                           const size_t *rows, size_t k, size_t n, uint64_t seed,
+                                           uint32_t permutations, cks_alternative alternative,
+                                           cks_perm_result *out, cks_diag *diag);
+
 /* ---- exact null of the bitwise equality fraction ---- */
 
 typedef struct cks_equality_null {

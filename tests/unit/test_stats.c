@@ -186,6 +186,82 @@ static void joint_pearson_null_moments(void)
     CHECK(cks_joint_pearson_perm_test(qa, qb, K, M, 3, 10, CKS_ALT_TWO_SIDED, &r, NULL) == CKS_ERR_NUMERIC);
 }
 
+/* Brute force for the matrix test: mean Pearson of flattened matrices with B's columns permuted. */
+typedef struct brute_matrix_ctx {
+    const double *const *a, *const *b;
+    const size_t *rows;
+    size_t k;
+    double *scratch;
+} brute_matrix_ctx;
+
+static cks_err brute_matrix_statistic(void *opaque, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    brute_matrix_ctx *ctx = opaque;
+    double total = 0;
+    for (size_t j = 0; j < ctx->k; j++) {
+        size_t len = ctx->rows[j] * n;
+        for (size_t r = 0; r < ctx->rows[j]; r++)
+            for (size_t i = 0; i < n; i++)
+                ctx->scratch[r * n + i] = ctx->b[j][r * n + (perm ? perm[i] : i)];
+        double rj = 0;
+        cks_err err = cks_pearson_f64(ctx->a[j], ctx->scratch, len, &rj, diag);
+        if (err != CKS_OK)
+            return err;
+        total += rj;
+    }
+    *value = total / (double)ctx->k;
+    return CKS_OK;
+}
+
+/* The cross-matrix shortcut equals recomputing every permuted Pearson (same seed, same perms). */
+static void joint_column_test_matches_brute_force(void)
+{
+    enum { K = 3, N = 50 };
+    static const size_t rows[K] = {7, 1, 12};
+    cks_rng rng;
+    cks_rng_seed(&rng, 55);
+    double *a[K], *b[K];
+    for (size_t j = 0; j < K; j++) {
+        a[j] = malloc(rows[j] * N * sizeof(double));
+        b[j] = malloc(rows[j] * N * sizeof(double));
+        for (size_t q = 0; q < rows[j] * N; q++) {
+            a[j][q] = 3.0 + cks_rng_normal(&rng);
+            b[j][q] = 0.3 * a[j][q] + cks_rng_normal(&rng);
+        }
+    }
+    double scratch[12 * N];
+    brute_matrix_ctx ctx = {(const double *const *)a, (const double *const *)b, rows, K, scratch};
+    static const cks_alternative alts[3] = {CKS_ALT_GREATER, CKS_ALT_LESS, CKS_ALT_TWO_SIDED};
+    for (int t = 0; t < 3; t++) {
+        cks_perm_result fast, brute;
+        CHECK(cks_joint_column_pearson_perm_test((const double *const *)a, (const double *const *)b, rows, K, N,
+                                                 42, 499, alts[t], &fast, NULL) == CKS_OK);
+        CHECK(cks_perm_test(N, brute_matrix_statistic, &ctx, 42, 499, alts[t], &brute, NULL) == CKS_OK);
+        CHECK_NEAR(fast.observed, brute.observed, 1e-12);
+        CHECK_NEAR(fast.null_mean, brute.null_mean, 1e-12);
+        CHECK_NEAR(fast.null_sd, brute.null_sd, 1e-12);
+        CHECK(fast.at_least_as_extreme == brute.at_least_as_extreme && fast.p_value == brute.p_value);
+    }
+    /* with one row per matrix it is the vector test */
+    const double *va[1] = {a[1]}, *vb[1] = {b[1]};
+    size_t one = 1;
+    cks_perm_result as_matrix, as_vector;
+    CHECK(cks_joint_column_pearson_perm_test(va, vb, &one, 1, N, 9, 199, CKS_ALT_GREATER, &as_matrix, NULL) == CKS_OK);
+    CHECK(cks_joint_pearson_perm_test(va, vb, 1, N, 9, 199, CKS_ALT_GREATER, &as_vector, NULL) == CKS_OK);
+    CHECK_NEAR(as_matrix.observed, as_vector.observed, 1e-12);
+    CHECK(as_matrix.at_least_as_extreme == as_vector.at_least_as_extreme);
+    for (size_t q = 0; q < rows[2] * N; q++)
+        b[2][q] = 1.0;
+    CHECK(cks_joint_column_pearson_perm_test((const double *const *)a, (const double *const *)b, rows, K, N,
+                                             42, 9, CKS_ALT_GREATER, &as_matrix, NULL) == CKS_ERR_NUMERIC);
+    CHECK(cks_joint_column_pearson_perm_test((const double *const *)a, (const double *const *)b, rows, K, 1,
+                                             42, 9, CKS_ALT_GREATER, &as_matrix, NULL) == CKS_ERR_INVALID_ARG);
+    for (size_t j = 0; j < K; j++) {
+        free(a[j]);
+        free(b[j]);
+    }
+}
+
 /* Kolmogorov–Smirnov distance of permutation p-values from uniform under a true null. */
 static void perm_p_values_uniform_under_null(void)
 {
@@ -412,5 +488,6 @@ static void normal_tail_and_z(void)
 
 TEST_MAIN(T(rng_matches_python_reference), T(rng_bounded_and_permutations_are_uniform),
           T(perm_test_counting_rules), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
+          T(joint_column_test_matches_brute_force),
           T(equality_null_exact), T(equality_null_bf16_against_shuffles), T(holm_correction),
           T(normal_tail_and_z))
