@@ -356,6 +356,9 @@ static cks_err test_identity(const cmp_ctx *ctx, const cmp_model *a, const cmp_m
                  informative_matches);
     }
     t->corroborated = informative_matches >= 2 || tensors_excess >= 2;
+    t->power = 1;
+    snprintf(t->power_note, sizeof t->power_note,
+             "exact by construction: a byte copy of any tensor read cannot be missed (SHA-256)");
     snprintf(t->tensors, sizeof t->tensors, "%zu + %zu tensors hashed; %zu role-matched pairs compared bitwise",
              a->n_raw, b->n_raw, compared);
     t->bytes_read = 0; /* hashing reuses what the other tests read */
@@ -1187,6 +1190,7 @@ static cks_err test_generic(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
             significant++;
     t->ran = true;
     t->statistic = (double)significant;
+    t->null_mean = 0;
     t->effect = best_r;
     t->p_value = fmin(1.0, best_p * (double)n_tests); /* Bonferroni over the tensors: the family min */
     t->p_exact = false;
@@ -1577,6 +1581,30 @@ static const char *short_p(double p, char *buf, size_t size)
     return buf;
 }
 
+/* Which rejecting test a person should read first: the most interpretable one. */
+static int lead_rank(const cks_test_result *t)
+{
+    static const char *const order[] = {"T2", "T3", "T4b-norms", "T4b-weights", "T4c", "T4a", "G", "T1"};
+    for (int i = 0; i < (int)(sizeof order / sizeof order[0]); i++)
+        if (strcmp(t->id, order[i]) == 0)
+            return i;
+    return 99;
+}
+
+static const char *operation_class(family *f, const cmp_model *a, const cmp_model *b)
+{
+    const cks_test_result *t2 = family_find(f, "T2"), *t3 = family_find(f, "T3");
+    bool aligned_only = !((t2 && t2->rejects) || (t3 && t3->rejects));
+    if (a->n_layers != b->n_layers && a->n_layers > 0 && b->n_layers > 0)
+        return aligned_only ? "permuted and with layers inserted or removed (alignment and monotone layer path)"
+                            : "fine-tuned with layers inserted or removed (monotone layer path)";
+    if (aligned_only && family_find(f, "T4a") && family_find(f, "T4a")->rejects)
+        return "permuted or sign-flipped in its hidden dimension (found by alignment)";
+    if (aligned_only)
+        return "related through the tensors listed";
+    return "fine-tuning-like: same residual basis, index-aligned weights agree";
+}
+
 static void decide(const cmp_ctx *ctx, family *f, const cmp_model *a, const cmp_model *b, cks_compare_result *r)
 {
     size_t n_reject = 0, n_ran = 0, unpowered = 0;
@@ -1596,7 +1624,7 @@ static void decide(const cmp_ctx *ctx, family *f, const cmp_model *a, const cmp_
         if (t->rejects) {
             n_reject++;
             corroborated = corroborated || t->corroborated;
-            if (!lead || t->p_holm < lead->p_holm)
+            if (!lead || lead_rank(t) < lead_rank(lead))
                 lead = t;
             at += (size_t)snprintf(list + at, at < sizeof list ? sizeof list - at : 0, "%s%s", at ? ", " : "", t->id);
         } else if (t->power == 0) {
@@ -1628,11 +1656,19 @@ static void decide(const cmp_ctx *ctx, family *f, const cmp_model *a, const cmp_
     }
     if (n_reject > 0 && corroborated) {
         r->verdict = CKS_VERDICT_DERIVED;
-        snprintf(r->reason, sizeof r->reason,
-                 "%s rejects independence (%s, statistic %.4g against a null mean of %.3g, Holm-adjusted p %s), "
-                 "corroborated across %s. Rejecting tests: %s.",
-                 lead->name, lead->statistic_name, lead->statistic, lead->null_mean,
-                 short_p(lead->p_holm, pbuf, sizeof pbuf), n_reject >= 2 ? "tests" : "layers or tensor types", list);
+        if (strcmp(lead->id, "G") == 0)
+            snprintf(r->reason, sizeof r->reason,
+                     "%.0f name- and shape-matched tensors correlate beyond their permutation nulls (strongest r "
+                     "%.3f, Holm-adjusted p %s), corroborated across %s. Rejecting tests: %s.",
+                     lead->statistic, lead->effect, short_p(lead->p_holm, pbuf, sizeof pbuf),
+                     n_reject >= 2 ? "tests" : "tensors", list);
+        else
+            snprintf(r->reason, sizeof r->reason,
+                     "B is derived from A, %s. %s: %s %.4g against a null mean of %.3g (Holm-adjusted p %s), "
+                     "corroborated across %s; rejecting tests: %s.",
+                     operation_class(f, a, b), lead->id, lead->statistic_name, lead->statistic, lead->null_mean,
+                     short_p(lead->p_holm, pbuf, sizeof pbuf), n_reject >= 2 ? "tests" : "layers or tensor types",
+                     list);
         return;
     }
     if (n_reject > 0) {

@@ -276,8 +276,17 @@ static void print_text(const cks_compare_result *r, const char *a, const char *b
             snprintf(pbuf, sizeof pbuf, "<1e-12");
         else
             snprintf(pbuf, sizeof pbuf, "%.2g", t->p_holm);
-        printf("%-12s %-10.4g %-10.3g %-12s %-9.1f %-7s %s\n", t->id, t->statistic, t->null_mean, pbuf, t->z,
-               !t->valid ? "INVALID" : t->rejects ? "REJECTS" : "null", t->name);
+        {
+            char st[24] = "-", nm[24] = "-", zb[24] = "-";
+            if (isfinite(t->statistic))
+                snprintf(st, sizeof st, "%.4g", t->statistic);
+            if (isfinite(t->null_mean))
+                snprintf(nm, sizeof nm, "%.3g", t->null_mean);
+            if (isfinite(t->z))
+                snprintf(zb, sizeof zb, "%.1f", t->z);
+            printf("%-12s %-10s %-10s %-12s %-9s %-7s %s\n", t->id, st, nm, pbuf, zb,
+                   !t->valid ? "INVALID" : t->rejects ? "REJECTS" : "null", t->name);
+        }
         if (isfinite(t->raw_cosine))
             printf("%-12s raw cosine %.4f  <- not evidence: norm gains of any two models score near 1\n", "",
                    t->raw_cosine);
