@@ -228,6 +228,52 @@ static void invariances(void)
     free(t);
 }
 
+/*
+ * Each null draw is the CKA of an explicitly row-shuffled Y: replay the documented seeded
+ * permutation sequence, recompute with cks_cka_linear on shuffled copies, and compare the
+ * null mean, sd and count.
+ */
+static void perm_null_equals_explicit_shuffles(void)
+{
+    enum { N = 40, P1 = 6, P2 = 4, T = 30 };
+    cks_rng rng;
+    cks_rng_seed(&rng, 314);
+    float *x = gaussian_matrix(&rng, N, P1), *y = gaussian_matrix(&rng, N, P2);
+    for (size_t i = 0; i < N; i++) {
+        y[i * P2] += 0.5f * x[i * P1];
+        for (size_t f = 0; f < P2; f++)
+            y[i * P2 + f] *= (float)(1 + i % 5); /* unequal row norms: the permuted e matters */
+    }
+    cks_perm_result r;
+    CHECK(cks_cka_perm_test(x, N, P1, y, P2, 77, T, &r, NULL) == CKS_OK);
+    cks_rng replay;
+    cks_rng_seed(&replay, 77);
+    uint32_t perm[N];
+    float shuffled[N * P2];
+    double sum = 0, sumsq = 0;
+    unsigned extreme = 0;
+    cks_cka_result base;
+    CHECK(cks_cka_linear(x, N, P1, y, P2, &base, NULL) == CKS_OK);
+    for (int t = 0; t < T; t++) {
+        cks_rng_permutation(&replay, perm, N);
+        for (size_t i = 0; i < N; i++)
+            memcpy(shuffled + i * P2, y + (size_t)perm[i] * P2, P2 * sizeof(float));
+        cks_cka_result c;
+        CHECK(cks_cka_linear(x, N, P1, shuffled, P2, &c, NULL) == CKS_OK);
+        sum += c.debiased;
+        sumsq += c.debiased * c.debiased;
+        extreme += c.debiased >= base.debiased - 1e-12 * fabs(base.debiased);
+    }
+    double mean = sum / T, sd = sqrt((sumsq - T * mean * mean) / (T - 1));
+    CHECK_NEAR(r.observed, base.debiased, 1e-12);
+    CHECK_NEAR(r.null_mean, mean, 1e-9);
+    CHECK_NEAR(r.null_sd, sd, 1e-8);
+    CHECK(r.at_least_as_extreme == extreme);
+    CHECK_NEAR(r.p_value, (1.0 + extreme) / (T + 1.0), 1e-15);
+    free(x);
+    free(y);
+}
+
 /* Under independence the row-permutation p-values are uniform (Kolmogorov–Smirnov). */
 static void perm_null_uniform(void)
 {
@@ -272,4 +318,4 @@ static void rejects_bad_input(void)
 }
 
 TEST_MAIN(T(against_plain_gram_loop), T(against_numpy), T(published_floor_and_null), T(invariances),
-          T(perm_null_uniform), T(rejects_bad_input))
+          T(perm_null_equals_explicit_shuffles), T(perm_null_uniform), T(rejects_bad_input))
