@@ -7,6 +7,7 @@
  * whole-file SHA-256 check before anyone reads it.
  */
 #include "ckptscope/hub.h"
+#include "ckptscope/cache_hub.h"
 
 #include <inttypes.h>
 #include <openssl/evp.h>
@@ -55,11 +56,8 @@ struct rsrc {
     struct extent *ext;
     size_t n_ext, cap_ext;
     uint64_t mem;
-    /* Readers streaming through the file (one per hashing thread, say): where each one's
-     * last read ended and how far ahead it is read. */
-    struct stream {
-        uint64_t end, ahead, stamp;
-    } streams[8];
+    uint64_t last_end;         /* end of the previous read_at */
+    uint64_t ahead;            /* current read-ahead window; grows while reads stream */
     EVP_MD_CTX *sha;
     uint64_t sha_next;
     enum sha_state sha_state;
@@ -196,10 +194,25 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
     if (err)
         goto out;
     if (spec->kind == CKS_SPEC_HUB) {
-        err = cks_hub_open_repo(r->hub, spec->repo_type, spec->repo_id, spec->revision, &r->repo,
-                                diag);
-        if (err)
+        /* cache hook (cache/README.md): a remembered listing answers without the Hub */
+        bool listed = false;
+        (void)cks_cache_repo_get(r->cache, endpoint, spec->repo_type, spec->repo_id,
+                                 spec->revision, &r->repo, &listed, NULL);
+        if (!listed && cks_cache_offline(r->cache)) {
+            err = cks_fail(diag, CKS_ERR_OFFLINE_MISS,
+                           "%s@%s: the repository listing is not in the cache and --offline "
+                           "forbids the network", spec->repo_id,
+                           spec->revision ? spec->revision : "main");
             goto out;
+        }
+        if (!listed) {
+            err = cks_hub_open_repo(r->hub, spec->repo_type, spec->repo_id, spec->revision,
+                                    &r->repo, diag);
+            if (err)
+                goto out;
+            (void)cks_cache_repo_put(r->cache, endpoint, spec->repo_id, spec->revision, r->repo,
+                                     NULL);
+        }
     } else {
         const char *slash;
         r->url = strdup(spec->url);
@@ -604,19 +617,13 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
     }
     uint64_t pos = copy_from_memory(s, offset, buf, len);
     uint64_t end = offset + len;
-    struct stream *st = NULL;
-    for (size_t i = 0; i < sizeof s->streams / sizeof s->streams[0]; i++)
-        if (offset > 0 && s->streams[i].end == offset)
-            st = &s->streams[i];
-    bool streaming = st != NULL;
-    if (!st) {
-        /* a new reader takes the slot used least recently */
-        st = &s->streams[0];
-        for (size_t i = 1; i < sizeof s->streams / sizeof s->streams[0]; i++)
-            if (s->streams[i].stamp < st->stamp)
-                st = &s->streams[i];
-        st->ahead = 0;
-    }
+    /* Streaming: this read continues the previous one, or it misses exactly where the bytes
+     * already fetched end (several threads taking turns through the file look like that). */
+    bool streaming = offset > 0 && offset == s->last_end;
+    for (size_t i = 0; i < s->n_ext && !streaming && pos < end; i++)
+        streaming = pos > 0 && s->ext[i].off + s->ext[i].len == pos;
+    if (!streaming && pos < end)
+        s->ahead = 0;
     while (pos < end && err == CKS_OK) {
         /* the hole runs from pos to the next byte memory holds (or the end of the read) */
         uint64_t hole_end = end;
@@ -626,10 +633,10 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
         uint64_t want = hole_end - pos;
         if (streaming && hole_end == end) {
             /* someone is reading the file front to back: fetch ahead, in parallel parts */
-            st->ahead = st->ahead ? st->ahead * 2 : READAHEAD_MIN;
-            if (st->ahead > READAHEAD_MAX)
-                st->ahead = READAHEAD_MAX;
-            uint64_t ahead = st->ahead;
+            s->ahead = s->ahead ? s->ahead * 2 : READAHEAD_MIN;
+            if (s->ahead > READAHEAD_MAX)
+                s->ahead = READAHEAD_MAX;
+            uint64_t ahead = s->ahead;
             if (ahead > s->base.size - end)
                 ahead = s->base.size - end;
             if (want + ahead <= r->memory_cap / 2)
@@ -641,8 +648,7 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
             break;
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
     }
-    st->end = end;
-    st->stamp = ++r->stamp;
+    s->last_end = end;
 out:
     pthread_mutex_unlock(&r->mu);
     return err;
@@ -767,6 +773,7 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
 {
     cks_err err = CKS_OK;
     struct rsrc *s = NULL;
+    cks_source *hf = NULL; /* a local copy from the Hugging Face cache (cache hook) */
     char *url = NULL;
     *out = NULL;
     if (r->repo) {
@@ -776,6 +783,10 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
                            r->repo->repo_id, r->repo->commit, path);
             goto out;
         }
+        /* cache hook: a complete copy in the standard Hugging Face cache needs no network */
+        (void)cks_cache_hf_source(NULL, r->repo, f, &hf, NULL);
+        if (hf)
+            goto out;
         if (f->size_known) {
             err = new_source(r, path, f->size, f->sha256, NULL, &s, diag);
         } else {
@@ -826,7 +837,7 @@ out:
         rsrc_destroy(&s->base);
         s = NULL;
     }
-    *out = s ? &s->base : NULL;
+    *out = s ? &s->base : hf;
     return err;
 }
 
