@@ -4,6 +4,7 @@
  */
 #include "ckptscope/layers.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,76 @@ static cks_err check_matrix(const double *s, size_t rows, size_t cols, cks_diag 
         }
     }
 out:
+    return err;
+}
+
+/* dst = (src - mean) / |src - mean| in double. */
+static cks_err unit_centred(const double *src, size_t n, double *dst, const char *side, size_t which,
+                            cks_diag *diag)
+{
+    double sum = 0, ss = 0;
+    cks_err err = CKS_OK;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(src[i])) {
+            err = cks_fail(diag, CKS_ERR_NUMERIC, "layer %s%zu: element %zu is not finite", side, which, i);
+            goto out;
+        }
+        sum += src[i];
+    }
+    double mean = sum / (double)n;
+    for (size_t i = 0; i < n; i++)
+        ss += (src[i] - mean) * (src[i] - mean);
+    if (!(ss > 0)) {
+        err = cks_fail(diag, CKS_ERR_NUMERIC, "layer %s%zu is constant: Pearson undefined", side, which);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (src[i] - mean) / sqrt(ss);
+out:
+    return err;
+}
+
+cks_err cks_layer_pearson_matrix(const double *const *a, size_t la, const double *const *b,
+                                 size_t lb, size_t n, double *s, cks_diag *diag)
+{
+    double *za = NULL, *zb = NULL;
+    cks_err err = CKS_OK;
+    if (!a || !b || !s || la == 0 || lb == 0 || n < 2 || la > CKS_LAYERS_MAX_DIM ||
+        lb > CKS_LAYERS_MAX_DIM || n > (size_t)INT32_MAX / CKS_LAYERS_MAX_DIM) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG,
+                       "layer Pearson matrix needs 1..%u vectors per side of 2..%zu elements",
+                       CKS_LAYERS_MAX_DIM, (size_t)INT32_MAX / CKS_LAYERS_MAX_DIM);
+        goto out;
+    }
+    za = malloc(la * n * sizeof *za);
+    zb = malloc(lb * n * sizeof *zb);
+    if (!za || !zb) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "layer Pearson matrix %zu x %zu of length %zu", la, lb, n);
+        goto out;
+    }
+    for (size_t i = 0; i < la; i++) {
+        if (!a[i]) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "layer A%zu is NULL", i);
+            goto out;
+        }
+        if ((err = unit_centred(a[i], n, za + i * n, "A", i, diag)) != CKS_OK)
+            goto out;
+    }
+    for (size_t j = 0; j < lb; j++) {
+        if (!b[j]) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "layer B%zu is NULL", j);
+            goto out;
+        }
+        if ((err = unit_centred(b[j], n, zb + j * n, "B", j, diag)) != CKS_OK)
+            goto out;
+    }
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)la, (blasint)lb, (blasint)n, 1.0,
+                za, (blasint)n, zb, (blasint)n, 0.0, s, (blasint)lb);
+    for (size_t q = 0; q < la * lb; q++) /* rounding can leave |r| a hair above 1 */
+        s[q] = fmax(-1.0, fmin(1.0, s[q]));
+out:
+    free(za);
+    free(zb);
     return err;
 }
 

@@ -28,6 +28,15 @@ typedef enum cks_layer_axis {
 } cks_layer_axis;
 
 /*
+ * S[i][j] = Pearson r(a_i, b_j) for la vectors of A and lb vectors of B, all of length n
+ * (e.g. the norm gains of every layer): each vector is centred and scaled once, then S is
+ * one matrix product (OpenBLAS dgemm). Non-finite or constant vectors: CKS_ERR_NUMERIC.
+ * s holds la * lb doubles.
+ */
+cks_err cks_layer_pearson_matrix(const double *const *a, size_t la, const double *const *b,
+                                 size_t lb, size_t n, double *s, cks_diag *diag);
+
+/*
  * Per row (or column): best[k] = index of the largest entry (first on ties),
  * margin[k] = largest minus second largest (NAN when the line has one entry),
  * robust_z[k] = (largest - median) / MAD with MAD = median |S - median| (NAN when MAD = 0).

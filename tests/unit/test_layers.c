@@ -9,8 +9,40 @@
 
 #include "check.h"
 #include "ckptscope/layers.h"
+#include "ckptscope/metrics.h"
 #include "ckptscope/stats.h"
 #include "ref/pyref.h"
+
+/* Every cell against cks_pearson_f64 (itself checked against numpy in test_metrics). */
+static void pearson_matrix_against_pairwise(void)
+{
+    enum { LA = 5, LB = 7, N = 300 };
+    cks_rng rng;
+    cks_rng_seed(&rng, 3);
+    static double va[LA][N], vb[LB][N];
+    const double *pa[LA], *pb[LB];
+    for (int i = 0; i < LA; i++) {
+        for (int k = 0; k < N; k++)
+            va[i][k] = 1.0 + 0.05 * cks_rng_normal(&rng);
+        pa[i] = va[i];
+    }
+    for (int j = 0; j < LB; j++) {
+        for (int k = 0; k < N; k++)
+            vb[j][k] = (j < LA ? 0.5 * (va[j][k] - 1) : 0) + 0.7 + 0.03 * cks_rng_normal(&rng);
+        pb[j] = vb[j];
+    }
+    double s[LA * LB];
+    CHECK(cks_layer_pearson_matrix(pa, LA, pb, LB, N, s, NULL) == CKS_OK);
+    for (int i = 0; i < LA; i++)
+        for (int j = 0; j < LB; j++) {
+            double r = 0;
+            CHECK(cks_pearson_f64(va[i], vb[j], N, &r, NULL) == CKS_OK);
+            CHECK_NEAR(s[i * LB + j], r, 1e-13);
+        }
+    vb[2][0] = NAN;
+    cks_diag diag = {{0}};
+    CHECK(cks_layer_pearson_matrix(pa, LA, pb, LB, N, s, &diag) == CKS_ERR_NUMERIC && strstr(diag.text, "B2"));
+}
 
 static void margins_hand_worked(void)
 {
@@ -205,6 +237,6 @@ static void curves_against_numpy(void)
     }
 }
 
-TEST_MAIN(T(margins_hand_worked), T(monotone_path_against_brute_force), T(monotone_path_finds_inserted_layer),
+TEST_MAIN(T(pearson_matrix_against_pairwise), T(margins_hand_worked), T(monotone_path_against_brute_force), T(monotone_path_finds_inserted_layer),
           T(assignment_against_brute_force), T(summary_and_double_centre_hand_worked), T(detrend_hand_worked),
           T(curves_against_numpy))
