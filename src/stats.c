@@ -348,6 +348,45 @@ static void equality_moments(long double s1, long double s2, long double s3, uin
     out->null_sd = (double)(sqrtl(var) / nn);
 }
 
+cks_err cks_equality_null_from_counts(const uint64_t *counts_a, const uint64_t *counts_b,
+                                      size_t n_values, uint64_t equal, cks_equality_null *out,
+                                      cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    uint64_t n_a = 0, n_b = 0;
+    long double s1 = 0, s2 = 0, s3 = 0;
+    if (!out || !counts_a || !counts_b || n_values == 0) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "equality null needs two histograms and a result");
+        goto out;
+    }
+    memset(out, 0, sizeof *out);
+    for (size_t v = 0; v < n_values; v++) {
+        long double ca = counts_a[v], cb = counts_b[v];
+        n_a += counts_a[v];
+        n_b += counts_b[v];
+        out->distinct_a += counts_a[v] > 0;
+        out->distinct_b += counts_b[v] > 0;
+        s1 += ca * cb;
+        s2 += ca * cb * cb;
+        s3 += ca * ca * cb;
+    }
+    if (n_a != n_b || n_a == 0 || equal > n_a) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG,
+                       "equality null: histograms hold %llu and %llu elements, %llu equal",
+                       (unsigned long long)n_a, (unsigned long long)n_b, (unsigned long long)equal);
+        goto out;
+    }
+    out->n = n_a;
+    out->equal = equal;
+    out->observed_fraction = (double)equal / (double)n_a;
+    equality_moments(s1, s2, s3, n_a, out);
+    out->z = cks_zscore(out->observed_fraction, out->expected_fraction, out->null_sd);
+out:
+    if (err != CKS_OK && out)
+        memset(out, 0, sizeof *out);
+    return err;
+}
+
 cks_err cks_equality_null_compute(cks_dtype dtype, const void *a, const void *b, size_t n,
                                   cks_equality_null *out, cks_diag *diag)
 {
@@ -384,14 +423,8 @@ cks_err cks_equality_null_compute(cks_dtype dtype, const void *a, const void *b,
             table[load_bits(pa + i * width, width)]++;
             table[values + load_bits(pb + i * width, width)]++;
         }
-        for (size_t v = 0; v < values; v++) {
-            long double ca = table[v], cb = table[values + v];
-            out->distinct_a += ca > 0;
-            out->distinct_b += cb > 0;
-            s1 += ca * cb;
-            s2 += ca * cb * cb;
-            s3 += ca * ca * cb;
-        }
+        err = cks_equality_null_from_counts(table, table + values, values, equal, out, diag);
+        goto out;
     } else {
         sorted_a = malloc(n * sizeof *sorted_a);
         sorted_b = malloc(n * sizeof *sorted_b);

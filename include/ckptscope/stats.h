@@ -123,6 +123,17 @@ typedef struct cks_equality_null {
 cks_err cks_equality_null_compute(cks_dtype dtype, const void *a, const void *b, size_t n,
                                   cks_equality_null *out, cks_diag *diag);
 
+/*
+ * The same from value histograms gathered while streaming: counts_a[v] and counts_b[v] are
+ * the numbers of elements with value (bit pattern) v in each tensor, over n_values values
+ * (e.g. a 65536-entry table per side for BF16, filled chunk by chunk); `equal` is the
+ * observed number of bit-identical positions (cks_bits_acc.equal). Both histograms must
+ * sum to the same n > 0 (CKS_ERR_INVALID_ARG otherwise).
+ */
+cks_err cks_equality_null_from_counts(const uint64_t *counts_a, const uint64_t *counts_b,
+                                      size_t n_values, uint64_t equal, cks_equality_null *out,
+                                      cks_diag *diag);
+
 /* ---- small helpers ---- */
 
 /* (x - mean) / sd; NAN when sd <= 0 or not finite. */

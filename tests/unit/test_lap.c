@@ -85,7 +85,7 @@ static void against_scipy(void)
 {
     if (!pyref_available())
         SKIP("/usr/bin/python3 with numpy/scipy not available for the reference");
-    static const size_t shapes[][2] = {{300, 500}, {500, 300}, {700, 700}, {40, 41}};
+    static const size_t shapes[][2] = {{300, 500}, {500, 300}, {700, 700}, {40, 41}, {1500, 1500}};
     cks_rng rng;
     cks_rng_seed(&rng, 8);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -95,6 +95,9 @@ static void against_scipy(void)
         double *cost = malloc(rows * cols * sizeof *cost);
         for (size_t k = 0; k < rows * cols; k++)
             cost[k] = s == 3 ? (double)cks_rng_below(&rng, 10) : cks_rng_uniform(&rng);
+        if (s == 4) /* an AWM-like cost 1 - |cos| with a hidden matching under the noise */
+            for (size_t i = 0; i < rows; i++)
+                cost[i * cols + (i * 7919) % cols] = 0.9 - 0.1 * cks_rng_uniform(&rng);
         pyref_dir dir = {{0}};
         char shape[64];
         snprintf(shape, sizeof shape, "%zu %zu", rows, cols);

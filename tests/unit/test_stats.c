@@ -373,6 +373,19 @@ static void equality_null_exact(void)
         CHECK_NEAR(e32.null_sd, sqrt(fmax(var, 0)) / 7, 1e-12);
         CHECK(e32.equal == e.equal && e32.distinct_a == e.distinct_a && e32.distinct_b == e.distinct_b);
     }
+    /* from histograms (the streaming form): the same numbers as from the raw tensor */
+    uint64_t counts_a[256] = {0}, counts_b[256] = {0};
+    for (int i = 0; i < 7; i++) {
+        counts_a[cases[0][0][i]]++;
+        counts_b[cases[0][1][i]]++;
+    }
+    cks_equality_null from_counts, from_raw;
+    CHECK(cks_equality_null_compute(CKS_DTYPE_U8, cases[0][0], cases[0][1], 7, &from_raw, NULL) == CKS_OK);
+    CHECK(cks_equality_null_from_counts(counts_a, counts_b, 256, from_raw.equal, &from_counts, NULL) == CKS_OK);
+    CHECK(from_counts.expected_fraction == from_raw.expected_fraction && from_counts.null_sd == from_raw.null_sd);
+    CHECK(from_counts.z == from_raw.z && from_counts.distinct_a == from_raw.distinct_a);
+    counts_b[9]++;
+    CHECK(cks_equality_null_from_counts(counts_a, counts_b, 256, 1, &from_counts, NULL) == CKS_ERR_INVALID_ARG);
     /* a constant tensor: every shuffle matches the same way, sd 0, z undefined */
     CHECK(cks_equality_null_compute(CKS_DTYPE_U8, cases[1][0], cases[1][0], 7, &e, NULL) == CKS_OK);
     CHECK(e.null_sd == 0 && isnan(e.z) && e.distinct_a == 1);
