@@ -1017,14 +1017,12 @@ static cks_err test_t4(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
 {
     cks_err err;
     cmp_model aa, bb;
-    cmp_embed_pair ea;
     int32_t *idx_a = NULL, *idx_b = NULL;
     int8_t *sgn = NULL;
     size_t n = 0;
 
     memset(&aa, 0, sizeof aa);
     memset(&bb, 0, sizeof bb);
-    memset(&ea, 0, sizeof ea);
     err = test_alignment(ctx, a, b, emb, f, diag);
     if (err)
         return err;
@@ -1053,12 +1051,6 @@ static cks_err test_t4(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
     err = reindex_model(a, idx_a, NULL, n, &aa);
     if (!err)
         err = reindex_model(b, idx_b, sgn, n, &bb);
-    if (!err && emb) {
-        err = select_columns(&emb->a, idx_a, NULL, n, &ea.a);
-        if (!err)
-            err = select_columns(&emb->b, idx_b, sgn, n, &ea.b);
-        ea.bytes = emb->bytes;
-    }
     if (err) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory aligning the models");
         goto out;
@@ -1069,8 +1061,9 @@ static cks_err test_t4(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
         err = choose_pairing(&aa, &bb, f, diag);
         if (!err)
             err = test_norms(ctx, &aa, &bb, f, "T4b-norms", "norm gains after alignment", diag);
+        /* not the embedding rows: the alignment was fitted to them, so they agree by construction */
         if (!err)
-            err = test_weights(ctx, &aa, &bb, &ea, f, "T4b-weights", "index-aligned weights after alignment", diag);
+            err = test_weights(ctx, &aa, &bb, NULL, f, "T4b-weights", "index-aligned weights after alignment", diag);
         if (!err)
             err = test_cka(ctx, &aa, &bb, f, diag);
         (void)saved;
@@ -1078,7 +1071,6 @@ static cks_err test_t4(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
 out:
     cmp_model_release(&aa);
     cmp_model_release(&bb);
-    cmp_embed_pair_release(&ea);
     free(idx_a);
     free(idx_b);
     free(sgn);
@@ -1781,7 +1773,7 @@ static void record_control(family *main, const family *ctl, double alpha, const 
     }
 }
 
-static cks_err run_pair(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, family *f, cks_diag *diag)
+static cks_err run_pair(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, family *f, cks_diag *diag)
 {
     cks_err err;
     cmp_embed_pair emb;

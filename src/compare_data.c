@@ -562,3 +562,48 @@ out:
     free(plan);
     return err;
 }
+
+void cmp_role_dims(const cmp_model *md, cks_role role, size_t *rows, size_t *cols, size_t *elem_bytes)
+{
+    const cks_fused_slice *slice;
+    const cks_tensor_role *tr = md->roles ? find_weight(md->roles, role, -1, &slice) : NULL;
+    *rows = *cols = *elem_bytes = 0;
+    if (!tr || tr->tensor->info->ndim != 2 || !cks_decode_supported(tr->tensor->info->dtype))
+        return;
+    matrix_dims(tr, slice, rows, cols);
+    *elem_bytes = cks_decode_elem_size(tr->tensor->info->dtype);
+}
+
+cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
+                           uint64_t *counter, cks_diag *diag)
+{
+    cks_err err;
+    const cks_fused_slice *slice;
+    const cks_tensor_role *tr = md->roles ? find_weight(md->roles, role, -1, &slice) : NULL;
+    read_plan *plan = NULL;
+    size_t total, cols, esize;
+
+    memset(out, 0, sizeof *out);
+    if (!tr || tr->tensor->info->ndim != 2 || !cks_decode_supported(tr->tensor->info->dtype))
+        return CKS_OK;
+    matrix_dims(tr, slice, &total, &cols);
+    esize = cks_decode_elem_size(tr->tensor->info->dtype);
+    for (size_t i = 0; i < n; i++)
+        if (rows[i] >= total)
+            return cks_fail(diag, CKS_ERR_INVALID_ARG, "row %u beyond the %zu rows of %s", rows[i], total,
+                            tr->tensor->info->name);
+    plan = malloc(sizeof *plan);
+    if (!plan)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    plan->n = 0;
+    if (!tr->transposed && !(slice && tr->split.axis == 1)) {
+        size_t first = slice ? (size_t)slice->begin : 0;
+        for (size_t i = 0; i < n; i++)
+            plan_add(plan, md->m->ckpt, tr->tensor, (uint64_t)(first + rows[i]) * cols * esize, (uint64_t)cols * esize);
+    }
+    err = plan_run(plan, diag);
+    free(plan);
+    if (err)
+        return err;
+    return load_rows(md, tr, slice, rows, n, out, counter, diag);
+}

@@ -1,17 +1,124 @@
-/* compare: placeholder until the tokenizer module lands (see below). */
+/*
+ * compare: the embedding rows of the tokens two models share, matched by normalised string
+ * (tokenizer.h). They feed T3 (index-aligned rows) and T4's hidden-dimension alignment.
+ *
+ * Tokens are taken in blocks of consecutive shared pairs (in A's id order) at seeded random
+ * positions, so that A's rows come in runs a range request can cover, and the choice is the
+ * same on every run with the same seed.
+ */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/stats.h"
+#include "ckptscope/tokenizer.h"
 #include "compare_internal.h"
 
-cks_err cmp_embed_pair_load(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_embed_pair *out,
-                            cks_diag *diag)
+#define TOKEN_BLOCK 64u
+#define MAX_TOKENS 16384u
+
+static cks_err parse_vocab(const cks_compare_model *m, cks_vocab **out, char *note, size_t note_size)
 {
-    (void)ctx;
-    (void)a;
-    (void)b;
-    (void)diag;
+    cks_diag d;
+    cks_err err;
+    *out = NULL;
+    if (!m->tokenizer_json) {
+        snprintf(note, note_size, "%s has no tokenizer.json", m->label);
+        return CKS_ERR_NOT_FOUND;
+    }
+    err = cks_vocab_parse(m->tokenizer_json, m->tokenizer_len, out, &d);
+    if (err)
+        snprintf(note, note_size, "tokenizer.json of %s is unusable: %.100s", m->label, d.text);
+    return err;
+}
+
+cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_vocab *va = NULL, *vb = NULL;
+    cks_vocab_match *match = NULL;
+    cks_vocab_match_opts mopts = {true};
+    uint32_t *rows_a = NULL, *rows_b = NULL;
+    size_t ra, ca, ea, rb, cb, eb, usable = 0, want, n = 0;
+    cks_token_pair *pairs = NULL;
+
     memset(out, 0, sizeof *out);
-    snprintf(out->note, sizeof out->note, "tokenizer matching is not wired yet");
-    return CKS_OK;
+    if (parse_vocab(a->m, &va, out->note, sizeof out->note) != CKS_OK ||
+        parse_vocab(b->m, &vb, out->note, sizeof out->note) != CKS_OK)
+        goto out; /* not an error: T4 reports why it could not run */
+    out->vocab_a = va->n;
+    out->vocab_b = vb->n;
+    err = cks_vocab_match_run(va, vb, &mopts, &match, diag);
+    if (err)
+        goto out;
+    out->shared = match->n_shared;
+    cmp_role_dims(a, CKS_ROLE_EMBED, &ra, &ca, &ea);
+    cmp_role_dims(b, CKS_ROLE_EMBED, &rb, &cb, &eb);
+    if (!ra || !rb) {
+        snprintf(out->note, sizeof out->note, "%s has no decodable token embedding matrix", !ra ? "A" : "B");
+        goto out;
+    }
+    /* only pairs whose ids fall inside both embedding matrices */
+    pairs = malloc((match->n_pairs ? match->n_pairs : 1) * sizeof *pairs);
+    if (!pairs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < match->n_pairs; i++)
+        if (match->pairs[i].id_a < ra && match->pairs[i].id_b < rb)
+            pairs[usable++] = match->pairs[i];
+    /* a quarter of each model's budget goes to embedding rows */
+    want = (size_t)(ctx->budget / 4 / ((uint64_t)ca * ea + (uint64_t)cb * eb + 1));
+    if (want > MAX_TOKENS)
+        want = MAX_TOKENS;
+    if (want > usable)
+        want = usable;
+    rows_a = malloc((want ? want : 1) * sizeof *rows_a);
+    rows_b = malloc((want ? want : 1) * sizeof *rows_b);
+    if (!rows_a || !rows_b) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (want == usable) {
+        for (size_t i = 0; i < usable; i++) {
+            rows_a[n] = pairs[i].id_a;
+            rows_b[n] = pairs[i].id_b;
+            n++;
+        }
+    } else {
+        size_t n_blocks = (usable + TOKEN_BLOCK - 1) / TOKEN_BLOCK;
+        uint32_t *order = malloc(n_blocks * sizeof *order);
+        cks_rng rng;
+        if (!order) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        cks_rng_seed(&rng, ctx->seed ^ 0x70CE5EEDull);
+        cks_rng_permutation(&rng, order, n_blocks);
+        for (size_t k = 0; k < n_blocks && n < want; k++)
+            for (size_t i = (size_t)order[k] * TOKEN_BLOCK; i < usable && i < ((size_t)order[k] + 1) * TOKEN_BLOCK && n < want;
+                 i++) {
+                rows_a[n] = pairs[i].id_a;
+                rows_b[n] = pairs[i].id_b;
+                n++;
+            }
+        free(order);
+    }
+    err = cmp_load_role_rows(a, CKS_ROLE_EMBED, rows_a, n, &out->a, &out->bytes, diag);
+    if (!err)
+        err = cmp_load_role_rows(b, CKS_ROLE_EMBED, rows_b, n, &out->b, &out->bytes, diag);
+    if (err)
+        goto out;
+    if (n < usable)
+        snprintf(out->note, sizeof out->note, "%zu of %zu shared tokens read (budget)", n, usable);
+out:
+    if (err)
+        cmp_embed_pair_release(out);
+    free(pairs);
+    free(rows_a);
+    free(rows_b);
+    cks_vocab_match_free(match);
+    cks_vocab_free(va);
+    cks_vocab_free(vb);
+    return err;
 }

@@ -77,8 +77,13 @@ void cmp_embed_pair_release(cmp_embed_pair *e);
 /* Read and decode what the tests need from one model, within the budget. */
 cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag);
 /* The shared-token embedding rows of a pair (empty, with a note, when not possible). */
-cks_err cmp_embed_pair_load(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_embed_pair *out,
-                            cks_diag *diag);
+cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag);
+/* Decode rows `rows[0..n)` of the tensor with `role` (weight part, no layer) into out,
+ * prefetching them first; out is left empty when the model has no such decodable matrix. */
+cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
+                           uint64_t *counter, cks_diag *diag);
+/* Output rows and input width of a whole-model role's matrix (0, 0 when absent). */
+void cmp_role_dims(const cmp_model *md, cks_role role, size_t *rows, size_t *cols, size_t *elem_bytes);
 /* Rows sampled from a tensor with `total` rows: the same indices for the same total. */
 size_t cmp_sample_rows(uint64_t seed, size_t total, size_t want, uint32_t *rows);
 
