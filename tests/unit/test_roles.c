@@ -6,7 +6,9 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "ckptscope/checkpoint.h"
@@ -849,6 +851,83 @@ static void meta_llama(void)
     cks_ckpt_free(c);
 }
 
+/*
+ * The synthetic families (tests/tools/gen_family.py) opened from disk: sharded checkpoints
+ * with config.json, and the re-uploads under other names (Meta's Llama names; a
+ * "language_model." prefix for the GLM style). Every tensor must get a role. Generated here
+ * when /usr/bin/python3 with numpy is available; CKS_FAMILY_DIR points at existing output.
+ */
+static void family_checkpoints(void)
+{
+    static const char *const tags[] = {"base", "finetune", "permuted", "independent", "layers_inserted",
+                                       "layers_removed", "reshard", "base_cls", "independent_cls"};
+    static const char *const styles[] = {"llama", "glm"};
+    const char *dir = getenv("CKS_FAMILY_DIR"), *root = getenv("CKS_ROOT");
+    char tmpl[] = "/tmp/cks-roles-XXXXXX", cmd[8192], path[4096];
+    bool made = false;
+    if (!dir) {
+        if (access("/usr/bin/python3", X_OK) != 0 || system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0)
+            SKIP("/usr/bin/python3 with numpy not available to run gen_family.py");
+        if (!mkdtemp(tmpl))
+            SKIP("no temporary directory");
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/tools/gen_family.py %s >/dev/null", root ? root : ".",
+                 tmpl);
+        made = true;
+        dir = tmpl;
+        CHECK_MSG(system(cmd) == 0, "%s failed", cmd);
+    }
+    for (size_t s = 0; s < 2; s++) {
+        for (size_t k = 0; k < sizeof tags / sizeof tags[0]; k++) {
+            cks_ckpt *c = NULL;
+            cks_roles *r = NULL;
+            cks_diag diag = {{0}};
+            bool glm = s == 1;
+            int depth = (glm ? 4 : 6) + (strcmp(tags[k], "layers_inserted") == 0) -
+                        (strcmp(tags[k], "layers_removed") == 0);
+            snprintf(path, sizeof path, "%s/%s/%s", dir, styles[s], tags[k]);
+            CHECK_MSG(cks_ckpt_open_local(path, &c, &diag) == CKS_OK, "%s: %s", path, diag.text);
+            CHECK_MSG(c && cks_roles_load_dir(c, path, &r, &diag) == CKS_OK, "%s: %s", path, diag.text);
+            if (r) {
+                size_t other = 0, heads = 0, mtp = 0;
+                CHECK_MSG(!r->inferred && r->n_layers == depth && r->n_mtp_layers == (glm ? 1 : 0),
+                          "%s: %d layers + %d MTP", path, r->n_layers, r->n_mtp_layers);
+                CHECK_EQ_STR(r->family, glm ? "glm4_moe" : "llama");
+                for (size_t i = 0; i < r->n; i++) {
+                    other += r->entries[i].role == CKS_ROLE_OTHER;
+                    heads += r->entries[i].role == CKS_ROLE_HEAD;
+                    mtp += r->entries[i].role == CKS_ROLE_MTP;
+                }
+                CHECK_MSG(other == 0, "%s: %zu tensors without a role", path, other);
+                CHECK_EQ_INT(heads, strstr(tags[k], "_cls") ? 1 : 0);
+                CHECK(glm ? mtp > 10 : mtp == 0);
+                for (int l = 0; l < depth; l++) {
+                    CHECK_MSG(cks_roles_find(r, CKS_ROLE_ATTN_NORM, W, l, -1) &&
+                                  cks_roles_find(r, CKS_ROLE_FFN_NORM, W, l, -1) &&
+                                  cks_roles_find(r, CKS_ROLE_K, W, l, -1),
+                              "%s layer %d", path, l);
+                    if (glm && l >= 1)
+                        CHECK_MSG(cks_roles_find(r, CKS_ROLE_ROUTER_BIAS, W, l, -1) &&
+                                      cks_roles_find(r, CKS_ROLE_EXPERT_DOWN, W, l, 7) &&
+                                      cks_roles_find(r, CKS_ROLE_SHARED_UP, W, l, -1) &&
+                                      cks_roles_layer_experts(r, l) == 8,
+                                  "%s MoE layer %d", path, l);
+                }
+                CHECK(cks_roles_find(r, CKS_ROLE_EMBED, W, -1, -1) && cks_roles_find(r, CKS_ROLE_LM_HEAD, W, -1, -1) &&
+                      cks_roles_find(r, CKS_ROLE_FINAL_NORM, W, -1, -1));
+                CHECK(cks_roles_find(r, CKS_ROLE_ROUTER, W, 0, -1) == NULL);
+                CHECK(cks_roles_find(r, CKS_ROLE_ATTN_NORM, W, depth, -1) == NULL);
+            }
+            cks_roles_free(r);
+            cks_ckpt_free(c);
+        }
+    }
+    if (made) {
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
+        CHECK(system(cmd) == 0);
+    }
+}
+
 TEST_MAIN(T(llama), T(mistral), T(qwen2_and_qwen3), T(mixtral), T(glm4_moe), T(deepseek_v3), T(solar_open),
           T(phimoe), T(phi3_fused), T(gpt2), T(bert), T(unknown_arch), T(layers_beyond_config), T(bad_configs),
-          T(gemma2_sandwich), T(meta_llama))
+          T(gemma2_sandwich), T(meta_llama),
+          T(family_checkpoints))
