@@ -1105,7 +1105,7 @@ static cks_err test_generic(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
     cks_err err = CKS_OK;
     cks_test_result *t = family_add(f, "G", "name- and shape-matched tensors, per-tensor Pearson", true);
     double *p = NULL, *adjusted = NULL, best_p = 1.0, best_r = NAN;
-    size_t n_tests = 0, significant = 0;
+    size_t n_tests = 0, significant = 0, unusable = 0;
     uint64_t bytes = 0;
 
     if (!t)
@@ -1128,6 +1128,8 @@ static cks_err test_generic(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
         for (size_t j = 0; tb && j < b->n_raw; j++)
             if (b->raw[j].tensor == tb)
                 rb = &b->raw[j];
+        if (rb && rb->tensor->info->nelements == n && (ra->low_information || rb->low_information))
+            unusable++; /* constant, NaN-filled or few-valued on one side */
         if (!rb || ra->low_information || rb->low_information || rb->tensor->info->nelements != n || n < 16 ||
             !cks_dtype_is_float(ra->tensor->info->dtype) || !cks_dtype_is_float(rb->tensor->info->dtype) ||
             !cks_decode_supported(ra->tensor->info->dtype) || !cks_decode_supported(rb->tensor->info->dtype))
@@ -1141,6 +1143,8 @@ static cks_err test_generic(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
             err = cks_decode_f64(ra->tensor->info->dtype, ra->bytes, n, va, NULL, diag);
         if (!err)
             err = cks_decode_f64(rb->tensor->info->dtype, rb->bytes, n, vb, NULL, diag);
+        if (!err && !(vector_usable(va, n) && vector_usable(vb, n)))
+            unusable++;
         if (!err && vector_usable(va, n) && vector_usable(vb, n)) {
             c.a = va;
             c.b = vb;
@@ -1169,7 +1173,14 @@ static cks_err test_generic(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
     if (err)
         goto out;
     if (n_tests == 0) {
-        not_run(t, "%s", "no tensor shares its name, shape and a float dtype on both sides");
+        if (unusable > 0) {
+            char why[160];
+            snprintf(why, sizeof why, "%zu name-matched tensor(s), but each is constant, few-valued or NaN/Inf on one side",
+                     unusable);
+            not_run(t, "%s", why);
+        } else {
+            not_run(t, "%s", "no tensor shares its name, shape and a float dtype on both sides");
+        }
         goto out;
     }
     adjusted = malloc(n_tests * sizeof *adjusted);
@@ -1670,6 +1681,22 @@ static void decide(const cmp_ctx *ctx, family *f, const cmp_model *a, const cmp_
                  "tensor cannot decide derivation.",
                  lead->id, lead->tensors);
         return;
+    }
+    {
+        /* T1 alone never clears a pair: it only sees byte copies */
+        size_t beyond_t1 = 0;
+        for (size_t i = 0; i < f->n; i++)
+            if (f->t[i].primary && f->t[i].ran && f->t[i].valid && strcmp(f->t[i].id, "T1") != 0)
+                beyond_t1++;
+        if (n_ran > 0 && beyond_t1 == 0) {
+            const cks_test_result *g = family_find(f, "G");
+            r->verdict = CKS_VERDICT_INCONCLUSIVE;
+            snprintf(r->reason, sizeof r->reason,
+                     "No tensor is byte-identical, but nothing else could be compared (%s), so derivation can be "
+                     "neither shown nor excluded.",
+                     g && g->why_not[0] ? g->why_not : "no comparable tensors");
+            return;
+        }
     }
     if (n_ran == 0) {
         r->verdict = CKS_VERDICT_INCONCLUSIVE;

@@ -365,6 +365,9 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
     read_plan *plan = NULL;
     uint32_t *rows = NULL;
     size_t n_rows = 0;
+    unsigned tests = ctx->opts && ctx->opts->tests ? ctx->opts->tests : CKS_TEST_ALL;
+    /* read only what the selected tests use: norms for T2/T4, routers and k/v for T3/T4 */
+    bool want_norms = tests & (CKS_TEST_T2 | CKS_TEST_T4), want_weights = tests & (CKS_TEST_T3 | CKS_TEST_T4);
 
     memset(md, 0, sizeof *md);
     md->m = m;
@@ -383,7 +386,7 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
     plan->n = 0;
 
     /* Small enough: read and hash everything, so T1 can say "identical" for certain. */
-    if (total <= ctx->budget) {
+    if (total <= ctx->budget && (tests & CKS_TEST_T1)) {
         for (size_t i = 0; i < ckpt->n_tensors; i++)
             plan_add(plan, ckpt, &ckpt->tensors[i], 0, tensor_bytes(&ckpt->tensors[i]));
         err = plan_run(plan, diag);
@@ -420,6 +423,8 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
                     tr = cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_BIAS, l, -1);
                 if (!tr || tr->fused)
                     continue;
+                if ((r < 2 && !want_norms) || (r >= 2 && !want_weights))
+                    continue;
                 /* routers only while they fit in half the budget */
                 if (whole_roles[r] == CKS_ROLE_ROUTER && small + tensor_bytes(tr->tensor) > ctx->budget / 2)
                     continue;
@@ -436,19 +441,19 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
             const cks_tensor_role *tr;
             cmp_raw *raw;
             size_t n;
-            tr = find_weight(md->roles, CKS_ROLE_ATTN_NORM, l, &slice);
+            tr = want_norms ? find_weight(md->roles, CKS_ROLE_ATTN_NORM, l, &slice) : NULL;
             if (tr && !tr->fused && tr->tensor->info->nelements == md->hidden) {
                 err = raw_load(md, tr, &raw, &md->bytes_norms, diag);
                 if (!err)
                     err = decode_vector(raw, &L->attn_norm, &n, diag);
             }
-            tr = find_weight(md->roles, CKS_ROLE_FFN_NORM, l, &slice);
+            tr = want_norms ? find_weight(md->roles, CKS_ROLE_FFN_NORM, l, &slice) : NULL;
             if (!err && tr && !tr->fused && tr->tensor->info->nelements == md->hidden) {
                 err = raw_load(md, tr, &raw, &md->bytes_norms, diag);
                 if (!err)
                     err = decode_vector(raw, &L->ffn_norm, &n, diag);
             }
-            tr = find_weight(md->roles, CKS_ROLE_ROUTER, l, &slice);
+            tr = want_weights ? find_weight(md->roles, CKS_ROLE_ROUTER, l, &slice) : NULL;
             if (!err && tr && !tr->fused && tr->tensor->info->ndim == 2 && tr->tensor->info->shape[1] == md->hidden &&
                 tensor_bytes(tr->tensor) <= ctx->budget / 2) {
                 size_t experts = (size_t)tr->tensor->info->shape[0];
@@ -467,7 +472,7 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
             tr = cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_WEIGHT, l, -1);
             if (!tr)
                 tr = cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_BIAS, l, -1);
-            if (!err && tr) {
+            if (!err && tr && want_weights) {
                 err = raw_load(md, tr, &raw, &md->bytes_router, diag);
                 if (!err)
                     err = decode_vector(raw, &L->router_bias, &L->n_router_bias, diag);
@@ -494,7 +499,7 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
                     max_rows = r;
             }
         }
-        if (max_rows > 0 && md->hidden > 0) {
+        if (max_rows > 0 && md->hidden > 0 && want_weights) {
             uint64_t per_row = (uint64_t)md->hidden * 2 /* bf16-ish */ * 2 /* k and v */ * (uint64_t)md->n_layers;
             n_rows = per_row ? (size_t)(left / per_row) : 0;
             if (n_rows > max_rows || md->full_coverage)

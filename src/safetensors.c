@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FIRST_CHUNK (64u * 1024u)   /* one read covers the header of most files */
+/* The first read: small, so a remote reader wastes at most this much beyond the header
+ * (a larger header costs one more read of exactly its length). */
+#define FIRST_CHUNK (4u * 1024u)
 #define MAX_EXACT_INTEGER 9007199254740992.0 /* 2^53: larger JSON numbers lose precision in a double */
 #define MAX_INDEX_BYTES (256u * 1024u * 1024u)
 

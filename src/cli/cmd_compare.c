@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include "ckptscope/compare.h"
+#include "ckptscope/report.h"
 #include "cli.h"
+#include "cli_report.h"
 
 static const char compare_help[] =
     "usage: ckptscope compare [OPTIONS] A B\n"
@@ -33,6 +35,8 @@ static const char compare_help[] =
     "  --alpha X        family-wise error level for Holm (default 0.001)\n"
     "  --permutations N permutations of the cheap tests (default 9999)\n"
     "  --no-synthetic   skip the built-in synthetic power checks\n"
+    "  --html FILE      also write a self-contained HTML report (verdict, tests, heatmaps,\n"
+    "                   provenance of every number) to FILE\n"
     "  --json           machine-readable result (schema in the README)\n"
     "  --quiet          no progress on stderr\n"
     "  --help           this text\n"
@@ -43,7 +47,8 @@ static const char compare_help[] =
     "  ckptscope compare ./base ./finetune\n"
     "  ckptscope compare zai-org/GLM-4.5-Air upstage/Solar-Open-100B \\\n"
     "      --control microsoft/Phi-3.5-MoE-instruct --positive PrimeIntellect/INTELLECT-3\n"
-    "  ckptscope compare A B --tests T2 --json | jq '.tests[0]'\n";
+    "  ckptscope compare A B --tests T2 --json | jq '.tests[0]'\n"
+    "  ckptscope compare ./base ./finetune --html report.html\n";
 
 #define MAX_EXTRA 16
 
@@ -55,7 +60,8 @@ struct opened {
     cks_compare_model model;
 };
 
-static cks_err open_model(const char *spec, const char *label, const cli_opts *opts, struct opened *o, cks_diag *diag)
+static cks_err open_model(const char *spec, const char *label, const cli_opts *opts, bool want_tokenizer,
+                          struct opened *o, cks_diag *diag)
 {
     cks_err err;
     cks_diag ignored;
@@ -68,7 +74,9 @@ static cks_err open_model(const char *spec, const char *label, const cli_opts *o
         o->config = NULL;
         o->config_len = 0;
     }
-    if (cks_ckpt_fetch_aux(o->ckpt, "tokenizer.json", &o->tokenizer, &o->tokenizer_len, &ignored) != CKS_OK) {
+    /* tokenizer.json can be megabytes: fetch it only for the tests that match tokens (T3, T4) */
+    if (!want_tokenizer ||
+        cks_ckpt_fetch_aux(o->ckpt, "tokenizer.json", &o->tokenizer, &o->tokenizer_len, &ignored) != CKS_OK) {
         o->tokenizer = NULL;
         o->tokenizer_len = 0;
     }
@@ -329,6 +337,7 @@ int cmd_compare(int argc, char **argv)
                                              {"alpha", required_argument, NULL, 'a'},
                                              {"permutations", required_argument, NULL, 'n'},
                                              {"no-synthetic", no_argument, NULL, 'S'},
+                                             {"html", required_argument, NULL, 'H'},
                                              CLI_COMMON_LONGOPTS,
                                              {0}};
     cli_opts opts = {0};
@@ -343,6 +352,8 @@ int cmd_compare(int argc, char **argv)
     cks_err err = CKS_OK;
     int opt, rc = EXIT_OK;
     size_t opened_ctl = 0, opened_pos = 0;
+    bool want_tokenizer;
+    const char *html_path = NULL;
 
     memset(&copts, 0, sizeof copts);
     memset(&a, 0, sizeof a);
@@ -394,6 +405,9 @@ int cmd_compare(int argc, char **argv)
         case 'S':
             copts.no_synthetic_power = true;
             break;
+        case 'H':
+            html_path = optarg;
+            break;
         case OPT_HELP:
         case 'h':
             fputs(compare_help, stdout);
@@ -405,19 +419,25 @@ int cmd_compare(int argc, char **argv)
     if (argc - optind != 2)
         return cli_usage_error("compare", "expected two SOURCEs, A and B");
 
-    err = open_model(argv[optind], "A", &opts, &a, &diag);
+    want_tokenizer = !copts.tests || (copts.tests & (CKS_TEST_T3 | CKS_TEST_T4));
+    err = open_model(argv[optind], "A", &opts, want_tokenizer, &a, &diag);
     if (!err)
-        err = open_model(argv[optind + 1], "B", &opts, &b, &diag);
+        err = open_model(argv[optind + 1], "B", &opts, want_tokenizer, &b, &diag);
+    if (!err && html_path) /* the report lists the byte ranges each file gave the analysis */
+        err = cks_report_track_reads(a.ckpt, &diag);
+    if (!err && html_path)
+        err = cks_report_track_reads(b.ckpt, &diag);
     for (; !err && opened_ctl < n_controls; opened_ctl++) {
         snprintf(labels[opened_ctl], sizeof labels[0], "%.60s", controls[opened_ctl]);
-        err = open_model(controls[opened_ctl], labels[opened_ctl], &opts, &ctl[opened_ctl], &diag);
+        err = open_model(controls[opened_ctl], labels[opened_ctl], &opts, want_tokenizer, &ctl[opened_ctl], &diag);
         if (err)
             break;
         ctl_models[opened_ctl] = ctl[opened_ctl].model;
     }
     for (; !err && opened_pos < n_positives; opened_pos++) {
         snprintf(labels[MAX_EXTRA + opened_pos], sizeof labels[0], "%.60s", positives[opened_pos]);
-        err = open_model(positives[opened_pos], labels[MAX_EXTRA + opened_pos], &opts, &pos[opened_pos], &diag);
+        err = open_model(positives[opened_pos], labels[MAX_EXTRA + opened_pos], &opts, want_tokenizer, &pos[opened_pos],
+                         &diag);
         if (err)
             break;
         pos_models[opened_pos] = pos[opened_pos].model;
@@ -438,6 +458,12 @@ int cmd_compare(int argc, char **argv)
     if (err) {
         rc = cli_fail("compare", err, &diag);
         goto out;
+    }
+    if (html_path) {
+        cli_report_model ra = {argv[optind], a.ckpt, a.report}, rb = {argv[optind + 1], b.ckpt, b.report};
+        rc = cli_write_html_report(html_path, result, &ra, &rb, &copts, argc, argv, &opts);
+        if (rc != EXIT_OK)
+            goto out;
     }
     if (opts.json)
         print_json(result, &a, &b);
