@@ -30,8 +30,15 @@ struct extent {
 
 enum sha_state { SHA_NONE, SHA_RUNNING, SHA_OK, SHA_BAD };
 
+/*
+ * Locking: `mu` guards the extents, the hash state and the session; `net` serialises the
+ * range engine (libcurl handles are single-threaded). The network is never used with `mu`
+ * held, so while one thread waits for bytes the others keep reading what is in memory.
+ * Order: net before mu.
+ */
 struct cks_remote {
     pthread_mutex_t mu;
+    pthread_mutex_t net;
     int refs;
     cks_http *http;
     cks_hub *hub;
@@ -86,6 +93,7 @@ static void remote_unref(cks_remote *r)
     free(r->url_base);
     free(r->url_shown);
     pthread_mutex_destroy(&r->mu);
+    pthread_mutex_destroy(&r->net);
     free(r);
 }
 
@@ -163,6 +171,7 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
         goto out;
     }
     pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->net, NULL);
     r->refs = 1;
     r->cache = opts->cache;
     r->memory_cap = opts->memory_cap ? opts->memory_cap : DEFAULT_MEMORY_CAP;
@@ -215,6 +224,12 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
         }
     } else {
         const char *slash;
+        if (cks_cache_offline(r->cache)) {
+            err = cks_fail(diag, CKS_ERR_OFFLINE_MISS,
+                           "%s: --offline, and a plain URL has no content identity to find in "
+                           "the cache", spec->url);
+            goto out;
+        }
         r->url = strdup(spec->url);
         r->url_shown = strndup(spec->url, strcspn(spec->url, "?#"));
         if (!r->url || !r->url_shown) {
@@ -269,9 +284,9 @@ void cks_remote_get_stats(const cks_remote *r, cks_http_stats *out)
     memset(out, 0, sizeof *out);
     if (!r)
         return;
-    pthread_mutex_lock((pthread_mutex_t *)&r->mu);
+    pthread_mutex_lock((pthread_mutex_t *)&r->net);
     cks_http_get_stats(r->http, out);
-    pthread_mutex_unlock((pthread_mutex_t *)&r->mu);
+    pthread_mutex_unlock((pthread_mutex_t *)&r->net);
 }
 
 /* ---------------------------------------------------------------- sources ---- */
@@ -526,18 +541,31 @@ out:
 
 /*
  * Bring every wanted range into memory (and the cache): skip what memory already holds,
- * read what the cache holds, fetch the rest in one engine call.
+ * read what the cache holds, fetch the rest in one engine call. Called and returns with
+ * r->mu held, but drops it while on the network. With `try_net`, gives up silently (CKS_OK)
+ * when another thread is using the network: used for early read-ahead, which is optional.
  */
-static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, cks_diag *diag)
+static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_http_piece *pieces = calloc(n ? n : 1, sizeof *pieces);
     struct rsrc **srcs = calloc(n ? n : 1, sizeof *srcs);
     size_t np = 0;
+    bool have_net = false;
     if (!pieces || !srcs) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
+    if (try_net) {
+        if (pthread_mutex_trylock(&r->net) != 0)
+            goto out;
+    } else {
+        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_lock(&r->net);
+        pthread_mutex_lock(&r->mu);
+    }
+    have_net = true;
+    /* what is still missing now that we may go to the network (others may have fetched it) */
     for (size_t i = 0; i < n; i++) {
         struct rsrc *s = w[i].src;
         if (w[i].len == 0 || in_memory(s, w[i].off, w[i].len))
@@ -574,10 +602,11 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, cks_diag *di
     }
     if (np == 0)
         goto out;
+    pthread_mutex_unlock(&r->mu);
     err = resolve_pending(r, srcs, np, diag);
-    if (err)
-        goto out;
-    err = cks_http_fetch(r->http, pieces, np, diag);
+    if (!err)
+        err = cks_http_fetch(r->http, pieces, np, diag);
+    pthread_mutex_lock(&r->mu);
     if (err)
         goto out;
     for (size_t i = 0; i < np; i++) {
@@ -595,12 +624,29 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, cks_diag *di
             goto out;
     }
 out:
+    if (have_net)
+        pthread_mutex_unlock(&r->net);
     if (pieces)
         for (size_t i = 0; i < np; i++)
             free(pieces[i].dst);
     free(pieces);
     free(srcs);
     return err;
+}
+
+/* End of the bytes in memory that continue without a hole from `pos` (pos itself if none). */
+static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
+{
+    bool moved = true;
+    while (moved) {
+        moved = false;
+        for (size_t i = 0; i < s->n_ext; i++)
+            if (s->ext[i].off <= pos && pos < s->ext[i].off + s->ext[i].len) {
+                pos = s->ext[i].off + s->ext[i].len;
+                moved = true;
+            }
+    }
+    return pos;
 }
 
 static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t len,
@@ -620,7 +666,9 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
     /* Streaming: this read continues the previous one, or it misses exactly where the bytes
      * already fetched end (several threads taking turns through the file look like that). */
     bool streaming = offset > 0 && offset == s->last_end;
-    for (size_t i = 0; i < s->n_ext && !streaming && pos < end; i++)
+    /* only a read that starts at that edge: one that overlaps fetched bytes and runs past
+     * them (a header read again with its full length) is not a stream */
+    for (size_t i = 0; i < s->n_ext && !streaming && pos == offset && pos < end; i++)
         streaming = pos > 0 && s->ext[i].off + s->ext[i].len == pos;
     if (!streaming && pos < end)
         s->ahead = 0;
@@ -639,16 +687,31 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
             uint64_t ahead = s->ahead;
             if (ahead > s->base.size - end)
                 ahead = s->base.size - end;
+            for (size_t i = 0; i < s->n_ext; i++)
+                if (s->ext[i].off >= end && s->ext[i].off - end < ahead)
+                    ahead = s->ext[i].off - end; /* stop where fetched bytes resume */
             if (want + ahead <= r->memory_cap / 2)
                 want += ahead;
         }
         struct want w = {s, pos, want};
-        err = fetch_wants(r, &w, 1, diag);
+        err = fetch_wants(r, &w, 1, false, diag);
         if (err)
             break;
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
     }
     s->last_end = end;
+    if (!err && s->ahead > 0) {
+        /* A stream that has used up half its window fetches the next one now, so the link
+         * stays busy while this and other threads work on what is in memory. */
+        uint64_t frontier = memory_frontier(s, end);
+        if (frontier < s->base.size && frontier - end < s->ahead / 2) {
+            uint64_t n = s->ahead;
+            if (n > s->base.size - frontier)
+                n = s->base.size - frontier;
+            struct want w = {s, frontier, n};
+            err = fetch_wants(r, &w, 1, true, diag);
+        }
+    }
 out:
     pthread_mutex_unlock(&r->mu);
     return err;
@@ -696,7 +759,7 @@ cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks
         w[m].len = ranges[i].length;
         m++;
     }
-    err = fetch_wants(r, w, m, diag);
+    err = fetch_wants(r, w, m, false, diag);
 out:
     pthread_mutex_unlock(&r->mu);
     free(w);
@@ -785,8 +848,12 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
         }
         /* cache hook: a complete copy in the standard Hugging Face cache needs no network */
         (void)cks_cache_hf_source(NULL, r->repo, f, &hf, NULL);
-        if (hf)
+        if (hf) {
+            /* reports still name the Hub's content identity for it */
+            if (f->sha256[0])
+                memcpy(hf->sha256_hex, f->sha256, sizeof hf->sha256_hex);
             goto out;
+        }
         if (f->size_known) {
             err = new_source(r, path, f->size, f->sha256, NULL, &s, diag);
         } else {

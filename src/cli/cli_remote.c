@@ -84,12 +84,10 @@ cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_r
     cks_remote_config_from_env(&ro.http);
     g.progress_on = !opts->quiet && isatty(STDERR_FILENO);
     ro.http.progress = on_progress;
-    if (opts->offline) {
-        /* revision -> commit and the listing need the Hub; the cache does not hold them yet */
+    if (opts->offline && !ro.cache)
         return cks_fail(diag, CKS_ERR_OFFLINE_MISS,
-                        "--offline: remote sources need the Hub to resolve the revision and list "
-                        "files; this version cannot answer that from the cache");
-    }
+                        "--offline answers from the cache, which could not be opened (see "
+                        "--verbose)");
     err = cks_remote_open(spec, &ro, out, diag);
     if (err)
         return err;

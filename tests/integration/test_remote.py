@@ -567,6 +567,13 @@ def case_cache_rerun_no_network(env, fx):
     env.json(["hash", "org/single", "--cache-dir", cache], extra_env=e)
     gets = cdn_gets(env.hub.log())
     check(gets == [], "second run fetched %r" % [g["range"] for g in gets])
+    # --offline: answered from the cache alone, or a clear miss
+    env.hub.clear_log()
+    j = env.json(["hash", "org/single", "--cache-dir", cache, "--offline"], extra_env=e)
+    check(len(j["tensors"]) == 1, "offline hash")
+    check(env.hub.log() == [], "--offline touched the network: %r" % [x["path"] for x in env.hub.log()])
+    rc, out, err = env.run(["ls", "org/sharded", "--cache-dir", cache, "--offline"], extra_env=e)
+    check(rc == 4 and "OfflineMiss" in err, "offline miss: %d %s" % (rc, err))
 
 
 def case_tls(env, fx):
