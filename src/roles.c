@@ -139,6 +139,15 @@ static const layer_rule layer_rules[] = {
     {"feed_forward.w1", CKS_ROLE_DENSE_GATE, false, FUSE_NONE},
     {"feed_forward.w3", CKS_ROLE_DENSE_UP, false, FUSE_NONE},
     {"feed_forward.w2", CKS_ROLE_DENSE_DOWN, false, FUSE_NONE},
+    /* DistilBERT (post-LN like BERT) */
+    {"attention.q_lin", CKS_ROLE_Q, false, FUSE_NONE},
+    {"attention.k_lin", CKS_ROLE_K, false, FUSE_NONE},
+    {"attention.v_lin", CKS_ROLE_V, false, FUSE_NONE},
+    {"attention.out_lin", CKS_ROLE_O, false, FUSE_NONE},
+    {"sa_layer_norm", CKS_ROLE_ATTN_NORM, false, FUSE_NONE},
+    {"ffn.lin1", CKS_ROLE_DENSE_UP, false, FUSE_NONE},
+    {"ffn.lin2", CKS_ROLE_DENSE_DOWN, false, FUSE_NONE},
+    {"output_layer_norm", CKS_ROLE_FFN_NORM, false, FUSE_NONE},
     /* BERT (post-LN: each LayerNorm closes its sub-block) */
     {"attention.self.query", CKS_ROLE_Q, false, FUSE_NONE},
     {"attention.self.key", CKS_ROLE_K, false, FUSE_NONE},
@@ -192,6 +201,9 @@ static const top_rule top_rules[] = {
     {"lm_head", CKS_ROLE_LM_HEAD},
     {"embed_out", CKS_ROLE_LM_HEAD},
     {"classifier", CKS_ROLE_HEAD},
+    {"classifier.dense", CKS_ROLE_HEAD},     /* RoBERTa's classification head */
+    {"classifier.out_proj", CKS_ROLE_HEAD},
+    {"pre_classifier", CKS_ROLE_HEAD},       /* DistilBERT's */
     {"score", CKS_ROLE_HEAD},
     {"qa_outputs", CKS_ROLE_HEAD},
     {"pooler.dense", CKS_ROLE_HEAD},
@@ -249,18 +261,13 @@ typedef struct parsed {
     bool mtp_mark;     /* the name is one only an MTP block has */
 } parsed;
 
-/* Classify a name by itself (no config). */
-static void parse_name(const char *name, parsed *r)
+/* Classify a name, given as segments, by itself (no config). */
+static void classify(const seg *segs, size_t n, parsed *r)
 {
-    seg segs[MAX_SEGMENTS];
-    size_t n = split_name(name, segs, MAX_SEGMENTS), at = 0;
+    size_t at = 0;
     long layer = -1;
     char rest[MAX_REST];
 
-    memset(r, 0, sizeof *r);
-    r->role = CKS_ROLE_OTHER;
-    r->layer = -1;
-    r->expert = -1;
     if (n < 2)
         return;
 
@@ -321,6 +328,41 @@ static void parse_name(const char *name, parsed *r)
             r->role = top_rules[k].role;
             return;
         }
+    }
+}
+
+/*
+ * Classify a tensor name. LoRA adapters take their module's role as a part of their own:
+ * PEFT writes <module>.lora_A.weight ([r, in]) and lora_B.weight ([out, r]); mlx-lm writes
+ * <module>.lora_a ([in, r]) and lora_b ([r, out]), the transposed layout.
+ */
+static void parse_name(const char *name, parsed *r)
+{
+    seg segs[MAX_SEGMENTS];
+    size_t n = split_name(name, segs, MAX_SEGMENTS);
+    cks_part lora = CKS_PART_WEIGHT;
+    bool lora_transposed = false;
+
+    memset(r, 0, sizeof *r);
+    r->role = CKS_ROLE_OTHER;
+    r->layer = -1;
+    r->expert = -1;
+    if (n >= 3 && seg_is(segs[n - 1], "weight") && (seg_is(segs[n - 2], "lora_A") || seg_is(segs[n - 2], "lora_B"))) {
+        lora = seg_is(segs[n - 2], "lora_A") ? CKS_PART_LORA_A : CKS_PART_LORA_B;
+        segs[n - 2] = segs[n - 1];
+        n--;
+    } else if (n >= 2 && (seg_is(segs[n - 1], "lora_a") || seg_is(segs[n - 1], "lora_b"))) {
+        lora = seg_is(segs[n - 1], "lora_a") ? CKS_PART_LORA_A : CKS_PART_LORA_B;
+        segs[n - 1] = (seg){"weight", 6};
+        lora_transposed = true;
+    }
+    classify(segs, n, r);
+    if (lora != CKS_PART_WEIGHT && r->part == CKS_PART_WEIGHT && r->role != CKS_ROLE_OTHER) {
+        r->part = lora;
+        r->transposed = lora_transposed;
+    } else if (lora != CKS_PART_WEIGHT) {
+        r->role = CKS_ROLE_OTHER; /* a LoRA factor of something without a role */
+        r->part = lora;
     }
 }
 
@@ -437,7 +479,7 @@ out:
 
 static const char *const known_types[] = {
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3",
-    "glm4_moe", "solar_open", "phimoe", "phi3", "gpt2", "bert", "gemma2", "gemma3_text", "gemma3",
+    "glm4_moe", "solar_open", "phimoe", "phi3", "gpt2", "bert", "roberta", "distilbert", "gemma2", "gemma3_text", "gemma3",
 };
 
 static const char *family_of(const cks_arch_config *cfg, bool any_expert, bool any_router_bias,
@@ -474,7 +516,8 @@ static void set_split(cks_tensor_role *e, enum fuse_kind fuse, const cks_arch_co
 
     e->fused = true;
     e->split.n_slices = 0;
-    if (info->ndim < 1 || info->ndim > 2)
+    /* a LoRA A factor sits on the input side, which the fusion does not cut */
+    if (info->ndim < 1 || info->ndim > 2 || e->part == CKS_PART_LORA_A)
         return;
     total = info->shape[axis];
     e->split.axis = axis;
@@ -863,6 +906,10 @@ const char *cks_part_name(cks_part part)
         return "bias";
     case CKS_PART_SCALE:
         return "scale";
+    case CKS_PART_LORA_A:
+        return "lora_a";
+    case CKS_PART_LORA_B:
+        return "lora_b";
     default:
         return "?";
     }

@@ -15,7 +15,9 @@
  *     (glm4_moe) and Solar-Open (mlp.gate router, e_score_correction_bias, mlp.experts.N,
  *     mlp.shared_experts, MLA projections, FP8 weight_scale_inv), Qwen2-MoE (shared_expert,
  *     shared_expert_gate), Phi-3 (fused qkv_proj, gate_up_proj), GPT-2 (Conv1D weights stored
- *     [in, out]: `transposed`; fused c_attn) and BERT (post-LN encoder; old gamma/beta names).
+ *     [in, out]: `transposed`; fused c_attn), BERT / RoBERTa / DistilBERT (post-LN encoders;
+ *     old gamma/beta names), Meta's original Llama names, Gemma-2 sandwich norms, and LoRA
+ *     adapters of any of these (PEFT and mlx-lm: the module's role, part LORA_A / LORA_B).
  *     Any name outside these is CKS_ROLE_OTHER: comparing it by name and shape is the
  *     caller's fallback, not this module's.
  *   - Post-LN models (BERT) have no pre-norms: attn_norm is the LayerNorm that closes the
@@ -92,6 +94,8 @@ typedef enum cks_part {
     CKS_PART_WEIGHT = 0,
     CKS_PART_BIAS,
     CKS_PART_SCALE,          /* block-quantisation scales (FP8 weight_scale_inv) */
+    CKS_PART_LORA_A,         /* LoRA adapter factors (PEFT lora_A/lora_B, mlx-lm lora_a/lora_b) */
+    CKS_PART_LORA_B,
     CKS_PART__COUNT
 } cks_part;
 
@@ -101,7 +105,7 @@ typedef struct cks_fused_slice {
 } cks_fused_slice;
 
 typedef struct cks_fused {
-    unsigned n_slices;       /* 0: not fused, or fused but the widths did not divide */
+    unsigned n_slices;       /* 0: not fused, the widths did not divide, or a LoRA A factor */
     unsigned axis;           /* stored axis the slices cut (1 for GPT-2's [in, out]) */
     cks_fused_slice slices[3];
 } cks_fused;
@@ -112,7 +116,7 @@ typedef struct cks_tensor_role {
     cks_part part;
     int layer;               /* decoder layer, or the stored index for MTP; -1 for none */
     int expert;              /* routed expert index, -1 for none */
-    bool transposed;         /* stored [in, out] (GPT-2 Conv1D) instead of [out, in] */
+    bool transposed;         /* stored [in, out] (GPT-2 Conv1D, mlx-lm LoRA) instead of [out, in] */
     bool fused;              /* role is CKS_ROLE_QKV or CKS_ROLE_DENSE_GATE_UP */
     cks_fused split;
 } cks_tensor_role;

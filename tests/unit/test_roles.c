@@ -174,6 +174,9 @@ static void llama(void)
         add_dense_mlp(l);
     }
     add(4, 0, "model.layers.0.self_attn.rotary_emb.inv_freq");
+    add(2, 8, "model.layers.1.self_attn.k_proj.lora_A.weight");
+    add(4, 2, "model.layers.1.self_attn.k_proj.lora_B.weight");
+    add(2, 8, "model.layers.1.self_attn.rotary_emb.lora_A.weight");
     cks_ckpt *c = build();
     cks_roles *r = map(c, "{\"model_type\":\"llama\",\"num_hidden_layers\":2,\"hidden_size\":8,"
                           "\"num_attention_heads\":2,\"num_key_value_heads\":1,\"intermediate_size\":16,"
@@ -199,6 +202,9 @@ static void llama(void)
         EXPECT(r, n, CKS_ROLE_DENSE_DOWN, W, l, -1);
     }
     EXPECT(r, "model.layers.0.self_attn.rotary_emb.inv_freq", CKS_ROLE_OTHER, W, 0, -1);
+    EXPECT(r, "model.layers.1.self_attn.k_proj.lora_A.weight", CKS_ROLE_K, CKS_PART_LORA_A, 1, -1);
+    EXPECT(r, "model.layers.1.self_attn.k_proj.lora_B.weight", CKS_ROLE_K, CKS_PART_LORA_B, 1, -1);
+    EXPECT(r, "model.layers.1.self_attn.rotary_emb.lora_A.weight", CKS_ROLE_OTHER, CKS_PART_LORA_A, 1, -1);
     /* lookups */
     const cks_tensor_role *t = cks_roles_find(r, CKS_ROLE_K, W, 1, -1);
     CHECK(t && strcmp(t->tensor->info->name, "model.layers.1.self_attn.k_proj.weight") == 0);
@@ -927,7 +933,92 @@ static void family_checkpoints(void)
     }
 }
 
+/* Real LoRA adapters from other people's tools (../shared/realdata), when present. */
+static cks_roles *map_file(const char *dir, const char *rel, cks_ckpt **c)
+{
+    char path[4096];
+    cks_roles *r = NULL;
+    cks_diag diag = {{0}};
+    *c = NULL;
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    CHECK_MSG(cks_ckpt_open_local(path, c, &diag) == CKS_OK, "%s: %s", path, diag.text);
+    if (*c)
+        CHECK_MSG(cks_roles_build(*c, NULL, 0, &r, &diag) == CKS_OK, "%s: %s", path, diag.text);
+    if (r) {
+        size_t other = 0;
+        for (size_t i = 0; i < r->n; i++)
+            other += r->entries[i].role == CKS_ROLE_OTHER;
+        CHECK_MSG(other == 0, "%s: %zu tensors without a role", rel, other);
+        CHECK(r->inferred);
+    }
+    return r;
+}
+
+static void realdata_lora(void)
+{
+    const char *dir = getenv("CKS_REALDATA");
+    char probe[4096];
+    cks_ckpt *c = NULL;
+    cks_roles *r;
+    const cks_tensor_role *e;
+    if (!dir)
+        dir = "../shared/realdata";
+    snprintf(probe, sizeof probe, "%s/SOURCES.md", dir);
+    if (access(probe, R_OK) != 0)
+        SKIP("%s absent", dir);
+
+    /* PEFT on GPT-2: lora_B of the fused c_attn splits into q, k, v rows; lora_A does not split */
+    r = map_file(dir, "gpt2-lora-seqcls/anirudh-ak_adapter_model.safetensors", &c);
+    if (r) {
+        CHECK_EQ_STR(r->family, "gpt2");
+        EXPECT(r, "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", CKS_ROLE_QKV, CKS_PART_LORA_A, 0, -1);
+        EXPECT(r, "base_model.model.transformer.h.11.attn.c_attn.lora_B.weight", CKS_ROLE_QKV, CKS_PART_LORA_B, 11,
+               -1);
+        EXPECT(r, "base_model.model.score.weight", CKS_ROLE_HEAD, W, -1, -1);
+        e = entry(r, "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight");
+        CHECK(e && !e->transposed && e->fused && e->split.axis == 0 && e->split.n_slices == 3 &&
+              e->split.slices[1].begin == 768 && e->split.slices[1].count == 768);
+        e = entry(r, "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight");
+        CHECK(e && e->fused && e->split.n_slices == 0);
+        CHECK_EQ_INT(r->n_layers, 12);
+    }
+    cks_roles_free(r);
+    cks_ckpt_free(c);
+
+    r = map_file(dir, "distilbert-lora-seqcls/tashu014_adapter_model.safetensors", &c);
+    if (r) {
+        EXPECT(r, "base_model.model.distilbert.transformer.layer.0.attention.q_lin.lora_A.weight", CKS_ROLE_Q,
+               CKS_PART_LORA_A, 0, -1);
+        EXPECT(r, "base_model.model.distilbert.transformer.layer.1.attention.v_lin.lora_B.weight", CKS_ROLE_V,
+               CKS_PART_LORA_B, 1, -1);
+        EXPECT(r, "base_model.model.classifier.bias", CKS_ROLE_HEAD, B, -1, -1);
+    }
+    cks_roles_free(r);
+    cks_ckpt_free(c);
+
+    r = map_file(dir, "roberta-lora-subro608/checkpoint-500_adapter_model.safetensors", &c);
+    if (r) {
+        EXPECT(r, "base_model.model.roberta.encoder.layer.10.attention.self.query.lora_B.weight", CKS_ROLE_Q,
+               CKS_PART_LORA_B, 10, -1);
+        EXPECT(r, "base_model.model.classifier.dense.weight", CKS_ROLE_HEAD, W, -1, -1);
+        EXPECT(r, "base_model.model.classifier.out_proj.bias", CKS_ROLE_HEAD, B, -1, -1);
+    }
+    cks_roles_free(r);
+    cks_ckpt_free(c);
+
+    /* mlx-lm stores the factors transposed and without ".weight" */
+    r = map_file(dir, "mlx-lora-gemma2b-arjun254/0000100_adapters.safetensors", &c);
+    if (r) {
+        EXPECT(r, "model.layers.14.self_attn.q_proj.lora_a", CKS_ROLE_Q, CKS_PART_LORA_A, 14, -1);
+        EXPECT(r, "model.layers.15.self_attn.v_proj.lora_b", CKS_ROLE_V, CKS_PART_LORA_B, 15, -1);
+        e = entry(r, "model.layers.14.self_attn.q_proj.lora_a");
+        CHECK(e && e->transposed);
+    }
+    cks_roles_free(r);
+    cks_ckpt_free(c);
+}
+
 TEST_MAIN(T(llama), T(mistral), T(qwen2_and_qwen3), T(mixtral), T(glm4_moe), T(deepseek_v3), T(solar_open),
           T(phimoe), T(phi3_fused), T(gpt2), T(bert), T(unknown_arch), T(layers_beyond_config), T(bad_configs),
           T(gemma2_sandwich), T(meta_llama),
-          T(family_checkpoints))
+          T(family_checkpoints), T(realdata_lora))
