@@ -328,6 +328,26 @@ static void bf16_fast_path_and_threads(void)
         CHECK_NEAR(s.rel_l2_over_b, r.rel_b, 1e-12);
         CHECK_NEAR(s.max_abs_diff, r.max_abs, 0);
     }
+    /* one vector: the moments of the BF16 stream (NaN and inf left out), on every kernel */
+    long double sum = 0, ss = 0, kept = 0;
+    for (size_t i = 0; i < N; i++)
+        if (isfinite(fa[i])) {
+            sum += fa[i];
+            kept++;
+        }
+    for (size_t i = 0; i < N; i++)
+        if (isfinite(fa[i]))
+            ss += (fa[i] - sum / kept) * (fa[i] - sum / kept);
+    for (size_t t = 0; t < 3; t++) {
+        cks_metrics_set_isa(isas[t + 2]);
+        cks_moments m;
+        cks_moments_init(&m);
+        CHECK(cks_moments_add(&m, CKS_DTYPE_BF16, raw_a + 1, 777, NULL) == CKS_OK);
+        CHECK(cks_moments_add(&m, CKS_DTYPE_BF16, raw_a + 1 + 2 * 777, N - 777, NULL) == CKS_OK);
+        CHECK(m.n == N - 2 && m.skipped.nan_count == 1 && m.skipped.inf_count == 1);
+        CHECK_NEAR(m.mean, (double)(sum / kept), 1e-13);
+        CHECK_NEAR(cks_moments_std(&m, 1), (double)sqrtl(ss / (kept - 1)), 1e-13);
+    }
     cks_metrics_set_threads(0);
     cks_metrics_set_isa(CKS_ISA_AUTO);
     free(raw_a);
