@@ -415,5 +415,59 @@ static void family_tokenizers(void)
     }
 }
 
+/*
+ * Truncations and byte mutations of every sample: each parse either fails with a message or
+ * yields a consistent vocabulary (ids strictly increasing, texts inside the pool). Run under
+ * the sanitizer build this is a small deterministic fuzz of the parser.
+ */
+static void mutations(void)
+{
+    const char *const samples[] = {bpe_byte_level, unigram, wordpiece};
+    uint64_t state = 0x9e3779b97f4a7c15u;
+    size_t parsed_ok = 0, failed = 0;
+    for (size_t s = 0; s < sizeof samples / sizeof samples[0]; s++) {
+        size_t len = strlen(samples[s]);
+        char *buf = malloc(len + 1);
+        if (!buf)
+            return;
+        for (size_t round = 0; round < len + 1500; round++) {
+            size_t use = len;
+            memcpy(buf, samples[s], len + 1);
+            if (round <= len) {
+                use = round; /* every truncation */
+            } else {
+                for (int k = 0; k < 3; k++) { /* xorshift64: a few random byte changes */
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    buf[state % len] = (char)(state >> 32);
+                }
+            }
+            cks_vocab *v = NULL;
+            cks_diag diag = {{0}};
+            if (cks_vocab_parse(buf, use, &v, &diag) != CKS_OK) {
+                CHECK(v == NULL && diag.text[0]);
+                failed++;
+                continue;
+            }
+            parsed_ok++;
+            for (size_t i = 0; v && i < v->n; i++) {
+                const cks_token *t = &v->tokens[i];
+                CHECK(i == 0 || t->id > v->tokens[i - 1].id);
+                CHECK(t->text >= v->pool && t->len <= CKS_TOK_MAX_PIECE + 1);
+                CHECK(cks_vocab_find_id(v, t->id) == t);
+            }
+            cks_vocab_match *m = match(v, v, false);
+            CHECK(m && m->n_shared == m->n_a && m->n_same_id == m->n_shared);
+            cks_vocab_match_free(m);
+            cks_vocab_free(v);
+        }
+        free(buf);
+    }
+    /* both outcomes occurred: the mutations reached the parser's checks and its success path */
+    CHECK(parsed_ok > 100 && failed > 100);
+}
+
 TEST_MAIN(T(byte_level_bpe), T(sentencepiece_unigram), T(sentencepiece_bpe), T(wordpiece_vocab),
-          T(match_across_styles), T(large_shuffled), T(malformed), T(family_tokenizers))
+          T(match_across_styles), T(large_shuffled), T(malformed), T(family_tokenizers),
+          T(mutations))
