@@ -21,6 +21,28 @@ expected verdict. The six acceptance families (issue 6):
   5 reshard         byte-identical tensors under other names, in other shards
   6 task_head       independent models that share only one correlated classification tensor
 
+Layout: OUT_DIR/<style>/<tag>/ with tag in base, finetune, permuted, independent,
+layers_inserted, layers_removed, reshard, base_cls, independent_cls; each holds config.json,
+tokenizer.json and model.safetensors (llama style) or two shards plus
+model.safetensors.index.json (glm style; the reshard always has three shards). Tensors are
+BF16, router biases F32. The base tokenizer is byte-level BPE; the independent models' share
+~88 % of its strings under other ids (byte-level BPE for llama, SentencePiece Unigram with
+byte fallback for glm).
+
+manifest.json:
+  {"schema": "ckptscope-families/1", "seed": N,
+   "models": {"<style>/<tag>": {"dir", "style", "model_type", "num_hidden_layers", "mtp_layers",
+              "hidden_size", "vocab_size", "tokenizer", "tokenizer_size", "files", "sharded",
+              "n_tensors"}},
+   "pairs": [{"name", "family" (1-6), "a", "b" (model keys), "expect" ("derived" |
+              "not_derived" | "identical"), "expect_tests" (optional: test -> "reject" when
+              that test must reject its null, "null" when it must not), "transform": {"kind",
+              ... finetune: per-layer norm_changed_fraction and weight_rel_drift;
+              hidden_permutation: perm, sign, convention; layers_*: layer_map (for each layer of
+              B the layer of A it came from, null for a new one); reshard_rename: rename
+              (B name -> A name); shared_task_head: tensor, correlation}}],
+   "demo": {"dispute", "finetune", "permuted", "reupload"} -> pair names}
+
 Everything is seeded and deterministic; the safetensors writer below is independent of the
 project's C writer on purpose (a bug in one should not hide in both).
 """
