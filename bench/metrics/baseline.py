@@ -60,7 +60,7 @@ def cka(d, n, p):
         h_yy = hsic1(yy, d_y @ d_y, d_y.sum(), d_y.sum())
         return h_xy / np.sqrt(h_xx * h_yy), xy / np.sqrt(xx * yy)
 
-    seconds, (debiased, biased) = best_of(3, formula)
+    seconds, (debiased, biased) = best_of(5, formula)
     print('numpy_cka_debiased %.10f' % debiased)
     print('numpy_cka_biased %.10f' % biased)
     print('numpy_cka_seconds %.6f' % seconds)

@@ -119,7 +119,7 @@ static int bench_cka(const char *dir, size_t n, size_t p)
         return 1;
     double best = 1e9;
     cks_cka_result r;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 5; rep++) {
         double t0 = now();
         if (cks_cka_linear(x, n, p, y, p, &r, NULL) != CKS_OK)
             return 1;
