@@ -60,7 +60,9 @@
  * fifth of the disk. Norms, biases, constants and JSON save far more than a quarter.
  * (bench/cache/RESULTS.md has the figures; cks_cache_set_min_saving changes the policy.) */
 #define DEFAULT_MIN_SAVING_PCT 25
-#define ZSTD_LEVEL 3
+#define ZSTD_LEVEL 3          /* metadata: small, read rarely */
+#define ZSTD_LEVEL_EXTENT 1   /* extents: as fast as the network, nearly the same ratio here */
+#define SAMPLE_LEN (16u * 1024u)
 /* Access times are refreshed at most this often (they only order evictions). */
 #define ATIME_SLACK_SECONDS 60
 
@@ -1379,6 +1381,20 @@ static void ext_drop(cks_cache *c, keyent *k, const extent *e, const char *why, 
     free(path);
 }
 
+/* Most weight chunks will not pass the saving threshold: judge from a 16 KiB sample from
+ * the middle of the chunk before compressing all of it (a misjudged chunk is only stored
+ * raw, which is always correct). */
+static bool chunk_worth_compressing(cks_cache *c, const unsigned char *src, uint32_t llen)
+{
+    if (llen < 4 * SAMPLE_LEN)
+        return true;
+    const unsigned char *mid = src + (llen / 2 - SAMPLE_LEN / 2);
+    size_t z = ZSTD_compressCCtx(c->cctx, c->scratch, c->scratch_cap, mid, SAMPLE_LEN,
+                                 ZSTD_LEVEL_EXTENT);
+    unsigned want = c->min_saving_pct > 2 ? c->min_saving_pct - 2 : 0;
+    return !ZSTD_isError(z) && (uint64_t)z * 100 <= (uint64_t)SAMPLE_LEN * (100 - want);
+}
+
 /* Encode [off, off+len) into a new extent file and rename it into the key directory. */
 static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned char *data,
                          uint64_t len, uint64_t *stored_out, cks_diag *diag)
@@ -1410,7 +1426,10 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
         uint32_t sum[4];
         const unsigned char *out_p = src;
         uint32_t out_len = llen, method = METHOD_RAW;
-        size_t z = ZSTD_compressCCtx(c->cctx, c->scratch, c->scratch_cap, src, llen, ZSTD_LEVEL);
+        size_t z = (size_t)-1;
+        if (c->min_saving_pct <= 100 && chunk_worth_compressing(c, src, llen))
+            z = ZSTD_compressCCtx(c->cctx, c->scratch, c->scratch_cap, src, llen,
+                                  ZSTD_LEVEL_EXTENT);
         if (c->min_saving_pct <= 100 && !ZSTD_isError(z) &&
             (uint64_t)z * 100 <= (uint64_t)llen * (100 - c->min_saving_pct)) {
             out_p = c->scratch;
