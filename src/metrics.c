@@ -1,9 +1,11 @@
 /*
- * Streaming pair statistics. Chunks are cut into blocks small enough to stay in L1; each
- * block is decoded to double, its own mean taken, its centred sums formed (two passes over
- * cached data: the textbook two-pass algorithm, stable), and the block is merged into the
- * running totals with the pairwise update of Chan, Golub & LeVeque (1979). The inner loops
- * use GCC vector types so that one source serves SSE2 and, chosen at run time, AVX2.
+ * Streaming pair statistics. Generic path: chunks are cut into blocks small enough to stay
+ * in L1; each block is decoded to double, its own mean taken, its centred sums formed (two
+ * passes over cached data: the textbook two-pass algorithm, stable), and the block is
+ * merged into the running totals with the pairwise update of Chan, Golub & LeVeque (1979).
+ * Its inner loops use GCC vector types so one source serves SSE2 and, at run time, AVX2.
+ * BF16 x BF16 has a one-pass intrinsics kernel (see add_bf16_fast), large chunks are split
+ * over threads (add_parallel), and the bitwise statistics have per-width loops.
  */
 #include "ckptscope/metrics.h"
 

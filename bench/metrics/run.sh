@@ -21,6 +21,7 @@ gcc -O2 -g -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -I
     bench/metrics/bench_metrics.c src/decode.c src/metrics.c src/stats.c src/lap.c src/cka.c \
     src/error.c src/dtype.c -o "$SCRATCH/bench_metrics" $BLAS_LIBS -lm -pthread
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "running: Pearson over $PEARSON_N BF16 pairs" >&2
 "$SCRATCH/bench_metrics" pearson "$SCRATCH" "$PEARSON_N" >"$SCRATCH/c_pearson.txt"
 $PY bench/metrics/baseline.py pearson "$SCRATCH" >"$SCRATCH/py_pearson.txt"
@@ -34,7 +35,8 @@ echo "running: assignment ${LAP_N}x${LAP_N}" >&2
 $PY bench/metrics/baseline.py lap "$SCRATCH" "$LAP_N" >"$SCRATCH/py_lap.txt"
 
 COMMAND="bench/metrics/run.sh $PEARSON_N $CKA_N $CKA_P $LAP_N"
-$PY - "$SCRATCH" "$COMMAND" >bench/metrics/RESULTS.md <<'PYEOF'
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+$PY - "$SCRATCH" "$COMMAND" "$LOAD_BEFORE" "$LOAD_AFTER" >bench/metrics/RESULTS.md <<'PYEOF'
 import platform
 import subprocess
 import sys
@@ -43,7 +45,7 @@ import time
 import numpy
 import scipy
 
-scratch, command = sys.argv[1], sys.argv[2]
+scratch, command, load_before, load_after = sys.argv[1:5]
 v = {}
 for name in ['c_pearson', 'py_pearson', 'c_cka', 'py_cka', 'c_lap', 'py_lap']:
     for line in open('%s/%s.txt' % (scratch, name)):
@@ -88,6 +90,8 @@ print('with other work, so single runs vary by up to 2x; the best-of figures are
 print()
 print('Machine: %s, %s CPUs, %s RAM; %s; numpy %s, scipy %s; BLAS: OpenBLAS (pthread), used by' % (cpu(), nproc, mem, run(['gcc', '--version']), numpy.__version__, scipy.__version__))
 print('both the library and numpy. The C side is built from the library sources with -O2.')
+print('Load average (1/5/15 min) before the run: %s, after: %s. Other work on these %s CPUs' % (load_before, load_after, nproc))
+print('slows the memory-bound Pearson most; rerun on an idle machine for the bandwidth figure.')
 print()
 print('| benchmark | ckptscope | baseline | ratio (baseline / ckptscope) | target | |')
 print('|---|---|---|---|---|---|')

@@ -3,9 +3,11 @@
  *
  * Everything here streams: feed any number of chunks (raw safetensors bytes of any decodable
  * dtype, or already decoded doubles), in order or not, and merge accumulators filled by
- * different threads; nothing holds a whole tensor. Accumulation is in double precision,
- * centred moments use Welford/Chan updates per block (Chan, Golub & LeVeque 1979), so a
- * near-constant vector (norm gains around 1.0) keeps its full precision.
+ * different threads; nothing holds a whole tensor. Accumulation is in double precision:
+ * each block of a few thousand elements gets centred sums (two-pass, or one pass shifted by
+ * the block's first value in the BF16 SIMD kernel), and blocks are merged by the pairwise
+ * Welford/Chan update (Chan, Golub & LeVeque 1979), so a near-constant vector (norm gains
+ * around 1.0) keeps its precision (agreement with a long-double reference: ~1e-13).
  *
  * Contract for non-finite values: a pair where either element is NaN or ±inf is left out
  * of every similarity and counted (skipped_pairs, and per side in nonfinite_a/_b); it is
