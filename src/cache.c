@@ -826,6 +826,78 @@ static char *default_dir(void)
     return p;
 }
 
+/* "50G", "500M", "1.5GiB", "1000000" -> bytes (binary units, as --cache-max). */
+static bool parse_size(const char *t, uint64_t *out)
+{
+    char *end = NULL;
+    double v, mult = 1;
+    while (*t == ' ' || *t == '\t')
+        t++;
+    if (*t < '0' || *t > '9')
+        return false;
+    v = strtod(t, &end);
+    while (*end == ' ')
+        end++;
+    static const char units[] = "kmgt";
+    const char *u = *end ? strchr(units, *end | 0x20) : NULL;
+    if (u) {
+        for (const char *p = units; p <= u; p++)
+            mult *= 1024.0;
+        end++;
+    }
+    if (mult > 1 && (*end == 'i' || *end == 'I'))
+        end++;
+    if (*end == 'b' || *end == 'B')
+        end++;
+    while (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')
+        end++;
+    if (*end || !(v >= 0) || v * mult >= 18446744073709551615.0)
+        return false;
+    *out = (uint64_t)(v * mult);
+    return true;
+}
+
+/*
+ * Settings not given by the caller come from the environment (CKPTSCOPE_CACHE_MAX) or from
+ * the cache's own "config" file, lines "max_size = 50G", "revision_ttl = 600",
+ * "min_saving = 25" ('#' starts a comment). Explicit options win; a bad line is ignored.
+ */
+static void read_config(cks_cache *c, bool have_max, bool have_ttl)
+{
+    const char *env = getenv("CKPTSCOPE_CACHE_MAX");
+    uint64_t v;
+    if (!have_max && env && *env && parse_size(env, &v)) {
+        c->max_bytes = v;
+        have_max = true;
+    }
+    char *path = path_join(c->dir, "config");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        char *hash = strchr(line, '#'), *eq = strchr(line, '=');
+        if (hash)
+            *hash = '\0';
+        if (!eq || (hash && hash < eq))
+            continue;
+        *eq = '\0';
+        char *k = line, *val = eq + 1;
+        while (*k == ' ' || *k == '\t')
+            k++;
+        for (char *e = k + strlen(k); e > k && (e[-1] == ' ' || e[-1] == '\t'); e--)
+            e[-1] = '\0';
+        if (strcmp(k, "max_size") == 0 && !have_max && parse_size(val, &v))
+            c->max_bytes = v;
+        else if (strcmp(k, "revision_ttl") == 0 && !have_ttl && parse_size(val, &v) &&
+                 v <= INT64_MAX)
+            c->revision_ttl = (int64_t)v;
+        else if (strcmp(k, "min_saving") == 0 && parse_size(val, &v) && v <= 101)
+            c->min_saving_pct = (unsigned)v;
+    }
+    if (f)
+        fclose(f);
+    free(path);
+}
+
 static void clean_stale_temps(cks_cache *c, uint64_t *count, bool remove)
 {
     char *tdir = path_join(c->dir, "tmp");
@@ -938,6 +1010,7 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
         goto out;
     }
+    read_config(c, opts && opts->max_bytes, opts && opts->revision_ttl_seconds >= 0);
     clean_stale_temps(c, NULL, true);
 out:
     if (fd >= 0)
@@ -989,6 +1062,11 @@ void cks_cache_set_min_saving(cks_cache *c, unsigned percent)
 const char *cks_cache_dir(const cks_cache *c)
 {
     return c ? c->dir : NULL;
+}
+
+uint64_t cks_cache_max_bytes(const cks_cache *c)
+{
+    return c ? c->max_bytes : 0;
 }
 
 bool cks_cache_offline(const cks_cache *c)

@@ -49,6 +49,8 @@ typedef struct cks_cache_opts {
     bool offline;                 /* answer from the cache alone (the remote source checks this) */
     int64_t revision_ttl_seconds; /* <0: default 600 */
 } cks_cache_opts;
+/* Settings left at 0 / <0 above may come from $CKPTSCOPE_CACHE_MAX or from the cache's own
+ * config file <dir>/config ("max_size = 50G", "revision_ttl = 600", "min_saving = 25"). */
 
 /* Default TTL of revision→commit mappings (branches move; commits never do). */
 #define CKS_CACHE_DEFAULT_REVISION_TTL 600
@@ -60,6 +62,9 @@ void cks_cache_free(cks_cache *cache);
 
 /* The directory in use (borrowed) and the options it was opened with. */
 const char *cks_cache_dir(const cks_cache *c);
+/* The size cap in force: opts->max_bytes, else $CKPTSCOPE_CACHE_MAX, else "max_size" in
+ * <dir>/config, else 0 (none). */
+uint64_t cks_cache_max_bytes(const cks_cache *c);
 bool cks_cache_offline(const cks_cache *c);
 int64_t cks_cache_revision_ttl(const cks_cache *c);
 

@@ -24,7 +24,8 @@ static const char cache_help[] =
     "  verify   read every stored chunk and metadata entry and check its checksum;\n"
     "           exit 4 if any is bad (with --repair, bad entries are deleted and the exit is 0)\n"
     "  prune    evict least-recently-used extents until the cache fits in --max SIZE\n"
-    "           (default --cache-max); data a running ckptscope is using is never evicted\n"
+    "           (default: --cache-max, $CKPTSCOPE_CACHE_MAX, or max_size in the cache's\n"
+    "           config file); data a running ckptscope is using is never evicted\n"
     "  clear    delete every entry no running ckptscope is using\n"
     "\n"
     "options:\n"
@@ -270,17 +271,22 @@ int cks_cmd_cache(int argc, char **argv)
     if (!known)
         return cli_usage_error("cache", "unknown action \"%s\" (ls, du, verify, prune, clear)",
                                action);
-    if (strcmp(action, "prune") == 0 && !have_max) {
-        if (!opts.cache_max)
-            return cli_usage_error("cache", "prune needs a target: --max SIZE or --cache-max SIZE");
-        max = opts.cache_max;
-    }
-    cks_cache_opts co = {.dir = opts.cache_dir, .max_bytes = 0, .offline = opts.offline,
-                         .revision_ttl_seconds = -1};
+    cks_cache_opts co = {.dir = opts.cache_dir, .max_bytes = opts.cache_max,
+                         .offline = opts.offline, .revision_ttl_seconds = -1};
     cks_err err = cks_cache_open(&co, &c, &d);
     if (err) {
         rc = cli_fail("cache", err, &d);
         goto out;
+    }
+    if (strcmp(action, "prune") == 0 && !have_max) {
+        /* --cache-max, else $CKPTSCOPE_CACHE_MAX, else max_size in the cache's config */
+        max = cks_cache_max_bytes(c);
+        if (!max) {
+            rc = cli_usage_error("cache", "prune needs a target: --max SIZE, --cache-max SIZE, "
+                                          "CKPTSCOPE_CACHE_MAX or max_size in %s/config",
+                                 cks_cache_dir(c));
+            goto out;
+        }
     }
     if (strcmp(action, "ls") == 0)
         rc = do_ls(c, &opts);

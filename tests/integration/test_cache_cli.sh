@@ -67,6 +67,20 @@ stored=$("$BIN" cache du --json --cache-dir "$C" | json 'd["stored_bytes"]')
 n=$("$BIN" cache ls --json --cache-dir "$C" | json 'len(d["entries"])')
 [ "$n" = 0 ] && pass cache_clear || fail cache_clear "$n entries left"
 
+# --- the cap from the environment and from the cache's config file ----------------------
+"$TOOL" populate "$C" || fail populate_again "populate failed"
+CKPTSCOPE_CACHE_MAX=1M "$BIN" cache prune --cache-dir "$C" >/dev/null; r1=$?
+s1=$("$BIN" cache du --json --cache-dir "$C" | json 'd["stored_bytes"]')
+printf '# size cap\nmax_size = 300K\n' >"$C/config"
+"$BIN" cache prune --cache-dir "$C" >/dev/null; r2=$?
+s2=$("$BIN" cache du --json --cache-dir "$C" | json 'd["stored_bytes"]')
+if [ $r1 -eq 0 ] && [ "$s1" -le 1048576 ] && [ $r2 -eq 0 ] && [ "$s2" -le 307200 ]; then
+    pass cache_cap_from_env_and_config
+else
+    fail cache_cap_from_env_and_config "rc=$r1/$r2 stored=$s1/$s2"
+fi
+rm -f "$C/config"
+
 # --- usage errors --------------------------------------------------------------------------
 "$BIN" cache frobnicate --cache-dir "$C" 2>/dev/null; r1=$?
 "$BIN" cache prune --cache-dir "$C" 2>/dev/null; r2=$?
