@@ -17,7 +17,10 @@
 #include <string.h>
 
 #define DEFAULT_MEMORY_CAP (256u * 1024u * 1024u)
-#define HEADER_CHUNK (64u * 1024u)       /* matches cks_st_read_header's first read */
+/* The first read of every shard. It matches cks_st_read_header's first read (4 KiB), so the
+ * parser finds in memory exactly what was prefetched: a small header costs one 4 KiB range,
+ * a larger one that plus exactly the rest of the header, never tensor data. */
+#define HEADER_CHUNK (4u * 1024u)
 #define READAHEAD_MIN (1u * 1024u * 1024u)
 #define READAHEAD_MAX (64u * 1024u * 1024u)
 #define MAX_SMALL_FILE (256u * 1024u * 1024u)

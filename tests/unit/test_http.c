@@ -188,6 +188,20 @@ static void engine_refuses_bad_token(void)
     cks_http_free(NULL);
 }
 
-TEST_MAIN(T(content_range_valid), T(content_range_invalid), T(retry_after), T(ratelimit_header),
+static void plan_cost_model(void)
+{
+    /* 500 separate requests on 16 connections: 32 rounds of 50 ms plus 4 MB at 12.5 MB/s */
+    CHECK_NEAR(cks_http_plan_cost(500, 4000000, 16, 0.05, 12.5e6), 32 * 0.05 + 0.32, 1e-9);
+    /* merging into 40 requests costs 3 rounds but 30 MB: worse on this link */
+    CHECK(cks_http_plan_cost(40, 30000000, 16, 0.05, 12.5e6) >
+          cks_http_plan_cost(500, 4000000, 16, 0.05, 12.5e6));
+    /* on a fast link the same merge wins */
+    CHECK(cks_http_plan_cost(40, 30000000, 16, 0.05, 1e9) <
+          cks_http_plan_cost(500, 4000000, 16, 0.05, 1e9));
+    /* HTTP/2: everything in flight at once is one round */
+    CHECK_NEAR(cks_http_plan_cost(64, 0, 64, 0.05, 1e6), 0.05, 1e-12);
+}
+
+TEST_MAIN(T(plan_cost_model), T(content_range_valid), T(content_range_invalid), T(retry_after), T(ratelimit_header),
           T(backoff), T(origin), T(plan_coalesces_and_splits), T(plan_merge_respects_max_request),
           T(engine_refuses_bad_token))
