@@ -10,6 +10,7 @@ trap 'rm -rf "$WORK"' EXIT
 # The cache code alone, optimised as `make bench` builds it (OPT=-O3).
 gcc -O3 -g -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c src/cache.c \
     src/cache_crc.c src/cache_hf.c src/error.c -lcrypto -lzstd -lm -pthread -o "$WORK/bench_cache"
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 OUT=$("$WORK/bench_cache" "$WORK" "$MIB")
 echo "$OUT"
 {
@@ -17,7 +18,9 @@ echo "$OUT"
     echo
     echo "Command: \`bash bench/cache/run.sh\` (data size: ${MIB} MiB; \`CACHE_BENCH_MIB=N\` to change)."
     echo "Run: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'),"
-    echo "$(nproc) CPUs, filesystem $(df -T "$WORK" | awk 'NR==2{print $2}'). Both hashing paths read from the page cache."
+    echo "$(nproc) CPUs, filesystem $(df -T "$WORK" | awk 'NR==2{print $2}'), load average before the run: $LOAD."
+    echo "Both hashing paths read from the page cache; each figure is the best of several passes,"
+    echo "alternating the two paths, so a busy machine slows both alike."
     echo
     echo "$OUT"
     echo
