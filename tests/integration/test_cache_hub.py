@@ -233,9 +233,48 @@ def case_hf_home_reuse(env, fx):
     check(tree() == before, "ckptscope wrote into HF_HOME")
 
 
+def case_kill9_during_fetch(env, fx):
+    """kill -9 `ckptscope fetch` at many points of a large fetch over a 20 MB/s link
+    (bench/netem_proxy.py in front of the CDN): afterwards `cache verify` finds no bad
+    entry and a rerun completes with the right bytes."""
+    import time
+    ref = env.ok(["hash", "org/big", "--quiet"], os.path.join(env.tmp, "c-big-ref"))
+    cache = os.path.join(env.tmp, "c-kill")
+    state = os.path.join(env.tmp, "proxy.json")
+    proxy = subprocess.Popen(["/usr/bin/python3", os.path.join(ROOT, "bench", "netem_proxy.py"),
+                              "--target", "127.0.0.1:%d" % env.hub.cdn_port, "--delay-ms", "2",
+                              "--rate", "20000000", "--state-file", state],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rnd = random.Random(11)
+    killed = 0
+    try:
+        for _ in range(100):
+            if os.path.exists(state):
+                break
+            time.sleep(0.05)
+        with open(state) as f:
+            port = json.load(f)["port"]
+        env.hub.config(cdn_public_url="http://127.0.0.1:%d" % port)
+        for i in range(7):
+            p = env.popen(["fetch", "org/big", "--quiet"], cache)
+            time.sleep(0.1 + rnd.random() * 0.7)
+            if p.poll() is None:
+                p.kill()
+                killed += 1
+            p.communicate()
+    finally:
+        env.hub.config(cdn_public_url=env.hub.cdn_url)
+        proxy.terminate()
+        proxy.wait(10)
+    check(killed >= 4, "only %d of 7 runs were still fetching when killed" % killed)
+    verify_clean(env, cache)
+    out = env.ok(["hash", "org/big", "--quiet"], cache)
+    check(out == ref, "the rerun after %d kills printed other hashes" % killed)
+    verify_clean(env, cache)
+
 CASES = [case_rerun_sends_no_request, case_same_bytes_other_repo_is_a_hit, case_flipped_byte_is_refetched,
          case_concurrent_processes_share_a_cache, case_cap_evicts_least_recently_used, case_offline,
-         case_hf_home_reuse]
+         case_hf_home_reuse, case_kill9_during_fetch]
 
 
 class Fixture:
@@ -249,6 +288,10 @@ class Fixture:
         self.other = st_bytes(model_tensors(2, 6))
         self.sha_other = hashlib.sha256(self.other).hexdigest()
         hubrepo.add_repo(root, "org/other", {"model.safetensors": self.other})
+        rnd = random.Random(5)
+        big = [("layers.%d.weight" % i, "BF16", [1 << 20], rnd.getrandbits(8 << 21).to_bytes(2 << 20, "little"))
+               for i in range(12)]
+        hubrepo.add_repo(root, "org/big", {"model.safetensors": st_bytes(big)})
         t = model_tensors(3, 4)
         s1, s2 = st_bytes(t[:4]), st_bytes(t[4:])
         index = {"metadata": {"total_size": len(s1) + len(s2) - 16},
