@@ -1953,6 +1953,9 @@ out:
     }
     if (key_locked && k && k->lock_fd >= 0)
         flock(k->lock_fd, LOCK_UN);
+    if (err == CKS_ERR_NO_SPACE)
+        add_note(c, "cache: no space left in %s; %zu bytes at offset %" PRIu64 " of %s were not "
+                    "stored (free space or lower --cache-max)", c->dir, len, offset, key);
     free(merged);
     free(gaps);
     if (!err && c && c->max_bytes && len)

@@ -272,9 +272,32 @@ def case_kill9_during_fetch(env, fx):
     check(out == ref, "the rerun after %d kills printed other hashes" % killed)
     verify_clean(env, cache)
 
+def case_disk_full(env, fx):
+    """The cache on a 3 MiB tmpfs: a run whose bytes do not fit still answers correctly,
+    the cache stays consistent, and what it held before is still there."""
+    cache = os.path.join(env.tmp, "c-full")
+    os.makedirs(cache)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", cache],
+                                           capture_output=True).returncode != 0:
+        raise Skip("cannot mount a small tmpfs here")
+    try:
+        small = env.ok(["hash", "org/cached", "--quiet"], cache)
+        ref = env.ok(["hash", "org/big", "--quiet"], os.path.join(env.tmp, "c-full-ref"))
+        rc, out, err = env.run(["hash", "org/big", "--quiet", "--verbose"], cache)
+        check(rc == 0 and out == ref, "a full cache disk broke the run: exit %d %s" % (rc, err.strip()[-300:]))
+        verify_clean(env, cache)
+        env.hub.clear_log()
+        check(env.ok(["hash", "org/cached", "--quiet"], cache) == small, "earlier entry changed")
+        check(cdn_gets(env.hub.log()) == [], "what was cached before the disk filled was lost")
+        left = os.listdir(os.path.join(cache, "tmp"))
+        check(left == [], "temporaries left behind: %r" % left)
+    finally:
+        subprocess.run(["umount", "-l", cache], capture_output=True)
+
+
 CASES = [case_rerun_sends_no_request, case_same_bytes_other_repo_is_a_hit, case_flipped_byte_is_refetched,
          case_concurrent_processes_share_a_cache, case_cap_evicts_least_recently_used, case_offline,
-         case_hf_home_reuse, case_kill9_during_fetch]
+         case_hf_home_reuse, case_kill9_during_fetch, case_disk_full]
 
 
 class Fixture:

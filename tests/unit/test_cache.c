@@ -787,6 +787,10 @@ static void disk_full_is_a_clear_error(void)
     cks_err e = cks_cache_write(c, KEY_B, 0, buf, big, &d);
     CHECK_EQ_INT(e, CKS_ERR_NO_SPACE);
     CHECK_MSG(strstr(d.text, "no space") != NULL, "%s", d.text);
+    char **notes = NULL;
+    size_t nn = cks_cache_take_notes(c, &notes);
+    CHECK(nn == 1 && strstr(notes[0], "no space left"));
+    cks_cache_free_notes(notes, nn);
     free(buf);
     CHECK_EQ_INT(get_range(c, KEY_A, 0, 1024 * 1024, false), 1);
     CHECK_EQ_INT(get_range(c, KEY_B, 0, 100, false), 0);
