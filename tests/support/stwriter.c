@@ -125,7 +125,8 @@ void st_writer_add(st_writer *w, const char *name, cks_dtype dtype, const uint64
     t->name = strdup(name);
     t->dtype = dtype;
     t->ndim = ndim;
-    memcpy(t->shape, shape, ndim * sizeof *shape);
+    if (ndim)
+        memcpy(t->shape, shape, ndim * sizeof *shape);
     t->bytes = st_tensor_bytes(dtype, shape, ndim);
     t->data = malloc(t->bytes ? t->bytes : 1);
     if (!t->name || !t->data)
