@@ -29,7 +29,7 @@
 #define DEFAULT_COALESCE_GAP (16u * 1024u * 1024u) /* the largest gap the cost model may pick */
 /* Until measured: a typical transatlantic round trip and a modest access link. */
 #define DEFAULT_RTT 0.05
-#define DEFAULT_BANDWIDTH 25e6
+#define DEFAULT_BANDWIDTH 10e6 /* guessing low costs round trips only past the connection count */
 #define DEFAULT_MAX_REQUEST (8u * 1024u * 1024u)
 #define DEFAULT_MAX_BODY (64u * 1024u)
 #define ERROR_BODY_MAX 1024

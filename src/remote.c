@@ -417,14 +417,6 @@ static uint64_t copy_from_memory(struct rsrc *s, uint64_t off, uint8_t *buf, uin
     return pos;
 }
 
-static bool in_memory(struct rsrc *s, uint64_t off, uint64_t len)
-{
-    for (size_t i = 0; i < s->n_ext; i++)
-        if (s->ext[i].off <= off && off + len <= s->ext[i].off + s->ext[i].len)
-            return true;
-    return false;
-}
-
 /* Store fetched bytes in the cache; a cache failure costs a refetch later, never data. */
 static void cache_store(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
 {
@@ -542,6 +534,21 @@ out:
     return err;
 }
 
+/* End of the bytes in memory that continue without a hole from `pos` (pos itself if none). */
+static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
+{
+    bool moved = true;
+    while (moved) {
+        moved = false;
+        for (size_t i = 0; i < s->n_ext; i++)
+            if (s->ext[i].off <= pos && pos < s->ext[i].off + s->ext[i].len) {
+                pos = s->ext[i].off + s->ext[i].len;
+                moved = true;
+            }
+    }
+    return pos;
+}
+
 /*
  * Bring every wanted range into memory (and the cache): skip what memory already holds,
  * read what the cache holds, fetch the rest in one engine call. Called and returns with
@@ -551,14 +558,11 @@ out:
 static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    cks_http_piece *pieces = calloc(n ? n : 1, sizeof *pieces);
-    struct rsrc **srcs = calloc(n ? n : 1, sizeof *srcs);
-    size_t np = 0;
+    cks_http_piece *pieces = NULL;
+    struct rsrc **srcs = NULL;
+    struct want *holes = NULL;
+    size_t np = 0, nh = 0, cap_h = 0;
     bool have_net = false;
-    if (!pieces || !srcs) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-        goto out;
-    }
     if (try_net) {
         if (pthread_mutex_trylock(&r->net) != 0)
             goto out;
@@ -568,11 +572,48 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
         pthread_mutex_lock(&r->mu);
     }
     have_net = true;
-    /* what is still missing now that we may go to the network (others may have fetched it) */
+    /* What is still missing now that we may go to the network: another thread may have
+     * fetched some of it meanwhile, and bytes must never be fetched twice. */
     for (size_t i = 0; i < n; i++) {
         struct rsrc *s = w[i].src;
-        if (w[i].len == 0 || in_memory(s, w[i].off, w[i].len))
-            continue;
+        uint64_t pos = w[i].off, end = w[i].off + w[i].len;
+        while (pos < end) {
+            uint64_t f = memory_frontier(s, pos);
+            if (f > pos) {
+                pos = f;
+                continue;
+            }
+            uint64_t hole_end = end;
+            for (size_t k = 0; k < s->n_ext; k++)
+                if (s->ext[k].off > pos && s->ext[k].off < hole_end)
+                    hole_end = s->ext[k].off;
+            if (nh == cap_h) {
+                size_t nc = cap_h ? cap_h * 2 : (n ? n : 1);
+                struct want *nw = realloc(holes, nc * sizeof *nw);
+                if (!nw) {
+                    err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                    goto out;
+                }
+                holes = nw;
+                cap_h = nc;
+            }
+            holes[nh].src = s;
+            holes[nh].off = pos;
+            holes[nh].len = hole_end - pos;
+            nh++;
+            pos = hole_end;
+        }
+    }
+    pieces = calloc(nh ? nh : 1, sizeof *pieces);
+    srcs = calloc(nh ? nh : 1, sizeof *srcs);
+    if (!pieces || !srcs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    w = holes;
+    n = nh;
+    for (size_t i = 0; i < n; i++) {
+        struct rsrc *s = w[i].src;
         uint8_t *buf = malloc((size_t)w[i].len);
         if (!buf) {
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
@@ -634,22 +675,8 @@ out:
             free(pieces[i].dst);
     free(pieces);
     free(srcs);
+    free(holes);
     return err;
-}
-
-/* End of the bytes in memory that continue without a hole from `pos` (pos itself if none). */
-static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
-{
-    bool moved = true;
-    while (moved) {
-        moved = false;
-        for (size_t i = 0; i < s->n_ext; i++)
-            if (s->ext[i].off <= pos && pos < s->ext[i].off + s->ext[i].len) {
-                pos = s->ext[i].off + s->ext[i].len;
-                moved = true;
-            }
-    }
-    return pos;
 }
 
 static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t len,
