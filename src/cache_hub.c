@@ -226,3 +226,74 @@ out:
     free(name);
     return err;
 }
+
+cks_err cks_cache_describe_ckpt_missing(cks_cache *c, const cks_ckpt *ckpt,
+                                        const cks_ckpt_tensor *const *sel, size_t n_sel,
+                                        char **message, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *msg = NULL;
+    size_t msg_len = 0;
+    FILE *f = NULL;
+    const char **names = NULL;
+    cks_range *ranges = NULL;
+    bool any = false;
+    if (message)
+        *message = NULL;
+    if (!c || !ckpt || !message) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: invalid arguments");
+        goto out;
+    }
+    size_t n = sel ? n_sel : ckpt->n_tensors;
+    names = calloc(n ? n : 1, sizeof *names);
+    ranges = calloc(n ? n : 1, sizeof *ranges);
+    f = open_memstream(&msg, &msg_len);
+    if (!names || !ranges || !f) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t fi = 0; fi < ckpt->n_files; fi++) {
+        const cks_ckpt_file *file = &ckpt->files[fi];
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            const cks_ckpt_tensor *t = sel ? sel[i] : &ckpt->tensors[i];
+            if (t->file != fi)
+                continue;
+            names[m] = t->info->name;
+            ranges[m].offset = t->info->file_offset;
+            ranges[m].length = t->info->end - t->info->begin;
+            m++;
+        }
+        if (m == 0)
+            continue;
+        char key[72];
+        char *line = NULL;
+        if (!file->source || strlen(file->source->sha256_hex) != 64) {
+            fprintf(f, "%s%s: not identified by content, so not answerable from the cache",
+                    any ? "\n" : "", file->path);
+            any = true;
+            continue;
+        }
+        snprintf(key, sizeof key, "sha256:%s", file->source->sha256_hex);
+        err = cks_cache_describe_missing(c, key, file->path, names, ranges, m, &line, diag);
+        if (err)
+            goto out;
+        if (line) {
+            fprintf(f, "%s%s", any ? "\n" : "", line);
+            any = true;
+            free(line);
+        }
+    }
+out:
+    if (f)
+        fclose(f);
+    free(names);
+    free(ranges);
+    if (err || !any) {
+        free(msg);
+        msg = NULL;
+    }
+    if (message)
+        *message = msg;
+    return err;
+}

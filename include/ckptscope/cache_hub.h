@@ -38,4 +38,13 @@ cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked
 cks_err cks_cache_hf_source(const char *hf_home, const cks_hub_repo *repo, const cks_hub_file *f,
                             cks_source **out, cks_diag *diag);
 
+/* --offline reporting for a checkpoint: for each file holding some of the selected tensors
+ * (all tensors when sel is NULL), name exactly the tensors whose bytes are not cached, one
+ * line per file ("model-00002-of-00004.safetensors: 3 of 120 tensors not cached: a, b, c").
+ * Files without a content identity (no LFS SHA-256) are named as a whole. *message is NULL
+ * when every selected byte is cached. */
+cks_err cks_cache_describe_ckpt_missing(cks_cache *c, const cks_ckpt *ckpt,
+                                        const cks_ckpt_tensor *const *sel, size_t n_sel,
+                                        char **message, cks_diag *diag);
+
 #endif

@@ -906,10 +906,51 @@ static void repo_listing_cached_by_revision_and_commit(void)
     free(dir);
 }
 
+/* --offline: name exactly the tensors of each file whose bytes are not cached. */
+static void offline_report_for_a_checkpoint(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    const char *hdr = "{\"a.weight\":{\"dtype\":\"U8\",\"shape\":[1000],\"data_offsets\":[0,1000]},"
+                      "\"b.norm\":{\"dtype\":\"U8\",\"shape\":[24],\"data_offsets\":[1000,1024]}}";
+    size_t hl = strlen(hdr), total = 8 + hl + 1024;
+    unsigned char *file = calloc(1, total);
+    for (int i = 0; i < 8; i++)
+        file[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+    memcpy(file + 8, hdr, hl);
+    cks_source *src = NULL;
+    CHECK_EQ_INT(cks_source_from_memory(file, total, "model.safetensors", true, &src, NULL), CKS_OK);
+    memcpy(src->sha256_hex, KEY_A + 7, 65);
+    cks_source *srcs[1] = {src};
+    char *paths[1] = {strdup("model.safetensors")};
+    cks_ckpt *ck = NULL;
+    CHECK_EQ_INT(cks_ckpt_from_sources("org/name", srcs, paths, 1, &ck, NULL), CKS_OK);
+    if (!ck)
+        return;
+    char *msg = NULL;
+    CHECK_EQ_INT(cks_cache_describe_ckpt_missing(c, ck, NULL, 0, &msg, NULL), CKS_OK);
+    CHECK(msg && strstr(msg, "model.safetensors: 2 of 2 tensors not cached: a.weight, b.norm"));
+    free(msg);
+    /* cache the bytes of a.weight only */
+    CHECK_EQ_INT(cks_cache_write(c, KEY_A, 8 + hl, file + 8 + hl, 1000, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_describe_ckpt_missing(c, ck, NULL, 0, &msg, NULL), CKS_OK);
+    CHECK_MSG(msg && strstr(msg, "1 of 2 tensors not cached: b.norm"), "%s", msg ? msg : "(null)");
+    free(msg);
+    CHECK_EQ_INT(cks_cache_write(c, KEY_A, 8 + hl + 1000, file + 8 + hl + 1000, 24, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_describe_ckpt_missing(c, ck, NULL, 0, &msg, NULL), CKS_OK);
+    CHECK(msg == NULL);
+    cks_ckpt_free(ck);
+    free(file);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
           T(adjacent_and_overlapping_extents_merge), T(compression_saves_space_and_reads_back),
           T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
           T(whole_file_sha256_check), T(lru_eviction_respects_cap_and_pins), T(hf_home_reuse),
           T(offline_report_names_missing_tensors), T(concurrent_writers_overlapping_ranges),
           T(kill9_during_writes_leaves_cache_consistent), T(disk_full_is_a_clear_error),
-          T(bad_layout_is_refused), T(repo_listing_cached_by_revision_and_commit))
+          T(bad_layout_is_refused), T(repo_listing_cached_by_revision_and_commit),
+          T(offline_report_for_a_checkpoint))
