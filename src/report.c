@@ -435,7 +435,7 @@ static const char css[] =
     "*{box-sizing:border-box}"
     "body{margin:0;background:#fff;color:var(--ink);font:15px/1.5 system-ui,-apple-system,'Segoe UI',"
     "Roboto,'Helvetica Neue',Arial,sans-serif}"
-    "main{max-width:1120px;margin:0 auto;padding:28px 32px 48px}"
+    "main{max-width:1180px;margin:0 auto;padding:28px 32px 48px}"
     "h1{font-size:15px;font-weight:600;color:var(--muted);margin:0 0 14px;letter-spacing:.02em}"
     "h1 b{color:var(--ink)}"
     "h2{font-size:19px;margin:36px 0 10px;padding-bottom:6px;border-bottom:1px solid var(--line)}"
@@ -478,12 +478,15 @@ static const char css[] =
     "figure{margin:18px 0 8px;break-inside:avoid;page-break-inside:avoid}"
     "figcaption{font-size:13px;color:var(--muted);max-width:860px;margin-top:4px}"
     "figcaption b{color:var(--ink)}"
-    ".figs{display:flex;flex-wrap:wrap;gap:10px 36px;align-items:flex-start}.figs figure{max-width:500px}"
+    ".figs{display:flex;flex-wrap:wrap;gap:10px 24px;align-items:flex-start}.figs figure{max-width:540px}"
+    ".figs figure.wide{max-width:none}"
     "svg{display:block;max-width:100%;height:auto}"
     "svg text{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif}"
     "svg .tick{font-size:11px;fill:#57606a}svg .axis{font-size:12px;fill:#1b1f24}"
     "svg .legend{font-size:12px;fill:#1b1f24}svg .cellv{font-size:10px;fill:#1b1f24}"
     "svg .grid{stroke:#eaeef2;stroke-width:1}svg .frame{fill:none;stroke:#8c959f;stroke-width:1}"
+    "table.kv{width:auto;min-width:60%}table.kv td:first-child{color:var(--muted);padding-right:28px;"
+    "white-space:nowrap}"
     "details{margin:6px 0}summary{cursor:pointer;color:var(--accent)}"
     ".ranges{font-size:12px;line-height:1.6;word-break:break-all}"
     ".note{font-size:13px;color:var(--muted)}"
@@ -544,9 +547,20 @@ static void model_card(FILE *f, const char *tag, const cks_report_model *m, cons
         fputs("</dd>", f);
     }
     fprintf(f, "<dt>files</dt><dd>%zu, %s</dd>", m->n_files, human_bytes(total, b1, sizeof b1));
-    fprintf(f, "<dt>read by the tests</dt><dd>%s", human_bytes(bytes_read, b2, sizeof b2));
+    {
+        /* the union of the tracked ranges is what left the files; the result's count adds re-reads */
+        uint64_t uni = 0;
+        bool tracked = false;
+        for (size_t i = 0; i < m->n_files; i++) {
+            uni += m->files[i].bytes_read;
+            tracked |= m->files[i].ranges != NULL;
+        }
+        if (tracked)
+            bytes_read = uni;
+    }
+    fprintf(f, "<dt>read</dt><dd>%s", human_bytes(bytes_read, b2, sizeof b2));
     if (total && bytes_read <= total)
-        fprintf(f, " (%.3g%% of the files)", 100.0 * (double)bytes_read / (double)total);
+        fprintf(f, " of %s (%.3g%%)", b1, 100.0 * (double)bytes_read / (double)total);
     fputs("</dd></dl></div>", f);
 }
 
@@ -580,9 +594,9 @@ static void test_row(FILE *f, const cks_test_result *t)
     fputs(" ± ", f);
     num(f, "%.2g", t->null_sd);
     fputs("</td><td class=\"n\">", f);
-    pval(f, t->p_value);
     if (isfinite(t->p_value) && !t->p_exact)
-        fputs("<sup title=\"normal approximation\">≈</sup>", f);
+        fputs("<span title=\"normal approximation\">≈ </span>", f);
+    pval(f, t->p_value);
     fputs("</td><td class=\"n\">", f);
     pval(f, t->p_holm);
     fputs("</td><td class=\"n\">", f);
@@ -660,7 +674,7 @@ static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int i
     char col[16];
     if (la <= 0 || lb <= 0 || !m)
         return;
-    cell = 360.0 / big;
+    cell = 320.0 / big;
     if (cell > 56)
         cell = 56;
     if (cell < 4)
@@ -765,7 +779,8 @@ static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int i
 
 /* Items labelled "layer A/B role" (T2, T4b-norms) → one series per role along the pairing. */
 #define MAX_ROLES 4
-static void norm_chart(FILE *f, const cks_compare_result *r, const cks_test_result *t, const char *title)
+static void norm_chart(FILE *f, const cks_compare_result *r, const cks_test_result *t, const char *title,
+                       const char *caption)
 {
     static const char *colours[MAX_ROLES] = {"#0b5cad", "#d1570b", "#6f42c1", "#1a7f37"};
     char roles[MAX_ROLES][32];
@@ -836,15 +851,16 @@ static void norm_chart(FILE *f, const cks_compare_result *r, const cks_test_resu
     p.f = f;
     p.left = 64;
     p.top = 34;
-    p.w = n_pairs > 40 ? 900 : 560;
+    p.w = n_pairs > 40 ? 960 : 400;
     p.h = 240;
     p.xmin = -0.5;
     p.xmax = (double)n_pairs - 0.5;
     p.ymin = ymin;
     p.ymax = ymax;
-    fprintf(f, "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f "
+    fprintf(f, "<figure%s><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f "
                "%.0f\" role=\"img\" aria-label=\"",
-            p.left + p.w + 20, p.top + p.h + 50 + 22.0 * ((double)n_roles + 2), p.left + p.w + 20,
+            p.w > 500 ? " class=\"wide\"" : "", p.left + p.w + 20, p.top + p.h + 50 + 22.0 * ((double)n_roles + 2),
+            p.left + p.w + 20,
             p.top + p.h + 50 + 22.0 * ((double)n_roles + 2));
     esc(f, title);
     fprintf(f, "\"><text x=\"%.1f\" y=\"14\" class=\"axis\" font-weight=\"600\">", p.left);
@@ -893,11 +909,9 @@ static void norm_chart(FILE *f, const cks_compare_result *r, const cks_test_resu
                     p.left + 28, ly + 4, band, hidden);
         }
     }
-    fputs("</svg><figcaption><b>Per-layer Pearson of the norm gains</b> (centred cosine) along the layer pairing. "
-          "Inside the grey band a layer looks like two unrelated vectors. The dashed grey line is raw cosine: it "
-          "sits near 1 for any two models because norm gains are positive around a common offset, which is why "
-          "it is shown and never used.</figcaption></figure>",
-          f);
+    fputs("</svg><figcaption>", f);
+    fputs(caption, f); /* a literal of this file */
+    fputs("</figcaption></figure>", f);
 out:
     if (names)
         for (size_t i = 0; i < 512; i++)
@@ -969,15 +983,16 @@ static void equality_chart(FILE *f, const cks_compare_result *r, const cks_test_
     p.f = f;
     p.left = 64;
     p.top = 34;
-    p.w = cols > 40 ? 900 : 560;
+    p.w = cols > 40 ? 960 : 400;
     p.h = 220;
     p.xmin = -0.5;
     p.xmax = cols - 0.5;
     p.ymin = 0;
     p.ymax = ymax;
-    fprintf(f, "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f "
+    fprintf(f, "<figure%s><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f "
                "%.0f\" role=\"img\" aria-label=\"bit-identical fraction per layer\">",
-            p.left + p.w + 20, p.top + p.h + 100, p.left + p.w + 20, p.top + p.h + 100);
+            p.w > 500 ? " class=\"wide\"" : "", p.left + p.w + 20, p.top + p.h + 100, p.left + p.w + 20,
+            p.top + p.h + 100);
     fprintf(f, "<text x=\"%.1f\" y=\"14\" class=\"axis\" font-weight=\"600\">Bit-identical elements per layer "
                "(T1)</text>",
             p.left);
@@ -1072,20 +1087,24 @@ static void std_chart(FILE *f, const cks_compare_result *r)
     p.f = f;
     p.left = 72;
     p.top = 34;
-    p.w = n > 40 ? 900 : 560;
+    p.w = n > 40 ? 960 : 400;
     p.h = 200;
     p.xmin = -0.5;
     p.xmax = n - 0.5;
     p.ymin = lo - pad;
     p.ymax = hi + pad;
-    fprintf(f, "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f "
+    fprintf(f, "<figure%s><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f "
                "%.0f\" role=\"img\" aria-label=\"std curves\">",
-            p.left + p.w + 20, p.top + p.h + 80, p.left + p.w + 20, p.top + p.h + 80);
+            p.w > 500 ? " class=\"wide\"" : "", p.left + p.w + 20, p.top + p.h + 80, p.left + p.w + 20,
+            p.top + p.h + 80);
     fprintf(f, "<text x=\"%.1f\" y=\"14\" class=\"axis\" font-weight=\"600\">Per-layer std of sampled k rows "
                "(descriptive)</text>",
             p.left);
     plot_axes(&p, "layer", "std", n, NULL);
+    /* A drawn wide and pale underneath, so that identical curves still show both */
+    fputs("<g stroke-width=\"3\" opacity=\"0.55\">", f);
     plot_series(&p, xs, r->std_curve_a, (size_t)r->layers_a, "#0b5cad", false, false, "A");
+    fputs("</g>", f);
     plot_series(&p, xs, r->std_curve_b, (size_t)r->layers_b, "#d1570b", true, false, "B");
     legend_item(f, p.left, p.top + p.h + 58, "#0b5cad", false, false, "A");
     legend_item(f, p.left + 80, p.top + p.h + 58, "#d1570b", true, false, "B");
@@ -1125,12 +1144,21 @@ static void section_figures(FILE *f, const cks_compare_result *r)
         heatmap(f, r, r->layer_matrix_aligned, 1, "The same after the T4 alignment of B",
                 "<b>After alignment</b>: the same matrix once B's hidden dimensions are re-indexed by the "
                 "permutation and signs recovered from shared-token embeddings (T4).");
-    fputs("</div>", f);
-    norm_chart(f, r, t2, "Norm gains per layer (T2)");
+    fputs("</div><div class=\"figs\">", f);
+    norm_chart(f, r, t2, "Norm gains per layer (T2)",
+               "<b>Per-layer Pearson of the norm gains</b> (centred cosine) along the layer pairing. Inside the "
+               "grey band a layer looks like two unrelated vectors. The dashed grey line is raw cosine: it sits "
+               "near 1 for any two models because norm gains are positive around a common offset, which is why it "
+               "is shown and never used.");
     if (t4 && t4->ran)
-        norm_chart(f, r, t4, "Norm gains per layer after alignment (T4b)");
+        norm_chart(f, r, t4, "Norm gains per layer after alignment (T4b)",
+                   "<b>The same after alignment</b>: B re-indexed by the permutation and signs that T4 recovered. "
+                   "A derivative whose hidden dimensions were shuffled sits in the band on the left and near 1 "
+                   "here.");
+    fputs("</div><div class=\"figs\">", f);
     equality_chart(f, r, t1);
     std_chart(f, r);
+    fputs("</div>", f);
 }
 
 static void section_details(FILE *f, const cks_compare_result *r)
@@ -1211,7 +1239,7 @@ static void provenance_model(FILE *f, const char *tag, const cks_report_model *m
     char b1[32], b2[32];
     fprintf(f, "<h3>%s: ", tag);
     esc(f, m->spec);
-    fputs("</h3><table><tbody>", f);
+    fputs("</h3><table class=\"kv\"><tbody>", f);
     fputs("<tr><td>kind</td><td>", f);
     esc(f, m->kind ? m->kind : "local");
     fputs("</td></tr>", f);
@@ -1275,7 +1303,7 @@ static void section_provenance(FILE *f, const cks_compare_result *r, const cks_r
           f);
     provenance_model(f, "A", &meta->a);
     provenance_model(f, "B", &meta->b);
-    fputs("<h3>Run</h3><table><tbody>", f);
+    fputs("<h3>Run</h3><table class=\"kv\"><tbody>", f);
     fprintf(f, "<tr><td>seed</td><td>%" PRIu64 "</td></tr>", r->seed);
     if (meta->alpha > 0)
         fprintf(f, "<tr><td>alpha (family-wise)</td><td>%g</td></tr>", meta->alpha);

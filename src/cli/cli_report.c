@@ -1,4 +1,5 @@
 /* src/cli/cli_report.c — compare --html; see cli_report.h. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -51,15 +52,32 @@ static void gather_model(const cli_report_model *in, cks_report_model *m, cks_re
     }
 }
 
+/* The command as a shell would take it back (getopt has moved the options first). */
 static void command_line(int argc, char **argv, char *buf, size_t size)
 {
     size_t used = 0;
     buf[0] = '\0';
-    for (int i = 0; i < argc && used + 1 < size; i++) {
-        int n = snprintf(buf + used, size - used, "%s%s", i ? " " : "", i == 0 ? "ckptscope" : argv[i]);
-        if (n < 0)
-            break;
-        used += (size_t)n;
+    for (int i = -1; i < argc && used + 8 < size; i++) {
+        const char *arg = i < 0 ? "ckptscope" : argv[i];
+        bool plain = *arg != '\0';
+        for (const char *c = arg; *c; c++)
+            if (!isalnum((unsigned char)*c) && !strchr("_./:@=,+-%", *c))
+                plain = false;
+        if (used)
+            buf[used++] = ' ';
+        if (!plain)
+            buf[used++] = '\'';
+        for (const char *c = arg; *c && used + 6 < size; c++) {
+            if (*c == '\'') { /* close, escaped quote, reopen */
+                memcpy(buf + used, "'\\''", 4);
+                used += 4;
+            } else {
+                buf[used++] = *c;
+            }
+        }
+        if (!plain)
+            buf[used++] = '\'';
+        buf[used] = '\0';
     }
 }
 
