@@ -20,11 +20,13 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
 
-DEMO = os.path.join(ROOT, "cache", "demo")
+# everything under cache/ (git-ignored); CKS_DEMO_HOME moves it, so tests can run the demo in a temp dir
+HOME = os.environ.get("CKS_DEMO_HOME") or os.path.join(ROOT, "cache")
+DEMO = os.path.join(HOME, "demo")
 MODELS = os.path.join(DEMO, "models")
 STORE = os.path.join(DEMO, "hub")
 REPORTS = os.path.join(DEMO, "reports")
-CACHE = os.path.join(ROOT, "cache", "ckptscope")
+CACHE = os.path.join(HOME, "ckptscope")
 
 # repo ids on the fake Hub: neutral names, the story is in the case titles
 REPOS = {

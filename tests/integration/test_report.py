@@ -7,6 +7,7 @@ headless Chromium) without a single console message.
 Each case prints "PASS name", "FAIL name: why" or "SKIP name: why"; exit status 1 on failure.
 Environment: CKS_BIN (binary), CKS_ROOT (repo root).
 """
+import glob
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 import zlib
 
@@ -274,6 +276,36 @@ def case_remote(fam):
     return html
 
 
+def case_demo():
+    """make demo's script, twice, in a temp home: four verdict lines, four reports, the second run
+    served from the cache, each run well under the minute the issue allows."""
+    home = os.path.join(TMP, "demo-home")
+    env = dict(os.environ, CKS_DEMO_HOME=home)
+    env.pop("HF_TOKEN", None)
+    build = os.path.relpath(os.path.dirname(BIN), ROOT)
+    outs = []
+    for run_no in (1, 2):
+        t0 = time.time()
+        p = subprocess.run(["bash", os.path.join(ROOT, "scripts", "demo.sh"), build], capture_output=True, text=True,
+                           env=env, timeout=180)
+        took = time.time() - t0
+        check(p.returncode == 0, "run %d exited %d: %s" % (run_no, p.returncode, (p.stdout + p.stderr)[-400:]))
+        check(took < 45, "run %d took %.1f s" % (run_no, took))
+        outs.append(p.stdout)
+    for out in outs:
+        verdicts = re.findall(r"^(dispute|fine-tune|permuted|re-upload) +(identical|derived|not_derived|inconclusive) ",
+                              out, re.M)
+        check(len(verdicts) == 4, "want 4 verdict lines, got %r" % verdicts)
+        check("raw cosine" in out, "the dispute line does not show why raw cosine misleads")
+        check(out.count(".html") == 4, "report paths missing")
+        check("fake Hub is stopped" in out, "no word about stopping the server")
+    for name in ("dispute", "finetune", "permuted", "reupload"):
+        check(os.path.exists(os.path.join(home, "demo", "reports", name + ".html")), "no report " + name)
+    check("fetched" in outs[0] and "range requests" in outs[0], "first run does not say what it fetched")
+    check("served from the cache" in outs[1], "second run does not say it was served from the cache")
+    check(not glob.glob(os.path.join(home, "demo", "hub", "fakehub-state-*")), "state files pile up")
+
+
 def case_chromium(html_path, name):
     if not os.access(CHROMIUM, os.X_OK):
         raise Skip("no %s (Debian package chromium; scripts/deps.sh installs it)" % CHROMIUM)
@@ -309,7 +341,7 @@ def main():
             except Fail as e:
                 report("FAIL", name, str(e))
         for name, fn in (("html_escapes_paths", lambda: case_escaping(FAM)), ("html_atomic_write", case_atomic),
-                         ("html_help", case_help)):
+                         ("html_help", case_help), ("demo_twice", case_demo)):
             try:
                 fn()
                 report("PASS", name)
