@@ -1715,6 +1715,119 @@ out:
     return err;
 }
 
+static cks_err gap_push(cks_range **v, size_t *n, size_t *cap, uint64_t a, uint64_t b)
+{
+    if (a >= b)
+        return CKS_OK;
+    if (*n > 0 && (*v)[*n - 1].offset + (*v)[*n - 1].length == a) {
+        (*v)[*n - 1].length += b - a;
+        return CKS_OK;
+    }
+    if (*n == *cap) {
+        size_t nc = *cap ? 2 * *cap : 8;
+        cks_range *nv = realloc(*v, nc * sizeof *nv);
+        if (!nv)
+            return CKS_ERR_NOMEM;
+        *v = nv;
+        *cap = nc;
+    }
+    (*v)[(*n)++] = (cks_range){a, b - a};
+    return CKS_OK;
+}
+
+cks_err cks_cache_read_some(cks_cache *c, const char *key, uint64_t offset, void *vbuf,
+                            size_t len, cks_range **missing, size_t *n_missing, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool locked = false;
+    cks_range *gaps = NULL;
+    size_t n = 0, cap = 0;
+    unsigned char *buf = vbuf;
+    char why[128];
+    if (missing)
+        *missing = NULL;
+    if (n_missing)
+        *n_missing = 0;
+    if (!c || !missing || !n_missing || (len && !buf) || !cks_cache_key_valid(key) ||
+        offset > UINT64_MAX - len) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: invalid key or arguments");
+        goto out;
+    }
+    if (len == 0)
+        goto out;
+    pthread_mutex_lock(&c->mu);
+    locked = true;
+    keyent *k = key_get(c, key, diag, &err);
+    if (!k)
+        goto out;
+    key_pin(c, k);
+    err = key_refresh(c, k, false, diag);
+    if (err)
+        goto out;
+    uint64_t pos = offset, end = offset + len;
+    int gone_retries = 0;
+    while (pos < end) {
+        const extent *best = NULL;
+        uint64_t next = end;
+        for (size_t i = first_relevant(k, pos); i < k->n_ext; i++) {
+            const extent *e = &k->ext[i];
+            if (e->off > pos) {
+                if (e->off < next)
+                    next = e->off;
+                break;
+            }
+            if (e->off + e->len > pos && (!best || e->off + e->len > best->off + best->len))
+                best = e;
+        }
+        if (!best) {
+            /* not cached: a gap up to the next extent */
+            if (gap_push(&gaps, &n, &cap, pos, next) != CKS_OK) {
+                err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+                goto out;
+            }
+            pos = next;
+            continue;
+        }
+        uint64_t stop = best->off + best->len < end ? best->off + best->len : end;
+        why[0] = '\0';
+        ext_status st = ext_read(c, k, best, pos, buf + (pos - offset), stop - pos, why, sizeof why);
+        if (st == EXT_NOMEM) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+            goto out;
+        }
+        if (st == EXT_GONE && gone_retries++ < 3) {
+            err = key_refresh(c, k, true, diag);
+            if (err)
+                goto out;
+            continue;
+        }
+        if (st == EXT_CORRUPT)
+            ext_drop(c, k, best, why, false);
+        else if (st == EXT_IOERR)
+            add_note(c, "cache: read error on an extent of %s; treating it as missing", k->key);
+        if (st != EXT_OK && gap_push(&gaps, &n, &cap, pos, stop) != CKS_OK) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+            goto out;
+        }
+        pos = stop;
+    }
+out:
+    if (locked)
+        pthread_mutex_unlock(&c->mu);
+    if (err) {
+        free(gaps);
+        gaps = NULL;
+        n = 0;
+    }
+    if (missing)
+        *missing = n ? gaps : NULL;
+    if (n_missing)
+        *n_missing = n;
+    if (!n)
+        free(gaps);
+    return err;
+}
+
 cks_err cks_cache_read(cks_cache *c, const char *key, uint64_t offset, void *buf, size_t len,
                        bool *hit, cks_diag *diag)
 {

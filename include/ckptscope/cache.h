@@ -91,6 +91,14 @@ cks_err cks_cache_missing(cks_cache *c, const char *key, const cks_range *want, 
 cks_err cks_cache_read(cks_cache *c, const char *key, uint64_t offset, void *buf, size_t len,
                        bool *hit, cks_diag *diag);
 
+/* For a range that may be partly cached: copy every cached, verified byte of
+ * [offset, offset+len) into buf (at its place) and return in *missing the sub-ranges that
+ * were not filled (sorted, merged; NULL/0 when everything was), so the caller fetches only
+ * those into the same buffer. A corrupt extent is dropped (keeping its good chunks) and its
+ * part reported missing. Caller frees *missing. */
+cks_err cks_cache_read_some(cks_cache *c, const char *key, uint64_t offset, void *buf, size_t len,
+                            cks_range **missing, size_t *n_missing, cks_diag *diag);
+
 /* Store `len` bytes at `offset` of `key` atomically. Merges with adjacent or overlapping
  * extents when that is cheap; never stores a byte twice on purpose. On a full disk returns
  * CKS_ERR_NO_SPACE and leaves the cache as it was (the temporary file is removed). With a

@@ -946,6 +946,49 @@ static void offline_report_for_a_checkpoint(void)
     free(dir);
 }
 
+/* A partly cached range: the cached bytes are copied, only the gaps are left to fetch. */
+static void read_some_fills_cached_parts_and_names_gaps(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    CHECK_EQ_INT(put_range(c, KEY_A, 100000, 100000, false), CKS_OK);
+    CHECK_EQ_INT(put_range(c, KEY_A, 300000, 100000, false), CKS_OK);
+    size_t len = 400000;
+    unsigned char *buf = calloc(1, len);
+    cks_range *miss = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(cks_cache_read_some(c, KEY_A, 50000, buf, len, &miss, &n, NULL), CKS_OK);
+    CHECK_EQ_INT(n, 3);
+    if (n == 3) {
+        CHECK(miss[0].offset == 50000 && miss[0].length == 50000);
+        CHECK(miss[1].offset == 200000 && miss[1].length == 100000);
+        CHECK(miss[2].offset == 400000 && miss[2].length == 50000);
+    }
+    CHECK(check_bytes(buf + 50000, 100000, 100000, false));
+    CHECK(check_bytes(buf + 250000, 300000, 100000, false));
+    free(miss);
+    /* fully cached: nothing missing */
+    CHECK_EQ_INT(cks_cache_read_some(c, KEY_A, 120000, buf, 1000, &miss, &n, NULL), CKS_OK);
+    CHECK(n == 0 && miss == NULL && check_bytes(buf, 120000, 1000, false));
+    /* a damaged extent is reported missing, never copied */
+    cks_cache_free(c);
+    char *p = first_extent_path(dir, KEY_A);
+    if (p) {
+        struct stat st;
+        CHECK(stat(p, &st) == 0);
+        flip_byte(p, st.st_size - 10);
+    }
+    free(p);
+    c = open_at(dir, 0);
+    CHECK_EQ_INT(cks_cache_read_some(c, KEY_A, 100000, buf, 300000, &miss, &n, NULL), CKS_OK);
+    CHECK(n >= 2);
+    free(miss);
+    free(buf);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
           T(adjacent_and_overlapping_extents_merge), T(compression_saves_space_and_reads_back),
           T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
@@ -953,4 +996,5 @@ TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missin
           T(offline_report_names_missing_tensors), T(concurrent_writers_overlapping_ranges),
           T(kill9_during_writes_leaves_cache_consistent), T(disk_full_is_a_clear_error),
           T(bad_layout_is_refused), T(repo_listing_cached_by_revision_and_commit),
-          T(offline_report_for_a_checkpoint))
+          T(offline_report_for_a_checkpoint),
+          T(read_some_fills_cached_parts_and_names_gaps))
