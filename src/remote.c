@@ -21,7 +21,7 @@
  * parser finds in memory exactly what was prefetched: a small header costs one 4 KiB range,
  * a larger one that plus exactly the rest of the header, never tensor data. */
 #define HEADER_CHUNK (4u * 1024u)
-#define READAHEAD_MIN (1u * 1024u * 1024u)
+#define READAHEAD_MIN (8u * 1024u * 1024u)
 #define READAHEAD_MAX (64u * 1024u * 1024u)
 #define MAX_SMALL_FILE (256u * 1024u * 1024u)
 
@@ -39,9 +39,19 @@ enum sha_state { SHA_NONE, SHA_RUNNING, SHA_OK, SHA_BAD };
  * held, so while one thread waits for bytes the others keep reading what is in memory.
  * Order: net before mu.
  */
+struct rsrc;
+
 struct cks_remote {
     pthread_mutex_t mu;
     pthread_mutex_t net;
+    /* The read-ahead worker: fetches the next window of a stream while readers work on
+     * the current one, so a reader never waits for bytes it does not need yet. */
+    pthread_cond_t bg_cv;      /* with mu: a request was posted, a fetch ended, or stop */
+    pthread_t bg;
+    bool bg_started, bg_stop;
+    struct rsrc *bg_src;       /* the posted request (NULL: none) */
+    uint64_t bg_off, bg_len;
+    struct rsrc *bg_busy;      /* the source the worker is fetching for right now */
     int refs;
     cks_http *http;
     cks_hub *hub;
@@ -87,6 +97,14 @@ static void remote_unref(cks_remote *r)
     pthread_mutex_unlock(&r->mu);
     if (!last)
         return;
+    if (r->bg_started) {
+        pthread_mutex_lock(&r->mu);
+        r->bg_stop = true;
+        pthread_cond_broadcast(&r->bg_cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->bg, NULL);
+    }
+    pthread_cond_destroy(&r->bg_cv);
     cks_hub_repo_free(r->repo);
     cks_hub_free(r->hub);
     cks_http_free(r->http);
@@ -175,6 +193,7 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
     }
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->net, NULL);
+    pthread_cond_init(&r->bg_cv, NULL);
     r->refs = 1;
     r->cache = opts->cache;
     r->memory_cap = opts->memory_cap ? opts->memory_cap : DEFAULT_MEMORY_CAP;
@@ -462,6 +481,16 @@ out:
 static void rsrc_destroy(cks_source *src)
 {
     struct rsrc *s = (struct rsrc *)src;
+    cks_remote *rr = s->rem;
+    if (rr) {
+        /* the worker must neither start nor be in the middle of a fetch for this source */
+        pthread_mutex_lock(&rr->mu);
+        if (rr->bg_src == s)
+            rr->bg_src = NULL;
+        while (rr->bg_busy == s)
+            pthread_cond_wait(&rr->bg_cv, &rr->mu);
+        pthread_mutex_unlock(&rr->mu);
+    }
     for (size_t i = 0; i < s->n_ext; i++)
         free(s->ext[i].data);
     free(s->ext);
@@ -679,6 +708,46 @@ out:
     return err;
 }
 
+static void *bg_main(void *arg)
+{
+    cks_remote *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->bg_stop && !r->bg_src)
+            pthread_cond_wait(&r->bg_cv, &r->mu);
+        if (r->bg_stop)
+            break;
+        struct want w = {r->bg_src, r->bg_off, r->bg_len};
+        cks_diag ignored;
+        r->bg_busy = r->bg_src;
+        r->bg_src = NULL;
+        /* a failure here is not reported: the reader that needs these bytes fetches them
+         * itself and meets the error then (an integrity failure is sticky on the source) */
+        (void)fetch_wants(r, &w, 1, false, &ignored);
+        r->bg_busy = NULL;
+        pthread_cond_broadcast(&r->bg_cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Ask the worker for a window (r->mu held). False when it cannot take one now. */
+static bool post_readahead(cks_remote *r, struct rsrc *s, uint64_t off, uint64_t len)
+{
+    if (!r->bg_started) {
+        if (pthread_create(&r->bg, NULL, bg_main, r) != 0)
+            return false;
+        r->bg_started = true;
+    }
+    if (r->bg_src || r->bg_busy)
+        return true; /* one window at a time; the next read posts the next one */
+    r->bg_src = s;
+    r->bg_off = off;
+    r->bg_len = len;
+    pthread_cond_signal(&r->bg_cv);
+    return true;
+}
+
 static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t len,
                             cks_diag *diag)
 {
@@ -700,8 +769,15 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
      * them (a header read again with its full length) is not a stream */
     for (size_t i = 0; i < s->n_ext && !streaming && pos == offset && pos < end; i++)
         streaming = pos > 0 && s->ext[i].off + s->ext[i].len == pos;
-    if (!streaming && pos < end)
-        s->ahead = 0;
+    if (!streaming && pos < end) {
+        /* a jump elsewhere ends the stream; a miss near the fetched frontier (threads taking
+         * turns) does not */
+        uint64_t f = memory_frontier(s, s->last_end);
+        if (pos + s->ahead < f || pos > f + s->ahead)
+            s->ahead = 0;
+        else if (s->ahead)
+            streaming = true;
+    }
     while (pos < end && err == CKS_OK) {
         /* the hole runs from pos to the next byte memory holds (or the end of the read) */
         uint64_t hole_end = end;
@@ -731,15 +807,17 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
     }
     s->last_end = end;
     if (!err && s->ahead > 0) {
-        /* A stream that has used up half its window fetches the next one now, so the link
+        /* A stream that has started on its window fetches the next one now, so the link
          * stays busy while this and other threads work on what is in memory. */
         uint64_t frontier = memory_frontier(s, end);
-        if (frontier < s->base.size && frontier - end < s->ahead / 2) {
+        if (frontier < s->base.size && frontier - end < s->ahead) {
             uint64_t n = s->ahead;
             if (n > s->base.size - frontier)
                 n = s->base.size - frontier;
-            struct want w = {s, frontier, n};
-            err = fetch_wants(r, &w, 1, true, diag);
+            if (!post_readahead(r, s, frontier, n)) {
+                struct want w = {s, frontier, n};
+                err = fetch_wants(r, &w, 1, true, diag);
+            }
         }
     }
 out:
