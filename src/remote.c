@@ -590,7 +590,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     cks_http_piece *pieces = NULL;
     struct rsrc **srcs = NULL;
     struct want *holes = NULL;
-    size_t np = 0, nh = 0, cap_h = 0;
+    size_t np = 0, nh = 0, cap_h = 0, cap_p = 0;
     bool have_net = false;
     if (try_net) {
         if (pthread_mutex_trylock(&r->net) != 0)
@@ -633,45 +633,92 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
             pos = hole_end;
         }
     }
-    pieces = calloc(nh ? nh : 1, sizeof *pieces);
-    srcs = calloc(nh ? nh : 1, sizeof *srcs);
-    if (!pieces || !srcs) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-        goto out;
-    }
     w = holes;
     n = nh;
     for (size_t i = 0; i < n; i++) {
         struct rsrc *s = w[i].src;
-        uint8_t *buf = malloc((size_t)w[i].len);
-        if (!buf) {
-            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
-            goto out;
-        }
+        cks_range whole = {w[i].off, w[i].len}, *gaps = &whole;
+        size_t ng = 1;
+        cks_range *cached_gaps = NULL;
+        /* cache hook (cache/README.md): serve what the cache holds of this hole and fetch
+         * only the rest, so a range already partly cached costs only its missing part */
         if (r->cache && s->key[0]) {
-            bool hit = false;
-            if (cks_cache_read(r->cache, s->key, w[i].off, buf, (size_t)w[i].len, &hit, NULL) ==
-                    CKS_OK &&
-                hit) {
+            uint8_t *buf = malloc((size_t)w[i].len);
+            if (!buf) {
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
+                goto out;
+            }
+            if (cks_cache_read_some(r->cache, s->key, w[i].off, buf, (size_t)w[i].len,
+                                    &cached_gaps, &ng, NULL) != CKS_OK) {
+                cached_gaps = NULL;
+                ng = 1;
+            } else if (ng > 0) {
+                gaps = cached_gaps;
+            }
+            if (ng == 0) {
                 err = add_extent(s, w[i].off, w[i].len, buf, diag);
                 if (err)
                     goto out;
                 continue;
             }
-            if (cks_cache_offline(r->cache)) {
-                free(buf);
+            /* keep the cached runs between the gaps */
+            uint64_t pos = w[i].off, end = w[i].off + w[i].len;
+            for (size_t g = 0; g <= ng && !err; g++) {
+                uint64_t stop = g < ng ? gaps[g].offset : end;
+                if (stop > pos) {
+                    uint8_t *part = malloc((size_t)(stop - pos));
+                    if (!part) {
+                        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                        break;
+                    }
+                    memcpy(part, buf + (pos - w[i].off), (size_t)(stop - pos));
+                    err = add_extent(s, pos, stop - pos, part, diag);
+                }
+                if (g < ng)
+                    pos = gaps[g].offset + gaps[g].length;
+            }
+            free(buf);
+            if (!err && cks_cache_offline(r->cache))
                 err = cks_fail(diag, CKS_ERR_OFFLINE_MISS,
                                "%s: bytes %" PRIu64 "-%" PRIu64 " are not in the cache and "
                                "--offline forbids the network",
-                               s->base.name, w[i].off, w[i].off + w[i].len - 1);
+                               s->base.name, gaps[0].offset, gaps[0].offset + gaps[0].length - 1);
+            if (err) {
+                free(cached_gaps);
                 goto out;
             }
         }
-        pieces[np].target = &s->target;
-        pieces[np].offset = w[i].off;
-        pieces[np].length = w[i].len;
-        pieces[np].dst = buf;
-        srcs[np++] = s;
+        if (np + ng > cap_p) {
+            size_t nc = (np + ng) * 2;
+            cks_http_piece *npc = realloc(pieces, nc * sizeof *npc);
+            if (npc)
+                pieces = npc;
+            struct rsrc **nsr = npc ? realloc(srcs, nc * sizeof *nsr) : NULL;
+            if (nsr)
+                srcs = nsr;
+            if (!npc || !nsr) {
+                free(cached_gaps);
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            cap_p = nc;
+        }
+        for (size_t g = 0; g < ng; g++) {
+            uint8_t *buf = malloc((size_t)gaps[g].length);
+            if (!buf) {
+                free(cached_gaps);
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes",
+                               gaps[g].length);
+                goto out;
+            }
+            memset(&pieces[np], 0, sizeof pieces[np]);
+            pieces[np].target = &s->target;
+            pieces[np].offset = gaps[g].offset;
+            pieces[np].length = gaps[g].length;
+            pieces[np].dst = buf;
+            srcs[np++] = s;
+        }
+        free(cached_gaps);
     }
     if (np == 0)
         goto out;

@@ -295,9 +295,34 @@ def case_disk_full(env, fx):
         subprocess.run(["umount", "-l", cache], capture_output=True)
 
 
+def case_partly_cached_range_fetches_only_the_rest(env, fx):
+    """One tensor cached by a first run; the next run over the whole file fetches only the
+    bytes around it (cks_cache_read_some in the remote source)."""
+    cache = os.path.join(env.tmp, "c-partial")
+    env.ok(["hash", "org/big", "--quiet", "--tensor", "layers.5.weight"], cache)
+    j = json.loads(env.ok(["ls", "org/big", "--json"], cache))
+    t5 = [t for t in j["tensors"] if t["name"] == "layers.5.weight"]
+    check(t5, "no layers.5.weight in ls --json")
+    env.hub.clear_log()
+    ref = env.ok(["hash", "org/big", "--quiet"], os.path.join(env.tmp, "c-partial-ref"))
+    env.hub.clear_log()
+    out = env.ok(["hash", "org/big", "--quiet"], cache)
+    check(out == ref, "hashes differ")
+    size = len(fx.big)
+    begin = size - sum(2 << 20 for _ in range(12)) + 5 * (2 << 20)
+    end = begin + (2 << 20)
+    for g in cdn_gets(env.hub.log()):
+        a, b = (int(x) for x in g["range"][len("bytes="):].split("-"))
+        check(b < begin or a >= end, "refetched the cached tensor's bytes: %s" % g["range"])
+    sent = sum(g["bytes_sent"] for g in cdn_gets(env.hub.log()))
+    check(sent <= size - (2 << 20), "fetched %d bytes of a %d-byte file whose %d bytes were cached"
+          % (sent, size, 2 << 20))
+
+
 CASES = [case_rerun_sends_no_request, case_same_bytes_other_repo_is_a_hit, case_flipped_byte_is_refetched,
          case_concurrent_processes_share_a_cache, case_cap_evicts_least_recently_used, case_offline,
-         case_hf_home_reuse, case_kill9_during_fetch, case_disk_full]
+         case_hf_home_reuse, case_kill9_during_fetch, case_disk_full,
+         case_partly_cached_range_fetches_only_the_rest]
 
 
 class Fixture:
@@ -314,7 +339,8 @@ class Fixture:
         rnd = random.Random(5)
         big = [("layers.%d.weight" % i, "BF16", [1 << 20], rnd.getrandbits(8 << 21).to_bytes(2 << 20, "little"))
                for i in range(12)]
-        hubrepo.add_repo(root, "org/big", {"model.safetensors": st_bytes(big)})
+        self.big = st_bytes(big)
+        hubrepo.add_repo(root, "org/big", {"model.safetensors": self.big})
         t = model_tensors(3, 4)
         s1, s2 = st_bytes(t[:4]), st_bytes(t[4:])
         index = {"metadata": {"total_size": len(s1) + len(s2) - 16},
