@@ -69,6 +69,9 @@ typedef struct cks_compare_model {
     size_t config_len;
     const char *tokenizer_json; /* may be NULL */
     size_t tokenizer_len;
+    /* When set, the model is read from this fingerprint instead of ckpt's bytes (ckpt is then
+     * the fingerprint's header-only checkpoint): see fingerprint.h. NULL for a live model. */
+    const struct cks_fingerprint *fingerprint;
 } cks_compare_model;
 
 typedef struct cks_compare_opts {
