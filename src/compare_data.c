@@ -17,6 +17,7 @@
 #include "ckptscope/hash.h"
 #include "ckptscope/stats.h"
 #include "compare_internal.h"
+#include "fingerprint_internal.h" /* models read from a fingerprint */
 
 #define ROW_BLOCK 8u
 #define MAX_PLAN 65536u
@@ -369,6 +370,8 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
     /* read only what the selected tests use: norms for T2/T4, routers and k/v for T3/T4 */
     bool want_norms = tests & (CKS_TEST_T2 | CKS_TEST_T4), want_weights = tests & (CKS_TEST_T3 | CKS_TEST_T4);
 
+    if (m->fingerprint) /* stored data instead of reads: compare_fp.c */
+        return cmp_fp_model_load(ctx, m, md, diag);
     memset(md, 0, sizeof *md);
     md->m = m;
     err = cks_roles_build(ckpt, m->config_json, m->config_len, &md->roles, diag);
@@ -588,6 +591,8 @@ cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, s
     read_plan *plan = NULL;
     size_t total, cols, esize;
 
+    if (md->m && md->m->fingerprint) /* rows the fingerprint kept: compare_fp.c */
+        return cmp_fp_role_rows(md, role, rows, n, out, diag);
     memset(out, 0, sizeof *out);
     if (!tr || tr->tensor->info->ndim != 2 || !cks_decode_supported(tr->tensor->info->dtype))
         return CKS_OK;

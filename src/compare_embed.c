@@ -13,6 +13,7 @@
 #include "ckptscope/stats.h"
 #include "ckptscope/tokenizer.h"
 #include "compare_internal.h"
+#include "fingerprint_internal.h" /* pairs with a fingerprint on a side */
 
 #define TOKEN_BLOCK 64u
 #define MAX_TOKENS 16384u
@@ -22,6 +23,8 @@ static cks_err parse_vocab(const cks_compare_model *m, cks_vocab **out, char *no
     cks_diag d;
     cks_err err;
     *out = NULL;
+    if (m->fingerprint) /* the tokens the fingerprint kept */
+        return cmp_fp_vocab(m->fingerprint, out, note, note_size);
     if (!m->tokenizer_json) {
         snprintf(note, note_size, "%s has no tokenizer.json", m->label);
         return CKS_ERR_NOT_FOUND;
@@ -43,6 +46,9 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
     cks_token_pair *pairs = NULL;
 
     memset(out, 0, sizeof *out);
+    /* a fingerprint may hold fewer k/v rows: both sides keep only the rows both hold */
+    if ((a->m->fingerprint || b->m->fingerprint) && (err = cmp_fp_reconcile(ctx, a, b, diag)) != CKS_OK)
+        goto out;
     if (ctx->opts && ctx->opts->tests && !(ctx->opts->tests & (CKS_TEST_T3 | CKS_TEST_T4)))
         goto out; /* only T3 and T4 use embedding rows */
     if (parse_vocab(a->m, &va, out->note, sizeof out->note) != CKS_OK ||

@@ -1,0 +1,44 @@
+/*
+ * Internals shared by fingerprint.c (build, encode, decode), fingerprint_refs.c (the reference
+ * strings) and compare_fp.c (compare's loaders reading from a fingerprint instead of a model).
+ */
+#ifndef CKS_FINGERPRINT_INTERNAL_H
+#define CKS_FINGERPRINT_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptscope/fingerprint.h"
+#include "ckptscope/tokenizer.h"
+#include "compare_internal.h"
+
+#define FP_MAX_REFS 4096u
+#define FP_REF_POOL 65536u
+
+typedef struct fp_refs {
+    size_t n, used;
+    const char *text[FP_MAX_REFS];
+    uint32_t len[FP_MAX_REFS];
+    char pool[FP_REF_POOL];
+} fp_refs;
+
+/* The reference strings in priority order (constant; part of the format). */
+void fp_refs_build(fp_refs *r);
+
+/* compare's defaults, which a fingerprint is built with unless told otherwise */
+#define FP_COMPARE_BUDGET (384ull << 20)
+#define FP_COMPARE_SEED 20260128ull
+
+/* ---- hooks called from compare's loaders (compare_data.c, compare_embed.c) ---- */
+
+/* cmp_model_load for a model whose cks_compare_model has a fingerprint. */
+cks_err cmp_fp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag);
+/* The vocabulary of the tokens a fingerprint kept (strings, ids, flags). */
+cks_err cmp_fp_vocab(const cks_fingerprint *fp, cks_vocab **out, char *note, size_t note_size);
+/* cmp_load_role_rows for a fingerprint: only CKS_ROLE_EMBED rows it kept. */
+cks_err cmp_fp_role_rows(const cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
+                         cks_diag *diag);
+/* With a fingerprint on either side: keep only the k/v rows both sides hold. */
+cks_err cmp_fp_reconcile(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_diag *diag);
+
+#endif
