@@ -19,7 +19,10 @@
 #include <unistd.h>
 
 #define DEFAULT_MAX_PARALLEL 64
-#define DEFAULT_MAX_HOST_CONNS 16
+/* On HTTP/2 (the Hub and its CDN) every transfer multiplexes over one connection. On HTTP/1.1
+ * a request holds its connection for a round trip, so a latency-bound batch needs about as
+ * many connections as transfers in flight; 64 is what download accelerators open too. */
+#define DEFAULT_MAX_HOST_CONNS 64
 #define DEFAULT_MAX_ATTEMPTS 6
 #define DEFAULT_MAX_RETRY_WAIT 60.0
 #define DEFAULT_BACKOFF_BASE 0.25

@@ -912,6 +912,14 @@ static cks_err resolve_walk(cks_hub *hub, struct walk *w, size_t n, const char *
                     }
                     free(wk->url);
                     wk->url = next;
+                    if (hub_urls && strncmp(loc, "/api/resolve-cache/", 19) == 0) {
+                        /* A regular file's cached copy on the Hub, pinned by commit in its
+                         * path: ranged GETs can go there directly. The size comes from the
+                         * listing, so asking it again would only cost a round trip. */
+                        err = take_resolution(hub, r, wk->url, &out[idx[k]], wk->what, diag);
+                        out[idx[k]].size_known = false;
+                        wk->done = true;
+                    }
                     continue;
                 }
                 if (strncasecmp(loc, "https://", 8) != 0 && strncasecmp(loc, "http://", 7) != 0) {

@@ -49,8 +49,8 @@ typedef struct cks_http_config {
     const char *ca_bundle;       /* NULL: $CKPTSCOPE_CA_BUNDLE, $CURL_CA_BUNDLE, system */
     const char *auth_origin;     /* URL whose scheme://host:port may receive the token */
     const char *token;           /* bearer token, NULL for anonymous; copied */
-    unsigned max_parallel;       /* transfers in flight at once; 0: 32 */
-    unsigned max_host_conns;     /* connections per host; 0: 16 */
+    unsigned max_parallel;       /* transfers in flight at once; 0: 64 */
+    unsigned max_host_conns;     /* HTTP/1.1 connections per host; 0: 64 */
     unsigned max_attempts;       /* attempts without progress per request; 0: 6 */
     double max_retry_wait;       /* longest Retry-After we wait for, seconds; 0: 60 */
     double backoff_base;         /* first backoff, seconds; 0: 0.25 (doubles, cap 8 s) */
