@@ -623,15 +623,21 @@ static void test_row(FILE *f, const cks_test_result *t)
         esc(f, t->invalid_reason);
         fputs(". ", f);
     }
-    fputs("<b>Statistic:</b> ", f);
-    esc(f, t->statistic_name);
-    if (isfinite(t->effect))
-        fprintf(f, " (effect %.3g)", t->effect);
-    fputs(". <b>Null:</b> ", f);
-    esc(f, t->null_kind);
-    if (t->permutations)
-        fprintf(f, ", %" PRIu32 " permutations", t->permutations);
-    fputs(". <b>Power:</b> ", f);
+    if (t->statistic_name[0]) {
+        fputs("<b>Statistic:</b> ", f);
+        esc(f, t->statistic_name);
+        if (isfinite(t->effect))
+            fprintf(f, " (effect %.3g)", t->effect);
+        fputs(". ", f);
+    }
+    if (t->null_kind[0]) {
+        fputs("<b>Null:</b> ", f);
+        esc(f, t->null_kind);
+        if (t->permutations)
+            fprintf(f, ", %" PRIu32 " permutations", t->permutations);
+        fputs(". ", f);
+    }
+    fputs("<b>Power:</b> ", f);
     fputs(t->power > 0 ? "shown" : t->power == 0 ? "NOT shown" : "not checked", f);
     if (t->power_note[0]) {
         fputs(" — ", f);
@@ -674,7 +680,7 @@ static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int i
     char col[16];
     if (la <= 0 || lb <= 0 || !m)
         return;
-    cell = 320.0 / big;
+    cell = (big > 16 ? 480.0 : 320.0) / big; /* deep models get room for their layers */
     if (cell > 56)
         cell = 56;
     if (cell < 4)
@@ -683,9 +689,9 @@ static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int i
     gh = cell * la;
     step = big > 24 ? (big + 11) / 12 : 1;
     legend_x = left + gw + (r->row_margin ? 70 : 24);
-    fprintf(f, "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+    fprintf(f, "<figure%s><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                "viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"",
-            legend_x + 80, top + gh + 52, legend_x + 80, top + gh + 52);
+            legend_x + 80 > 540 ? " class=\"wide\"" : "", legend_x + 80, top + gh + 52, legend_x + 80, top + gh + 52);
     esc(f, title);
     fputs("\">", f);
     fprintf(f, "<text x=\"%.1f\" y=\"14\" class=\"axis\" font-weight=\"600\">", left);
@@ -1039,7 +1045,8 @@ static void equality_chart(FILE *f, const cks_compare_result *r, const cks_test_
                    "y=\"%.1f\" class=\"legend\">mean per layer</text>",
                 p.left + 270, ly - 5, p.left + 298, ly + 4);
         ly += 22;
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#b2182b\" stroke-width=\"1.3\" "
+        if (isfinite(t->null_mean))
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#b2182b\" stroke-width=\"1.3\" "
                    "stroke-dasharray=\"5 3\"/><text x=\"%.1f\" y=\"%.1f\" class=\"legend\">expected by chance "
                    "(null mean %.2g)</text>",
                 p.left, ly, p.left + 22, ly, p.left + 28, ly + 4, t->null_mean);
@@ -1063,10 +1070,10 @@ static void std_chart(FILE *f, const cks_compare_result *r)
     double lo = INFINITY, hi = -INFINITY, *xs = NULL, pad;
     plot p;
     if (!r->std_curve_a || !r->std_curve_b || n <= 0)
-        return;
+        goto out;
     xs = malloc((size_t)n * sizeof *xs);
     if (!xs)
-        return;
+        goto out;
     for (int i = 0; i < n; i++)
         xs[i] = i;
     for (int i = 0; i < r->layers_a; i++)
@@ -1079,10 +1086,8 @@ static void std_chart(FILE *f, const cks_compare_result *r)
             lo = fmin(lo, r->std_curve_b[i]);
             hi = fmax(hi, r->std_curve_b[i]);
         }
-    if (!(hi >= lo)) {
-        free(xs);
-        return;
-    }
+    if (!(hi >= lo))
+        goto out; /* no finite value: nothing to draw */
     pad = (hi - lo) * 0.12 + 1e-9;
     p.f = f;
     p.left = 72;
@@ -1114,6 +1119,7 @@ static void std_chart(FILE *f, const cks_compare_result *r)
     if (isfinite(r->std_curve_corr))
         fprintf(f, "Detrended correlation of the two curves: %.3f.", r->std_curve_corr);
     fputs("</figcaption></figure>", f);
+out:
     free(xs);
 }
 
