@@ -13,6 +13,7 @@
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +94,9 @@ def ensure_store(manifest):
             sys.exit("demo: manifest.json has no demo.%s pair" % key)
         wanted[key] = demo[key]
     state = os.path.join(STORE, "state.json")
+    manifest = os.path.join(MODELS, "manifest.json")
+    if os.path.exists(state) and os.path.getmtime(manifest) > os.path.getmtime(state):
+        shutil.rmtree(STORE)  # the models were regenerated: the store's hashes may be stale
     have = set()
     if os.path.exists(state):
         have = set((hubrepo.load_state(STORE).get("repos") or {}).keys())
