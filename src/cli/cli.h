@@ -119,5 +119,13 @@ int cmd_ls(int argc, char **argv);
 int cmd_hash(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_fingerprint(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+
+/* Open a fingerprint file (cmd_fingerprint.c) as a compare model; report may be NULL. */
+struct cks_fingerprint;
+struct cks_compare_model;
+cks_err cli_open_fingerprint(const char *path, const char *label, struct cks_fingerprint **fp,
+                             struct cks_compare_model *model, cJSON **report, cks_diag *diag);
 
 #endif

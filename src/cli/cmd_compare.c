@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "ckptscope/compare.h"
+#include "ckptscope/fingerprint.h"
 #include "ckptscope/report.h"
 #include "cli.h"
 #include "cli_report.h"
@@ -58,6 +59,7 @@ struct opened {
     size_t config_len, tokenizer_len;
     cJSON *report;
     cks_compare_model model;
+    cks_fingerprint *fp; /* when the SOURCE is a fingerprint file */
 };
 
 static cks_err open_model(const char *spec, const char *label, const cli_opts *opts, bool want_tokenizer,
@@ -66,6 +68,8 @@ static cks_err open_model(const char *spec, const char *label, const cli_opts *o
     cks_err err;
     cks_diag ignored;
     memset(o, 0, sizeof *o);
+    if (cks_fingerprint_is_file(spec)) /* a fingerprint stands for the model it was made from */
+        return cli_open_fingerprint(spec, label, &o->fp, &o->model, &o->report, diag);
     err = cli_open_checkpoint(spec, opts, &o->ckpt, &o->report, diag);
     if (err)
         return err;
@@ -92,6 +96,7 @@ static cks_err open_model(const char *spec, const char *label, const cli_opts *o
 static void close_model(struct opened *o)
 {
     cks_ckpt_free(o->ckpt);
+    cks_fingerprint_free(o->fp);
     free(o->config);
     free(o->tokenizer);
     cJSON_Delete(o->report);
@@ -423,9 +428,9 @@ int cmd_compare(int argc, char **argv)
     err = open_model(argv[optind], "A", &opts, want_tokenizer, &a, &diag);
     if (!err)
         err = open_model(argv[optind + 1], "B", &opts, want_tokenizer, &b, &diag);
-    if (!err && html_path) /* the report lists the byte ranges each file gave the analysis */
+    if (!err && html_path && a.ckpt) /* the report lists the byte ranges each file gave the analysis */
         err = cks_report_track_reads(a.ckpt, &diag);
-    if (!err && html_path)
+    if (!err && html_path && b.ckpt)
         err = cks_report_track_reads(b.ckpt, &diag);
     for (; !err && opened_ctl < n_controls; opened_ctl++) {
         snprintf(labels[opened_ctl], sizeof labels[0], "%.60s", controls[opened_ctl]);
@@ -453,6 +458,8 @@ int cmd_compare(int argc, char **argv)
     copts.progress = progress_stage;
     copts.progress_ctx = &opts;
     err = cks_compare(&a.model, &b.model, &copts, &result, &diag);
+    if (!err && (a.fp || b.fp)) /* what the fingerprint could not support, said per test */
+        cks_fingerprint_annotate(result, a.fp, b.fp, copts.seed ? copts.seed : 20260128u);
     if (!opts.quiet && isatty(2))
         fprintf(stderr, "\r\033[K");
     if (err) {
@@ -460,7 +467,7 @@ int cmd_compare(int argc, char **argv)
         goto out;
     }
     if (html_path) {
-        cli_report_model ra = {argv[optind], a.ckpt, a.report}, rb = {argv[optind + 1], b.ckpt, b.report};
+        cli_report_model ra = {argv[optind], a.model.ckpt, a.report}, rb = {argv[optind + 1], b.model.ckpt, b.report};
         rc = cli_write_html_report(html_path, result, &ra, &rb, &copts, argc, argv, &opts);
         if (rc != EXIT_OK)
             goto out;

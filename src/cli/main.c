@@ -19,6 +19,8 @@ static const struct command commands[] = {
     {"fetch", cmd_fetch, "pull chosen tensors (remote: coalesced, parallel ranges)"},
     {"diff", cmd_diff, "which tensors were added, removed, renamed, reshaped or changed"},
     {"compare", cmd_compare, "was B derived from A? calibrated tests and a verdict"},
+    {"fingerprint", cmd_fingerprint, "keep what compare needs from a model in a small file"},
+    {"verify", cmd_verify, "check an upload: format, completeness, hashes, known relatives"},
     {"cache", cks_cmd_cache, "inspect and maintain the disk cache: ls, du, verify, prune, clear"},
 };
 
