@@ -857,8 +857,82 @@ struct walk {
 };
 
 /* Resolve a batch of URLs in rounds of parallel HEADs, each walking its redirects. */
+/* One response of a resolve walk: follow it, finish the walk, or fail this item. */
+static cks_err walk_step(cks_hub *hub, struct walk *wk, const cks_http_response *r,
+                         cks_hub_resolved *res, const char *repo_id, bool hub_urls, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const char *loc = r->location;
+    if (r->status >= 300 && r->status < 400 && r->status != 304 && loc[0]) {
+        if (++wk->hops > MAX_HOPS)
+            return cks_fail(diag, CKS_ERR_HTTP, "%s: more than %d redirects", wk->what, MAX_HOPS);
+        if (loc[0] == '/' && loc[1] != '/') {
+            char *origin = NULL;
+            err = cks_http_origin(wk->url, &origin, diag);
+            if (err)
+                return err;
+            /* §A2: a relative hop keeps the path only, as huggingface_hub does */
+            char *next = follow_relative(origin, loc, !hub_urls);
+            free(origin);
+            if (!next)
+                return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            free(wk->url);
+            wk->url = next;
+            if (hub_urls && strncmp(loc, "/api/resolve-cache/", 19) == 0) {
+                /* A regular file's cached copy on the Hub, pinned by commit in its path:
+                 * ranged GETs can go there directly. The size comes from the listing, so
+                 * asking it again would only cost a round trip. */
+                err = take_resolution(hub, r, wk->url, res, wk->what, diag);
+                res->size_known = false;
+                wk->done = true;
+            }
+            return err;
+        }
+        if (strncasecmp(loc, "https://", 8) != 0 && strncasecmp(loc, "http://", 7) != 0)
+            return cks_fail(diag, CKS_ERR_HTTP, "%s: redirect to an unsupported location",
+                            wk->what);
+        if (!hub_urls) {
+            /* a plain URL: keep walking; no token can go there anyway */
+            char *next = strdup(loc);
+            if (!next)
+                return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            free(wk->url);
+            wk->url = next;
+            return CKS_OK;
+        }
+        /* an absolute redirect from the Hub is the signed CDN URL: stop here */
+        wk->done = true;
+        return take_resolution(hub, r, loc, res, wk->what, diag);
+    }
+    if (r->status >= 200 && r->status < 300) {
+        wk->done = true;
+        return take_resolution(hub, r, wk->url, res, wk->what, diag);
+    }
+    if (hub_urls)
+        err = cks_hub_map_error(r, wk->what, repo_id, hub->endpoint, hub->have_token, true, diag);
+    else if (r->status == 404 || r->status == 410)
+        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s: not found (HTTP %ld)", wk->what,
+                       r->status);
+    else if (r->status == 401 || r->status == 403)
+        err = cks_fail(diag, CKS_ERR_AUTH,
+                       "%s: the server requires authorization (HTTP %ld); ckptscope only sends "
+                       "the Hugging Face token to the Hub endpoint",
+                       wk->what, r->status);
+    else if (r->status == 429)
+        err = cks_hub_map_error(r, wk->what, "", hub->endpoint, false, true, diag);
+    if (!err)
+        err = cks_fail(diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld", wk->what, r->status);
+    return err;
+}
+
+/*
+ * Resolve a batch of URLs in rounds of parallel HEADs, each walking its redirects. With
+ * item_err, an item that fails is recorded there and the others go on; without, the first
+ * failure ends the batch.
+ */
 static cks_err resolve_walk(cks_hub *hub, struct walk *w, size_t n, const char *repo_id,
-                            bool hub_urls, cks_hub_resolved *out, cks_diag *diag)
+                            bool hub_urls, cks_hub_resolved *out, cks_err *item_err,
+                            cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_http_request *reqs = calloc(n ? n : 1, sizeof *reqs);
@@ -879,94 +953,24 @@ static cks_err resolve_walk(cks_hub *hub, struct walk *w, size_t n, const char *
         }
         if (m == 0)
             break;
-        err = cks_http_request_many(hub->http, reqs, m, diag);
-        for (size_t k = 0; k < m && err; k++)
-            if (reqs[k].err) {
-                /* a transport error: say which file it was about */
-                char tmp[CKS_DIAG_MAX];
-                snprintf(tmp, sizeof tmp, "%s", reqs[k].diag.text);
-                err = cks_fail(diag, reqs[k].err, "%s: %s", w[idx[k]].what, tmp);
-                break;
-            }
+        (void)cks_http_request_many(hub->http, reqs, m, NULL);
         for (size_t k = 0; k < m && !err; k++) {
             struct walk *wk = &w[idx[k]];
-            cks_http_response *r = &reqs[k].resp;
-            const char *loc = r->location;
-            if (r->status >= 300 && r->status < 400 && r->status != 304 && loc[0]) {
-                if (++wk->hops > MAX_HOPS) {
-                    err = cks_fail(diag, CKS_ERR_HTTP, "%s: more than %d redirects", wk->what,
-                                   MAX_HOPS);
-                    break;
-                }
-                if (loc[0] == '/' && loc[1] != '/') {
-                    char *origin = NULL;
-                    err = cks_http_origin(wk->url, &origin, diag);
-                    if (err)
-                        break;
-                    /* §A2: a relative hop keeps the path only, as huggingface_hub does */
-                    char *next = follow_relative(origin, loc, !hub_urls);
-                    free(origin);
-                    if (!next) {
-                        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-                        break;
-                    }
-                    free(wk->url);
-                    wk->url = next;
-                    if (hub_urls && strncmp(loc, "/api/resolve-cache/", 19) == 0) {
-                        /* A regular file's cached copy on the Hub, pinned by commit in its
-                         * path: ranged GETs can go there directly. The size comes from the
-                         * listing, so asking it again would only cost a round trip. */
-                        err = take_resolution(hub, r, wk->url, &out[idx[k]], wk->what, diag);
-                        out[idx[k]].size_known = false;
-                        wk->done = true;
-                    }
-                    continue;
-                }
-                if (strncasecmp(loc, "https://", 8) != 0 && strncasecmp(loc, "http://", 7) != 0) {
-                    err = cks_fail(diag, CKS_ERR_HTTP, "%s: redirect to an unsupported location",
-                                   wk->what);
-                    break;
-                }
-                if (!hub_urls) {
-                    /* a plain URL: keep walking; no token can go there anyway */
-                    char *next = strdup(loc);
-                    if (!next) {
-                        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-                        break;
-                    }
-                    free(wk->url);
-                    wk->url = next;
-                    continue;
-                }
-                /* an absolute redirect from the Hub is the signed CDN URL: stop here */
-                err = take_resolution(hub, r, loc, &out[idx[k]], wk->what, diag);
+            cks_diag d;
+            cks_err e;
+            if (reqs[k].err)
+                /* a transport error: say which file it was about */
+                e = cks_fail(&d, reqs[k].err, "%s: %s", wk->what, reqs[k].diag.text);
+            else
+                e = walk_step(hub, wk, &reqs[k].resp, &out[idx[k]], repo_id, hub_urls, &d);
+            if (e && item_err) {
+                item_err[idx[k]] = e;
                 wk->done = true;
-                continue;
+            } else if (e) {
+                err = e;
+                if (diag)
+                    *diag = d;
             }
-            if (r->status >= 200 && r->status < 300) {
-                err = take_resolution(hub, r, wk->url, &out[idx[k]], wk->what, diag);
-                wk->done = true;
-                continue;
-            }
-            if (hub_urls) {
-                err = cks_hub_map_error(r, wk->what, repo_id, hub->endpoint, hub->have_token, true,
-                                        diag);
-            } else if (r->status == 404 || r->status == 410) {
-                err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s: not found (HTTP %ld)", wk->what,
-                               r->status);
-            } else if (r->status == 401 || r->status == 403) {
-                err = cks_fail(diag, CKS_ERR_AUTH,
-                               "%s: the server requires authorization (HTTP %ld); ckptscope only "
-                               "sends the Hugging Face token to the Hub endpoint",
-                               wk->what, r->status);
-            } else if (r->status == 429) {
-                err = cks_hub_map_error(r, wk->what, "", hub->endpoint, false, true, diag);
-            } else {
-                err = cks_fail(diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld", wk->what, r->status);
-            }
-            if (!err)
-                err = cks_fail(diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld", wk->what, r->status);
-            break;
         }
         for (size_t k = 0; k < m; k++)
             cks_http_response_release(&reqs[k].resp);
@@ -981,6 +985,12 @@ out:
 
 cks_err cks_hub_resolve_many(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
                              size_t n, cks_hub_resolved *out, cks_diag *diag)
+{
+    return cks_hub_resolve_some(hub, repo, paths, n, out, NULL, diag);
+}
+
+cks_err cks_hub_resolve_some(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
+                             size_t n, cks_hub_resolved *out, cks_err *errs, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     struct walk *w = calloc(n ? n : 1, sizeof *w);
@@ -1005,10 +1015,15 @@ cks_err cks_hub_resolve_many(cks_hub *hub, const cks_hub_repo *repo, const char 
             goto out;
         }
     }
-    err = resolve_walk(hub, w, n, repo->repo_id, true, out, diag);
+    if (errs)
+        for (size_t i = 0; i < n; i++)
+            errs[i] = CKS_OK;
+    err = resolve_walk(hub, w, n, repo->repo_id, true, out, errs, diag);
     if (err)
         goto out;
     for (size_t i = 0; i < n; i++) {
+        if (errs && errs[i])
+            continue;
         if (out[i].commit[0] && strcmp(out[i].commit, repo->commit) != 0) {
             err = cks_fail(diag, CKS_ERR_HTTP,
                            "%s: the Hub served commit %s for a request pinned to %s", w[i].what,
@@ -1042,7 +1057,7 @@ cks_err cks_hub_resolve_url(cks_hub *hub, const char *url, cks_hub_resolved *out
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    err = resolve_walk(hub, &w, 1, "", false, out, diag);
+    err = resolve_walk(hub, &w, 1, "", false, out, NULL, diag);
     if (err)
         goto out;
     if (!out->size_known) {

@@ -52,6 +52,13 @@ struct cks_remote {
     struct rsrc *bg_src;       /* the posted request (NULL: none) */
     uint64_t bg_off, bg_len;
     struct rsrc *bg_busy;      /* the source the worker is fetching for right now */
+    /* Files resolved ahead of need (the shards next to an index, resolved together with it),
+     * handed to their sources when those are opened. */
+    struct presolved {
+        char *path, *url;
+        double expires_at;
+    } *pre;
+    size_t n_pre;
     int refs;
     cks_http *http;
     cks_hub *hub;
@@ -105,6 +112,11 @@ static void remote_unref(cks_remote *r)
         pthread_join(r->bg, NULL);
     }
     pthread_cond_destroy(&r->bg_cv);
+    for (size_t i = 0; i < r->n_pre; i++) {
+        free(r->pre[i].path);
+        free(r->pre[i].url);
+    }
+    free(r->pre);
     cks_hub_repo_free(r->repo);
     cks_hub_free(r->hub);
     cks_http_free(r->http);
@@ -965,6 +977,18 @@ static cks_err new_source(cks_remote *r, const char *path, uint64_t size, const 
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             goto out;
         }
+    } else {
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n_pre; i++)
+            if (r->pre[i].path && strcmp(r->pre[i].path, path) == 0) {
+                s->target.url = r->pre[i].url;
+                s->target.expires_at = r->pre[i].expires_at;
+                r->pre[i].url = NULL;
+                free(r->pre[i].path);
+                r->pre[i].path = NULL;
+                break;
+            }
+        pthread_mutex_unlock(&r->mu);
     }
     s->target.size = size;
     s->target.name = s->base.name;
@@ -1065,6 +1089,54 @@ out:
 
 /* ---------------------------------------------------------------- provider ---- */
 
+static bool ends_with(const char *s, const char *suffix);
+
+/*
+ * An index is about to be read: resolve it together with every .safetensors file in its
+ * folder, in one parallel batch, so the shards it names are already resolved when they are
+ * opened (a round trip saved). Failures of the speculative ones are ignored.
+ */
+static void presolve_with_index(cks_remote *r, const char *index_path)
+{
+    const char *slash = strrchr(index_path, '/');
+    size_t dl = slash ? (size_t)(slash - index_path) + 1 : 0;
+    const char **paths = calloc(r->repo->n_files + 1, sizeof *paths);
+    cks_hub_resolved *res = calloc(r->repo->n_files + 1, sizeof *res);
+    cks_err *errs = calloc(r->repo->n_files + 1, sizeof *errs);
+    size_t n = 0;
+    if (!paths || !res || !errs || r->n_pre)
+        goto out;
+    paths[n++] = index_path;
+    for (size_t i = 0; i < r->repo->n_files; i++) {
+        const char *p = r->repo->files[i].path;
+        if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') && ends_with(p, ".safetensors"))
+            paths[n++] = p;
+    }
+    if (n < 2 || cks_hub_resolve_some(r->hub, r->repo, paths, n, res, errs, NULL) != CKS_OK)
+        goto out;
+    r->pre = calloc(n, sizeof *r->pre);
+    if (!r->pre)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i] || !res[i].url)
+            continue;
+        r->pre[r->n_pre].path = strdup(paths[i]);
+        if (!r->pre[r->n_pre].path)
+            continue;
+        r->pre[r->n_pre].url = res[i].url;
+        r->pre[r->n_pre].expires_at = res[i].expires_at;
+        res[i].url = NULL;
+        r->n_pre++;
+    }
+out:
+    if (res)
+        for (size_t i = 0; i < n; i++)
+            cks_hub_resolved_release(&res[i]);
+    free(res);
+    free(errs);
+    free(paths);
+}
+
 static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size_t *len,
                                cks_diag *diag)
 {
@@ -1074,6 +1146,8 @@ static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size
     char *buf = NULL;
     *data = NULL;
     *len = 0;
+    if (r->repo && ends_with(relpath, ".json") && cks_hub_repo_find(r->repo, relpath))
+        presolve_with_index(r, relpath);
     err = cks_remote_open_file(r, relpath, &src, diag);
     if (err)
         goto out;

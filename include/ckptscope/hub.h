@@ -133,6 +133,11 @@ void cks_hub_resolved_release(cks_hub_resolved *r);
 cks_err cks_hub_resolve_many(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
                              size_t n, cks_hub_resolved *out, cks_diag *diag);
 
+/* The same, tolerating failures: errs[i] says how item i ended (out[i] is valid only when it
+ * is CKS_OK). Used to resolve files speculatively, before it is known they are needed. */
+cks_err cks_hub_resolve_some(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
+                             size_t n, cks_hub_resolved *out, cks_err *errs, cks_diag *diag);
+
 /* Resolve a plain URL: HEAD, following up to 5 redirects (no token ever goes there). */
 cks_err cks_hub_resolve_url(cks_hub *hub, const char *url, cks_hub_resolved *out, cks_diag *diag);
 
