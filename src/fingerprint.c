@@ -969,7 +969,7 @@ cks_err cks_fingerprint_build(const cks_compare_model *m, const cks_fp_build_opt
         st.embed_elem = ea;
     }
     /* the payload is compressed; the header summary (tensor names) compresses ~10x */
-    fixed += 64 * 1024 + (uint64_t)st.md.n_raw * 80 + (uint64_t)m->ckpt->n_tensors * 16;
+    fixed += 4096 + (uint64_t)st.md.n_raw * 40 + (uint64_t)m->ckpt->n_tensors * 12;
     room = cap * 9 / 10 > fixed ? cap * 9 / 10 - fixed : 0;
     err = choose_candidates(&st, room * 3 / 10, diag);
     if (err)
