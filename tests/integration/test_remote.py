@@ -323,6 +323,46 @@ def case_private(env, fx):
     no_auth_on_cdn(log)
 
 
+def case_verbose_never_shows_token(env, fx):
+    rc, out, err = env.run(["ls", "org/private", "--verbose"], token=TOKEN_OK)
+    check(rc == 0 and "token from HF_TOKEN" in err and fx.c_private in err, "verbose: %d %s" % (rc, err[:300]))
+    # Env.run already fails the case if the token appears anywhere in stdout or stderr
+
+
+def case_progress_on_a_terminal(env, fx):
+    import pty
+    import select
+    master, slave = pty.openpty()
+    env.hub.faults([{"server": "cdn", "kind": "delay", "seconds": 1.2, "count": 2}])
+    try:
+        e = dict(os.environ, HF_ENDPOINT=env.hub.hub_url, HOME=env.tmp, CKPTSCOPE_NO_CACHE="1",
+                 XDG_CACHE_HOME=os.path.join(env.tmp, "xdg"))
+        e.pop("HF_TOKEN", None)
+        p = subprocess.Popen([BIN, "hash", "org/big"], env=e, stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            r, _, _ = select.select([master], [], [], 30)
+            if not r:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        p.wait(30)
+    finally:
+        os.close(master)
+        env.hub.clear_faults()
+    check(p.returncode == 0, "exit %s" % p.returncode)
+    check(b"fetching:" in seen and b"requests" in seen, "no progress on the terminal: %r" % seen[:200])
+    # and none when stderr is not a terminal
+    rc, out, err = env.run(["hash", "org/single"])
+    check("fetching:" not in err, "progress on a pipe")
+
+
 def case_token_files(env, fx):
     tf = os.path.join(env.tmp, "tokfile")
     with open(tf, "w") as f:
@@ -634,7 +674,7 @@ def case_tls(env, fx):
 
 CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
-         case_private, case_token_files, case_invalid_token, case_gated, case_missing,
+         case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_fault_wrong_content_range, case_fault_reset_resumes,
          case_fault_short_body_resumes, case_fault_stall_times_out, case_fault_5xx_retried,
          case_fault_hub_5xx_retried, case_fault_429_retry_after, case_fault_429_gives_up_with_time,
