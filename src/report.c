@@ -678,7 +678,8 @@ static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int i
     double cell, left = 56, top = 34, gw, gh, legend_x;
     int big = la > lb ? la : lb, step;
     char col[16];
-    if (la <= 0 || lb <= 0 || !m)
+    /* past a few hundred layers a cell is under a pixel and the page would weigh megabytes */
+    if (la <= 0 || lb <= 0 || !m || la > 1024 || lb > 1024)
         return;
     cell = (big > 16 ? 480.0 : 320.0) / big; /* deep models get room for their layers */
     if (cell > 56)
