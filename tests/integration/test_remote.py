@@ -448,6 +448,22 @@ def case_fault_ignore_range(env, fx):
     check(any(g["status"] == 200 for g in cdn_gets(log)), "no 200 in the log")
 
 
+def case_whole_file_200_accepted(env, fx):
+    # a server that ignores Range on a small regular file: asking for all of it, the 200 body
+    # of exactly the announced size is the range; a partial range answered with 200 is not
+    env.hub.faults([{"server": "hub", "match": "model.safetensors.index.json", "kind": "ignore_range",
+                     "count": -1}])
+    try:
+        env.hub.clear_log()
+        j = env.json(["ls", "org/sharded"])
+        check(len(j["tensors"]) == 32, "tensors")
+        idx = [e for e in env.hub.log() if e["method"] == "GET" and "index.json" in e["path"]]
+        check(idx and idx[0]["status"] == 200 and idx[0]["range"] == "bytes=0-%d" % (len(fx.index) - 1),
+              "index GET %r" % [(e["status"], e["range"]) for e in idx])
+    finally:
+        env.hub.clear_faults()
+
+
 def case_fault_wrong_content_range(env, fx):
     _, log, err = fault_case(env, fx, {"server": "cdn", "kind": "wrong_content_range", "count": -1},
                              expect_rc=EXIT_NETWORK)
@@ -675,7 +691,7 @@ def case_tls(env, fx):
 CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
-         case_fault_ignore_range, case_fault_wrong_content_range, case_fault_reset_resumes,
+         case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,
          case_fault_short_body_resumes, case_fault_stall_times_out, case_fault_5xx_retried,
          case_fault_hub_5xx_retried, case_fault_429_retry_after, case_fault_429_gives_up_with_time,
          case_fault_hub_429, case_fault_416, case_fault_expired_reresolves, case_fault_no_content_length,
