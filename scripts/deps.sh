@@ -1,9 +1,11 @@
 #!/bin/sh
 # Install the Debian packages the build and the tests need when they are missing.
 # As root it installs them; otherwise it prints the one apt-get line to run and fails.
+# Arguments name extra packages for one caller only (bench/scale/run.sh: nginx), so
+# make test never installs them.
 set -u
 PACKAGES="build-essential pkg-config libcurl4-openssl-dev libcjson-dev libssl-dev openssl \
-libzstd-dev libopenblas-dev python3 python3-numpy python3-scipy clang curl chromium"
+libzstd-dev libopenblas-dev python3 python3-numpy python3-scipy clang curl chromium $*"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
