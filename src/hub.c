@@ -457,62 +457,64 @@ static const char *type_prefix(cks_repo_type t)
 cks_err cks_hub_map_error(const cks_http_response *r, const char *what, const char *repo_id,
                           const char *endpoint, bool have_token, bool is_file, cks_diag *diag)
 {
+    cks_err err = CKS_OK;
     char msg[600];
     long s = r->status;
     const char *code = r->x_error_code;
+    const char *sep;
     clean_message(r->x_error_message, msg, sizeof msg);
-    if (s >= 200 && s < 400)
-        return CKS_OK;
-    if (strcmp(code, "GatedRepo") == 0)
-        return cks_fail(diag, CKS_ERR_GATED,
-                        "%s is a gated repository and %s. Request access at %s/%s, then %s "
-                        "(HTTP %ld%s%s)",
-                        repo_id, have_token ? "your token has not been granted access"
-                                            : "no token was sent",
-                        endpoint, repo_id,
-                        have_token ? "wait for approval and retry"
-                                   : "log in: set HF_TOKEN or run `hf auth login`",
-                        s, msg[0] ? ": " : "", msg);
-    if (strcmp(code, "RepoNotFound") == 0)
-        return cks_fail(diag, CKS_ERR_REPO_NOT_FOUND,
-                        "repository %s not found on %s: it does not exist, or it is private and "
-                        "%s (HTTP %ld)",
-                        repo_id, endpoint,
-                        have_token ? "your token has no access to it"
-                                   : "no token was sent (set HF_TOKEN or run `hf auth login`)",
-                        s);
-    if (strcmp(code, "RevisionNotFound") == 0)
-        return cks_fail(diag, CKS_ERR_REVISION_NOT_FOUND,
-                        "%s: revision not found (a branch, tag, 40-hex commit or refs/pr/N is "
-                        "expected; HTTP %ld%s%s)",
-                        what, s, msg[0] ? ": " : "", msg);
-    if (strcmp(code, "EntryNotFound") == 0)
-        return cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s: no such file at that revision (HTTP %ld)",
-                        what, s);
-    if (s == 401 && (have_token || strstr(msg, "Invalid credentials")))
-        return cks_fail(diag, CKS_ERR_AUTH,
-                        "the Hugging Face token was rejected as invalid or expired (HTTP 401%s%s); "
-                        "check HF_TOKEN / HF_TOKEN_PATH / the token file, or unset it for public "
-                        "repositories",
-                        msg[0] ? ": " : "", msg);
-    if (s == 401)
-        return cks_fail(diag, CKS_ERR_REPO_NOT_FOUND,
-                        "%s: not found or private, and no token was sent (HTTP 401); set HF_TOKEN "
-                        "or run `hf auth login`",
-                        what);
-    if (s == 403)
-        return cks_fail(diag, CKS_ERR_AUTH, "%s: access forbidden (HTTP 403%s%s)%s", what,
-                        msg[0] ? ": " : "", msg,
-                        have_token ? "; the token may lack read permission for this repository"
-                                   : "");
-    if (s == 404)
-        return cks_fail(diag, is_file ? CKS_ERR_FILE_NOT_FOUND : CKS_ERR_REPO_NOT_FOUND,
-                        "%s: not found (HTTP 404)", what);
-    if (s == 429) {
+    sep = msg[0] ? ": " : "";
+    if (s >= 200 && s < 400) {
+        err = CKS_OK;
+    } else if (strcmp(code, "GatedRepo") == 0) {
+        err = cks_fail(diag, CKS_ERR_GATED,
+                       "%s is a gated repository and %s. Request access at %s/%s, then %s "
+                       "(HTTP %ld%s%s)",
+                       repo_id, have_token ? "your token has not been granted access"
+                                           : "no token was sent",
+                       endpoint, repo_id,
+                       have_token ? "wait for approval and retry"
+                                  : "log in: set HF_TOKEN or run `hf auth login`",
+                       s, sep, msg);
+    } else if (strcmp(code, "RepoNotFound") == 0) {
+        err = cks_fail(diag, CKS_ERR_REPO_NOT_FOUND,
+                       "repository %s not found on %s: it does not exist, or it is private and "
+                       "%s (HTTP %ld)",
+                       repo_id, endpoint,
+                       have_token ? "your token has no access to it"
+                                  : "no token was sent (set HF_TOKEN or run `hf auth login`)",
+                       s);
+    } else if (strcmp(code, "RevisionNotFound") == 0) {
+        err = cks_fail(diag, CKS_ERR_REVISION_NOT_FOUND,
+                       "%s: revision not found (a branch, tag, 40-hex commit or refs/pr/N is "
+                       "expected; HTTP %ld%s%s)",
+                       what, s, sep, msg);
+    } else if (strcmp(code, "EntryNotFound") == 0) {
+        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s: no such file at that revision (HTTP %ld)",
+                       what, s);
+    } else if (s == 401 && (have_token || strstr(msg, "Invalid credentials"))) {
+        err = cks_fail(diag, CKS_ERR_AUTH,
+                       "the Hugging Face token was rejected as invalid or expired (HTTP 401%s%s); "
+                       "check HF_TOKEN / HF_TOKEN_PATH / the token file, or unset it for public "
+                       "repositories",
+                       sep, msg);
+    } else if (s == 401) {
+        err = cks_fail(diag, CKS_ERR_REPO_NOT_FOUND,
+                       "%s: not found or private, and no token was sent (HTTP 401); set HF_TOKEN "
+                       "or run `hf auth login`",
+                       what);
+    } else if (s == 403) {
+        err = cks_fail(diag, CKS_ERR_AUTH, "%s: access forbidden (HTTP 403%s%s)%s", what, sep, msg,
+                       have_token ? "; the token may lack read permission for this repository"
+                                  : "");
+    } else if (s == 404) {
+        err = cks_fail(diag, is_file ? CKS_ERR_FILE_NOT_FOUND : CKS_ERR_REPO_NOT_FOUND,
+                       "%s: not found (HTTP 404)", what);
+    } else if (s == 429) {
         double wait = -1;
-        if (r->retry_after[0] && cks_http_parse_retry_after(r->retry_after, (double)time(NULL), &wait))
-            ;
-        else if (!(r->ratelimit[0] && cks_http_parse_ratelimit(r->ratelimit, &wait)))
+        if (!(r->retry_after[0] &&
+              cks_http_parse_retry_after(r->retry_after, (double)time(NULL), &wait)) &&
+            !(r->ratelimit[0] && cks_http_parse_ratelimit(r->ratelimit, &wait)))
             wait = -1;
         if (wait >= 0) {
             char until[32];
@@ -520,16 +522,18 @@ cks_err cks_hub_map_error(const cks_http_response *r, const char *what, const ch
             struct tm tm;
             gmtime_r(&at, &tm);
             strftime(until, sizeof until, "%H:%M:%S UTC", &tm);
-            return cks_fail(diag, CKS_ERR_RATE_LIMITED,
-                            "%s: rate limited by the Hub (429); retry after %.0f s (at %s)%s%s",
-                            what, wait, until, have_token ? "" : "; logged-in users get higher limits",
-                            "");
+            err = cks_fail(diag, CKS_ERR_RATE_LIMITED,
+                           "%s: rate limited by the Hub (429); retry after %.0f s (at %s)%s", what,
+                           wait, until, have_token ? "" : "; logged-in users get higher limits");
+        } else {
+            err = cks_fail(diag, CKS_ERR_RATE_LIMITED,
+                           "%s: rate limited by the Hub (429); wait a few minutes and retry", what);
         }
-        return cks_fail(diag, CKS_ERR_RATE_LIMITED,
-                        "%s: rate limited by the Hub (429); wait a few minutes and retry", what);
+    } else {
+        err = cks_fail(diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld from %s%s%s", what, s, endpoint,
+                       sep, msg);
     }
-    return cks_fail(diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld from %s%s%s", what, s, endpoint,
-                    msg[0] ? ": " : "", msg);
+    return err;
 }
 
 /* ---------------------------------------------------------------- repo listing ---- */
@@ -863,65 +867,72 @@ static cks_err walk_step(cks_hub *hub, struct walk *wk, const cks_http_response 
 {
     cks_err err = CKS_OK;
     const char *loc = r->location;
-    if (r->status >= 300 && r->status < 400 && r->status != 304 && loc[0]) {
-        if (++wk->hops > MAX_HOPS)
-            return cks_fail(diag, CKS_ERR_HTTP, "%s: more than %d redirects", wk->what, MAX_HOPS);
-        if (loc[0] == '/' && loc[1] != '/') {
-            char *origin = NULL;
-            err = cks_http_origin(wk->url, &origin, diag);
-            if (err)
-                return err;
-            /* §A2: a relative hop keeps the path only, as huggingface_hub does */
-            char *next = follow_relative(origin, loc, !hub_urls);
-            free(origin);
-            if (!next)
-                return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-            free(wk->url);
-            wk->url = next;
-            if (hub_urls && strncmp(loc, "/api/resolve-cache/", 19) == 0) {
-                /* A regular file's cached copy on the Hub, pinned by commit in its path:
-                 * ranged GETs can go there directly. The size comes from the listing, so
-                 * asking it again would only cost a round trip. */
-                err = take_resolution(hub, r, wk->url, res, wk->what, diag);
-                res->size_known = false;
-                wk->done = true;
-            }
-            return err;
+    char *next = NULL, *origin = NULL;
+    bool redirect = r->status >= 300 && r->status < 400 && r->status != 304 && loc[0];
+
+    if (redirect && ++wk->hops > MAX_HOPS) {
+        err = cks_fail(diag, CKS_ERR_HTTP, "%s: more than %d redirects", wk->what, MAX_HOPS);
+    } else if (redirect && loc[0] == '/' && loc[1] != '/') {
+        err = cks_http_origin(wk->url, &origin, diag);
+        if (err)
+            goto out;
+        /* §A2: a relative hop keeps the path only, as huggingface_hub does */
+        next = follow_relative(origin, loc, !hub_urls);
+        if (!next) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
         }
-        if (strncasecmp(loc, "https://", 8) != 0 && strncasecmp(loc, "http://", 7) != 0)
-            return cks_fail(diag, CKS_ERR_HTTP, "%s: redirect to an unsupported location",
-                            wk->what);
-        if (!hub_urls) {
-            /* a plain URL: keep walking; no token can go there anyway */
-            char *next = strdup(loc);
-            if (!next)
-                return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-            free(wk->url);
-            wk->url = next;
-            return CKS_OK;
+        free(wk->url);
+        wk->url = next;
+        next = NULL;
+        if (hub_urls && strncmp(loc, "/api/resolve-cache/", 19) == 0) {
+            /* A regular file's cached copy on the Hub, pinned by commit in its path: ranged
+             * GETs can go there directly. The size comes from the listing, so asking it
+             * again would only cost a round trip. */
+            err = take_resolution(hub, r, wk->url, res, wk->what, diag);
+            res->size_known = false;
+            wk->done = true;
         }
+    } else if (redirect && strncasecmp(loc, "https://", 8) != 0 &&
+               strncasecmp(loc, "http://", 7) != 0) {
+        err = cks_fail(diag, CKS_ERR_HTTP, "%s: redirect to an unsupported location", wk->what);
+    } else if (redirect && !hub_urls) {
+        /* a plain URL: keep walking; no token can go there anyway */
+        next = strdup(loc);
+        if (!next) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        free(wk->url);
+        wk->url = next;
+        next = NULL;
+    } else if (redirect) {
         /* an absolute redirect from the Hub is the signed CDN URL: stop here */
         wk->done = true;
-        return take_resolution(hub, r, loc, res, wk->what, diag);
-    }
-    if (r->status >= 200 && r->status < 300) {
+        err = take_resolution(hub, r, loc, res, wk->what, diag);
+    } else if (r->status >= 200 && r->status < 300) {
         wk->done = true;
-        return take_resolution(hub, r, wk->url, res, wk->what, diag);
+        err = take_resolution(hub, r, wk->url, res, wk->what, diag);
+    } else {
+        if (hub_urls)
+            err = cks_hub_map_error(r, wk->what, repo_id, hub->endpoint, hub->have_token, true,
+                                    diag);
+        else if (r->status == 404 || r->status == 410)
+            err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s: not found (HTTP %ld)", wk->what,
+                           r->status);
+        else if (r->status == 401 || r->status == 403)
+            err = cks_fail(diag, CKS_ERR_AUTH,
+                           "%s: the server requires authorization (HTTP %ld); ckptscope only "
+                           "sends the Hugging Face token to the Hub endpoint",
+                           wk->what, r->status);
+        else if (r->status == 429)
+            err = cks_hub_map_error(r, wk->what, "", hub->endpoint, false, true, diag);
+        if (!err)
+            err = cks_fail(diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld", wk->what, r->status);
     }
-    if (hub_urls)
-        err = cks_hub_map_error(r, wk->what, repo_id, hub->endpoint, hub->have_token, true, diag);
-    else if (r->status == 404 || r->status == 410)
-        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s: not found (HTTP %ld)", wk->what,
-                       r->status);
-    else if (r->status == 401 || r->status == 403)
-        err = cks_fail(diag, CKS_ERR_AUTH,
-                       "%s: the server requires authorization (HTTP %ld); ckptscope only sends "
-                       "the Hugging Face token to the Hub endpoint",
-                       wk->what, r->status);
-    else if (r->status == 429)
-        err = cks_hub_map_error(r, wk->what, "", hub->endpoint, false, true, diag);
-    if (!err)
-        err = cks_fail(diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld", wk->what, r->status);
+out:
+    free(origin);
+    free(next);
     return err;
 }
 

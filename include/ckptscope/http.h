@@ -14,7 +14,9 @@
  *   - A range succeeds only as 206 with `Content-Range: bytes a-b/TOTAL` where a, b are
  *     exactly what was asked and TOTAL the expected file size, and exactly b-a+1 body bytes.
  *     A 200 to a ranged request is CKS_ERR_RANGE_IGNORED and its body is never used (the
- *     transfer is cut off at the first body byte). Multi-range requests are never sent.
+ *     transfer is cut off at the first body byte) — except when the whole file was asked for
+ *     and the 200 announces exactly its size: then the body is the range, counted byte by
+ *     byte like a 206. Multi-range requests are never sent.
  *   - 408, 429, 5xx, resets and stalls are retried with exponential backoff and jitter,
  *     honouring Retry-After; a broken range resumes from the first byte not yet received.
  *     403 from a signed URL (expired) makes the engine ask the target for a fresh URL.
