@@ -6,6 +6,7 @@
  * side only is renamed when a tensor on the other side's only-names has the same bytes,
  * else removed (only in A) or added (only in B). Exit 0 when every tensor has a
  * byte-identical counterpart with the same dtype and shape (names may differ), else 1.
+ * Files with the same server SHA-256 on both sides (two revisions of a Hub repo) are not read.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,10 @@ static const char diff_help[] =
     "Compare two checkpoints tensor by tensor, by SHA-256 of the raw bytes as well as by\n"
     "name: identical, changed, reshaped (same bytes, other shape or dtype), renamed (same\n"
     "bytes, other name), added (only in B) and removed (only in A).\n"
+    "\n"
+    "A and B may be two revisions of one Hub repo (org/name@rev1 org/name@refs/pr/1): files\n"
+    "whose LFS SHA-256 is the same on both sides are not read at all; only the tensors of\n"
+    "changed files are hashed. --json adds \"files\" (path, status, sizes, SHA-256s).\n"
     "\n"
     "Exit status: 0 when the tensor contents are identical (every tensor has a byte-identical\n"
     "counterpart with the same dtype and shape; names may differ), 1 when they differ, and\n"
@@ -43,6 +48,7 @@ struct side {
     const cks_ckpt_tensor **sel;
     size_t n;
     cks_tensor_hash *hashes;
+    size_t hashed;           /* tensors actually read and hashed (not in an identical file) */
     cJSON *report;
 };
 
@@ -125,14 +131,118 @@ static size_t classify(const struct side *a, const struct side *b, struct pair *
 }
 
 static cks_err load_side(const char *spec, const cli_opts *opts, char *const *globs, size_t n_globs,
-                         const char *label, struct side *s, cks_diag *diag)
+                         struct side *s, cks_diag *diag)
 {
     cks_err err = cli_open_checkpoint(spec, opts, &s->ckpt, opts->json ? &s->report : NULL, diag);
     if (!err)
         err = cli_select_tensors(s->ckpt, globs, n_globs, &s->sel, &s->n, diag);
-    if (!err)
-        err = cli_hash_selection(s->ckpt, s->sel, s->n, opts, label, &s->hashes, diag);
     return err;
+}
+
+/* The file of the other side with the same server SHA-256 (the Hub's LFS hash), or -1. */
+static ssize_t same_file(const struct side *s, size_t f, const struct side *other)
+{
+    const char *sha = s->ckpt->files[f].source->sha256_hex;
+    if (!sha[0])
+        return -1;
+    for (size_t g = 0; g < other->ckpt->n_files; g++)
+        if (strcmp(other->ckpt->files[g].source->sha256_hex, sha) == 0)
+            return (ssize_t)g;
+    return -1;
+}
+
+/*
+ * Hash the selected tensors of s, except those in a file whose SHA-256 the other side also
+ * has: identical files need no bytes. Their tensors get a stand-in hash made of the file's
+ * SHA-256, the name and the offsets, the same on both sides, so they pair as identical
+ * without a read (a real SHA-256 cannot collide with it).
+ */
+static cks_err hash_side(struct side *s, const struct side *other, const cli_opts *opts, const char *label,
+                         cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const cks_ckpt_tensor **todo = calloc(s->n ? s->n : 1, sizeof *todo);
+    cks_tensor_hash *got = NULL;
+    size_t n_todo = 0;
+
+    s->hashes = calloc(s->n ? s->n : 1, sizeof *s->hashes);
+    if (!todo || !s->hashes) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        const cks_ckpt_tensor *t = s->sel[i];
+        if (same_file(s, t->file, other) >= 0) {
+            char key[1024];
+            int len = snprintf(key, sizeof key, "same-file:%s:%s:%llu:%llu", s->ckpt->files[t->file].source->sha256_hex,
+                               t->info->name, (unsigned long long)t->info->begin, (unsigned long long)t->info->end);
+            s->hashes[i].tensor = t;
+            cks_sha256_hex(key, len > 0 ? (size_t)len : 0, s->hashes[i].hex);
+            for (int k = 0; k < 32; k++) {
+                unsigned byte = 0;
+                sscanf(s->hashes[i].hex + 2 * k, "%2x", &byte);
+                s->hashes[i].sha256[k] = (uint8_t)byte;
+            }
+        } else {
+            todo[n_todo++] = t;
+        }
+    }
+    if (n_todo) {
+        err = cli_hash_selection(s->ckpt, todo, n_todo, opts, label, &got, diag);
+        if (err)
+            goto out;
+        for (size_t i = 0, k = 0; i < s->n && k < n_todo; i++)
+            if (s->sel[i] == todo[k])
+                s->hashes[i] = got[k++];
+    }
+    s->hashed = n_todo;
+out:
+    free(todo);
+    free(got);
+    return err;
+}
+
+/* "files": each file of either side by path, with its server SHA-256 on both sides. */
+static cJSON *files_json(const struct side *a, const struct side *b)
+{
+    cJSON *files = cJSON_CreateArray();
+    for (int side = 0; side < 2; side++) {
+        const struct side *s = side ? b : a, *o = side ? a : b;
+        for (size_t f = 0; f < s->ckpt->n_files; f++) {
+            const cks_ckpt_file *cf = &s->ckpt->files[f];
+            const cks_ckpt_file *of = NULL;
+            const char *status;
+            cJSON *e;
+            for (size_t g = 0; g < o->ckpt->n_files && !of; g++)
+                if (strcmp(o->ckpt->files[g].path, cf->path) == 0)
+                    of = &o->ckpt->files[g];
+            if (side == 1 && of)
+                continue; /* listed with A's file */
+            e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "path", cf->path);
+            if (!of)
+                status = side ? "added" : "removed";
+            else if (cf->source->sha256_hex[0] && of->source->sha256_hex[0])
+                status = strcmp(cf->source->sha256_hex, of->source->sha256_hex) == 0 ? "identical" : "changed";
+            else
+                status = "unverified"; /* no server hash: the tensors were hashed instead */
+            cJSON_AddStringToObject(e, "status", status);
+            if (side == 0 || !of) {
+                const cks_ckpt_file *fa = side ? NULL : cf, *fb = side ? cf : of;
+                if (fa) {
+                    cJSON_AddNumberToObject(e, "size_a", (double)fa->source->size);
+                    cJSON_AddStringToObject(e, "sha256_a", fa->source->sha256_hex);
+                }
+                if (fb) {
+                    cJSON_AddNumberToObject(e, "size_b", (double)fb->source->size);
+                    cJSON_AddStringToObject(e, "sha256_b", fb->source->sha256_hex);
+                }
+            }
+            cJSON_AddBoolToObject(e, "bytes_read", !(cf->source->sha256_hex[0] && same_file(s, f, o) >= 0));
+            cJSON_AddItemToArray(files, e);
+        }
+    }
+    return files;
 }
 
 static void free_side(struct side *s)
@@ -181,7 +291,7 @@ static void print_text(const struct side *a, const struct side *b, const struct 
 }
 
 static void print_json(struct side *a, struct side *b, const struct pair *pairs, size_t n,
-                       const size_t counts[CAT__COUNT], bool same)
+                       const size_t counts[CAT__COUNT], bool same, cJSON *files)
 {
     cJSON *root = cli_json_new("diff");
     cJSON *lists[CAT__COUNT], *summary;
@@ -220,6 +330,9 @@ static void print_json(struct side *a, struct side *b, const struct pair *pairs,
         }
         cJSON_AddItemToArray(lists[p->cat], item);
     }
+    cJSON_AddItemToObject(root, "files", files);
+    cJSON_AddNumberToObject(root, "tensors_hashed_a", (double)a->hashed);
+    cJSON_AddNumberToObject(root, "tensors_hashed_b", (double)b->hashed);
     cli_json_print(root);
 }
 
@@ -262,9 +375,14 @@ int cmd_diff(int argc, char **argv)
     if (argc - optind != 2)
         return cli_usage_error("diff", "expected two SOURCEs, A and B");
 
-    err = load_side(argv[optind], &opts, globs, n_globs, "hashing A", &a, &diag);
+    err = load_side(argv[optind], &opts, globs, n_globs, &a, &diag);
     if (!err)
-        err = load_side(argv[optind + 1], &opts, globs, n_globs, "hashing B", &b, &diag);
+        err = load_side(argv[optind + 1], &opts, globs, n_globs, &b, &diag);
+    /* headers first, then only the tensors of files whose SHA-256 differs get read */
+    if (!err)
+        err = hash_side(&a, &b, &opts, "hashing A", &diag);
+    if (!err)
+        err = hash_side(&b, &a, &opts, "hashing B", &diag);
     if (err) {
         rc = cli_fail("diff", err, &diag);
         goto out;
@@ -279,7 +397,7 @@ int cmd_diff(int argc, char **argv)
     same = counts[CAT_CHANGED] == 0 && counts[CAT_RESHAPED] == 0 && counts[CAT_REMOVED] == 0 &&
            counts[CAT_ADDED] == 0;
     if (opts.json)
-        print_json(&a, &b, pairs, n_pairs, counts, same);
+        print_json(&a, &b, pairs, n_pairs, counts, same, files_json(&a, &b));
     else
         print_text(&a, &b, pairs, n_pairs, counts, all);
     rc = same ? EXIT_OK : EXIT_DIFFERENT;
