@@ -825,14 +825,14 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
                               "CURL_CA_BUNDLE if you use a private CA)",
                               shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
             x->done = true;
-            return;
+            goto out;
         }
         char what[1100];
         snprintf(what, sizeof what, "%s %s: %s", x->req->method, shown,
                  x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
         if (!schedule_retry(h, x, NULL, what))
             x->done = true;
-        return;
+        goto out;
     }
     if (status_retryable(code)) {
         char what[1100];
@@ -845,9 +845,11 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
             }
             x->done = true;
         }
-        return;
+        goto out;
     }
     x->done = true;
+out:
+    return;
 }
 
 static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
@@ -868,7 +870,7 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
         x->refreshes = 0;
         if (x->next > x->span.last) {
             x->done = true;
-            return;
+            goto out;
         }
     }
     if (x->verdict == V_IGNORED) {
@@ -878,7 +880,7 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                           "a whole file in place of a range — use a server that honours Range",
                           t->name, x->next, x->span.last);
         x->done = true;
-        return;
+        goto out;
     }
     if (x->verdict == V_BAD_RANGE || x->verdict == V_TOO_LONG) {
         x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED,
@@ -889,13 +891,13 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                           x->verdict == V_TOO_LONG ? "more bytes than asked and" : "206 but",
                           x->hdr.content_range[0] ? x->hdr.content_range : "(missing)");
         x->done = true;
-        return;
+        goto out;
     }
     if (rc != CURLE_OK && curl_is_tls(rc)) {
         x->err = cks_fail(&x->diag, CKS_ERR_TLS, "TLS failure reading %s from %s: %s", t->name,
                           shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
         x->done = true;
-        return;
+        goto out;
     }
     if (rc != CURLE_OK || (code == 206 && x->got < x->expect)) {
         /* reset, stall, short body: resume from x->next */
@@ -906,13 +908,13 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                                 : "the body ended early");
         if (!schedule_retry(h, x, NULL, what))
             x->done = true;
-        return;
+        goto out;
     }
     if (code == 206) {
         /* got == expect handled above; an empty 206 for a non-empty range is a bad reply */
         x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED, "%s: 206 without a body", t->name);
         x->done = true;
-        return;
+        goto out;
     }
     if (code == 403 && t->refresh && x->refreshes < 2) {
         /* A signed URL expired (or was revoked): ask the Hub for a fresh one. */
@@ -924,14 +926,14 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
             x->diag = d;
             x->done = true;
         }
-        return; /* retried at once with the new URL */
+        goto out; /* retried at once with the new URL */
     }
     if (status_retryable(code)) {
         char what[1400];
         snprintf(what, sizeof what, "%s: HTTP %ld from %s", t->name, code, shown);
         if (!schedule_retry(h, x, &x->hdr, what))
             x->done = true;
-        return;
+        goto out;
     }
     if (code == 416) {
         x->err = cks_fail(&x->diag, CKS_ERR_HTTP,
@@ -951,6 +953,8 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                           PRIu64 "-%" PRIu64, t->name, code, shown, x->next, x->span.last);
     }
     x->done = true;
+out:
+    return;
 }
 
 /* Learn the link: time to first byte (a round trip plus server time) and the protocol. */
