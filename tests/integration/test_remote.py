@@ -522,6 +522,13 @@ def case_fault_429_retry_after(env, fx):
     check(429 in [g["status"] for g in cdn_gets(log)], "no 429 in log")
 
 
+def case_fault_429_without_retry_after(env, fx):
+    # no Retry-After: the RateLimit header's t= (reset time when r=0) or backoff decides
+    j, log, _ = fault_case(env, fx, {"server": "cdn", "kind": "429", "count": 2})
+    check([g["status"] for g in cdn_gets(log)].count(429) == 2, "429s not retried")
+    check(j["transfer"]["retries"] >= 2, "transfer %r" % j["transfer"])
+
+
 def case_fault_429_gives_up_with_time(env, fx):
     t0 = time.time()
     _, log, err = fault_case(env, fx, {"server": "cdn", "kind": "429", "retry_after": 3600, "count": -1},
@@ -693,7 +700,7 @@ CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,
          case_fault_short_body_resumes, case_fault_stall_times_out, case_fault_5xx_retried,
-         case_fault_hub_5xx_retried, case_fault_429_retry_after, case_fault_429_gives_up_with_time,
+         case_fault_hub_5xx_retried, case_fault_429_retry_after, case_fault_429_without_retry_after, case_fault_429_gives_up_with_time,
          case_fault_hub_429, case_fault_416, case_fault_expired_reresolves, case_fault_no_content_length,
          case_short_url_ttl_reresolves, case_integrity, case_fetch, case_fetch_coalesces_gaps, case_diff_remote,
          case_cache_rerun_no_network, case_tls]
