@@ -35,6 +35,15 @@ echo "running: assignment ${LAP_N}x${LAP_N}" >&2
 $PY bench/metrics/baseline.py lap "$SCRATCH" "$LAP_N" >"$SCRATCH/py_lap.txt"
 
 COMMAND="bench/metrics/run.sh $PEARSON_N $CKA_N $CKA_P $LAP_N"
+# one line per run, so contended and quiet runs can be told apart later
+HISTORY=bench/metrics/HISTORY.tsv
+[ -f "$HISTORY" ] || printf 'utc\tload1_before\tpearson_s\tpearson_1thread_s\tnumpy_s\tread_gbps\tcopy_gbps\tcka_s\tnumpy_cka_s\tlap_s\tscipy_lap_s\n' >"$HISTORY"
+val() { grep "^$2 " "$SCRATCH/$1.txt" | cut -d' ' -f2; }
+printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "${LOAD_BEFORE%% *}" \
+    "$(val c_pearson pearson_seconds)" "$(val c_pearson pearson_1thread_seconds)" \
+    "$(val py_pearson numpy_pearson_seconds)" "$(val c_pearson pearson_read_gbps)" \
+    "$(val c_pearson copy_gbps)" "$(val c_cka cka_seconds)" "$(val py_cka numpy_cka_seconds)" \
+    "$(val c_lap lap_seconds)" "$(val py_lap scipy_lap_seconds)" >>"$HISTORY"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 $PY - "$SCRATCH" "$COMMAND" "$LOAD_BEFORE" "$LOAD_AFTER" >bench/metrics/RESULTS.md <<'PYEOF'
 import platform
@@ -91,7 +100,9 @@ print()
 print('Machine: %s, %s CPUs, %s RAM; %s; numpy %s, scipy %s; BLAS: OpenBLAS (pthread), used by' % (cpu(), nproc, mem, run(['gcc', '--version']), numpy.__version__, scipy.__version__))
 print('both the library and numpy. The C side is built from the library sources with -O2.')
 print('Load average (1/5/15 min) before the run: %s, after: %s. Other work on these %s CPUs' % (load_before, load_after, nproc))
-print('slows the memory-bound Pearson most; rerun on an idle machine for the bandwidth figure.')
+print('matters most for the Pearson: one core of its kernel is compute-bound below the copy')
+print('rate, and it passes the bandwidth target only when the second core is free. Earlier runs')
+print('are in the git history of this file and in HISTORY.tsv.')
 print()
 print('| benchmark | ckptscope | baseline | ratio (baseline / ckptscope) | target | |')
 print('|---|---|---|---|---|---|')
