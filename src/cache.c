@@ -2013,10 +2013,9 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
                 char *p = extent_path(c, k->name, old[i].off, old[i].len);
                 struct stat st;
                 if (p && stat(p, &st) == 0) {
+                    /* the new extent is counted in stored_total; the one it replaces goes */
                     uint64_t sz = (uint64_t)st.st_size;
-                    stored_total = stored_total > sz ? stored_total - sz : 0;
-                    if (c->size_estimate >= sz)
-                        c->size_estimate -= sz;
+                    c->size_estimate = c->size_estimate > sz ? c->size_estimate - sz : 0;
                     unlink(p);
                 }
                 free(p);
@@ -2057,6 +2056,14 @@ done:
     c->size_estimate += stored_total;
 out:
     if (k && wrote) {
+        /* new bytes were not part of a whole-file SHA-256 check: the marker no longer covers
+         * everything stored under the key */
+        char *kd = keydir_path(c, k->name);
+        char *mk = kd ? path_join(kd, "verified") : NULL;
+        if (mk)
+            unlink(mk);
+        free(mk);
+        free(kd);
         /* tell other processes (and our next refresh) that extents were added; our own
          * index already has them, unless it fell behind (then gen_valid is false) */
         bool current = k->gen_valid;
@@ -2328,6 +2335,72 @@ out:
 
 /* ------------------------------------------------------------------------------------ */
 /* whole-file verification                                                             */
+
+cks_err cks_cache_mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *dir = NULL, *marker = NULL, *text = NULL;
+    bool locked = false;
+    if (!c || !key || strncmp(key, "sha256:", 7) != 0 || !cks_cache_key_valid(key)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: a whole-file mark needs a sha256: key");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    locked = true;
+    keyent *k = key_get(c, key, diag, &err);
+    if (!k)
+        goto out;
+    err = key_refresh(c, k, false, diag);
+    if (err)
+        goto out;
+    /* only what is stored now was hashed: require all of it */
+    if (size > 0 && !key_covers(k, 0, size))
+        goto out;
+    dir = keydir_path(c, k->name);
+    marker = dir ? path_join(dir, "verified") : NULL;
+    if (!marker || asprintf(&text, "%" PRIu64 "\n", size) < 0) {
+        text = NULL;
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    err = write_file_atomic(c, marker, dir, text, strlen(text), diag);
+out:
+    if (locked)
+        pthread_mutex_unlock(&c->mu);
+    free(dir);
+    free(marker);
+    free(text);
+    return err;
+}
+
+bool cks_cache_is_verified(cks_cache *c, const char *key, uint64_t size)
+{
+    bool v = false;
+    char *dir = NULL, *marker = NULL, *want = NULL;
+    unsigned char *img = NULL;
+    size_t n = 0;
+    if (!c || !key || strncmp(key, "sha256:", 7) != 0 || !cks_cache_key_valid(key))
+        return false;
+    pthread_mutex_lock(&c->mu);
+    cks_err err = CKS_OK;
+    keyent *k = key_get(c, key, NULL, &err);
+    if (!k || key_refresh(c, k, false, NULL) != CKS_OK || (size > 0 && !key_covers(k, 0, size)))
+        goto out;
+    dir = keydir_path(c, k->name);
+    marker = dir ? path_join(dir, "verified") : NULL;
+    if (!marker || asprintf(&want, "%" PRIu64 "\n", size) < 0) {
+        want = NULL;
+        goto out;
+    }
+    v = slurp(marker, 64, &img, &n) == 0 && n == strlen(want) && memcmp(img, want, n) == 0;
+out:
+    pthread_mutex_unlock(&c->mu);
+    free(dir);
+    free(marker);
+    free(want);
+    free(img);
+    return v;
+}
 
 cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool *verified,
                               cks_diag *diag)

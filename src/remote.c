@@ -20,7 +20,7 @@
 /* The first read of every shard. It matches cks_st_read_header's first read (4 KiB), so the
  * parser finds in memory exactly what was prefetched: a small header costs one 4 KiB range,
  * a larger one that plus exactly the rest of the header, never tensor data. */
-#define HEADER_CHUNK (4u * 1024u)
+#define HEADER_CHUNK CKS_ST_FIRST_READ
 #define READAHEAD_MIN (8u * 1024u * 1024u)
 #define READAHEAD_MAX (64u * 1024u * 1024u)
 #define MAX_SMALL_FILE (256u * 1024u * 1024u)
@@ -366,6 +366,9 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
         EVP_DigestFinal_ex(s->sha, d, &dl);
         hex32(d, hex);
         s->sha_state = strcmp(hex, s->base.sha256_hex) == 0 ? SHA_OK : SHA_BAD;
+        /* cache hook: remember the check, so a rerun from the cache need not redo it */
+        if (s->sha_state == SHA_OK && s->rem->cache && s->key[0])
+            (void)cks_cache_mark_verified(s->rem->cache, s->key, s->base.size, NULL);
     }
     if (s->sha_state == SHA_BAD) {
         return cks_fail(diag, CKS_ERR_INTEGRITY,
@@ -1016,6 +1019,7 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
     cks_err err = CKS_OK;
     struct rsrc *s = NULL;
     cks_source *hf = NULL; /* a local copy from the Hugging Face cache (cache hook) */
+    cks_source *cached = NULL; /* the file served whole from the disk cache (cache hook) */
     char *url = NULL;
     *out = NULL;
     if (r->repo) {
@@ -1083,7 +1087,12 @@ out:
         rsrc_destroy(&s->base);
         s = NULL;
     }
-    *out = s ? &s->base : hf;
+    /* cache hook: a file the cache holds whole and verified is read straight from it
+     * (falling back to this source for anything the cache can no longer serve) */
+    if (!err && s && r->cache && strncmp(s->key, "sha256:", 7) == 0 &&
+        cks_cache_source_wrap(r->cache, s->key, &s->base, &cached, NULL) == CKS_OK && cached)
+        s = NULL;
+    *out = s ? &s->base : cached ? cached : hf;
     return err;
 }
 
@@ -1137,6 +1146,23 @@ out:
     free(paths);
 }
 
+/* cache hook: an index the cache holds whole was read before, and so, most likely, were
+ * the shard headers it leads to; resolving them ahead would be the rerun's only traffic. */
+static bool index_cached(cks_remote *r, const cks_hub_file *f)
+{
+    char key[200];
+    cks_range whole = {0, f->size}, *miss = NULL;
+    size_t n = 1;
+    if (!r->cache || !f->size_known || f->lfs ||
+        snprintf(key, sizeof key, "git:%s:%s", r->repo->commit, f->path) >= (int)sizeof key ||
+        !cks_cache_key_valid(key))
+        return false;
+    if (cks_cache_missing(r->cache, key, &whole, 1, &miss, &n, NULL) != CKS_OK)
+        n = 1;
+    free(miss);
+    return n == 0;
+}
+
 static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size_t *len,
                                cks_diag *diag)
 {
@@ -1146,7 +1172,8 @@ static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size
     char *buf = NULL;
     *data = NULL;
     *len = 0;
-    if (r->repo && ends_with(relpath, ".json") && cks_hub_repo_find(r->repo, relpath))
+    if (r->repo && ends_with(relpath, ".json") && cks_hub_repo_find(r->repo, relpath) &&
+        !index_cached(r, cks_hub_repo_find(r->repo, relpath)))
         presolve_with_index(r, relpath);
     err = cks_remote_open_file(r, relpath, &src, diag);
     if (err)

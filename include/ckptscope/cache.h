@@ -133,6 +133,23 @@ void cks_cache_free_notes(char **notes, size_t n);
 cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool *verified,
                               cks_diag *diag);
 
+/* True when all `size` bytes of `key` are cached and marked verified (no hashing). */
+bool cks_cache_is_verified(cks_cache *c, const char *key, uint64_t size);
+
+/* Record that the caller streamed the whole file `key` (all `size` bytes, now cached)
+ * through SHA-256 and it matched: later cks_cache_verify_file calls answer from this mark.
+ * Writing new bytes under the key removes the mark (they were not part of the check). */
+cks_err cks_cache_mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag);
+
+/* A source that serves a fully cached, SHA-256-verified LFS file straight from the cache
+ * (one copy, chunk checksums verified), falling back to `inner` for any read the cache
+ * cannot serve (a chunk found damaged is dropped, then refetched through inner). Takes
+ * ownership of inner only when it returns a wrapper (*out != NULL); when the file is not
+ * whole in the cache or not marked verified, *out is NULL and inner stays the caller's
+ * (it never hashes here: opening a file for `ls` must not read all of it). */
+cks_err cks_cache_source_wrap(cks_cache *c, const char *key, cks_source *inner, cks_source **out,
+                              cks_diag *diag);
+
 /* HF_HOME reuse: path of a complete file in the standard Hugging Face cache for
  * (repo_type "model"|"dataset", repo_id "org/name", commit (40 hex) or a ref name, path in
  * the repo) when present, else *local_path = NULL and CKS_OK. Never writes there.

@@ -992,6 +992,53 @@ static void read_some_fills_cached_parts_and_names_gaps(void)
     free(dir);
 }
 
+/* A whole, verified file is served by a cache source; damage falls back to the inner
+ * source; new bytes under the key remove the verified mark. */
+static void cache_source_serves_verified_files(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    size_t n = 700000;
+    unsigned char *data = malloc(n), *got = malloc(n);
+    char key[72];
+    fill(data, 0, n, false);
+    sha256_hex_of(data, n, key);
+    cks_source *inner = NULL, *w = NULL;
+    CHECK_EQ_INT(cks_source_from_memory(data, n, "model.safetensors", true, &inner, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_write(c, key, 0, data, n, NULL), CKS_OK);
+    CHECK(!cks_cache_is_verified(c, key, n));
+    CHECK_EQ_INT(cks_cache_source_wrap(c, key, inner, &w, NULL), CKS_OK);
+    CHECK(w == NULL); /* not marked: the caller keeps its source */
+    CHECK_EQ_INT(cks_cache_mark_verified(c, key, n, NULL), CKS_OK);
+    CHECK(cks_cache_is_verified(c, key, n));
+    CHECK(!cks_cache_is_verified(c, key, n + 1));
+    CHECK_EQ_INT(cks_cache_source_wrap(c, key, inner, &w, NULL), CKS_OK);
+    CHECK(w != NULL);
+    if (w) {
+        CHECK_EQ_INT(cks_source_read_at(w, 0, got, n, NULL), CKS_OK);
+        CHECK(memcmp(got, data, n) == 0);
+        /* damage the stored bytes: the wrapper still answers right, from the inner source */
+        char *p = NULL;
+        CHECK(asprintf(&p, "%s/files/%.2s/s-%s/x-%016x-%016x", dir, key + 7, key + 7, 0, (unsigned)n) > 0);
+        flip_byte(p, 64 + 3 * 32 + 1000);
+        free(p);
+        memset(got, 0, n);
+        CHECK_EQ_INT(cks_source_read_at(w, 0, got, n, NULL), CKS_OK);
+        CHECK(memcmp(got, data, n) == 0);
+        /* the refetch of the dropped chunk is new bytes: no longer covered by the mark */
+        CHECK_EQ_INT(cks_cache_write(c, key, 0, data, n, NULL), CKS_OK);
+        CHECK(!cks_cache_is_verified(c, key, n));
+        cks_source_free(w);
+    } else {
+        cks_source_free(inner);
+    }
+    free(data);
+    free(got);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
           T(adjacent_and_overlapping_extents_merge), T(compression_saves_space_and_reads_back),
           T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
@@ -1000,4 +1047,5 @@ TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missin
           T(kill9_during_writes_leaves_cache_consistent), T(disk_full_is_a_clear_error),
           T(bad_layout_is_refused), T(repo_listing_cached_by_revision_and_commit),
           T(offline_report_for_a_checkpoint),
-          T(read_some_fills_cached_parts_and_names_gaps))
+          T(read_some_fills_cached_parts_and_names_gaps),
+          T(cache_source_serves_verified_files))
