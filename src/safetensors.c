@@ -16,9 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The first read: small, so a remote reader wastes at most this much beyond the header
- * (a larger header costs one more read of exactly its length). */
-#define FIRST_CHUNK (4u * 1024u)
+#define FIRST_CHUNK CKS_ST_FIRST_READ
 #define MAX_EXACT_INTEGER 9007199254740992.0 /* 2^53: larger JSON numbers lose precision in a double */
 #define MAX_INDEX_BYTES (256u * 1024u * 1024u)
 

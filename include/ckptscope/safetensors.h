@@ -31,6 +31,11 @@
 
 #define CKS_ST_MAX_HEADER 100000000ULL /* the reference crate's MAX_HEADER_SIZE */
 #define CKS_ST_MAX_NDIM 64              /* no real tensor has more; bounds the shape arrays */
+/* The first read of a header (cks_st_read_header, and a remote reader's header prefetch):
+ * small, so at most this much is read past a short header; a longer header costs one more
+ * read of exactly its length. Both sides use this one value so the parser finds in memory
+ * exactly what was prefetched. */
+#define CKS_ST_FIRST_READ (4u * 1024u)
 
 typedef struct cks_tensor_info {
     char *name;
