@@ -36,8 +36,6 @@ static void track_coarsen(struct track_source *ts)
 {
     size_t best = 0;
     uint64_t best_gap = UINT64_MAX;
-    if (ts->n < 2)
-        return;
     for (size_t i = 0; i + 1 < ts->n; i++) {
         uint64_t gap = ts->ranges[i + 1].offset - (ts->ranges[i].offset + ts->ranges[i].length);
         if (gap < best_gap) {
@@ -45,70 +43,81 @@ static void track_coarsen(struct track_source *ts)
             best = i;
         }
     }
-    ts->bytes += best_gap;
-    ts->ranges[best].length = ts->ranges[best + 1].offset + ts->ranges[best + 1].length - ts->ranges[best].offset;
-    memmove(&ts->ranges[best + 1], &ts->ranges[best + 2], (ts->n - best - 2) * sizeof *ts->ranges);
-    ts->n--;
-    ts->approximate = true;
+    if (ts->n >= 2) { /* callers only coarsen with two or more */
+        ts->bytes += best_gap;
+        ts->ranges[best].length =
+            ts->ranges[best + 1].offset + ts->ranges[best + 1].length - ts->ranges[best].offset;
+        memmove(&ts->ranges[best + 1], &ts->ranges[best + 2], (ts->n - best - 2) * sizeof *ts->ranges);
+        ts->n--;
+        ts->approximate = true;
+    }
 }
 
-/* Caller holds ts->lock. Never fails: past the cap or without memory it coarsens instead. */
+/* Room for one more range: grow up to the cap. false past the cap or without memory. */
+static bool track_reserve(struct track_source *ts)
+{
+    size_t want = ts->cap ? ts->cap * 2 : 16;
+    cks_range *grown = NULL;
+    bool ok = ts->n < ts->cap;
+    if (want > CKS_REPORT_MAX_RANGES)
+        want = CKS_REPORT_MAX_RANGES;
+    if (!ok && want > ts->cap)
+        grown = realloc(ts->ranges, want * sizeof *grown);
+    if (grown) {
+        ts->ranges = grown;
+        ts->cap = want;
+        ok = true;
+    }
+    return ok;
+}
+
+/* Caller holds ts->lock. Never fails: past the cap or without memory it coarsens instead
+ * (each pass removes one range, so the loop ends). */
 static void track_add(struct track_source *ts, uint64_t off, uint64_t len)
 {
     uint64_t end = off + len;
-    size_t lo = 0, hi = ts->n, first, last;
-    if (len == 0)
-        return;
-    /* first range whose end reaches off (adjacent ranges merge too) */
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (ts->ranges[mid].offset + ts->ranges[mid].length < off)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    first = lo;
-    last = first;
-    while (last < ts->n && ts->ranges[last].offset <= end)
-        last++;
-    if (last > first) { /* merge ranges [first, last) with the new one */
-        uint64_t start = ts->ranges[first].offset < off ? ts->ranges[first].offset : off;
-        uint64_t stop = ts->ranges[last - 1].offset + ts->ranges[last - 1].length;
-        if (stop < end)
-            stop = end;
-        for (size_t i = first; i < last; i++)
-            ts->bytes -= ts->ranges[i].length;
-        ts->ranges[first].offset = start;
-        ts->ranges[first].length = stop - start;
-        ts->bytes += stop - start;
-        memmove(&ts->ranges[first + 1], &ts->ranges[last], (ts->n - last) * sizeof *ts->ranges);
-        ts->n -= last - first - 1;
-        return;
-    }
-    if (ts->n == ts->cap) {
-        size_t want = ts->cap ? ts->cap * 2 : 16;
-        cks_range *grown = NULL;
-        if (want > CKS_REPORT_MAX_RANGES)
-            want = CKS_REPORT_MAX_RANGES;
-        if (want > ts->cap)
-            grown = realloc(ts->ranges, want * sizeof *grown);
-        if (grown) {
-            ts->ranges = grown;
-            ts->cap = want;
+    bool done = len == 0;
+    while (!done) {
+        size_t lo = 0, hi = ts->n, first, last;
+        /* first range whose end reaches off (adjacent ranges merge too) */
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (ts->ranges[mid].offset + ts->ranges[mid].length < off)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        first = lo;
+        last = first;
+        while (last < ts->n && ts->ranges[last].offset <= end)
+            last++;
+        if (last > first) { /* merge ranges [first, last) with the new one */
+            uint64_t start = ts->ranges[first].offset < off ? ts->ranges[first].offset : off;
+            uint64_t stop = ts->ranges[last - 1].offset + ts->ranges[last - 1].length;
+            if (stop < end)
+                stop = end;
+            for (size_t i = first; i < last; i++)
+                ts->bytes -= ts->ranges[i].length;
+            ts->ranges[first].offset = start;
+            ts->ranges[first].length = stop - start;
+            ts->bytes += stop - start;
+            memmove(&ts->ranges[first + 1], &ts->ranges[last], (ts->n - last) * sizeof *ts->ranges);
+            ts->n -= last - first - 1;
+            done = true;
+        } else if (track_reserve(ts)) {
+            memmove(&ts->ranges[first + 1], &ts->ranges[first], (ts->n - first) * sizeof *ts->ranges);
+            ts->ranges[first].offset = off;
+            ts->ranges[first].length = len;
+            ts->bytes += len;
+            ts->n++;
+            done = true;
+        } else if (ts->n < 2) {
+            done = true; /* no memory for even one or two ranges: the report shows what it has */
+            ts->approximate = true;
         } else {
-            if (ts->n == 0)
-                return; /* no memory for even one range: the report shows none */
-            /* make room, then retry: the new range may now merge, or fit */
-            track_coarsen(ts);
-            track_add(ts, off, len);
-            return;
+            track_coarsen(ts); /* make room, then try again: the new range may now merge, or fit */
         }
     }
-    memmove(&ts->ranges[first + 1], &ts->ranges[first], (ts->n - first) * sizeof *ts->ranges);
-    ts->ranges[first].offset = off;
-    ts->ranges[first].length = len;
-    ts->bytes += len;
-    ts->n++;
 }
 
 static cks_err track_read_at(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag)
@@ -145,8 +154,10 @@ static const cks_source_ops track_ops = {track_read_at, track_prefetch, track_de
 cks_err cks_report_track_reads(cks_ckpt *ckpt, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    if (!ckpt)
-        return cks_fail(diag, CKS_ERR_INVALID_ARG, "no checkpoint to track");
+    if (!ckpt) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "no checkpoint to track");
+        goto out;
+    }
     for (size_t f = 0; f < ckpt->n_files; f++) {
         cks_source *inner = ckpt->files[f].source;
         struct track_source *ts;
@@ -177,13 +188,14 @@ bool cks_report_reads(const cks_source *src, const cks_range **ranges, size_t *n
                       bool *approximate)
 {
     const struct track_source *ts = (const struct track_source *)src;
-    if (!src || src->ops != &track_ops)
-        return false;
-    *ranges = ts->ranges;
-    *n = ts->n;
-    *bytes = ts->bytes;
-    *approximate = ts->approximate;
-    return true;
+    bool ok = src && src->ops == &track_ops;
+    if (ok) {
+        *ranges = ts->ranges;
+        *n = ts->n;
+        *bytes = ts->bytes;
+        *approximate = ts->approximate;
+    }
+    return ok;
 }
 
 /* ------------------------------------------------------------------ text helpers */
@@ -191,9 +203,7 @@ bool cks_report_reads(const cks_source *src, const cks_range **ranges, size_t *n
 /* Escape for element text and quoted attribute values alike. */
 static void esc(FILE *f, const char *s)
 {
-    if (!s)
-        return;
-    for (; *s; s++) {
+    for (; s && *s; s++) {
         switch (*s) {
         case '&':
             fputs("&amp;", f);
@@ -309,34 +319,32 @@ static void diverging(double v, char *buf, size_t size)
         {33, 102, 172}, {103, 169, 207}, {247, 247, 247}, {239, 138, 98}, {178, 24, 43}};
     double t, x;
     int i;
-    if (!isfinite(v)) {
+    if (!isfinite(v)) { /* a missing value is grey, never a colour that means something */
         snprintf(buf, size, "#dddddd");
-        return;
+    } else {
+        v = v < -1 ? -1 : v > 1 ? 1 : v;
+        x = (v + 1) * 2; /* 0..4 */
+        i = (int)x;
+        if (i > 3)
+            i = 3;
+        t = x - i;
+        snprintf(buf, size, "#%02x%02x%02x", (int)lround(stops[i][0] + t * (stops[i + 1][0] - stops[i][0])),
+                 (int)lround(stops[i][1] + t * (stops[i + 1][1] - stops[i][1])),
+                 (int)lround(stops[i][2] + t * (stops[i + 1][2] - stops[i][2])));
     }
-    if (v < -1)
-        v = -1;
-    if (v > 1)
-        v = 1;
-    x = (v + 1) * 2; /* 0..4 */
-    i = (int)x;
-    if (i > 3)
-        i = 3;
-    t = x - i;
-    snprintf(buf, size, "#%02x%02x%02x", (int)lround(stops[i][0] + t * (stops[i + 1][0] - stops[i][0])),
-             (int)lround(stops[i][1] + t * (stops[i + 1][1] - stops[i][1])),
-             (int)lround(stops[i][2] + t * (stops[i + 1][2] - stops[i][2])));
 }
 
 /* A step of 1, 2 or 5 times a power of ten giving about `want` ticks over `range`. */
 static double nice_step(double range, int want)
 {
-    double raw, mag, norm;
-    if (!(range > 0) || want < 1)
-        return 1;
-    raw = range / want;
-    mag = pow(10, floor(log10(raw)));
-    norm = raw / mag;
-    return (norm < 1.5 ? 1 : norm < 3.5 ? 2 : norm < 7.5 ? 5 : 10) * mag;
+    double raw, mag, norm, step = 1;
+    if (range > 0 && want >= 1) {
+        raw = range / want;
+        mag = pow(10, floor(log10(raw)));
+        norm = raw / mag;
+        step = (norm < 1.5 ? 1 : norm < 3.5 ? 2 : norm < 7.5 ? 5 : 10) * mag;
+    }
+    return step;
 }
 
 typedef struct plot {
@@ -567,19 +575,20 @@ static void model_card(FILE *f, const char *tag, const cks_report_model *m, cons
 /* Two rows per test: the numbers a reader compares across tests, then one full-width line of
  * notes (what the statistic is, its null, power, tensors) that would otherwise make the number
  * columns unreadably narrow. */
+static void test_row_not_run(FILE *f, const cks_test_result *t)
+{
+    fputs("<tr class=\"notrun\"><td class=\"id\">", f);
+    esc(f, t->id);
+    fputs("</td><td>", f);
+    esc(f, t->name);
+    fputs("</td><td colspan=\"6\" class=\"na\">not run: ", f);
+    esc(f, t->why_not);
+    fputs("</td><td><span class=\"badge b-nr\">not run</span></td></tr>", f);
+}
+
 static void test_row(FILE *f, const cks_test_result *t)
 {
     char b[32];
-    if (!t->ran) {
-        fputs("<tr class=\"notrun\"><td class=\"id\">", f);
-        esc(f, t->id);
-        fputs("</td><td>", f);
-        esc(f, t->name);
-        fputs("</td><td colspan=\"6\" class=\"na\">not run: ", f);
-        esc(f, t->why_not);
-        fputs("</td><td><span class=\"badge b-nr\">not run</span></td></tr>", f);
-        return;
-    }
     fputs("<tr class=\"main\"><td class=\"id\">", f);
     esc(f, t->id);
     fputs("</td><td><b>", f);
@@ -665,22 +674,23 @@ static void section_tests(FILE *f, const cks_compare_result *r)
           "<th class=\"n\">null mean ± sd</th><th class=\"n\">p</th><th class=\"n\">p (Holm)</th>"
           "<th class=\"n\">z</th><th class=\"n\">bytes</th><th>result</th></tr></thead><tbody>",
           f);
-    for (size_t i = 0; i < r->n_tests && i < sizeof r->tests / sizeof r->tests[0]; i++)
-        test_row(f, &r->tests[i]);
+    for (size_t i = 0; i < r->n_tests && i < sizeof r->tests / sizeof r->tests[0]; i++) {
+        if (r->tests[i].ran)
+            test_row(f, &r->tests[i]);
+        else
+            test_row_not_run(f, &r->tests[i]);
+    }
     fputs("</tbody></table>", f);
 }
 
 /* Layer×layer matrix with the pairing drawn on it and the row margins beside it. */
-static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int id, const char *title,
-                    const char *caption)
+static void heatmap_draw(FILE *f, const cks_compare_result *r, const double *m, int id, const char *title,
+                         const char *caption)
 {
     int la = r->layers_a, lb = r->layers_b;
     double cell, left = 56, top = 34, gw, gh, legend_x;
     int big = la > lb ? la : lb, step;
     char col[16];
-    /* past a few hundred layers a cell is under a pixel and the page would weigh megabytes */
-    if (la <= 0 || lb <= 0 || !m || la > 1024 || lb > 1024)
-        return;
     cell = (big > 16 ? 480.0 : 320.0) / big; /* deep models get room for their layers */
     if (cell > 56)
         cell = 56;
@@ -784,6 +794,14 @@ static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int i
     fputs("</figcaption></figure>", f);
 }
 
+/* Past a few hundred layers a cell is under a pixel and the page would weigh megabytes. */
+static void heatmap(FILE *f, const cks_compare_result *r, const double *m, int id, const char *title,
+                    const char *caption)
+{
+    if (m && r->layers_a > 0 && r->layers_b > 0 && r->layers_a <= 1024 && r->layers_b <= 1024)
+        heatmap_draw(f, r, m, id, title, caption);
+}
+
 /* Items labelled "layer A/B role" (T2, T4b-norms) → one series per role along the pairing. */
 #define MAX_ROLES 4
 static void norm_chart(FILE *f, const cks_compare_result *r, const cks_test_result *t, const char *title,
@@ -801,7 +819,7 @@ static void norm_chart(FILE *f, const cks_compare_result *r, const cks_test_resu
     bool any_raw = false;
 
     if (!t || !t->ran || t->n_items == 0)
-        return;
+        goto out;
     vals = malloc(MAX_ROLES * 512 * sizeof *vals);
     raws = malloc(MAX_ROLES * 512 * sizeof *raws);
     xs = malloc(512 * sizeof *xs);
@@ -933,16 +951,17 @@ out:
 static int layer_of(const char *name)
 {
     const char *s = name;
-    while ((s = strchr(s, '.')) != NULL) {
+    int layer = -1;
+    while (layer < 0 && (s = strchr(s, '.')) != NULL) {
         s++;
         if (isdigit((unsigned char)*s)) {
             char *end;
             long v = strtol(s, &end, 10);
             if ((*end == '.' || *end == '\0') && v >= 0 && v < 100000)
-                return (int)v;
+                layer = (int)v;
         }
     }
-    return -1;
+    return layer;
 }
 
 /* T1's per-tensor bit-identical fractions, grouped by layer: a dot per tensor, a bar per layer. */
@@ -1126,22 +1145,16 @@ out:
 
 static const cks_test_result *find_test(const cks_compare_result *r, const char *id)
 {
-    for (size_t i = 0; i < r->n_tests && i < sizeof r->tests / sizeof r->tests[0]; i++)
+    const cks_test_result *found = NULL;
+    for (size_t i = 0; !found && i < r->n_tests && i < sizeof r->tests / sizeof r->tests[0]; i++)
         if (strcmp(r->tests[i].id, id) == 0)
-            return &r->tests[i];
-    return NULL;
+            found = &r->tests[i];
+    return found;
 }
 
-static void section_figures(FILE *f, const cks_compare_result *r)
+static void figures(FILE *f, const cks_compare_result *r, const cks_test_result *t1, const cks_test_result *t2,
+                    const cks_test_result *t4)
 {
-    const cks_test_result *t2 = find_test(r, "T2"), *t4 = find_test(r, "T4b-norms"), *t1 = find_test(r, "T1");
-    fputs("<h2>Figures</h2>", f);
-    if (!r->layer_matrix && !(t2 && t2->ran) && !(t1 && t1->ran) && !r->std_curve_a) {
-        fputs("<p class=\"note\">No per-layer data: the architectures were not recognised, so only name- and "
-              "shape-matched tensors were compared.</p>",
-              f);
-        return;
-    }
     fputs("<div class=\"figs\">", f);
     heatmap(f, r, r->layer_matrix, 0, "Norm-gain Pearson, layer of A × layer of B",
             "<b>Layer × layer similarity</b> of the norm gains (Pearson r). The black line is the layer pairing "
@@ -1166,6 +1179,18 @@ static void section_figures(FILE *f, const cks_compare_result *r)
     equality_chart(f, r, t1);
     std_chart(f, r);
     fputs("</div>", f);
+}
+
+static void section_figures(FILE *f, const cks_compare_result *r)
+{
+    const cks_test_result *t2 = find_test(r, "T2"), *t4 = find_test(r, "T4b-norms"), *t1 = find_test(r, "T1");
+    fputs("<h2>Figures</h2>", f);
+    if (r->layer_matrix || (t2 && t2->ran) || (t1 && t1->ran) || r->std_curve_a)
+        figures(f, r, t1, t2, t4);
+    else
+        fputs("<p class=\"note\">No per-layer data: the architectures were not recognised, so only name- and "
+              "shape-matched tensors were compared.</p>",
+              f);
 }
 
 static void section_details(FILE *f, const cks_compare_result *r)
@@ -1216,13 +1241,9 @@ static void section_details(FILE *f, const cks_compare_result *r)
 #define RANGES_INLINE 6
 #define RANGES_MAX_LISTED 1000
 
-static void ranges_cell(FILE *f, const cks_report_file *file)
+static void ranges_list(FILE *f, const cks_report_file *file)
 {
     size_t n = file->n_ranges;
-    if (!file->ranges || n == 0) {
-        fputs("<span class=\"na\">not recorded</span>", f);
-        return;
-    }
     fprintf(f, "<span class=\"ranges mono\">");
     for (size_t i = 0; i < n && i < RANGES_INLINE; i++)
         fprintf(f, "%s[%" PRIu64 ", %" PRIu64 ")", i ? " " : "", file->ranges[i].offset,
@@ -1239,6 +1260,14 @@ static void ranges_cell(FILE *f, const cks_report_file *file)
     }
     if (file->ranges_approximate)
         fputs("<span class=\"sub\">coarsened: a superset of the bytes read</span>", f);
+}
+
+static void ranges_cell(FILE *f, const cks_report_file *file)
+{
+    if (file->ranges && file->n_ranges)
+        ranges_list(f, file);
+    else
+        fputs("<span class=\"na\">not recorded</span>", f);
 }
 
 static void provenance_model(FILE *f, const char *tag, const cks_report_model *m)
