@@ -21,11 +21,34 @@
 
 #define ROW_BLOCK 8u
 #define MAX_PLAN 65536u
+/*
+ * Memory bounds (peak under 512 MiB whatever the model size, both models and the tests'
+ * temporaries included): the byte budget limits the wire, these limit what is decoded.
+ */
+#define FULL_READ_MAX (256ull << 20)  /* read and hash every tensor only below this */
+#define RAW_KEEP_MAX (4u << 20)       /* raw bytes kept for bit-equality only up to this */
+#define RAW_KEEP_BIG_MODEL (256u << 10) /* the same for models over 64 MiB: norms and biases */
+#define KV_FLOAT_CAP (32ull << 20)    /* decoded k and v rows, all layers */
+#define ROUTER_FLOAT_CAP (32ull << 20) /* decoded router rows, all layers */
 
 void cmp_matrix_free(cmp_matrix *m)
 {
     free(m->v);
     memset(m, 0, sizeof *m);
+}
+
+void cmp_normalise_columns(cmp_matrix *m)
+{
+    for (size_t c = 0; c < m->cols && m->v; c++) {
+        double ss = 0;
+        for (size_t r = 0; r < m->rows; r++)
+            ss += (double)m->v[r * m->cols + c] * m->v[r * m->cols + c];
+        if (ss > 0) {
+            float inv = (float)(1.0 / sqrt(ss));
+            for (size_t r = 0; r < m->rows; r++)
+                m->v[r * m->cols + c] *= inv;
+        }
+    }
 }
 
 void cmp_model_release(cmp_model *md)
@@ -389,7 +412,7 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
     plan->n = 0;
 
     /* Small enough: read and hash everything, so T1 can say "identical" for certain. */
-    if (total <= ctx->budget && (tests & CKS_TEST_T1)) {
+    if (total <= ctx->budget && total <= FULL_READ_MAX && (tests & CKS_TEST_T1)) {
         for (size_t i = 0; i < ckpt->n_tensors; i++)
             plan_add(plan, ckpt, &ckpt->tensors[i], 0, tensor_bytes(&ckpt->tensors[i]));
         err = plan_run(plan, diag);
@@ -438,6 +461,20 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
         err = plan_run(plan, diag);
         if (err)
             goto out;
+        int router_stride = 1;
+        {
+            /* keep the decoded routers under their cap: every k-th layer when they are many */
+            const cks_fused_slice *sl;
+            for (int l = 0; l < md->n_layers; l++) {
+                const cks_tensor_role *rt = find_weight(md->roles, CKS_ROLE_ROUTER, l, &sl);
+                if (rt && rt->tensor->info->ndim == 2) {
+                    uint64_t one = rt->tensor->info->nelements * sizeof(float), all = one * (uint64_t)md->n_layers;
+                    while (all / (uint64_t)router_stride > ROUTER_FLOAT_CAP && router_stride < md->n_layers)
+                        router_stride++;
+                    break;
+                }
+            }
+        }
         for (int l = 0; l < md->n_layers && !err; l++) {
             cmp_layer *L = &md->layers[l];
             const cks_fused_slice *slice;
@@ -456,7 +493,7 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
                 if (!err)
                     err = decode_vector(raw, &L->ffn_norm, &n, diag);
             }
-            tr = want_weights ? find_weight(md->roles, CKS_ROLE_ROUTER, l, &slice) : NULL;
+            tr = want_weights && l % router_stride == 0 ? find_weight(md->roles, CKS_ROLE_ROUTER, l, &slice) : NULL;
             if (!err && tr && !tr->fused && tr->tensor->info->ndim == 2 && tr->tensor->info->shape[1] == md->hidden &&
                 tensor_bytes(tr->tensor) <= ctx->budget / 2) {
                 size_t experts = (size_t)tr->tensor->info->shape[0];
@@ -507,6 +544,15 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
             n_rows = per_row ? (size_t)(left / per_row) : 0;
             if (n_rows > max_rows || md->full_coverage)
                 n_rows = max_rows;
+            {
+                /* decoded floats of k and v over all layers stay under their cap */
+                uint64_t per_row_floats = (uint64_t)md->hidden * sizeof(float) * 2 * (uint64_t)md->n_layers;
+                size_t cap = (size_t)(KV_FLOAT_CAP / (per_row_floats ? per_row_floats : 1));
+                if (cap < 2 * ROW_BLOCK)
+                    cap = 2 * ROW_BLOCK;
+                if (n_rows > cap)
+                    n_rows = cap;
+            }
             if (n_rows > 4096)
                 n_rows = 4096; /* enough features for CKA; beyond this costs compute, not evidence */
             rows = malloc((max_rows ? max_rows : 1) * sizeof *rows);
@@ -560,6 +606,12 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
         }
     }
     md->known_arch = md->hidden > 0;
+    /* raw bytes only where bit-equality or the generic test can use them (small tensors) */
+    for (size_t i = 0; i < md->n_raw; i++)
+        if (md->raw[i].len > (total > FULL_READ_MAX / 4 ? RAW_KEEP_BIG_MODEL : RAW_KEEP_MAX)) {
+            free(md->raw[i].bytes);
+            md->raw[i].bytes = NULL;
+        }
 out:
     if (md->full_coverage) {
         /* everything was read once up front: account it there, not per test */

@@ -17,6 +17,7 @@
 
 #define TOKEN_BLOCK 64u
 #define MAX_TOKENS 16384u
+#define EMBED_FLOAT_CAP (32ull << 20) /* decoded rows per side: part of the 512 MiB peak bound */
 
 static cks_err parse_vocab(const cks_compare_model *m, cks_vocab **out, char *note, size_t note_size)
 {
@@ -79,6 +80,12 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
     want = (size_t)(ctx->budget / 4 / ((uint64_t)ca * ea + (uint64_t)cb * eb + 1));
     if (want > MAX_TOKENS)
         want = MAX_TOKENS;
+    {
+        size_t widest = ca > cb ? ca : cb;
+        size_t cap = (size_t)(EMBED_FLOAT_CAP / ((uint64_t)(widest ? widest : 1) * sizeof(float)));
+        if (want > cap)
+            want = cap;
+    }
     if (want > usable)
         want = usable;
     rows_a = malloc((want ? want : 1) * sizeof *rows_a);
@@ -117,6 +124,8 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
         err = cmp_load_role_rows(b, CKS_ROLE_EMBED, rows_b, n, &out->b, &out->bytes, diag);
     if (err)
         goto out;
+    cmp_normalise_columns(&out->a);
+    cmp_normalise_columns(&out->b);
     if (n < usable)
         snprintf(out->note, sizeof out->note, "%zu of %zu shared tokens read (budget)", n, usable);
 out:

@@ -56,7 +56,9 @@ typedef struct cmp_model {
 
 /* The embedding rows of the tokens two models share (depends on the pair). */
 typedef struct cmp_embed_pair {
-    cmp_matrix a, b;              /* n_tokens x hidden of each */
+    cmp_matrix a, b;              /* n_tokens x hidden of each; columns L2-normalised over the
+                                     tokens read (T4's cosines need it; T3's Pearson is
+                                     indifferent to a per-column scale that moves with the column) */
     size_t vocab_a, vocab_b, shared;
     uint64_t bytes;
     char note[160];
@@ -68,9 +70,21 @@ typedef struct cmp_ctx {
     uint64_t seed;
     double alpha;
     uint32_t permutations;
+    /* power checks on synthetic derivatives: only the tests being checked run, expensive
+     * nulls are cheaper, and T4a reuses the token-shuffle null of the real pair */
+    unsigned tests_override;      /* 0: opts->tests */
+    bool power_run;
+    double t4a_null_mean, t4a_null_sd; /* NAN when not known */
+    /* nulls of the real pair by test id, reused to judge the synthetic derivatives */
+    struct cmp_null {
+        char id[16];
+        double mean, sd;
+    } nulls[12];
+    size_t n_nulls;
 } cmp_ctx;
 
 void cmp_matrix_free(cmp_matrix *m);
+void cmp_normalise_columns(cmp_matrix *m);
 void cmp_model_release(cmp_model *md);
 void cmp_embed_pair_release(cmp_embed_pair *e);
 
