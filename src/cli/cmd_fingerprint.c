@@ -191,7 +191,6 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
     char **specs = NULL;
     size_t n = 0, cap = 0, next = 0, done = 0;
     pid_t *pids = NULL;
-    size_t *slot_of = NULL;
     int first_rc = EXIT_OK, running = 0;
     char self[4096];
     ssize_t sl;
@@ -233,8 +232,7 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
     }
     self[sl] = '\0';
     pids = calloc(n ? n : 1, sizeof *pids);
-    slot_of = calloc(n ? n : 1, sizeof *slot_of);
-    if (!pids || !slot_of) {
+    if (!pids) {
         first_rc = EXIT_INTERNAL;
         goto out;
     }
@@ -303,7 +301,6 @@ out:
         free(specs[k]);
     free(specs);
     free(pids);
-    free(slot_of);
     return first_rc;
 }
 

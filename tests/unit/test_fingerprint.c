@@ -89,6 +89,9 @@ static void enrich(cks_fingerprint *fp)
     fp->embed_elem_bytes = 2;
     fp->vocab_size = 1024;
     fp->n_tokens = 3;
+    free(fp->tokens); /* the fixture kept no tokens: replace its empty arrays */
+    free(fp->text_pool);
+    free(fp->embed);
     fp->tokens = calloc(3, sizeof *fp->tokens);
     fp->text_pool = malloc(16);
     fp->embed = malloc(3 * cols * sizeof *fp->embed);
