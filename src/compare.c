@@ -359,7 +359,7 @@ static cks_err test_identity(const cmp_ctx *ctx, const cmp_model *a, const cmp_m
             compared++;
             if (isfinite(eq.z) && eq.z >= ITEM_Z)
                 tensors_excess++;
-            if (t->n_items < 64 && add_item(t, ra->tensor->info->name, eq.observed_fraction, NAN) != CKS_OK) {
+            if (add_item(t, ra->tensor->info->name, eq.observed_fraction, NAN) != CKS_OK) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
                 goto out;
             }
@@ -476,6 +476,17 @@ static cks_err test_norms(const cmp_ctx *ctx, const cmp_model *a, const cmp_mode
         not_run(t, "%s", "no usable norm-gain vectors (absent, constant, or not finite)");
         goto out;
     }
+    {
+        double null_mean, null_sd;
+        if (a->n_layers == b->n_layers && reused_null(ctx, id, &null_mean, &null_sd)) {
+            /* a power check: the statistic against the real pair's null */
+            double sum = 0;
+            for (size_t i = 0; i < k; i++)
+                sum += pearson_or_nan(va[i], vb[i], a->hidden);
+            judge_by_reused_null(t, sum / (double)k, null_mean, null_sd, ctx->alpha);
+            goto done;
+        }
+    }
     if (a->n_layers == b->n_layers) {
         err = cks_joint_pearson_perm_test(va, vb, k, a->hidden, ctx->seed, ctx->permutations, CKS_ALT_GREATER, &pr,
                                           diag);
@@ -503,6 +514,7 @@ static cks_err test_norms(const cmp_ctx *ctx, const cmp_model *a, const cmp_mode
                  ctx->alpha);
         snprintf(t->statistic_name, sizeof t->statistic_name, "monotone-path score of norm-gain Pearson");
     }
+done:
     t->raw_cosine = raw_sum / (double)k;
     t->n_layers = f->n_pairs;
     t->corroborated = strong >= 2;
