@@ -6,6 +6,7 @@
  */
 #include "ckptscope/cache.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@ struct cache_source {
     cks_cache *cache;
     char key[72];
     cks_source *inner;
+    pthread_mutex_t inner_mu;  /* the inner source may not be thread-safe */
 };
 
 static cks_err cs_read_at(cks_source *src, uint64_t offset, void *buf, size_t len,
@@ -22,8 +24,11 @@ static cks_err cs_read_at(cks_source *src, uint64_t offset, void *buf, size_t le
     struct cache_source *cs = (struct cache_source *)src;
     bool hit = false;
     cks_err err = cks_cache_read(cs->cache, cs->key, offset, buf, len, &hit, NULL);
-    if (err || !hit) /* damaged and dropped, or removed: the inner source refetches */
+    if (err || !hit) { /* damaged and dropped, or removed: the inner source refetches */
+        pthread_mutex_lock(&cs->inner_mu);
         err = cks_source_read_at(cs->inner, offset, buf, len, diag);
+        pthread_mutex_unlock(&cs->inner_mu);
+    }
     return err;
 }
 
@@ -34,10 +39,12 @@ static cks_err cs_prefetch(cks_source *src, const cks_range *ranges, size_t n, c
     size_t nm = 0;
     cks_err err = cks_cache_missing(cs->cache, cs->key, ranges, n, &miss, &nm, NULL);
     /* only what the cache lost since the file was found whole goes to the inner source */
+    pthread_mutex_lock(&cs->inner_mu);
     if (err == CKS_OK && nm > 0)
         err = cks_source_prefetch(cs->inner, miss, nm, diag);
     else if (err)
         err = cks_source_prefetch(cs->inner, ranges, n, diag);
+    pthread_mutex_unlock(&cs->inner_mu);
     free(miss);
     return err;
 }
@@ -46,6 +53,7 @@ static void cs_destroy(cks_source *src)
 {
     struct cache_source *cs = (struct cache_source *)src;
     cks_source_free(cs->inner);
+    pthread_mutex_destroy(&cs->inner_mu);
     free(cs->base.name);
     free(cs);
 }
@@ -74,7 +82,10 @@ cks_err cks_cache_source_wrap(cks_cache *c, const char *key, cks_source *inner, 
     }
     cs->base.ops = &cache_source_ops;
     cs->base.size = inner->size;
-    cs->base.thread_safe = inner->thread_safe;
+    /* the cache locks itself and inner_mu guards the fallback, so readers may share it
+     * (hashing then runs on every core, as it does for a local file) */
+    cs->base.thread_safe = true;
+    pthread_mutex_init(&cs->inner_mu, NULL);
     memcpy(cs->base.sha256_hex, inner->sha256_hex, sizeof cs->base.sha256_hex);
     memcpy(cs->key, key, strlen(key) + 1);
     cs->cache = c;

@@ -4,6 +4,7 @@
 #   bash bench/cache/run.sh [BUILD]      (BENCH_GIB=1 or CACHE_BENCH_MIB=N for the data size)
 set -eu
 cd "$(dirname "$0")/../.."
+BUILD=$(cd "${1:-build}" 2>/dev/null && pwd || echo "${1:-build}")
 MIB=${CACHE_BENCH_MIB:-$(( ${BENCH_GIB:-1} * 1024 ))}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cks-bench-cache-XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -12,6 +13,11 @@ gcc -O3 -g -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c src/
     src/cache_crc.c src/cache_hf.c src/error.c -lcrypto -lzstd -lm -pthread -o "$WORK/bench_cache"
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 OUT=$("$WORK/bench_cache" "$WORK" "$MIB")
+if [ -x "$BUILD/ckptscope" ]; then
+    # the same comparison end to end: the real binary, a Hub checkpoint, the warm cache
+    OUT="$OUT
+$(/usr/bin/python3 bench/cache/bench_cli.py --bin "$BUILD/ckptscope" --mib "$MIB" --work "$WORK")"
+fi
 echo "$OUT"
 {
     echo "# Cache benchmark"
@@ -28,4 +34,9 @@ echo "$OUT"
     echo "OpenSSL EVP SHA-256 — what a competent C program hashing a local file does. The cache"
     echo "path is cks_cache_read (open the extent, check its header CRC, pread each 256 KiB chunk"
     echo "straight into the caller's buffer, verify its 4-lane CRC32C) and the same SHA-256."
+    echo
+    echo "The CLI rows run the real binary: \`hash\` of a Hub checkpoint (fake Hub on 127.0.0.1)"
+    echo "once to fill the cache, then alternately from the warm cache and from the same file on"
+    echo "local disk. A warm rerun serves the file straight from the cache (whole and SHA-256"
+    echo "verified on the first run), sends no request, and prints the same hashes."
 } >bench/cache/RESULTS.md
