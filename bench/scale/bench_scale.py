@@ -213,6 +213,7 @@ class Bench:
                "hub_requests": len(hub_log), "cdn_requests": len(cdn_lines),
                "cdn_body_bytes": sum(int(l[3]) for l in cdn_lines),
                "requests": len(hub_log) + len(cdn_lines), "wire": wire}
+        self.last_cdn = cdn_lines
         with open(os.path.join(self.work, name + ".cdn.log"), "w") as f:
             f.write("\n".join(" ".join(l) for l in cdn_lines) + "\n")
         with open(os.path.join(self.work, name + ".hub.log"), "w") as f:
@@ -221,6 +222,7 @@ class Bench:
             with open(os.path.join(self.work, name + ".stderr"), errors="replace") as f:
                 tail = f.read()[-2000:]
             print("%s: exit %d\n%s" % (name, proc.returncode, tail), file=sys.stderr)
+        row.setdefault("by_role", None)
         print("%-28s %7.2f s wall %7.2f s cpu %8.1f MiB rss %14d wire B %6d req %5d conn" %
               (name, wall, row["cpu_s"], row["peak_rss_mib"], row["wire_bytes"], row["requests"], row["connections"]),
               file=sys.stderr, flush=True)
@@ -266,6 +268,7 @@ def shard_sizes(repo):
 
 
 HUBDIR = [None]
+STORE = [None]
 
 
 # ---------------------------------------------------------------- report
@@ -317,7 +320,12 @@ def machine():
 
 # ---------------------------------------------------------------- main
 
+def on_term(signum, frame):
+    raise SystemExit(128 + signum)  # run the finally blocks: stop nginx, the link, the fake Hub
+
+
 def main():
+    signal.signal(signal.SIGTERM, on_term)
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "ckptscope"))
     ap.add_argument("--work", default=os.path.join(ROOT, "bench", "out", "scale"))
@@ -328,6 +336,8 @@ def main():
     ap.add_argument("--download-shards", type=int, default=None,
                     help="shards downloaded whole per model for approach 5 (default 1; quick: 0, i.e. 1 GB of one)")
     ap.add_argument("--serve", type=float, default=0, help="start the servers and wait this long (debugging)")
+    ap.add_argument("--derived", action="store_true", default=os.environ.get("BENCH_DERIVED") == "1",
+                    help="also compare the GLM-shaped model with its fine-tune (BENCH_DERIVED=1)")
     ap.add_argument("--only", default="", help="comma list of scenario keys to run (debugging)")
     args = ap.parse_args()
     t_run = time.time()
@@ -336,6 +346,7 @@ def main():
     binary = os.path.abspath(args.bin)
     hubdir = os.path.join(work, "hub")
     HUBDIR[0] = hubdir
+    STORE[0] = os.path.join(hubdir, "store")
     t0 = time.time()
     summary = make_hub.build(hubdir, max(1, min(4, os.cpu_count() or 1)))
     build_s = time.time() - t0
@@ -380,9 +391,12 @@ def run_all(args, bench, binary, endpoint, runs):
     rows, peers = {}, {}
 
     def ck(name, cache, *extra, pair=(A, B)):
+        if args.quick:  # the permutation nulls dominate ckptscope's time; quick mode uses fewer
+            extra = extra + ("--permutations", "99")
         env = ck_env(cache, os.path.join(runs, "home"))
         env["HF_ENDPOINT"] = endpoint
         row = bench.measure(name, [binary, "compare", pair[0], pair[1], "--json", "--quiet", *extra], env=env)
+        row["by_role"], row["hole_ranges"] = by_role(bench.last_cdn, STORE[0])
         try:
             with open(os.path.join(runs, name + ".stdout")) as f:
                 js = json.load(f)
@@ -402,7 +416,7 @@ def run_all(args, bench, binary, endpoint, runs):
     if want("compare"):
         rows["compare_cold"] = ck("ckptscope-compare-cold", os.path.join(runs, "cache-compare"))
         rows["compare_warm"] = ck("ckptscope-compare-warm", os.path.join(runs, "cache-compare"))
-    if want("derived"):
+    if want("derived") and args.derived:
         rows["derived_cold"] = ck("ckptscope-compare-derivative-cold", os.path.join(runs, "cache-derived"), pair=(A, DERIVED))
 
     # 4. one request per tensor, sequential, new connection each, headers re-read per tensor
@@ -418,10 +432,62 @@ def run_all(args, bench, binary, endpoint, runs):
 
 def embed_rows_of(row):
     """How many shared-token embedding rows ckptscope's default compare read per model."""
-    if row and row.get("tests"):
-        for name, t in row["tests"].items():
-            pass
-    return 4096
+    if not row or not row.get("by_role"):
+        return 4096
+    return max(1, int(row["by_role"].get("embedding rows", {}).get("bytes", 0) // (2 * 4096 * 2)))
+
+
+LAYOUT = {}
+
+
+def by_role(cdn_log, store):
+    """Bytes and ranges of a run's CDN requests by what they hit: headers, or a tensor role.
+    Also counts ranges that touched a hole (a tensor without generated values): there should
+    be none, or the benchmark is measuring reads of zeros."""
+    if not LAYOUT:
+        sha = {}
+        for repo in hubrepo.load_state(store)["repos"].values():
+            for c in repo["commits"].values():
+                for path, e in c["files"].items():
+                    if e.get("lfs"):
+                        sha[e["sha256"]] = (repo["id"], path)
+        LAYOUT["sha"] = sha
+        for m in make_hub.MODELS:
+            shards = make_hub.shard_plan(m)
+            for i, s in enumerate(shards):
+                f = "model-%05d-of-%05d.safetensors" % (i + 1, len(shards))
+                head, placed, _ = make_hub.layout(s)
+                LAYOUT[(m["repo"], f)] = (len(head), [(len(head) + off, len(head) + off + make_hub.nbytes(t), t[0], t[3])
+                                                      for t, off in placed])
+    out, holes = {}, 0
+
+    def add(role, n):
+        r = out.setdefault(role, {"bytes": 0, "ranges": 0})
+        r["bytes"] += n
+        r["ranges"] += 1
+
+    for p in cdn_log:
+        key = LAYOUT["sha"].get(p[7].rsplit("/", 1)[-1])
+        if key not in LAYOUT:
+            add("other files", int(p[3]))
+            continue
+        if "=" not in p[6]:
+            add("whole shards", int(p[3]))
+            continue
+        a, b = (int(x) for x in p[6].strip('"').split("=", 1)[1].split("-"))
+        hlen, tensors = LAYOUT[key]
+        if a < hlen:
+            add("headers", min(b + 1, hlen) - a)
+        for s0, s1, name, fill in tensors:
+            if s1 > a and s0 <= b:
+                leaf = name.split(".")
+                role = {"input_layernorm": "norm gains", "post_attention_layernorm": "norm gains",
+                        "k_proj": "attention k/v", "v_proj": "attention k/v", "gate": "routers and router biases",
+                        "embed_tokens": "embedding rows"}.get(leaf[-2] if leaf[-1] != "e_score_correction_bias" else "gate",
+                                                               name if not fill else "other (%s)" % leaf[-2])
+                add(role, min(b + 1, s1) - max(a, s0))
+                holes += 0 if fill else 1
+    return out, holes
 
 
 def peer_ranges(args, bench, endpoint, runs, which, embed_rows=0):
@@ -432,10 +498,10 @@ def peer_ranges(args, bench, endpoint, runs, which, embed_rows=0):
     for it in full:
         by_kind.setdefault(it[2], []).append(it)
     if which == "norms":
-        stride = 4 if args.quick else 1
+        stride = 8 if args.quick else 1
     else:
-        stride = 16 if args.quick else 4
-    row_stride = 64 if args.quick else 16
+        stride = 24 if args.quick else 4
+    row_stride = 512 if args.quick else 64
     sample = [it for kind, lst in by_kind.items() for it in lst[::stride]]
     n_rows_measured = (embed_rows + row_stride - 1) // row_stride if embed_rows else 0
     items = {"tensors": [{"repo": r, "tensor": n, "kind": k} for r, n, k in sample],

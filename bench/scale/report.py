@@ -183,6 +183,11 @@ def render(args, rows, peers, summary, build_s, run_s, binary, machine):
                  "%s ranges coalesced; exit %d; verdict `%s`.\n"
                  % (fb(tr.get("bytes_fetched")), fi(tr.get("requests")), tr.get("seconds") or 0,
                     fi(tr.get("ranges_coalesced")), ck["exit"], ck.get("verdict")))
+        if ck.get("by_role"):
+            L.append("Where ckptscope's CDN bytes went (from nginx's log, mapped onto the shard layouts; %d ranges "
+                     "touched a tensor without generated values): %s.\n" % (ck.get("hole_ranges", 0), "; ".join(
+                         "%s %s in %s ranges" % (k, fb(v["bytes"]), fi(v["ranges"]))
+                         for k, v in sorted(ck["by_role"].items(), key=lambda kv: -kv[1]["bytes"]))))
 
     scen("Scenario 1 — T2 alone (norm gains), cold cache", t2, r4t2, "norms",
          "`ckptscope compare zai-org/GLM-4.5-Air upstage/Solar-Open-100B --tests T2 --json` with an empty cache. "
