@@ -28,8 +28,8 @@
 #define FULL_READ_MAX (256ull << 20)  /* read and hash every tensor only below this */
 #define RAW_KEEP_MAX (4u << 20)       /* raw bytes kept for bit-equality only up to this */
 #define RAW_KEEP_BIG_MODEL (256u << 10) /* the same for models over 64 MiB: norms and biases */
-#define KV_FLOAT_CAP (32ull << 20)    /* decoded k and v rows, all layers */
-#define ROUTER_FLOAT_CAP (32ull << 20) /* decoded router rows, all layers */
+#define KV_FLOAT_CAP (24ull << 20)    /* decoded k and v rows, all layers */
+#define ROUTER_FLOAT_CAP (16ull << 20) /* decoded router rows, all layers */
 
 void cmp_matrix_free(cmp_matrix *m)
 {

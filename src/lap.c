@@ -128,10 +128,17 @@ static bool solve_wide(const double *cost, size_t rows, size_t cols, lap_work *w
     return true;
 }
 
-static cks_err check_matrix(const double *m, size_t rows, size_t cols, const void *out, cks_diag *diag)
+/* The matrix is either doubles (m) or floats read as their magnitude (mf). */
+static double matrix_value(const double *m, const float *mf, size_t k)
+{
+    return m ? m[k] : fabs((double)mf[k]);
+}
+
+static cks_err check_matrix(const double *m, const float *mf, size_t rows, size_t cols, const void *out,
+                            cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    if (!m || !out || rows == 0 || cols == 0) {
+    if ((!m && !mf) || !out || rows == 0 || cols == 0) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "assignment needs a non-empty matrix and an output");
         goto out;
     }
@@ -140,7 +147,7 @@ static cks_err check_matrix(const double *m, size_t rows, size_t cols, const voi
         goto out;
     }
     for (size_t k = 0; k < rows * cols; k++) {
-        if (!isfinite(m[k])) {
+        if (!isfinite(matrix_value(m, mf, k))) {
             err = cks_fail(diag, CKS_ERR_NUMERIC, "assignment cost [%zu][%zu] is not finite",
                            k / cols, k % cols);
             goto out;
@@ -150,8 +157,12 @@ out:
     return err;
 }
 
-/* sign = +1 minimises cost, -1 maximises it. */
-static cks_err solve_signed(const double *matrix, size_t rows, size_t cols, double sign,
+/*
+ * sign = +1 minimises cost, -1 maximises it. The matrix is `matrix` (doubles) or, when that
+ * is NULL, the magnitudes of `fmatrix` (floats): reading |sim| straight into the solver's own
+ * copy saves a second rows x cols double matrix (128 MiB at 4096 x 4096).
+ */
+static cks_err solve_signed(const double *matrix, const float *fmatrix, size_t rows, size_t cols, double sign,
                             int32_t *row_to_col, double *total, cks_diag *diag)
 {
     double *work_cost = NULL;
@@ -159,7 +170,7 @@ static cks_err solve_signed(const double *matrix, size_t rows, size_t cols, doub
     bool have_work = false;
     bool transposed = rows > cols;
     size_t wide_rows = transposed ? cols : rows, wide_cols = transposed ? rows : cols;
-    cks_err err = check_matrix(matrix, rows, cols, row_to_col, diag);
+    cks_err err = check_matrix(matrix, fmatrix, rows, cols, row_to_col, diag);
     if (err != CKS_OK)
         goto out;
     /* the solver wants rows <= cols and minimisation: copy once into that shape */
@@ -170,7 +181,7 @@ static cks_err solve_signed(const double *matrix, size_t rows, size_t cols, doub
     }
     for (size_t i = 0; i < rows; i++)
         for (size_t j = 0; j < cols; j++) {
-            double c = sign * matrix[i * cols + j];
+            double c = sign * matrix_value(matrix, fmatrix, i * cols + j);
             if (transposed)
                 work_cost[j * rows + i] = c;
             else
@@ -197,7 +208,7 @@ static cks_err solve_signed(const double *matrix, size_t rows, size_t cols, doub
         double sum = 0;
         for (size_t i = 0; i < rows; i++)
             if (row_to_col[i] >= 0)
-                sum += matrix[i * cols + (size_t)row_to_col[i]];
+                sum += matrix_value(matrix, fmatrix, i * cols + (size_t)row_to_col[i]);
         *total = sum;
     }
 out:
@@ -213,19 +224,18 @@ out:
 cks_err cks_lap_minimize(const double *cost, size_t rows, size_t cols, int32_t *row_to_col,
                          double *total_cost, cks_diag *diag)
 {
-    return solve_signed(cost, rows, cols, 1.0, row_to_col, total_cost, diag);
+    return solve_signed(cost, NULL, rows, cols, 1.0, row_to_col, total_cost, diag);
 }
 
 cks_err cks_lap_maximize(const double *score, size_t rows, size_t cols, int32_t *row_to_col,
                          double *total_score, cks_diag *diag)
 {
-    return solve_signed(score, rows, cols, -1.0, row_to_col, total_score, diag);
+    return solve_signed(score, NULL, rows, cols, -1.0, row_to_col, total_score, diag);
 }
 
 cks_err cks_lap_max_abs(const float *sim, size_t rows, size_t cols, int32_t *row_to_col,
                         int8_t *sign, double *total_abs, cks_diag *diag)
 {
-    double *magnitude = NULL;
     cks_err err = CKS_OK;
     if (!sim || !sign || rows == 0 || cols == 0 || rows > CKS_LAP_MAX_DIM || cols > CKS_LAP_MAX_DIM) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "|cos| assignment needs a non-empty matrix and outputs");
@@ -235,20 +245,12 @@ cks_err cks_lap_max_abs(const float *sim, size_t rows, size_t cols, int32_t *row
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "|cos| assignment %zu x %zu is too large", rows, cols);
         goto out;
     }
-    magnitude = malloc(rows * cols * sizeof *magnitude);
-    if (!magnitude) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "|cos| assignment of %zu x %zu", rows, cols);
-        goto out;
-    }
-    for (size_t k = 0; k < rows * cols; k++)
-        magnitude[k] = fabs((double)sim[k]);
-    if ((err = cks_lap_maximize(magnitude, rows, cols, row_to_col, total_abs, diag)) != CKS_OK)
+    if ((err = solve_signed(NULL, sim, rows, cols, -1.0, row_to_col, total_abs, diag)) != CKS_OK)
         goto out;
     for (size_t i = 0; i < rows; i++)
         sign[i] = row_to_col[i] < 0 ? 0 : (sim[i * cols + (size_t)row_to_col[i]] < 0 ? -1 : 1);
 out:
     if (err != CKS_OK && sign && rows <= CKS_LAP_MAX_DIM)
         memset(sign, 0, rows);
-    free(magnitude);
     return err;
 }
