@@ -34,7 +34,8 @@ static void usage(FILE *out)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fprintf(out,
-            "\nSOURCE is a .safetensors file, a model.safetensors.index.json, or a directory.\n"
+            "\nSOURCE is a Hub repo (org/name[@rev], hf://...), an https:// URL, a .safetensors file,\n"
+            "a model.safetensors.index.json, or a directory.\n"
             "Every command takes --help, --json, --quiet and --verbose.\n"
             "Run `ckptscope COMMAND --help` for details; exit codes are listed in the README.\n");
 }
