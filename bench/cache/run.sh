@@ -22,7 +22,7 @@ echo "$OUT"
 {
     echo "# Cache benchmark"
     echo
-    echo "Command: \`bash bench/cache/run.sh\` (data size: ${MIB} MiB; \`CACHE_BENCH_MIB=N\` to change)."
+    echo "Command: \`bash bench/cache/run.sh ${1:-build}\` (or \`make bench\`; data size: ${MIB} MiB, \`CACHE_BENCH_MIB=N\` to change)."
     echo "Run: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'),"
     echo "$(nproc) CPUs, filesystem $(df -T "$WORK" | awk 'NR==2{print $2}'), load average before the run: $LOAD."
     echo "Both hashing paths read from the page cache; each figure is the best of several passes,"
