@@ -2375,14 +2375,15 @@ out:
 
 bool cks_cache_is_verified(cks_cache *c, const char *key, uint64_t size)
 {
-    bool v = false;
+    bool v = false, locked = false;
     char *dir = NULL, *marker = NULL, *want = NULL;
     unsigned char *img = NULL;
     size_t n = 0;
-    if (!c || !key || strncmp(key, "sha256:", 7) != 0 || !cks_cache_key_valid(key))
-        return false;
-    pthread_mutex_lock(&c->mu);
     cks_err err = CKS_OK;
+    if (!c || !key || strncmp(key, "sha256:", 7) != 0 || !cks_cache_key_valid(key))
+        goto out;
+    pthread_mutex_lock(&c->mu);
+    locked = true;
     keyent *k = key_get(c, key, NULL, &err);
     if (!k || key_refresh(c, k, false, NULL) != CKS_OK || (size > 0 && !key_covers(k, 0, size)))
         goto out;
@@ -2394,7 +2395,8 @@ bool cks_cache_is_verified(cks_cache *c, const char *key, uint64_t size)
     }
     v = slurp(marker, 64, &img, &n) == 0 && n == strlen(want) && memcmp(img, want, n) == 0;
 out:
-    pthread_mutex_unlock(&c->mu);
+    if (locked)
+        pthread_mutex_unlock(&c->mu);
     free(dir);
     free(marker);
     free(want);
