@@ -60,6 +60,11 @@ static void cs_destroy(cks_source *src)
 
 static const cks_source_ops cache_source_ops = {cs_read_at, cs_prefetch, cs_destroy};
 
+bool cks_cache_source_is(const cks_source *src)
+{
+    return src && src->ops == &cache_source_ops;
+}
+
 cks_err cks_cache_source_wrap(cks_cache *c, const char *key, cks_source *inner, cks_source **out,
                               cks_diag *diag)
 {

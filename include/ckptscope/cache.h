@@ -150,6 +150,9 @@ cks_err cks_cache_mark_verified(cks_cache *c, const char *key, uint64_t size, ck
 cks_err cks_cache_source_wrap(cks_cache *c, const char *key, cks_source *inner, cks_source **out,
                               cks_diag *diag);
 
+/* True for a source made by cks_cache_source_wrap (whole, SHA-256-verified, from the cache). */
+bool cks_cache_source_is(const cks_source *src);
+
 /* HF_HOME reuse: path of a complete file in the standard Hugging Face cache for
  * (repo_type "model"|"dataset", repo_id "org/name", commit (40 hex) or a ref name, path in
  * the repo) when present, else *local_path = NULL and CKS_OK. Never writes there.

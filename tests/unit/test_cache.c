@@ -1014,6 +1014,7 @@ static void cache_source_serves_verified_files(void)
     CHECK(!cks_cache_is_verified(c, key, n + 1));
     CHECK_EQ_INT(cks_cache_source_wrap(c, key, inner, &w, NULL), CKS_OK);
     CHECK(w != NULL);
+    CHECK(cks_cache_source_is(w) && !cks_cache_source_is(inner) && !cks_cache_source_is(NULL));
     if (w) {
         CHECK_EQ_INT(cks_source_read_at(w, 0, got, n, NULL), CKS_OK);
         CHECK(memcmp(got, data, n) == 0);
