@@ -11,14 +11,17 @@
  *     so the same bytes reached through another repo, branch or revision are a hit.
  *   - A key holds *extents*: byte ranges [offset, offset+length) of that file. Extents
  *     are split into chunks; every chunk carries a checksum that is verified on every
- *     read. A chunk that fails its check is never returned: the whole extent is dropped
- *     (a miss), a note is queued for --verbose, and the caller refetches.
+ *     read. A chunk that fails its check is never returned: its extent is replaced by the
+ *     chunks that still verify (a miss for the rest), a note is queued for --verbose, and
+ *     the caller refetches only what is missing.
  *   - Every entry is written to a temporary file, fsync'ed and renamed into place, so a
  *     reader never sees half an entry, whatever crashes. Several processes may share one
  *     cache directory; writers of the same key serialise on a per-key lock.
  *   - Chunks are stored zstd-compressed when that saves space.
- *   - Metadata (revision→commit, resolve results, headers, config.json, ...) is stored
- *     per namespace with a creation time; a lookup gives a TTL (or "never expires").
+ *   - Metadata (repository listings: revision→commit, sizes, hashes; anything else a
+ *     caller names) is stored per namespace with a creation time; a lookup gives a TTL
+ *     (or "never expires"). Headers, index files and config.json are byte ranges of their
+ *     files, cached as extents like any other.
  *   - With a size cap, least-recently-used extents are evicted; keys pinned by this
  *     process (cks_cache_pin) and keys pinned by other live processes are never evicted.
  *
@@ -86,8 +89,9 @@ cks_err cks_cache_missing(cks_cache *c, const char *key, const cks_range *want, 
 /* Copy `len` bytes at `offset` of the file `key` into buf. *hit is true only if the range
  * is fully covered and every chunk touched verified; otherwise *hit is false, the content
  * of buf is unspecified, and the return value is still CKS_OK (a miss is not an error).
- * A corrupt extent is deleted and noted (cks_cache_take_notes). Errors are reserved for
- * an unusable cache (CKS_ERR_IO / CKS_ERR_CACHE / CKS_ERR_NOMEM). */
+ * A corrupt extent is replaced by its chunks that still verify and noted
+ * (cks_cache_take_notes). Errors are reserved for an unusable cache (CKS_ERR_IO /
+ * CKS_ERR_CACHE / CKS_ERR_NOMEM). Also pins the key (cks_cache_pin), as write and missing do. */
 cks_err cks_cache_read(cks_cache *c, const char *key, uint64_t offset, void *buf, size_t len,
                        bool *hit, cks_diag *diag);
 
