@@ -1,6 +1,8 @@
 #!/bin/bash
 # make bench: every benchmark of the project, each writing its RESULTS.md beside it.
 # Never part of make test. BENCH_QUICK=1 asks each benchmark for a short run.
+# bench/scale/run.sh (issue 8: full-size GLM-4.5-Air / Solar-Open-100B audit against the peers'
+# approaches) writes bench/RESULTS.md and installs nginx for itself (scripts/deps.sh nginx).
 set -u
 BUILD=${1:-build}
 cd "$(dirname "$0")/.."

@@ -320,6 +320,14 @@ def machine():
 
 # ---------------------------------------------------------------- main
 
+def runs_name(args):
+    return "runs-quick" if args.quick else "runs"
+
+
+def results_name(args):
+    return "results-quick.json" if args.quick else "results.json"
+
+
 def on_term(signum, frame):
     raise SystemExit(128 + signum)  # run the finally blocks: stop nginx, the link, the fake Hub
 
@@ -338,8 +346,12 @@ def main():
     ap.add_argument("--serve", type=float, default=0, help="start the servers and wait this long (debugging)")
     ap.add_argument("--derived", action="store_true", default=os.environ.get("BENCH_DERIVED") == "1",
                     help="also compare the GLM-shaped model with its fine-tune (BENCH_DERIVED=1)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the report from the last run's results.json (after a report change)")
     ap.add_argument("--only", default="", help="comma list of scenario keys to run (debugging)")
     args = ap.parse_args()
+    if args.render_only:
+        return render_only(args)
     t_run = time.time()
     work = os.path.abspath(args.work)
     os.makedirs(work, exist_ok=True)
@@ -353,7 +365,7 @@ def main():
     print("bench hub ready (%.0f s): %s" % (build_s, ", ".join("%s %d shards %.0f GB" % (
         r, v["shards"], v["logical_bytes"] / 1e9) for r, v in summary["models"].items())), file=sys.stderr)
 
-    runs = os.path.join(work, "runs")
+    runs = os.path.join(work, runs_name(args))
     shutil.rmtree(runs, ignore_errors=True)
     os.makedirs(runs)
     nginx = link = None
@@ -402,6 +414,7 @@ def run_all(args, bench, binary, endpoint, runs):
                 js = json.load(f)
             row["transfer"] = js.get("transfer")
             row["verdict"] = js.get("verdict")
+            row["sampling"] = js.get("sampling")
             row["tests"] = {t.get("name", t.get("test", "?")): {k: t.get(k) for k in ("statistic", "p", "rejects", "valid", "bytes_read")}
                             for t in js.get("tests", [])}
         except (OSError, ValueError):
@@ -412,8 +425,10 @@ def run_all(args, bench, binary, endpoint, runs):
     # 3. T2 alone, cold
     if want("t2"):
         rows["t2_cold"] = ck("ckptscope-T2-cold", os.path.join(runs, "cache-t2"), "--tests", "T2")
-    # 1, 2. default compare, cold then warm
-    if want("compare"):
+        if args.quick:
+            rows["t2_warm"] = ck("ckptscope-T2-warm", os.path.join(runs, "cache-t2"), "--tests", "T2")
+    # 1, 2. default compare, cold then warm (minutes of CPU today: not in quick mode)
+    if want("compare") and (not args.quick or "compare" in only):
         rows["compare_cold"] = ck("ckptscope-compare-cold", os.path.join(runs, "cache-compare"))
         rows["compare_warm"] = ck("ckptscope-compare-warm", os.path.join(runs, "cache-compare"))
     if want("derived") and args.derived:
@@ -430,11 +445,25 @@ def run_all(args, bench, binary, endpoint, runs):
     return rows, peers
 
 
+EMBED_ROWS_DEFAULT = 6143  # what the default compare reported on this bench hub (2026-11-28)
+
+
 def embed_rows_of(row):
-    """How many shared-token embedding rows ckptscope's default compare read per model."""
-    if not row or not row.get("by_role"):
-        return 4096
-    return max(1, int(row["by_role"].get("embedding rows", {}).get("bytes", 0) // (2 * 4096 * 2)))
+    """How many shared-token embedding rows ckptscope's default compare read per model (its
+    --json "sampling" says "embedding rows of N shared tokens")."""
+    import re
+    m = re.search(r"embedding rows of (\d+) shared tokens", (row or {}).get("sampling") or "")
+    return int(m.group(1)) if m else EMBED_ROWS_DEFAULT
+
+
+def ranges_estimate(res, full_count):
+    """Approach 4's totals: per kind, the measured cost per item times the full item count."""
+    est = {"seconds": 0.0, "body_bytes": 0.0, "requests": 0.0, "connections": 0.0}
+    for kind, k in res["kinds"].items():
+        f = full_count.get(kind, k["items"]) / k["items"]
+        for key in est:
+            est[key] += k[key] * f
+    return est
 
 
 LAYOUT = {}
@@ -520,11 +549,7 @@ def peer_ranges(args, bench, endpoint, runs, which, embed_rows=0):
     if embed_rows:
         full_count["embedding rows"] = 2 * embed_rows
         full_count["embedding headers"] = 2
-    est = {"seconds": 0.0, "body_bytes": 0.0, "requests": 0.0, "connections": 0.0}
-    for kind, k in res["kinds"].items():
-        f = full_count.get(kind, k["items"]) / k["items"]
-        for key in est:
-            est[key] += k[key] * f
+    est = ranges_estimate(res, full_count)
     wire_per_body = row["wire_bytes"] / max(res["body_bytes"], 1)
     return {"measured": row, "result": res, "sample_items": len(sample) + 2 * n_rows_measured,
             "full_items": len(full) + 2 * embed_rows, "stride": stride, "row_stride": row_stride,
@@ -583,13 +608,48 @@ def peer_download(args, bench, endpoint, runs):
             "partial": n == 0}
 
 
+def render_only(args):
+    work = os.path.abspath(args.work)
+    with open(os.path.join(work, results_name(args))) as f:
+        saved = json.load(f)
+    rows, peers = saved["rows"], saved["peers"]
+    for name, row in rows.items():  # fields added to the report after the run
+        if "sampling" not in row:
+            try:
+                with open(os.path.join(work, runs_name(args), row["name"] + ".stdout")) as f:
+                    row["sampling"] = json.load(f).get("sampling")
+            except (OSError, ValueError):
+                pass
+    p = peers.get("ranges_compare")
+    if p and rows.get("compare_cold"):
+        n = embed_rows_of(rows["compare_cold"])
+        if n != p["embed_rows"]:  # the row count ckptscope reported, not one guessed from bytes
+            p["full_items"] += 2 * (n - p["embed_rows"])
+            p["embed_rows"] = n
+            p["full_count"]["embedding rows"] = 2 * n
+            est = ranges_estimate(p["result"], p["full_count"])
+            wire_per_body = p["measured"]["wire_bytes"] / max(p["result"]["body_bytes"], 1)
+            p["estimate"] = {"wall_s": est["seconds"], "body_bytes": est["body_bytes"],
+                             "wire_bytes": est["body_bytes"] * wire_per_body, "requests": est["requests"],
+                             "connections": est["connections"]}
+    meta = saved.get("meta") or {}
+    if "run_s" not in meta:  # an older results.json: from the run directory's first and last files
+        meta["run_s"] = (os.path.getmtime(os.path.join(work, results_name(args))) -
+                         os.path.getmtime(os.path.join(work, runs_name(args), "nginx.conf")))
+    write_report(args, rows, peers, saved["summary"], meta.get("build_s", 0), meta.get("run_s", 0),
+                 meta.get("binary", os.path.abspath(args.bin)))
+    return 0
+
+
 def write_report(args, rows, peers, summary, build_s, run_s, binary):
     from report import render  # bench/scale/report.py
     text = render(args, rows, peers, summary, build_s, run_s, binary, machine())
     with open(args.out, "w") as f:
         f.write(text)
-    with open(os.path.join(os.path.abspath(args.work), "results.json"), "w") as f:
-        json.dump({"rows": rows, "peers": peers, "summary": summary}, f, indent=1, default=str)
+    with open(os.path.join(os.path.abspath(args.work), results_name(args)), "w") as f:
+        json.dump({"rows": rows, "peers": peers, "summary": summary,
+                   "meta": {"build_s": build_s, "run_s": run_s, "binary": binary, "quick": args.quick,
+                            "rtt_ms": args.rtt_ms, "rate_bits": args.rate_bits}}, f, indent=1, default=str)
     print("wrote %s" % args.out, file=sys.stderr)
 
 

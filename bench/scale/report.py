@@ -105,6 +105,31 @@ def min_bytes_t2(summary):
     return total, detail
 
 
+def net_span(args, name):
+    """Seconds from the first to the last request a run made (hub arrivals, CDN completions)."""
+    runs = os.path.join(os.path.abspath(args.work), "runs-quick" if args.quick else "runs")
+    try:
+        with open(os.path.join(runs, name + ".hub.log")) as f:
+            t = [e["t"] for e in json.load(f)]
+        with open(os.path.join(runs, name + ".cdn.log")) as f:
+            t += [float(l.split()[0]) for l in f if l.strip()]
+    except (OSError, ValueError):
+        return None
+    return (max(t) - min(t)) if t else 0.0
+
+
+def binary_info(binary):
+    import subprocess
+    try:
+        head = subprocess.run(["git", "-C", os.path.dirname(HERE), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        mtime = datetime.datetime.fromtimestamp(os.path.getmtime(binary), datetime.timezone.utc)
+        return "`%s`, built %s (repository HEAD at report time: %s)" % (
+            os.path.relpath(binary, os.path.dirname(os.path.dirname(HERE))), mtime.strftime("%Y-%m-%d %H:%M UTC"), head)
+    except OSError:
+        return binary
+
+
 def render(args, rows, peers, summary, build_s, run_s, binary, machine):
     L = []
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -154,6 +179,13 @@ def render(args, rows, peers, summary, build_s, run_s, binary, machine):
         r = p4["wall"] / cc["wall_s"]
         L.append("| default compare: ≥ 10× faster than approach 4 | %s | %s |" % (fr(p4["wall"], cc["wall_s"]),
                                                                                 "yes" if r >= 10 else "**no**"))
+    if not cw and rows.get("t2_warm"):
+        cw = rows["t2_warm"]
+        L.append("| warm rerun (quick mode: of T2): zero bytes on the wire | %s (%s requests) | %s |" % (
+            fb(cw["wire_bytes"]) if cw["wire_bytes"] else "0 B", fi(cw["requests"]), "yes" if cw["wire_bytes"] == 0 else "**no**"))
+        L.append("| warm rerun (quick mode: of T2): < 0.5 s | %s (CPU %s) | %s |" % (
+            fs(cw["wall_s"]), fs(cw["cpu_s"]), "yes" if cw["wall_s"] < 0.5 else "**no**"))
+        cw = None
     if cw:
         L.append("| warm rerun: zero bytes on the wire | %s (%s requests) | %s |" % (
             fb(cw["wire_bytes"]) if cw["wire_bytes"] else "0 B", fi(cw["requests"]), "yes" if cw["wire_bytes"] == 0 else "**no**"))
@@ -183,6 +215,11 @@ def render(args, rows, peers, summary, build_s, run_s, binary, machine):
                  "%s ranges coalesced; exit %d; verdict `%s`.\n"
                  % (fb(tr.get("bytes_fetched")), fi(tr.get("requests")), tr.get("seconds") or 0,
                     fi(tr.get("ranges_coalesced")), ck["exit"], ck.get("verdict")))
+        span = net_span(args, ck["name"])
+        if span is not None:
+            L.append("Time: requests spanned %s of the %s wall; the rest is computation (CPU %s: user %s, sys %s) "
+                     "and process start/exit.\n" % (fs(span), fs(ck["wall_s"]), fs(ck["cpu_s"]), fs(ck["user_s"]),
+                                                    fs(ck["sys_s"])))
         if ck.get("by_role"):
             L.append("Where ckptscope's CDN bytes went (from nginx's log, mapped onto the shard layouts; %d ranges "
                      "touched a tensor without generated values): %s.\n" % (ck.get("hole_ranges", 0), "; ".join(
@@ -203,6 +240,13 @@ def render(args, rows, peers, summary, build_s, run_s, binary, machine):
              "Same cache directory as scenario 2. The peers have no cache across runs (sionic kept headers in a dict "
              "for one process; hf_hub_download keeps whole shards, so approach 5's rerun is free once 400+ GB of disk "
              "are spent), so their columns repeat scenario 2.")
+    t2w = rows.get("t2_warm")
+    if t2w:
+        scen("Scenario 1b — T2 alone, warm cache (the same command again)", t2w, r4t2, "norms",
+             "Same cache directory as scenario 1.")
+    if args.quick and not cc:
+        L.append("Quick mode (`BENCH_QUICK=1`) skips the default compare: it takes minutes of CPU with this build "
+                 "(see the findings below). Run `make bench` without it for scenarios 2 and 3.\n")
     dv = rows.get("derived_cold")
     if dv:
         L.append("## Scenario 4 — a real derivative: GLM-shaped vs its fine-tune, default compare, cold\n")
@@ -217,11 +261,13 @@ def render(args, rows, peers, summary, build_s, run_s, binary, machine):
                                                       fi(v["tensors"]), fb(v["tokenizer_bytes"])))
     L.append("")
     L.append(open(os.path.join(HERE, "METHOD.md")).read().strip() + "\n")
+    L.append(open(os.path.join(HERE, "FINDINGS.md")).read().strip() + "\n")
     L.append("## This run\n")
     L.append("- Machine: %s, %d cores, %.0f GiB RAM, Linux %s, Python %s, nginx %s. Load average at the end: "
              "%.2f / %.2f / %.2f (other jobs shared the machine; CPU times are the robust figures)."
              % (machine["cpu"], machine["cores"], machine["mem_gib"], machine["kernel"], machine["python"],
                 machine["nginx"], *machine["load"]))
+    L.append("- ckptscope: %s." % binary_info(binary))
     L.append("- Link: RTT %g ms (half each way), %g Gbit/s each direction, one bucket shared by the Hub and CDN "
              "connections (`BENCH_RTT_MS`, `BENCH_RATE_BITS` to change)." % (args.rtt_ms, args.rate_bits / 1e9))
     L.append("- Bench hub build: %s (reused when `bench/out/scale/hub/stamp.json` has the generator's version; "
