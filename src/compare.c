@@ -1359,6 +1359,219 @@ out:
     return err;
 }
 
+/*
+ * G-rows: the same tensors with their rows (output units, neurons) possibly permuted. Rows of
+ * A and B are matched one to one by assignment on |cos|; the statistic is the mean matched
+ * |cos|, and its null permutes B's columns (one permutation for all rows: the rows stay
+ * rows, their correspondence with A's input dimensions is broken). A derivative whose hidden
+ * units were shuffled keeps each row, so its rows find their twins.
+ */
+#define ROWS_MAX 2048u
+#define ROWS_DRAWS 19u
+
+static cks_err row_match_score(const float *x, const float *y, size_t rows, size_t cols, float *sim, int32_t *map,
+                               int8_t *sign, double *score, cks_diag *diag)
+{
+    double total = 0;
+    cks_err err;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)rows, (int)cols, 1.0f, x, (int)cols, y,
+                (int)cols, 0.0f, sim, (int)rows);
+    err = cks_lap_max_abs(sim, rows, rows, map, sign, &total, diag);
+    if (!err)
+        *score = total / (double)rows;
+    return err;
+}
+
+static void unit_rows(float *m, size_t rows, size_t cols)
+{
+    for (size_t r = 0; r < rows; r++) {
+        double ss = 0;
+        for (size_t c = 0; c < cols; c++)
+            ss += (double)m[r * cols + c] * m[r * cols + c];
+        for (size_t c = 0; c < cols && ss > 0; c++)
+            m[r * cols + c] = (float)(m[r * cols + c] / sqrt(ss));
+    }
+}
+
+/* Match the rows of x and y (unit rows, rows x cols) and draw the column-permutation null. */
+static cks_err row_match_test(const float *x, const float *y, size_t rows, size_t cols, uint64_t seed,
+                              double *observed, double *null_mean, double *null_sd, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    float *yp = malloc(rows * cols * sizeof *yp), *sim = malloc(rows * rows * sizeof *sim);
+    int32_t *map = malloc(rows * sizeof *map);
+    int8_t *sign = malloc(rows * sizeof *sign);
+    uint32_t *perm = malloc(cols * sizeof *perm);
+    double sum = 0, sumsq = 0;
+    cks_rng rng;
+    if (!yp || !sim || !map || !sign || !perm) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = row_match_score(x, y, rows, cols, sim, map, sign, observed, diag);
+    cks_rng_seed(&rng, seed);
+    for (uint32_t k = 0; k < ROWS_DRAWS && !err; k++) {
+        double sc;
+        cks_rng_permutation(&rng, perm, cols);
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = 0; c < cols; c++)
+                yp[r * cols + c] = y[r * cols + perm[c]];
+        err = row_match_score(x, yp, rows, cols, sim, map, sign, &sc, diag);
+        sum += sc;
+        sumsq += sc * sc;
+    }
+    *null_mean = sum / ROWS_DRAWS;
+    *null_sd = sqrt(fmax(0.0, (sumsq - sum * sum / ROWS_DRAWS) / (ROWS_DRAWS - 1)));
+out:
+    free(yp);
+    free(sim);
+    free(map);
+    free(sign);
+    free(perm);
+    return err;
+}
+
+static void transpose_into(const float *m, size_t rows, size_t cols, float *out)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            out[c * rows + r] = m[r * cols + c];
+}
+
+/*
+ * Each 2-D tensor is tested twice: its rows (output units shuffled, e.g. the first layer of a
+ * permuted MLP) and its columns (input units shuffled, the next layer). Holm runs over every
+ * (tensor, axis) test; corroboration needs two different tensors.
+ */
+static cks_err test_generic_rows(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, family *f,
+                                 cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_test_result *t = family_add(f, "G-rows", "name- and shape-matched 2-D tensors, rows or columns matched", true);
+    size_t n_tests = 0, significant = 0, cap = 2 * (a->n_raw ? a->n_raw : 1);
+    double best_z = -INFINITY, best_p = 1.0, *p = NULL, *adjusted = NULL;
+    size_t *tensor_of = NULL;
+    uint64_t bytes = 0;
+    bool *tensor_hit = NULL;
+
+    if (!t)
+        return CKS_OK;
+    snprintf(t->statistic_name, sizeof t->statistic_name, "tensors whose rows or columns find twins beyond the null");
+    p = calloc(cap, sizeof *p);
+    tensor_of = calloc(cap, sizeof *tensor_of);
+    tensor_hit = calloc(a->n_raw ? a->n_raw : 1, sizeof *tensor_hit);
+    if (!p || !tensor_of || !tensor_hit) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < a->n_raw && !err; i++) {
+        const cmp_raw *ra = &a->raw[i], *rb = NULL;
+        const cks_tensor_info *ia = ra->tensor->info;
+        const cks_ckpt_tensor *tb = cks_ckpt_find(b->m->ckpt, ia->name);
+        size_t rows, cols;
+        float *x = NULL, *y = NULL, *xt = NULL, *yt = NULL;
+        bool finite = true;
+        for (size_t j = 0; tb && j < b->n_raw; j++)
+            if (b->raw[j].tensor == tb)
+                rb = &b->raw[j];
+        if (!rb || !ra->bytes || !rb->bytes || ia->ndim != 2 || rb->tensor->info->ndim != 2 ||
+            ia->shape[0] != rb->tensor->info->shape[0] || ia->shape[1] != rb->tensor->info->shape[1] ||
+            !cks_dtype_is_float(ia->dtype) || !cks_decode_supported(ia->dtype) ||
+            !cks_decode_supported(rb->tensor->info->dtype) || ra->low_information || rb->low_information)
+            continue;
+        rows = (size_t)ia->shape[0];
+        cols = (size_t)ia->shape[1];
+        if (rows < 4 || cols < 4 || rows * cols > (64u << 20))
+            continue;
+        x = malloc(rows * cols * sizeof *x);
+        y = malloc(rows * cols * sizeof *y);
+        xt = malloc(rows * cols * sizeof *xt);
+        yt = malloc(rows * cols * sizeof *yt);
+        if (!x || !y || !xt || !yt)
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        if (!err)
+            err = cks_decode_f32(ia->dtype, ra->bytes, rows * cols, x, NULL, diag);
+        if (!err)
+            err = cks_decode_f32(rb->tensor->info->dtype, rb->bytes, rows * cols, y, NULL, diag);
+        for (size_t k = 0; !err && k < rows * cols && finite; k++)
+            finite = isfinite(x[k]) && isfinite(y[k]);
+        if (!err && finite) {
+            transpose_into(x, rows, cols, xt);
+            transpose_into(y, rows, cols, yt);
+            for (int axis = 0; axis < 2 && !err; axis++) {
+                size_t n = axis ? cols : rows, m = axis ? rows : cols;
+                float *xx = axis ? xt : x, *yy = axis ? yt : y;
+                double observed = 0, mean = 0, sd = 0, z, pv;
+                char label[200];
+                if (n > ROWS_MAX)
+                    continue;
+                unit_rows(xx, n, m);
+                unit_rows(yy, n, m);
+                err = row_match_test(xx, yy, n, m, ctx->seed + 31 + 2 * i + (size_t)axis, &observed, &mean, &sd, diag);
+                if (err)
+                    break;
+                z = sd > 0 ? (observed - mean) / sd : (observed > mean + 1e-9 ? INFINITY : 0);
+                pv = isfinite(z) ? cks_normal_sf(z) : (z > 0 ? 0 : 1);
+                tensor_of[n_tests] = i;
+                p[n_tests++] = pv;
+                if (z > best_z) {
+                    best_z = z;
+                    best_p = pv;
+                }
+                snprintf(label, sizeof label, "%.140s %s (matched |cos| %.3f, null %.3f)", ia->name,
+                         axis ? "columns" : "rows", observed, mean);
+                if (add_item(t, label, z, NAN) != CKS_OK)
+                    err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            }
+            bytes += ra->len + rb->len;
+        }
+        free(x);
+        free(y);
+        free(xt);
+        free(yt);
+    }
+    if (err)
+        goto out;
+    if (n_tests == 0) {
+        not_run(t, "%s", "no name- and shape-matched 2-D float tensor with 4 to 2048 rows or columns on both sides");
+        goto out;
+    }
+    adjusted = malloc(n_tests * sizeof *adjusted);
+    if (!adjusted || cks_holm(p, n_tests, adjusted, NULL) != CKS_OK) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t k = 0; k < n_tests; k++)
+        if (adjusted[k] <= ctx->alpha && !tensor_hit[tensor_of[k]]) {
+            tensor_hit[tensor_of[k]] = true;
+            significant++;
+        }
+    t->ran = true;
+    t->statistic = (double)significant;
+    t->null_mean = 0;
+    t->z = best_z;
+    t->effect = best_z;
+    t->p_value = fmin(1.0, best_p * (double)n_tests);
+    t->p_exact = false;
+    t->permutations = ROWS_DRAWS;
+    t->seed = ctx->seed + 31;
+    snprintf(t->null_kind, sizeof t->null_kind, "B's other axis permuted, %u draws, Holm over %zu tests", ROWS_DRAWS,
+             n_tests);
+    t->corroborated = significant >= 2;
+    t->power = 1;
+    snprintf(t->power_note, sizeof t->power_note,
+             "by construction: a shuffled copy with noise keeps each row's twin (|cos| near 1 against ~1/sqrt(width))");
+    t->bytes_read = bytes;
+    snprintf(t->tensors, sizeof t->tensors, "2-D tensors tested on rows and columns; %zu tensors matched beyond the null",
+             significant);
+out:
+    free(p);
+    free(adjusted);
+    free(tensor_of);
+    free(tensor_hit);
+    return err;
+}
+
 /* ---- the family on one pair ---- */
 
 static cks_err run_family(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
@@ -1377,6 +1590,8 @@ static cks_err run_family(const cmp_ctx *ctx, const cmp_model *a, const cmp_mode
     if (!a->known_arch || !b->known_arch || a->n_layers <= 0 || b->n_layers <= 0) {
         if (with_t1)
             err = test_generic(ctx, a, b, f, diag);
+        if (with_t1 && !err)
+            err = test_generic_rows(ctx, a, b, f, diag);
         return err;
     }
     err = choose_pairing(a, b, f, diag);
@@ -1743,7 +1958,7 @@ static const char *short_p(double p, char *buf, size_t size)
 /* Which rejecting test a person should read first: the most interpretable one. */
 static int lead_rank(const cks_test_result *t)
 {
-    static const char *const order[] = {"T2", "T3", "T4b-norms", "T4b-weights", "T4c", "T4a", "G", "T1"};
+    static const char *const order[] = {"T2", "T3", "T4b-norms", "T4b-weights", "T4c", "T4a", "G", "G-rows", "T1"};
     for (int i = 0; i < (int)(sizeof order / sizeof order[0]); i++)
         if (strcmp(t->id, order[i]) == 0)
             return i;
@@ -1797,7 +2012,8 @@ static void decide(const cmp_ctx *ctx, family *f, const cmp_model *a, const cmp_
     snprintf(r->covered, sizeof r->covered, "byte copies under any names or sharding%s%s%s",
              (a->known_arch && b->known_arch) ? "; fine-tuning that keeps the residual basis (index-aligned norms and "
                                                 "weights)"
-                                              : "; name- and shape-matched tensors",
+                                              : "; name- and shape-matched tensors, index-aligned and with their rows "
+                                                "(neurons) permuted",
              t4_ran ? "; residual permutations and sign flips (alignment from shared-token embeddings)" : "",
              (a->known_arch && b->known_arch) ? "; layers inserted or removed (monotone layer alignment)" : "");
     snprintf(r->not_covered, sizeof r->not_covered,
