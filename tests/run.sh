@@ -15,8 +15,9 @@ trap 'rm -rf "$LOG"' EXIT
 
 run_one() {  # label, command...
     local label=$1; shift
-    local out="$LOG/out" rc
+    local out="$LOG/out" rc started=$SECONDS
     "$@" >"$out" 2>"$LOG/err"; rc=$?
+    local took=$((SECONDS - started))
     local p f s
     p=$(grep -c '^PASS ' "$out"); f=$(grep -c '^FAIL ' "$out"); s=$(grep -c '^SKIP ' "$out")
     grep -E '^(FAIL|SKIP) ' "$out" | sed "s|^|[$label] |"
@@ -31,7 +32,7 @@ run_one() {  # label, command...
         echo "[$label] FAIL: ran no case"
         f=1
     fi
-    echo "[$label] $p passed, $f failed, $s skipped"
+    echo "[$label] $p passed, $f failed, $s skipped (${took}s)"
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 }
 
