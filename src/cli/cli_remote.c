@@ -6,6 +6,7 @@
 
 #include "cli_remote.h"
 #include "ckptscope/cache.h"
+#include "ckptscope/cache_hub.h"
 
 #define MAX_SESSIONS 16
 
@@ -17,12 +18,23 @@ static struct {
     bool registered;
     bool progress_on;
     bool progress_drawn;
+    bool verbose;
 } g;
 
 static void cleanup(void)
 {
     if (g.progress_drawn)
         fprintf(stderr, "\r\033[K");
+    if (g.cache && g.verbose) {
+        /* what the cache did on the way: damaged extents dropped and refetched, evictions */
+        char **notes = NULL;
+        size_t n = cks_cache_take_notes(g.cache, &notes);
+        for (size_t i = 0; i < n; i++) {
+            fprintf(stderr, "ckptscope: cache: %s\n", notes[i]);
+            free(notes[i]);
+        }
+        free(notes);
+    }
     for (size_t i = 0; i < g.n; i++)
         cks_remote_free(g.sessions[i]);
     g.n = 0;
@@ -83,6 +95,7 @@ cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_r
     ro.cache = get_cache(opts);
     cks_remote_config_from_env(&ro.http);
     g.progress_on = !opts->quiet && isatty(STDERR_FILENO);
+    g.verbose = g.verbose || opts->verbose;
     ro.http.progress = on_progress;
     if (opts->offline && !ro.cache)
         return cks_fail(diag, CKS_ERR_OFFLINE_MISS,
@@ -192,4 +205,27 @@ void cli_remote_json_finish(cJSON *root)
         fprintf(stderr, "\r\033[K");
         g.progress_drawn = false;
     }
+}
+
+void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel)
+{
+    char *message = NULL;
+    cks_diag d;
+    const cks_ckpt_tensor **all = NULL;
+    if (!g.cache || !ckpt)
+        return;
+    if (!sel) {
+        /* no selection known: say which of all the tensors are missing */
+        all = malloc((ckpt->n_tensors ? ckpt->n_tensors : 1) * sizeof *all);
+        if (!all)
+            return;
+        for (size_t i = 0; i < ckpt->n_tensors; i++)
+            all[i] = &ckpt->tensors[i];
+        sel = all;
+        n_sel = ckpt->n_tensors;
+    }
+    if (cks_cache_describe_ckpt_missing(g.cache, ckpt, sel, n_sel, &message, &d) == CKS_OK && message)
+        fprintf(stderr, "ckptscope: not in the cache (run once without --offline to fetch them):\n%s\n", message);
+    free(message);
+    free((void *)all);
 }

@@ -33,6 +33,10 @@ void cli_remote_json_finish(cJSON *root);
 /* Totals over every session of this run. */
 void cli_remote_totals(cks_http_stats *out);
 
+/* After an --offline miss: name, per file, the tensors of `sel` (all when NULL) that are not
+ * cached. Prints nothing for local checkpoints. */
+void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel);
+
 int cmd_fetch(int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@
 #include "ckptscope/fingerprint.h"
 #include "ckptscope/report.h"
 #include "cli.h"
+#include "cli_remote.h"
 #include "cli_report.h"
 
 static const char compare_help[] =
@@ -464,6 +465,10 @@ int cmd_compare(int argc, char **argv)
         fprintf(stderr, "\r\033[K");
     if (err) {
         rc = cli_fail("compare", err, &diag);
+        if (err == CKS_ERR_OFFLINE_MISS) {
+            cli_explain_offline(a.model.ckpt, NULL, 0);
+            cli_explain_offline(b.model.ckpt, NULL, 0);
+        }
         goto out;
     }
     if (html_path) {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_remote.h"
 
 static const char diff_help[] =
     "usage: ckptscope diff [OPTIONS] A B\n"
@@ -385,6 +386,10 @@ int cmd_diff(int argc, char **argv)
         err = hash_side(&b, &a, &opts, "hashing B", &diag);
     if (err) {
         rc = cli_fail("diff", err, &diag);
+        if (err == CKS_ERR_OFFLINE_MISS) {
+            cli_explain_offline(a.ckpt, a.sel, a.n);
+            cli_explain_offline(b.ckpt, b.sel, b.n);
+        }
         goto out;
     }
     pairs = calloc(a.n + b.n + 1, sizeof *pairs);

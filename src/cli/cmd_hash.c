@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_remote.h"
 
 static const char hash_help[] =
     "usage: ckptscope hash [OPTIONS] SOURCE\n"
@@ -66,6 +67,8 @@ int cmd_hash(int argc, char **argv)
         err = cli_hash_selection(ckpt, sel, n_sel, &opts, "hashing", &hashes, &diag);
     if (err) {
         rc = cli_fail("hash", err, &diag);
+        if (err == CKS_ERR_OFFLINE_MISS)
+            cli_explain_offline(ckpt, sel, n_sel);
         goto out;
     }
     if (opts.json) {
