@@ -2348,8 +2348,11 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     r->tensors_hashed_a = ma.n_raw;
     r->tensors_hashed_b = mb.n_raw;
     r->full_coverage = ma.full_coverage && mb.full_coverage;
-    r->bytes_a = ma.bytes_norms + ma.bytes_weights + ma.bytes_router + ma.bytes_other + emb.bytes / 2;
-    r->bytes_b = mb.bytes_norms + mb.bytes_weights + mb.bytes_router + mb.bytes_other + emb.bytes / 2;
+    /* bytes of tensor data read per model: everything for a model read whole, else what was sampled */
+    r->bytes_a = ma.full_coverage ? ma.bytes_other
+                                  : ma.bytes_norms + ma.bytes_weights + ma.bytes_router + ma.bytes_other + emb.bytes / 2;
+    r->bytes_b = mb.full_coverage ? mb.bytes_other
+                                  : mb.bytes_norms + mb.bytes_weights + mb.bytes_router + mb.bytes_other + emb.bytes / 2;
     {
         size_t krows = 0, kt = 0;
         for (int l = 0; l < ma.n_layers && ma.layers; l++)

@@ -221,6 +221,9 @@ static cks_err raw_load(cmp_model *md, const cks_tensor_role *tr, cmp_raw **out,
     cmp_raw *r = raw_find(md, tr->tensor);
     *out = NULL;
     if (r) {
+        /* already read (a small model is read whole first): count it for the test using it */
+        if (counter != &md->bytes_other)
+            *counter += r->len;
         *out = r;
         return CKS_OK;
     }
@@ -613,11 +616,8 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
             md->raw[i].bytes = NULL;
         }
 out:
-    if (md->full_coverage) {
-        /* everything was read once up front: account it there, not per test */
-        md->bytes_other = total;
-        md->bytes_norms = md->bytes_weights = md->bytes_router = 0;
-    }
+    if (md->full_coverage)
+        md->bytes_other = total; /* read once up front; the per-test counts say what each used */
     free(rows);
     free(plan);
     return err;
