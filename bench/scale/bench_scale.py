@@ -624,6 +624,7 @@ def render_only(args):
     if p and rows.get("compare_cold"):
         n = embed_rows_of(rows["compare_cold"])
         if n != p["embed_rows"]:  # the row count ckptscope reported, not one guessed from bytes
+            p["embed_rows_at_run"] = p["embed_rows"]
             p["full_items"] += 2 * (n - p["embed_rows"])
             p["embed_rows"] = n
             p["full_count"]["embedding rows"] = 2 * n
