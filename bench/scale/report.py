@@ -33,7 +33,7 @@ def fr(a, b):
     r = float(a) / float(b)
     if r >= 100:
         return "%.0f×" % r
-    return ("%.1f×" % r) if r >= 1 else ("%.2f×" % r)
+    return ("%.1f×" % r) if r >= 10 else ("%.2f×" % r)
 
 
 def fi(n):
