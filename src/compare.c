@@ -397,26 +397,123 @@ out:
 
 /* ---- T2: norm gains ---- */
 
+/*
+ * The unequal-depth null of T2: every permutation rebuilds the whole layer x layer matrix and
+ * redoes the monotone path. Each norm vector is centred and scaled to unit length once, so a
+ * matrix of Pearson r is one product (two, for attn and ffn norms) of A's vectors with B's
+ * permuted vectors: a gather and a dgemm per permutation instead of la * lb scalar loops.
+ */
 struct dp_ctx {
-    const cmp_model *a, *b;
-    double *s, *scratch;
+    int la, lb;
+    size_t d;
+    double *ua[2], *ub[2];     /* unit centred vectors, la x d and lb x d (zero rows: absent) */
+    double *ubp, *prod[2];     /* scratch: permuted B, and the two products */
+    double *s;
     cks_layer_pair *pairs;
 };
+
+static bool unit_centred(const double *v, size_t n, double *out)
+{
+    double mean = 0, ss = 0;
+    if (!vector_usable(v, n))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        mean += v[i];
+    mean /= (double)n;
+    for (size_t i = 0; i < n; i++)
+        ss += (v[i] - mean) * (v[i] - mean);
+    for (size_t i = 0; i < n; i++)
+        out[i] = (v[i] - mean) / sqrt(ss);
+    return true;
+}
+
+static void dp_ctx_release(struct dp_ctx *c)
+{
+    for (int k = 0; k < 2; k++) {
+        free(c->ua[k]);
+        free(c->ub[k]);
+        free(c->prod[k]);
+    }
+    free(c->ubp);
+    free(c->s);
+    free(c->pairs);
+}
+
+static cks_err dp_ctx_init(struct dp_ctx *c, const cmp_model *a, const cmp_model *b)
+{
+    memset(c, 0, sizeof *c);
+    c->la = a->n_layers;
+    c->lb = b->n_layers;
+    c->d = a->hidden;
+    for (int k = 0; k < 2; k++) {
+        c->ua[k] = calloc((size_t)c->la * c->d, sizeof(double));
+        c->ub[k] = calloc((size_t)c->lb * c->d, sizeof(double));
+        c->prod[k] = malloc((size_t)c->la * (size_t)c->lb * sizeof(double));
+        if (!c->ua[k] || !c->ub[k] || !c->prod[k])
+            return CKS_ERR_NOMEM;
+    }
+    c->ubp = malloc((size_t)c->lb * c->d * sizeof(double));
+    c->s = malloc((size_t)c->la * (size_t)c->lb * sizeof(double));
+    c->pairs = malloc(CKS_LAYERS_MAX_DIM * sizeof *c->pairs);
+    if (!c->ubp || !c->s || !c->pairs)
+        return CKS_ERR_NOMEM;
+    for (int i = 0; i < c->la; i++) {
+        const double *v[2] = {a->layers[i].attn_norm, a->layers[i].ffn_norm};
+        for (int k = 0; k < 2; k++)
+            if (!v[k] || !unit_centred(v[k], c->d, c->ua[k] + (size_t)i * c->d))
+                memset(c->ua[k] + (size_t)i * c->d, 0, c->d * sizeof(double));
+    }
+    for (int j = 0; j < c->lb; j++) {
+        const double *v[2] = {b->layers[j].attn_norm, b->layers[j].ffn_norm};
+        for (int k = 0; k < 2; k++)
+            if (!v[k] || !unit_centred(v[k], c->d, c->ub[k] + (size_t)j * c->d))
+                memset(c->ub[k] + (size_t)j * c->d, 0, c->d * sizeof(double));
+    }
+    return CKS_OK;
+}
+
+static bool row_present(const double *m, size_t row, size_t d)
+{
+    for (size_t i = 0; i < d; i++)
+        if (m[row * d + i] != 0)
+            return true;
+    return false;
+}
 
 static cks_err dp_statistic(void *vctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
 {
     struct dp_ctx *c = vctx;
     size_t np = 0;
     double score = 0;
-    bool any;
     cks_err err;
     (void)n;
-    norm_matrix(c->a, c->b, perm, c->s, c->scratch, &any);
-    err = cks_layer_monotone_path(c->s, (size_t)c->a->n_layers, (size_t)c->b->n_layers, 0.0, c->pairs, &np, &score,
-                                  diag);
+    for (int k = 0; k < 2; k++) {
+        const double *ub = c->ub[k];
+        if (perm) {
+            for (int j = 0; j < c->lb; j++)
+                for (size_t x = 0; x < c->d; x++)
+                    c->ubp[(size_t)j * c->d + x] = c->ub[k][(size_t)j * c->d + perm[x]];
+            ub = c->ubp;
+        }
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->la, c->lb, (int)c->d, 1.0, c->ua[k], (int)c->d, ub,
+                    (int)c->d, 0.0, c->prod[k], c->lb);
+    }
+    /* mean over the kinds present on both sides, as norm_similarity does */
+    for (int i = 0; i < c->la; i++)
+        for (int j = 0; j < c->lb; j++) {
+            double sum = 0;
+            int used = 0;
+            for (int k = 0; k < 2; k++)
+                if (row_present(c->ua[k], (size_t)i, c->d) && row_present(c->ub[k], (size_t)j, c->d)) {
+                    sum += c->prod[k][(size_t)i * c->lb + j];
+                    used++;
+                }
+            c->s[(size_t)i * c->lb + j] = used ? sum / used : 0.0;
+        }
+    err = cks_layer_monotone_path(c->s, (size_t)c->la, (size_t)c->lb, 0.0, c->pairs, &np, &score, diag);
     if (err)
         return err;
-    *value = score / (double)(c->a->n_layers < c->b->n_layers ? c->a->n_layers : c->b->n_layers);
+    *value = score / (double)(c->la < c->lb ? c->la : c->lb);
     return CKS_OK;
 }
 
@@ -495,18 +592,13 @@ static cks_err test_norms(const cmp_ctx *ctx, const cmp_model *a, const cmp_mode
         set_perm(t, &pr, "joint permutation of the hidden dimension (one permutation for every layer of B)",
                  ctx->alpha);
     } else {
-        struct dp_ctx c = {a, b, NULL, NULL, NULL};
+        struct dp_ctx c;
         uint32_t perms = ctx->permutations > 999 ? 999 : ctx->permutations;
-        c.s = malloc((size_t)a->n_layers * (size_t)b->n_layers * sizeof *c.s);
-        c.scratch = malloc(b->hidden * sizeof *c.scratch);
-        c.pairs = malloc(CKS_LAYERS_MAX_DIM * sizeof *c.pairs);
-        if (!c.s || !c.scratch || !c.pairs)
+        if (dp_ctx_init(&c, a, b) != CKS_OK)
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         else
             err = cks_perm_test(b->hidden, dp_statistic, &c, ctx->seed, perms, CKS_ALT_GREATER, &pr, diag);
-        free(c.s);
-        free(c.scratch);
-        free(c.pairs);
+        dp_ctx_release(&c);
         if (err)
             goto out;
         set_perm(t, &pr,
