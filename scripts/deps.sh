@@ -5,7 +5,7 @@
 # make test never installs them.
 set -u
 PACKAGES="build-essential pkg-config libcurl4-openssl-dev libcjson-dev libssl-dev openssl \
-libzstd-dev libopenblas-dev python3 python3-numpy python3-scipy clang curl chromium $*"
+libzstd-dev libopenblas-dev python3 python3-numpy python3-scipy clang libclang-rt-dev curl chromium $*"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
