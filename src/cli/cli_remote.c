@@ -229,3 +229,8 @@ void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel
     free(message);
     free((void *)all);
 }
+
+struct cks_cache *cli_remote_cache(const cli_opts *opts)
+{
+    return get_cache(opts);
+}

@@ -37,6 +37,9 @@ void cli_remote_totals(cks_http_stats *out);
  * cached. Prints nothing for local checkpoints. */
 void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel);
 
+/* The disk cache of this run (opened on first use; NULL when unusable or disabled). */
+struct cks_cache *cli_remote_cache(const cli_opts *opts);
+
 int cmd_fetch(int argc, char **argv);
 
 #endif

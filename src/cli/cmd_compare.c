@@ -2,10 +2,12 @@
  * ckptscope compare A B — was B derived from A? Text for people, --json as the contract.
  */
 #include <math.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "ckptscope/cache.h"
 #include "ckptscope/compare.h"
 #include "ckptscope/fingerprint.h"
 #include "ckptscope/report.h"
@@ -204,7 +206,7 @@ static cJSON *matrix_json(const double *m, int rows, int cols)
     return arr;
 }
 
-static void print_json(const cks_compare_result *r, struct opened *a, struct opened *b)
+static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct opened *b)
 {
     cJSON *root = cli_json_new("compare"), *tests, *desc, *models, *bytes, *matches;
     cJSON_AddStringToObject(root, "verdict", cks_verdict_name(r->verdict));
@@ -265,22 +267,22 @@ static void print_json(const cks_compare_result *r, struct opened *a, struct ope
     cJSON_AddNumberToObject(bytes, "b", (double)r->bytes_b);
     cJSON_AddNumberToObject(root, "negative_controls", (double)r->n_controls_run);
     cJSON_AddNumberToObject(root, "positive_controls", (double)r->n_positives_run);
-    cli_json_print(root);
+    return root;
 }
 
-static void print_text(const cks_compare_result *r, const char *a, const char *b)
+static void print_text(FILE *out, const cks_compare_result *r, const char *a, const char *b)
 {
     char pbuf[32], bytes_a[32], bytes_b[32];
-    printf("verdict: %s\n\n%s\n\n", cks_verdict_name(r->verdict), r->reason);
-    printf("A: %s (%s, %d layers, hidden %zu)\nB: %s (%s, %d layers, hidden %zu)\n\n", a,
+    fprintf(out, "verdict: %s\n\n%s\n\n", cks_verdict_name(r->verdict), r->reason);
+    fprintf(out, "A: %s (%s, %d layers, hidden %zu)\nB: %s (%s, %d layers, hidden %zu)\n\n", a,
            r->family_a ? r->family_a : "?", r->layers_a, r->hidden_a, b, r->family_b ? r->family_b : "?", r->layers_b,
            r->hidden_b);
-    printf("%-12s %-10s %-10s %-12s %-9s %-7s %s\n", "test", "statistic", "null mean", "p (Holm)", "z", "result",
+    fprintf(out, "%-12s %-10s %-10s %-12s %-9s %-7s %s\n", "test", "statistic", "null mean", "p (Holm)", "z", "result",
            "what");
     for (size_t i = 0; i < r->n_tests; i++) {
         const cks_test_result *t = &r->tests[i];
         if (!t->ran) {
-            printf("%-12s %-10s %-10s %-12s %-9s %-7s %s: not run (%s)\n", t->id, "-", "-", "-", "-", "-", t->name,
+            fprintf(out, "%-12s %-10s %-10s %-12s %-9s %-7s %s: not run (%s)\n", t->id, "-", "-", "-", "-", "-", t->name,
                    t->why_not);
             continue;
         }
@@ -298,39 +300,135 @@ static void print_text(const cks_compare_result *r, const char *a, const char *b
                 snprintf(nm, sizeof nm, "%.3g", t->null_mean);
             if (isfinite(t->z))
                 snprintf(zb, sizeof zb, "%.1f", t->z);
-            printf("%-12s %-10s %-10s %-12s %-9s %-7s %s\n", t->id, st, nm, pbuf, zb,
+            fprintf(out, "%-12s %-10s %-10s %-12s %-9s %-7s %s\n", t->id, st, nm, pbuf, zb,
                    !t->valid ? "INVALID" : t->rejects ? "REJECTS" : "null", t->name);
         }
         if (isfinite(t->raw_cosine))
-            printf("%-12s raw cosine %.4f  <- not evidence: norm gains of any two models score near 1\n", "",
+            fprintf(out, "%-12s raw cosine %.4f  <- not evidence: norm gains of any two models score near 1\n", "",
                    t->raw_cosine);
         if (!t->valid)
-            printf("%-12s invalid: %s\n", "", t->invalid_reason);
+            fprintf(out, "%-12s invalid: %s\n", "", t->invalid_reason);
         if (t->power_note[0])
-            printf("%-12s power: %s\n", "", t->power_note);
+            fprintf(out, "%-12s power: %s\n", "", t->power_note);
     }
     if (r->n_hash_matches) {
         size_t informative = 0;
         for (size_t i = 0; i < r->n_hash_matches; i++)
             informative += !r->hash_matches[i].low_information;
-        printf("\nbyte-identical tensors: %zu (%zu high-entropy)\n", r->n_hash_matches, informative);
+        fprintf(out, "\nbyte-identical tensors: %zu (%zu high-entropy)\n", r->n_hash_matches, informative);
     }
     if (r->layer_matrix && r->n_path) {
-        printf("\nlayer pairing (A->B, norm-gain Pearson):");
+        fprintf(out, "\nlayer pairing (A->B, norm-gain Pearson):");
         for (size_t p = 0; p < r->n_path && p < 64; p++)
-            printf(" %d->%d:%.2f", r->path_a[p], r->path_b[p],
+            fprintf(out, " %d->%d:%.2f", r->path_a[p], r->path_b[p],
                    r->layer_matrix[(size_t)r->path_a[p] * (size_t)r->layers_b + (size_t)r->path_b[p]]);
-        printf("\n");
+        fprintf(out, "\n");
     }
     if (r->vocab_a || r->vocab_b)
-        printf("vocabularies: %zu and %zu tokens, %zu shared\n", r->vocab_a, r->vocab_b, r->vocab_shared);
+        fprintf(out, "vocabularies: %zu and %zu tokens, %zu shared\n", r->vocab_a, r->vocab_b, r->vocab_shared);
     if (isfinite(r->std_curve_corr))
-        printf("detrended std-curve correlation (descriptive only): %.3f\n", r->std_curve_corr);
+        fprintf(out, "detrended std-curve correlation (descriptive only): %.3f\n", r->std_curve_corr);
     if (r->config_diff[0])
-        printf("config differences: %s\n", r->config_diff);
-    printf("\ncovers: %s\ndoes not cover: %s\n", r->covered, r->not_covered);
-    printf("sampling: %s\nbytes read: A %s, B %s\n", r->sampling, cli_human_bytes(r->bytes_a, bytes_a, sizeof bytes_a),
+        fprintf(out, "config differences: %s\n", r->config_diff);
+    fprintf(out, "\ncovers: %s\ndoes not cover: %s\n", r->covered, r->not_covered);
+    fprintf(out, "sampling: %s\nbytes read: A %s, B %s\n", r->sampling, cli_human_bytes(r->bytes_a, bytes_a, sizeof bytes_a),
            cli_human_bytes(r->bytes_b, bytes_b, sizeof bytes_b));
+}
+
+/*
+ * A comparison is a pure function of the bytes of both models and the options (every
+ * sample and permutation comes from the seed). When every model is pinned to a Hub commit,
+ * its result is kept in the cache under a key of those commits, their files' SHA-256 and the
+ * options, so a rerun prints it again without recomputing. Local paths are never memoised:
+ * a file can change under the same name.
+ */
+static bool memo_key(struct opened *const *models, size_t n, const cks_compare_opts *copts, char hex[65])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    uint8_t digest[32];
+    unsigned int len = 0;
+    char opts_text[256];
+    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++) {
+        const cJSON *commit = models[i]->report ? cJSON_GetObjectItemCaseSensitive(models[i]->report, "commit") : NULL;
+        char *text;
+        if (!cJSON_IsString(commit) || models[i]->fp) {
+            ok = false;
+            break;
+        }
+        text = cJSON_PrintUnformatted(models[i]->report);
+        if (!text) {
+            ok = false;
+            break;
+        }
+        EVP_DigestUpdate(md, text, strlen(text) + 1);
+        free(text);
+    }
+    snprintf(opts_text, sizeof opts_text, "ckptscope %s compare v1|tests %u|budget %llu|seed %llu|alpha %.17g|perm %u|syn %d",
+             CKS_VERSION, copts->tests, (unsigned long long)copts->budget_bytes, (unsigned long long)copts->seed,
+             copts->alpha, copts->permutations, (int)copts->no_synthetic_power);
+    if (ok) {
+        EVP_DigestUpdate(md, opts_text, strlen(opts_text) + 1);
+        EVP_DigestFinal_ex(md, digest, &len);
+        cks_hex_encode(digest, 32, hex);
+    }
+    EVP_MD_CTX_free(md);
+    return ok;
+}
+
+/* Print a memoised result; false when there is none. */
+static bool memo_replay(const cli_opts *opts, const char *key)
+{
+    cks_cache *cache = cli_remote_cache(opts);
+    char *data = NULL;
+    size_t len = 0;
+    bool hit = false, printed = false;
+    cks_diag d;
+    cJSON *doc = NULL;
+    if (!cache || cks_cache_meta_get(cache, "compare-result", key, -1, &data, &len, &hit, &d) != CKS_OK || !hit)
+        goto out;
+    doc = cJSON_ParseWithLength(data, len);
+    if (!doc)
+        goto out;
+    if (opts->json) {
+        cJSON *json = cJSON_DetachItemFromObjectCaseSensitive(doc, "json");
+        if (!cJSON_IsObject(json)) {
+            cJSON_Delete(json);
+            goto out;
+        }
+        cJSON_AddBoolToObject(json, "from_cache", true);
+        cli_json_print(json);
+        printed = true;
+    } else {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(doc, "text");
+        if (!cJSON_IsString(text))
+            goto out;
+        fputs(text->valuestring, stdout);
+        printf("\n(the same inputs and options were compared before: result from the cache)\n");
+        printed = true;
+    }
+out:
+    cJSON_Delete(doc);
+    free(data);
+    return printed;
+}
+
+static void memo_store(const cli_opts *opts, const char *key, const cJSON *json, const char *text)
+{
+    cks_cache *cache = cli_remote_cache(opts);
+    cJSON *doc;
+    char *data;
+    cks_diag d;
+    if (!cache)
+        return;
+    doc = cJSON_CreateObject();
+    cJSON_AddItemToObject(doc, "json", cJSON_Duplicate(json, true));
+    cJSON_AddStringToObject(doc, "text", text);
+    data = cJSON_PrintUnformatted(doc);
+    if (data)
+        (void)cks_cache_meta_put(cache, "compare-result", key, data, strlen(data), &d); /* best effort */
+    free(data);
+    cJSON_Delete(doc);
 }
 
 int cmd_compare(int argc, char **argv)
@@ -358,7 +456,8 @@ int cmd_compare(int argc, char **argv)
     cks_err err = CKS_OK;
     int opt, rc = EXIT_OK;
     size_t opened_ctl = 0, opened_pos = 0;
-    bool want_tokenizer;
+    bool want_tokenizer, memo_ok = false;
+    char memo[65];
     const char *html_path = NULL;
 
     memset(&copts, 0, sizeof copts);
@@ -452,6 +551,19 @@ int cmd_compare(int argc, char **argv)
         rc = cli_fail("compare", err, &diag);
         goto out;
     }
+    {
+        struct opened *all[2 + 2 * MAX_EXTRA];
+        size_t n_all = 0;
+        all[n_all++] = &a;
+        all[n_all++] = &b;
+        for (size_t i = 0; i < n_controls; i++)
+            all[n_all++] = &ctl[i];
+        for (size_t i = 0; i < n_positives; i++)
+            all[n_all++] = &pos[i];
+        memo_ok = !html_path && memo_key(all, n_all, &copts, memo);
+        if (memo_ok && memo_replay(&opts, memo))
+            goto out;
+    }
     copts.controls = ctl_models;
     copts.n_controls = n_controls;
     copts.positives = pos_models;
@@ -477,10 +589,29 @@ int cmd_compare(int argc, char **argv)
         if (rc != EXIT_OK)
             goto out;
     }
-    if (opts.json)
-        print_json(result, &a, &b);
-    else
-        print_text(result, argv[optind], argv[optind + 1]);
+    {
+        char *text = NULL;
+        size_t text_len = 0;
+        FILE *mem = open_memstream(&text, &text_len);
+        cJSON *root;
+        if (mem) {
+            print_text(mem, result, argv[optind], argv[optind + 1]);
+            fclose(mem);
+        }
+        root = build_json(result, &a, &b);
+        if (memo_ok && text && root)
+            memo_store(&opts, memo, root, text);
+        if (opts.json)
+            cli_json_print(root);
+        else {
+            cJSON_Delete(root);
+            if (text)
+                fputs(text, stdout);
+            else
+                print_text(stdout, result, argv[optind], argv[optind + 1]);
+        }
+        free(text);
+    }
 out:
     cks_compare_result_free(result);
     close_model(&a);

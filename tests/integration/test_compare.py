@@ -177,6 +177,11 @@ def acceptance(tmp):
         report("second run sends no request", rc == 0 and not requests, f"{len(requests)} requests: "
                f"{[e['path'] for e in requests[:5]]}")
         report("second run same verdict", doc2 and doc2["verdict"] == first["expect"], str(doc2 and doc2["verdict"]))
+        report("second run served from the result cache", doc2 and doc2.get("from_cache") is True,
+               str(doc2 and doc2.get("from_cache")))
+        rc, doc3, err = compare(env, "--seed", "7", repo_id(first["a"]), repo_id(first["b"]))
+        report("other options are computed afresh", doc3 and "from_cache" not in doc3 and doc3["seed"] == 7,
+               str(doc3 and (doc3.get("from_cache"), doc3.get("seed"))))
         # a negative control that is secretly the base invalidates the tests it trips
         rc, doc, err = compare(env, "--control", repo_id(first["b"]), repo_id(first["a"]),
                                repo_id(manifest["pairs"][2]["b"]))
