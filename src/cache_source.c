@@ -58,7 +58,7 @@ static void cs_destroy(cks_source *src)
     free(cs);
 }
 
-static const cks_source_ops cache_source_ops = {cs_read_at, cs_prefetch, cs_destroy};
+static const cks_source_ops cache_source_ops = {cs_read_at, cs_prefetch, cs_destroy, NULL};
 
 bool cks_cache_source_is(const cks_source *src)
 {

@@ -136,26 +136,21 @@ static void plan_add(read_plan *p, const cks_ckpt *ckpt, const cks_ckpt_tensor *
 static cks_err plan_run(read_plan *p, cks_diag *diag)
 {
     cks_err err = CKS_OK;
+    cks_source **srcs = malloc((p->n ? p->n : 1) * sizeof *srcs);
     cks_range *ranges = malloc((p->n ? p->n : 1) * sizeof *ranges);
-    bool *done = calloc(p->n ? p->n : 1, sizeof *done);
-    if (!ranges || !done) {
+    if (!srcs || !ranges) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory planning reads");
         goto out;
     }
-    for (size_t i = 0; i < p->n && !err; i++) {
-        size_t k = 0;
-        if (done[i])
-            continue;
-        for (size_t j = i; j < p->n; j++)
-            if (!done[j] && p->items[j].src == p->items[i].src) {
-                ranges[k++] = p->items[j].range;
-                done[j] = true;
-            }
-        err = cks_source_prefetch(p->items[i].src, ranges, k, diag);
+    for (size_t i = 0; i < p->n; i++) {
+        srcs[i] = p->items[i].src;
+        ranges[i] = p->items[i].range;
     }
+    /* every shard of a stage at once: one parallel round, not one round trip per shard */
+    err = cks_source_prefetch_many(srcs, ranges, p->n, diag);
 out:
+    free(srcs);
     free(ranges);
-    free(done);
     p->n = 0;
     return err;
 }

@@ -907,7 +907,39 @@ static cks_err rsrc_prefetch(cks_source *src, const cks_range *ranges, size_t n,
     return err;
 }
 
-static const cks_source_ops rsrc_ops = {rsrc_read_at, rsrc_prefetch, rsrc_destroy};
+/* Ranges of many remote files: one parallel batch per session (a session is one repo). */
+static cks_err rsrc_prefetch_many(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool *done = calloc(n ? n : 1, sizeof *done);
+    cks_source **group = malloc((n ? n : 1) * sizeof *group);
+    cks_range *granges = malloc((n ? n : 1) * sizeof *granges);
+    if (!done || !group || !granges) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n && !err; i++) {
+        cks_remote *rem = ((struct rsrc *)srcs[i])->rem;
+        size_t k = 0;
+        if (done[i])
+            continue;
+        for (size_t j = i; j < n; j++)
+            if (!done[j] && ((struct rsrc *)srcs[j])->rem == rem) {
+                group[k] = srcs[j];
+                granges[k] = ranges[j];
+                k++;
+                done[j] = true;
+            }
+        err = cks_remote_prefetch(rem, group, granges, k, diag);
+    }
+out:
+    free(done);
+    free(group);
+    free(granges);
+    return err;
+}
+
+static const cks_source_ops rsrc_ops = {rsrc_read_at, rsrc_prefetch, rsrc_destroy, rsrc_prefetch_many};
 
 cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
                             size_t n, cks_diag *diag)

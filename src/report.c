@@ -149,7 +149,21 @@ static void track_destroy(cks_source *src)
     free(ts);
 }
 
-static const cks_source_ops track_ops = {track_read_at, track_prefetch, track_destroy};
+/* Forward a batch to the wrapped sources, so tracking reads does not cost round trips. */
+static cks_err track_prefetch_many(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    cks_err err;
+    cks_source **inner = malloc((n ? n : 1) * sizeof *inner);
+    if (!inner)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        inner[i] = ((struct track_source *)srcs[i])->inner;
+    err = cks_source_prefetch_many(inner, ranges, n, diag);
+    free(inner);
+    return err;
+}
+
+static const cks_source_ops track_ops = {track_read_at, track_prefetch, track_destroy, track_prefetch_many};
 
 cks_err cks_report_track_reads(cks_ckpt *ckpt, cks_diag *diag)
 {

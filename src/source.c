@@ -29,6 +29,43 @@ cks_err cks_source_prefetch(cks_source *src, const cks_range *ranges, size_t n_r
     return src->ops->prefetch(src, ranges, n_ranges, diag);
 }
 
+cks_err cks_source_prefetch_many(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool *done = calloc(n ? n : 1, sizeof *done);
+    cks_source **group = malloc((n ? n : 1) * sizeof *group);
+    cks_range *granges = malloc((n ? n : 1) * sizeof *granges);
+    if (!done || !group || !granges) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory planning reads");
+        goto out;
+    }
+    for (size_t i = 0; i < n && !err; i++) {
+        size_t k = 0;
+        if (done[i] || !srcs[i])
+            continue;
+        for (size_t j = i; j < n; j++) {
+            /* one batch per kind that can batch; otherwise one per source */
+            bool same = srcs[i]->ops->prefetch_many ? srcs[j] && srcs[j]->ops->prefetch_many == srcs[i]->ops->prefetch_many
+                                                    : srcs[j] == srcs[i];
+            if (done[j] || !same)
+                continue;
+            group[k] = srcs[j];
+            granges[k] = ranges[j];
+            k++;
+            done[j] = true;
+        }
+        if (srcs[i]->ops->prefetch_many)
+            err = srcs[i]->ops->prefetch_many(group, granges, k, diag);
+        else
+            err = cks_source_prefetch(srcs[i], granges, k, diag);
+    }
+out:
+    free(done);
+    free(group);
+    free(granges);
+    return err;
+}
+
 void cks_source_free(cks_source *src)
 {
     if (!src)
@@ -76,7 +113,7 @@ static void file_destroy(cks_source *src)
     free(fs);
 }
 
-static const cks_source_ops file_ops = {file_read_at, NULL, file_destroy};
+static const cks_source_ops file_ops = {file_read_at, NULL, file_destroy, NULL};
 
 cks_err cks_source_open_file(const char *path, cks_source **out, cks_diag *diag)
 {
@@ -147,7 +184,7 @@ static void mem_destroy(cks_source *src)
     free(ms);
 }
 
-static const cks_source_ops mem_ops = {mem_read_at, NULL, mem_destroy};
+static const cks_source_ops mem_ops = {mem_read_at, NULL, mem_destroy, NULL};
 
 cks_err cks_source_from_memory(const void *data, size_t len, const char *name, bool copy,
                                cks_source **out, cks_diag *diag)

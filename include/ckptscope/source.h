@@ -33,6 +33,9 @@ typedef struct cks_source_ops {
     cks_err (*read_at)(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag);
     cks_err (*prefetch)(cks_source *src, const cks_range *ranges, size_t n_ranges, cks_diag *diag);
     void (*destroy)(cks_source *src);
+    /* Optional: one batch over several sources of this kind (ranges[i] belongs to srcs[i]),
+     * so a remote reader fetches the ranges of many shards in one parallel round. */
+    cks_err (*prefetch_many)(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag);
 } cks_source_ops;
 
 struct cks_source {
@@ -47,6 +50,11 @@ struct cks_source {
 cks_err cks_source_read_at(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag);
 cks_err cks_source_prefetch(cks_source *src, const cks_range *ranges, size_t n_ranges, cks_diag *diag);
 void cks_source_free(cks_source *src);
+/*
+ * Prefetch ranges of several sources at once (ranges[i] belongs to srcs[i]): sources whose
+ * kind has prefetch_many get one batch per kind, the others one prefetch per source.
+ */
+cks_err cks_source_prefetch_many(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag);
 
 /* A local file opened read-only; pread() based, thread-safe. */
 cks_err cks_source_open_file(const char *path, cks_source **out, cks_diag *diag);
