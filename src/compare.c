@@ -110,7 +110,7 @@ static cks_err add_item(cks_test_result *t, const char *label, double value, dou
     if (!grown)
         return CKS_ERR_NOMEM;
     t->items = grown;
-    snprintf(grown[t->n_items].label, sizeof grown[t->n_items].label, "%s", label);
+    snprintf(grown[t->n_items].label, sizeof grown[t->n_items].label, "%.95s", label);
     grown[t->n_items].value = value;
     grown[t->n_items].raw_cosine = raw;
     t->n_items++;
@@ -1505,7 +1505,7 @@ static cks_err row_match_test(const float *x, const float *y, size_t rows, size_
     err = row_match_score(x, y, rows, cols, sim, map, sign, observed, diag);
     cks_rng_seed(&rng, seed);
     for (uint32_t k = 0; k < ROWS_DRAWS && !err; k++) {
-        double sc;
+        double sc = 0;
         cks_rng_permutation(&rng, perm, cols);
         for (size_t r = 0; r < rows; r++)
             for (size_t c = 0; c < cols; c++)

@@ -308,7 +308,7 @@ cks_err cks_vocab_parse(const char *json, size_t len, cks_vocab **out, cks_diag 
         }
     } else {
         cJSON_ArrayForEach(item, vocab) {
-            uint32_t id;
+            uint32_t id = 0; /* set by get_id; initialised for -O3 flow analysis */
             if ((err = get_id(item, &id, "a model.vocab entry", diag)) ||
                 (err = add_raw(raw, &n_raw, cap, id, item->string, 0, diag)))
                 goto out;
@@ -316,7 +316,7 @@ cks_err cks_vocab_parse(const char *json, size_t len, cks_vocab **out, cks_diag 
     }
     cJSON_ArrayForEach(item, added) {
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(item, "content");
-        uint32_t id, flags = CKS_TOKEN_ADDED;
+        uint32_t id = 0, flags = CKS_TOKEN_ADDED;
         if (!cJSON_IsString(content)) {
             err = cks_fail(diag, CKS_ERR_INVALID_ARG, "tokenizer.json: an added token has no content");
             goto out;
