@@ -58,7 +58,15 @@ static void cs_destroy(cks_source *src)
     free(cs);
 }
 
-static const cks_source_ops cache_source_ops = {cs_read_at, cs_prefetch, cs_destroy, NULL};
+static void cs_trim(cks_source *src)
+{
+    struct cache_source *cs = (struct cache_source *)src;
+    pthread_mutex_lock(&cs->inner_mu);
+    cks_source_trim(cs->inner);
+    pthread_mutex_unlock(&cs->inner_mu);
+}
+
+static const cks_source_ops cache_source_ops = {cs_read_at, cs_prefetch, cs_destroy, NULL, cs_trim};
 
 bool cks_cache_source_is(const cks_source *src)
 {

@@ -29,7 +29,7 @@
 #define RAW_KEEP_MAX (4u << 20)       /* raw bytes kept for bit-equality only up to this */
 #define RAW_KEEP_BIG_MODEL (256u << 10) /* the same for models over 64 MiB: norms and biases */
 #define KV_FLOAT_CAP (24ull << 20)    /* decoded k and v rows, all layers */
-#define ROUTER_FLOAT_CAP (16ull << 20) /* decoded router rows, all layers */
+#define ROUTER_FLOAT_CAP (8ull << 20)  /* decoded router rows, all layers */
 
 void cmp_matrix_free(cmp_matrix *m)
 {
@@ -604,6 +604,9 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
         }
     }
     md->known_arch = md->hidden > 0;
+    /* everything this model's tests use is decoded now: a remote source's copies can go */
+    for (size_t f = 0; f < ckpt->n_files; f++)
+        cks_source_trim(ckpt->files[f].source);
     /* raw bytes only where bit-equality or the generic test can use them (small tensors) */
     for (size_t i = 0; i < md->n_raw; i++)
         if (md->raw[i].len > (total > FULL_READ_MAX / 4 ? RAW_KEEP_BIG_MODEL : RAW_KEEP_MAX)) {

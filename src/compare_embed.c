@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h> /* malloc_trim */
+#endif
 
 #include "ckptscope/stats.h"
 #include "ckptscope/tokenizer.h"
@@ -137,5 +140,14 @@ out:
     cks_vocab_match_free(match);
     cks_vocab_free(va);
     cks_vocab_free(vb);
+    for (size_t f = 0; f < a->m->ckpt->n_files; f++)
+        cks_source_trim(a->m->ckpt->files[f].source);
+    for (size_t f = 0; f < b->m->ckpt->n_files; f++)
+        cks_source_trim(b->m->ckpt->files[f].source);
+#ifdef __GLIBC__
+    /* A parsed tokenizer.json is a million small allocations; hand their pages back before the
+     * large matrices of T3/T4, or the process keeps both at once (peak memory bound). */
+    malloc_trim(0);
+#endif
     return err;
 }

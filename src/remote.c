@@ -939,7 +939,16 @@ out:
     return err;
 }
 
-static const cks_source_ops rsrc_ops = {rsrc_read_at, rsrc_prefetch, rsrc_destroy, rsrc_prefetch_many};
+/* The caller is done with what it read: free the fetched extents (the disk cache keeps them). */
+static void rsrc_trim(cks_source *src)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    pthread_mutex_lock(&s->rem->mu);
+    evict(s, 0);
+    pthread_mutex_unlock(&s->rem->mu);
+}
+
+static const cks_source_ops rsrc_ops = {rsrc_read_at, rsrc_prefetch, rsrc_destroy, rsrc_prefetch_many, rsrc_trim};
 
 cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
                             size_t n, cks_diag *diag)

@@ -163,7 +163,13 @@ static cks_err track_prefetch_many(cks_source *const *srcs, const cks_range *ran
     return err;
 }
 
-static const cks_source_ops track_ops = {track_read_at, track_prefetch, track_destroy, track_prefetch_many};
+static void track_trim(cks_source *src)
+{
+    cks_source_trim(((struct track_source *)src)->inner);
+}
+
+static const cks_source_ops track_ops = {track_read_at, track_prefetch, track_destroy, track_prefetch_many,
+                                         track_trim};
 
 cks_err cks_report_track_reads(cks_ckpt *ckpt, cks_diag *diag)
 {

@@ -66,6 +66,12 @@ out:
     return err;
 }
 
+void cks_source_trim(cks_source *src)
+{
+    if (src && src->ops->trim)
+        src->ops->trim(src);
+}
+
 void cks_source_free(cks_source *src)
 {
     if (!src)
@@ -113,7 +119,7 @@ static void file_destroy(cks_source *src)
     free(fs);
 }
 
-static const cks_source_ops file_ops = {file_read_at, NULL, file_destroy, NULL};
+static const cks_source_ops file_ops = {file_read_at, NULL, file_destroy, NULL, NULL};
 
 cks_err cks_source_open_file(const char *path, cks_source **out, cks_diag *diag)
 {
@@ -184,7 +190,7 @@ static void mem_destroy(cks_source *src)
     free(ms);
 }
 
-static const cks_source_ops mem_ops = {mem_read_at, NULL, mem_destroy, NULL};
+static const cks_source_ops mem_ops = {mem_read_at, NULL, mem_destroy, NULL, NULL};
 
 cks_err cks_source_from_memory(const void *data, size_t len, const char *name, bool copy,
                                cks_source **out, cks_diag *diag)

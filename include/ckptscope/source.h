@@ -36,6 +36,9 @@ typedef struct cks_source_ops {
     /* Optional: one batch over several sources of this kind (ranges[i] belongs to srcs[i]),
      * so a remote reader fetches the ranges of many shards in one parallel round. */
     cks_err (*prefetch_many)(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag);
+    /* Optional: drop the bytes kept in memory (a remote source's fetched extents); later
+     * reads may cost I/O again (from the disk cache, or the network without one). */
+    void (*trim)(cks_source *src);
 } cks_source_ops;
 
 struct cks_source {
@@ -55,6 +58,8 @@ void cks_source_free(cks_source *src);
  * kind has prefetch_many get one batch per kind, the others one prefetch per source.
  */
 cks_err cks_source_prefetch_many(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag);
+/* A hint that what was read so far will not be read again soon (see ops.trim). */
+void cks_source_trim(cks_source *src);
 
 /* A local file opened read-only; pread() based, thread-safe. */
 cks_err cks_source_open_file(const char *path, cks_source **out, cks_diag *diag);
