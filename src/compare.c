@@ -209,52 +209,13 @@ static double pearson_or_nan(const double *a, const double *b, size_t n)
 
 /* ---- layer pairing ---- */
 
-/* Mean of attn and ffn norm Pearson for layer i of A and j of B (NAN when neither exists). */
-static double norm_similarity(const cmp_model *a, const cmp_model *b, int i, int j, const uint32_t *perm,
-                              double *scratch)
-{
-    double sum = 0;
-    int k = 0;
-    const double *va[2] = {a->layers[i].attn_norm, a->layers[i].ffn_norm};
-    const double *vb[2] = {b->layers[j].attn_norm, b->layers[j].ffn_norm};
-    for (int w = 0; w < 2; w++) {
-        const double *bb = vb[w];
-        double r;
-        if (!vector_usable(va[w], a->hidden) || !vector_usable(vb[w], b->hidden))
-            continue;
-        if (perm) {
-            for (size_t d = 0; d < b->hidden; d++)
-                scratch[d] = vb[w][perm[d]];
-            bb = scratch;
-        }
-        r = pearson_or_nan(va[w], bb, a->hidden);
-        if (isfinite(r)) {
-            sum += r;
-            k++;
-        }
-    }
-    return k ? sum / k : NAN;
-}
-
-static cks_err norm_matrix(const cmp_model *a, const cmp_model *b, const uint32_t *perm, double *s, double *scratch,
-                           bool *any)
-{
-    *any = false;
-    for (int i = 0; i < a->n_layers; i++)
-        for (int j = 0; j < b->n_layers; j++) {
-            double v = norm_similarity(a, b, i, j, perm, scratch);
-            if (isfinite(v))
-                *any = true;
-            s[(size_t)i * (size_t)b->n_layers + (size_t)j] = isfinite(v) ? v : 0.0;
-        }
-    return CKS_OK;
-}
+static cks_err norm_matrix(const cmp_model *a, const cmp_model *b, double *s, bool *any);
 
 /* Equal depth: the diagonal. Otherwise a monotone path on the norm-gain matrix. */
 static cks_err choose_pairing(const cmp_model *a, const cmp_model *b, family *f, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    double *s = NULL, *scratch = NULL, score;
+    double *s = NULL, score;
     bool any = false;
     int la = a->n_layers, lb = b->n_layers;
 
@@ -270,12 +231,10 @@ static cks_err choose_pairing(const cmp_model *a, const cmp_model *b, family *f,
         return CKS_OK;
     }
     s = malloc((size_t)la * (size_t)lb * sizeof *s);
-    scratch = malloc((b->hidden ? b->hidden : 1) * sizeof *scratch);
-    if (!s || !scratch) {
+    if (!s || norm_matrix(a, b, s, &any) != CKS_OK) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    norm_matrix(a, b, NULL, s, scratch, &any);
     if (!any) {
         /* no norms to align by: pair by relative depth */
         for (int i = 0; i < (la < lb ? la : lb); i++) {
@@ -288,7 +247,6 @@ static cks_err choose_pairing(const cmp_model *a, const cmp_model *b, family *f,
     err = cks_layer_monotone_path(s, (size_t)la, (size_t)lb, 0.0, f->pairs, &f->n_pairs, &score, diag);
 out:
     free(s);
-    free(scratch);
     return err;
 }
 
@@ -398,15 +356,17 @@ out:
 /* ---- T2: norm gains ---- */
 
 /*
- * The unequal-depth null of T2: every permutation rebuilds the whole layer x layer matrix and
- * redoes the monotone path. Each norm vector is centred and scaled to unit length once, so a
- * matrix of Pearson r is one product (two, for attn and ffn norms) of A's vectors with B's
- * permuted vectors: a gather and a dgemm per permutation instead of la * lb scalar loops.
+ * The layer x layer matrix of norm-gain Pearson r (mean over attn and ffn norms present on both
+ * sides). Each norm vector is centred and scaled to unit length once, so the matrix is one
+ * product per kind of A's vectors with B's (permuted) vectors. The unequal-depth null of T2
+ * rebuilds it for every permutation and redoes the monotone path: a gather and two dgemms per
+ * permutation instead of la * lb scalar loops.
  */
 struct dp_ctx {
     int la, lb;
     size_t d;
     double *ua[2], *ub[2];     /* unit centred vectors, la x d and lb x d (zero rows: absent) */
+    bool *has_a[2], *has_b[2]; /* which of those rows hold a usable vector */
     double *ubp, *prod[2];     /* scratch: permuted B, and the two products */
     double *s;
     cks_layer_pair *pairs;
@@ -432,6 +392,8 @@ static void dp_ctx_release(struct dp_ctx *c)
     for (int k = 0; k < 2; k++) {
         free(c->ua[k]);
         free(c->ub[k]);
+        free(c->has_a[k]);
+        free(c->has_b[k]);
         free(c->prod[k]);
     }
     free(c->ubp);
@@ -448,8 +410,10 @@ static cks_err dp_ctx_init(struct dp_ctx *c, const cmp_model *a, const cmp_model
     for (int k = 0; k < 2; k++) {
         c->ua[k] = calloc((size_t)c->la * c->d, sizeof(double));
         c->ub[k] = calloc((size_t)c->lb * c->d, sizeof(double));
+        c->has_a[k] = calloc((size_t)c->la, sizeof(bool));
+        c->has_b[k] = calloc((size_t)c->lb, sizeof(bool));
         c->prod[k] = malloc((size_t)c->la * (size_t)c->lb * sizeof(double));
-        if (!c->ua[k] || !c->ub[k] || !c->prod[k])
+        if (!c->ua[k] || !c->ub[k] || !c->has_a[k] || !c->has_b[k] || !c->prod[k])
             return CKS_ERR_NOMEM;
     }
     c->ubp = malloc((size_t)c->lb * c->d * sizeof(double));
@@ -460,33 +424,20 @@ static cks_err dp_ctx_init(struct dp_ctx *c, const cmp_model *a, const cmp_model
     for (int i = 0; i < c->la; i++) {
         const double *v[2] = {a->layers[i].attn_norm, a->layers[i].ffn_norm};
         for (int k = 0; k < 2; k++)
-            if (!v[k] || !unit_centred(v[k], c->d, c->ua[k] + (size_t)i * c->d))
-                memset(c->ua[k] + (size_t)i * c->d, 0, c->d * sizeof(double));
+            c->has_a[k][i] = v[k] && unit_centred(v[k], c->d, c->ua[k] + (size_t)i * c->d);
     }
     for (int j = 0; j < c->lb; j++) {
         const double *v[2] = {b->layers[j].attn_norm, b->layers[j].ffn_norm};
         for (int k = 0; k < 2; k++)
-            if (!v[k] || !unit_centred(v[k], c->d, c->ub[k] + (size_t)j * c->d))
-                memset(c->ub[k] + (size_t)j * c->d, 0, c->d * sizeof(double));
+            c->has_b[k][j] = v[k] && unit_centred(v[k], c->d, c->ub[k] + (size_t)j * c->d);
     }
     return CKS_OK;
 }
 
-static bool row_present(const double *m, size_t row, size_t d)
+/* c->s = the matrix for B permuted by perm (NULL: as it is); *any: some cell had a pair. */
+static void dp_fill(struct dp_ctx *c, const uint32_t *perm, bool *any)
 {
-    for (size_t i = 0; i < d; i++)
-        if (m[row * d + i] != 0)
-            return true;
-    return false;
-}
-
-static cks_err dp_statistic(void *vctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
-{
-    struct dp_ctx *c = vctx;
-    size_t np = 0;
-    double score = 0;
-    cks_err err;
-    (void)n;
+    *any = false;
     for (int k = 0; k < 2; k++) {
         const double *ub = c->ub[k];
         if (perm) {
@@ -498,23 +449,48 @@ static cks_err dp_statistic(void *vctx, const uint32_t *perm, size_t n, double *
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->la, c->lb, (int)c->d, 1.0, c->ua[k], (int)c->d, ub,
                     (int)c->d, 0.0, c->prod[k], c->lb);
     }
-    /* mean over the kinds present on both sides, as norm_similarity does */
     for (int i = 0; i < c->la; i++)
         for (int j = 0; j < c->lb; j++) {
             double sum = 0;
             int used = 0;
             for (int k = 0; k < 2; k++)
-                if (row_present(c->ua[k], (size_t)i, c->d) && row_present(c->ub[k], (size_t)j, c->d)) {
+                if (c->has_a[k][i] && c->has_b[k][j]) {
                     sum += c->prod[k][(size_t)i * c->lb + j];
                     used++;
                 }
             c->s[(size_t)i * c->lb + j] = used ? sum / used : 0.0;
+            *any = *any || used > 0;
         }
+}
+
+static cks_err dp_statistic(void *vctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    struct dp_ctx *c = vctx;
+    size_t np = 0;
+    double score = 0;
+    bool any;
+    cks_err err;
+    (void)n;
+    dp_fill(c, perm, &any);
     err = cks_layer_monotone_path(c->s, (size_t)c->la, (size_t)c->lb, 0.0, c->pairs, &np, &score, diag);
     if (err)
         return err;
     *value = score / (double)(c->la < c->lb ? c->la : c->lb);
     return CKS_OK;
+}
+
+/* The norm-gain matrix of A against B (equal hidden sizes), written to s (la x lb). */
+static cks_err norm_matrix(const cmp_model *a, const cmp_model *b, double *s, bool *any)
+{
+    struct dp_ctx c;
+    cks_err err = dp_ctx_init(&c, a, b);
+    *any = false;
+    if (!err) {
+        dp_fill(&c, NULL, any);
+        memcpy(s, c.s, (size_t)c.la * (size_t)c.lb * sizeof *s);
+    }
+    dp_ctx_release(&c);
+    return err;
 }
 
 static cks_err test_norms(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, family *f, const char *id,
@@ -645,6 +621,8 @@ static cks_err cross_statistic(void *vctx, const uint32_t *perm, size_t n, doubl
 typedef struct weight_item {
     const cmp_matrix *a, *b;
     char label[96];
+    double ma, sa, mb, sb;   /* means and population sds, computed once */
+    double r;                /* Pearson r, NAN for a constant side */
 } weight_item;
 
 static void matrix_moments(const cmp_matrix *m, double *mean, double *sd)
@@ -661,17 +639,19 @@ static void matrix_moments(const cmp_matrix *m, double *mean, double *sd)
     *sd = n ? sqrt(ss / (double)n) : 0;
 }
 
-static double matrix_pearson(const cmp_matrix *a, const cmp_matrix *b)
+/* Fill an item's moments and Pearson r (one pass for the moments, one for the products). */
+static void weight_item_stats(weight_item *it)
 {
-    double ma, sa, mb, sb, s = 0;
-    size_t n = a->rows * a->cols;
-    matrix_moments(a, &ma, &sa);
-    matrix_moments(b, &mb, &sb);
-    if (sa <= 0 || sb <= 0)
-        return NAN;
+    double s = 0;
+    size_t n = it->a->rows * it->a->cols;
+    matrix_moments(it->a, &it->ma, &it->sa);
+    matrix_moments(it->b, &it->mb, &it->sb);
+    it->r = NAN;
+    if (it->sa <= 0 || it->sb <= 0)
+        return;
     for (size_t i = 0; i < n; i++)
-        s += ((double)a->v[i] - ma) * ((double)b->v[i] - mb);
-    return s / ((double)n * sa * sb);
+        s += ((double)it->a->v[i] - it->ma) * ((double)it->b->v[i] - it->mb);
+    it->r = s / ((double)n * it->sa * it->sb);
 }
 
 static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
@@ -731,6 +711,8 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
         not_run(t, "%s", "no k, v, router or shared-token embedding rows of matching shape on both sides");
         goto out;
     }
+    for (size_t i = 0; i < n_items; i++)
+        weight_item_stats(&items[i]);
     {
         double null_mean, null_sd;
         if (reused_null(ctx, id, &null_mean, &null_sd)) {
@@ -738,9 +720,8 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
             double sum = 0;
             size_t used = 0;
             for (size_t i = 0; i < n_items; i++) {
-                double r = matrix_pearson(items[i].a, items[i].b);
-                if (isfinite(r)) {
-                    sum += r;
+                if (isfinite(items[i].r)) {
+                    sum += items[i].r;
                     used++;
                 }
             }
@@ -760,17 +741,13 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
     {
         size_t used = 0;
         for (size_t i = 0; i < n_items; i++) {
-            double ma, sa, mb, sb, r;
             size_t n = items[i].a->rows * d;
-            matrix_moments(items[i].a, &ma, &sa);
-            matrix_moments(items[i].b, &mb, &sb);
-            if (sa <= 0 || sb <= 0)
+            if (items[i].sa <= 0 || items[i].sb <= 0)
                 continue;
             used++;
-            r = matrix_pearson(items[i].a, items[i].b);
-            if (isfinite(r) && r * sqrt((double)n - 1.0) >= ITEM_Z)
+            if (isfinite(items[i].r) && items[i].r * sqrt((double)n - 1.0) >= ITEM_Z)
                 strong++;
-            if (add_item(t, items[i].label, r, NAN) != CKS_OK) {
+            if (add_item(t, items[i].label, items[i].r, NAN) != CKS_OK) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
                 goto out;
             }
@@ -781,16 +758,13 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
         }
         /* cross += A^T B / (N sa sb used): the statistic of any column permutation is then a trace */
         for (size_t i = 0; i < n_items; i++) {
-            double ma, sa, mb, sb;
-            size_t rows = items[i].a->rows;
-            matrix_moments(items[i].a, &ma, &sa);
-            matrix_moments(items[i].b, &mb, &sb);
-            if (sa <= 0 || sb <= 0)
+            const weight_item *it = &items[i];
+            if (it->sa <= 0 || it->sb <= 0)
                 continue;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)rows,
-                        (float)(1.0 / ((double)rows * (double)d * sa * sb * (double)used)), items[i].a->v, (int)d,
-                        items[i].b->v, (int)d, 1.0f, cross, (int)d);
-            constant -= ma * mb / (sa * sb * (double)used);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)it->a->rows,
+                        (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb * (double)used)), it->a->v,
+                        (int)d, it->b->v, (int)d, 1.0f, cross, (int)d);
+            constant -= it->ma * it->mb / (it->sa * it->sb * (double)used);
         }
     }
     c.d = cross;
@@ -1127,15 +1101,14 @@ static cks_err cka_statistic(void *vctx, const uint32_t *perm, size_t n, double 
     return CKS_OK;
 }
 
+static void transpose_into(const float *m, size_t rows, size_t cols, float *out);
+
 static float *transpose(const cmp_matrix *m)
 {
     size_t count = m->rows * m->cols;
     float *t = malloc((count ? count : 1) * sizeof *t);
-    if (!t)
-        return NULL;
-    for (size_t r = 0; r < m->rows; r++)
-        for (size_t c = 0; c < m->cols; c++)
-            t[c * m->rows + r] = m->v[r * m->cols + c];
+    if (t)
+        transpose_into(m->v, m->rows, m->cols, t);
     return t;
 }
 
@@ -1234,11 +1207,11 @@ static cks_err test_cka(const cmp_ctx *ctx, const cmp_model *a, const cmp_model 
     snprintf(t->tensors, sizeof t->tensors, "k projections of %zu layer pairs (sampled rows as features, %zu hidden "
              "dimensions as samples)", c.n_pairs, c.n);
 out:
-    for (size_t p = 0; p < c.n_pairs || (c.x && p < f->n_pairs && c.x[p]); p++) {
-        if (!c.x)
-            break;
-        free(c.x[p]);
-        free(c.y[p]);
+    for (size_t p = 0; p < f->n_pairs; p++) { /* calloc'd: unused entries are NULL */
+        if (c.x)
+            free(c.x[p]);
+        if (c.y)
+            free(c.y[p]);
     }
     free(c.x);
     free(c.y);
@@ -1294,7 +1267,6 @@ static cks_err test_t4(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
     }
     {
         /* the pairing may change once B is aligned (unequal depths) */
-        size_t saved = f->n_pairs;
         err = choose_pairing(&aa, &bb, f, diag);
         if (!err)
             err = test_norms(ctx, &aa, &bb, f, "T4b-norms", "norm gains after alignment", diag);
@@ -1303,7 +1275,6 @@ static cks_err test_t4(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
             err = test_weights(ctx, &aa, &bb, NULL, f, "T4b-weights", "index-aligned weights after alignment", diag);
         if (!err)
             err = test_cka(ctx, &aa, &bb, f, diag);
-        (void)saved;
     }
 out:
     cmp_model_release(&aa);
@@ -1880,20 +1851,17 @@ static void describe(const cmp_model *a, const cmp_model *b, const cmp_embed_pai
     }
     if (la && lb && a->layers && b->layers && a->hidden == b->hidden && la <= CKS_LAYERS_MAX_DIM &&
         lb <= CKS_LAYERS_MAX_DIM) {
-        double *scratch = malloc(b->hidden * sizeof *scratch);
         bool any = false;
         r->layer_matrix = malloc(la * lb * sizeof *r->layer_matrix);
         r->row_best = malloc(la * sizeof *r->row_best);
         r->row_margin = malloc(la * sizeof *r->row_margin);
-        if (scratch && r->layer_matrix && r->row_best && r->row_margin) {
-            norm_matrix(a, b, NULL, r->layer_matrix, scratch, &any);
-            if (!any || cks_layer_margins(r->layer_matrix, la, lb, CKS_LAYER_ROWS, r->row_best, r->row_margin, NULL,
-                                          NULL) != CKS_OK) {
-                free(r->layer_matrix);
-                r->layer_matrix = NULL;
-            }
+        if (!r->layer_matrix || !r->row_best || !r->row_margin || norm_matrix(a, b, r->layer_matrix, &any) != CKS_OK ||
+            !any ||
+            cks_layer_margins(r->layer_matrix, la, lb, CKS_LAYER_ROWS, r->row_best, r->row_margin, NULL, NULL) !=
+                CKS_OK) {
+            free(r->layer_matrix);
+            r->layer_matrix = NULL;
         }
-        free(scratch);
     }
     if (f->map && la && lb && a->layers && b->layers) {
         /* the same matrix once B is re-indexed onto A's dimensions */
@@ -1912,16 +1880,12 @@ static void describe(const cmp_model *a, const cmp_model *b, const cmp_embed_pai
                     n++;
                 }
             if (reindex_model(a, ia, NULL, n, &aa) == CKS_OK && reindex_model(b, ib, sg, n, &bb) == CKS_OK) {
-                double *scratch = malloc((n ? n : 1) * sizeof *scratch);
                 bool any = false;
                 r->layer_matrix_aligned = malloc(la * lb * sizeof *r->layer_matrix_aligned);
-                if (scratch && r->layer_matrix_aligned)
-                    norm_matrix(&aa, &bb, NULL, r->layer_matrix_aligned, scratch, &any);
-                if (!any) {
+                if (!r->layer_matrix_aligned || norm_matrix(&aa, &bb, r->layer_matrix_aligned, &any) != CKS_OK || !any) {
                     free(r->layer_matrix_aligned);
                     r->layer_matrix_aligned = NULL;
                 }
-                free(scratch);
             }
         }
         cmp_model_release(&aa);
