@@ -65,6 +65,10 @@ enum {
  */
 int cli_common_option(int opt, const char *arg, cli_opts *opts);
 
+/* --tensor GLOB: append arg to globs (room for max); false, after a usage message, when full. */
+#define CLI_MAX_GLOBS 64
+bool cli_add_glob(const char *cmd, char **globs, size_t *n, const char *arg);
+
 /* "2G", "512M", "1.5GiB", "1000000" → bytes; false on nonsense. */
 bool cli_parse_size(const char *text, uint64_t *out);
 

@@ -344,7 +344,7 @@ int cmd_diff(int argc, char **argv)
                                              CLI_COMMON_LONGOPTS,
                                              {0}};
     cli_opts opts = {0};
-    char *globs[64];
+    char *globs[CLI_MAX_GLOBS];
     size_t n_globs = 0, n_pairs, counts[CAT__COUNT] = {0};
     bool all = false, same;
     int opt, rc = EXIT_OK;
@@ -361,9 +361,8 @@ int cmd_diff(int argc, char **argv)
         if (common > 0)
             continue;
         if (opt == 't') {
-            if (n_globs == sizeof globs / sizeof globs[0])
-                return cli_usage_error("diff", "at most 64 --tensor patterns");
-            globs[n_globs++] = optarg;
+            if (!cli_add_glob("diff", globs, &n_globs, optarg))
+                return EXIT_USAGE;
         } else if (opt == 'a') {
             all = true;
         } else if (opt == OPT_HELP || opt == 'h') {

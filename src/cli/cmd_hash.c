@@ -27,7 +27,7 @@ int cmd_hash(int argc, char **argv)
 {
     static const struct option longopts[] = {{"tensor", required_argument, NULL, 't'}, CLI_COMMON_LONGOPTS, {0}};
     cli_opts opts = {0};
-    char *globs[64];
+    char *globs[CLI_MAX_GLOBS];
     size_t n_globs = 0, n_sel = 0;
     int opt, rc = EXIT_OK;
     cks_ckpt *ckpt = NULL;
@@ -45,9 +45,8 @@ int cmd_hash(int argc, char **argv)
         if (common > 0)
             continue;
         if (opt == 't') {
-            if (n_globs == sizeof globs / sizeof globs[0])
-                return cli_usage_error("hash", "at most 64 --tensor patterns");
-            globs[n_globs++] = optarg;
+            if (!cli_add_glob("hash", globs, &n_globs, optarg))
+                return EXIT_USAGE;
         } else if (opt == OPT_HELP || opt == 'h') {
             fputs(hash_help, stdout);
             return EXIT_OK;

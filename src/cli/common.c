@@ -54,6 +54,16 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     return EXIT_USAGE;
 }
 
+bool cli_add_glob(const char *cmd, char **globs, size_t *n, const char *arg)
+{
+    if (*n == CLI_MAX_GLOBS) {
+        cli_usage_error(cmd, "at most %d --tensor patterns", CLI_MAX_GLOBS);
+        return false;
+    }
+    globs[(*n)++] = (char *)arg;
+    return true;
+}
+
 bool cli_parse_size(const char *text, uint64_t *out)
 {
     char *end = NULL;
