@@ -27,6 +27,14 @@
 #define FP_MAX_JSON_INT 9007199254740992.0 /* 2^53: larger integers are not exact in JSON numbers */
 #define FP_ZSTD_LEVEL 19             /* written once, read often: spend time on the ratio */
 #define FP_BAD CKS_ERR_INVALID_HEADER_DESERIALIZATION
+/* Embedding rows a capped fingerprint aims to keep: compare's T4 needs 2,048 shared tokens on a
+ * wide model, and a vocabulary of another family lacks some reference strings. */
+#define FP_EMBED_TARGET 2816u
+#define FP_EMBED_MAX_PERCENT 70u     /* of the room, to reach FP_EMBED_TARGET as 4-bit codes */
+/* Max (1960), "Quantizing for minimum distortion": the MSE-optimal step of a 16-level uniform
+ * quantiser for a unit-variance Gaussian (distortion 0.01154, i.e. a cosine of 0.994 between a
+ * column and its codes). */
+#define FP_Q4_STEP 0.3352
 
 /* ---- small helpers ---- */
 
@@ -178,6 +186,18 @@ static cJSON *put_doubles(bbuf *b, const double *v, size_t n, uint32_t version)
     return ref;
 }
 
+/* n 4-bit codes, already packed two per byte */
+static cJSON *put_q4(bbuf *b, const uint8_t *codes, size_t n)
+{
+    size_t off = b->len, bytes = n / 2 + n % 2;
+    uint8_t *at = bbuf_grow(b, bytes);
+    if (!at && bytes)
+        return NULL;
+    if (bytes)
+        memcpy(at, codes, bytes);
+    return ref_json("q4", off, n);
+}
+
 static cJSON *put_u32s(bbuf *b, const uint32_t *v, size_t n)
 {
     size_t off = b->len;
@@ -229,10 +249,77 @@ static void embed_release(cks_fingerprint *fp)
     free(fp->tokens);
     free(fp->text_pool);
     free(fp->embed);
+    free(fp->embed_codes);
+    free(fp->embed_qoff);
+    free(fp->embed_qstep);
     fp->tokens = NULL;
     fp->text_pool = NULL;
     fp->embed = NULL;
+    fp->embed_codes = NULL;
+    fp->embed_qoff = NULL;
+    fp->embed_qstep = NULL;
+    fp->embed_q4 = false;
     fp->n_tokens = 0;
+}
+
+/* ---- 4-bit embedding rows (version 3) ---- */
+
+/* The value a code stands for; build and decode both use this, so they agree to the bit. */
+static float q4_value(float offset, float step, unsigned code)
+{
+    return offset + step * ((float)code - 7.5f);
+}
+
+static unsigned q4_code_at(const uint8_t *codes, size_t i)
+{
+    return i % 2 ? codes[i / 2] >> 4 : codes[i / 2] & 0x0Fu;
+}
+
+/* Replace the n_tokens x embed_cols rows by 4-bit codes, one uniform 16-level quantiser per
+ * column: centred on the column's mean, step FP_Q4_STEP sd. The column is the unit T4 works in
+ * (cosines between hidden dimensions), so a column's scale never leaks into another's. A
+ * non-finite value becomes the column's mean. */
+cks_err fp_embed_quantise(cks_fingerprint *fp)
+{
+    size_t n = fp->n_tokens, cols = fp->embed_cols, cells = n * cols;
+    fp->embed_codes = calloc(cells / 2 + 1, 1);
+    fp->embed_qoff = malloc((cols ? cols : 1) * sizeof *fp->embed_qoff);
+    fp->embed_qstep = malloc((cols ? cols : 1) * sizeof *fp->embed_qstep);
+    if (!fp->embed_codes || !fp->embed_qoff || !fp->embed_qstep)
+        return CKS_ERR_NOMEM;
+    for (size_t c = 0; c < cols; c++) {
+        double sum = 0, sq = 0, mean, step;
+        size_t finite = 0;
+        for (size_t r = 0; r < n; r++) {
+            double x = fp->embed[r * cols + c];
+            if (isfinite(x)) {
+                sum += x;
+                finite++;
+            }
+        }
+        mean = finite ? sum / (double)finite : 0;
+        for (size_t r = 0; r < n; r++) {
+            double x = fp->embed[r * cols + c];
+            if (isfinite(x))
+                sq += (x - mean) * (x - mean);
+        }
+        step = finite ? FP_Q4_STEP * sqrt(sq / (double)finite) : 0;
+        fp->embed_qoff[c] = isfinite((float)mean) ? (float)mean : 0.0f;
+        fp->embed_qstep[c] = isfinite((float)step) ? (float)step : 0.0f;
+    }
+    for (size_t i = 0; i < cells; i++) {
+        size_t c = i % cols;
+        double x = fp->embed[i], q;
+        unsigned code = 8;
+        if (fp->embed_qstep[c] > 0 && isfinite(x)) {
+            q = floor((x - fp->embed_qoff[c]) / fp->embed_qstep[c]) + 8;
+            code = q < 0 ? 0u : q > 15 ? 15u : (unsigned)q;
+        }
+        fp->embed_codes[i / 2] |= (uint8_t)(i % 2 ? code << 4 : code);
+        fp->embed[i] = q4_value(fp->embed_qoff[c], fp->embed_qstep[c], code);
+    }
+    fp->embed_q4 = true;
+    return CKS_OK;
 }
 
 void cks_fingerprint_free(cks_fingerprint *fp)
@@ -622,12 +709,38 @@ static long find_text(const cks_vocab *v, const uint32_t *sorted, const char *s,
     return -1;
 }
 
-static cks_err choose_candidates(build_state *st, uint64_t embed_share, cks_diag *diag)
+/*
+ * How many embedding rows `room` allows, and whether they go as 4-bit codes. Exact rows (bf16)
+ * take up to 30 % of the room; when that holds fewer than FP_EMBED_TARGET rows (a wide model
+ * under the default cap: 2,048 bf16 rows of 4,096 values are 16.8 MB) the rows go as 4-bit
+ * codes, up to FP_EMBED_TARGET of them in up to 70 % of the room: T4 is the only test that sees
+ * a permuted derivative, and it needs the rows; T2 keeps every norm, T3 fewer k/v rows.
+ */
+static size_t embed_plan(uint64_t room, size_t n_cand, size_t cols, uint32_t version, bool *q4)
+{
+    uint64_t exact_row = (uint64_t)cols * (version >= 2 ? 2 : 4), q4_row = ((uint64_t)cols + 1) / 2;
+    uint64_t share = room * 3 / 10, most = room / 100 * FP_EMBED_MAX_PERCENT, params = (uint64_t)cols * 8;
+    size_t target = n_cand < FP_EMBED_TARGET ? n_cand : FP_EMBED_TARGET;
+    uint64_t n;
+
+    *q4 = false;
+    if (cols == 0)
+        return 0;
+    n = share / exact_row;
+    if (n >= n_cand)
+        return n_cand;
+    if (n >= target || version < 3)
+        return (size_t)n;
+    *q4 = true;
+    n = most > params ? (most - params) / q4_row : 0;
+    return (size_t)(n < target ? n : target);
+}
+
+static cks_err choose_candidates(build_state *st, size_t max_rows, uint32_t version, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     const cks_vocab *v = st->vocab;
     uint32_t *sorted = NULL, *ids = NULL;
-    uint64_t row_bytes = (uint64_t)st->embed_cols * 2, all_bytes;
     fp_refs *refs = NULL;
 
     if (!v || !st->embed_rows || !st->embed_cols)
@@ -635,8 +748,7 @@ static cks_err choose_candidates(build_state *st, uint64_t embed_share, cks_diag
     st->cand_ids = malloc((v->n ? v->n : 1) * sizeof *st->cand_ids);
     if (!st->cand_ids)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-    all_bytes = row_bytes * (uint64_t)v->n;
-    if (all_bytes <= embed_share) {
+    if (v->n <= max_rows) {
         st->cand_all = true;
         for (size_t i = 0; i < v->n; i++)
             if (v->tokens[i].id < st->embed_rows)
@@ -650,11 +762,12 @@ static cks_err choose_candidates(build_state *st, uint64_t embed_share, cks_diag
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             goto out;
         }
-        fp_refs_build(refs);
+        fp_refs_build(refs, version);
         for (size_t i = 0; i < v->n; i++)
             sorted[i] = (uint32_t)i;
         qsort_r(sorted, v->n, sizeof *sorted, token_by_text, (void *)v);
-        for (size_t r = 0; r < refs->n; r++) {
+        /* only as many as the fingerprint could keep: their rows are read and decoded */
+        for (size_t r = 0; r < refs->n && st->n_cand < max_rows; r++) {
             long k = find_text(v, sorted, refs->text[r], refs->len[r]);
             if (k >= 0 && !taken[k] && v->tokens[k].id < st->embed_rows && !(v->tokens[k].flags & CKS_TOKEN_SPECIAL)) {
                 taken[k] = true;
@@ -694,8 +807,9 @@ static int cand_by_id(const void *x, const void *y, void *ctx)
     return a < b ? -1 : a > b;
 }
 
-/* The first `n` candidates (priority order), stored as tokens sorted by id with their rows. */
-static cks_err fill_embed(cks_fingerprint *fp, const build_state *st, size_t n)
+/* The first `n` candidates (priority order), stored as tokens sorted by id with their rows,
+ * as 4-bit codes when q4. */
+static cks_err fill_embed(cks_fingerprint *fp, const build_state *st, size_t n, bool q4)
 {
     size_t text_total = 0, at = 0;
     uint32_t *order = NULL;
@@ -737,6 +851,10 @@ static cks_err fill_embed(cks_fingerprint *fp, const build_state *st, size_t n)
     }
     fp->n_tokens = n;
     free(order);
+    if (q4 && fp_embed_quantise(fp) != CKS_OK) {
+        embed_release(fp);
+        return CKS_ERR_NOMEM;
+    }
     return CKS_OK;
 }
 
@@ -744,10 +862,10 @@ static cks_err fill_embed(cks_fingerprint *fp, const build_state *st, size_t n)
 static cks_err fill_selected(cks_fingerprint *fp, build_state *st, uint64_t room, uint64_t seed, uint32_t version)
 {
     const cmp_model *md = &st->md;
-    uint64_t kv_full = 0, router_full = 0, embed_full, embed_share, router_share, kv_share, per_row;
+    uint64_t kv_full = 0, router_full = 0, embed_bytes, router_share, kv_share, per_row;
     size_t kv_keep = SIZE_MAX, n_layers = md->n_layers > 0 ? (size_t)md->n_layers : 0, n_embed;
     size_t router_every = 1, n_routers = 0;
-    bool keep_v = true;
+    bool keep_v = true, q4;
     int esz = version >= 2 ? 2 : 4;
 
     layers_release(fp);
@@ -760,12 +878,12 @@ static cks_err fill_selected(cks_fingerprint *fp, build_state *st, uint64_t room
             n_routers++;
         }
     }
-    embed_full = (uint64_t)st->n_cand * st->embed_cols * (uint64_t)esz;
-    /* shares of what is left after the norms: embeddings 30 %, routers 25 %, k/v the rest;
-       a part that needs less than its share leaves the remainder to the next */
-    embed_share = room * 3 / 10;
-    n_embed = embed_full <= embed_share ? st->n_cand : (size_t)(embed_share / ((uint64_t)st->embed_cols * esz + 1));
-    room -= n_embed ? (uint64_t)n_embed * st->embed_cols * esz : 0;
+    /* what is left after the norms: embeddings first (embed_plan), then routers 25/70 of the
+       rest, k/v the remainder; a part that needs less than its share leaves it to the next */
+    n_embed = embed_plan(room, st->n_cand, st->embed_cols, version, &q4);
+    embed_bytes = q4 ? (uint64_t)n_embed * ((st->embed_cols + 1) / 2) + (uint64_t)st->embed_cols * 8
+                     : (uint64_t)n_embed * st->embed_cols * (uint64_t)esz;
+    room -= n_embed ? (embed_bytes < room ? embed_bytes : room) : 0;
     router_share = room * 25 / 70;
     if (router_full > router_share && n_routers > 0) {
         uint64_t one = router_full / n_routers, fit = one ? router_share / one : 0;
@@ -831,7 +949,7 @@ static cks_err fill_selected(cks_fingerprint *fp, build_state *st, uint64_t room
             return CKS_ERR_NOMEM;
     }
 embed:
-    return fill_embed(fp, st, n_embed);
+    return fill_embed(fp, st, n_embed, q4);
 }
 
 static cks_err build_header(cks_fingerprint *fp, const cks_compare_model *m, const cks_fp_build_opts *o,
@@ -971,7 +1089,12 @@ cks_err cks_fingerprint_build(const cks_compare_model *m, const cks_fp_build_opt
     /* the payload is compressed; the header summary (tensor names) compresses ~10x */
     fixed += 4096 + (uint64_t)st.md.n_raw * 40 + (uint64_t)m->ckpt->n_tensors * 12;
     room = cap * 9 / 10 > fixed ? cap * 9 / 10 - fixed : 0;
-    err = choose_candidates(&st, room * 3 / 10, diag);
+    {
+        /* the most rows any attempt below can keep (the exact share, or the 4-bit target) */
+        bool q4;
+        size_t most = embed_plan(room, SIZE_MAX, st.embed_cols, version, &q4);
+        err = choose_candidates(&st, most > FP_EMBED_TARGET ? most : FP_EMBED_TARGET, version, diag);
+    }
     if (err)
         goto out;
     /* shrink until the compressed file is under the cap */
@@ -1009,12 +1132,12 @@ cks_err cks_fingerprint_build(const cks_compare_model *m, const cks_fp_build_opt
         }
         snprintf(fp->sampling, sizeof fp->sampling,
                  "seed %llu, budget %llu: %s; k %zu and v %zu of %zu rows per layer%s; routers of %zu layers%s; "
-                 "embedding rows of %zu tokens (%s)",
+                 "embedding rows of %zu tokens (%s%s)",
                  (unsigned long long)ctx.seed, (unsigned long long)ctx.budget,
                  fp->full_coverage ? "every tensor hashed" : "tensors read whole hashed", kr, vr, kt,
                  fp->kv_subsampled ? " (subset of compare's sample: size cap)" : "", routers,
                  fp->routers_dropped ? " (others left out: size cap)" : "", fp->n_tokens,
-                 fp->embed_all ? "every token" : "reference strings");
+                 fp->embed_all ? "every token" : "reference strings", fp->embed_q4 ? ", 4-bit per column" : "");
     }
     /* the decoded values are exact: rebuild the raw bytes T1 compares bitwise */
     attach_raw(fp);
@@ -1156,7 +1279,15 @@ static cJSON *encode_json(const cks_fingerprint *fp, uint32_t version, bbuf *b)
                 cJSON_AddItemToObject(e, "flags", put_u32s(b, flags, fp->n_tokens));
             cJSON_AddItemToObject(e, "lens", put_u32s(b, lens, fp->n_tokens));
             cJSON_AddItemToObject(e, "text", put_bytes(b, fp->text_pool, text));
-            cJSON_AddItemToObject(e, "data", put_floats(b, fp->embed, fp->n_tokens * fp->embed_cols, version));
+            if (fp->embed_q4 && version >= 3) {
+                cJSON_AddStringToObject(e, "quant", "q4");
+                cJSON_AddItemToObject(e, "q_offset", put_floats(b, fp->embed_qoff, fp->embed_cols, version));
+                cJSON_AddItemToObject(e, "q_step", put_floats(b, fp->embed_qstep, fp->embed_cols, version));
+                cJSON_AddItemToObject(e, "data", put_q4(b, fp->embed_codes, fp->n_tokens * fp->embed_cols));
+            } else { /* older versions store a 4-bit fingerprint's decoded values */
+                cJSON_AddItemToObject(e, "data",
+                                      put_floats(b, fp->embed, fp->n_tokens * fp->embed_cols, version));
+            }
         }
         free(ids);
         free(flags);
@@ -1270,7 +1401,7 @@ static cks_err get_ref(dec *d, const cJSON *o, const char *key, size_t want, con
 {
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, key);
     const char *e = r ? json_str(r, "enc") : NULL;
-    uint64_t off, count, esize, bytes;
+    uint64_t off, count, esize, bytes = 0;
     if (!e || !json_uint(r, "off", UINT64_MAX, &off) || !json_uint(r, "n", UINT64_MAX, &count))
         return bad(d, "an array reference is malformed");
     if (strcmp(e, "f32") == 0 || strcmp(e, "u32") == 0)
@@ -1281,9 +1412,13 @@ static cks_err get_ref(dec *d, const cJSON *o, const char *key, size_t want, con
         esize = 8;
     else if (strcmp(e, "u8") == 0)
         esize = 1;
+    else if (strcmp(e, "q4") == 0 && d->version >= 3)
+        esize = 0; /* two per byte */
     else
         return bad(d, "an array has an unknown encoding");
-    if (!mul_ok(count, esize, &bytes) || off > d->bin_len || bytes > d->bin_len - off)
+    if (esize == 0)
+        bytes = count / 2 + count % 2;
+    if ((esize && !mul_ok(count, esize, &bytes)) || off > d->bin_len || bytes > d->bin_len - off)
         return bad(d, "an array reaches beyond the binary section");
     if (want != SIZE_MAX && count != want)
         return bad(d, "an array has the wrong length");
@@ -1581,6 +1716,43 @@ static cks_err decode_layers(dec *d, const cJSON *root, cks_fingerprint *fp)
     return err;
 }
 
+/* The rows: floats, or (version 3, "quant": "q4") 4-bit codes with per-column offset and step,
+ * decoded here with the builder's own q4_value. */
+static cks_err decode_embed_data(dec *d, const cJSON *e, cks_fingerprint *fp, size_t cells)
+{
+    cks_err err;
+    const cJSON *quant = cJSON_GetObjectItemCaseSensitive(e, "quant");
+    const char *enc;
+    const uint8_t *p;
+    size_t n, cols = fp->embed_cols;
+
+    if (!quant)
+        return get_floats(d, e, "data", cells, &fp->embed);
+    if (d->version < 3 || !cJSON_IsString(quant) || strcmp(quant->valuestring, "q4") != 0)
+        return bad(d, "\"embed\" has an unknown \"quant\"");
+    err = get_ref(d, e, "data", cells, &enc, &p, &n);
+    if (!err && strcmp(enc, "q4") != 0)
+        err = bad(d, "4-bit embedding rows are not stored as \"q4\"");
+    if (!err)
+        err = get_floats(d, e, "q_offset", cols, &fp->embed_qoff);
+    if (!err)
+        err = get_floats(d, e, "q_step", cols, &fp->embed_qstep);
+    for (size_t c = 0; !err && c < cols; c++)
+        if (!isfinite(fp->embed_qoff[c]) || !isfinite(fp->embed_qstep[c]) || fp->embed_qstep[c] < 0)
+            err = bad(d, "a 4-bit embedding column has a non-finite offset or a negative step");
+    if (err)
+        return err;
+    fp->embed_codes = malloc(cells / 2 + 1);
+    fp->embed = malloc((cells ? cells : 1) * sizeof *fp->embed);
+    if (!fp->embed_codes || !fp->embed)
+        return cks_fail(d->diag, CKS_ERR_NOMEM, "out of memory");
+    memcpy(fp->embed_codes, p, cells / 2 + cells % 2);
+    for (size_t i = 0; i < cells; i++)
+        fp->embed[i] = q4_value(fp->embed_qoff[i % cols], fp->embed_qstep[i % cols], q4_code_at(fp->embed_codes, i));
+    fp->embed_q4 = true;
+    return CKS_OK;
+}
+
 static cks_err decode_embed(dec *d, const cJSON *root, cks_fingerprint *fp)
 {
     cks_err err = CKS_OK;
@@ -1639,7 +1811,7 @@ static cks_err decode_embed(dec *d, const cJSON *root, cks_fingerprint *fp)
         at += lens[i];
     }
     fp->n_tokens = n;
-    err = get_floats(d, e, "data", (size_t)cells, &fp->embed);
+    err = decode_embed_data(d, e, fp, (size_t)cells);
 out:
     free(ids);
     free(flags);

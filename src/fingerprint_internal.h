@@ -12,8 +12,8 @@
 #include "ckptscope/tokenizer.h"
 #include "compare_internal.h"
 
-#define FP_MAX_REFS 4096u
-#define FP_REF_POOL 65536u
+#define FP_MAX_REFS 40960u
+#define FP_REF_POOL (256u << 10)
 
 typedef struct fp_refs {
     size_t n, used;
@@ -22,8 +22,13 @@ typedef struct fp_refs {
     char pool[FP_REF_POOL];
 } fp_refs;
 
-/* The reference strings in priority order (constant; part of the format). */
-void fp_refs_build(fp_refs *r);
+/* The reference strings of a format version in priority order (constant; part of the format). */
+void fp_refs_build(fp_refs *r, uint32_t version);
+
+/* Replace fp's n_tokens x embed_cols embedding rows by 4-bit codes, one uniform quantiser per
+ * column (centred on the column's mean, step FP_Q4_STEP standard deviations); fp->embed then
+ * holds exactly the values a reader decodes. CKS_ERR_NOMEM leaves the rows exact. */
+cks_err fp_embed_quantise(cks_fingerprint *fp);
 
 /* compare's defaults, which a fingerprint is built with unless told otherwise */
 #define FP_COMPARE_BUDGET (384ull << 20)

@@ -18,8 +18,10 @@
  * File format (README "Fingerprints and verify"): 8 bytes "CKSFPRNT", u32 LE version,
  * u64 LE payload length, then one zstd frame holding the payload: u32 LE JSON length, the JSON
  * metadata (UTF-8), then a binary section of little-endian arrays that the JSON refers to by
- * {"enc", "off", "n"}. Version 1 stored every float array as f32; version 2 (current) may
- * store them as bf16 when that is exact, and adds token flags. Readers accept 1 and 2.
+ * {"enc", "off", "n"}. Version 1 stored every float array as f32; version 2 may store them as
+ * bf16 when that is exact, and adds token flags; version 3 (current) may store the embedding
+ * rows as 4-bit codes per column ("q4") when the rows T4 needs would not fit the cap as bf16,
+ * and draws reference tokens from a longer list. Readers accept 1, 2 and 3.
  *
  * A fingerprint file is untrusted input: every count and offset is bounded and overflow-checked
  * before use. Library only: never prints, never exits.
@@ -37,7 +39,7 @@
 
 #define CKS_FP_MAGIC "CKSFPRNT"
 #define CKS_FP_MAGIC_LEN 8
-#define CKS_FP_VERSION 2
+#define CKS_FP_VERSION 3
 #define CKS_FP_MIN_VERSION 1
 #define CKS_FP_DEFAULT_MAX_BYTES 10000000u /* the cap on the file, compressed */
 #define CKS_FP_MAX_PAYLOAD (256u << 20)    /* a reader refuses larger payloads */
@@ -106,7 +108,13 @@ typedef struct cks_fingerprint {
     size_t n_tokens;         /* sorted by id */
     cks_fp_token *tokens;
     uint8_t *text_pool;
-    float *embed;            /* n_tokens x embed_cols */
+    float *embed;            /* n_tokens x embed_cols (the decoded values when embed_q4) */
+    /* Version 3: when the rows T4 needs do not fit the cap as bf16 they are kept as 4-bit codes,
+     * one uniform quantiser per column (hidden dimension), the statistic's unit:
+     * value = qoff[col] + qstep[col] * (code - 7.5). Exact rows leave these NULL. */
+    bool embed_q4;
+    uint8_t *embed_codes;    /* n_tokens x embed_cols codes, two per byte, low nibble first */
+    float *embed_qoff, *embed_qstep; /* embed_cols each */
     uint64_t bytes_read;     /* what building it read from the model */
     char sampling[512];
 } cks_fingerprint;

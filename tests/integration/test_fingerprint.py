@@ -24,6 +24,9 @@ ROOT = os.environ.get("CKS_ROOT", os.getcwd())
 BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
 sys.path.insert(0, os.path.join(ROOT, "tests/fakehub"))
 TOL = 1e-9  # documented in the README: fingerprint vs live statistics (T2-T4) for a full fingerprint
+# documented in the README: T4a from 4-bit embedding rows (a column keeps cosine 0.994 with its
+# codes, Max 1960), whatever else differs between the token samples
+TOL_Q4 = 0.01
 failures = 0
 
 
@@ -147,7 +150,24 @@ def size_cap(tmp, fam, env):
         report("capped fingerprint still finds the fine-tune", rc == 0 and cmp and cmp["verdict"] == "derived",
                f"exit {rc}: {cmp and cmp['verdict']} {err[-200:]}")
         t = tests_by_id(cmp)
-        report("capped fingerprint: T4 not run says why", cmp and not t["T4a"]["ran"] and t["T4a"]["why_not"],
+        report("capped fingerprint keeps its embedding rows as 4-bit codes", "4-bit" in doc["sampling"],
+               doc["sampling"])
+        rc, live, err = run(env, "compare", base, os.path.join(fam, "llama/finetune"), "--json", "--quiet")
+        lt = tests_by_id(live) if live else {}
+        report(f"capped fingerprint: T4a runs and is within {TOL_Q4} of the live statistic",
+               cmp and t["T4a"]["ran"] and lt.get("T4a", {}).get("ran")
+               and abs(t["T4a"]["statistic"] - lt["T4a"]["statistic"]) <= TOL_Q4,
+               f"fingerprint {json.dumps(t.get('T4a'))[:200]} live {json.dumps(lt.get('T4a'))[:200]}")
+    # a cap too small for T4's minimum of shared tokens: T4 says why, the verdict is still decided by T2/T3
+    tiny = os.path.join(tmp, "tiny.ckfp")
+    rc, doc, err = run(env, "fingerprint", base, "-o", tiny, "--max-size", "30K", "--json", "--quiet")
+    report("fingerprint --max-size 30K stays under the cap", rc == 0 and os.path.getsize(tiny) <= 30 * 1024,
+           f"exit {rc} {err[-200:]}")
+    if rc == 0:
+        rc, cmp, err = run(env, "compare", tiny, os.path.join(fam, "llama/finetune"), "--json", "--quiet")
+        t = tests_by_id(cmp) if cmp else {}
+        report("tiny fingerprint: T4 not run says why, fine-tune still derived",
+               cmp and cmp["verdict"] == "derived" and not t["T4a"]["ran"] and "too few" in t["T4a"]["why_not"],
                json.dumps(t.get("T4a"))[:300])
     full = os.path.join(tmp, "full.ckfp")
     rc, doc, err = run(env, "fingerprint", os.path.join(fam, "glm/base"), "-o", full, "--json", "--quiet")

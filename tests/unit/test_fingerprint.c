@@ -13,6 +13,7 @@
 
 #include "check.h"
 #include "ckptscope/fingerprint.h"
+#include "fingerprint_internal.h" /* the 4-bit quantiser and the reference strings */
 
 #define FIXTURE "tests/fixtures/fingerprint-v1-llama-base.ckfp"
 
@@ -187,6 +188,7 @@ static void damaged_files(void)
         return;
     }
     enrich(fp);
+    CHECK(fp_embed_quantise(fp) == CKS_OK); /* the 4-bit arrays are mutated too */
     CHECK(cks_fingerprint_encode(fp, 0, &buf, &len, &diag) == CKS_OK);
     if (!buf)
         goto out;
@@ -247,6 +249,137 @@ out:
     cks_fingerprint_free(fp);
 }
 
+/* A fingerprint with n x cols embedding rows from `values` (no file behind it). */
+static cks_fingerprint *with_rows(size_t n, size_t cols, const float *values)
+{
+    cks_fingerprint *fp = calloc(1, sizeof *fp);
+    fp->n_tokens = n;
+    fp->embed_cols = cols;
+    fp->embed = malloc(n * cols * sizeof *fp->embed);
+    memcpy(fp->embed, values, n * cols * sizeof *fp->embed);
+    return fp;
+}
+
+/* Worked by hand: a column {-1, 1} has mean 0 and sd 1, so the step is 0.3352 and the codes
+ * are floor(-1 / 0.3352) + 8 = 5 and floor(1 / 0.3352) + 8 = 10, standing for -2.5 and +2.5
+ * steps; a constant column keeps its value; a NaN becomes the column's mean. */
+static void q4_worked_case(void)
+{
+    const float rows[6] = {-1.0f, 4.0f, NAN, 1.0f, 4.0f, 2.0f};
+    cks_fingerprint *fp = with_rows(2, 3, rows);
+    CHECK(fp_embed_quantise(fp) == CKS_OK);
+    CHECK(fp->embed_q4);
+    CHECK(fabsf(fp->embed_qstep[0] - 0.3352f) < 1e-6f && fp->embed_qoff[0] == 0.0f);
+    CHECK(fp->embed_qstep[1] == 0.0f && fp->embed_qoff[1] == 4.0f);
+    CHECK(fp->embed_qstep[2] == 0.0f && fp->embed_qoff[2] == 2.0f);
+    /* cells in row order, two per byte, low nibble first: (5, 8) (8, 10) (8, 8) */
+    CHECK_EQ_INT(fp->embed_codes[0], 0x85);
+    CHECK_EQ_INT(fp->embed_codes[1], 0xA8);
+    CHECK_EQ_INT(fp->embed_codes[2], 0x88);
+    CHECK(fabsf(fp->embed[0] + 2.5f * 0.3352f) < 1e-6f && fabsf(fp->embed[3] - 2.5f * 0.3352f) < 1e-6f);
+    CHECK(fp->embed[1] == 4.0f && fp->embed[4] == 4.0f && fp->embed[2] == 2.0f && fp->embed[5] == 2.0f);
+    cks_fingerprint_free(fp);
+}
+
+/* On Gaussian columns the distortion must be the published one: Max (1960), Table II, gives
+ * 0.01154 for the optimal 16-level uniform quantiser of a unit Gaussian, so a column keeps a
+ * cosine of sqrt(1 - 0.01154) = 0.9942 with its codes. */
+static void q4_gaussian_distortion(void)
+{
+    enum { N = 4096, COLS = 32 };
+    float *v = malloc(N * COLS * sizeof *v);
+    uint64_t s = 0x243F6A8885A308D3ull;
+    double mse = 0, cos_sum = 0;
+    cks_fingerprint *fp;
+    for (size_t i = 0; i < N * COLS; i += 2) { /* Box-Muller, with per-column scale and offset */
+        double u1 = ((double)(rng_next(&s) >> 11) + 0.5) / 9007199254740992.0;
+        double u2 = (double)(rng_next(&s) >> 11) / 9007199254740992.0;
+        double r = sqrt(-2 * log(u1));
+        v[i] = (float)(r * cos(2 * M_PI * u2));
+        v[i + 1] = (float)(r * sin(2 * M_PI * u2));
+    }
+    for (size_t i = 0; i < N * COLS; i++)
+        v[i] = v[i] * (float)(0.01 * (1 + i % COLS)) + (float)(i % COLS) * 0.001f;
+    fp = with_rows(N, COLS, v);
+    CHECK(fp_embed_quantise(fp) == CKS_OK);
+    for (size_t c = 0; c < COLS; c++) {
+        double mean = 0, var = 0, err = 0, xy = 0, yy = 0;
+        for (size_t r = 0; r < N; r++)
+            mean += v[r * COLS + c] / (double)N;
+        for (size_t r = 0; r < N; r++) {
+            double x = v[r * COLS + c] - mean, y = fp->embed[r * COLS + c] - mean;
+            var += x * x;
+            err += (x - y) * (x - y);
+            xy += x * y;
+            yy += y * y;
+        }
+        mse += err / var / COLS;
+        cos_sum += xy / sqrt(var * yy) / COLS;
+    }
+    CHECK_MSG(fabs(mse - 0.01154) < 0.0008, "relative distortion %.5f, Max's 0.01154", mse);
+    CHECK_MSG(fabs(cos_sum - 0.9942) < 0.0005, "column cosine %.5f, expected 0.9942", cos_sum);
+    cks_fingerprint_free(fp);
+    free(v);
+}
+
+/* Version 3 stores the codes: decoding gives the builder's values to the bit. An older version
+ * stores those values as floats. */
+static void q4_round_trip(void)
+{
+    cks_fingerprint *fp = load_fixture(), *back = NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0, cells;
+    cks_diag diag = {{0}};
+    if (!fp) {
+        CHECK(fp != NULL);
+        return;
+    }
+    enrich(fp);
+    CHECK(fp_embed_quantise(fp) == CKS_OK);
+    cells = fp->n_tokens * fp->embed_cols;
+    for (uint32_t version = 2; version <= CKS_FP_VERSION; version++) {
+        CHECK(cks_fingerprint_encode(fp, version, &buf, &len, &diag) == CKS_OK);
+        CHECK(cks_fingerprint_decode(buf, len, &back, &diag) == CKS_OK);
+        if (back) {
+            CHECK(back->embed && memcmp(back->embed, fp->embed, cells * sizeof *fp->embed) == 0);
+            CHECK(back->embed_q4 == (version >= 3));
+            if (version >= 3)
+                CHECK(back->embed_codes && memcmp(back->embed_codes, fp->embed_codes, (cells + 1) / 2) == 0 &&
+                      memcmp(back->embed_qstep, fp->embed_qstep, fp->embed_cols * sizeof(float)) == 0);
+        }
+        cks_fingerprint_free(back);
+        back = NULL;
+        free(buf);
+        buf = NULL;
+    }
+    cks_fingerprint_free(fp);
+}
+
+static bool has_ref(const fp_refs *r, const char *s)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (r->len[i] == strlen(s) && memcmp(r->text[i], s, r->len[i]) == 0)
+            return true;
+    return false;
+}
+
+/* The reference list is part of the format: version 2's 3,382 strings (README) are the start of
+ * version 3's, which adds every two- and three-letter lowercase piece, bare and spaced. */
+static void reference_strings(void)
+{
+    fp_refs *v2 = malloc(sizeof *v2), *v3 = malloc(sizeof *v3);
+    fp_refs_build(v2, 2);
+    fp_refs_build(v3, 3);
+    CHECK_EQ_INT(v2->n, 3382);
+    CHECK_EQ_INT(v3->n, 3382 + 2 * 26 * 26 + 2 * 26 * 26 * 26);
+    for (size_t i = 0; i < v2->n; i++)
+        CHECK(v2->len[i] == v3->len[i] && memcmp(v2->text[i], v3->text[i], v2->len[i]) == 0);
+    CHECK(has_ref(v3, " the") && has_ref(v3, "qx") && has_ref(v3, " qx") && has_ref(v3, "zzz") &&
+          has_ref(v3, " abc") && !has_ref(v2, "zzz"));
+    free(v2);
+    free(v3);
+}
+
 static void sniff_and_free_null(void)
 {
     CHECK(!cks_fingerprint_sniff("CKSFPRN", 7));
@@ -255,4 +388,5 @@ static void sniff_and_free_null(void)
     cks_fingerprint_free(NULL);
 }
 
-TEST_MAIN(T(fixture_loads), T(round_trip), T(damaged_files), T(sniff_and_free_null))
+TEST_MAIN(T(fixture_loads), T(round_trip), T(damaged_files), T(q4_worked_case), T(q4_gaussian_distortion),
+          T(q4_round_trip), T(reference_strings), T(sniff_and_free_null))
