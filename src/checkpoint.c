@@ -4,6 +4,7 @@
  * exactly one byte range of one file.
  */
 #include "ckptscope/checkpoint.h"
+#include "checkpoint_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -305,7 +306,7 @@ out:
 
 /* ---- local provider: files under a directory ---- */
 
-static cks_err local_fetch_file(void *ctx, const char *relpath, char **data, size_t *len, cks_diag *diag)
+cks_err cks_local_fetch_file(void *ctx, const char *relpath, char **data, size_t *len, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     char *full = join_path((const char *)ctx, relpath);
@@ -342,7 +343,7 @@ out:
     return err;
 }
 
-static cks_err local_open_source(void *ctx, const char *relpath, cks_source **out, cks_diag *diag)
+cks_err cks_local_open_source(void *ctx, const char *relpath, cks_source **out, cks_diag *diag)
 {
     cks_err err;
     char *full = join_path((const char *)ctx, relpath);
@@ -403,7 +404,7 @@ static cks_err open_local_dir_files(const char *dir, cks_ckpt **out, cks_diag *d
         goto out;
     }
     for (; opened < n; opened++) {
-        err = local_open_source((void *)dir, names[opened], &sources[opened], diag);
+        err = cks_local_open_source((void *)dir, names[opened], &sources[opened], diag);
         if (err)
             goto out;
     }
@@ -411,8 +412,8 @@ static cks_err open_local_dir_files(const char *dir, cks_ckpt **out, cks_diag *d
     err = cks_ckpt_from_sources(dir, sources, names, n, out, diag);
     n = 0; /* names now owned by the checkpoint (or freed by it) */
     if (err == CKS_OK) {
-        (*out)->provider.fetch_file = local_fetch_file;
-        (*out)->provider.open_source = local_open_source;
+        (*out)->provider.fetch_file = cks_local_fetch_file;
+        (*out)->provider.open_source = cks_local_open_source;
         (*out)->provider.ctx = strdup(dir);
         (*out)->provider.release_ctx = free;
         if (!(*out)->provider.ctx) {
@@ -443,8 +444,8 @@ cks_err cks_ckpt_open_local(const char *path, cks_ckpt **out, cks_diag *diag)
     *out = NULL;
     if (stat(path, &st) != 0)
         return cks_fail(diag, errno == ENOENT ? CKS_ERR_NOT_FOUND : CKS_ERR_IO, "%s: %s", path, strerror(errno));
-    provider.fetch_file = local_fetch_file;
-    provider.open_source = local_open_source;
+    provider.fetch_file = cks_local_fetch_file;
+    provider.open_source = cks_local_open_source;
     if (S_ISDIR(st.st_mode)) {
         char *index = join_path(path, INDEX_NAME);
         bool has_index;

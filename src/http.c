@@ -70,7 +70,7 @@ struct cks_http {
 enum xkind { XK_SIMPLE, XK_RANGE };
 
 /* Why a range transfer was cut off by our own write callback. */
-enum verdict { V_NONE, V_IGNORED, V_BAD_RANGE, V_TOO_LONG, V_BODY_FULL };
+enum verdict { V_NONE, V_IGNORED, V_BAD_RANGE, V_TOO_LONG, V_BODY_FULL, V_SIZE };
 
 struct xfer {
     enum xkind kind;
@@ -98,6 +98,7 @@ struct xfer {
     long status;
     bool validated;
     enum verdict verdict;
+    uint64_t served_total;     /* V_SIZE: the file size the server reported */
     uint64_t got;
     uint64_t expect;
     cks_http_response hdr;     /* response headers of the current attempt */
@@ -576,6 +577,13 @@ static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
             uint64_t a, b, t;
             curl_off_t cl = -1;
             curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+            if (cks_http_parse_content_range(x->hdr.content_range, &a, &b, &t) && t != UINT64_MAX &&
+                t != x->span.target->size) {
+                /* the server holds a file of another size: not the bytes of the file asked for */
+                x->served_total = t;
+                x->verdict = V_SIZE;
+                return 0;
+            }
             if (!cks_http_parse_content_range(x->hdr.content_range, &a, &b, &t) ||
                 a != x->next || b != x->span.last || t != x->span.target->size ||
                 (cl >= 0 && (uint64_t)cl != x->expect)) {
@@ -700,6 +708,10 @@ static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
             char acc[256];
             snprintf(acc, sizeof acc, "Accept: %s", x->req->accept);
             x->hdrs = curl_slist_append(x->hdrs, acc);
+        }
+        if (x->req->range) {
+            snprintf(range, sizeof range, "Range: %s", x->req->range);
+            x->hdrs = curl_slist_append(x->hdrs, range);
         }
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_simple_body);
         if (strcmp(x->req->method, "HEAD") == 0)
@@ -873,6 +885,15 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
             goto out;
         }
     }
+    if (x->verdict == V_SIZE) {
+        x->err = cks_fail(&x->diag, CKS_ERR_SERVED_SIZE,
+                          "%s: ServedSizeMismatch: the server says the file has %" PRIu64 " bytes "
+                          "(Content-Range '%s'), but the Hub lists %" PRIu64 "; refusing bytes "
+                          "of a file that is not the one listed",
+                          t->name, x->served_total, x->hdr.content_range, t->size);
+        x->done = true;
+        goto out;
+    }
     if (x->verdict == V_IGNORED) {
         x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED,
                           "%s: the server ignored the Range header (asked bytes=%" PRIu64
@@ -935,7 +956,15 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
             x->done = true;
         goto out;
     }
-    if (code == 416) {
+    uint64_t f416, l416, t416;
+    if (code == 416 && cks_http_parse_content_range(x->hdr.content_range, &f416, &l416, &t416) &&
+        t416 != UINT64_MAX && t416 != t->size) {
+        x->err = cks_fail(&x->diag, CKS_ERR_SERVED_SIZE,
+                          "%s: ServedSizeMismatch: range bytes=%" PRIu64 "-%" PRIu64 " not "
+                          "satisfiable (416, Content-Range '%s'): the server holds %" PRIu64
+                          " bytes, the Hub lists %" PRIu64,
+                          t->name, x->next, x->span.last, x->hdr.content_range, t416, t->size);
+    } else if (code == 416) {
         x->err = cks_fail(&x->diag, CKS_ERR_HTTP,
                           "%s: range bytes=%" PRIu64 "-%" PRIu64 " not satisfiable (416, "
                           "Content-Range '%s'); the file is not the %" PRIu64 " bytes the Hub "

@@ -9,6 +9,8 @@
 #include "ckptscope/hub.h"
 #include "ckptscope/cache_hub.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -88,6 +90,7 @@ struct rsrc {
     EVP_MD_CTX *sha;
     uint64_t sha_next;
     enum sha_state sha_state;
+    char sha_hex[65];          /* the SHA-256 of the bytes, once the whole file was hashed */
 };
 
 static const cks_source_ops rsrc_ops;
@@ -365,6 +368,7 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
         char hex[65];
         EVP_DigestFinal_ex(s->sha, d, &dl);
         hex32(d, hex);
+        memcpy(s->sha_hex, hex, sizeof s->sha_hex);
         s->sha_state = strcmp(hex, s->base.sha256_hex) == 0 ? SHA_OK : SHA_BAD;
         /* cache hook: remember the check, so a rerun from the cache need not redo it */
         if (s->sha_state == SHA_OK && s->rem->cache && s->key[0])
@@ -394,6 +398,21 @@ bool cks_remote_source_verified(const cks_source *src, bool *verified)
     if (verified)
         *verified = s->sha_state == SHA_OK;
     return true;
+}
+
+int cks_remote_source_sha_check(const cks_source *src, char computed[65])
+{
+    int outcome = 0;
+    struct rsrc *s = (struct rsrc *)src;
+    if (!src || src->ops != &rsrc_ops)
+        goto out;
+    pthread_mutex_lock(&s->rem->mu);
+    outcome = s->sha_state == SHA_OK ? 1 : s->sha_state == SHA_BAD ? -1 : 0;
+    if (outcome && computed)
+        memcpy(computed, s->sha_hex, 65);
+    pthread_mutex_unlock(&s->rem->mu);
+out:
+    return outcome;
 }
 
 static void evict(struct rsrc *s, uint64_t cap)
@@ -1143,6 +1162,168 @@ out:
     return err;
 }
 
+/* ---------------------------------------------------------------- served sizes ---- */
+
+/* Where the bytes of each path come from, resolved now: urls[i] (malloc'd), or out[i].err and
+ * out[i].diag say why not. Never the cache: this asks the servers. */
+static cks_err resolve_now(cks_remote *r, const char *const *paths, size_t n, char **urls,
+                           cks_served_size *out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_hub_resolved *res = calloc(n ? n : 1, sizeof *res);
+    cks_err *errs = calloc(n ? n : 1, sizeof *errs);
+    char *url = NULL;
+    if (!res || !errs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (r->repo) {
+        pthread_mutex_lock(&r->net);
+        err = cks_hub_resolve_some(r->hub, r->repo, paths, n, res, errs, diag);
+        pthread_mutex_unlock(&r->net);
+        if (err)
+            goto out;
+        for (size_t i = 0; i < n; i++) {
+            if (errs[i]) {
+                out[i].err = cks_fail(&out[i].diag, errs[i], "%s/%s: the Hub did not resolve it (%s)",
+                                      r->repo->repo_id, paths[i], cks_strerror(errs[i]));
+                continue;
+            }
+            urls[i] = res[i].url;
+            res[i].url = NULL;
+        }
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *base_name = strrchr(r->url_shown, '/') + 1;
+        cks_hub_resolved one;
+        cks_err e;
+        free(url);
+        url = NULL;
+        if (strcmp(paths[i], base_name) != 0 && asprintf(&url, "%s%s", r->url_base, paths[i]) < 0) {
+            url = NULL;
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        pthread_mutex_lock(&r->net);
+        e = cks_hub_resolve_url(r->hub, url ? url : r->url, &one, &out[i].diag);
+        pthread_mutex_unlock(&r->net);
+        if (e) {
+            out[i].err = e;
+            continue;
+        }
+        urls[i] = one.url;
+        one.url = NULL;
+        cks_hub_resolved_release(&one);
+    }
+out:
+    if (res)
+        for (size_t i = 0; i < n; i++)
+            cks_hub_resolved_release(&res[i]);
+    free(res);
+    free(errs);
+    free(url);
+    return err;
+}
+
+/* What one answer to "Range: bytes=0-0" says the file's size is. */
+static void take_total(const cks_http_request *q, const char *path, cks_served_size *o)
+{
+    uint64_t a, b, t;
+    long st = q->resp.status;
+    o->err = CKS_OK;
+    if ((st == 206 || st == 416) && cks_http_parse_content_range(q->resp.content_range, &a, &b, &t) &&
+        t != UINT64_MAX) {
+        o->size = t; /* 206 "bytes 0-0/T", or 416 "bytes * /T" for an empty file */
+    } else if (st == 200 && q->resp.content_length[0] && isdigit((unsigned char)q->resp.content_length[0])) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(q->resp.content_length, &end, 10);
+        if (*end || errno)
+            o->err = cks_fail(&o->diag, CKS_ERR_HTTP, "%s: unreadable Content-Length '%s'", path,
+                              q->resp.content_length);
+        else
+            o->size = v; /* the server ignored Range and announced the whole file */
+    } else if (st == 404 || st == 410) {
+        o->err = cks_fail(&o->diag, CKS_ERR_FILE_NOT_FOUND, "%s: the data server answers HTTP %ld", path, st);
+    } else if (st == 401 || st == 403) {
+        o->err = cks_fail(&o->diag, CKS_ERR_AUTH, "%s: the data server refuses access (HTTP %ld)", path, st);
+    } else {
+        o->err = cks_fail(&o->diag, CKS_ERR_HTTP,
+                          "%s: the data server answered a one-byte range with HTTP %ld and Content-Range '%s'",
+                          path, st, q->resp.content_range);
+    }
+}
+
+/*
+ * The size each file's data server (the CDN for an LFS file) reports now: a GET of
+ * "bytes=0-0" to a freshly resolved URL, read from the Content-Range TOTAL (the
+ * Content-Length of a 200 that ignored the range, whose body is cut off after 64 bytes).
+ * With --offline nothing is asked (CKS_ERR_UNSUPPORTED per file).
+ */
+static cks_err served_sizes(cks_remote *r, const char *const *paths, size_t n, cks_served_size *out,
+                            cks_diag *diag)
+{
+    cks_err err = CKS_OK, e;
+    char **urls = calloc(n ? n : 1, sizeof *urls);
+    cks_http_request *reqs = calloc(n ? n : 1, sizeof *reqs);
+    size_t *idx = calloc(n ? n : 1, sizeof *idx);
+    size_t m = 0;
+    cks_diag d;
+    bool any_item_err = false;
+
+    memset(out, 0, n * sizeof *out);
+    if (!urls || !reqs || !idx) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (cks_cache_offline(r->cache)) {
+        for (size_t i = 0; i < n; i++)
+            out[i].err = cks_fail(&out[i].diag, CKS_ERR_UNSUPPORTED, "--offline: the data server was not asked");
+        goto out;
+    }
+    err = resolve_now(r, paths, n, urls, out, diag);
+    if (err)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (!urls[i])
+            continue;
+        reqs[m].method = "GET";
+        reqs[m].url = urls[i];
+        reqs[m].range = "bytes=0-0";
+        reqs[m].max_body = 64;
+        idx[m++] = i;
+    }
+    pthread_mutex_lock(&r->net);
+    e = cks_http_request_many(r->http, reqs, m, &d);
+    pthread_mutex_unlock(&r->net);
+    for (size_t k = 0; k < m; k++)
+        any_item_err = any_item_err || reqs[k].err != CKS_OK;
+    if (e && !any_item_err) {
+        /* the batch itself failed (memory, libcurl): nothing was learnt about any file */
+        err = cks_fail(diag, e, "%s", d.text);
+        goto out;
+    }
+    for (size_t k = 0; k < m; k++) {
+        cks_served_size *o = &out[idx[k]];
+        if (reqs[k].err) {
+            o->err = reqs[k].err;
+            o->diag = reqs[k].diag;
+        } else {
+            take_total(&reqs[k], paths[idx[k]], o);
+        }
+    }
+out:
+    for (size_t k = 0; reqs && k < m; k++)
+        cks_http_response_release(&reqs[k].resp);
+    for (size_t i = 0; urls && i < n; i++)
+        free(urls[i]);
+    free(urls);
+    free(reqs);
+    free(idx);
+    return err;
+}
+
 /* ---------------------------------------------------------------- provider ---- */
 
 static bool ends_with(const char *s, const char *suffix);
@@ -1251,6 +1432,81 @@ out:
 static cks_err prov_open_source(void *ctx, const char *relpath, cks_source **out, cks_diag *diag)
 {
     return cks_remote_open_file(ctx, relpath, out, diag);
+}
+
+static cks_err prov_served_sizes(void *ctx, const char *const *relpaths, size_t n, cks_served_size *out,
+                                 cks_diag *diag)
+{
+    return served_sizes(ctx, relpaths, n, out, diag);
+}
+
+/* The file as its data server serves it, `size` bytes: the URL is resolved now and given to
+ * the source, so the listing's size never enters (it is the one that disagrees). Nothing is
+ * cached under the file's identity and no SHA-256 is checked: these are not its bytes. */
+static cks_err prov_open_as_served(void *ctx, const char *relpath, uint64_t size, cks_source **out,
+                                   cks_diag *diag)
+{
+    cks_remote *r = ctx;
+    cks_err err = CKS_OK;
+    char *url = NULL;
+    cks_served_size why;
+    struct rsrc *s = NULL;
+
+    *out = NULL;
+    memset(&why, 0, sizeof why);
+    err = resolve_now(r, &relpath, 1, &url, &why, diag);
+    if (!err && why.err)
+        err = cks_fail(diag, why.err, "%s", why.diag.text);
+    if (!err)
+        err = new_source(r, relpath, size, NULL, url, &s, diag);
+    if (!err) {
+        s->key[0] = '\0';
+        *out = &s->base;
+    }
+    free(url);
+    return err;
+}
+
+static cks_err prov_list_safetensors(void *ctx, const char *dir, char ***paths, size_t *n, cks_diag *diag)
+{
+    cks_remote *r = ctx;
+    cks_err err = CKS_OK;
+    size_t dl = strlen(dir), k = 0;
+    char **list = NULL;
+
+    *paths = NULL;
+    *n = 0;
+    if (!r->repo) {
+        err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "a plain URL has no file listing");
+        goto out;
+    }
+    list = calloc(r->repo->n_files ? r->repo->n_files : 1, sizeof *list);
+    if (!list) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < r->repo->n_files && !err; i++) {
+        const char *p = r->repo->files[i].path;
+        const char *rest = dl ? p + dl + 1 : p;
+        if ((dl && (strncmp(p, dir, dl) != 0 || p[dl] != '/')) || strchr(rest, '/') ||
+            !ends_with(rest, ".safetensors"))
+            continue;
+        list[k] = strdup(p);
+        if (!list[k])
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        else
+            k++;
+    }
+    if (err)
+        goto out;
+    *paths = list; /* the listing is sorted by path */
+    *n = k;
+    list = NULL;
+out:
+    for (size_t i = 0; list && i < k; i++)
+        free(list[i]);
+    free(list);
+    return err;
 }
 
 /*
@@ -1371,53 +1627,92 @@ out:
     return err;
 }
 
-cks_err cks_remote_open_ckpt(cks_remote *r, cks_ckpt **out, cks_diag *diag)
+/* The checkpoint entry of the session (its path, or the repo root's index or single file)
+ * and the name reports give it. */
+static cks_err ckpt_entry(cks_remote *r, char **entry, char **name, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    char *entry = NULL, *name = NULL;
-    /* sources hold references to the session, so the provider needs no release_ctx */
-    cks_ckpt_provider prov = {.ctx = r,
-                              .fetch_file = prov_fetch_file,
-                              .open_source = prov_open_source,
-                              .prefetch_headers = prov_prefetch_headers};
-    *out = NULL;
+    *entry = *name = NULL;
     if (r->repo) {
         const char *p = r->spec.path;
         if (p && (ends_with(p, ".safetensors") || ends_with(p, ".json"))) {
-            entry = strdup(p);
-            if (!entry) {
+            *entry = strdup(p);
+            if (!*entry) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
                 goto out;
             }
-            if (!cks_hub_repo_find(r->repo, entry)) {
+            if (!cks_hub_repo_find(r->repo, *entry)) {
                 err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s@%s has no file '%s'",
-                               r->repo->repo_id, r->repo->revision, entry);
+                               r->repo->repo_id, r->repo->revision, *entry);
                 goto out;
             }
         } else {
-            err = pick_entry(r->repo, p ? p : "", &entry, diag);
+            err = pick_entry(r->repo, p ? p : "", entry, diag);
             if (err)
                 goto out;
         }
-        if (asprintf(&name, "%s@%s", r->repo->repo_id, r->repo->revision) < 0) {
-            name = NULL;
+        if (asprintf(name, "%s@%s", r->repo->repo_id, r->repo->revision) < 0) {
+            *name = NULL;
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             goto out;
         }
     } else {
-        entry = strdup(strrchr(r->url_shown, '/') + 1);
-        name = strdup(r->url_shown);
-        if (!entry || !name) {
+        *entry = strdup(strrchr(r->url_shown, '/') + 1);
+        *name = strdup(r->url_shown);
+        if (!*entry || !*name) {
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             goto out;
         }
-        if (!*entry) {
-            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "%s: the URL must name a file", name);
+        if (!**entry) {
+            err = cks_fail(diag, CKS_ERR_INVALID_ARG, "%s: the URL must name a file", *name);
             goto out;
         }
     }
-    err = cks_ckpt_open_with(&prov, name, entry, out, diag);
 out:
+    if (err) {
+        free(*entry);
+        free(*name);
+        *entry = *name = NULL;
+    }
+    return err;
+}
+
+/* sources hold references to the session, so the provider needs no release_ctx */
+static cks_ckpt_provider session_provider(cks_remote *r)
+{
+    cks_ckpt_provider prov = {.ctx = r,
+                              .fetch_file = prov_fetch_file,
+                              .open_source = prov_open_source,
+                              .prefetch_headers = prov_prefetch_headers,
+                              .served_sizes = prov_served_sizes,
+                              .open_as_served = prov_open_as_served,
+                              .list_safetensors = prov_list_safetensors};
+    return prov;
+}
+
+cks_err cks_remote_open_ckpt(cks_remote *r, cks_ckpt **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *entry = NULL, *name = NULL;
+    cks_ckpt_provider prov = session_provider(r);
+    *out = NULL;
+    err = ckpt_entry(r, &entry, &name, diag);
+    if (!err)
+        err = cks_ckpt_open_with(&prov, name, entry, out, diag);
+    free(entry);
+    free(name);
+    return err;
+}
+
+cks_err cks_remote_check_ckpt(cks_remote *r, cks_ckpt_check **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *entry = NULL, *name = NULL;
+    cks_ckpt_provider prov = session_provider(r);
+    *out = NULL;
+    err = ckpt_entry(r, &entry, &name, diag);
+    if (!err)
+        err = cks_ckpt_check_with(&prov, entry, out, diag);
     free(entry);
     free(name);
     return err;

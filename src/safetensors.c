@@ -375,8 +375,12 @@ static int compare_by_offsets(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-/* Reference Metadata::validate: contiguous from 0, exact sizes, checked arithmetic. */
-static cks_err validate_layout(cks_st_header *hdr, cks_diag *diag)
+/*
+ * Reference Metadata::validate: contiguous from 0, exact sizes, checked arithmetic. With
+ * eof_rule false the last rule (the data ends at the end of the file) is left out and
+ * hdr->file_size becomes the size the header implies (cks_st_parse_layout).
+ */
+static cks_err validate_layout(cks_st_header *hdr, bool eof_rule, cks_diag *diag)
 {
     uint64_t start = 0;
     for (size_t i = 0; i < hdr->n_tensors; i++) {
@@ -421,6 +425,12 @@ static cks_err validate_layout(cks_st_header *hdr, cks_diag *diag)
         start = t->end;
     }
     /* start is now the end of the data section (0 when there is no tensor) */
+    if (!eof_rule) {
+        if (__builtin_add_overflow(hdr->data_start, start, &hdr->file_size))
+            return cks_fail(diag, CKS_ERR_VALIDATION_OVERFLOW,
+                            "ValidationOverflow: the header's data section ends past 2^64 bytes");
+        return CKS_OK;
+    }
     if (start > hdr->file_size - hdr->data_start)
         return cks_fail(diag, CKS_ERR_TRUNCATED,
                         "MetadataIncompleteBuffer (truncated): the header says the data ends at "
@@ -437,7 +447,7 @@ static cks_err validate_layout(cks_st_header *hdr, cks_diag *diag)
     return CKS_OK;
 }
 
-static cks_err parse_json(const uint8_t *json, size_t len, cks_st_header *hdr, cks_diag *diag)
+static cks_err parse_json(const uint8_t *json, size_t len, cks_st_header *hdr, bool eof_rule, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cJSON *root = NULL;
@@ -510,14 +520,19 @@ static cks_err parse_json(const uint8_t *json, size_t len, cks_st_header *hdr, c
     }
     if (n > 1)
         qsort(hdr->tensors, n, sizeof *hdr->tensors, compare_by_offsets);
-    err = validate_layout(hdr, diag);
+    err = validate_layout(hdr, eof_rule, diag);
 out:
     cJSON_Delete(root);
     return err;
 }
 
-cks_err cks_st_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size, cks_st_header **out,
-                     uint64_t *need, cks_diag *diag)
+/*
+ * Both parsers. With eof_rule, every rule of the reference against a file of file_size
+ * bytes; without, file_size is unknown (UINT64_MAX) and every rule but the end-of-file one
+ * is checked (the header length is then bounded only by the 100 MB limit).
+ */
+static cks_err parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_size, bool eof_rule,
+                            cks_st_header **out, uint64_t *need, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_st_header *hdr = NULL;
@@ -573,7 +588,7 @@ cks_err cks_st_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size, cks
     hdr->header_len = n;
     hdr->data_start = 8 + n;
     hdr->file_size = file_size;
-    err = parse_json(buf + 8, (size_t)n, hdr, diag);
+    err = parse_json(buf + 8, (size_t)n, hdr, eof_rule, diag);
     if (err)
         goto out;
     *out = hdr;
@@ -581,6 +596,18 @@ cks_err cks_st_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size, cks
 out:
     cks_st_header_free(hdr);
     return err;
+}
+
+cks_err cks_st_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size, cks_st_header **out,
+                     uint64_t *need, cks_diag *diag)
+{
+    return parse_header(buf, buf_len, file_size, true, out, need, diag);
+}
+
+cks_err cks_st_parse_layout(const uint8_t *buf, size_t buf_len, cks_st_header **out, uint64_t *need,
+                            cks_diag *diag)
+{
+    return parse_header(buf, buf_len, UINT64_MAX, false, out, need, diag);
 }
 
 cks_err cks_st_read_header(cks_source *src, cks_st_header **out, cks_diag *diag)

@@ -65,6 +65,10 @@ typedef enum cks_err {
     CKS_ERR_AUTH,             /* invalid or expired token */
     CKS_ERR_RATE_LIMITED,     /* 429 after retries */
     CKS_ERR_INTEGRITY,        /* bytes do not match the expected SHA-256 */
+    CKS_ERR_SERVED_SIZE,      /* ServedSizeMismatch: the server holding a file's bytes reports
+                                 another size (Content-Range total) than the Hub lists */
+    CKS_ERR_SERVED_HEADER_SIZE, /* HeaderServedSizeMismatch: the size served differs from the
+                                   size the file's safetensors header implies */
 
     /* cache */
     CKS_ERR_CACHE,            /* cache unusable (permissions, layout version) */

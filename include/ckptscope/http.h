@@ -103,6 +103,8 @@ typedef struct cks_http_request {
     const char *url;
     size_t max_body;              /* bytes kept; more is flagged as truncated; 0: 64 KiB */
     const char *accept;           /* Accept header value, NULL for none */
+    const char *range;            /* Range header value ("bytes=0-0"), NULL for none; the
+                                     answer, 206 or not, is returned as is (no range rules) */
     cks_http_response resp;       /* OUT */
     cks_err err;                  /* OUT: transport outcome (HTTP status is in resp) */
     cks_diag diag;                /* OUT: detail when err != CKS_OK */

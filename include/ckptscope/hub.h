@@ -204,6 +204,11 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
 cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
                             size_t n, cks_diag *diag);
 
+/* The checkpoint of the session (as cks_remote_open_ckpt finds it) checked file by file
+ * (cks_ckpt_check_with): every shard's header on its own, the index against every header
+ * read, each file's listed, served (the CDN's Content-Range total) and implied sizes. */
+cks_err cks_remote_check_ckpt(cks_remote *r, cks_ckpt_check **out, cks_diag *diag);
+
 /* NULL for a URL session. */
 const cks_hub_repo *cks_remote_repo(const cks_remote *r);
 const char *cks_remote_endpoint(const cks_remote *r);
@@ -214,5 +219,9 @@ const char *cks_remote_token_origin(const cks_remote *r);
 void cks_remote_get_stats(const cks_remote *r, cks_http_stats *out);
 /* True when src is a remote source; *verified set when its whole-file SHA-256 was checked. */
 bool cks_remote_source_verified(const cks_source *src, bool *verified);
+/* The whole-file SHA-256 check of a remote source: 1 the bytes matched the Hub's SHA-256, -1
+ * they did not (`computed`, when not NULL, receives the SHA-256 of the bytes read, 64 hex),
+ * 0 not concluded yet or not a remote source. */
+int cks_remote_source_sha_check(const cks_source *src, char computed[65]);
 
 #endif

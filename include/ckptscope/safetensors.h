@@ -66,6 +66,16 @@ typedef struct cks_st_header {
 cks_err cks_st_parse(const uint8_t *buf, size_t buf_len, uint64_t file_size,
                      cks_st_header **out, uint64_t *need, cks_diag *diag);
 
+/*
+ * Parse a header without knowing the file's size: every rule but the reference's last one
+ * (the last tensor ends at the end of the file). The returned hdr->file_size is the size
+ * the header implies, 8 + N + the end of the last tensor's data. For reporting a size
+ * disagreement (a truncated file, a server that serves another size) next to the header
+ * it contradicts; cks_st_parse is the validation.
+ */
+cks_err cks_st_parse_layout(const uint8_t *buf, size_t buf_len, cks_st_header **out, uint64_t *need,
+                            cks_diag *diag);
+
 /* Read and parse the header of a source: first chunk, then the rest if needed. */
 cks_err cks_st_read_header(cks_source *src, cks_st_header **out, cks_diag *diag);
 

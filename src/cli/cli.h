@@ -84,6 +84,14 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
                             cks_diag *diag);
 
+/*
+ * The same SOURCE checked file by file (cks_ckpt_check_local / cks_remote_check_ckpt): what
+ * verify falls back to when opening it fails, so every problem is reported. `report` (may
+ * be NULL) receives the "source" object, without files.
+ */
+cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,
+                             cks_diag *diag);
+
 /* A JSON object with "schema_version" first, and the printer that frees it. */
 cJSON *cli_json_new(const char *command);
 void cli_json_print(cJSON *root);

@@ -12,6 +12,7 @@
 
 static struct {
     cks_remote *sessions[MAX_SESSIONS];
+    char *spec_text[MAX_SESSIONS]; /* what the user typed, for sessions opened from a SOURCE */
     size_t n;
     cks_cache *cache;
     bool cache_tried;
@@ -35,8 +36,11 @@ static void cleanup(void)
         }
         free(notes);
     }
-    for (size_t i = 0; i < g.n; i++)
+    for (size_t i = 0; i < g.n; i++) {
         cks_remote_free(g.sessions[i]);
+        free(g.spec_text[i]);
+        g.spec_text[i] = NULL;
+    }
     g.n = 0;
     cks_cache_free(g.cache);
     g.cache = NULL;
@@ -135,6 +139,8 @@ cJSON *cli_remote_source_json(cks_remote *r, const cks_ckpt *ckpt)
         cJSON_AddStringToObject(src, "kind", "url");
         cJSON_AddStringToObject(src, "url", cks_remote_url(r));
     }
+    if (!ckpt)
+        return src;
     if (ckpt->index_path)
         cJSON_AddStringToObject(src, "index", ckpt->index_path);
     cJSON *files = cJSON_AddArrayToObject(src, "files");
@@ -167,9 +173,40 @@ bool cli_remote_open(const char *text, const cli_opts *opts, cks_ckpt **out, cJS
     }
     *err = cli_remote_session(&spec, opts, &r, diag);
     if (!*err)
+        g.spec_text[g.n - 1] = strdup(text); /* so a check of the same SOURCE reuses it */
+    if (!*err)
         *err = cks_remote_open_ckpt(r, out, diag);
     if (!*err && report)
         *report = cli_remote_source_json(r, *out);
+    cks_hub_spec_release(&spec);
+    return true;
+}
+
+bool cli_remote_check(const char *text, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,
+                      cks_err *err, cks_diag *diag)
+{
+    cks_hub_spec spec;
+    cks_remote *r = NULL;
+    *out = NULL;
+    *err = cks_hub_parse_spec(text, &spec, diag);
+    if (*err)
+        return true;
+    if (spec.kind == CKS_SPEC_LOCAL) {
+        cks_hub_spec_release(&spec);
+        return false;
+    }
+    for (size_t i = 0; i < g.n && !r; i++)
+        if (g.spec_text[i] && strcmp(g.spec_text[i], text) == 0)
+            r = g.sessions[i];
+    if (!r) {
+        *err = cli_remote_session(&spec, opts, &r, diag);
+        if (!*err)
+            g.spec_text[g.n - 1] = strdup(text);
+    }
+    if (!*err)
+        *err = cks_remote_check_ckpt(r, out, diag);
+    if (!*err && report)
+        *report = cli_remote_source_json(r, NULL);
     cks_hub_spec_release(&spec);
     return true;
 }

@@ -19,12 +19,17 @@
 bool cli_remote_open(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
                      cks_err *err, cks_diag *diag);
 
+/* The same SOURCE checked file by file (cks_remote_check_ckpt), reusing the session a
+ * failed cli_remote_open left; false for a local path. */
+bool cli_remote_check(const char *spec, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,
+                      cks_err *err, cks_diag *diag);
+
 /* Open a remote session (for commands that need more than a checkpoint, e.g. fetch).
  * The session is registered for the transfer report and freed at exit. */
 cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_remote **out,
                            cks_diag *diag);
 
-/* The "source" JSON object of a remote checkpoint. */
+/* The "source" JSON object of a remote checkpoint (ckpt NULL: the repository only). */
 cJSON *cli_remote_source_json(cks_remote *r, const cks_ckpt *ckpt);
 
 /* Add "transfer" to a report when any remote session was used. */

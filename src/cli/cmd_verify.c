@@ -10,6 +10,7 @@
  */
 #include <dirent.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -20,6 +21,7 @@
 #include "ckptscope/compare.h"
 #include "ckptscope/decode.h"
 #include "ckptscope/fingerprint.h"
+#include "ckptscope/hub.h"
 #include "cli.h"
 
 #define SAMPLE_BYTES (64u << 10)      /* per tensor: three blocks (start, middle, end) */
@@ -55,36 +57,199 @@ static const char verify_help[] =
     "  ckptscope verify org/new-upload --full\n"
     "  ckptscope verify org/new-upload --against known/ --json\n";
 
-typedef struct problem {
+#define MAX_PROBLEMS 2000
+#define MAX_WARNINGS 256
+
+/* One finding: a problem (the upload is invalid) or a warning. file/tensor NULL when none. */
+typedef struct finding {
     char rule[48];
-    char detail[512];
-} problem;
+    char *file;
+    char *tensor;
+    char *detail;
+} finding;
+
+typedef struct findings {
+    finding *items;
+    size_t n, cap, omitted, max;
+} findings;
 
 typedef struct verify_state {
-    problem problems[64];
-    size_t n_problems;
-    char warnings[16][256];
-    size_t n_warnings;
+    findings problems, warnings;
     size_t sampled, nan_tensors, zero_tensors;
     uint64_t sampled_bytes;
-    cJSON *files;   /* per file: path, size, sha256 (hub), computed, match */
+    cJSON *files;            /* checks.files: one object per file (path, sizes, hashes) */
+    bool file_by_file;       /* opening failed; the files were checked one by one */
+    size_t unchecked_entries;
+    bool have_error;         /* something could not be checked (network, access, I/O) */
+    cks_err error;
+    char error_text[CKS_DIAG_MAX + 512];
 } verify_state;
 
-static void add_problem(verify_state *v, const char *rule, const char *fmt, const char *a, const char *b)
+static void findings_free(findings *f)
 {
-    problem *p;
-    if (v->n_problems == sizeof v->problems / sizeof v->problems[0])
-        return;
-    p = &v->problems[v->n_problems++];
-    snprintf(p->rule, sizeof p->rule, "%s", rule);
-    snprintf(p->detail, sizeof p->detail, fmt, a, b);
+    for (size_t i = 0; i < f->n; i++) {
+        free(f->items[i].file);
+        free(f->items[i].tensor);
+        free(f->items[i].detail);
+    }
+    free(f->items);
 }
 
-static void add_warning(verify_state *v, const char *fmt, const char *a)
+/* Add a finding unless the same rule was already found for the same file and tensor.
+ * False only when out of memory. */
+static bool add_finding(findings *fs, const char *rule, const char *file, const char *tensor, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static bool add_finding(findings *fs, const char *rule, const char *file, const char *tensor, const char *fmt, ...)
 {
-    if (v->n_warnings == sizeof v->warnings / sizeof v->warnings[0])
+    bool ok = true;
+    finding f;
+    va_list ap;
+    int n;
+
+    memset(&f, 0, sizeof f);
+    for (size_t i = 0; i < fs->n; i++)
+        if (strcmp(fs->items[i].rule, rule) == 0 && !fs->items[i].file == !file &&
+            (!file || strcmp(fs->items[i].file, file) == 0) && !fs->items[i].tensor == !tensor &&
+            (!tensor || strcmp(fs->items[i].tensor, tensor) == 0))
+            goto out;
+    if (fs->n == fs->max) {
+        fs->omitted++;
+        goto out;
+    }
+    if (fs->n == fs->cap) {
+        size_t ncap = fs->cap ? fs->cap * 2 : 16;
+        finding *grown = realloc(fs->items, ncap * sizeof *grown);
+        if (!grown) {
+            ok = false;
+            goto out;
+        }
+        fs->items = grown;
+        fs->cap = ncap;
+    }
+    snprintf(f.rule, sizeof f.rule, "%s", rule);
+    va_start(ap, fmt);
+    n = vasprintf(&f.detail, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        f.detail = NULL;
+    f.file = file ? strdup(file) : NULL;
+    f.tensor = tensor ? strdup(tensor) : NULL;
+    if (!f.detail || (file && !f.file) || (tensor && !f.tensor)) {
+        if (n >= 0)
+            free(f.detail);
+        free(f.file);
+        free(f.tensor);
+        ok = false;
+        goto out;
+    }
+    fs->items[fs->n++] = f;
+out:
+    return ok;
+}
+
+/* The first thing that could not be checked is the one reported. */
+static void set_error(verify_state *v, cks_err err, const char *file, const char *detail)
+{
+    if (v->have_error)
         return;
-    snprintf(v->warnings[v->n_warnings++], sizeof v->warnings[0], fmt, a);
+    v->have_error = true;
+    v->error = err;
+    snprintf(v->error_text, sizeof v->error_text, "%s%s%s: %s", file ? file : "", file ? ": " : "",
+             cks_strerror(err), detail);
+}
+
+static cJSON *file_json(const verify_state *v, const char *path)
+{
+    cJSON *e;
+    cJSON_ArrayForEach(e, v->files) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "path");
+        if (cJSON_IsString(p) && strcmp(p->valuestring, path) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static void add_size(cJSON *o, const char *key, bool known, uint64_t value)
+{
+    if (known)
+        cJSON_AddNumberToObject(o, key, (double)value);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+/* Everything the library's check found: problems, per-file sizes, what could not be checked. */
+static bool take_check(verify_state *v, const cks_ckpt_check *c)
+{
+    bool ok = true;
+    for (size_t i = 0; i < c->n_problems && ok; i++) {
+        const cks_ckpt_problem *p = &c->problems[i];
+        ok = add_finding(&v->problems, cks_strerror(p->rule), p->file, p->tensor, "%s", p->detail);
+    }
+    v->problems.omitted += c->n_omitted;
+    v->unchecked_entries += c->n_unchecked_entries;
+    for (size_t f = 0; f < c->n_files && ok; f++) {
+        const cks_ckpt_file_check *fc = &c->files[f];
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "path", fc->path);
+        add_size(e, "size", fc->size_known, fc->size);
+        add_size(e, "served_size", fc->served_known, fc->served_size);
+        add_size(e, "header_implied_size", fc->implied_known, fc->implied_size);
+        add_size(e, "header_bytes", fc->header_read, fc->header_len);
+        cJSON_AddBoolToObject(e, "header_valid", fc->header_valid);
+        if (fc->sha256[0])
+            cJSON_AddStringToObject(e, "sha256", fc->sha256);
+        else
+            cJSON_AddNullToObject(e, "sha256");
+        if (fc->error) {
+            char text[CKS_DIAG_MAX + 64];
+            snprintf(text, sizeof text, "%s: %s", cks_strerror(fc->error), fc->error_detail ? fc->error_detail : "");
+            cJSON_AddStringToObject(e, "error", text);
+            set_error(v, fc->error, fc->path, fc->error_detail ? fc->error_detail : "");
+        }
+        cJSON_AddItemToArray(v->files, e);
+    }
+    if (ok && c->n_unchecked_entries)
+        ok = add_finding(&v->warnings, "IndexNotChecked", c->index_path, NULL,
+                         "%zu index entries point to shards whose header could not be read; they were not "
+                         "checked",
+                         c->n_unchecked_entries);
+    return ok;
+}
+
+/*
+ * A read of file f failed. A property of the upload (a SHA-256 unlike the Hub's, a served
+ * size unlike the listed one, a format rule) becomes a problem of that file and the file is
+ * read no further (*bad); CKS_OK then. Anything else could not be checked: returned.
+ */
+static cks_err read_failure(verify_state *v, const cks_ckpt *ckpt, size_t f, cks_err e, const cks_diag *d,
+                            bool *bad, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const char *path = ckpt->files[f].path;
+    const cks_source *src = ckpt->files[f].source;
+    char computed[65];
+    cJSON *entry = file_json(v, path);
+
+    if (e == CKS_ERR_INTEGRITY && cks_remote_source_sha_check(src, computed) < 0) {
+        if (entry && !cJSON_GetObjectItemCaseSensitive(entry, "sha256_computed")) {
+            cJSON_AddStringToObject(entry, "sha256_computed", computed);
+            cJSON_AddBoolToObject(entry, "sha256_match", false);
+        }
+        if (!add_finding(&v->problems, "Sha256Mismatch", path, NULL,
+                         "the bytes served hash to SHA-256 %s, but the Hub's LFS SHA-256 is %s", computed,
+                         src->sha256_hex))
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    } else if (cks_err_class_of(e) == CKS_CLASS_FORMAT) {
+        if (!add_finding(&v->problems, cks_strerror(e), path, NULL, "%s", d->text))
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    } else {
+        err = e;
+        if (diag)
+            *diag = *d;
+    }
+    *bad = true;
+    return err;
 }
 
 /* Three blocks of one float tensor: NaN/Inf anywhere is invalid; all zero is suspicious. */
@@ -92,6 +257,7 @@ static cks_err sample_tensor(const cks_ckpt *ckpt, const cks_ckpt_tensor *t, ver
 {
     cks_err err = CKS_OK;
     const cks_tensor_info *info = t->info;
+    const char *path = ckpt->files[t->file].path;
     size_t esize = cks_decode_elem_size(info->dtype);
     uint64_t size = info->end - info->begin, block = SAMPLE_BYTES / 3, offs[3];
     uint8_t *buf = NULL;
@@ -100,7 +266,7 @@ static cks_err sample_tensor(const cks_ckpt *ckpt, const cks_ckpt_tensor *t, ver
     cks_nonfinite tally = {0, 0};
 
     if (!esize || !cks_dtype_is_float(info->dtype) || size == 0)
-        return CKS_OK;
+        goto out;
     block -= block % esize;
     if (block == 0)
         block = esize;
@@ -133,14 +299,16 @@ static cks_err sample_tensor(const cks_ckpt *ckpt, const cks_ckpt_tensor *t, ver
         goto out;
     v->sampled++;
     if (tally.nan_count || tally.inf_count) {
-        char counts[96];
-        snprintf(counts, sizeof counts, "%llu NaN and %llu Inf values in the sampled rows",
-                 (unsigned long long)tally.nan_count, (unsigned long long)tally.inf_count);
-        add_problem(v, "NonFinite", "tensor \"%s\": %s", info->name, counts);
+        if (!add_finding(&v->problems, "NonFinite", path, info->name,
+                         "tensor \"%s\": %llu NaN and %llu Inf values in the sampled rows", info->name,
+                         (unsigned long long)tally.nan_count, (unsigned long long)tally.inf_count))
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         v->nan_tensors++;
     } else if (all_zero && info->nelements >= 64) {
         /* zero-initialised biases exist: a warning, not a rejection */
-        add_warning(v, "tensor \"%s\" is all zeros on the sampled rows", info->name);
+        if (!add_finding(&v->warnings, "AllZero", path, info->name, "tensor \"%s\" is all zeros on the sampled rows",
+                         info->name))
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         v->zero_tensors++;
     }
 out:
@@ -149,13 +317,20 @@ out:
     return err;
 }
 
-static cks_err sample_all(const cks_ckpt *ckpt, verify_state *v, cks_diag *diag)
+/* Sampled blocks of every float tensor, one prefetch per file; a file that cannot be read is
+ * reported and skipped, the others are still sampled. */
+static cks_err sample_all(const cks_ckpt *ckpt, verify_state *v, bool *bad, cks_diag *diag)
 {
-    cks_err err = CKS_OK;
-    cks_range *ranges = malloc((ckpt->n_tensors ? ckpt->n_tensors : 1) * 3 * sizeof *ranges);
-    if (!ranges)
-        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-    /* one prefetch per file so a remote source fetches every sampled block at once */
+    cks_err err = CKS_OK, e;
+    cks_diag d;
+    cks_range *ranges = NULL;
+    size_t cap;
+
+    if (__builtin_mul_overflow(ckpt->n_tensors ? ckpt->n_tensors : 1, (size_t)3, &cap) ||
+        !(ranges = malloc(cap * sizeof *ranges))) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
     for (size_t f = 0; f < ckpt->n_files && !err; f++) {
         size_t n = 0;
         for (size_t i = 0; i < ckpt->n_tensors; i++) {
@@ -172,61 +347,104 @@ static cks_err sample_all(const cks_ckpt *ckpt, verify_state *v, cks_diag *diag)
                 ranges[n++].length = len;
             }
         }
-        if (n)
-            err = cks_source_prefetch(ckpt->files[f].source, ranges, n, diag);
+        e = n ? cks_source_prefetch(ckpt->files[f].source, ranges, n, &d) : CKS_OK;
+        if (e)
+            err = read_failure(v, ckpt, f, e, &d, &bad[f], diag);
     }
+    for (size_t i = 0; i < ckpt->n_tensors && !err && v->sampled_bytes < SAMPLE_TOTAL; i++) {
+        size_t f = ckpt->tensors[i].file;
+        if (bad[f])
+            continue;
+        e = sample_tensor(ckpt, &ckpt->tensors[i], v, &d);
+        if (e == CKS_ERR_NOMEM)
+            err = cks_fail(diag, e, "%s", d.text);
+        else if (e)
+            err = read_failure(v, ckpt, f, e, &d, &bad[f], diag);
+    }
+out:
     free(ranges);
-    for (size_t i = 0; i < ckpt->n_tensors && !err && v->sampled_bytes < SAMPLE_TOTAL; i++)
-        err = sample_tensor(ckpt, &ckpt->tensors[i], v, diag);
     return err;
 }
 
 /* --full: each file streamed through SHA-256 and compared with the Hub's LFS hash. */
-static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, const cli_opts *opts, cks_diag *diag)
+static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, bool *bad, const cli_opts *opts, cks_diag *diag)
 {
-    cks_err err = CKS_OK;
+    cks_err err = CKS_OK, e = CKS_OK;
+    cks_diag d;
     uint8_t *buf = malloc(HASH_CHUNK);
-    if (!buf)
-        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+
+    if (!buf || !md) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
     for (size_t f = 0; f < ckpt->n_files && !err; f++) {
         cks_source *src = ckpt->files[f].source;
-        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        const char *path = ckpt->files[f].path;
         uint8_t digest[32];
         unsigned int dlen = 0;
         char hex[65];
-        cJSON *entry = cJSON_GetArrayItem(v->files, (int)f);
-        if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
-            EVP_MD_CTX_free(md);
-            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        cJSON *entry = file_json(v, path);
+        if (bad[f])
+            continue;
+        if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cannot set up SHA-256");
             break;
         }
         if (!opts->quiet && isatty(2))
-            fprintf(stderr, "verify: hashing %s...\n", ckpt->files[f].path);
-        for (uint64_t off = 0; off < src->size && !err; off += HASH_CHUNK) {
+            fprintf(stderr, "verify: hashing %s...\n", path);
+        e = CKS_OK;
+        for (uint64_t off = 0; off < src->size && !e; off += HASH_CHUNK) {
             size_t len = src->size - off < HASH_CHUNK ? (size_t)(src->size - off) : HASH_CHUNK;
-            err = cks_source_read_at(src, off, buf, len, diag);
-            if (!err)
+            e = cks_source_read_at(src, off, buf, len, &d);
+            if (!e)
                 EVP_DigestUpdate(md, buf, len);
         }
+        if (e) {
+            err = read_failure(v, ckpt, f, e, &d, &bad[f], diag);
+            continue;
+        }
         EVP_DigestFinal_ex(md, digest, &dlen);
-        EVP_MD_CTX_free(md);
-        if (err)
-            break;
         cks_hex_encode(digest, 32, hex);
-        cJSON_AddStringToObject(entry, "sha256_computed", hex);
+        if (entry)
+            cJSON_AddStringToObject(entry, "sha256_computed", hex);
         if (!src->sha256_hex[0]) {
-            cJSON_AddNullToObject(entry, "sha256_match");
-            add_warning(v, "%s: no SHA-256 from the server to check against (local file or plain URL)",
-                        ckpt->files[f].path);
+            if (entry)
+                cJSON_AddNullToObject(entry, "sha256_match");
+            if (!add_finding(&v->warnings, "NoServerSha256", path, NULL,
+                             "no SHA-256 from the server to check against (local file or plain URL)"))
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         } else {
             bool match = strcmp(hex, src->sha256_hex) == 0;
-            cJSON_AddBoolToObject(entry, "sha256_match", match);
-            if (!match)
-                add_problem(v, "Sha256Mismatch", "%s: SHA-256 of the bytes is %s, not the Hub's", ckpt->files[f].path,
-                            hex);
+            if (entry)
+                cJSON_AddBoolToObject(entry, "sha256_match", match);
+            if (!match && !add_finding(&v->problems, "Sha256Mismatch", path, NULL,
+                                       "the bytes hash to SHA-256 %s, but the Hub's LFS SHA-256 is %s", hex,
+                                       src->sha256_hex))
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         }
     }
+out:
+    EVP_MD_CTX_free(md);
     free(buf);
+    return err;
+}
+
+/* Sampling, and with --full hashing, of a checkpoint's files; a file that cannot be read as
+ * listed is a problem (or, for network and access failures, the run could not check). */
+static cks_err read_checks(const cks_ckpt *ckpt, verify_state *v, bool full, const cli_opts *opts, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool *bad = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *bad);
+    if (!bad) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = sample_all(ckpt, v, bad, diag);
+    if (!err && full)
+        err = hash_files(ckpt, v, bad, opts, diag);
+out:
+    free(bad);
     return err;
 }
 
@@ -373,29 +591,64 @@ static const char *outcome_name(int rc)
     }
 }
 
-static void print_json(const char *spec, cJSON *source, const verify_state *v, const known *ks, size_t n_known,
-                       int rc, const char *error_text)
+static cJSON *findings_json(const findings *fs)
 {
-    cJSON *root = cli_json_new("verify"), *probs, *warns, *prov, *checks;
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < fs->n; i++) {
+        const finding *f = &fs->items[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "rule", f->rule);
+        if (f->file)
+            cJSON_AddStringToObject(o, "file", f->file);
+        else
+            cJSON_AddNullToObject(o, "file");
+        if (f->tensor)
+            cJSON_AddStringToObject(o, "tensor", f->tensor);
+        else
+            cJSON_AddNullToObject(o, "tensor");
+        cJSON_AddStringToObject(o, "detail", f->detail);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+/* "rule (file, tensor "x")" for the text output. */
+static void finding_head(const finding *f, char *out, size_t cap)
+{
+    if (f->file && f->tensor)
+        snprintf(out, cap, "%s (%s, tensor \"%s\")", f->rule, f->file, f->tensor);
+    else if (f->file)
+        snprintf(out, cap, "%s (%s)", f->rule, f->file);
+    else
+        snprintf(out, cap, "%s", f->rule);
+}
+
+static void print_json(const char *spec, cJSON *source, const verify_state *v, const known *ks, size_t n_known,
+                       int rc)
+{
+    cJSON *root = cli_json_new("verify"), *warns, *prov, *checks;
     cJSON_AddStringToObject(root, "target", spec);
     if (source)
         cJSON_AddItemToObject(root, "source", source);
     cJSON_AddStringToObject(root, "outcome", outcome_name(rc));
     cJSON_AddNumberToObject(root, "exit_code", rc);
-    cJSON_AddBoolToObject(root, "valid", rc != EXIT_FORMAT && v->n_problems == 0);
-    if (error_text)
-        cJSON_AddStringToObject(root, "error", error_text);
-    probs = cJSON_AddArrayToObject(root, "problems");
-    for (size_t i = 0; i < v->n_problems; i++) {
-        cJSON *p = cJSON_CreateObject();
-        cJSON_AddStringToObject(p, "rule", v->problems[i].rule);
-        cJSON_AddStringToObject(p, "detail", v->problems[i].detail);
-        cJSON_AddItemToArray(probs, p);
-    }
+    cJSON_AddBoolToObject(root, "valid", rc != EXIT_FORMAT && v->problems.n == 0);
+    if (v->have_error)
+        cJSON_AddStringToObject(root, "error", v->error_text);
+    cJSON_AddItemToObject(root, "problems", findings_json(&v->problems));
     warns = cJSON_AddArrayToObject(root, "warnings");
-    for (size_t i = 0; i < v->n_warnings; i++)
-        cJSON_AddItemToArray(warns, cJSON_CreateString(v->warnings[i]));
+    for (size_t i = 0; i < v->warnings.n; i++) {
+        char text[1200];
+        const finding *f = &v->warnings.items[i];
+        snprintf(text, sizeof text, "%s%s%s", f->file && !f->tensor ? f->file : "", f->file && !f->tensor ? ": " : "",
+                 f->detail);
+        cJSON_AddItemToArray(warns, cJSON_CreateString(text));
+    }
+    cJSON_AddItemToObject(root, "warning_items", findings_json(&v->warnings));
     checks = cJSON_AddObjectToObject(root, "checks");
+    cJSON_AddBoolToObject(checks, "file_by_file", v->file_by_file);
+    cJSON_AddNumberToObject(checks, "problems_omitted", (double)v->problems.omitted);
+    cJSON_AddNumberToObject(checks, "index_entries_unchecked", (double)v->unchecked_entries);
     cJSON_AddNumberToObject(checks, "tensors_sampled", (double)v->sampled);
     cJSON_AddNumberToObject(checks, "bytes_sampled", (double)v->sampled_bytes);
     cJSON_AddNumberToObject(checks, "non_finite_tensors", (double)v->nan_tensors);
@@ -418,22 +671,78 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
     cli_json_print(root);
 }
 
-static void print_text(const char *spec, const verify_state *v, const known *ks, size_t n_known, int rc,
-                       const char *error_text)
+static void print_text(const char *spec, const verify_state *v, const known *ks, size_t n_known, int rc)
 {
-    printf("%s: %s\n", spec, outcome_name(rc));
-    if (error_text)
-        printf("  %s\n", error_text);
-    for (size_t i = 0; i < v->n_problems; i++)
-        printf("  problem %s: %s\n", v->problems[i].rule, v->problems[i].detail);
-    for (size_t i = 0; i < v->n_warnings; i++)
-        printf("  warning: %s\n", v->warnings[i]);
+    char head[1024];
+    printf("%s: %s%s\n", spec, outcome_name(rc), v->file_by_file ? " (checked file by file: the checkpoint does not open)" : "");
+    if (v->have_error)
+        printf("  could not check: %s\n", v->error_text);
+    for (size_t i = 0; i < v->problems.n; i++) {
+        finding_head(&v->problems.items[i], head, sizeof head);
+        printf("  problem %s: %s\n", head, v->problems.items[i].detail);
+    }
+    if (v->problems.omitted)
+        printf("  ... and %zu more problems\n", v->problems.omitted);
+    for (size_t i = 0; i < v->warnings.n; i++) {
+        finding_head(&v->warnings.items[i], head, sizeof head);
+        printf("  warning %s: %s\n", head, v->warnings.items[i].detail);
+    }
     if (v->sampled)
         printf("  %zu float tensors sampled (%llu bytes): %zu with NaN/Inf, %zu all zero\n", v->sampled,
                (unsigned long long)v->sampled_bytes, v->nan_tensors, v->zero_tensors);
     for (size_t i = 0; i < n_known; i++)
         printf("  %-12s %s%s%s (%s)\n", cks_verdict_name(ks[i].verdict), ks[i].source,
                ks[i].commit[0] ? "@" : "", ks[i].commit, ks[i].path);
+}
+
+/* Opening failed for a reason the file-by-file check can say more about. */
+static bool worth_checking_files(cks_err err)
+{
+    return cks_err_class_of(err) == CKS_CLASS_FORMAT || err == CKS_ERR_NOT_FOUND || err == CKS_ERR_FILE_NOT_FOUND;
+}
+
+/*
+ * Opening the checkpoint failed with `first`: check it file by file so that every problem
+ * is reported, and read (sample, hash) the files that are valid on their own. The open
+ * error itself is a problem when the check finds none (a checkpoint that does not open is
+ * never valid).
+ */
+static cks_err verify_file_by_file(const char *spec, const cli_opts *opts, bool full, cks_err first,
+                                   const cks_diag *first_diag, verify_state *v, cJSON **source, cks_diag *diag)
+{
+    cks_err err = CKS_OK, e;
+    cks_ckpt_check *check = NULL;
+    cks_diag d;
+
+    e = cli_check_checkpoint(spec, opts, &check, source, &d);
+    if (e) {
+        set_error(v, e, NULL, d.text);
+        goto done;
+    }
+    v->file_by_file = true;
+    if (!take_check(v, check)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (check->valid_part) {
+        e = read_checks(check->valid_part, v, full, opts, &d);
+        if (e == CKS_ERR_NOMEM) {
+            err = cks_fail(diag, e, "%s", d.text);
+            goto out;
+        }
+        if (e)
+            set_error(v, e, NULL, d.text);
+    }
+done:
+    if (v->problems.n == 0 && cks_err_class_of(first) == CKS_CLASS_FORMAT) {
+        if (!add_finding(&v->problems, cks_strerror(first), NULL, NULL, "%s", first_diag->text))
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    } else if (v->problems.n == 0) {
+        set_error(v, first, NULL, first_diag->text);
+    }
+out:
+    cks_ckpt_check_free(check);
+    return err;
 }
 
 int cmd_verify(int argc, char **argv)
@@ -452,10 +761,10 @@ int cmd_verify(int argc, char **argv)
     verify_state *v = NULL;
     known *ks = NULL;
     cks_ckpt *ckpt = NULL;
+    cks_ckpt_check *sizes = NULL;
     cJSON *source = NULL;
-    char *config = NULL, *tokenizer = NULL, error_text[CKS_DIAG_MAX + 64];
+    char *config = NULL, *tokenizer = NULL;
     size_t config_len = 0, tokenizer_len = 0;
-    bool have_error = false;
     cks_diag diag, ignored;
     cks_err err;
 
@@ -485,52 +794,46 @@ int cmd_verify(int argc, char **argv)
         return cli_usage_error("verify", "expected exactly one SOURCE");
     fps = calloc(MAX_FPS, sizeof *fps);
     v = calloc(1, sizeof *v);
-    if (!fps || !v) {
+    if (!fps || !v || !(v->files = cJSON_CreateArray())) {
         rc = EXIT_INTERNAL;
         goto out;
     }
+    v->problems.max = MAX_PROBLEMS;
+    v->warnings.max = MAX_WARNINGS;
     for (size_t i = 0; i < n_against; i++) {
         rc = collect_fps(against[i], fps, &n_fps);
         if (rc != EXIT_OK)
             goto out;
     }
-    /* validation happens on open: every shard's header, the index against the headers */
+    /* every shard's header and the index against the headers are checked on open */
     err = cli_open_checkpoint(argv[optind], &opts, &ckpt, &source, &diag);
+    if (err && worth_checking_files(err)) {
+        cks_diag first = diag;
+        err = verify_file_by_file(argv[optind], &opts, full, err, &first, v, &source, &diag);
+        if (err) {
+            rc = EXIT_INTERNAL;
+            goto out;
+        }
+        goto report;
+    }
     if (err) {
-        rc = cli_exit_code(err);
-        snprintf(error_text, sizeof error_text, "%s: %s", cks_strerror(err), diag.text);
-        have_error = true;
-        if (rc == EXIT_FORMAT)
-            add_problem(v, cks_strerror(err), "%.400s%s", diag.text, "");
+        set_error(v, err, NULL, diag.text);
         goto report;
     }
-    v->files = cJSON_CreateArray();
-    for (size_t f = 0; f < ckpt->n_files; f++) {
-        cJSON *e = cJSON_CreateObject();
-        cJSON_AddStringToObject(e, "path", ckpt->files[f].path);
-        cJSON_AddNumberToObject(e, "size", (double)ckpt->files[f].source->size);
-        cJSON_AddNumberToObject(e, "header_bytes", (double)ckpt->files[f].header->header_len);
-        if (ckpt->files[f].source->sha256_hex[0])
-            cJSON_AddStringToObject(e, "sha256", ckpt->files[f].source->sha256_hex);
-        else
-            cJSON_AddNullToObject(e, "sha256");
-        cJSON_AddItemToArray(v->files, e);
+    /* the sizes: what the Hub lists, what its data server serves, what each header implies */
+    err = cks_ckpt_check_sizes(ckpt, &sizes, &diag);
+    if (!err && !take_check(v, sizes))
+        err = cks_fail(&diag, CKS_ERR_NOMEM, "out of memory");
+    if (!err)
+        err = read_checks(ckpt, v, full, &opts, &diag);
+    if (err == CKS_ERR_NOMEM) {
+        rc = EXIT_INTERNAL;
+        goto out;
     }
-    err = sample_all(ckpt, v, &diag);
-    if (!err && full)
-        err = hash_files(ckpt, v, &opts, &diag);
-    if (err) {
-        rc = cli_exit_code(err);
-        snprintf(error_text, sizeof error_text, "%s: %s", cks_strerror(err), diag.text);
-        have_error = true;
-        if (rc == EXIT_FORMAT)
-            add_problem(v, cks_strerror(err), "%.400s%s", diag.text, "");
+    if (err)
+        set_error(v, err, NULL, diag.text);
+    if (v->problems.n || v->have_error)
         goto report;
-    }
-    if (v->n_problems) {
-        rc = EXIT_FORMAT;
-        goto report;
-    }
     if (n_fps) {
         cks_compare_model live;
         if (cks_ckpt_fetch_aux(ckpt, "config.json", &config, &config_len, &ignored) != CKS_OK) {
@@ -559,9 +862,7 @@ int cmd_verify(int argc, char **argv)
             ks[n_known].path = fps[i];
             err = compare_against(fps[i], &live, no_synth, &ks[n_known], &diag);
             if (err) {
-                rc = cli_exit_code(err);
-                snprintf(error_text, sizeof error_text, "%s: %s: %s", fps[i], cks_strerror(err), diag.text);
-                have_error = true;
+                set_error(v, err, fps[i], diag.text);
                 goto report;
             }
             n_known++;
@@ -571,23 +872,32 @@ int cmd_verify(int argc, char **argv)
             rc = EXIT_DIFFERENT;
     }
 report:
+    /* an invalid upload says so whatever else could not be checked; then could-not-check */
+    if (v->problems.n)
+        rc = EXIT_FORMAT;
+    else if (v->have_error)
+        rc = cli_exit_code(v->error);
     if (opts.json) {
-        print_json(argv[optind], source, v, ks, n_known, rc, have_error ? error_text : NULL);
+        print_json(argv[optind], source, v, ks, n_known, rc);
         source = NULL;
     } else {
-        print_text(argv[optind], v, ks, n_known, rc, have_error ? error_text : NULL);
+        print_text(argv[optind], v, ks, n_known, rc);
     }
 out:
     for (size_t i = 0; fps && i < n_fps; i++)
         free(fps[i]);
     free(fps);
     free(ks);
-    if (v)
+    if (v) {
+        findings_free(&v->problems);
+        findings_free(&v->warnings);
         cJSON_Delete(v->files);
+    }
     free(v);
     free(config);
     free(tokenizer);
     cJSON_Delete(source);
+    cks_ckpt_check_free(sizes);
     cks_ckpt_free(ckpt);
     return rc;
 }

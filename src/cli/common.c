@@ -170,6 +170,24 @@ cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **o
     return CKS_OK;
 }
 
+cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,
+                             cks_diag *diag)
+{
+    cks_err err;
+    *out = NULL;
+    if (report)
+        *report = NULL;
+    if (cli_remote_check(spec, opts, out, report, &err, diag))
+        return err;
+    err = cks_ckpt_check_local(spec, out, diag);
+    if (!err && report) {
+        *report = cJSON_CreateObject();
+        cJSON_AddStringToObject(*report, "kind", "local");
+        cJSON_AddStringToObject(*report, "path", spec);
+    }
+    return err;
+}
+
 cJSON *cli_json_new(const char *command)
 {
     cJSON *root = cJSON_CreateObject();

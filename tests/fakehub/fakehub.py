@@ -40,7 +40,7 @@ PLURAL_KIND = {"models": "model", "datasets": "dataset"}
 STATUS_FAULTS = {"status", "416", "429", "500", "502", "503", "504", "expired"}
 BODY_FAULTS = {"short_body", "reset", "stall"}
 RANGE_FAULTS = {"ignore_range", "wrong_content_range"}
-OTHER_FAULTS = {"no_content_length", "delay", "corrupt"}
+OTHER_FAULTS = {"no_content_length", "delay", "corrupt", "served_size"}
 ALL_FAULTS = STATUS_FAULTS | BODY_FAULTS | RANGE_FAULTS | OTHER_FAULTS
 REASONS = {416: "Range Not Satisfiable", 429: "Too Many Requests"}
 
@@ -120,6 +120,10 @@ class Faults:
             server = f.get("server", "any")
             if server not in ("hub", "cdn", "any"):
                 raise ValueError("fault server must be hub, cdn or any")
+            if kind == "served_size" and not (isinstance(f.get("size"), int) and f["size"] >= 0):
+                raise ValueError("a served_size fault needs \"size\": the byte count the CDN pretends the file has")
+            if kind == "corrupt" and "file_offset" in f and not (isinstance(f["file_offset"], int) and f["file_offset"] >= 0):
+                raise ValueError("corrupt: file_offset must be a byte offset (>= 0)")
             g = dict(f)
             g["kind"], g["server"] = kind, server
             g.setdefault("match", "")
@@ -333,10 +337,11 @@ def parse_range(value, size):
     return good[0]
 
 
-def serve_content(local, size, range_value, base_headers, fault, multipart=True):
-    """200/206/416 for a whole file on disk, honouring one Range (a-b, a-, -n)."""
+def serve_content(local, size, range_value, base_headers, fault, multipart=True, data=None):
+    """200/206/416 for a whole file on disk, honouring one Range (a-b, a-, -n). With `data`, the
+    content is those bytes instead (size = len(data)): a file served as another size."""
     try:
-        actual = os.stat(local).st_size
+        actual = os.stat(local).st_size if data is None else size
     except OSError:
         actual = -1
     if actual != size:
@@ -354,6 +359,8 @@ def serve_content(local, size, range_value, base_headers, fault, multipart=True)
         ranges = rng[1]
         want = sum(b - a + 1 for a, b in ranges)
         if not multipart or want > (16 << 20):
+            if data is not None:
+                return Resp(200, h + [("Content-Type", "application/octet-stream")], data, total=size)
             return Resp(200, h + [("Content-Type", "application/octet-stream")], file=(local, 0, size),
                         total=size)
         boundary = "fakehub" + os.urandom(8).hex()
@@ -361,13 +368,19 @@ def serve_content(local, size, range_value, base_headers, fault, multipart=True)
         with open(local, "rb") as f:
             for a, b in ranges:
                 f.seek(a)
+                chunk = f.read(b - a + 1) if data is None else data[a:b + 1]
                 parts.append(("--%s\r\nContent-Type: application/octet-stream\r\n"
                               "Content-Range: bytes %d-%d/%d\r\n\r\n" % (boundary, a, b, size)).encode()
-                             + f.read(b - a + 1) + b"\r\n")
+                             + chunk + b"\r\n")
         body = b"".join(parts) + ("--%s--\r\n" % boundary).encode()
         return Resp(206, h + [("Content-Type", "multipart/byteranges; boundary=" + boundary)], body,
                     total=size)
     h.append(("Content-Type", "application/octet-stream"))
+    if data is not None:
+        if rng is None:
+            return Resp(200, h, data, total=size)
+        a, b = rng
+        return Resp(206, h + [("Content-Range", "bytes %d-%d/%d" % (a, b, size))], data[a:b + 1], total=size)
     if rng is None:
         return Resp(200, h, file=(local, 0, size), total=size)
     a, b = rng
@@ -563,7 +576,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         kind = fault["kind"] if fault else None
         no_cl = kind == "no_content_length"
         body_fault = kind in BODY_FAULTS
-        if kind == "corrupt" and length > 0 and method != "HEAD" and length <= (256 << 20):
+        if kind == "corrupt" and "file_offset" in fault:
+            # the stored copy is corrupt at one byte of the file: every response covering it shows it
+            fo = int(fault["file_offset"])
+            start = resp.file[1] if resp.file else None
+            if (start is not None and start <= fo < start + length and method != "HEAD"
+                    and length <= (256 << 20)):
+                data = bytearray(self.materialize(resp))
+                data[fo - start] ^= 0xFF
+                resp.file, resp.body = None, bytes(data)
+        elif kind == "corrupt" and length > 0 and method != "HEAD" and length <= (256 << 20):
             data = bytearray(self.materialize(resp))
             at = int(fault.get("offset", 0))
             at = min(max(at, 0), len(data) - 1)
@@ -792,6 +814,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             resp = serve_content(ent["local"], ent["size"], None, h, None, False)
             gzip_resp(resp)
             return resp
+        if fault and fault["kind"] == "served_size":
+            # the CDN's copy is another size than the Hub lists: cut short, or padded with zeros
+            want = int(fault["size"])
+            with open(ent["local"], "rb") as f:
+                data = f.read(want)
+            data += b"\0" * (want - len(data))
+            return serve_content(ent["local"], want, self.headers.get("Range"), h, fault, app.multipart, data)
         return serve_content(ent["local"], ent["size"], self.headers.get("Range"), h, fault, app.multipart)
 
     # ---------------------------------------------------------------- hub
