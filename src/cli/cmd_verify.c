@@ -3,10 +3,13 @@
  * complete, what the Hub says it is, and is it a silent copy or derivative of a known model?
  *
  * Validation reuses the checkpoint opener (every format rule on every shard, the index against
- * the shard headers, truncation, LFS pointers), then samples rows of every float tensor for
- * NaN/Inf and all-zero blocks, and with --full streams each file through SHA-256 against the
- * Hub's LFS hash. Provenance compares the upload against each fingerprint given (the
- * fingerprint as A), and lists the nearest known models first.
+ * the shard headers, truncation, LFS pointers); when it fails, the library's file-by-file
+ * check (cks_ckpt_check_*) finds every problem instead of the first. Each file's size is
+ * compared three ways (the Hub's listing, the CDN's Content-Range total, the header). Then
+ * rows of every float tensor are sampled for NaN/Inf and all-zero blocks, and with --full each
+ * file is streamed through SHA-256 against the Hub's LFS hash. Provenance compares the upload
+ * against each fingerprint given (the fingerprint as A), and lists the nearest known models
+ * first.
  */
 #include <dirent.h>
 #include <math.h>
@@ -34,10 +37,12 @@ static const char verify_help[] =
     "usage: ckptscope verify [OPTIONS] SOURCE [--against FILE_OR_DIR ...] [--full]\n"
     "\n"
     "Validation: every safetensors rule on every shard, the index against the shard headers,\n"
-    "file sizes against what the server reports, truncated files and Git-LFS pointers, and\n"
-    "NaN/Inf or all-zero values on sampled rows of every float tensor. --full also streams\n"
-    "each file through SHA-256 and checks it against the Hub's LFS hash (no copy on disk\n"
-    "besides the cache's).\n"
+    "each file's size as the Hub lists it, as its CDN serves it (Content-Range) and as its\n"
+    "header implies, truncated files and Git-LFS pointers, and NaN/Inf or all-zero values on\n"
+    "sampled rows of every float tensor. When the checkpoint does not open, each file is\n"
+    "checked on its own so that every problem is reported. --full also streams each file\n"
+    "through SHA-256 and checks it against the Hub's LFS hash (no copy on disk besides the\n"
+    "cache's).\n"
     "Provenance: with --against, compares SOURCE against each fingerprint (a file, or every\n"
     "fingerprint in a directory; see `ckptscope fingerprint`) and lists the nearest known\n"
     "models with their verdicts.\n"
@@ -50,8 +55,9 @@ static const char verify_help[] =
     "  --quiet          no progress on stderr\n"
     "  --help           this text\n"
     "\n"
-    "exit status: 0 valid and not related to any fingerprint given; 1 identical to or derived\n"
-    "from a known model; 3 invalid upload; 4/5/6 could not check (I/O, network, access).\n"
+    "exit status: 0 valid and not related to any fingerprint given (warnings allowed); 1\n"
+    "identical to or derived from a known model; 3 invalid upload (every problem is listed\n"
+    "with its rule and file); 4/5/6 could not check (I/O, network, access).\n"
     "\n"
     "examples:\n"
     "  ckptscope verify org/new-upload --full\n"

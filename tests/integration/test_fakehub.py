@@ -812,6 +812,49 @@ def t_fault_corrupt_body():
     eq(req("GET", loc, {"Range": "bytes=0-99"}).body, WEIGHTS[:100], "then intact")
 
 
+def t_fault_corrupt_file_offset():
+    loc = cdn_url_for()
+
+    def go():
+        return [req("GET", loc, {"Range": r}) for r in ("bytes=0-99", "bytes=1000-1999", "bytes=1500-1500")]
+    spec = {"server": "cdn", "match": "model.safetensors", "kind": "corrupt", "file_offset": 1500, "count": -1}
+    a, b, c = with_fault(spec, go)
+    eq(a.body, WEIGHTS[:100], "a response not covering the byte is intact")
+    eq((b.status, len(b.body), b.h("content-range")), (206, 1000, "bytes 1000-1999/%d" % len(WEIGHTS)), "framing")
+    eq(b.body[:500] + b.body[501:], WEIGHTS[1000:1500] + WEIGHTS[1501:2000], "other bytes intact")
+    eq(b.body[500], WEIGHTS[1500] ^ 0xFF, "file byte 1500 flipped")
+    eq(c.body[0], WEIGHTS[1500] ^ 0xFF, "in every response that covers it")
+    check(HUB.log(server="cdn")[-1]["fault"] == "corrupt", "fault logged")
+
+
+def t_fault_served_size():
+    loc = cdn_url_for()
+    n = len(WEIGHTS)
+
+    def go():
+        return [req("GET", loc, {"Range": r}) for r in ("bytes=0-9", "bytes=%d-%d" % (n - 200, n - 1),
+                                                        "bytes=%d-%d" % (n - 50, n - 1))] + [req("GET", loc)]
+    short = with_fault({"server": "cdn", "match": "org/public/model.safetensors", "kind": "served_size",
+                        "size": n - 100, "count": -1}, go)
+    eq((short[0].status, short[0].h("content-range"), short[0].body), (206, "bytes 0-9/%d" % (n - 100), WEIGHTS[:10]),
+       "total is the served size")
+    eq((short[1].status, short[1].h("content-range")), (206, "bytes %d-%d/%d" % (n - 200, n - 101, n - 100)),
+       "end clamped to the served size")
+    eq(short[1].body, WEIGHTS[n - 200:n - 100], "the real bytes, cut short")
+    eq((short[2].status, short[2].h("content-range")), (416, "bytes */%d" % (n - 100)), "416 past the served end")
+    eq((short[3].status, len(short[3].body)), (200, n - 100), "whole file: the served size")
+    longer = with_fault({"server": "cdn", "match": "model.safetensors", "kind": "served_size", "size": n + 8,
+                         "count": -1}, lambda: req("GET", loc, {"Range": "bytes=%d-%d" % (n - 2, n + 7)}))
+    eq((longer.status, longer.h("content-range"), longer.body), (206, "bytes %d-%d/%d" % (n - 2, n + 7, n + 8),
+                                                                 WEIGHTS[-2:] + b"\0" * 8), "padded with zeros")
+    # the Hub itself still lists and redirects with the real size
+    r = resolve("org/public", "main", "model.safetensors")
+    eq(r.h("x-linked-size"), str(n), "X-Linked-Size unchanged")
+    eq(req("GET", loc, {"Range": "bytes=0-9"}).h("content-range"), "bytes 0-9/%d" % n, "cleared: real size")
+    bad = req("POST", H + "/_fake/faults", body=json.dumps({"server": "cdn", "kind": "served_size"}).encode())
+    eq(bad.status, 400, "served_size without size is refused")
+
+
 def t_fault_match_by_shard_name_and_any():
     # the contract's example: match a shard by file name on the CDN (its path is only a sha256)
     loc = cdn_url_for(path="model-00002-of-00002.safetensors")
@@ -1004,7 +1047,8 @@ def main():
                    t_api_tree_and_pagination, t_api_paths_info_and_refs, t_rate_limit_with_and_without_retry_after,
                    t_fault_ignore_range, t_fault_wrong_content_range, t_fault_short_body, t_fault_reset_mid_body,
                    t_fault_stall, t_fault_statuses, t_fault_missing_content_length,
-                   t_fault_corrupt_body, t_fault_match_by_shard_name_and_any, t_keep_alive_reuse, t_live_reload, t_request_log_format,
+                   t_fault_corrupt_body, t_fault_corrupt_file_offset, t_fault_served_size,
+                   t_fault_match_by_shard_name_and_any, t_keep_alive_reuse, t_live_reload, t_request_log_format,
                    t_tls_with_generated_ca, t_harness_shell_entry_and_clean_shutdown, t_sigint_clean_exit,
                    t_main_server_clean_exit]:
             case(fn)
