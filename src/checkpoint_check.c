@@ -74,11 +74,11 @@ static void builder_release(builder *b)
 
 static bool has_problem(const builder *b, cks_err rule, const char *file)
 {
-    for (size_t i = 0; i < b->check->n_problems; i++)
-        if (b->check->problems[i].rule == rule && b->check->problems[i].file && file &&
-            strcmp(b->check->problems[i].file, file) == 0)
-            return true;
-    return false;
+    bool found = false;
+    for (size_t i = 0; i < b->check->n_problems && !found; i++)
+        found = b->check->problems[i].rule == rule && b->check->problems[i].file && file &&
+                strcmp(b->check->problems[i].file, file) == 0;
+    return found;
 }
 
 /* Record one problem (file and tensor may be NULL); only running out of memory fails. */
@@ -320,15 +320,12 @@ static bool index_lists(const cks_st_index *index, const char *name)
     size_t lo = 0, hi = index->n_entries;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(index->entries[mid].tensor, name);
-        if (c == 0)
-            return true;
-        if (c < 0)
+        if (strcmp(index->entries[mid].tensor, name) < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return false;
+    return lo < index->n_entries && strcmp(index->entries[lo].tensor, name) == 0;
 }
 
 static cks_err check_index(builder *b, const cks_st_index *index, cks_diag *diag)

@@ -157,23 +157,23 @@ out:
 /* The first thing that could not be checked is the one reported. */
 static void set_error(verify_state *v, cks_err err, const char *file, const char *detail)
 {
-    if (v->have_error)
-        return;
-    v->have_error = true;
-    v->error = err;
-    snprintf(v->error_text, sizeof v->error_text, "%s%s%s: %s", file ? file : "", file ? ": " : "",
-             cks_strerror(err), detail);
+    if (!v->have_error) {
+        v->have_error = true;
+        v->error = err;
+        snprintf(v->error_text, sizeof v->error_text, "%s%s%s: %s", file ? file : "", file ? ": " : "",
+                 cks_strerror(err), detail);
+    }
 }
 
 static cJSON *file_json(const verify_state *v, const char *path)
 {
-    cJSON *e;
+    cJSON *e, *found = NULL;
     cJSON_ArrayForEach(e, v->files) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "path");
-        if (cJSON_IsString(p) && strcmp(p->valuestring, path) == 0)
-            return e;
+        if (!found && cJSON_IsString(p) && strcmp(p->valuestring, path) == 0)
+            found = e;
     }
-    return NULL;
+    return found;
 }
 
 static void add_size(cJSON *o, const char *key, bool known, uint64_t value)
@@ -638,7 +638,8 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
         cJSON_AddItemToObject(root, "source", source);
     cJSON_AddStringToObject(root, "outcome", outcome_name(rc));
     cJSON_AddNumberToObject(root, "exit_code", rc);
-    cJSON_AddBoolToObject(root, "valid", rc != EXIT_FORMAT && v->problems.n == 0);
+    /* valid: every check ran and none found a problem (not merely "no problem found") */
+    cJSON_AddBoolToObject(root, "valid", rc != EXIT_FORMAT && v->problems.n == 0 && !v->have_error);
     if (v->have_error)
         cJSON_AddStringToObject(root, "error", v->error_text);
     cJSON_AddItemToObject(root, "problems", findings_json(&v->problems));
