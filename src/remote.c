@@ -373,6 +373,13 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
         /* cache hook: remember the check, so a rerun from the cache need not redo it */
         if (s->sha_state == SHA_OK && s->rem->cache && s->key[0])
             (void)cks_cache_mark_verified(s->rem->cache, s->key, s->base.size, NULL);
+        /* cache hook: bytes that are not the file must not outlive this run (a rerun, or any
+         * command reading single tensors, would take them for the file's). Re-hashing what the
+         * cache holds drops every extent of the key when it does not match. */
+        if (s->sha_state == SHA_BAD && s->rem->cache && s->key[0]) {
+            bool cached_ok = false;
+            (void)cks_cache_verify_file(s->rem->cache, s->key, s->base.size, &cached_ok, NULL);
+        }
     }
     if (s->sha_state == SHA_BAD) {
         return cks_fail(diag, CKS_ERR_INTEGRITY,

@@ -252,12 +252,18 @@ def case_corrupt_cdn(env, hub, up, tmp):
     at = 8 + n + b + (e - b) // 4  # inside the largest tensor, away from its sampled blocks
     hub.faults([{"server": "cdn", "match": "v/cdn/model.safetensors", "kind": "corrupt", "file_offset": at,
                  "count": -1}])
-    rc, doc, err = run(dict(env, CKPTSCOPE_CACHE=os.path.join(tmp, "cache-cdn")), "verify", "v/cdn", "--full")
+    cenv = dict(env, CKPTSCOPE_CACHE=os.path.join(tmp, "cache-cdn"))
+    rc, doc, err = run(cenv, "verify", "v/cdn", "--full")
     hub.clear_faults()
     f = file_entry(doc, "model.safetensors") or {}
     ok = rc == 3 and doc and named(doc) == [("Sha256Mismatch", "model.safetensors", None)] and \
         f.get("sha256_match") is False and f.get("sha256_computed") not in (None, f.get("sha256"))
     report("verify --full corrupted CDN: exit 3, Sha256Mismatch in model.safetensors", ok, why(rc, doc, err))
+    # the corrupt bytes did not stay in the cache: once the CDN serves the file right, it verifies
+    rc, doc, err = run(cenv, "verify", "v/cdn", "--full")
+    f = file_entry(doc, "model.safetensors") or {}
+    report("verify --full after the CDN is repaired, same cache: exit 0 (corrupt bytes were not kept)",
+           rc == 0 and doc and doc["valid"] and f.get("sha256_match") is True, why(rc, doc, err))
 
 
 def two_broken_ok(rc, doc, s):
