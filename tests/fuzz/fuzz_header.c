@@ -1,5 +1,5 @@
 /* Fuzz target: the safetensors header parser, given the bytes as a whole file and as a
- * prefix of a larger remote file (the range-engine path). */
+ * prefix of a larger remote file (the range-engine path), and the layout-only parse. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,5 +31,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (err == CKS_ERR_NEED_MORE && need <= size)
         __builtin_trap(); /* asked for bytes it already had */
     cks_st_header_free(hdr);
+    hdr = NULL;
+    /* without the end-of-file rule (verify's size report): it accepts whatever the full parse
+     * accepts, with the same implied size, and then the size it implies is the file's */
+    {
+        cks_err full = cks_st_parse(data, size, size, &hdr, NULL, &diag);
+        cks_st_header *lay = NULL;
+        cks_st_header_free(hdr);
+        hdr = NULL;
+        err = cks_st_parse_layout(data, size, &lay, &need, &diag);
+        if (full == CKS_OK && (err != CKS_OK || !lay || lay->file_size != size))
+            __builtin_trap();
+        if (err == CKS_OK && lay && lay->file_size == size && full != CKS_OK)
+            __builtin_trap(); /* implies exactly this size, yet the full parse refused it */
+        if (err == CKS_ERR_NEED_MORE && need <= size)
+            __builtin_trap();
+        cks_st_header_free(lay);
+    }
     return 0;
 }
