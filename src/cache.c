@@ -4,8 +4,11 @@
  * cache/README.md. Contracts: include/ckptscope/cache.h.
  *
  * The three rules everything below follows:
- *   1. An entry becomes visible only by rename() of a complete, fsync'ed temporary file,
- *      so readers need no lock and never see half an entry.
+ *   1. An entry becomes visible only by rename() of a complete temporary file, so readers
+ *      need no lock and never see half an entry. Files are fsync'ed before the rename,
+ *      except extents under EXTENT_SYNC_MIN: a crash may then leave one missing or torn,
+ *      which rule 2 turns into a miss and a refetch. Syncing each costs two fsyncs; a verify
+ *      of a 100B MoE stores ~18,000 sampled blocks and spent 30 s in them.
  *   2. Bytes are returned only after the checksum of every chunk they came from matched;
  *      anything else is a miss (and a corrupt file is deleted so the refetch replaces it).
  *   3. Writers of one key serialise on that key's lock file; evictors never touch a key
@@ -38,6 +41,7 @@
 #define EXT_MAGIC "CKSEXT01"
 #define META_MAGIC "CKSMETA1"
 #define EXT_HEADER_SIZE 64u
+#define EXTENT_SYNC_MIN (1u << 20) /* smaller extents are not fsync'ed (rule 1) */
 #define EXT_ENTRY_SIZE 32u
 #define META_HEADER_SIZE 40u
 
@@ -346,12 +350,13 @@ out:
     return err;
 }
 
-/* fsync, close and rename a finished temporary into place, then make the rename durable. */
-static cks_err tmp_commit(char *tmp_path, int fd, const char *final_path, const char *final_dir,
+/* Close and rename a finished temporary into place; when durable, fsync it first and the
+ * directory after (rule 1). */
+static cks_err tmp_commit(char *tmp_path, int fd, const char *final_path, const char *final_dir, bool durable,
                           cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    if (fsync(fd) != 0) {
+    if (durable && fsync(fd) != 0) {
         err = io_fail(diag, errno, "syncing", tmp_path);
         close(fd);
         unlink(tmp_path);
@@ -363,7 +368,8 @@ static cks_err tmp_commit(char *tmp_path, int fd, const char *final_path, const 
         unlink(tmp_path);
         goto out;
     }
-    fsync_dir(final_dir);
+    if (durable)
+        fsync_dir(final_dir);
 out:
     return err;
 }
@@ -391,7 +397,7 @@ static cks_err write_file_atomic(cks_cache *c, const char *final_path, const cha
         tmp_abort(tmp, fd);
         goto out;
     }
-    err = tmp_commit(tmp, fd, final_path, final_dir, diag);
+    err = tmp_commit(tmp, fd, final_path, final_dir, true, diag);
 out:
     free(tmp);
     return err;
@@ -1542,7 +1548,7 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
         err = io_fail(diag, e, "writing", tmp);
         goto out;
     }
-    err = tmp_commit(tmp, fd, final, dir, diag);
+    err = tmp_commit(tmp, fd, final, dir, len >= EXTENT_SYNC_MIN, diag);
     fd = -1;
     if (err)
         goto out;
@@ -2320,7 +2326,7 @@ cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const 
         tmp_abort(tmp, fd);
         goto out;
     }
-    err = tmp_commit(tmp, fd, path, dir, diag);
+    err = tmp_commit(tmp, fd, path, dir, true, diag);
     if (!err)
         c->size_estimate += total;
 out:

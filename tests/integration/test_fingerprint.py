@@ -256,12 +256,16 @@ def verify_hub(tmp, hub, known, env):
     files = doc["checks"]["files"] if doc else []
     report("verify --full: every file's SHA-256 equals the Hub's", rc == 0 and files and
            all(f.get("sha256_match") is True for f in files), f"exit {rc} {err[-200:]} {files}")
-    hub.faults([{"server": "cdn", "match": "model.safetensors", "kind": "corrupt", "offset": 5000}])
-    rc, doc, err = run(dict(env, CKPTSCOPE_CACHE=os.path.join(tmp, "cache-corrupt")), "verify",
-                       repo_id("llama/finetune"), "--full", "--json", "--quiet")
-    hub.clear_faults()
-    report("verify --full: a corrupted byte on the CDN is not valid", rc != 0 and (doc is None or not doc["valid"]),
-           f"exit {rc} {err[-300:]} {json.dumps(doc)[:400] if doc else ''}")
+    # a flipped byte in the header breaks its JSON; one in the tensor data only the SHA-256 sees
+    for offset, rule in ((5000, "InvalidHeader"), (1_000_000, "Sha256Mismatch")):
+        hub.faults([{"server": "cdn", "match": "model.safetensors", "kind": "corrupt", "file_offset": offset, "count": -1}])
+        rc, doc, err = run(dict(env, CKPTSCOPE_CACHE=os.path.join(tmp, f"cache-corrupt-{offset}")), "verify",
+                           repo_id("llama/finetune"), "--full", "--json", "--quiet")
+        hub.clear_faults()
+        named = [(p.get("rule"), p.get("file")) for p in (doc or {}).get("problems", [])]
+        report(f"verify --full: byte {offset} corrupted on the CDN: exit 3, {rule} in model.safetensors",
+               rc == 3 and doc and not doc["valid"] and doc["outcome"] == "invalid"
+               and (rule, "model.safetensors") in named, f"exit {rc} {err[-300:]} {named}")
     rc, doc, err = run(env, "verify", "fam/no-such-model", "--json", "--quiet")
     report("verify: a missing repo could not be checked (exit 6)", rc == 6 and doc and doc["outcome"] == "could_not_check",
            f"exit {rc} {err[-200:]}")
