@@ -20,42 +20,17 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.environ.get("CKS_ROOT", os.getcwd())
-BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
+from ckstest import ROOT, failures, report, run, tests_by_id
+
 sys.path.insert(0, os.path.join(ROOT, "tests/fakehub"))
 TOL = 1e-9  # documented in the README: fingerprint vs live statistics (T2-T4) for a full fingerprint
 # documented in the README: T4a from 4-bit embedding rows (a column keeps cosine 0.994 with its
 # codes, Max 1960), whatever else differs between the token samples
 TOL_Q4 = 0.01
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
-
-
-def run(env, *args, timeout=300):
-    p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    doc = None
-    if "--json" in args and p.stdout.strip():
-        try:
-            doc = json.loads(p.stdout)
-        except ValueError:
-            doc = None
-    return p.returncode, doc, p.stderr
 
 
 def repo_id(model):
     return "fam/" + model.replace("/", "-")
-
-
-def tests_by_id(doc):
-    return {t["id"]: t for t in doc["tests"]}
 
 
 def same_stats(live, fp):
@@ -364,7 +339,7 @@ def main():
             diff_revisions(tmp, fam, store, hub, env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return 1 if failures() else 0
 
 
 if __name__ == "__main__":

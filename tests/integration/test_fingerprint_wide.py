@@ -21,39 +21,14 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.environ.get("CKS_ROOT", os.getcwd())
-BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
+from ckstest import ROOT, failures, report, run, tests_by_id
+
 CAP = 10_000_000
 TOL_Q4 = 0.01  # README "compare with a fingerprint": T4a from 4-bit rows
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
-
-
-def run(env, *args, timeout=900):
-    p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    doc = None
-    if "--json" in args and p.stdout.strip():
-        try:
-            doc = json.loads(p.stdout)
-        except ValueError:
-            doc = None
-    return p.returncode, doc, p.stderr
-
-
-def tests_by_id(doc):
-    return {t["id"]: t for t in doc["tests"]} if doc else {}
 
 
 def compare(env, a, b):
-    rc, doc, err = run(env, "compare", a, b, "--json", "--quiet")
+    rc, doc, err = run(env, "compare", a, b, "--json", "--quiet", timeout=900)
     return doc if rc == 0 else {"verdict": f"exit {rc}", "reason": err[-300:], "tests": []}
 
 
@@ -130,4 +105,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    sys.exit(1 if failures else 0)
+    sys.exit(1 if failures() else 0)

@@ -18,19 +18,9 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.environ.get("CKS_ROOT", os.getcwd())
-BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
+from ckstest import BIN, ROOT, failures, report
+
 sys.path.insert(0, os.path.join(ROOT, "tests/fakehub"))
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
 
 
 def run(env, *args, timeout=300):
@@ -336,7 +326,7 @@ def main():
             report("verify never sends the token to the CDN", not bad, str(bad[:2]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return 1 if failures() else 0
 
 
 if __name__ == "__main__":
