@@ -162,27 +162,31 @@ out:
 
 typedef struct joint_pearson_ctx {
     size_t k;
-    double *za, *zb; /* k rows of n: centred, unit-norm copies */
+    /* centred, unit-norm copies, stored coordinate-major (n rows of k): a permutation moves
+     * whole rows, so each of its n steps reads two contiguous runs of k instead of k
+     * scattered values (3.5 s -> about 1 s for 92 vectors of 4096 and 9,999 permutations) */
+    double *za, *zb;
 } joint_pearson_ctx;
 
 static cks_err joint_pearson_statistic(void *opaque, const uint32_t *perm, size_t n, double *value,
                                        cks_diag *diag)
 {
     const joint_pearson_ctx *ctx = opaque;
-    double total = 0;
-    for (size_t j = 0; j < ctx->k; j++) {
-        const double *za = ctx->za + j * n, *zb = ctx->zb + j * n;
-        double r = 0;
-        if (perm) {
-            for (size_t i = 0; i < n; i++)
-                r += za[i] * zb[perm[i]];
-        } else {
-            for (size_t i = 0; i < n; i++)
-                r += za[i] * zb[i];
+    size_t k = ctx->k;
+    double acc[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i < n; i++) {
+        const double *x = ctx->za + i * k, *y = ctx->zb + (perm ? perm[i] : i) * k;
+        size_t j = 0;
+        for (; j + 4 <= k; j += 4) { /* four sums: independent chains the CPU overlaps */
+            acc[0] += x[j] * y[j];
+            acc[1] += x[j + 1] * y[j + 1];
+            acc[2] += x[j + 2] * y[j + 2];
+            acc[3] += x[j + 3] * y[j + 3];
         }
-        total += r;
+        for (; j < k; j++)
+            acc[0] += x[j] * y[j];
     }
-    *value = total / (double)ctx->k;
+    *value = (acc[0] + acc[1] + acc[2] + acc[3]) / (double)k;
     return CKS_OK;
 }
 
@@ -218,6 +222,7 @@ cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const 
                                     cks_diag *diag)
 {
     joint_pearson_ctx ctx = {k, NULL, NULL};
+    double *row = NULL;
     cks_err err = CKS_OK;
     if (out)
         memset(out, 0, sizeof *out);
@@ -227,19 +232,25 @@ cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const 
     }
     ctx.za = malloc(k * n * sizeof(double));
     ctx.zb = malloc(k * n * sizeof(double));
-    if (!ctx.za || !ctx.zb) {
+    row = malloc(2 * n * sizeof(double));
+    if (!ctx.za || !ctx.zb || !row) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "joint Pearson test of %zu x %zu", k, n);
         goto out;
     }
     for (size_t j = 0; j < k; j++) {
-        if ((err = standardise(a[j], n, ctx.za + j * n, j, diag)) != CKS_OK ||
-            (err = standardise(b[j], n, ctx.zb + j * n, j, diag)) != CKS_OK)
+        if ((err = standardise(a[j], n, row, j, diag)) != CKS_OK ||
+            (err = standardise(b[j], n, row + n, j, diag)) != CKS_OK)
             goto out;
+        for (size_t i = 0; i < n; i++) {
+            ctx.za[i * k + j] = row[i];
+            ctx.zb[i * k + j] = row[n + i];
+        }
     }
     err = cks_perm_test(n, joint_pearson_statistic, &ctx, seed, permutations, alternative, out, diag);
 out:
     free(ctx.za);
     free(ctx.zb);
+    free(row);
     return err;
 }
 
