@@ -37,6 +37,7 @@
 #define SAMPLE_MIN (3u << 9)
 #define SAMPLE_TOTAL (64ull << 20)
 #define SAMPLE_MIDDLE_MAX 4096u
+#define TEXT_WARNINGS_MAX 20
 #define HASH_CHUNK (8u << 20)
 #define MAX_AGAINST 64
 #define MAX_FPS 4096
@@ -58,7 +59,11 @@ static const char verify_help[] =
     "options:\n"
     "  --against F      a fingerprint file or a directory of them (repeatable)\n"
     "  --full           SHA-256 of every file against the Hub's\n"
-    "  --no-synthetic   skip compare's synthetic power checks (faster with many fingerprints)\n"
+    "  --no-synthetic   skip compare's synthetic power checks in full comparisons\n"
+    "  --no-screen      compare fully against every fingerprint (default: a quick screen\n"
+    "                   first, 99 permutations and no power checks; a fingerprint the\n"
+    "                   screen sees nothing of is listed as screened_out, the others are\n"
+    "                   compared fully)\n"
     "  --json           machine-readable result (README)\n"
     "  --quiet          no progress on stderr\n"
     "  --help           this text\n"
@@ -503,6 +508,7 @@ out:
 typedef struct known {
     char *path;
     cks_verdict verdict;
+    bool screened;           /* cleared by the screen: no full comparison was run */
     double t2, t1;
     char reason[1024];
     char source[256], repo[256], commit[64];
@@ -590,17 +596,64 @@ static int collect_fps(const char *arg, char **list, size_t *n)
     return EXIT_OK;
 }
 
-static cks_err compare_against(const char *path, const cks_compare_model *live, bool no_synthetic, known *k,
-                               cks_diag *diag)
+/*
+ * The screen: every test at 99 permutations and without the synthetic power checks (a 100B-
+ * class pair: ~4.6 s instead of ~12.7 s, bench/fingerprint). A fingerprint is screened out
+ * only when no primary test comes near significance: each permutation p above 0.01 (at least
+ * one of the 99 permutations as extreme) and each z under 3. A test that the full comparison
+ * rejects (p <= 1e-3 / 7 after Holm) passes neither bound only if at least one of 99
+ * permutations beats it and its z is also under 3, which its p makes all but impossible. The
+ * alignment test T4a draws its null independently of the permutation count, so it is the
+ * full test.
+ */
+#define SCREEN_PERMUTATIONS 99
+#define SCREEN_P 0.01
+#define SCREEN_Z 3.0
+
+static bool screen_clears(const cks_compare_result *r, double *max_z, double *min_p)
+{
+    bool clears = true;
+    *max_z = -INFINITY;
+    *min_p = 1;
+    for (size_t i = 0; i < r->n_tests; i++) {
+        const cks_test_result *t = &r->tests[i];
+        if (!t->primary || !t->ran)
+            continue;
+        if (isfinite(t->z) && t->z > *max_z)
+            *max_z = t->z;
+        if (isfinite(t->p_value) && t->p_value < *min_p)
+            *min_p = t->p_value;
+        if (t->rejects || (isfinite(t->p_value) && t->p_value <= SCREEN_P) || (isfinite(t->z) && t->z >= SCREEN_Z))
+            clears = false;
+    }
+    return clears && r->verdict != CKS_VERDICT_IDENTICAL && r->verdict != CKS_VERDICT_DERIVED;
+}
+
+static void keep_result(const cks_compare_result *r, known *k)
+{
+    k->verdict = r->verdict;
+    k->rank = verdict_rank(r->verdict);
+    k->screened = false;
+    snprintf(k->reason, sizeof k->reason, "%s", r->reason);
+    for (size_t i = 0; i < r->n_tests; i++) {
+        if (strcmp(r->tests[i].id, "T2") == 0 && r->tests[i].ran)
+            k->t2 = r->tests[i].statistic;
+        if (strcmp(r->tests[i].id, "T1") == 0 && r->tests[i].ran)
+            k->t1 = r->tests[i].statistic;
+    }
+}
+
+static cks_err compare_against(const char *path, const cks_compare_model *live, bool no_synthetic, bool screen,
+                               known *k, cks_diag *diag)
 {
     cks_err err;
     cks_fingerprint *fp = NULL;
     cks_compare_model a;
     cks_compare_opts copts;
     cks_compare_result *r = NULL;
+    double max_z, min_p;
 
     memset(&copts, 0, sizeof copts);
-    copts.no_synthetic_power = no_synthetic;
     k->t1 = k->t2 = NAN;
     err = cli_open_fingerprint(path, "known", &fp, &a, NULL, diag);
     if (err)
@@ -608,18 +661,31 @@ static cks_err compare_against(const char *path, const cks_compare_model *live, 
     snprintf(k->source, sizeof k->source, "%s", fp->source);
     snprintf(k->repo, sizeof k->repo, "%s", fp->repo);
     snprintf(k->commit, sizeof k->commit, "%s", fp->commit);
-    err = cks_compare(&a, live, &copts, &r, diag);
-    if (!err) {
-        k->verdict = r->verdict;
-        k->rank = verdict_rank(r->verdict);
-        snprintf(k->reason, sizeof k->reason, "%s", r->reason);
-        for (size_t i = 0; i < r->n_tests; i++) {
-            if (strcmp(r->tests[i].id, "T2") == 0 && r->tests[i].ran)
-                k->t2 = r->tests[i].statistic;
-            if (strcmp(r->tests[i].id, "T1") == 0 && r->tests[i].ran)
-                k->t1 = r->tests[i].statistic;
+    if (screen) {
+        copts.permutations = SCREEN_PERMUTATIONS;
+        copts.no_synthetic_power = true;
+        err = cks_compare(&a, live, &copts, &r, diag);
+        if (!err && screen_clears(r, &max_z, &min_p)) {
+            keep_result(r, k);
+            k->screened = true;
+            k->rank = verdict_rank(CKS_VERDICT_NOT_DERIVED);
+            snprintf(k->reason, sizeof k->reason,
+                     "screened out: at %d permutations no test comes near significance (smallest p %.2g, largest z "
+                     "%.2g); the full comparison was skipped (--no-screen runs it)",
+                     SCREEN_PERMUTATIONS, min_p, isfinite(max_z) ? max_z : 0.0);
+            goto out;
         }
+        cks_compare_result_free(r);
+        r = NULL;
+        if (err)
+            goto out;
+        memset(&copts, 0, sizeof copts);
     }
+    copts.no_synthetic_power = no_synthetic;
+    err = cks_compare(&a, live, &copts, &r, diag);
+    if (!err)
+        keep_result(r, k);
+out:
     cks_compare_result_free(r);
     cks_fingerprint_free(fp);
     return err;
@@ -713,7 +779,8 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
         cJSON_AddStringToObject(k, "source", ks[i].source);
         cJSON_AddStringToObject(k, "repo", ks[i].repo);
         cJSON_AddStringToObject(k, "commit", ks[i].commit);
-        cJSON_AddStringToObject(k, "verdict", cks_verdict_name(ks[i].verdict));
+        cJSON_AddStringToObject(k, "verdict", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict));
+        cJSON_AddBoolToObject(k, "screened", ks[i].screened);
         if (isfinite(ks[i].t2))
             cJSON_AddNumberToObject(k, "norm_gain_pearson", ks[i].t2);
         cJSON_AddStringToObject(k, "reason", ks[i].reason);
@@ -734,15 +801,19 @@ static void print_text(const char *spec, const verify_state *v, const known *ks,
     }
     if (v->problems.omitted)
         printf("  ... and %zu more problems\n", v->problems.omitted);
-    for (size_t i = 0; i < v->warnings.n; i++) {
+    /* warnings can number thousands (a sparse or zero-initialised MoE): the first few here,
+     * every one in --json */
+    for (size_t i = 0; i < v->warnings.n && i < TEXT_WARNINGS_MAX; i++) {
         finding_head(&v->warnings.items[i], head, sizeof head);
         printf("  warning %s: %s\n", head, v->warnings.items[i].detail);
     }
+    if (v->warnings.n > TEXT_WARNINGS_MAX)
+        printf("  ... and %zu more warnings (--json lists every one)\n", v->warnings.n - TEXT_WARNINGS_MAX);
     if (v->sampled)
         printf("  %zu float tensors sampled (%llu bytes): %zu with NaN/Inf, %zu all zero\n", v->sampled,
                (unsigned long long)v->sampled_bytes, v->nan_tensors, v->zero_tensors);
     for (size_t i = 0; i < n_known; i++)
-        printf("  %-12s %s%s%s (%s)\n", cks_verdict_name(ks[i].verdict), ks[i].source,
+        printf("  %-12s %s%s%s (%s)\n", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict), ks[i].source,
                ks[i].commit[0] ? "@" : "", ks[i].commit, ks[i].path);
 }
 
@@ -801,13 +872,14 @@ int cmd_verify(int argc, char **argv)
     static const struct option longopts[] = {{"against", required_argument, NULL, 'a'},
                                              {"full", no_argument, NULL, 'F'},
                                              {"no-synthetic", no_argument, NULL, 'N'},
+                                             {"no-screen", no_argument, NULL, 'S'},
                                              CLI_COMMON_LONGOPTS,
                                              {0}};
     cli_opts opts = {0};
     const char *against[MAX_AGAINST];
     size_t n_against = 0, n_fps = 0, n_known = 0;
     char **fps = NULL;
-    bool full = false, no_synth = false;
+    bool full = false, no_synth = false, screen = true;
     int opt, rc = EXIT_OK;
     verify_state *v = NULL;
     known *ks = NULL;
@@ -834,6 +906,8 @@ int cmd_verify(int argc, char **argv)
             full = true;
         } else if (opt == 'N') {
             no_synth = true;
+        } else if (opt == 'S') {
+            screen = false;
         } else if (opt == 'h' || opt == OPT_HELP) {
             fputs(verify_help, stdout);
             return EXIT_OK;
@@ -911,7 +985,7 @@ int cmd_verify(int argc, char **argv)
             if (!opts.quiet && isatty(2))
                 fprintf(stderr, "verify: against %s...\n", fps[i]);
             ks[n_known].path = fps[i];
-            err = compare_against(fps[i], &live, no_synth, &ks[n_known], &diag);
+            err = compare_against(fps[i], &live, no_synth, screen, &ks[n_known], &diag);
             if (err) {
                 set_error(v, err, fps[i], diag.text);
                 goto report;

@@ -211,6 +211,8 @@ def verify_cases(tmp, fam, known, env):
     # relatives and strangers of the known models
     cases.append(("renamed copy of a known model", os.path.join(fam, "llama/reshard"), 1, "identical"))
     cases.append(("fine-tune of a known model", os.path.join(fam, "llama/finetune"), 1, "derived"))
+    # only the alignment (T4) sees a permuted derivative: the screen must let it through
+    cases.append(("permuted derivative of a known model", os.path.join(fam, "glm/permuted"), 1, "derived"))
     cases.append(("valid and unrelated", os.path.join(fam, "glm/independent"), 0, None))
     for name, src, want, what in cases:
         args = ["verify", src, "--json", "--quiet"]
@@ -222,8 +224,22 @@ def verify_cases(tmp, fam, known, env):
         if ok and want == 3:
             ok = any(what in p["rule"] or what in p["detail"] for p in doc["problems"]) and not doc["valid"]
         if ok and want == 1:
-            ok = doc["provenance"] and doc["provenance"][0]["verdict"] == what
+            ok = doc["provenance"] and doc["provenance"][0]["verdict"] == what and not doc["provenance"][0]["screened"]
         report(f"verify {name}: exit {want}", ok, why)
+    # the screen: the unrelated upload is cleared by it against the known models it is not
+    # related to; --no-screen compares fully and reaches the same exit code
+    src = os.path.join(fam, "glm/independent")
+    rc, doc, err = run(env, "verify", src, "--against", known, "--json", "--quiet")
+    prov = doc["provenance"] if doc else []
+    report("verify: the screen clears unrelated known models (screened_out, no full comparison)",
+           rc == 0 and prov and all(p["verdict"] in ("screened_out", "not_derived", "inconclusive") for p in prov)
+           and any(p["screened"] and p["verdict"] == "screened_out" for p in prov),
+           json.dumps(prov)[:600])
+    rc, doc, err = run(env, "verify", src, "--against", known, "--no-screen", "--json", "--quiet")
+    prov = doc["provenance"] if doc else []
+    report("verify --no-screen: every known model compared fully, same exit code",
+           rc == 0 and prov and not any(p["screened"] for p in prov)
+           and all(p["verdict"] in ("not_derived", "inconclusive") for p in prov), json.dumps(prov)[:600])
 
 
 def verify_hub(tmp, hub, known, env):
