@@ -169,6 +169,7 @@ static int run_one(const char *spec, const char *output, const cli_opts *opts, c
         cJSON_AddNumberToObject(root, "layers", fp->n_layers);
         cJSON_AddNumberToObject(root, "embedding_tokens", (double)fp->n_tokens);
         cJSON_AddBoolToObject(root, "all_tokens", fp->embed_all);
+        cJSON_AddBoolToObject(root, "embedding_4bit", fp->embed_q4);
         cJSON_AddStringToObject(root, "sampling", fp->sampling);
         cli_json_print(root);
     } else if (!opts->quiet) {

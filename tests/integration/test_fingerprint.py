@@ -124,7 +124,8 @@ def size_cap(tmp, fam, env):
         report("capped fingerprint still finds the fine-tune", rc == 0 and cmp and cmp["verdict"] == "derived",
                f"exit {rc}: {cmp and cmp['verdict']} {err[-200:]}")
         t = tests_by_id(cmp)
-        report("capped fingerprint keeps its embedding rows as 4-bit codes", "4-bit" in doc["sampling"],
+        report("capped fingerprint keeps its embedding rows as 4-bit codes",
+               doc["embedding_4bit"] is True and "4-bit" in doc["sampling"],
                doc["sampling"])
         rc, live, err = run(env, "compare", base, os.path.join(fam, "llama/finetune"), "--json", "--quiet")
         lt = tests_by_id(live) if live else {}

@@ -50,7 +50,8 @@ def main():
             size = os.path.getsize(out)
             report(f"fingerprint wide/{tag}: {size} bytes <= {CAP}", size <= CAP and doc["bytes"] == size)
             report(f"fingerprint wide/{tag}: >= 2048 embedding rows as 4-bit codes",
-                   doc["format_version"] == 3 and doc["embedding_tokens"] >= 2048 and "4-bit" in doc["sampling"],
+                   doc["format_version"] == 3 and doc["embedding_tokens"] >= 2048 and doc["embedding_4bit"] is True
+                   and "4-bit" in doc["sampling"],
                    f"{doc['embedding_tokens']} tokens, {doc['sampling']}")
         # the gap this closes: under the same cap, version 2 (bf16 rows) cannot hold T4's rows
         v2 = os.path.join(tmp, "base-v2.ckfp")
