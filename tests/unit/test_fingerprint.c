@@ -13,6 +13,7 @@
 
 #include "check.h"
 #include "ckptscope/fingerprint.h"
+#include "ckptscope/stats.h"
 #include "fingerprint_internal.h" /* the 4-bit quantiser and the reference strings */
 
 #define FIXTURE "tests/fixtures/fingerprint-v1-llama-base.ckfp"
@@ -260,23 +261,24 @@ static cks_fingerprint *with_rows(size_t n, size_t cols, const float *values)
     return fp;
 }
 
-/* Worked by hand: a column {-1, 1} has mean 0 and sd 1, so the step is 0.3352 and the codes
- * are floor(-1 / 0.3352) + 8 = 5 and floor(1 / 0.3352) + 8 = 10, standing for -2.5 and +2.5
- * steps; a constant column keeps its value; a NaN becomes the column's mean. */
+/* Worked by hand: a column {-1, 1} has mean 0 and sd 1. At Max's step 0.3352 its codes stand
+ * for +-2.5 steps = +-0.838 (squared error 0.0525); at 0.4 they stand for +-2.5 * 0.4 = +-1
+ * exactly (codes floor(-1 / 0.4) + 8 = 5 and floor(1 / 0.4) + 8 = 10), so 0.4 is chosen. A
+ * constant column keeps its value; a NaN becomes the column's mean. */
 static void q4_worked_case(void)
 {
     const float rows[6] = {-1.0f, 4.0f, NAN, 1.0f, 4.0f, 2.0f};
     cks_fingerprint *fp = with_rows(2, 3, rows);
     CHECK(fp_embed_quantise(fp) == CKS_OK);
     CHECK(fp->embed_q4);
-    CHECK(fabsf(fp->embed_qstep[0] - 0.3352f) < 1e-6f && fp->embed_qoff[0] == 0.0f);
+    CHECK(fabsf(fp->embed_qstep[0] - 0.4f) < 1e-6f && fp->embed_qoff[0] == 0.0f);
     CHECK(fp->embed_qstep[1] == 0.0f && fp->embed_qoff[1] == 4.0f);
     CHECK(fp->embed_qstep[2] == 0.0f && fp->embed_qoff[2] == 2.0f);
     /* cells in row order, two per byte, low nibble first: (5, 8) (8, 10) (8, 8) */
     CHECK_EQ_INT(fp->embed_codes[0], 0x85);
     CHECK_EQ_INT(fp->embed_codes[1], 0xA8);
     CHECK_EQ_INT(fp->embed_codes[2], 0x88);
-    CHECK(fabsf(fp->embed[0] + 2.5f * 0.3352f) < 1e-6f && fabsf(fp->embed[3] - 2.5f * 0.3352f) < 1e-6f);
+    CHECK(fabsf(fp->embed[0] + 1.0f) < 1e-6f && fabsf(fp->embed[3] - 1.0f) < 1e-6f);
     CHECK(fp->embed[1] == 4.0f && fp->embed[4] == 4.0f && fp->embed[2] == 2.0f && fp->embed[5] == 2.0f);
     cks_fingerprint_free(fp);
 }
@@ -318,6 +320,68 @@ static void q4_gaussian_distortion(void)
     }
     CHECK_MSG(fabs(mse - 0.01154) < 0.0008, "relative distortion %.5f, Max's 0.01154", mse);
     CHECK_MSG(fabs(cos_sum - 0.9942) < 0.0005, "column cosine %.5f, expected 0.9942", cos_sum);
+    cks_fingerprint_free(fp);
+    free(v);
+}
+
+/* The plain reference: Max's Gaussian step for every column, then the mean column cosine. */
+static double fixed_step_cosine(const float *v, size_t n, size_t cols)
+{
+    double total = 0;
+    for (size_t c = 0; c < cols; c++) {
+        double mean = 0, var = 0, xy = 0, yy = 0;
+        for (size_t r = 0; r < n; r++)
+            mean += v[r * cols + c] / (double)n;
+        for (size_t r = 0; r < n; r++)
+            var += (v[r * cols + c] - mean) * (v[r * cols + c] - mean) / (double)n;
+        for (size_t r = 0; r < n; r++) {
+            double x = v[r * cols + c] - mean, step = 0.3352 * sqrt(var), q = floor(x / step) + 8, y;
+            q = q < 0 ? 0 : q > 15 ? 15 : q;
+            y = step * (q - 7.5);
+            xy += x * y;
+            yy += y * y;
+        }
+        total += xy / sqrt(var * (double)n * yy) / (double)cols;
+    }
+    return total;
+}
+
+/* Heavy tails (Student-t, 3 degrees of freedom, as rare tokens with large values make): the
+ * chosen steps keep a mean column cosine of about 0.95 (numpy simulation of the same rule:
+ * 0.954), above the 0.93 of Max's Gaussian step used for every column. */
+static void q4_heavy_tails(void)
+{
+    enum { N = 4096, COLS = 32 };
+    float *v = malloc(N * COLS * sizeof *v);
+    cks_rng rng;
+    cks_fingerprint *fp;
+    double adaptive = 0, fixed;
+    cks_rng_seed(&rng, 3);
+    for (size_t i = 0; i < N * COLS; i++) {
+        double chi = 0;
+        for (int k = 0; k < 3; k++) {
+            double g = cks_rng_normal(&rng);
+            chi += g * g;
+        }
+        v[i] = (float)(cks_rng_normal(&rng) / sqrt(chi / 3));
+    }
+    fixed = fixed_step_cosine(v, N, COLS);
+    fp = with_rows(N, COLS, v);
+    CHECK(fp_embed_quantise(fp) == CKS_OK);
+    for (size_t c = 0; c < COLS; c++) {
+        double mean = 0, xy = 0, xx = 0, yy = 0;
+        for (size_t r = 0; r < N; r++)
+            mean += v[r * COLS + c] / (double)N;
+        for (size_t r = 0; r < N; r++) {
+            double x = v[r * COLS + c] - mean, y = fp->embed[r * COLS + c] - mean;
+            xy += x * y;
+            xx += x * x;
+            yy += y * y;
+        }
+        adaptive += xy / sqrt(xx * yy) / COLS;
+    }
+    CHECK_MSG(adaptive > fixed && adaptive > 0.94, "mean column cosine %.4f (fixed Gaussian step %.4f)", adaptive,
+              fixed);
     cks_fingerprint_free(fp);
     free(v);
 }
@@ -389,4 +453,4 @@ static void sniff_and_free_null(void)
 }
 
 TEST_MAIN(T(fixture_loads), T(round_trip), T(damaged_files), T(q4_worked_case), T(q4_gaussian_distortion),
-          T(q4_round_trip), T(reference_strings), T(sniff_and_free_null))
+          T(q4_heavy_tails), T(q4_round_trip), T(reference_strings), T(sniff_and_free_null))
