@@ -282,12 +282,10 @@ static unsigned q4_code_at(const uint8_t *codes, size_t i)
     return i % 2 ? codes[i / 2] >> 4 : codes[i / 2] & 0x0Fu;
 }
 
+/* The code of x: the middle one (8) for a constant column or a non-finite value. */
 static unsigned q4_code(double x, float offset, float step)
 {
-    double q;
-    if (!(step > 0) || !isfinite(x))
-        return 8;
-    q = floor((x - offset) / step) + 8;
+    double q = step > 0 && isfinite(x) ? floor((x - offset) / step) + 8 : 8;
     return q < 0 ? 0u : q > 15 ? 15u : (unsigned)q;
 }
 
@@ -299,11 +297,14 @@ static unsigned q4_code(double x, float offset, float step)
 cks_err fp_embed_quantise(cks_fingerprint *fp)
 {
     size_t n = fp->n_tokens, cols = fp->embed_cols, cells = n * cols;
+    cks_err err = CKS_OK;
     fp->embed_codes = calloc(cells / 2 + 1, 1);
     fp->embed_qoff = malloc((cols ? cols : 1) * sizeof *fp->embed_qoff);
     fp->embed_qstep = malloc((cols ? cols : 1) * sizeof *fp->embed_qstep);
-    if (!fp->embed_codes || !fp->embed_qoff || !fp->embed_qstep)
-        return CKS_ERR_NOMEM;
+    if (!fp->embed_codes || !fp->embed_qoff || !fp->embed_qstep) {
+        err = CKS_ERR_NOMEM;
+        goto out;
+    }
     for (size_t c = 0; c < cols; c++) {
         double sum = 0, sq = 0, mean, sd, best;
         size_t finite = 0;
@@ -326,7 +327,7 @@ cks_err fp_embed_quantise(cks_fingerprint *fp)
         best = INFINITY;
         for (size_t k = 0; k < sizeof fp_q4_steps / sizeof fp_q4_steps[0]; k++) {
             float step = (float)(fp_q4_steps[k] * sd);
-            double err = 0;
+            double sq_err = 0;
             if (!(step > 0) || !isfinite(step))
                 continue;
             for (size_t r = 0; r < n; r++) {
@@ -334,10 +335,10 @@ cks_err fp_embed_quantise(cks_fingerprint *fp)
                 if (!isfinite(x))
                     continue;
                 d = x - q4_value(fp->embed_qoff[c], step, q4_code(x, fp->embed_qoff[c], step));
-                err += d * d;
+                sq_err += d * d;
             }
-            if (err < best) {
-                best = err;
+            if (sq_err < best) {
+                best = sq_err;
                 fp->embed_qstep[c] = step;
             }
         }
@@ -349,7 +350,8 @@ cks_err fp_embed_quantise(cks_fingerprint *fp)
         fp->embed[i] = q4_value(fp->embed_qoff[c], fp->embed_qstep[c], code);
     }
     fp->embed_q4 = true;
-    return CKS_OK;
+out:
+    return err;
 }
 
 void cks_fingerprint_free(cks_fingerprint *fp)
@@ -751,19 +753,17 @@ static size_t embed_plan(uint64_t room, size_t n_cand, size_t cols, uint32_t ver
     uint64_t exact_row = (uint64_t)cols * (version >= 2 ? 2 : 4), q4_row = ((uint64_t)cols + 1) / 2;
     uint64_t share = room * 3 / 10, most = room / 100 * FP_EMBED_MAX_PERCENT, params = (uint64_t)cols * 8;
     size_t target = n_cand < FP_EMBED_TARGET ? n_cand : FP_EMBED_TARGET;
-    uint64_t n;
+    uint64_t n = cols ? share / exact_row : 0;
 
     *q4 = false;
-    if (cols == 0)
-        return 0;
-    n = share / exact_row;
-    if (n >= n_cand)
-        return n_cand;
-    if (n >= target || version < 3)
-        return (size_t)n;
-    *q4 = true;
-    n = most > params ? (most - params) / q4_row : 0;
-    return (size_t)(n < target ? n : target);
+    if (n >= n_cand) {
+        n = n_cand; /* every candidate fits exactly */
+    } else if (cols && n < target && version >= 3) {
+        *q4 = true;
+        n = most > params ? (most - params) / q4_row : 0;
+        n = n < target ? n : target;
+    }
+    return (size_t)n;
 }
 
 static cks_err choose_candidates(build_state *st, size_t max_rows, uint32_t version, cks_diag *diag)
@@ -1762,17 +1762,20 @@ static cks_err decode_layers(dec *d, const cJSON *root, cks_fingerprint *fp)
  * decoded here with the builder's own q4_value. */
 static cks_err decode_embed_data(dec *d, const cJSON *e, cks_fingerprint *fp, size_t cells)
 {
-    cks_err err;
+    cks_err err = CKS_OK;
     const cJSON *quant = cJSON_GetObjectItemCaseSensitive(e, "quant");
     const char *enc;
-    const uint8_t *p;
+    const uint8_t *p = NULL;
     size_t n, cols = fp->embed_cols;
 
-    if (!quant)
-        return get_floats(d, e, "data", cells, &fp->embed);
+    if (!quant) {
+        err = get_floats(d, e, "data", cells, &fp->embed);
+        goto out;
+    }
     if (d->version < 3 || !cJSON_IsString(quant) || strcmp(quant->valuestring, "q4") != 0)
-        return bad(d, "\"embed\" has an unknown \"quant\"");
-    err = get_ref(d, e, "data", cells, &enc, &p, &n);
+        err = bad(d, "\"embed\" has an unknown \"quant\"");
+    if (!err)
+        err = get_ref(d, e, "data", cells, &enc, &p, &n);
     if (!err && strcmp(enc, "q4") != 0)
         err = bad(d, "4-bit embedding rows are not stored as \"q4\"");
     if (!err)
@@ -1782,17 +1785,20 @@ static cks_err decode_embed_data(dec *d, const cJSON *e, cks_fingerprint *fp, si
     for (size_t c = 0; !err && c < cols; c++)
         if (!isfinite(fp->embed_qoff[c]) || !isfinite(fp->embed_qstep[c]) || fp->embed_qstep[c] < 0)
             err = bad(d, "a 4-bit embedding column has a non-finite offset or a negative step");
+    if (!err) {
+        fp->embed_codes = malloc(cells / 2 + 1);
+        fp->embed = malloc((cells ? cells : 1) * sizeof *fp->embed);
+        if (!fp->embed_codes || !fp->embed)
+            err = cks_fail(d->diag, CKS_ERR_NOMEM, "out of memory");
+    }
     if (err)
-        return err;
-    fp->embed_codes = malloc(cells / 2 + 1);
-    fp->embed = malloc((cells ? cells : 1) * sizeof *fp->embed);
-    if (!fp->embed_codes || !fp->embed)
-        return cks_fail(d->diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
     memcpy(fp->embed_codes, p, cells / 2 + cells % 2);
     for (size_t i = 0; i < cells; i++)
         fp->embed[i] = q4_value(fp->embed_qoff[i % cols], fp->embed_qstep[i % cols], q4_code_at(fp->embed_codes, i));
     fp->embed_q4 = true;
-    return CKS_OK;
+out:
+    return err;
 }
 
 static cks_err decode_embed(dec *d, const cJSON *root, cks_fingerprint *fp)
