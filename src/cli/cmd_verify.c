@@ -354,7 +354,7 @@ static cks_err sample_all(const cks_ckpt *ckpt, verify_state *v, bool *bad, cks_
     cks_diag d;
     cks_range *ranges = NULL;
     cks_source **srcs = NULL;
-    size_t cap, n_float = 0, *file_first = calloc(ckpt->n_files + 1, sizeof *file_first),
+    size_t cap, n_float = 0, n = 0, *file_first = calloc(ckpt->n_files + 1, sizeof *file_first),
                 *file_n = calloc(ckpt->n_files + 1, sizeof *file_n);
     uint64_t per;
     bool middle;
@@ -370,36 +370,29 @@ static cks_err sample_all(const cks_ckpt *ckpt, verify_state *v, bool *bad, cks_
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    /* every file's blocks in one parallel round (one round per shard cost ~1 s each on a
-     * 47-shard model over a 40 ms link); a failing round is redone file by file to say which
-     * file could not be read */
-    for (size_t f = 0, n = 0; f <= ckpt->n_files && !err; f++) {
-        size_t first = n;
-        for (size_t i = 0; f < ckpt->n_files && i < ckpt->n_tensors; i++) {
+    for (size_t f = 0; f < ckpt->n_files; f++) {
+        file_first[f] = n;
+        for (size_t i = 0; i < ckpt->n_tensors; i++) {
             const cks_tensor_info *info = ckpt->tensors[i].info;
             uint64_t offs[3], len = sample_blocks(info, per, middle, offs);
-            if (ckpt->tensors[i].file != f || len == 0)
-                continue;
-            for (int k = 0; k < 3; k++)
+            for (int k = 0; k < 3 && ckpt->tensors[i].file == f && len; k++)
                 if (offs[k] != UINT64_MAX) {
                     srcs[n] = ckpt->files[f].source;
                     ranges[n].offset = info->file_offset + offs[k];
                     ranges[n++].length = len;
                 }
         }
-        if (f < ckpt->n_files) {
-            file_first[f] = first;
-            file_n[f] = n - first;
-            continue;
-        }
-        if (n == 0 || cks_source_prefetch_many(srcs, ranges, n, &d) == CKS_OK)
-            break;
-        for (size_t g = 0; g < ckpt->n_files && !err; g++) {
-            e = file_n[g] ? cks_source_prefetch(ckpt->files[g].source, ranges + file_first[g], file_n[g], &d) : CKS_OK;
-            if (e)
-                err = read_failure(v, ckpt, g, e, &d, &bad[g], diag);
-        }
+        file_n[f] = n - file_first[f];
     }
+    /* every file's blocks in one parallel round (one round per shard cost ~1 s each on a
+     * 47-shard model over a 40 ms link); a failing round is redone file by file to say which
+     * file could not be read */
+    if (n && cks_source_prefetch_many(srcs, ranges, n, &d) != CKS_OK)
+        for (size_t f = 0; f < ckpt->n_files && !err; f++) {
+            e = file_n[f] ? cks_source_prefetch(ckpt->files[f].source, ranges + file_first[f], file_n[f], &d) : CKS_OK;
+            if (e)
+                err = read_failure(v, ckpt, f, e, &d, &bad[f], diag);
+        }
     for (size_t i = 0; i < ckpt->n_tensors && !err; i++) {
         size_t f = ckpt->tensors[i].file;
         if (bad[f])
