@@ -193,18 +193,6 @@ static cJSON *put_doubles(bbuf *b, const double *v, size_t n, uint32_t version)
     return ref;
 }
 
-/* n 4-bit codes, already packed two per byte */
-static cJSON *put_q4(bbuf *b, const uint8_t *codes, size_t n)
-{
-    size_t off = b->len, bytes = n / 2 + n % 2;
-    uint8_t *at = bbuf_grow(b, bytes);
-    if (!at && bytes)
-        return NULL;
-    if (bytes)
-        memcpy(at, codes, bytes);
-    return ref_json("q4", off, n);
-}
-
 static cJSON *put_u32s(bbuf *b, const uint32_t *v, size_t n)
 {
     size_t off = b->len;
@@ -216,15 +204,21 @@ static cJSON *put_u32s(bbuf *b, const uint32_t *v, size_t n)
     return ref_json("u32", off, n);
 }
 
-static cJSON *put_bytes(bbuf *b, const uint8_t *v, size_t n)
+/* `bytes` bytes already in their stored form, referred to as n elements of encoding enc */
+static cJSON *put_raw(bbuf *b, const uint8_t *v, size_t bytes, const char *enc, size_t n)
 {
     size_t off = b->len;
-    uint8_t *at = bbuf_grow(b, n);
-    if (!at && n)
+    uint8_t *at = bbuf_grow(b, bytes);
+    if (!at && bytes)
         return NULL;
-    if (n)
-        memcpy(at, v, n);
-    return ref_json("u8", off, n);
+    if (bytes)
+        memcpy(at, v, bytes);
+    return ref_json(enc, off, n);
+}
+
+static cJSON *put_bytes(bbuf *b, const uint8_t *v, size_t n)
+{
+    return put_raw(b, v, n, "u8", n);
 }
 
 /* ---- freeing ---- */
@@ -270,6 +264,12 @@ static void embed_release(cks_fingerprint *fp)
 }
 
 /* ---- 4-bit embedding rows (version 3) ---- */
+
+/* Bytes of n 4-bit codes packed two per byte (the stored array; allocations add a spare). */
+static size_t q4_bytes(size_t n)
+{
+    return n / 2 + n % 2;
+}
 
 /* The value a code stands for; build and decode both use this, so they agree to the bit. */
 static float q4_value(float offset, float step, unsigned code)
@@ -748,7 +748,7 @@ static long find_text(const cks_vocab *v, const uint32_t *sorted, const char *s,
  * codes, up to FP_EMBED_TARGET of them in up to 70 % of the room: T4 is the only test that sees
  * a permuted derivative, and it needs the rows; T2 keeps every norm, T3 fewer k/v rows.
  */
-static size_t embed_plan(uint64_t room, size_t n_cand, size_t cols, uint32_t version, bool *q4)
+static size_t embed_plan(uint64_t room, size_t n_cand, size_t cols, uint32_t version, bool *q4, uint64_t *bytes)
 {
     uint64_t exact_row = (uint64_t)cols * (version >= 2 ? 2 : 4), q4_row = ((uint64_t)cols + 1) / 2;
     uint64_t share = room * 3 / 10, most = room / 100 * FP_EMBED_MAX_PERCENT, params = (uint64_t)cols * 8;
@@ -763,6 +763,8 @@ static size_t embed_plan(uint64_t room, size_t n_cand, size_t cols, uint32_t ver
         n = most > params ? (most - params) / q4_row : 0;
         n = n < target ? n : target;
     }
+    /* the rows, and for codes their per-column offset and step (two floats a column) */
+    *bytes = n == 0 ? 0 : *q4 ? n * q4_row + params : n * exact_row;
     return (size_t)n;
 }
 
@@ -910,10 +912,8 @@ static cks_err fill_selected(cks_fingerprint *fp, build_state *st, uint64_t room
     }
     /* what is left after the norms: embeddings first (embed_plan), then routers 25/70 of the
        rest, k/v the remainder; a part that needs less than its share leaves it to the next */
-    n_embed = embed_plan(room, st->n_cand, st->embed_cols, version, &q4);
-    embed_bytes = q4 ? (uint64_t)n_embed * ((st->embed_cols + 1) / 2) + (uint64_t)st->embed_cols * 8
-                     : (uint64_t)n_embed * st->embed_cols * (uint64_t)esz;
-    room -= n_embed ? (embed_bytes < room ? embed_bytes : room) : 0;
+    n_embed = embed_plan(room, st->n_cand, st->embed_cols, version, &q4, &embed_bytes);
+    room -= embed_bytes < room ? embed_bytes : room;
     router_share = room * 25 / 70;
     if (router_full > router_share && n_routers > 0) {
         uint64_t one = router_full / n_routers, fit = one ? router_share / one : 0;
@@ -1122,7 +1122,8 @@ cks_err cks_fingerprint_build(const cks_compare_model *m, const cks_fp_build_opt
     {
         /* the most rows any attempt below can keep (the exact share, or the 4-bit target) */
         bool q4;
-        size_t most = embed_plan(room, SIZE_MAX, st.embed_cols, version, &q4);
+        uint64_t bytes;
+        size_t most = embed_plan(room, SIZE_MAX, st.embed_cols, version, &q4, &bytes);
         err = choose_candidates(&st, most > FP_EMBED_TARGET ? most : FP_EMBED_TARGET, version, diag);
     }
     if (err)
@@ -1324,7 +1325,8 @@ static cJSON *encode_json(const cks_fingerprint *fp, uint32_t version, bbuf *b)
                 cJSON_AddStringToObject(e, "quant", "q4");
                 cJSON_AddItemToObject(e, "q_offset", put_floats(b, fp->embed_qoff, fp->embed_cols, version));
                 cJSON_AddItemToObject(e, "q_step", put_floats(b, fp->embed_qstep, fp->embed_cols, version));
-                cJSON_AddItemToObject(e, "data", put_q4(b, fp->embed_codes, fp->n_tokens * fp->embed_cols));
+                cJSON_AddItemToObject(e, "data", put_raw(b, fp->embed_codes, q4_bytes(fp->n_tokens * fp->embed_cols),
+                                                         "q4", fp->n_tokens * fp->embed_cols));
             } else { /* older versions store a 4-bit fingerprint's decoded values */
                 cJSON_AddItemToObject(e, "data",
                                       put_floats(b, fp->embed, fp->n_tokens * fp->embed_cols, version));
@@ -1459,7 +1461,7 @@ static cks_err get_ref(dec *d, const cJSON *o, const char *key, size_t want, con
     else
         return bad(d, "an array has an unknown encoding");
     if (esize == 0)
-        bytes = count / 2 + count % 2;
+        bytes = count / 2 + count % 2; /* q4_bytes, in 64 bits */
     if ((esize && !mul_ok(count, esize, &bytes)) || off > d->bin_len || bytes > d->bin_len - off)
         return bad(d, "an array reaches beyond the binary section");
     if (want != SIZE_MAX && count != want)
@@ -1793,7 +1795,7 @@ static cks_err decode_embed_data(dec *d, const cJSON *e, cks_fingerprint *fp, si
     }
     if (err)
         goto out;
-    memcpy(fp->embed_codes, p, cells / 2 + cells % 2);
+    memcpy(fp->embed_codes, p, q4_bytes(cells));
     for (size_t i = 0; i < cells; i++)
         fp->embed[i] = q4_value(fp->embed_qoff[i % cols], fp->embed_qstep[i % cols], q4_code_at(fp->embed_codes, i));
     fp->embed_q4 = true;
