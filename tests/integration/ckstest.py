@@ -34,5 +34,14 @@ def run(env, *args, timeout=300):
     return p.returncode, doc, p.stderr
 
 
+def generate(tool, out, *args, timeout=None):
+    """Run a generator of tests/tools into out; False, with a FAIL line, when it fails."""
+    p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests", "tools", tool), out, *args],
+                       capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        report(f"generate {tool}", False, p.stderr[-500:])
+    return p.returncode == 0
+
+
 def tests_by_id(doc):
     return {t["id"]: t for t in doc["tests"]} if doc else {}

@@ -16,11 +16,10 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 
-from ckstest import ROOT, failures, report, run, tests_by_id
+from ckstest import ROOT, failures, generate, report, run, tests_by_id
 
 sys.path.insert(0, os.path.join(ROOT, "tests/fakehub"))
 TOL = 1e-9  # documented in the README: fingerprint vs live statistics (T2-T4) for a full fingerprint
@@ -332,10 +331,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="cks-fp-")
     try:
         fam = os.path.join(tmp, "fam")
-        gen = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests/tools/gen_family.py"), fam],
-                             capture_output=True, text=True, timeout=120)
-        if gen.returncode != 0:
-            report("generate families", False, gen.stderr[-500:])
+        if not generate("gen_family.py", fam, timeout=120):
             return 1
         manifest = json.load(open(os.path.join(fam, "manifest.json")))
         import harness

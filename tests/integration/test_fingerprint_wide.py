@@ -17,11 +17,10 @@ test_fingerprint.py) this checks:
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
-from ckstest import ROOT, failures, report, run, tests_by_id
+from ckstest import failures, generate, report, run, tests_by_id
 
 CAP = 10_000_000
 TOL_Q4 = 0.01  # README "compare with a fingerprint": T4a from 4-bit rows
@@ -36,7 +35,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="cks-fpwide-")
     env = dict(os.environ, CKPTSCOPE_CACHE=os.path.join(tmp, "cache"))
     try:
-        subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests/tools/gen_wide.py"), tmp], check=True)
+        if not generate("gen_wide.py", tmp):
+            return
         wide = lambda tag: os.path.join(tmp, "wide", tag)  # noqa: E731
         fps = {}
         for tag in ("base", "permuted"):

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from ckstest import BIN, ROOT, failures, report
+from ckstest import BIN, ROOT, failures, generate, report
 
 sys.path.insert(0, os.path.join(ROOT, "tests/fakehub"))
 
@@ -292,10 +292,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="cks-verify-")
     try:
         fam = os.path.join(tmp, "fam")
-        gen = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests/tools/gen_family.py"), fam],
-                             capture_output=True, text=True, timeout=120)
-        if gen.returncode != 0:
-            report("generate families", False, gen.stderr[-500:])
+        if not generate("gen_family.py", fam, timeout=120):
             return 1
         up = build_uploads(fam, os.path.join(tmp, "uploads"))
         import harness

@@ -283,6 +283,27 @@ static void q4_worked_case(void)
     cks_fingerprint_free(fp);
 }
 
+/* Over the columns of x (n x cols) and their codes' values y: the mean squared error relative
+ * to the column's variance, and the mean cosine, both about the column's mean. */
+static void column_fidelity(const float *x, const float *y, size_t n, size_t cols, double *mse, double *cosine)
+{
+    *mse = *cosine = 0;
+    for (size_t c = 0; c < cols; c++) {
+        double mean = 0, var = 0, err = 0, xy = 0, yy = 0;
+        for (size_t r = 0; r < n; r++)
+            mean += x[r * cols + c] / (double)n;
+        for (size_t r = 0; r < n; r++) {
+            double a = x[r * cols + c] - mean, b = y[r * cols + c] - mean;
+            var += a * a;
+            err += (a - b) * (a - b);
+            xy += a * b;
+            yy += b * b;
+        }
+        *mse += err / var / (double)cols;
+        *cosine += xy / sqrt(var * yy) / (double)cols;
+    }
+}
+
 /* On Gaussian columns the distortion must be the published one: Max (1960), Table II, gives
  * 0.01154 for the optimal 16-level uniform quantiser of a unit Gaussian, so a column keeps a
  * cosine of sqrt(1 - 0.01154) = 0.9942 with its codes. */
@@ -304,20 +325,7 @@ static void q4_gaussian_distortion(void)
         v[i] = v[i] * (float)(0.01 * (1 + i % COLS)) + (float)(i % COLS) * 0.001f;
     fp = with_rows(N, COLS, v);
     CHECK(fp_embed_quantise(fp) == CKS_OK);
-    for (size_t c = 0; c < COLS; c++) {
-        double mean = 0, var = 0, err = 0, xy = 0, yy = 0;
-        for (size_t r = 0; r < N; r++)
-            mean += v[r * COLS + c] / (double)N;
-        for (size_t r = 0; r < N; r++) {
-            double x = v[r * COLS + c] - mean, y = fp->embed[r * COLS + c] - mean;
-            var += x * x;
-            err += (x - y) * (x - y);
-            xy += x * y;
-            yy += y * y;
-        }
-        mse += err / var / COLS;
-        cos_sum += xy / sqrt(var * yy) / COLS;
-    }
+    column_fidelity(v, fp->embed, N, COLS, &mse, &cos_sum);
     CHECK_MSG(fabs(mse - 0.01154) < 0.0008, "relative distortion %.5f, Max's 0.01154", mse);
     CHECK_MSG(fabs(cos_sum - 0.9942) < 0.0005, "column cosine %.5f, expected 0.9942", cos_sum);
     cks_fingerprint_free(fp);
@@ -355,7 +363,7 @@ static void q4_heavy_tails(void)
     float *v = malloc(N * COLS * sizeof *v);
     cks_rng rng;
     cks_fingerprint *fp;
-    double adaptive = 0, fixed;
+    double adaptive, mse, fixed;
     cks_rng_seed(&rng, 3);
     for (size_t i = 0; i < N * COLS; i++) {
         double chi = 0;
@@ -368,18 +376,7 @@ static void q4_heavy_tails(void)
     fixed = fixed_step_cosine(v, N, COLS);
     fp = with_rows(N, COLS, v);
     CHECK(fp_embed_quantise(fp) == CKS_OK);
-    for (size_t c = 0; c < COLS; c++) {
-        double mean = 0, xy = 0, xx = 0, yy = 0;
-        for (size_t r = 0; r < N; r++)
-            mean += v[r * COLS + c] / (double)N;
-        for (size_t r = 0; r < N; r++) {
-            double x = v[r * COLS + c] - mean, y = fp->embed[r * COLS + c] - mean;
-            xy += x * y;
-            xx += x * x;
-            yy += y * y;
-        }
-        adaptive += xy / sqrt(xx * yy) / COLS;
-    }
+    column_fidelity(v, fp->embed, N, COLS, &mse, &adaptive);
     CHECK_MSG(adaptive > fixed && adaptive > 0.94, "mean column cosine %.4f (fixed Gaussian step %.4f)", adaptive,
               fixed);
     cks_fingerprint_free(fp);
