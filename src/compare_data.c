@@ -10,9 +10,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/evp.h>
 
+#include "ckptscope/adapter.h"
 #include "ckptscope/decode.h"
 #include "ckptscope/hash.h"
 #include "ckptscope/stats.h"
@@ -666,4 +668,69 @@ cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, s
     if (err)
         return err;
     return load_rows(md, tr, slice, rows, n, out, counter, diag);
+}
+
+/* ---- what initialisation does to a tensor ---- */
+
+bool cmp_is_lora_factor(const cmp_raw *r)
+{
+    char key[CKS_ADAPTER_KEY_MAX];
+    bool transposed;
+    cks_adapter_factor f = cks_adapter_key(r->tensor->info->name, key, sizeof key, &transposed);
+    return f == CKS_ADAPTER_DOWN || f == CKS_ADAPTER_UP;
+}
+
+/* Case-insensitive substring. */
+static bool name_has(const char *name, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (const char *p = name; *p; p++)
+        if (strncasecmp(p, needle, n) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Norm gains start at one and norm biases, HF-initialised linear biases, router score biases
+ * and LoRA up factors at zero: what they hold, training wrote. Everything else (weights,
+ * embeddings, LoRA down factors, heads) starts from a random draw, which two runs can share
+ * through a seed. Plain PyTorch modules initialise biases randomly, so a bias of an unknown
+ * architecture counts as fixed by initialisation (the conservative side).
+ */
+cks_evidence cmp_init_class(const cmp_raw *r)
+{
+    char key[CKS_ADAPTER_KEY_MAX];
+    bool transposed;
+    const char *name = r->tensor->info->name;
+    switch (cks_adapter_key(name, key, sizeof key, &transposed)) {
+    case CKS_ADAPTER_UP:
+        return CKS_EVIDENCE_TRAINED;
+    case CKS_ADAPTER_DOWN:
+        return CKS_EVIDENCE_INIT;
+    default:
+        break;
+    }
+    switch (r->role) {
+    case CKS_ROLE_EMBED_NORM:
+    case CKS_ROLE_FINAL_NORM:
+    case CKS_ROLE_ATTN_NORM:
+    case CKS_ROLE_FFN_NORM:
+    case CKS_ROLE_POST_ATTN_NORM:
+    case CKS_ROLE_POST_FFN_NORM:
+    case CKS_ROLE_Q_NORM:
+    case CKS_ROLE_K_NORM:
+    case CKS_ROLE_Q_A_NORM:
+    case CKS_ROLE_KV_A_NORM:
+    case CKS_ROLE_ROUTER_BIAS:
+        return CKS_EVIDENCE_TRAINED;
+    case CKS_ROLE_OTHER:
+        break;
+    default:
+        return r->part == CKS_PART_BIAS ? CKS_EVIDENCE_TRAINED : CKS_EVIDENCE_INIT;
+    }
+    if (r->tensor->info->ndim <= 1 &&
+        (name_has(name, "norm") || name_has(name, "ln_") || name_has(name, ".ln") || name_has(name, "running_mean") ||
+         name_has(name, "running_var")))
+        return CKS_EVIDENCE_TRAINED;
+    return CKS_EVIDENCE_INIT;
 }

@@ -11,6 +11,8 @@
 #include <stdint.h>
 
 #include "ckptscope/compare.h"
+#include "ckptscope/stats.h"
+#include "ckptscope/layers.h"
 #include "ckptscope/roles.h"
 
 /* A row-major float matrix. */
@@ -82,6 +84,77 @@ typedef struct cmp_ctx {
     } nulls[12];
     size_t n_nulls;
 } cmp_ctx;
+
+/* ---- results of one run of the family on one pair ---- */
+
+#define CMP_MAX_TESTS 16
+
+typedef struct cmp_family {
+    size_t n;
+    cks_test_result t[CMP_MAX_TESTS];
+    /* layer pairing used by T2/T3/T4 */
+    size_t n_pairs;
+    cks_layer_pair pairs[CKS_LAYERS_MAX_DIM];
+    /* T4a alignment: A dim i -> B dim map[i] with sign[i] (-1 where the split halves of the
+     * shared tokens disagree: such dimensions are left out of T4b/T4c) */
+    int32_t *map;
+    int8_t *sign;
+    size_t map_len;
+    bool identical;
+    size_t n_matches;
+    cks_hash_match *matches;
+} cmp_family;
+
+void cmp_family_release(cmp_family *f);
+cks_test_result *cmp_family_add(cmp_family *f, const char *id, const char *name, bool primary);
+cks_test_result *cmp_family_find(cmp_family *f, const char *id);
+
+/* ---- helpers shared by the tests (compare.c) ---- */
+
+void cmp_not_run(cks_test_result *t, const char *fmt, const char *arg);
+cks_err cmp_add_item(cks_test_result *t, const char *label, double value, double raw);
+/* A permutation result into t: the exact p, and the z rule when T is too small for alpha. */
+void cmp_set_perm(cks_test_result *t, const cks_perm_result *pr, const char *null_kind, double alpha);
+/* The real pair's null of test `id` during a power run (false when there is none). */
+bool cmp_reused_null(const cmp_ctx *ctx, const char *id, double *mean, double *sd);
+/* A power check's statistic judged by its z against the real pair's null. */
+void cmp_judge_by_reused_null(cks_test_result *t, double observed, double mean, double sd, double alpha);
+/* Finite, at least 3 values, not constant. */
+bool cmp_vector_usable(const double *v, size_t n);
+/* What initialisation does to a tensor, from its role or (for unknown architectures) its name. */
+cks_evidence cmp_init_class(const cmp_raw *r);
+/* A tensor that is a LoRA factor (the adapter tests compare those as modules). */
+bool cmp_is_lora_factor(const cmp_raw *r);
+
+/* ---- checkpoints with no known architecture (compare_generic.c) ---- */
+
+/* G (tensors trained from a constant) and G-init (tensors fixed by initialisation). */
+cks_err cmp_test_generic(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_family *f, cks_diag *diag);
+/* G-rows: units matched one to one, against a null that rotates B's units within their span. */
+cks_err cmp_test_generic_rows(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_family *f,
+                              cks_diag *diag);
+
+/* ---- effect floors and the verdict (compare_verdict.c) ---- */
+
+/* Set t->floor, floor_note and effect_ok from the calibrated floor of t->id. */
+void cmp_apply_floor(cks_test_result *t);
+/* Holm over the primary tests that ran and are valid; sets p_holm, significant, rejects. */
+void cmp_apply_holm(cmp_family *f, double alpha);
+/* A test "flags" a pair when it is significant on its own (its floor allowing) and its effect
+ * reaches the floor: what power checks and negative controls look for. */
+bool cmp_flags(const cks_test_result *t, double alpha);
+/* The verdict, the relation found and the sentences a person reads first. */
+void cmp_decide(const cmp_ctx *ctx, cmp_family *f, const cmp_model *a, const cmp_model *b, cks_compare_result *r);
+/* p for reports: never smaller than what the method supports. */
+const char *cmp_short_p(const cks_test_result *t, double p, char *buf, size_t size);
+
+/* ---- adapters (compare_lora.c) ---- */
+
+/* L (adapter updates agree) and L-init (down factors agree) when both models are LoRA adapters
+ * with modules in common; nothing is added when they are not. `power_synthetic` also judges
+ * a noisy copy of A's adapter against the real pair's null (the power check of L). */
+cks_err cmp_test_adapters(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_family *f,
+                          cks_diag *diag);
 
 void cmp_matrix_free(cmp_matrix *m);
 void cmp_normalise_columns(cmp_matrix *m);

@@ -790,6 +790,25 @@ out:
     return err;
 }
 
+cks_err cks_mid_ranks_f64(const double *x, size_t n, double *rank, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    ranked *scratch = NULL;
+    if (n > SIZE_MAX / sizeof(ranked)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "ranks: %zu elements is too many", n);
+        goto out;
+    }
+    scratch = malloc((n ? n : 1) * sizeof *scratch);
+    if (!scratch) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "ranks of %zu elements", n);
+        goto out;
+    }
+    err = mid_ranks(x, n, rank, scratch, diag);
+out:
+    free(scratch);
+    return err;
+}
+
 /* ---------------- bitwise ---------------- */
 
 cks_err cks_bits_acc_init(cks_bits_acc *acc, cks_dtype dtype, cks_diag *diag)

@@ -92,6 +92,159 @@ void cks_rng_permutation(cks_rng *rng, uint32_t *perm, size_t n)
     }
 }
 
+cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    double *a = NULL, *v = NULL, *diag_sign = NULL;
+    if (n == 0 || n > 4096 || !q) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "a random orthogonal matrix needs 1 <= n <= 4096 (got %zu)", n);
+        goto out;
+    }
+    a = malloc(n * n * sizeof *a);
+    v = malloc(n * sizeof *v);
+    diag_sign = malloc(n * sizeof *diag_sign);
+    if (!a || !v || !diag_sign) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for a %zu x %zu rotation", n, n);
+        goto out;
+    }
+    for (size_t i = 0; i < n * n; i++)
+        a[i] = cks_rng_normal(rng);
+    /* q starts as the identity and accumulates the reflections: Q = H_0 H_1 ... H_{n-2} */
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++)
+            q[i * n + j] = i == j ? 1.0 : 0.0;
+    for (size_t k = 0; k < n; k++) {
+        double norm = 0, alpha, vnorm = 0;
+        for (size_t i = k; i < n; i++)
+            norm += a[i * n + k] * a[i * n + k];
+        norm = sqrt(norm);
+        /* R's diagonal entry is -sign(a_kk) * norm: its sign is what Mezzadri's correction removes */
+        alpha = a[k * n + k] >= 0 ? -norm : norm;
+        diag_sign[k] = alpha >= 0 ? 1.0 : -1.0;
+        if (k == n - 1 || norm == 0)
+            continue;
+        for (size_t i = k; i < n; i++)
+            v[i] = a[i * n + k];
+        v[k] -= alpha;
+        for (size_t i = k; i < n; i++)
+            vnorm += v[i] * v[i];
+        if (vnorm == 0)
+            continue;
+        /* A <- (I - 2 v v^T / v^T v) A on columns k.. ; Q <- Q (I - 2 v v^T / v^T v) */
+        for (size_t j = k; j < n; j++) {
+            double dot = 0;
+            for (size_t i = k; i < n; i++)
+                dot += v[i] * a[i * n + j];
+            dot *= 2.0 / vnorm;
+            for (size_t i = k; i < n; i++)
+                a[i * n + j] -= dot * v[i];
+        }
+        for (size_t i = 0; i < n; i++) {
+            double dot = 0;
+            for (size_t j = k; j < n; j++)
+                dot += q[i * n + j] * v[j];
+            dot *= 2.0 / vnorm;
+            for (size_t j = k; j < n; j++)
+                q[i * n + j] -= dot * v[j];
+        }
+    }
+    /* the last diagonal entry of R is a_nn itself (no reflection) */
+    diag_sign[n - 1] = a[(n - 1) * n + (n - 1)] >= 0 ? 1.0 : -1.0;
+    /* Q diag(sign(R_kk)): the Haar measure (Mezzadri 2007, eq. 5.3) */
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++)
+            q[i * n + j] *= diag_sign[j];
+out:
+    free(a);
+    free(v);
+    free(diag_sign);
+    return err;
+}
+
+static size_t block_size(const cks_rotation *rot, size_t b)
+{
+    size_t start = b * CKS_ROTATION_BLOCK;
+    return rot->n - start < CKS_ROTATION_BLOCK ? rot->n - start : CKS_ROTATION_BLOCK;
+}
+
+cks_err cks_rotation_draw(cks_rng *rng, size_t n, cks_rotation *out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    double *q = NULL;
+    memset(out, 0, sizeof *out);
+    if (n == 0 || n > (1u << 24)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "a random rotation needs 1 <= n <= 2^24 (got %zu)", n);
+        goto out;
+    }
+    out->n = n;
+    out->n_blocks = (n + CKS_ROTATION_BLOCK - 1) / CKS_ROTATION_BLOCK;
+    /* two rounds mix BLOCK^2 coordinates; a third covers up to BLOCK^3 */
+    out->rounds = n <= CKS_ROTATION_BLOCK ? 1 : n <= CKS_ROTATION_BLOCK * CKS_ROTATION_BLOCK ? 2 : 3;
+    out->perm = malloc(out->rounds * n * sizeof *out->perm);
+    out->blocks = malloc(out->rounds * out->n_blocks * CKS_ROTATION_BLOCK * CKS_ROTATION_BLOCK * sizeof *out->blocks);
+    q = malloc(CKS_ROTATION_BLOCK * CKS_ROTATION_BLOCK * sizeof *q);
+    if (!out->perm || !out->blocks || !q) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for a rotation of %zu coordinates", n);
+        goto out;
+    }
+    for (size_t r = 0; r < out->rounds && !err; r++) {
+        cks_rng_permutation(rng, out->perm + r * n, n);
+        for (size_t b = 0; b < out->n_blocks && !err; b++) {
+            size_t m = block_size(out, b);
+            float *dst = out->blocks + (r * out->n_blocks + b) * CKS_ROTATION_BLOCK * CKS_ROTATION_BLOCK;
+            err = cks_rng_orthogonal(rng, m, q, diag);
+            for (size_t i = 0; i < m * m && !err; i++)
+                dst[i] = (float)q[i];
+        }
+    }
+out:
+    free(q);
+    if (err)
+        cks_rotation_release(out);
+    return err;
+}
+
+cks_err cks_rotation_apply(cks_rotation *rot, float *x, size_t count, cks_diag *diag)
+{
+    size_t n = rot->n;
+    if (count == 0)
+        return CKS_OK;
+    if (count > SIZE_MAX / n / sizeof(float))
+        return cks_fail(diag, CKS_ERR_INVALID_ARG, "rotation: %zu vectors of %zu is too many", count, n);
+    if (rot->scratch_len < count * n) {
+        float *grown = realloc(rot->scratch, count * n * sizeof *grown);
+        if (!grown)
+            return cks_fail(diag, CKS_ERR_NOMEM, "out of memory rotating %zu vectors", count);
+        rot->scratch = grown;
+        rot->scratch_len = count * n;
+    }
+    for (size_t r = 0; r < rot->rounds; r++) {
+        const uint32_t *perm = rot->perm + r * n;
+        /* scratch = x with coordinates permuted */
+        for (size_t v = 0; v < count; v++)
+            for (size_t i = 0; i < n; i++)
+                rot->scratch[v * n + i] = x[v * n + perm[i]];
+        /* x[:, block] = scratch[:, block] Q_b^T: one sgemm per block over every vector */
+        for (size_t b = 0; b < rot->n_blocks; b++) {
+            size_t m = block_size(rot, b), off = b * CKS_ROTATION_BLOCK;
+            const float *qb = rot->blocks + (r * rot->n_blocks + b) * CKS_ROTATION_BLOCK * CKS_ROTATION_BLOCK;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)count, (int)m, (int)m, 1.0f, rot->scratch + off,
+                        (int)n, qb, (int)m, 0.0f, x + off, (int)n);
+        }
+    }
+    return CKS_OK;
+}
+
+void cks_rotation_release(cks_rotation *rot)
+{
+    if (!rot)
+        return;
+    free(rot->perm);
+    free(rot->blocks);
+    free(rot->scratch);
+    memset(rot, 0, sizeof *rot);
+}
+
 /* ---------------- permutation tests ---------------- */
 
 static bool at_least_as_extreme(double permuted, double observed, cks_alternative alternative)
@@ -488,6 +641,20 @@ double cks_zscore(double x, double mean, double sd)
     if (!(sd > 0) || !isfinite(sd))
         return NAN;
     return (x - mean) / sd;
+}
+
+static int compare_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+double cks_median_inplace(double *v, size_t n)
+{
+    if (n == 0)
+        return NAN;
+    qsort(v, n, sizeof *v, compare_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 double cks_normal_sf(double z) { return 0.5 * erfc(z / sqrt(2.0)); }

@@ -98,8 +98,30 @@ typedef struct cks_compare_item {  /* one layer, tensor or layer pair inside a t
     double raw_cosine;        /* NAN when not applicable */
 } cks_compare_item;
 
+/*
+ * What kind of agreement a test measures (DESIGN.md §8: the evidence of derivation must sit in
+ * what training changed, not in what initialisation fixed or what a shared base imposes).
+ */
+typedef enum cks_evidence {
+    CKS_EVIDENCE_NONE = 0,
+    /* tensors that start from a constant (norm gains at one, zero-initialised biases and
+     * LoRA up factors) or an adapter's whole update: their agreement is what training wrote */
+    CKS_EVIDENCE_TRAINED,
+    /* tensors whose values a random initialisation fixes (weights, embeddings, LoRA down
+     * factors): agreement may be a shared seed as well as a shared history */
+    CKS_EVIDENCE_INIT,
+    /* agreement found only through a recovered permutation of units or hidden dimensions:
+     * models that share a seed agree index for index, so this takes a deliberate
+     * transformation of one model's weights */
+    CKS_EVIDENCE_ALIGNMENT,
+    /* byte-identical high-entropy tensors */
+    CKS_EVIDENCE_COPY
+} cks_evidence;
+
+const char *cks_evidence_name(cks_evidence e); /* "trained", "initialisation", "alignment", "copy", "none" */
+
 typedef struct cks_test_result {
-    char id[16];              /* "T1", "T2", "T3", "T4a", "T4b-norms", "T4b-weights", "T4c", "G" */
+    char id[16];              /* "T1", "T2", "T3", "T4a", "T4b-norms", "T4b-weights", "T4c", "L", "L-init", "G", "G-init", "G-rows" */
     char name[96];
     bool primary;
     bool ran;
@@ -107,20 +129,30 @@ typedef struct cks_test_result {
     char statistic_name[64];
     double statistic;
     double raw_cosine;        /* T2: mean raw cosine, labelled as not evidence; NAN otherwise */
-    char null_kind[96];
+    char null_kind[128];
     double null_mean, null_sd;
     uint32_t permutations;
+    uint32_t null_at_least;   /* draws at least as extreme as the observed statistic */
     uint64_t seed;
-    double p_value;           /* exact permutation p, or normal approximation (p_exact false) */
+    double p_value;           /* as p_method says; never smaller than the method supports */
     bool p_exact;
-    double z;
+    char p_method[160];       /* how p was obtained: "exact permutation p, T = 9999", ... */
+    bool decided_by_z;        /* too few draws to reach alpha: decided on z >= 6 with no draw as extreme */
+    double z;                 /* (statistic - null mean) / null sd: approximate, descriptive */
     double p_holm;            /* NAN for tests outside the Holm family */
-    bool rejects;             /* significant after Holm and valid */
+    bool significant;         /* beyond its null (Holm, or the z rule), before the effect floor */
+    bool rejects;             /* significant, effect at or above its floor, and valid */
     bool valid;
     char invalid_reason[256];
     int power;                /* 1 powered, 0 no power shown, -1 not checked */
     char power_note[256];
     double effect;            /* effect size (statistic minus null mean, in the statistic's units) */
+    double floor;             /* smallest effect that counts (calibrated, see PLAN.md); NAN: none */
+    bool effect_ok;           /* effect >= floor */
+    char floor_note[192];     /* where the floor comes from and its margins */
+    cks_evidence evidence;    /* what kind of agreement this test measures */
+    char sources[48];         /* the vectors it reads ("norms", "weights", ...): two tests on the same
+                                 vectors never corroborate each other */
     char tensors[256];        /* which tensors and layers */
     size_t n_layers;
     uint64_t bytes_read;      /* of both models, for this test */
@@ -130,6 +162,15 @@ typedef struct cks_test_result {
     bool corroborated;        /* evidence from >= 2 layers or tensor types */
 } cks_test_result;
 
+/* Relations a comparison can find besides derivation (bits of cks_compare_result.findings). */
+enum {
+    CKS_FINDING_SHARED_INIT = 1u << 0,      /* what initialisation fixes agrees, what training changed does not */
+    CKS_FINDING_SHARED_STRUCTURE = 1u << 1, /* agreement beyond chance but far below any derivative's:
+                                               structure a shared base, task or recipe imposes */
+    CKS_FINDING_INIT_OR_DERIVATION = 1u << 2 /* initialisation-fixed tensors agree and nothing trained
+                                                from a constant could be compared: cannot tell apart */
+};
+
 typedef struct cks_hash_match {
     char name_a[160], name_b[160];
     bool low_information;
@@ -137,11 +178,14 @@ typedef struct cks_hash_match {
 
 typedef struct cks_compare_result {
     cks_verdict verdict;
-    char reason[1024];        /* two sentences a person reads first */
+    char headline[320];       /* one plain sentence a non-statistician can act on */
+    char reason[1024];        /* the statistical reason, two sentences */
+    unsigned findings;        /* CKS_FINDING_* */
+    char relation[768];       /* the relation found, in plain words (findings and derivation) */
     char covered[512];        /* transformations the tests cover */
     char not_covered[512];
     size_t n_tests;
-    cks_test_result tests[12];
+    cks_test_result tests[16];
     /* T1 details */
     size_t n_hash_matches;
     cks_hash_match *hash_matches;

@@ -118,6 +118,14 @@ cks_err cks_pearson_f64(const double *a, const double *b, size_t n, double *r, c
  */
 cks_err cks_spearman_f64(const double *a, const double *b, size_t n, double *rho, cks_diag *diag);
 
+/*
+ * Mid-ranks of x (1-based; ties share the mean of their positions) into rank[0..n). The
+ * rank transform behind every statistic that a few extreme coordinates must not carry
+ * (compare's norm-gain and adapter tests). Allocates O(n). CKS_ERR_NUMERIC for a value that is
+ * not finite.
+ */
+cks_err cks_mid_ranks_f64(const double *x, size_t n, double *rank, cks_diag *diag);
+
 /* ---- bitwise comparison of two encodings of one dtype ---- */
 
 /*

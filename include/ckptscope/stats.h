@@ -42,6 +42,45 @@ double cks_rng_normal(cks_rng *rng);
 /* perm = a uniformly random permutation of 0..n-1 (Fisher–Yates). */
 void cks_rng_permutation(cks_rng *rng, uint32_t *perm, size_t n);
 
+/*
+ * q = an n x n orthogonal matrix drawn from the Haar (uniform) distribution on O(n),
+ * row-major: Householder QR of a standard normal matrix with the signs of R's diagonal moved
+ * into Q (Mezzadri 2007, "How to generate random matrices from the classical compact
+ * groups", §5), so no direction is preferred. O(n^3) work: meant for n up to a few hundred
+ * (compare's structure-preserving nulls build larger rotations as Kronecker products of
+ * these). Allocates O(n). CKS_ERR_INVALID_ARG for n == 0 or n > 4096.
+ */
+cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag);
+
+/*
+ * A random orthogonal change of basis of R^n that any n can afford: `rounds` rounds, each a
+ * random permutation of the coordinates followed by a block-diagonal matrix of independent
+ * Haar blocks of at most CKS_ROTATION_BLOCK coordinates. After two rounds every output
+ * coordinate mixes up to CKS_ROTATION_BLOCK^2 = 4096 inputs from different blocks, so no
+ * coordinate of the result lines up with one of the input (three rounds above 4096). It
+ * keeps every inner product between the rotated vectors (the geometry) exactly, which is what
+ * compare's structure-preserving nulls need: "the same geometry in an unrelated basis".
+ * Not the Haar measure on O(n) (that costs O(n^3) per draw); what the nulls rely on is that
+ * the basis it produces is unrelated to any fixed one.
+ */
+#define CKS_ROTATION_BLOCK 64u
+
+typedef struct cks_rotation {
+    size_t n, rounds, n_blocks;
+    uint32_t *perm;   /* rounds x n */
+    float *blocks;    /* rounds x n_blocks x BLOCK x BLOCK (row-major, only size x size used) */
+    float *scratch;   /* for apply: one batch of vectors */
+    size_t scratch_len;
+} cks_rotation;
+
+cks_err cks_rotation_draw(cks_rng *rng, size_t n, cks_rotation *out, cks_diag *diag);
+/*
+ * Rotate `count` vectors of length n stored contiguously (x[i*n .. i*n+n)) in place.
+ * Allocates count * n floats of scratch once (kept in the rotation for the next call).
+ */
+cks_err cks_rotation_apply(cks_rotation *rot, float *x, size_t count, cks_diag *diag);
+void cks_rotation_release(cks_rotation *rot);
+
 /* ---- permutation tests ---- */
 
 typedef enum cks_alternative {
@@ -138,6 +177,8 @@ cks_err cks_equality_null_from_counts(const uint64_t *counts_a, const uint64_t *
 
 /* (x - mean) / sd; NAN when sd <= 0 or not finite. */
 double cks_zscore(double x, double mean, double sd);
+/* The median of v[0..n) (mean of the two middle values for even n); reorders v. NAN for n == 0. */
+double cks_median_inplace(double *v, size_t n);
 /* Upper tail of the standard normal, P(Z > z), accurate in the far tail (erfc). */
 double cks_normal_sf(double z);
 

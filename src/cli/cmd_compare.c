@@ -167,9 +167,18 @@ static cJSON *test_json(const cks_test_result *t)
     cJSON_AddNumberToObject(o, "seed", (double)t->seed);
     cJSON_AddItemToObject(o, "p", number_or_null(t->p_value));
     cJSON_AddBoolToObject(o, "p_exact", t->p_exact);
+    cJSON_AddStringToObject(o, "p_method", t->p_method);
+    cJSON_AddBoolToObject(o, "decided_by_z", t->decided_by_z);
+    cJSON_AddNumberToObject(o, "null_at_least", t->null_at_least);
     cJSON_AddItemToObject(o, "p_holm", number_or_null(t->p_holm));
     cJSON_AddItemToObject(o, "z", number_or_null(t->z));
     cJSON_AddItemToObject(o, "effect", number_or_null(t->effect));
+    cJSON_AddItemToObject(o, "floor", number_or_null(t->floor));
+    cJSON_AddBoolToObject(o, "effect_ok", t->effect_ok);
+    cJSON_AddStringToObject(o, "floor_note", t->floor_note);
+    cJSON_AddStringToObject(o, "evidence", cks_evidence_name(t->evidence));
+    cJSON_AddStringToObject(o, "sources", t->sources);
+    cJSON_AddBoolToObject(o, "significant", t->significant);
     cJSON_AddBoolToObject(o, "rejects", t->rejects);
     cJSON_AddBoolToObject(o, "valid", t->valid);
     if (!t->valid)
@@ -210,7 +219,18 @@ static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct o
 {
     cJSON *root = cli_json_new("compare"), *tests, *desc, *models, *bytes, *matches;
     cJSON_AddStringToObject(root, "verdict", cks_verdict_name(r->verdict));
+    cJSON_AddStringToObject(root, "headline", r->headline);
     cJSON_AddStringToObject(root, "reason", r->reason);
+    {
+        cJSON *findings = cJSON_AddArrayToObject(root, "findings");
+        if (r->findings & CKS_FINDING_SHARED_INIT)
+            cJSON_AddItemToArray(findings, cJSON_CreateString("shared_initialisation"));
+        if (r->findings & CKS_FINDING_SHARED_STRUCTURE)
+            cJSON_AddItemToArray(findings, cJSON_CreateString("shared_structure"));
+        if (r->findings & CKS_FINDING_INIT_OR_DERIVATION)
+            cJSON_AddItemToArray(findings, cJSON_CreateString("shared_initialisation_or_derivation"));
+        cJSON_AddStringToObject(root, "relation", r->relation);
+    }
     cJSON_AddStringToObject(root, "covers", r->covered);
     cJSON_AddStringToObject(root, "does_not_cover", r->not_covered);
     models = cJSON_AddObjectToObject(root, "models");
