@@ -1888,9 +1888,9 @@ static void record_control(cmp_family *main, const cmp_family *ctl, double alpha
             if (cmp_flags(c, alpha) && t->valid) {
                 t->valid = false;
                 snprintf(t->invalid_reason, sizeof t->invalid_reason,
-                         "flags the negative control %.100s (statistic %.3g, p %.2g), so it cannot separate derived "
-                         "from independent here",
-                         what, c->statistic, c->p_value);
+                         "invalidated by the negative control %.100s: it flags that independent pair as well "
+                         "(statistic %.3g, effect %.3g), so it cannot separate derived from independent here",
+                         what, c->statistic, c->effect);
             }
         }
     }

@@ -620,6 +620,7 @@ cks_err cmp_test_generic_rows(const cmp_ctx *ctx, const cmp_model *a, const cmp_
     t->null_sd = best.sd;
     t->z = best.z;
     t->effect = best.observed - best.mean;
+    cmp_apply_floor(t);
     t->permutations = ROWS_DRAWS;
     t->null_at_least = best.beat;
     t->p_value = best.p;

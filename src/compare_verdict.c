@@ -244,7 +244,7 @@ void cmp_decide(const cmp_ctx *ctx, cmp_family *f, const cmp_model *a, const cmp
     const cks_test_result *uncovered_generic = NULL;
     bool corroborated = false, t4_ran = false, init_agree = false, structure = false;
     const cks_test_result *lead = NULL, *evidence[CMP_MAX_TESTS], *init_lead = NULL, *structure_lead = NULL;
-    const cks_test_result *unchecked_test = NULL;
+    const cks_test_result *unchecked_test = NULL, *invalidated = NULL;
     char pbuf[48], list[256] = "";
     size_t at = 0;
     (void)ctx;
@@ -253,6 +253,8 @@ void cmp_decide(const cmp_ctx *ctx, cmp_family *f, const cmp_model *a, const cmp
     r->relation[0] = 0;
     for (size_t i = 0; i < f->n; i++) {
         const cks_test_result *t = &f->t[i];
+        if (t->primary && t->ran && !t->valid && !invalidated)
+            invalidated = t;
         if (!t->primary || !t->ran || !t->valid)
             continue;
         n_ran++;
@@ -364,6 +366,16 @@ void cmp_decide(const cmp_ctx *ctx, cmp_family *f, const cmp_model *a, const cmp
         snprintf(r->reason, sizeof r->reason,
                  "No primary test could run: the checkpoints share no comparable tensors (different architectures, "
                  "or nothing read).");
+        return;
+    }
+    if (capable == 0 && invalidated) {
+        /* a negative control tripped what could decide: say so, naming it */
+        r->verdict = CKS_VERDICT_INCONCLUSIVE;
+        snprintf(r->headline, sizeof r->headline,
+                 "Cannot tell: a negative control agrees with these models as much as they agree with each other, so "
+                 "the tests cannot separate derived from independent here.");
+        snprintf(r->reason, sizeof r->reason, "Invalidated by a control: %s %s.", invalidated->id,
+                 invalidated->invalid_reason);
         return;
     }
     if (init_agree && capable == 0) {

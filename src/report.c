@@ -500,7 +500,7 @@ static const char css[] =
     ".na{color:#8c959f}"
     ".badge{display:inline-block;border-radius:10px;padding:0 9px;font-size:12px;font-weight:700;"
     "white-space:nowrap}"
-    ".b-rej{background:#b2182b;color:#fff}.b-null{background:#e8ebef;color:#333}"
+    ".b-rej{background:#b2182b;color:#fff}.b-null{background:#e8ebef;color:#333}.b-weak{background:#f4d58d;color:#333}"
     ".b-inv{background:#9a6700;color:#fff}.b-nr{background:#fff;color:#8c959f;border:1px solid var(--line)}"
     ".rawcos{background:#fff8c5;border-radius:4px;padding:1px 5px}"
     "figure{margin:18px 0 8px;break-inside:avoid;page-break-inside:avoid}"
@@ -528,10 +528,20 @@ static const char css[] =
 static void section_verdict(FILE *f, const cks_compare_result *r)
 {
     fprintf(f, "<section class=\"verdict %s\" aria-label=\"verdict\">", verdict_class(r->verdict));
-    fprintf(f, "<p class=\"word\">%s</p><p class=\"gloss\">%s</p><p class=\"reason\">", verdict_title(r->verdict),
-            verdict_gloss(r->verdict));
+    fprintf(f, "<p class=\"word\">%s</p><p class=\"gloss\">", verdict_title(r->verdict));
+    /* the plain sentence first; the statistics behind it after */
+    if (r->headline[0])
+        esc(f, r->headline);
+    else
+        fputs(verdict_gloss(r->verdict), f);
+    fputs("</p><p class=\"reason\">", f);
     esc(f, r->reason);
     fputs("</p><dl>", f);
+    if (r->relation[0]) {
+        fputs("<dt>relation</dt><dd>", f);
+        esc(f, r->relation);
+        fputs("</dd>", f);
+    }
     if (r->covered[0]) {
         fputs("<dt>covers</dt><dd>", f);
         esc(f, r->covered);
@@ -623,9 +633,17 @@ static void test_row(FILE *f, const cks_test_result *t)
     fputs(" ± ", f);
     num(f, "%.2g", t->null_sd);
     fputs("</td><td class=\"n\">", f);
-    if (isfinite(t->p_value) && !t->p_exact && t->p_value >= 1e-12) /* "≈ < 1e-12" says nothing more */
-        fputs("<span title=\"normal approximation\">≈ </span>", f);
-    pval(f, t->p_value);
+    if (isfinite(t->p_value) && t->p_exact && t->permutations > 0 &&
+        t->p_value <= 1.0 / (t->permutations + 1.0) + 1e-15) {
+        /* the smallest p T draws can give: never print less */
+        fprintf(f, "<span title=\"exact permutation p with %" PRIu32 " draws\">≤ ", t->permutations);
+        pval(f, t->p_value);
+        fputs("</span>", f);
+    } else {
+        if (isfinite(t->p_value) && !t->p_exact && t->p_value >= 1e-12) /* "≈ < 1e-12" says nothing more */
+            fputs("<span title=\"approximate\">≈ </span>", f);
+        pval(f, t->p_value);
+    }
     fputs("</td><td class=\"n\">", f);
     pval(f, t->p_holm);
     fputs("</td><td class=\"n\">", f);
@@ -636,12 +654,21 @@ static void test_row(FILE *f, const cks_test_result *t)
     else
         fputs("<span class=\"na\">—</span>", f);
     fputs("</td><td>", f);
+    /* the pill says what the test found, not a statistician's "rejects" */
     if (!t->valid)
         fputs("<span class=\"badge b-inv\">invalid</span>", f);
+    else if (t->rejects && strcmp(t->id, "T1") == 0)
+        fputs(t->evidence == CKS_EVIDENCE_COPY ? "<span class=\"badge b-rej\">byte-identical tensors</span>"
+                                               : "<span class=\"badge b-rej\">more shared bits than chance</span>",
+              f);
+    else if (t->rejects && t->evidence == CKS_EVIDENCE_INIT)
+        fputs("<span class=\"badge b-weak\">shared initialisation</span>", f);
     else if (t->rejects)
-        fputs("<span class=\"badge b-rej\">rejects</span>", f);
+        fputs("<span class=\"badge b-rej\">agrees like a derivative</span>", f);
+    else if (t->significant)
+        fputs("<span class=\"badge b-weak\">weak: shared structure</span>", f);
     else
-        fputs("<span class=\"badge b-null\">null</span>", f);
+        fputs("<span class=\"badge b-null\">at its null</span>", f);
     fputs("</td></tr>\n<tr class=\"notes\"><td></td><td colspan=\"8\">", f);
     if (isfinite(t->raw_cosine))
         fprintf(f, "<span class=\"rawcos\">raw cosine %.4f — not evidence</span> (norm gains are positive around a "
@@ -655,8 +682,22 @@ static void test_row(FILE *f, const cks_test_result *t)
     if (t->statistic_name[0]) {
         fputs("<b>Statistic:</b> ", f);
         esc(f, t->statistic_name);
-        if (isfinite(t->effect))
+        if (isfinite(t->effect) && isfinite(t->floor))
+            fprintf(f, " (effect %.3g against a floor of %.2f: %s)", t->effect, t->floor,
+                    t->effect_ok ? "above it" : "below it");
+        else if (isfinite(t->effect))
             fprintf(f, " (effect %.3g)", t->effect);
+        fputs(". ", f);
+    }
+    fprintf(f, "<b>Evidence of:</b> %s. ",
+            t->evidence == CKS_EVIDENCE_TRAINED     ? "what training wrote (tensors that start from a constant)"
+            : t->evidence == CKS_EVIDENCE_INIT      ? "what a random initialisation fixed (a shared seed agrees here too)"
+            : t->evidence == CKS_EVIDENCE_ALIGNMENT ? "a correspondence found through a permutation"
+            : t->evidence == CKS_EVIDENCE_COPY      ? "byte copies"
+                                                    : "nothing decisive");
+    if (t->p_method[0]) {
+        fputs("<b>p:</b> ", f);
+        esc(f, t->p_method);
         fputs(". ", f);
     }
     if (t->null_kind[0]) {
@@ -685,10 +726,12 @@ static void test_row(FILE *f, const cks_test_result *t)
 
 static void section_tests(FILE *f, const cks_compare_result *r)
 {
-    fputs("<h2>Tests</h2><p class=\"note\">Each primary test asks whether B is independent of A. "
-          "<b>rejects</b> means significant after Holm correction over the primary tests and valid "
-          "(no negative control trips it); a verdict needs a rejection corroborated by more than one "
-          "layer or tensor type.</p>",
+    fputs("<h2>Tests</h2><p class=\"note\">Each primary test asks whether B is independent of A. A test counts "
+          "only when it is significant (Holm over the primary tests, or far out on its z when its draws are too few) "
+          "<b>and</b> its effect reaches a floor that independent models sharing a base, a task or a recipe stay "
+          "under; agreement beyond chance but below the floor is shared structure. Only agreement in what training "
+          "changed can make <b>derived</b>, corroborated by more than one layer or tensor type; agreement in what a "
+          "random initialisation fixed is a shared seed.</p>",
           f);
     fputs("<table class=\"tests\"><thead><tr><th>test</th><th>what it asks</th><th class=\"n\">statistic</th>"
           "<th class=\"n\">null mean ± sd</th><th class=\"n\">p</th><th class=\"n\">p (Holm)</th>"

@@ -150,6 +150,9 @@ static cJSON *test_json(const cks_test_result *t)
     cJSON_AddBoolToObject(o, "ran", t->ran);
     if (!t->ran) {
         cJSON_AddStringToObject(o, "why_not", t->why_not);
+        cJSON_AddStringToObject(o, "evidence", cks_evidence_name(t->evidence));
+        cJSON_AddBoolToObject(o, "significant", false);
+        cJSON_AddBoolToObject(o, "rejects", false);
         return o;
     }
     cJSON_AddStringToObject(o, "statistic_name", t->statistic_name);
@@ -290,44 +293,69 @@ static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct o
     return root;
 }
 
+/* What a test's row says, in a word a person can act on. */
+static const char *result_word(const cks_test_result *t)
+{
+    if (!t->valid)
+        return "INVALID";
+    if (t->rejects)
+        return t->evidence == CKS_EVIDENCE_INIT ? "SHARED-INIT" : "EVIDENCE";
+    if (t->significant)
+        return "weak"; /* beyond its null, below its floor: shared structure */
+    return "null";
+}
+
 static void print_text(FILE *out, const cks_compare_result *r, const char *a, const char *b)
 {
     char pbuf[32], bytes_a[32], bytes_b[32];
-    fprintf(out, "verdict: %s\n\n%s\n\n", cks_verdict_name(r->verdict), r->reason);
-    fprintf(out, "A: %s (%s, %d layers, hidden %zu)\nB: %s (%s, %d layers, hidden %zu)\n\n", a,
+    fprintf(out, "verdict: %s\n%s\n\n%s\n", cks_verdict_name(r->verdict), r->headline, r->reason);
+    if (r->relation[0])
+        fprintf(out, "relation: %s\n", r->relation);
+    fprintf(out, "\nA: %s (%s, %d layers, hidden %zu)\nB: %s (%s, %d layers, hidden %zu)\n\n", a,
            r->family_a ? r->family_a : "?", r->layers_a, r->hidden_a, b, r->family_b ? r->family_b : "?", r->layers_b,
            r->hidden_b);
-    fprintf(out, "%-12s %-10s %-10s %-12s %-9s %-7s %s\n", "test", "statistic", "null mean", "p (Holm)", "z", "result",
-           "what");
+    fprintf(out, "%-12s %-10s %-10s %-15s %-16s %-7s %-11s %s\n", "test", "statistic", "null mean", "effect / floor",
+            "p", "z", "result", "what");
     for (size_t i = 0; i < r->n_tests; i++) {
         const cks_test_result *t = &r->tests[i];
         if (!t->ran) {
-            fprintf(out, "%-12s %-10s %-10s %-12s %-9s %-7s %s: not run (%s)\n", t->id, "-", "-", "-", "-", "-", t->name,
-                   t->why_not);
+            fprintf(out, "%-12s %-10s %-10s %-15s %-16s %-7s %-11s %s: not run (%s)\n", t->id, "-", "-", "-", "-", "-",
+                    "-", t->name, t->why_not);
             continue;
         }
-        if (!isfinite(t->p_holm))
-            snprintf(pbuf, sizeof pbuf, "%.2g", t->p_value);
-        else if (t->p_holm < 1e-12)
-            snprintf(pbuf, sizeof pbuf, "<1e-12");
-        else
-            snprintf(pbuf, sizeof pbuf, "%.2g", t->p_holm);
         {
-            char st[24] = "-", nm[24] = "-", zb[24] = "-";
+            double p = isfinite(t->p_holm) ? t->p_holm : t->p_value;
+            if (!isfinite(p))
+                snprintf(pbuf, sizeof pbuf, "-");
+            else if (t->p_exact && t->permutations > 0 && p <= 1.0 / (t->permutations + 1.0) + 1e-15)
+                snprintf(pbuf, sizeof pbuf, "<=%.1g (T=%u)", 1.0 / (t->permutations + 1.0), t->permutations);
+            else if (p < 1e-12)
+                snprintf(pbuf, sizeof pbuf, "<1e-12");
+            else
+                snprintf(pbuf, sizeof pbuf, "%.2g%s", p, isfinite(t->p_holm) ? " Holm" : "");
+        }
+        {
+            char st[24] = "-", nm[24] = "-", zb[24] = "-", ef[32] = "-";
             if (isfinite(t->statistic))
                 snprintf(st, sizeof st, "%.4g", t->statistic);
             if (isfinite(t->null_mean))
                 snprintf(nm, sizeof nm, "%.3g", t->null_mean);
             if (isfinite(t->z))
                 snprintf(zb, sizeof zb, "%.1f", t->z);
-            fprintf(out, "%-12s %-10s %-10s %-12s %-9s %-7s %s\n", t->id, st, nm, pbuf, zb,
-                   !t->valid ? "INVALID" : t->rejects ? "REJECTS" : "null", t->name);
+            if (isfinite(t->effect) && isfinite(t->floor))
+                snprintf(ef, sizeof ef, "%.3g / %.2g", t->effect, t->floor);
+            else if (isfinite(t->effect))
+                snprintf(ef, sizeof ef, "%.3g", t->effect);
+            fprintf(out, "%-12s %-10s %-10s %-15s %-16s %-7s %-11s %s\n", t->id, st, nm, ef, pbuf, zb, result_word(t),
+                    t->name);
         }
         if (isfinite(t->raw_cosine))
             fprintf(out, "%-12s raw cosine %.4f  <- not evidence: norm gains of any two models score near 1\n", "",
                    t->raw_cosine);
         if (!t->valid)
             fprintf(out, "%-12s invalid: %s\n", "", t->invalid_reason);
+        if (t->decided_by_z)
+            fprintf(out, "%-12s p: %s\n", "", t->p_method);
         if (t->power_note[0])
             fprintf(out, "%-12s power: %s\n", "", t->power_note);
     }
@@ -384,7 +412,7 @@ static bool memo_key(struct opened *const *models, size_t n, const cks_compare_o
         EVP_DigestUpdate(md, text, strlen(text) + 1);
         free(text);
     }
-    snprintf(opts_text, sizeof opts_text, "ckptscope %s compare v1|tests %u|budget %llu|seed %llu|alpha %.17g|perm %u|syn %d",
+    snprintf(opts_text, sizeof opts_text, "ckptscope %s compare v2|tests %u|budget %llu|seed %llu|alpha %.17g|perm %u|syn %d",
              CKS_VERSION, copts->tests, (unsigned long long)copts->budget_bytes, (unsigned long long)copts->seed,
              copts->alpha, copts->permutations, (int)copts->no_synthetic_power);
     if (ok) {

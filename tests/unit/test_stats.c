@@ -7,6 +7,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -499,7 +500,112 @@ static void normal_tail_and_z(void)
     CHECK(isnan(cks_zscore(3, 1, 0)));
 }
 
-TEST_MAIN(T(rng_matches_python_reference), T(rng_bounded_and_permutations_are_uniform),
+/* Haar orthogonal matrices: orthogonal to rounding, and distributed as theory says for the
+ * Haar measure on O(3): E[q11] = 0 (plain Householder QR without Mezzadri's sign correction
+ * biases it), E[q11^2] = 1/3, E[q11^4] = 3/(n(n+2)) = 1/5, and det = +1 half of the time. */
+static void orthogonal_matrices_are_haar(void)
+{
+    cks_rng rng;
+    double q[80 * 80];
+    cks_rng_seed(&rng, 11);
+    for (size_t n = 1; n <= 80; n += 13) {
+        double worst = 0;
+        CHECK(cks_rng_orthogonal(&rng, n, q, NULL) == CKS_OK);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                double s = 0;
+                for (size_t k = 0; k < n; k++)
+                    s += q[i * n + k] * q[j * n + k];
+                worst = fmax(worst, fabs(s - (i == j)));
+            }
+        CHECK_MSG(worst < 1e-12, "n = %zu: Q Q^T differs from I by %g", n, worst);
+    }
+    enum { DRAWS = 40000 };
+    double m1 = 0, m2 = 0, m4 = 0;
+    int positive_det = 0;
+    for (int d = 0; d < DRAWS; d++) {
+        CHECK(cks_rng_orthogonal(&rng, 3, q, NULL) == CKS_OK);
+        double det = q[0] * (q[4] * q[8] - q[5] * q[7]) - q[1] * (q[3] * q[8] - q[5] * q[6]) +
+                     q[2] * (q[3] * q[7] - q[4] * q[6]);
+        positive_det += det > 0;
+        m1 += q[0];
+        m2 += q[0] * q[0];
+        m4 += pow(q[0], 4);
+    }
+    /* standard errors: sd(q11) = 0.577, sd(q11^2) = 0.298, sd(q11^4) = 0.27; 5 sd tolerances */
+    CHECK_NEAR(m1 / DRAWS, 0.0, 5 * 0.577 / sqrt(DRAWS));
+    CHECK_NEAR(m2 / DRAWS, 1.0 / 3.0, 5 * 0.298 / sqrt(DRAWS));
+    CHECK_NEAR(m4 / DRAWS, 0.2, 5 * 0.27 / sqrt(DRAWS));
+    CHECK_NEAR((double)positive_det / DRAWS, 0.5, 5 * 0.5 / sqrt(DRAWS));
+    CHECK(cks_rng_orthogonal(&rng, 0, q, NULL) == CKS_ERR_INVALID_ARG);
+}
+
+/* The rotation keeps every inner product and leaves no coordinate lined up with an input one. */
+static void rotation_keeps_geometry_and_mixes_coordinates(void)
+{
+    static const size_t sizes[] = {5, 64, 300, 4096};
+    cks_rng rng;
+    cks_rng_seed(&rng, 12);
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s], count = 6;
+        float *x = malloc(count * n * sizeof *x), *y = malloc(count * n * sizeof *y);
+        float *basis = calloc(n * 4, sizeof *basis);
+        cks_rotation rot;
+        double worst = 0, largest = 0;
+        CHECK(x && y && basis);
+        if (!x || !y || !basis)
+            return;
+        for (size_t i = 0; i < count * n; i++)
+            x[i] = (float)cks_rng_normal(&rng);
+        memcpy(y, x, count * n * sizeof *y);
+        CHECK(cks_rotation_draw(&rng, n, &rot, NULL) == CKS_OK);
+        CHECK(cks_rotation_apply(&rot, y, count, NULL) == CKS_OK);
+        for (size_t i = 0; i < count; i++)
+            for (size_t j = 0; j < count; j++) {
+                double before = 0, after = 0;
+                for (size_t k = 0; k < n; k++) {
+                    before += (double)x[i * n + k] * x[j * n + k];
+                    after += (double)y[i * n + k] * y[j * n + k];
+                }
+                worst = fmax(worst, fabs(after - before) / n);
+            }
+        CHECK_MSG(worst < 1e-5, "n = %zu: inner products moved by %g (relative to n)", n, worst);
+        /* unit vectors e_0..e_3: after the rotation no entry should carry most of the mass */
+        for (size_t i = 0; i < 4 && i < n; i++)
+            basis[i * n + i] = 1.0f;
+        CHECK(cks_rotation_apply(&rot, basis, 4 < n ? 4 : n, NULL) == CKS_OK);
+        for (size_t i = 0; i < 4 * n && n >= 300; i++)
+            largest = fmax(largest, fabs(basis[i]));
+        if (n >= 300)
+            CHECK_MSG(largest < 0.5, "n = %zu: a unit vector keeps %.3f of one coordinate", n, largest);
+        cks_rotation_release(&rot);
+        free(x);
+        free(y);
+        free(basis);
+    }
+}
+
+static void median_and_ranks_exact(void)
+{
+    double v[] = {5, 1, 4, 2, 3}, w[] = {2, 8, 4, 6}, r[6];
+    double ties[] = {10, 20, 10, 30, 20, 10};
+    CHECK_NEAR(cks_median_inplace(v, 5), 3, 0);
+    CHECK_NEAR(cks_median_inplace(w, 4), 5, 0);
+    CHECK(isnan(cks_median_inplace(w, 0)));
+    CHECK(cks_mid_ranks_f64(ties, 6, r, NULL) == CKS_OK);
+    /* 10 x3 -> ranks 1,2,3 -> 2; 20 x2 -> 4,5 -> 4.5; 30 -> 6 */
+    CHECK_NEAR(r[0], 2, 0);
+    CHECK_NEAR(r[1], 4.5, 0);
+    CHECK_NEAR(r[2], 2, 0);
+    CHECK_NEAR(r[3], 6, 0);
+    CHECK_NEAR(r[4], 4.5, 0);
+    CHECK_NEAR(r[5], 2, 0);
+    ties[2] = NAN;
+    CHECK(cks_mid_ranks_f64(ties, 6, r, NULL) == CKS_ERR_NUMERIC);
+}
+
+TEST_MAIN(T(rng_matches_python_reference), T(orthogonal_matrices_are_haar), T(rotation_keeps_geometry_and_mixes_coordinates),
+          T(median_and_ranks_exact), T(rng_bounded_and_permutations_are_uniform),
           T(perm_test_counting_rules), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
           T(joint_column_test_matches_brute_force),
           T(equality_null_exact), T(equality_null_bf16_against_shuffles), T(holm_correction),
