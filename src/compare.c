@@ -1888,7 +1888,7 @@ static void record_control(cmp_family *main, const cmp_family *ctl, double alpha
             if (cmp_flags(c, alpha) && t->valid) {
                 t->valid = false;
                 snprintf(t->invalid_reason, sizeof t->invalid_reason,
-                         "invalidated by the negative control %.100s: it flags that independent pair as well "
+                         "invalidated by the negative control %.80s: it flags that independent pair too "
                          "(statistic %.3g, effect %.3g), so it cannot separate derived from independent here",
                          what, c->statistic, c->effect);
             }
