@@ -592,8 +592,10 @@ static int collect_fps(const char *arg, char **list, size_t *n)
 /*
  * The screen: every test at 99 permutations and without the synthetic power checks (a 100B-
  * class pair: ~4.6 s instead of ~12.7 s, bench/fingerprint). A fingerprint is screened out
- * only when no primary test comes near significance: each permutation p above 0.01 (at least
- * one of the 99 permutations as extreme) and each z under 3. A test that the full comparison
+ * only when no primary test comes near significance (each permutation p above 0.01, at least
+ * one of the 99 permutations as extreme, and each z under 3) with an effect at least half its
+ * floor: a test far under its floor cannot make "derived" however significant (shared
+ * structure of independent models is often significant and always weak). A test that the full comparison
  * rejects (p <= 1e-3 / 7 after Holm) passes neither bound only if at least one of 99
  * permutations beats it and its z is also under 3, which its p makes all but impossible. The
  * alignment test T4a draws its null independently of the permutation count, so it is the
@@ -616,7 +618,10 @@ static bool screen_clears(const cks_compare_result *r, double *max_z, double *mi
             *max_z = t->z;
         if (isfinite(t->p_value) && t->p_value < *min_p)
             *min_p = t->p_value;
-        if (t->rejects || (isfinite(t->p_value) && t->p_value <= SCREEN_P) || (isfinite(t->z) && t->z >= SCREEN_Z))
+        /* near significance AND an effect that is not far under its floor: only such a test
+         * could make a verdict of derived in the full comparison */
+        if (t->rejects || (((isfinite(t->p_value) && t->p_value <= SCREEN_P) || (isfinite(t->z) && t->z >= SCREEN_Z)) &&
+                           !(isfinite(t->floor) && isfinite(t->effect) && t->effect < t->floor / 2)))
             clears = false;
     }
     return clears && r->verdict != CKS_VERDICT_IDENTICAL && r->verdict != CKS_VERDICT_DERIVED;
