@@ -128,6 +128,37 @@ void cmp_set_perm(cks_test_result *t, const cks_perm_result *pr, const char *nul
                  pr->at_least_as_extreme);
 }
 
+void cmp_null_start(cmp_null_acc *acc, double observed)
+{
+    memset(acc, 0, sizeof *acc);
+    acc->observed = observed;
+}
+
+void cmp_null_add(cmp_null_acc *acc, double statistic)
+{
+    acc->sum += statistic;
+    acc->sumsq += statistic * statistic;
+    acc->draws++;
+    /* "at least as extreme" with the same rounding slack as cks_perm_test */
+    if (statistic >= acc->observed - 1e-12 * fabs(acc->observed))
+        acc->beat++;
+}
+
+void cmp_null_result(const cmp_null_acc *acc, uint64_t seed, cks_perm_result *out)
+{
+    uint32_t t = acc->draws;
+    memset(out, 0, sizeof *out);
+    out->observed = acc->observed;
+    out->alternative = CKS_ALT_GREATER;
+    out->seed = seed;
+    out->permutations = t;
+    out->at_least_as_extreme = acc->beat;
+    out->p_value = (1.0 + acc->beat) / (t + 1.0);
+    out->null_mean = t ? acc->sum / t : NAN;
+    out->null_sd = t > 1 ? sqrt(fmax(0.0, (acc->sumsq - acc->sum * acc->sum / t) / (t - 1))) : NAN;
+    out->z = out->null_sd > 0 ? (acc->observed - out->null_mean) / out->null_sd : NAN;
+}
+
 /* ---- small numeric helpers ---- */
 
 /* The real pair's null of test `id`, for a power run (false when there is none). */
@@ -1028,10 +1059,11 @@ static cks_err test_alignment(const cmp_ctx *ctx, const cmp_model *a, const cmp_
     int32_t *map = NULL, *best1 = NULL, *best2 = NULL, *col1 = NULL, *col2 = NULL;
     int8_t *sign = NULL, *sign1 = NULL, *sign2 = NULL;
     uint32_t *dims = NULL;
-    double observed, sum = 0, sumsq = 0;
-    uint32_t draws, beat = 0;
+    double observed;
+    uint32_t draws;
     cks_rng rng;
     cks_rotation rot;
+    cmp_null_acc acc;
     (void)a;
     (void)b;
 
@@ -1099,19 +1131,14 @@ static cks_err test_alignment(const cmp_ctx *ctx, const cmp_model *a, const cmp_
     draws = da <= 256 ? 49 : da <= 1024 ? 19 : 9;
     if (ctx->power_run && isfinite(ctx->t4a_null_sd) && ctx->t4a_null_sd > 0)
         draws = 0; /* a synthetic derivative is judged against the real pair's null */
+    cmp_null_start(&acc, observed);
     for (uint32_t k = 0; k < draws && !err; k++) {
-        double st;
         cks_rotation_release(&rot);
         err = cks_rotation_draw(&rng, db, &rot, diag);
         if (!err)
             err = rotated_similarity(sub, subset, eb, n, db, &rot, chunk, colsq, sim, diag);
-        if (err)
-            break;
-        st = median_row_max_abs(sim, subset, db, scratch);
-        sum += st;
-        sumsq += st * st;
-        if (st >= observed - 1e-12 * fabs(observed))
-            beat++;
+        if (!err)
+            cmp_null_add(&acc, median_row_max_abs(sim, subset, db, scratch));
     }
     if (err)
         goto out;
@@ -1119,16 +1146,7 @@ static cks_err test_alignment(const cmp_ctx *ctx, const cmp_model *a, const cmp_
         cmp_judge_by_reused_null(t, observed, ctx->t4a_null_mean, ctx->t4a_null_sd, ctx->alpha);
     } else {
         cks_perm_result pr;
-        memset(&pr, 0, sizeof pr);
-        pr.observed = observed;
-        pr.alternative = CKS_ALT_GREATER;
-        pr.seed = ctx->seed + 4;
-        pr.permutations = draws;
-        pr.at_least_as_extreme = beat;
-        pr.p_value = (1.0 + beat) / (draws + 1.0);
-        pr.null_mean = sum / draws;
-        pr.null_sd = draws > 1 ? sqrt(fmax(0.0, (sumsq - sum * sum / draws) / (draws - 1))) : NAN;
-        pr.z = pr.null_sd > 0 ? (observed - pr.null_mean) / pr.null_sd : NAN;
+        cmp_null_result(&acc, ctx->seed + 4, &pr);
         cmp_set_perm(t, &pr,
                      subset < da ? "B's token geometry in random orthogonal bases (median over a fixed random 256 of "
                                    "A's dimensions)"

@@ -191,11 +191,11 @@ static cks_err one_class(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
     g_tensor *g = NULL;
     size_t k = 0, unusable = 0, per_tensor, largest = 0, strong = 0;
     uint32_t *idx = NULL, *perm = NULL;
-    double *rs = NULL, sum = 0, sumsq = 0, observed;
+    double *rs = NULL, observed;
     uint64_t bytes = 0;
-    uint32_t beat = 0;
     cks_rng rng;
     cks_perm_result pr;
+    cmp_null_acc acc;
 
     if (!t)
         return CKS_OK;
@@ -290,23 +290,10 @@ static cks_err one_class(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
     observed = cks_median_inplace(rs, k);
     /* null: every tensor's values of B shuffled (independently per tensor), the median redone */
     cks_rng_seed(&rng, ctx->seed + 8);
-    for (uint32_t d = 0; d < G_DRAWS; d++) {
-        double st = permuted_median(g, k, &rng, perm, rs);
-        sum += st;
-        sumsq += st * st;
-        if (st >= observed - 1e-12 * fabs(observed))
-            beat++;
-    }
-    memset(&pr, 0, sizeof pr);
-    pr.observed = observed;
-    pr.seed = ctx->seed + 8;
-    pr.permutations = G_DRAWS;
-    pr.at_least_as_extreme = beat;
-    pr.p_value = (1.0 + beat) / (G_DRAWS + 1.0);
-    pr.null_mean = sum / G_DRAWS;
-    pr.null_sd = sqrt(fmax(0.0, (sumsq - sum * sum / G_DRAWS) / (G_DRAWS - 1)));
-    pr.z = pr.null_sd > 0 ? (observed - pr.null_mean) / pr.null_sd : NAN;
-    pr.alternative = CKS_ALT_GREATER;
+    cmp_null_start(&acc, observed);
+    for (uint32_t d = 0; d < G_DRAWS; d++)
+        cmp_null_add(&acc, permuted_median(g, k, &rng, perm, rs));
+    cmp_null_result(&acc, ctx->seed + 8, &pr);
     cmp_set_perm(t, &pr, "values of each of B's tensors shuffled, the median redone", ctx->alpha);
     cmp_apply_floor(t);
     for (size_t i = 0; i < k; i++)
@@ -434,10 +421,11 @@ static cks_err rows_test(const float *x, const float *y, size_t rows, size_t col
     float *ym = malloc(rows * cols * sizeof *ym);
     int32_t *map = malloc(rows * sizeof *map);
     int8_t *sign = malloc(rows * sizeof *sign);
-    double *scratch = malloc(rows * sizeof *scratch), sum = 0, sumsq = 0;
+    double *scratch = malloc(rows * sizeof *scratch);
     size_t ident;
     cks_rng rng;
     cks_rotation rot;
+    cmp_null_acc acc;
 
     memset(&rot, 0, sizeof rot);
     memset(o, 0, sizeof *o);
@@ -446,6 +434,7 @@ static cks_err rows_test(const float *x, const float *y, size_t rows, size_t col
         goto out;
     }
     err = match_score(x, y, rows, cols, sim, map, sign, scratch, &o->observed, &o->identity, diag);
+    cmp_null_start(&acc, o->observed);
     cks_rng_seed(&rng, seed);
     transpose_into(y, rows, cols, yt); /* cols x rows: each row of yt is one coordinate across B's units */
     for (uint32_t k = 0; k < ROWS_DRAWS && !err; k++) {
@@ -466,18 +455,17 @@ static cks_err rows_test(const float *x, const float *y, size_t rows, size_t col
             err = match_score(x, ym, rows, cols, sim, map, sign, scratch, &sc, &ident, diag);
         }
         free(mixed);
-        if (err)
-            break;
-        sum += sc;
-        sumsq += sc * sc;
-        if (sc >= o->observed - 1e-12 * fabs(o->observed))
-            o->beat++;
+        if (!err)
+            cmp_null_add(&acc, sc);
     }
     if (!err) {
-        o->mean = sum / ROWS_DRAWS;
-        o->sd = sqrt(fmax(0.0, (sumsq - sum * sum / ROWS_DRAWS) / (ROWS_DRAWS - 1)));
-        o->z = o->sd > 0 ? (o->observed - o->mean) / o->sd : (o->observed > o->mean + 1e-9 ? INFINITY : 0);
-        o->p = (1.0 + o->beat) / (ROWS_DRAWS + 1.0);
+        cks_perm_result pr;
+        cmp_null_result(&acc, seed, &pr);
+        o->mean = pr.null_mean;
+        o->sd = pr.null_sd;
+        o->beat = pr.at_least_as_extreme;
+        o->z = o->sd > 0 ? pr.z : (o->observed > o->mean + 1e-9 ? INFINITY : 0);
+        o->p = pr.p_value;
     }
 out:
     cks_rotation_release(&rot);

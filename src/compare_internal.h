@@ -126,6 +126,19 @@ cks_evidence cmp_init_class(const cmp_raw *r);
 /* A tensor that is a LoRA factor (the adapter tests compare those as modules). */
 bool cmp_is_lora_factor(const cmp_raw *r);
 
+/*
+ * A null drawn by hand (rotations, module exchanges, per-tensor shuffles): each draw's
+ * statistic goes in, a cks_perm_result with p = (1 + b) / (T + 1) comes out.
+ */
+typedef struct cmp_null_acc {
+    double observed, sum, sumsq;
+    uint32_t draws, beat;
+} cmp_null_acc;
+
+void cmp_null_start(cmp_null_acc *acc, double observed);
+void cmp_null_add(cmp_null_acc *acc, double statistic);
+void cmp_null_result(const cmp_null_acc *acc, uint64_t seed, cks_perm_result *out);
+
 /* ---- checkpoints with no known architecture (compare_generic.c) ---- */
 
 /* G (tensors trained from a constant) and G-init (tensors fixed by initialisation). */

@@ -195,8 +195,9 @@ static cks_err run_l(const cmp_ctx *ctx, cks_test_result *t, lmod *mods, size_t 
     cks_err err = CKS_OK;
     size_t k = 0, n_strata = 0, *mod = NULL, *stratum = NULL, *pos = NULL, *s_size = NULL, *s_off = NULL, total = 0;
     size_t *key_out = NULL, *key_in = NULL, strong = 0;
-    double *c = NULL, *scratch = NULL, sum = 0, sumsq = 0, observed;
-    uint32_t **pi = NULL, beat = 0, draws;
+    double *c = NULL, *scratch = NULL, observed;
+    uint32_t **pi = NULL, draws;
+    cmp_null_acc acc;
     bool strata_null;
     cks_rng rng;
     l_test lt;
@@ -307,6 +308,7 @@ static cks_err run_l(const cmp_ctx *ctx, cks_test_result *t, lmod *mods, size_t 
     }
     draws = strata_null ? L_DRAWS : L_SHUFFLE_DRAWS;
     cks_rng_seed(&rng, ctx->seed + (down ? 22 : 21));
+    cmp_null_start(&acc, observed);
     for (uint32_t d = 0; d < draws && !err; d++) {
         double st = 0;
         if (strata_null) {
@@ -318,23 +320,11 @@ static cks_err run_l(const cmp_ctx *ctx, cks_test_result *t, lmod *mods, size_t 
             if (err)
                 break;
         }
-        sum += st;
-        sumsq += st * st;
-        if (st >= observed - 1e-12 * fabs(observed))
-            beat++;
+        cmp_null_add(&acc, st);
     }
     if (err)
         goto out;
-    memset(&pr, 0, sizeof pr);
-    pr.observed = observed;
-    pr.seed = ctx->seed + (down ? 22 : 21);
-    pr.permutations = draws;
-    pr.at_least_as_extreme = beat;
-    pr.p_value = (1.0 + beat) / (draws + 1.0);
-    pr.null_mean = sum / draws;
-    pr.null_sd = sqrt(fmax(0.0, (sumsq - sum * sum / draws) / (draws - 1)));
-    pr.z = pr.null_sd > 0 ? (observed - pr.null_mean) / pr.null_sd : NAN;
-    pr.alternative = CKS_ALT_GREATER;
+    cmp_null_result(&acc, ctx->seed + (down ? 22 : 21), &pr);
     cmp_set_perm(t, &pr,
                  strata_null ? "B's modules exchanged among modules of the same shape (matched strata)"
                              : "each of B's modules with its sampled entries shuffled (too few modules to exchange)",

@@ -14,22 +14,11 @@ Checked against an independent reference written here (numpy + scipy.stats.spear
 import json
 import os
 import struct
-import subprocess
 import sys
 import tempfile
 
-ROOT = os.environ.get("CKS_ROOT", os.getcwd())
-BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ckstest import failures, report, run, tests_by_id  # noqa: E402
 
 
 def write(path, tensors):
@@ -47,18 +36,12 @@ def write(path, tensors):
 
 
 def compare(a, b):
-    p = subprocess.run([BIN, "compare", "--json", "--quiet", a, b], capture_output=True, text=True, timeout=300)
-    try:
-        return json.loads(p.stdout), p.stderr
-    except ValueError:
-        return None, p.stderr + p.stdout[:300]
+    rc, doc, err = run(dict(os.environ), "compare", "--json", "--quiet", a, b)
+    return doc, f"exit {rc}: {err[-300:]}"
 
 
 def test_of(doc, tid):
-    for t in doc["tests"]:
-        if t["id"] == tid:
-            return t
-    return {"ran": False, "rejects": False, "significant": False}
+    return tests_by_id(doc).get(tid, {"ran": False, "rejects": False, "significant": False})
 
 
 MODULES = [(layer, kind) for layer in range(6) for kind in ("q_proj", "v_proj")]
@@ -166,7 +149,7 @@ def main():
     report("independent adapter -> not derived, nothing shared",
            doc["verdict"] == "not_derived" and not doc.get("findings"),
            f"{doc['verdict']} {doc.get('findings')}: {doc['reason']}")
-    return 1 if failures else 0
+    return 1 if failures() else 0
 
 
 if __name__ == "__main__":
