@@ -83,7 +83,10 @@ def gpt2_byte_decoder():
 
 
 GPT2 = gpt2_byte_decoder()
-GPT2_LATIN1 = str.maketrans({c: chr(b) for c, b in GPT2.items()})  # then .encode("latin-1") gives the bytes
+# the fast path of the same reading: table characters become the Latin-1 character of their byte,
+# and Latin-1 characters outside the table a character .encode("latin-1") refuses (slow path)
+GPT2_LATIN1 = str.maketrans({**{chr(c): "\uffff" for c in range(256) if chr(c) not in GPT2},
+                             **{c: chr(b) for c, b in GPT2.items()}})
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
