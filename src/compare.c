@@ -1594,15 +1594,31 @@ static cks_err run_family(const cmp_ctx *ctx, const cmp_model *a, const cmp_mode
 
 /* ---- synthetic positives: A plus noise, and the same permuted and sign-flipped ---- */
 
-static double values_sd(const double *v, size_t n)
+#define ROBUST_SAMPLE 65536u
+
+/*
+ * The spread of the bulk of the values: 1.4826 x the median absolute deviation (= the sd for
+ * Gaussian values), from at most ROBUST_SAMPLE evenly strided values. The synthetic
+ * derivatives add noise at this scale: with the plain sd, a few "massive activation" gains
+ * (0.01 among values near 1) inflate it, and the noise then drowns the bulk (a power check
+ * at Spearman 0.25 instead of 0.7).
+ */
+static double robust_sd_f64(const double *v, const float *f, size_t n)
 {
-    double m = 0, ss = 0;
-    for (size_t i = 0; i < n; i++)
-        m += v[i];
-    m /= (double)(n ? n : 1);
-    for (size_t i = 0; i < n; i++)
-        ss += (v[i] - m) * (v[i] - m);
-    return n > 1 ? sqrt(ss / (double)(n - 1)) : 0;
+    size_t m = n < ROBUST_SAMPLE ? n : ROBUST_SAMPLE, stride = m ? n / m : 1;
+    double *x = malloc((m ? m : 1) * sizeof *x), med, sd;
+    if (!x || m < 2) {
+        free(x);
+        return 0;
+    }
+    for (size_t i = 0; i < m; i++)
+        x[i] = v ? v[i * stride] : (double)f[i * stride];
+    med = cks_median_inplace(x, m);
+    for (size_t i = 0; i < m; i++)
+        x[i] = fabs(x[i] - med);
+    sd = 1.4826 * cks_median_inplace(x, m);
+    free(x);
+    return sd;
 }
 
 static double *noisy_vector(const double *v, size_t n, cks_rng *rng)
@@ -1613,7 +1629,7 @@ static double *noisy_vector(const double *v, size_t n, cks_rng *rng)
     out = malloc(n * sizeof *out);
     if (!out)
         return NULL;
-    sd = values_sd(v, n);
+    sd = robust_sd_f64(v, NULL, n);
     for (size_t i = 0; i < n; i++)
         out[i] = v[i] + SYNTH_NOISE * sd * cks_rng_normal(rng);
     return out;
@@ -1621,7 +1637,7 @@ static double *noisy_vector(const double *v, size_t n, cks_rng *rng)
 
 static cks_err noisy_matrix(const cmp_matrix *m, cks_rng *rng, cmp_matrix *out)
 {
-    double mean, sd;
+    double sd;
     memset(out, 0, sizeof *out);
     if (!m->v)
         return CKS_OK;
@@ -1630,7 +1646,7 @@ static cks_err noisy_matrix(const cmp_matrix *m, cks_rng *rng, cmp_matrix *out)
         return CKS_ERR_NOMEM;
     out->rows = m->rows;
     out->cols = m->cols;
-    matrix_moments(m, &mean, &sd);
+    sd = robust_sd_f64(NULL, m->v, m->rows * m->cols);
     for (size_t i = 0; i < m->rows * m->cols; i++)
         out->v[i] = m->v[i] + (float)(SYNTH_NOISE * sd * cks_rng_normal(rng));
     return CKS_OK;

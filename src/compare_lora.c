@@ -3,11 +3,11 @@
  *
  *   L       the update dW = up . down of each module both adapters hold (matched by canonical
  *           key, whatever the key style), compared by Spearman over the same sampled entries;
- *           statistic: the median over modules. An up factor starts at zero, so dW is exactly
+ *           statistic: a quantile over modules. An up factor starts at zero, so dW is exactly
  *           what training wrote: two saves of one run agree (the real pairs in
- *           ../shared/realdata: median 0.7-0.94), separate runs on one frozen base or task
+ *           ../shared/realdata: median 0.63-1.0), separate runs on one frozen base or task
  *           agree only through the structure the base imposes (median ~0.01, no module above
- *           0.14).
+ *           0.14). Statistic: the lower quartile over modules (see run_l).
  *   L-init  the down factors, which a seeded random draw fixes: adapters that share a seed
  *           agree here (r ~ 0.999) whether or not one comes from the other. Reported as a
  *           shared initialisation, never decisive.
@@ -146,19 +146,20 @@ static double dotf(const float *x, const float *y, size_t n)
     return s;
 }
 
-/* Median over modules of c[i][pi(i)], pi one permutation per stratum (NULL: identity). */
-static double strata_median(const l_test *lt, const uint32_t *const *pi, double *scratch, size_t *pos_in_stratum)
+/* The statistic's quantile over modules of c[i][pi(i)], pi one permutation per stratum (NULL: identity). */
+static double strata_quantile(const l_test *lt, const uint32_t *const *pi, double *scratch, size_t *pos_in_stratum,
+                              double q)
 {
     for (size_t i = 0; i < lt->k; i++) {
-        size_t s = lt->stratum[i], p = pos_in_stratum[i], q = pi ? pi[s][p] : p;
-        scratch[i] = lt->c[lt->s_off[s] + p * lt->s_size[s] + q];
+        size_t s = lt->stratum[i], p = pos_in_stratum[i], qq = pi ? pi[s][p] : p;
+        scratch[i] = lt->c[lt->s_off[s] + p * lt->s_size[s] + qq];
     }
-    return cks_median_inplace(scratch, lt->k);
+    return cks_quantile_inplace(scratch, lt->k, q);
 }
 
-/* One draw of the fallback null: every module's B entries shuffled, the median redone. */
-static cks_err shuffled_median(const lmod *mods, const size_t *mod, size_t k, bool down, cks_rng *rng, double *scratch,
-                               cks_diag *diag, double *out)
+/* One draw of the fallback null: every module's B entries shuffled, the quantile redone. */
+static cks_err shuffled_quantile(const lmod *mods, const size_t *mod, size_t k, bool down, double quantile, cks_rng *rng,
+                                 double *scratch, cks_diag *diag, double *out)
 {
     size_t largest = 0;
     uint32_t *perm;
@@ -181,7 +182,7 @@ static cks_err shuffled_median(const lmod *mods, const size_t *mod, size_t k, bo
         scratch[i] = sum;
     }
     free(perm);
-    *out = cks_median_inplace(scratch, k);
+    *out = cks_quantile_inplace(scratch, k, quantile);
     return CKS_OK;
 }
 
@@ -201,6 +202,11 @@ static cks_err run_l(const cmp_ctx *ctx, cks_test_result *t, lmod *mods, size_t 
     bool strata_null;
     cks_rng rng;
     l_test lt;
+    /* L: the lower quartile over modules. A derivative's update agrees in (nearly) every module;
+     * what a shared base, task or seed imposes shows in some modules and not others (a seed
+     * twin in bench/verdicts: median 0.66 over modules, lower quartile 0.50; one run's early
+     * and late saves: lower quartile 0.59 and up). L-init: the median (a finding only). */
+    double quantile = down ? 0.5 : 0.25;
     cks_perm_result pr;
 
     mod = malloc((n_mods ? n_mods : 1) * sizeof *mod);
@@ -290,7 +296,7 @@ static cks_err run_l(const cmp_ctx *ctx, cks_test_result *t, lmod *mods, size_t 
             goto out;
         }
     }
-    observed = strata_median(&lt, NULL, scratch, pos);
+    observed = strata_quantile(&lt, NULL, scratch, pos, quantile);
     for (size_t s = 0; s < n_strata; s++) {
         pi[s] = malloc(s_size[s] * sizeof *pi[s]);
         if (!pi[s]) {
@@ -314,9 +320,9 @@ static cks_err run_l(const cmp_ctx *ctx, cks_test_result *t, lmod *mods, size_t 
         if (strata_null) {
             for (size_t s = 0; s < n_strata; s++)
                 cks_rng_permutation(&rng, pi[s], s_size[s]);
-            st = strata_median(&lt, (const uint32_t *const *)pi, scratch, pos);
+            st = strata_quantile(&lt, (const uint32_t *const *)pi, scratch, pos, quantile);
         } else {
-            err = shuffled_median(mods, mod, k, down, &rng, scratch, diag, &st);
+            err = shuffled_quantile(mods, mod, k, down, quantile, &rng, scratch, diag, &st);
             if (err)
                 break;
         }
@@ -354,10 +360,10 @@ static cks_err run_l(const cmp_ctx *ctx, cks_test_result *t, lmod *mods, size_t 
         double syn;
         for (size_t i = 0; i < k; i++)
             scratch[i] = mods[mod[i]].r_syn;
-        syn = cks_median_inplace(scratch, k);
+        syn = cks_quantile_inplace(scratch, k, quantile);
         t->power = t->null_sd > 0 && (syn - t->null_mean) / t->null_sd >= Z_RULE && syn - t->null_mean >= t->floor;
         snprintf(t->power_note, sizeof t->power_note,
-                 "%s a synthetic derivative of A (its up factors plus noise: median %.3f, z %.1f)",
+                 "%s a synthetic derivative of A (its up factors plus noise: %.3f, z %.1f)",
                  t->power ? "flags" : "did not flag", syn, t->null_sd > 0 ? (syn - t->null_mean) / t->null_sd : NAN);
     }
 out:
@@ -523,7 +529,7 @@ cks_err cmp_test_adapters(const cmp_ctx *ctx, const cmp_model *a, const cmp_mode
     ti->evidence = CKS_EVIDENCE_INIT;
     snprintf(tl->sources, sizeof tl->sources, "adapter updates");
     snprintf(ti->sources, sizeof ti->sources, "adapter down factors");
-    snprintf(tl->statistic_name, sizeof tl->statistic_name, "median Spearman of module updates up . down");
+    snprintf(tl->statistic_name, sizeof tl->statistic_name, "lower quartile over modules of the updates' Spearman");
     snprintf(ti->statistic_name, sizeof ti->statistic_name, "median Spearman of module down factors");
     mods = calloc(xa->n, sizeof *mods);
     if (!mods) {

@@ -657,6 +657,18 @@ double cks_median_inplace(double *v, size_t n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+double cks_quantile_inplace(double *v, size_t n, double q)
+{
+    double h;
+    size_t lo;
+    if (n == 0 || !(q >= 0 && q <= 1))
+        return NAN;
+    qsort(v, n, sizeof *v, compare_double);
+    h = q * (double)(n - 1);
+    lo = (size_t)h;
+    return lo + 1 < n ? v[lo] + (h - (double)lo) * (v[lo + 1] - v[lo]) : v[n - 1];
+}
+
 double cks_normal_sf(double z) { return 0.5 * erfc(z / sqrt(2.0)); }
 
 typedef struct indexed_p {

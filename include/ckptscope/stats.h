@@ -179,6 +179,9 @@ cks_err cks_equality_null_from_counts(const uint64_t *counts_a, const uint64_t *
 double cks_zscore(double x, double mean, double sd);
 /* The median of v[0..n) (mean of the two middle values for even n); reorders v. NAN for n == 0. */
 double cks_median_inplace(double *v, size_t n);
+/* The q-quantile of v[0..n), 0 <= q <= 1, linear between order statistics (numpy's default,
+ * Hyndman & Fan type 7; q = 0.5 is the median); reorders v. NAN for n == 0. */
+double cks_quantile_inplace(double *v, size_t n, double q);
 /* Upper tail of the standard normal, P(Z > z), accurate in the far tail (erfc). */
 double cks_normal_sf(double z);
 

@@ -1,7 +1,7 @@
 """LoRA adapters in `ckptscope compare` (issue 13): compared as the updates they apply.
 
 Checked against an independent reference written here (numpy + scipy.stats.spearmanr):
-  - L's statistic (to 1e-6: ranks are kept as float32) is the median over modules of the Spearman correlation of the two updates
+  - L's statistic (to 1e-6: ranks are kept as float32) is the lower quartile over modules of the Spearman correlation of the two updates
     up @ down (every entry: the modules are small enough that none is sampled), and L-init's
     the median Spearman of the down factors;
   - the same adapter saved in another key style (kohya, in F16; mlx-lm, transposed) is found
@@ -109,7 +109,8 @@ def main():
                 for m in MODULES}
 
     ua = updates(down_a, up_a)
-    ref_l = float(np.median([spearmanr(ua[m].ravel(), updates(later_down, later_up)[m].ravel())[0] for m in MODULES]))
+    ref_l = float(np.percentile([spearmanr(ua[m].ravel(), updates(later_down, later_up)[m].ravel())[0]
+                                 for m in MODULES], 25))
     ref_init = float(np.median([spearmanr(down_a[m].astype(np.float32).ravel(),
                                           later_down[m].astype(np.float32).ravel())[0] for m in MODULES]))
 
@@ -118,7 +119,7 @@ def main():
         report("later checkpoint compared", False, err)
         return 1
     tl, ti = test_of(doc, "L"), test_of(doc, "L-init")
-    report("L statistic = median Spearman of the updates (scipy reference)",
+    report("L statistic = lower quartile over modules of the updates' Spearman (scipy reference)",
            tl["ran"] and abs(tl["statistic"] - ref_l) < 1e-6, f"{tl.get('statistic')} vs {ref_l}")
     report("L-init statistic = median Spearman of the down factors (scipy reference)",
            ti["ran"] and abs(ti["statistic"] - ref_init) < 1e-6, f"{ti.get('statistic')} vs {ref_init}")

@@ -592,6 +592,15 @@ static void median_and_ranks_exact(void)
     CHECK_NEAR(cks_median_inplace(v, 5), 3, 0);
     CHECK_NEAR(cks_median_inplace(w, 4), 5, 0);
     CHECK(isnan(cks_median_inplace(w, 0)));
+    /* numpy.percentile([1, 2, 3, 4, 10], [25, 50, 90]) = 2, 3, 7.6 */
+    {
+        double x[] = {10, 3, 1, 4, 2};
+        CHECK_NEAR(cks_quantile_inplace(x, 5, 0.25), 2, 1e-15);
+        CHECK_NEAR(cks_quantile_inplace(x, 5, 0.5), 3, 1e-15);
+        CHECK_NEAR(cks_quantile_inplace(x, 5, 0.9), 7.6, 1e-12);
+        CHECK_NEAR(cks_quantile_inplace(x, 5, 1.0), 10, 0);
+        CHECK(isnan(cks_quantile_inplace(x, 5, 1.5)));
+    }
     CHECK(cks_mid_ranks_f64(ties, 6, r, NULL) == CKS_OK);
     /* 10 x3 -> ranks 1,2,3 -> 2; 20 x2 -> 4,5 -> 4.5; 30 -> 6 */
     CHECK_NEAR(r[0], 2, 0);
