@@ -20,7 +20,7 @@
 #define DEFAULT_ALPHA 1e-3
 #define DEFAULT_PERMUTATIONS 9999u
 #define MAX_CROSS_DIM 8192u   /* T3's d x d cross matrix: 256 MiB of floats at most */
-#define ITEM_Z 4.0            /* a single layer or tensor counts as corroborating evidence above this */
+#define ITEM_Z 2.0            /* with its effect at the test's floor, a layer or tensor corroborates above this z */
 #define SYNTH_NOISE 1.0       /* synthetic positive: noise sd relative to the values' sd (r ~ 0.7) */
 
 const char *cks_verdict_name(cks_verdict v)
@@ -643,7 +643,8 @@ static cks_err test_norms(const cmp_ctx *ctx, const cmp_model *a_in, const cmp_m
             r = pearson_or_nan(xa[w], xb[w], a->hidden);
             rc = raw_cosine(oa[w], ob[w], a->hidden); /* of the gains themselves: shown as not evidence */
             raw_sum += rc;
-            if (isfinite(r) && r * sqrt((double)a->hidden - 1.0) >= ITEM_Z)
+            /* a layer corroborates when it reaches the floor on its own, clear of its noise */
+            if (isfinite(r) && r >= cmp_floor_value(id) && r * sqrt((double)a->hidden - 1.0) >= ITEM_Z)
                 strong++;
             snprintf(label, sizeof label, "layer %d/%d %s", f->pairs[p].a, f->pairs[p].b, kind[w]);
             if (cmp_add_item(t, label, r, rc) != CKS_OK) {
@@ -879,7 +880,7 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
         if (isfinite(it->r)) {
             used++;
             sum_r += it->r;
-            if (it->r * sqrt((double)n - 1.0) >= ITEM_Z)
+            if (it->r >= cmp_floor_value(id) && it->r * sqrt((double)n - 1.0) >= ITEM_Z)
                 strong++;
             if (cross) {
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)wa.rows,
@@ -1420,7 +1421,7 @@ static cks_err test_cka(const cmp_ctx *ctx, const cmp_model *a, const cmp_model 
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
                 goto out;
             }
-            if (layer_sd > 0 && (res.debiased - pr.null_mean) / layer_sd >= ITEM_Z)
+            if (layer_sd > 0 && res.debiased >= cmp_floor_value("T4c") && (res.debiased - pr.null_mean) / layer_sd >= ITEM_Z)
                 strong++;
         }
     }
@@ -1764,8 +1765,13 @@ static void describe(const cmp_model *a, const cmp_model *b, const cmp_embed_pai
             !any ||
             cks_layer_margins(r->layer_matrix, la, lb, CKS_LAYER_ROWS, r->row_best, r->row_margin, NULL, NULL) !=
                 CKS_OK) {
+            /* no matrix, no margins: never hand out the unfilled arrays */
             free(r->layer_matrix);
+            free(r->row_best);
+            free(r->row_margin);
             r->layer_matrix = NULL;
+            r->row_best = NULL;
+            r->row_margin = NULL;
         }
     }
     if (f->map && la && lb && a->layers && b->layers) {

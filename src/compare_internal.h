@@ -149,6 +149,8 @@ cks_err cmp_test_generic_rows(const cmp_ctx *ctx, const cmp_model *a, const cmp_
 
 /* ---- effect floors and the verdict (compare_verdict.c) ---- */
 
+/* The calibrated floor of test `id` (NAN when it has none). */
+double cmp_floor_value(const char *id);
 /* Set t->floor, floor_note and effect_ok from the calibrated floor of t->id. */
 void cmp_apply_floor(cks_test_result *t);
 /* Holm over the primary tests that ran and are valid; sets p_holm, significant, rejects. */

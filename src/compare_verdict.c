@@ -72,6 +72,12 @@ const char *cks_evidence_name(cks_evidence e)
     }
 }
 
+double cmp_floor_value(const char *id)
+{
+    const floor_def *fd = floor_of(id);
+    return fd ? fd->floor : NAN;
+}
+
 void cmp_apply_floor(cks_test_result *t)
 {
     const floor_def *fd = floor_of(t->id);
