@@ -14,7 +14,7 @@ folder is absent). It prints and writes:
   - per test id: the weakest true derivative's effect against the strongest independent pair's
     effect (the margin; > 0 means that test's effect alone separates them), how often the test
     rejected on each side, and any per-test `floor` the JSON carries;
-  - the verdict counts per kind of relation.
+  - the verdict counts per generated pair over the seeds.
 Reads from the JSON only `verdict`, `reason` and `tests[]` fields `id`, `ran`, `rejects`, `effect`,
 `statistic`, `z`, `p_value` (or `p`), `floor`; anything else may change. Exit 0 when every
 comparison ran (the benchmark measures; --strict also fails on any wrong verdict), 1 otherwise.
@@ -298,30 +298,30 @@ def report(rows, timings, args, wall):
         "strongest independent's; > 0 means the test's effect alone separates every labelled pair seen here. "
         "Rejections: how often the test rejected its null on each side.")
     add("")
-    add("| test | weakest derivative (effect, z, pair) | strongest independent (effect, z, pair) | margin | "
+    add("| test | weakest derivative (effect, z, p, pair) | strongest independent (effect, z, p, pair) | margin | "
         "rejects on derived | rejects on independent | floor |")
     add("|---|---|---|---|---|---|---|")
     for tid, s in sorted(margins(rows).items()):
         lo = min(s["der"], key=lambda e: e[0]) if s["der"] else None
         hi = max(s["ind"], key=lambda e: e[0]) if s["ind"] else None
         margin = lo[0] - hi[0] if lo and hi else None
-        cell = (lambda e: f"{fmt(e[0])}, z {fmt(e[2], 1)}, {e[1]}" if e else "-")
+        cell = (lambda e: f"{fmt(e[0])}, z {fmt(e[2], 1)}, p {fmt(e[3], 4)}, {e[1]}" if e else "-")
         floors = ", ".join(fmt(f) for f in sorted(s["floors"])) or "-"
         add(f"| {tid} | {cell(lo)} | {cell(hi)} | {fmt(margin)} | {s['der_rej']}/{s['der_n']} | "
             f"{s['ind_rej']}/{s['ind_n']} | {floors} |")
     add("")
-    add("## Verdicts per kind of relation")
+    add("## Verdicts per generated pair, over the seeds")
     add("")
-    add("| truth | kind | " + " | ".join(VERDICTS) + " |")
-    add("|---|---|" + "---|" * len(VERDICTS))
-    kinds = {}
+    add("| truth | pair | kind | " + " | ".join(VERDICTS) + " |")
+    add("|---|---|---|" + "---|" * len(VERDICTS))
+    per = {}
     for r in rows:
         if r["source"] != "corpus":
             continue
-        k = kinds.setdefault((r["truth"], r["kind"]), {v: 0 for v in VERDICTS})
+        k = per.setdefault((r["truth"], r["name"], r["kind"]), {v: 0 for v in VERDICTS})
         k[r["result"]["verdict"]] += 1
-    for (t, kind), cnt in sorted(kinds.items()):
-        add(f"| {t} | {kind} | " + " | ".join(str(cnt[v]) if cnt[v] else "." for v in VERDICTS) + " |")
+    for (t, name, kind), cnt in sorted(per.items()):
+        add(f"| {t} | {name} | {kind} | " + " | ".join(str(cnt[v]) if cnt[v] else "." for v in VERDICTS) + " |")
     reals = [r for r in rows if r["source"] == "real"]
     if reals:
         add("")

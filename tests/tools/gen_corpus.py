@@ -1099,6 +1099,8 @@ def sd_names(style, path, proj):
         return f"unet.{path}.{proj}.lora.down.weight", f"unet.{path}.{proj}.lora.up.weight"
     if style == "diffusers_peft":
         return f"unet.{path}.{proj}.lora_A.weight", f"unet.{path}.{proj}.lora_B.weight"
+    if style == "peft":
+        return f"base_model.model.{path}.{proj}.lora_A.weight", f"base_model.model.{path}.{proj}.lora_B.weight"
     if style == "kohya":
         k = "lora_unet_" + f"{path}.{proj}".replace(".", "_")
         return f"{k}.lora_down.weight", f"{k}.lora_up.weight"
@@ -1204,6 +1206,9 @@ def sd_family(c):
     c.model("sd/x1_kohya_f16", sd_tensors(x1, "kohya", "F16"), "run x1 in kohya naming, F16")
     c.model("sd/x1_new_bf16", sd_tensors(x1, "diffusers_new", "BF16"), "run x1 in diffusers new naming, BF16",
             file_name="pytorch_lora_weights.safetensors", metadata={})
+    c.model("sd/x1_peft_f16", sd_tensors(x1, "peft", "F16"), "run x1 in PEFT naming (base_model.model.), F16",
+            adapter_config={"peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["to_q", "to_k", "to_v",
+                                                                                              "to_out.0"]})
 
     def corr(l1, l2, part):
         i = 1 if part == "B" else 0
@@ -1229,6 +1234,8 @@ def sd_family(c):
            {"from": "diffusers_old F32", "to": "kohya F16"})
     c.pair("sd/renamed_new_bf16", "sd/x1_old", "sd/x1_new_bf16", "derived", "adapter_key_style_rename_dtype",
            {"from": "diffusers_old F32", "to": "diffusers_new BF16"}, quick=True)
+    c.pair("sd/renamed_peft_f16", "sd/x1_kohya", "sd/x1_peft_f16", "derived", "adapter_key_style_rename_dtype",
+           {"from": "kohya F32 (with .alpha)", "to": "PEFT F16"})
 
 
 # ---------------------------------------------------------------- main
