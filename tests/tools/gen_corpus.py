@@ -319,8 +319,8 @@ def recipe_norm_offsets(p, n_layers):
         t = l / max(n_layers - 1, 1)
         for nm, level in (("input_layernorm.weight", 0.3 + 0.9 * t), ("post_attention_layernorm.weight", 0.5 + 0.6 * t)):
             n = tl.L(l, nm)
-            q[n] = (level + 3.0 * (p[n] - 1.0)).astype(np.float32)
-    q["model.norm.weight"] = (1.6 + 3.0 * (p["model.norm.weight"] - 1.0)).astype(np.float32)
+            q[n] = (level * p[n]).astype(np.float32)
+    q["model.norm.weight"] = (1.6 * p["model.norm.weight"]).astype(np.float32)
     return q
 
 
