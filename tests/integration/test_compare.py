@@ -57,8 +57,9 @@ def repo_id(model):
     return "fam/" + model.replace("/", "-")
 
 
-# The real third-party pairs: what we expect, and why (written from what the files are, see
-# ../shared/realdata/SOURCES.md; checked in numpy by hand where noted).
+# The real third-party pairs: what we expect, and why (how each pair is related is recorded in
+# ../shared/realdata/TRUTH.md, from the source repositories' histories; SOURCES.md says what the files are).
+# Every pair TRUTH.md labels is also checked by tests/integration/test_verdicts.py and bench/verdicts/.
 REAL_PAIRS = [
     ("candle-examples/jfk-codes_0c49e95.safetensors", "candle-examples/jfk-codes_bc33df7.safetensors",
      {"identical"}, "the same example data at two commits: the bytes never changed, only the shape "
@@ -75,24 +76,26 @@ REAL_PAIRS = [
      {"derived"}, "iterations 100 and 600 of one mlx-lm LoRA run"),
     ("candle-mlp-saf59/R_100_40_10_B260_ST_1_v6c1da4e.safetensors",
      "candle-mlp-saf59/R_100_40_10_B260_ST_1_v89a676a.safetensors",
-     {"derived"}, "the same small MLP saved at two commits, partly retrained"),
+     {"derived"}, "TRUTH.md: the 8 weight tensors are byte-identical and B adds two input-scaling vectors: "
+                  "a copy (derived), not identical (B has tensors A lacks)"),
     ("mnist-tinygrad/model_v1_4bc2046.safetensors", "mnist-tinygrad/model_v2_4fe0665.safetensors",
      {"not_derived"}, "retrained from a fresh random initialisation at each commit: index-aligned Pearson "
                       "of l1.weight is -0.003 (numpy); a hidden-unit permutation is not covered for "
                       "checkpoints without a known architecture"),
     ("sd15-unet-lora/catundchat_pytorch_lora_weights.safetensors",
      "sd15-unet-lora/hirvita6_pytorch_lora_weights.safetensors",
-     {"inconclusive"}, "two key-naming styles of diffusers LoRAs: no tensor shares its name, so nothing "
-                       "beyond byte identity can be compared"),
+     {"not_derived", "inconclusive"}, "TRUTH.md: independent (two people, two datasets, bases SD 1.5 vs SD 1.4) in "
+                                      "two key-naming styles; never derived, and not_derived once the styles are "
+                                      "mapped and compared by content"),
     ("mlx-kan/kan_784-64-10_models_model_828c727.safetensors",
      "mlx-kan/kan_784-64-10_trained_kan_model_cb0ca3d_ALLNAN.safetensors",
      {"inconclusive"}, "B holds only NaN: there is nothing to correlate, and that must not read as not_derived"),
     ("minilm-lora-souravt/fine_tuned_model_adapter_model.safetensors",
      "minilm-lora-souravt/results_checkpoint-700_adapter_model.safetensors",
-     {"derived"}, "two separate LoRA trainings on the same base (index-aligned, only one tensor correlates: "
-                  "the random LoRA inits differ), but the rows of ten adapter tensors find permuted twins "
-                  "(matched |cos| 0.23 against a 0.08 null, checked with scipy): both learned the same "
-                  "directions of the same base model, a shared ancestor"),
+     {"not_derived", "inconclusive"}, "TRUTH.md: independent, a separate LoRA run with its own random init on the "
+                                      "same frozen base (all-MiniLM-L6-v2), written by a later, different training "
+                                      "script; rows that find permuted twins show the base's shared subspaces, "
+                                      "not derivation"),
     ("mnist-tinygrad/model_v2_4fe0665.safetensors", "mnist-tinygrad/model_v3_6682ba5.safetensors",
      {"not_derived"}, "retrained from scratch again: neither index-aligned values nor permuted rows match"),
 ]
