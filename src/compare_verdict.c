@@ -384,7 +384,7 @@ void cmp_decide(const cmp_ctx *ctx, cmp_family *f, const cmp_model *a, const cmp
                  invalidated->invalid_reason);
         return;
     }
-    if (init_agree && capable == 0) {
+    if (init_agree && (capable == 0 || powered == 0)) {
         r->verdict = CKS_VERDICT_INCONCLUSIVE;
         r->findings |= CKS_FINDING_INIT_OR_DERIVATION;
         snprintf(r->headline, sizeof r->headline,
