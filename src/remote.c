@@ -900,6 +900,10 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
     }
     s->last_end = end;
+    /* The read-ahead worker may have concluded the whole-file hash while this read waited
+     * for the network: bytes of a file that failed its check are never handed out. */
+    if (!err && s->sha_state == SHA_BAD)
+        err = sha_advance(s, diag);
     if (!err && s->ahead > 0) {
         /* A stream that has started on its window fetches the next one now, so the link
          * stays busy while this and other threads work on what is in memory. */
