@@ -97,6 +97,17 @@ cJSON *cli_json_new(const char *command);
 void cli_json_print(cJSON *root);
 cJSON *cli_json_shape(const cks_tensor_info *info);
 
+/*
+ * Untrusted text (tensor names, metadata, Hub file names, messages quoting them) made safe
+ * for a terminal: C0 controls, DEL, C1 controls, Unicode line separators and bidi overrides,
+ * bytes that are not UTF-8, and the backslash itself are written as \n \t \r \\ \xHH or
+ * \uHHHH, so a name can neither forge an output line nor send an escape sequence. Called at
+ * every print site of human output (JSON keeps the text; cJSON escapes it). The result
+ * lives in one of 8 per-thread buffers: valid until the 8th next call in the same thread,
+ * enough for one printf. NULL prints as "(null)".
+ */
+const char *cli_esc(const char *s);
+
 /* Bytes as "1.5 GiB". buf >= 32. */
 const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size);
 /* Shape as "[4096, 1024]". */

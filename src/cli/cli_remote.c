@@ -31,7 +31,7 @@ static void cleanup(void)
         char **notes = NULL;
         size_t n = cks_cache_take_notes(g.cache, &notes);
         for (size_t i = 0; i < n; i++) {
-            fprintf(stderr, "ckptscope: cache: %s\n", notes[i]);
+            fprintf(stderr, "ckptscope: cache: %s\n", cli_esc(notes[i]));
             free(notes[i]);
         }
         free(notes);
@@ -112,11 +112,11 @@ cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_r
     if (opts->verbose) {
         const char *t = cks_remote_token_origin(*out);
         const cks_hub_repo *repo = cks_remote_repo(*out);
-        fprintf(stderr, "ckptscope: %s, token from %s\n", cks_remote_endpoint(*out),
+        fprintf(stderr, "ckptscope: %s, token from %s\n", cli_esc(cks_remote_endpoint(*out)),
                 t ? t : "nowhere (anonymous)");
         if (repo)
-            fprintf(stderr, "ckptscope: %s@%s is commit %s (%zu files)\n", repo->repo_id,
-                    repo->revision, repo->commit, repo->n_files);
+            fprintf(stderr, "ckptscope: %s@%s is commit %s (%zu files)\n", cli_esc(repo->repo_id),
+                    cli_esc(repo->revision), repo->commit, repo->n_files);
     }
     return CKS_OK;
 }
@@ -261,8 +261,11 @@ void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel
         sel = all;
         n_sel = ckpt->n_tensors;
     }
-    if (cks_cache_describe_ckpt_missing(g.cache, ckpt, sel, n_sel, &message, &d) == CKS_OK && message)
-        fprintf(stderr, "ckptscope: not in the cache (run once without --offline to fetch them):\n%s\n", message);
+    if (cks_cache_describe_ckpt_missing(g.cache, ckpt, sel, n_sel, &message, &d) == CKS_OK && message) {
+        fprintf(stderr, "ckptscope: not in the cache (run once without --offline to fetch them):\n");
+        for (char *line = strtok(message, "\n"); line; line = strtok(NULL, "\n"))
+            fprintf(stderr, "%s\n", cli_esc(line));
+    }
     free(message);
     free((void *)all);
 }

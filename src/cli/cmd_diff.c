@@ -265,23 +265,23 @@ static void print_text(const struct side *a, const struct side *b, const struct 
         switch (p->cat) {
         case CAT_IDENTICAL:
             if (all)
-                printf("  identical  %s\n", ia->name);
+                printf("  identical  %s\n", cli_esc(ia->name));
             break;
         case CAT_CHANGED:
-            printf("  changed    %s\n", ia->name);
+            printf("  changed    %s\n", cli_esc(ia->name));
             break;
         case CAT_RESHAPED:
-            printf("  reshaped   %s  %s %s -> %s %s\n", ia->name, cks_dtype_name(ia->dtype),
+            printf("  reshaped   %s  %s %s -> %s %s\n", cli_esc(ia->name), cks_dtype_name(ia->dtype),
                    cli_shape_text(ia, sa, sizeof sa), cks_dtype_name(ib->dtype), cli_shape_text(ib, sb, sizeof sb));
             break;
         case CAT_RENAMED:
-            printf("  renamed    %s -> %s\n", ia->name, ib->name);
+            printf("  renamed    %s -> %s\n", cli_esc(ia->name), cli_esc(ib->name));
             break;
         case CAT_REMOVED:
-            printf("  removed    %s\n", ia->name);
+            printf("  removed    %s\n", cli_esc(ia->name));
             break;
         case CAT_ADDED:
-            printf("  added      %s\n", ib->name);
+            printf("  added      %s\n", cli_esc(ib->name));
             break;
         default:
             break;

@@ -302,8 +302,9 @@ int cmd_fetch(int argc, char **argv)
                 cJSON_AddNumberToObject(e, "bytes", (double)sz);
                 cJSON_AddStringToObject(e, "sha256", hex);
                 cJSON_AddItemToArray(jt, e);
-            } else if (!opts.quiet) {
-                printf("%s  %s\n", hex, t->name);
+            } else {
+                /* the hashes are the answer; --quiet only quiets stderr */
+                printf("%s  %s\n", hex, cli_esc(t->name));
             }
         }
     }
@@ -338,7 +339,7 @@ int cmd_fetch(int argc, char **argv)
                 n_sel, cli_human_bytes(total, a, sizeof a),
                 cli_human_bytes(st.bytes_fetched, b, sizeof b),
                 (unsigned long long)st.requests, cli_now() - t0, output ? "; wrote " : "",
-                output ? output : "");
+                output ? cli_esc(output) : "");
     }
     goto out;
 fail:

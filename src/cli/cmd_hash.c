@@ -90,7 +90,7 @@ int cmd_hash(int argc, char **argv)
         cli_json_print(root);
     } else {
         for (size_t i = 0; i < n_sel; i++)
-            printf("%s  %s\n", hashes[i].hex, sel[i]->info->name);
+            printf("%s  %s\n", hashes[i].hex, cli_esc(sel[i]->info->name));
     }
 out:
     cJSON_Delete(source_report);
