@@ -69,6 +69,14 @@ static cks_hub_repo *repo_from_json(const char *text, size_t len, cks_repo_type 
     repo->files = calloc(n ? (size_t)n : 1, sizeof *repo->files);
     if (!repo->repo_id || !repo->revision || !repo->files)
         goto out;
+    const cJSON *unsafe = cJSON_GetObjectItemCaseSensitive(root, "unsafe_example");
+    const cJSON *n_unsafe = cJSON_GetObjectItemCaseSensitive(root, "unsafe_count");
+    if (cJSON_IsString(unsafe) && cJSON_IsNumber(n_unsafe) && n_unsafe->valuedouble >= 1 &&
+        n_unsafe->valuedouble <= MAX_REPO_FILES) {
+        repo->n_unsafe = (size_t)n_unsafe->valuedouble;
+        if (!(repo->unsafe_example = strdup(unsafe->valuestring)))
+            goto out;
+    }
     cJSON_ArrayForEach(e, files) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "path");
         const cJSON *sz = cJSON_GetObjectItemCaseSensitive(e, "size");
@@ -142,7 +150,9 @@ cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked
     if (!files || !cJSON_AddNumberToObject(root, "format", REPO_FORMAT) ||
         !cJSON_AddStringToObject(root, "repo_id", repo->repo_id) ||
         !cJSON_AddStringToObject(root, "commit", repo->commit) ||
-        !cJSON_AddBoolToObject(root, "gated", repo->gated)) {
+        !cJSON_AddBoolToObject(root, "gated", repo->gated) ||
+        (repo->n_unsafe && (!cJSON_AddNumberToObject(root, "unsafe_count", (double)repo->n_unsafe) ||
+                            !cJSON_AddStringToObject(root, "unsafe_example", repo->unsafe_example)))) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }

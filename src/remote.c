@@ -174,6 +174,8 @@ void cks_remote_config_from_env(cks_http_config *cfg)
         cfg->max_host_conns = (unsigned)v;
     if (env_u64("CKPTSCOPE_STALL_TIMEOUT", &v) && v > 0 && v <= 3600)
         cfg->stall_timeout = (long)v;
+    if (env_u64("CKPTSCOPE_MIN_RATE", &v) && v > 0 && v <= (1u << 30))
+        cfg->min_rate = (long)v;
     if (env_u64("CKPTSCOPE_MAX_ATTEMPTS", &v) && v > 0 && v <= 100)
         cfg->max_attempts = (unsigned)v;
     if (env_u64("CKPTSCOPE_COALESCE_GAP", &v))
@@ -1254,7 +1256,7 @@ static void take_total(const cks_http_request *q, const char *path, cks_served_s
     } else if (st == 404 || st == 410) {
         o->err = cks_fail(&o->diag, CKS_ERR_FILE_NOT_FOUND, "%s: the data server answers HTTP %ld", path, st);
     } else if (st == 401 || st == 403) {
-        o->err = cks_fail(&o->diag, CKS_ERR_AUTH, "%s: the data server refuses access (HTTP %ld)", path, st);
+        o->err = cks_fail(&o->diag, CKS_ERR_DENIED, "%s: the data server refuses access (HTTP %ld); no token is sent to it", path, st);
     } else {
         o->err = cks_fail(&o->diag, CKS_ERR_HTTP,
                           "%s: the data server answered a one-byte range with HTTP %ld and Content-Range '%s'",
@@ -1625,10 +1627,20 @@ static cks_err pick_entry(const cks_hub_repo *repo, const char *dir, char **entr
                        repo->revision);
         goto out;
     }
-    err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
-                   "%s@%.12s%s%s has no safetensors checkpoint (no model.safetensors, no "
-                   "index); for a component in a folder use hf://%s/FOLDER",
-                   repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->repo_id);
+    if (repo->n_unsafe)
+        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
+                       "%s@%.12s%s%s has no safetensors checkpoint it can use: the Hub's listing "
+                       "names %zu file%s that %s refused as unsafe (e.g. '%s': a path with a "
+                       "'..', '.' or empty part, a leading '/', a backslash or a control "
+                       "character could reach outside the repository)",
+                       repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->n_unsafe,
+                       repo->n_unsafe == 1 ? "" : "s", repo->n_unsafe == 1 ? "was" : "were",
+                       repo->unsafe_example);
+    else
+        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
+                       "%s@%.12s%s%s has no safetensors checkpoint (no model.safetensors, no "
+                       "index); for a component in a folder use hf://%s/FOLDER",
+                       repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->repo_id);
 out:
     free(cand);
     return err;

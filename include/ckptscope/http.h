@@ -53,11 +53,14 @@ typedef struct cks_http_config {
     const char *token;           /* bearer token, NULL for anonymous; copied */
     unsigned max_parallel;       /* transfers in flight at once; 0: 64 */
     unsigned max_host_conns;     /* HTTP/1.1 connections per host; 0: 64 */
-    unsigned max_attempts;       /* attempts without progress per request; 0: 6 */
+    unsigned max_attempts;       /* attempts without progress per request (an attempt cut for
+                                    being too slow counts, whatever it delivered); 0: 6 */
     double max_retry_wait;       /* longest Retry-After we wait for, seconds; 0: 60 */
     double backoff_base;         /* first backoff, seconds; 0: 0.25 (doubles, cap 8 s) */
     long connect_timeout;        /* seconds; 0: 15 */
-    long stall_timeout;          /* seconds below 1 byte/s before a transfer is cut; 0: 20 */
+    long stall_timeout;          /* the window: seconds below min_rate before a transfer is cut
+                                    (then retried from where it stopped); 0: 20 */
+    long min_rate;               /* bytes/s a transfer must average over that window; 0: 1024 */
     uint64_t coalesce_gap;       /* the largest gap merging may bridge; 0: 16 MiB (see below) */
     uint64_t max_request;        /* split requests larger than this; 0: 8 MiB */
     cks_http_progress_fn progress;  /* called about every 200 ms during transfers */

@@ -108,6 +108,11 @@ typedef struct cks_hub_repo {
     bool gated;           /* the repo is gated (the listing says so) */
     size_t n_files;
     cks_hub_file *files;  /* sorted by path */
+    /* Names in the listing refused as paths (".." or "." segments, absolute, empty segments,
+     * backslashes, control characters): they are left out of files, counted here, and the
+     * first is kept so that "no checkpoint" can say why. */
+    size_t n_unsafe;
+    char *unsafe_example;
 } cks_hub_repo;
 
 /* Resolve revision (NULL: "main") to a commit and list the files with sizes and hashes. */
