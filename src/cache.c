@@ -119,6 +119,11 @@ struct cks_cache {
     size_t scratch_cap;
     uint64_t tmp_counter;
     unsigned min_saving_pct;  /* compress a chunk only if it shrinks by this much */
+    /* The first write that failed (CKS_OK: none), for cks_cache_write_failure. After a full
+     * disk every later write fails at once: retrying each extent would only churn the disk. */
+    cks_err write_err;
+    cks_diag write_diag;
+    bool no_space;
     /* size-cap bookkeeping */
     bool size_known;
     uint64_t size_estimate;
@@ -1980,8 +1985,8 @@ static bool covering_extents_exist(cks_cache *c, const keyent *k, uint64_t a, ui
 
 static cks_err maybe_evict(cks_cache *c, cks_diag *diag);
 
-cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
-                        size_t len, cks_diag *diag)
+static cks_err cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
+                           size_t len, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     bool locked = false, key_locked = false, wrote = false;
@@ -2341,8 +2346,8 @@ out:
     return err;
 }
 
-cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
-                           size_t len, cks_diag *diag)
+static cks_err meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
+                        size_t len, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     char *path = NULL, *dir = NULL, *tmp = NULL;
@@ -2417,7 +2422,7 @@ out:
 /* ------------------------------------------------------------------------------------ */
 /* whole-file verification                                                             */
 
-cks_err cks_cache_mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag)
+static cks_err mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     char *dir = NULL, *marker = NULL, *text = NULL;
@@ -2451,6 +2456,82 @@ out:
     free(dir);
     free(marker);
     free(text);
+    return err;
+}
+
+/*
+ * The public writers: the same, plus the memory of the first failure. Callers of the remote
+ * source ignore cache write errors (a cache failure costs a refetch later, never data), so
+ * this is how the command line learns, once, that the cache stopped keeping what it fetched.
+ */
+static cks_err remember_write(cks_cache *c, cks_err err, const cks_diag *d)
+{
+    if (!c || err == CKS_OK || err == CKS_ERR_INVALID_ARG || err == CKS_ERR_NOMEM)
+        return err;
+    pthread_mutex_lock(&c->mu);
+    if (c->write_err == CKS_OK) {
+        c->write_err = err;
+        c->write_diag = *d;
+    }
+    if (err == CKS_ERR_NO_SPACE)
+        c->no_space = true;
+    pthread_mutex_unlock(&c->mu);
+    return err;
+}
+
+static bool writes_stopped(cks_cache *c, cks_diag *diag)
+{
+    bool stopped = false;
+    if (!c)
+        return false;
+    pthread_mutex_lock(&c->mu);
+    if (c->no_space) {
+        stopped = true;
+        if (diag)
+            *diag = c->write_diag;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return stopped;
+}
+
+cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
+                        size_t len, cks_diag *diag)
+{
+    cks_diag local;
+    if (writes_stopped(c, diag))
+        return CKS_ERR_NO_SPACE;
+    return remember_write(c, cache_write(c, key, offset, data, len, diag ? diag : &local),
+                          diag ? diag : &local);
+}
+
+cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
+                           size_t len, cks_diag *diag)
+{
+    cks_diag local;
+    if (writes_stopped(c, diag))
+        return CKS_ERR_NO_SPACE;
+    return remember_write(c, meta_put(c, ns, key, data, len, diag ? diag : &local),
+                          diag ? diag : &local);
+}
+
+cks_err cks_cache_mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag)
+{
+    cks_diag local;
+    if (writes_stopped(c, diag))
+        return CKS_ERR_NO_SPACE;
+    return remember_write(c, mark_verified(c, key, size, diag ? diag : &local), diag ? diag : &local);
+}
+
+cks_err cks_cache_write_failure(cks_cache *c, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    if (!c)
+        return CKS_OK;
+    pthread_mutex_lock(&c->mu);
+    err = c->write_err;
+    if (err && diag)
+        *diag = c->write_diag;
+    pthread_mutex_unlock(&c->mu);
     return err;
 }
 

@@ -119,6 +119,13 @@ cks_err cks_cache_meta_get(cks_cache *c, const char *ns, const char *key, int64_
 cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
                            size_t len, cks_diag *diag);
 
+/* The first write of this handle that failed (cks_cache_write, _meta_put, _mark_verified),
+ * with its message; CKS_OK when none did. Reads go on as before; after a NoSpace every later
+ * write fails at once with the same message (the cache is then read-only for this handle).
+ * Callers that ignore write errors (the remote source: a cache failure costs a refetch,
+ * never data) use it to say once that the cache stopped keeping what was fetched. */
+cks_err cks_cache_write_failure(cks_cache *c, cks_diag *diag);
+
 /* Never evict this key while this process lives (also protects it from eviction by
  * other processes that share the cache). */
 void cks_cache_pin(cks_cache *c, const char *key);

@@ -24,14 +24,22 @@ static struct {
 
 static void cleanup(void)
 {
+    cks_diag d;
+    cks_err werr;
     if (g.progress_drawn)
         fprintf(stderr, "\r\033[K");
+    if (g.cache && (werr = cks_cache_write_failure(g.cache, &d)) != CKS_OK)
+        /* once, at the end: the run itself went on without storing */
+        fprintf(stderr,
+                "ckptscope: warning: the cache in %s stopped keeping what this run fetched, so "
+                "the next run fetches it again (%s: %s)\n",
+                cli_esc(cks_cache_dir(g.cache)), cks_strerror(werr), cli_esc(d.text));
     if (g.cache && g.verbose) {
         /* what the cache did on the way: damaged extents dropped and refetched, evictions */
         char **notes = NULL;
         size_t n = cks_cache_take_notes(g.cache, &notes);
         for (size_t i = 0; i < n; i++) {
-            fprintf(stderr, "ckptscope: cache: %s\n", cli_esc(notes[i]));
+            fprintf(stderr, "ckptscope: %s\n", cli_esc(notes[i]));
             free(notes[i]);
         }
         free(notes);
@@ -75,10 +83,16 @@ static cks_cache *get_cache(const cli_opts *opts)
     co.max_bytes = opts->cache_max;
     co.offline = opts->offline;
     co.revision_ttl_seconds = -1;
-    if (cks_cache_open(&co, &g.cache, &d) != CKS_OK) {
-        if (opts->verbose)
-            fprintf(stderr, "ckptscope: cache unavailable, continuing without it: %s\n", d.text);
+    cks_err err = cks_cache_open(&co, &g.cache, &d);
+    if (err) {
+        /* said once, whatever --quiet: every later run would fetch everything again */
+        fprintf(stderr, "ckptscope: warning: cache unavailable, going on without it (%s: %s)\n",
+                cks_strerror(err), cli_esc(d.text));
         g.cache = NULL;
+    }
+    if (!g.registered) {
+        atexit(cleanup);
+        g.registered = true;
     }
     return g.cache;
 }
@@ -104,7 +118,7 @@ cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_r
     if (opts->offline && !ro.cache)
         return cks_fail(diag, CKS_ERR_OFFLINE_MISS,
                         "--offline answers from the cache, which could not be opened (see "
-                        "--verbose)");
+                        "the warning above)");
     err = cks_remote_open(spec, &ro, out, diag);
     if (err)
         return err;
