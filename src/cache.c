@@ -2419,6 +2419,83 @@ out:
     return err;
 }
 
+cks_err cks_cache_meta_delete(cks_cache *c, const char *ns, const char *key, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *path = NULL;
+    if (!c || !ns_valid(ns) || !key || strlen(key) > MAX_KEY_LEN) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: invalid metadata namespace or key");
+        goto out;
+    }
+    path = meta_path(c, ns, key);
+    if (!path) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    if (unlink(path) != 0 && errno != ENOENT)
+        err = io_fail(diag, errno, "removing", path);
+out:
+    free(path);
+    return err;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* dropping what failed a check                                                        */
+
+cks_err cks_cache_drop(cks_cache *c, const char *key, const char *why, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool locked = false, key_locked = false;
+    char *dir = NULL, *marker = NULL;
+    uint64_t dropped = 0, left = 0;
+    keyent *k = NULL;
+    if (!c || !cks_cache_key_valid(key)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: drop needs a valid key");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    locked = true;
+    k = key_get(c, key, diag, &err);
+    if (!k)
+        goto out;
+    /* writers of the key wait while it goes (a read-only cache cannot lock: try anyway) */
+    key_locked = lock_key(c, k, NULL) == CKS_OK;
+    err = key_refresh(c, k, true, diag);
+    if (err)
+        goto out;
+    dir = keydir_path(c, k->name);
+    marker = dir ? path_join(dir, "verified") : NULL;
+    if (marker)
+        unlink(marker);
+    for (size_t i = 0; i < k->n_ext; i++) {
+        char *p = extent_path(c, k->name, k->ext[i].off, k->ext[i].len);
+        if (p && (unlink(p) == 0 || errno == ENOENT))
+            dropped += k->ext[i].len;
+        else
+            left += k->ext[i].len;
+        free(p);
+    }
+    k->n_ext = 0;
+    k->max_len = 0;
+    slots_forget(c, k->name);
+    if (dropped)
+        add_note(c, "cache: dropped the %" PRIu64 " cached bytes of %s (%s)", dropped, key,
+                 why ? why : "they failed a check");
+    if (left)
+        err = cks_fail(diag, CKS_ERR_IO,
+                       "cache: could not remove %" PRIu64 " cached bytes of %s that failed a "
+                       "check (%s); remove them with `ckptscope cache clear`",
+                       left, key, strerror(errno));
+out:
+    if (key_locked)
+        flock(k->lock_fd, LOCK_UN);
+    if (locked)
+        pthread_mutex_unlock(&c->mu);
+    free(dir);
+    free(marker);
+    return err;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* whole-file verification                                                             */
 

@@ -187,6 +187,29 @@ out:
     return err;
 }
 
+cks_err cks_cache_repo_forget(cks_cache *c, const char *endpoint, cks_repo_type type,
+                              const char *asked_repo_id, const char *asked_revision,
+                              const char *commit, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *k1 = NULL, *k2 = NULL;
+    if (!c || !asked_repo_id)
+        goto out;
+    k1 = repo_key(endpoint, type, asked_repo_id, asked_revision);
+    k2 = commit ? repo_key(endpoint, type, asked_repo_id, commit) : NULL;
+    if (!k1 || (commit && !k2)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = cks_cache_meta_delete(c, REPO_NS, k1, diag);
+    if (!err && k2)
+        err = cks_cache_meta_delete(c, REPO_NS, k2, diag);
+out:
+    free(k1);
+    free(k2);
+    return err;
+}
+
 cks_err cks_cache_hf_source(const char *hf_home, const cks_hub_repo *repo, const cks_hub_file *f,
                             cks_source **out, cks_diag *diag)
 {

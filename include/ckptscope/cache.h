@@ -126,6 +126,15 @@ cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const 
  * never data) use it to say once that the cache stopped keeping what was fetched. */
 cks_err cks_cache_write_failure(cks_cache *c, cks_diag *diag);
 
+/* Remove every extent of `key` and its whole-file mark: bytes that failed a check (a
+ * SHA-256 or git blob id that does not match, a header that does not parse) must not
+ * outlive the run that found it. A note says what went (`why`). CKS_ERR_IO when some of it
+ * could not be removed (a read-only cache). */
+cks_err cks_cache_drop(cks_cache *c, const char *key, const char *why, cks_diag *diag);
+
+/* Remove one metadata entry (absent is fine). */
+cks_err cks_cache_meta_delete(cks_cache *c, const char *ns, const char *key, cks_diag *diag);
+
 /* Never evict this key while this process lives (also protects it from eviction by
  * other processes that share the cache). */
 void cks_cache_pin(cks_cache *c, const char *key);

@@ -185,7 +185,7 @@ typedef struct cks_remote_opts {
 } cks_remote_opts;
 
 /* Tuning from the environment (CKPTSCOPE_MAX_PARALLEL, CKPTSCOPE_MAX_HOST_CONNS,
- * CKPTSCOPE_STALL_TIMEOUT, CKPTSCOPE_MAX_ATTEMPTS, CKPTSCOPE_BACKOFF_BASE,
+ * CKPTSCOPE_STALL_TIMEOUT, CKPTSCOPE_MIN_RATE, CKPTSCOPE_MAX_ATTEMPTS, CKPTSCOPE_BACKOFF_BASE,
  * CKPTSCOPE_MAX_RETRY_WAIT, CKPTSCOPE_COALESCE_GAP, CKPTSCOPE_MAX_REQUEST); unset values
  * are left alone. */
 void cks_remote_config_from_env(cks_http_config *cfg);
@@ -228,5 +228,10 @@ bool cks_remote_source_verified(const cks_source *src, bool *verified);
  * they did not (`computed`, when not NULL, receives the SHA-256 of the bytes read, 64 hex),
  * 0 not concluded yet or not a remote source. */
 int cks_remote_source_sha_check(const cks_source *src, char computed[65]);
+
+/* Sentences for the person running the command, about data the session replaced on its
+ * own (a copy in HF_HOME that did not match the Hub's SHA-256, read from the Hub instead).
+ * The queue is emptied; free each string and the array. */
+size_t cks_remote_take_notes(cks_remote *r, char ***notes);
 
 #endif

@@ -92,6 +92,11 @@ cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **o
 cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,
                              cks_diag *diag);
 
+/* After a command read `ckpt`: name on stderr (once per file) the files whose bytes came
+ * from a copy nobody checked against the Hub's hash (a file in HF_HOME read only in part),
+ * and, when root is given, list them in its "unverified_files" (always present there). */
+void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root);
+
 /* A JSON object with "schema_version" first, and the printer that frees it. */
 cJSON *cli_json_new(const char *command);
 void cli_json_print(cJSON *root);

@@ -45,6 +45,16 @@ static void cleanup(void)
         free(notes);
     }
     for (size_t i = 0; i < g.n; i++) {
+        /* what a session replaced on its own (a damaged HF_HOME copy read from the Hub) */
+        char **notes = NULL;
+        size_t n = cks_remote_take_notes(g.sessions[i], &notes);
+        for (size_t k = 0; k < n; k++) {
+            fprintf(stderr, "ckptscope: warning: %s\n", cli_esc(notes[k]));
+            free(notes[k]);
+        }
+        free(notes);
+    }
+    for (size_t i = 0; i < g.n; i++) {
         cks_remote_free(g.sessions[i]);
         free(g.spec_text[i]);
         g.spec_text[i] = NULL;

@@ -404,6 +404,8 @@ int cmd_diff(int argc, char **argv)
         print_json(&a, &b, pairs, n_pairs, counts, same, files_json(&a, &b));
     else
         print_text(&a, &b, pairs, n_pairs, counts, all);
+    cli_note_unverified("diff", a.ckpt, NULL);
+    cli_note_unverified("diff", b.ckpt, NULL);
     rc = same ? EXIT_OK : EXIT_DIFFERENT;
 out:
     free(pairs);

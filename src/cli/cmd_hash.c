@@ -87,10 +87,12 @@ int cmd_hash(int argc, char **argv)
             cJSON_AddStringToObject(t, "file", ckpt->files[sel[i]->file].path);
             cJSON_AddItemToArray(tensors, t);
         }
+        cli_note_unverified("hash", ckpt, root);
         cli_json_print(root);
     } else {
         for (size_t i = 0; i < n_sel; i++)
             printf("%s  %s\n", hashes[i].hex, cli_esc(sel[i]->info->name));
+        cli_note_unverified("hash", ckpt, NULL);
     }
 out:
     cJSON_Delete(source_report);

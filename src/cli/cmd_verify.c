@@ -441,7 +441,9 @@ static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, bool *bad, cons
         }
         if (!opts->quiet && isatty(2))
             fprintf(stderr, "verify: hashing %s...\n", cli_esc(path));
-        e = CKS_OK;
+        /* a copy that can be checked first is (HF_HOME, bytes cached by earlier runs): the
+         * upload is judged on the file the Hub serves, never on a damaged copy of it */
+        e = cks_source_check_whole(src, &d);
         for (uint64_t off = 0; off < src->size && !e; off += HASH_CHUNK) {
             size_t len = src->size - off < HASH_CHUNK ? (size_t)(src->size - off) : HASH_CHUNK;
             e = cks_source_read_at(src, off, buf, len, &d);
@@ -1001,6 +1003,7 @@ report:
     } else {
         print_text(argv[optind], v, ks, n_known, rc);
     }
+    cli_note_unverified("verify", ckpt, NULL);
 out:
     for (size_t i = 0; fps && i < n_fps; i++)
         free(fps[i]);

@@ -191,6 +191,22 @@ cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_ch
     return err;
 }
 
+void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root)
+{
+    cJSON *list = root ? cJSON_AddArrayToObject(root, "unverified_files") : NULL;
+    for (size_t f = 0; ckpt && f < ckpt->n_files; f++) {
+        if (!cks_source_unverified(ckpt->files[f].source))
+            continue;
+        if (list)
+            cJSON_AddItemToArray(list, cJSON_CreateString(ckpt->files[f].path));
+        fprintf(stderr,
+                "ckptscope %s: note: %s was read from the Hugging Face cache (HF_HOME) and only "
+                "in part, so it was not checked against the Hub's hash: what is shown comes from "
+                "that copy (a command that reads the whole file checks it)\n",
+                cmd, cli_esc(ckpt->files[f].source->name));
+    }
+}
+
 cJSON *cli_json_new(const char *command)
 {
     cJSON *root = cJSON_CreateObject();
