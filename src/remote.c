@@ -614,6 +614,39 @@ static bool fetched_covers(const struct rsrc *s, uint64_t a, uint64_t b)
     return a >= b;
 }
 
+/* What the cache holds of [off, off+len) must equal the bytes just fetched; when it does not,
+ * an earlier transfer stored wrong bytes that no check could catch (the file was read only
+ * in part): every cached byte of the file goes, and the fresh bytes are stored instead. */
+static void compare_with_cache(struct rsrc *s, uint64_t off, const uint8_t *fresh, uint64_t len)
+{
+    cks_cache *c = s->rem->cache;
+    uint8_t *old = c && s->key[0] ? malloc((size_t)len) : NULL;
+    cks_range *gaps = NULL;
+    size_t ng = 0;
+    bool differs = false;
+    if (!old || cks_cache_read_some(c, s->key, off, old, (size_t)len, &gaps, &ng, NULL) != CKS_OK)
+        goto out;
+    uint64_t pos = off;
+    for (size_t g = 0; g <= ng && !differs; g++) {
+        uint64_t stop = g < ng ? gaps[g].offset : off + len;
+        if (stop > pos)
+            differs = memcmp(old + (pos - off), fresh + (pos - off), (size_t)(stop - pos)) != 0;
+        if (g < ng)
+            pos = gaps[g].offset + gaps[g].length;
+    }
+    if (differs) {
+        (void)cks_cache_drop(c, s->key, "they differ from what the server sends now", NULL);
+        remote_note(s->rem,
+                    "%s: the disk cache held bytes of this file that differ from what the server "
+                    "sends now (a damaged earlier transfer, never checked because the file was "
+                    "read only in part): they were dropped and replaced",
+                    s->base.name);
+    }
+out:
+    free(gaps);
+    free(old);
+}
+
 /* Store fetched bytes in the cache; a cache failure costs a refetch later, never data. */
 static void cache_store(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
 {
@@ -762,8 +795,11 @@ static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
  * read what the cache holds, fetch the rest in one engine call. Called and returns with
  * r->mu held, but drops it while on the network. With `try_net`, gives up silently (CKS_OK)
  * when another thread is using the network: used for early read-ahead, which is optional.
+ * With `refresh`, the cache is not read: everything comes from the network, and what the
+ * cache held of it is compared with the fresh bytes (cks_remote_refresh).
  */
-static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, cks_diag *diag)
+static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, bool refresh,
+                          cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_http_piece *pieces = NULL;
@@ -821,7 +857,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
         cks_range *cached_gaps = NULL;
         /* cache hook (cache/README.md): serve what the cache holds of this hole and fetch
          * only the rest, so a range already partly cached costs only its missing part */
-        if (r->cache && s->key[0]) {
+        if (r->cache && s->key[0] && !refresh) {
             uint8_t *buf = malloc((size_t)w[i].len);
             if (!buf) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
@@ -916,6 +952,8 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     for (size_t i = 0; i < np; i++) {
         struct rsrc *s = srcs[i];
         note_fetched(s, pieces[i].offset, pieces[i].length);
+        if (refresh)
+            compare_with_cache(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
@@ -955,7 +993,7 @@ static void *bg_main(void *arg)
         r->bg_src = NULL;
         /* a failure here is not reported: the reader that needs these bytes fetches them
          * itself and meets the error then (an integrity failure is sticky on the source) */
-        (void)fetch_wants(r, &w, 1, false, &ignored);
+        (void)fetch_wants(r, &w, 1, false, false, &ignored);
         r->bg_busy = NULL;
         pthread_cond_broadcast(&r->bg_cv);
     }
@@ -1034,7 +1072,7 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
                 want += ahead;
         }
         struct want w = {s, pos, want};
-        err = fetch_wants(r, &w, 1, false, diag);
+        err = fetch_wants(r, &w, 1, false, false, diag);
         if (err)
             break;
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
@@ -1050,7 +1088,7 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
                 n = s->base.size - frontier;
             if (!post_readahead(r, s, frontier, n)) {
                 struct want w = {s, frontier, n};
-                err = fetch_wants(r, &w, 1, true, diag);
+                err = fetch_wants(r, &w, 1, true, false, diag);
             }
         }
     }
@@ -1164,7 +1202,7 @@ static cks_err settle_pass(cks_remote *r, struct rsrc *s, cks_diag *diag)
     while (!err && s->sha_state == SHA_RUNNING && s->sha_next < s->base.size) {
         uint64_t from = s->sha_next, len = s->base.size - from;
         struct want w = {s, from, len < SETTLE_WINDOW ? len : SETTLE_WINDOW};
-        err = fetch_wants(r, &w, 1, false, diag);
+        err = fetch_wants(r, &w, 1, false, false, diag);
         if (!err)
             err = sha_advance(s, diag);
         if (!err && s->sha_state == SHA_RUNNING && s->sha_next == from)
@@ -1314,9 +1352,88 @@ cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks
         w[m].len = ranges[i].length;
         m++;
     }
-    err = fetch_wants(r, w, m, false, diag);
+    err = fetch_wants(r, w, m, false, false, diag);
 out:
     pthread_mutex_unlock(&r->mu);
+    free(w);
+    return err;
+}
+
+/*
+ * A partial read cannot be checked against the Hub's SHA-256 (it covers whole files), so
+ * bytes an earlier run cached for one could be a damaged transfer that nothing caught. For
+ * the commands whose answer is the bytes themselves (hash or fetch of some tensors), those
+ * ranges come from the network again, and a cached copy that differs is replaced. Files
+ * verified whole, sources without a disk cache (everything is this run's) and --offline
+ * (the cache is the answer asked for) are left alone. Ranges are fetched in batches of
+ * REFRESH_BATCH, split into windows of SETTLE_WINDOW, one parallel round per batch.
+ */
+#define REFRESH_BATCH (64u * 1024u * 1024u)
+cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, size_t n,
+                           cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct want *w = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        if (!sources[i] || sources[i]->ops != &rsrc_ops)
+            continue;
+        cks_remote *r = ((struct rsrc *)sources[i])->rem;
+        size_t m = 0;
+        uint64_t batch = 0;
+        bool seen_before = false;
+        for (size_t j = 0; j < i && !seen_before; j++)
+            seen_before = sources[j] && sources[j]->ops == &rsrc_ops && ((struct rsrc *)sources[j])->rem == r;
+        if (seen_before || !r->cache || cks_cache_offline(r->cache))
+            continue;
+        pthread_mutex_lock(&r->mu);
+        for (size_t j = i; j <= n && !err; j++) {
+            bool flush = j == n || batch >= REFRESH_BATCH;
+            if (flush && m) {
+                err = fetch_wants(r, w, m, false, true, diag);
+                m = 0;
+                batch = 0;
+            }
+            if (j == n || err)
+                break;
+            if (!sources[j] || sources[j]->ops != &rsrc_ops)
+                continue;
+            struct rsrc *s = (struct rsrc *)sources[j];
+            if (s->rem != r || strncmp(s->key, "sha256:", 7) != 0 || s->sha_state == SHA_OK ||
+                ranges[j].length == 0 || ranges[j].offset > s->base.size ||
+                ranges[j].length > s->base.size - ranges[j].offset ||
+                cks_cache_is_verified(r->cache, s->key, s->base.size))
+                continue;
+            quiesce(r, s);
+            /* bytes memory holds from the cache are as unchecked as the cache */
+            for (size_t k = s->n_ext; k-- > 0;)
+                if (s->ext[k].from_cache) {
+                    s->mem -= s->ext[k].len;
+                    free(s->ext[k].data);
+                    s->ext[k] = s->ext[--s->n_ext];
+                }
+            for (uint64_t off = ranges[j].offset, end = off + ranges[j].length; off < end;) {
+                uint64_t len = end - off < SETTLE_WINDOW ? end - off : SETTLE_WINDOW;
+                if (m == cap) {
+                    size_t nc = cap ? 2 * cap : 64;
+                    struct want *g = realloc(w, nc * sizeof *g);
+                    if (!g) {
+                        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                        break;
+                    }
+                    w = g;
+                    cap = nc;
+                }
+                w[m].src = s;
+                w[m].off = off;
+                w[m].len = len;
+                m++;
+                batch += len;
+                off += len;
+            }
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
     free(w);
     return err;
 }

@@ -209,6 +209,15 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
 cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
                             size_t n, cks_diag *diag);
 
+/* Read these ranges of remote sources again from the network whatever the disk cache holds,
+ * replacing a cached copy that differs. A partial read cannot be checked against the Hub's
+ * whole-file SHA-256, so bytes an earlier run cached for one may be a damaged transfer that
+ * nothing caught; commands whose answer is the bytes themselves (hash or fetch of some
+ * tensors) call this first, so that answer never comes from them. Files verified whole,
+ * sessions without a disk cache and --offline are left alone; other sources are skipped. */
+cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, size_t n,
+                           cks_diag *diag);
+
 /* The checkpoint of the session (as cks_remote_open_ckpt finds it) checked file by file
  * (cks_ckpt_check_with): every shard's header on its own, the index against every header
  * read, each file's listed, served (the CDN's Content-Range total) and implied sizes. */

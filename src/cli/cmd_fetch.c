@@ -258,6 +258,8 @@ int cmd_fetch(int argc, char **argv)
         if (picked && picked == present)
             err = cks_source_check_whole(ckpt->files[f].source, &diag);
     }
+    if (!err)
+        err = cli_refresh_partial(ckpt, sel, n_sel, &diag);
     if (err)
         goto fail;
 

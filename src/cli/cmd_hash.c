@@ -63,6 +63,8 @@ int cmd_hash(int argc, char **argv)
     if (!err && n_globs > 0 && n_sel == 0)
         err = cks_fail(&diag, CKS_ERR_NOT_FOUND, "no tensor matches the --tensor pattern(s)");
     if (!err)
+        err = cli_refresh_partial(ckpt, sel, n_sel, &diag);
+    if (!err)
         err = cli_hash_selection(ckpt, sel, n_sel, &opts, "hashing", &hashes, &diag);
     if (err) {
         rc = cli_fail("hash", err, &diag);
