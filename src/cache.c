@@ -2739,6 +2739,55 @@ out:
     return err;
 }
 
+cks_err cks_cache_hash_file(cks_cache *c, const char *key, uint64_t size, char hex[65], bool *whole,
+                            cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const size_t step = 8u * 1024 * 1024;
+    EVP_MD_CTX *md = NULL;
+    unsigned char *buf = NULL;
+    bool locked = false, ok = false;
+    hex[0] = '\0';
+    if (!c || !cks_cache_key_valid(key)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: hashing needs a valid key");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    locked = true;
+    keyent *k = key_get(c, key, diag, &err);
+    if (!k || (err = key_refresh(c, k, false, diag)) != CKS_OK || !key_covers(k, 0, size))
+        goto out;
+    md = EVP_MD_CTX_new();
+    buf = malloc(step);
+    if (!md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    for (uint64_t pos = 0; pos < size;) {
+        size_t n = size - pos < step ? (size_t)(size - pos) : step;
+        bool h = false;
+        err = read_locked(c, k, pos, buf, n, &h, diag);
+        if (err || !h)
+            goto out;
+        EVP_DigestUpdate(md, buf, n);
+        pos += n;
+    }
+    unsigned char dg[32];
+    unsigned int dl = 0;
+    EVP_DigestFinal_ex(md, dg, &dl);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+    ok = true;
+out:
+    if (locked)
+        pthread_mutex_unlock(&c->mu);
+    EVP_MD_CTX_free(md);
+    free(buf);
+    if (whole)
+        *whole = ok;
+    return err;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* offline reporting                                                                   */
 
@@ -3396,16 +3445,11 @@ void cks_cache_verify_report_release(cks_cache_verify_report *rep)
     rep->n_bad = 0;
 }
 
-static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+static void report_bad_v(cks_cache_verify_report *rep, const char *fmt, va_list ap)
 {
     char *s = NULL;
-    va_list ap;
-    va_start(ap, fmt);
     if (vasprintf(&s, fmt, ap) < 0)
         s = NULL;
-    va_end(ap);
     if (!s)
         return;
     char **nb = realloc(rep->bad, (rep->n_bad + 1) * sizeof *nb);
@@ -3415,6 +3459,24 @@ static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
     }
     rep->bad = nb;
     rep->bad[rep->n_bad++] = s;
+}
+
+static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report_bad_v(rep, fmt, ap);
+    va_end(ap);
+}
+
+void cks_cache_verify_report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report_bad_v(rep, fmt, ap);
+    va_end(ap);
 }
 
 cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep, cks_diag *diag)

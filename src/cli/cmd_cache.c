@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "ckptscope/cache.h"
+#include "ckptscope/cache_hub.h"
 #include "cli.h"
 
 int cks_cmd_cache(int argc, char **argv);
@@ -147,9 +148,13 @@ static int do_verify(cks_cache *c, const cli_opts *o, bool repair)
     cks_cache_verify_report rep;
     cks_diag d;
     cks_err err = cks_cache_verify(c, repair, &rep, &d);
-    if (err)
+    if (!err)
+        err = cks_cache_verify_listed(c, repair, &rep, &d);
+    if (err) {
+        cks_cache_verify_report_release(&rep);
         return cli_fail("cache", err, &d);
-    uint64_t bad = rep.bad_extents + rep.bad_meta;
+    }
+    uint64_t bad = rep.bad_extents + rep.bad_meta + rep.bad_files;
     if (o->json) {
         cJSON *root = cli_json_new("cache");
         cJSON_AddStringToObject(root, "action", "verify");
@@ -161,6 +166,9 @@ static int do_verify(cks_cache *c, const cli_opts *o, bool repair)
         cJSON_AddNumberToObject(root, "bad_extents", (double)rep.bad_extents);
         cJSON_AddNumberToObject(root, "bad_metadata", (double)rep.bad_meta);
         cJSON_AddNumberToObject(root, "stale_temporaries", (double)rep.stale_temp);
+        cJSON_AddNumberToObject(root, "checked_files", (double)rep.checked_files);
+        cJSON_AddNumberToObject(root, "bad_files", (double)rep.bad_files);
+        cJSON_AddNumberToObject(root, "partial_files", (double)rep.partial_files);
         cJSON_AddBoolToObject(root, "repaired", repair);
         cJSON *arr = cJSON_AddArrayToObject(root, "bad");
         for (size_t i = 0; i < rep.n_bad; i++)
@@ -175,6 +183,10 @@ static int do_verify(cks_cache *c, const cli_opts *o, bool repair)
                " bad%s\n",
                rep.checked_extents, cli_human_bytes(rep.checked_bytes, a, sizeof a),
                rep.checked_meta, bad, bad && repair ? ", deleted" : "");
+        printf("checked %" PRIu64 " whole file(s) against their SHA-256: %" PRIu64 " bad%s; %" PRIu64
+               " file(s) held only in part (checked when a command reads them whole)\n",
+               rep.checked_files, rep.bad_files, rep.bad_files && repair ? ", deleted" : "",
+               rep.partial_files);
         if (rep.stale_temp)
             printf("%" PRIu64 " temporary file(s) left by interrupted runs%s\n", rep.stale_temp,
                    repair ? ", deleted" : " (harmless; --repair deletes them)");
