@@ -182,10 +182,11 @@ bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *
         a = b = UINT64_MAX;
         p++;
     } else {
-        if (!parse_u64(&p, &a) || *p != '-')
+        /* UINT64_MAX stands for "*": a position that large is refused (fuzz_http_response) */
+        if (!parse_u64(&p, &a) || a == UINT64_MAX || *p != '-')
             return false;
         p++;
-        if (!parse_u64(&p, &b) || b < a)
+        if (!parse_u64(&p, &b) || b == UINT64_MAX || b < a)
             return false;
     }
     if (*p != '/')
@@ -196,7 +197,7 @@ bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *
             return false; /* both unknown says nothing */
         t = UINT64_MAX;
         p++;
-    } else if (!parse_u64(&p, &t)) {
+    } else if (!parse_u64(&p, &t) || t == UINT64_MAX) {
         return false;
     }
     while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
@@ -450,16 +451,24 @@ static void set_field(char *dst, size_t cap, const char *v, size_t n, bool *trun
 
 /* Header lines arrive one at a time, not NUL-terminated. A status line starts a fresh
  * response (interim 1xx responses come first). */
-static void capture_header(cks_http_response *r, const char *line, size_t n)
+void cks_http_capture_header(cks_http_response *r, const char *line, size_t n)
 {
     while (n && (line[n - 1] == '\r' || line[n - 1] == '\n'))
         n--;
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
         char *body = r->body;
         size_t body_len = r->body_len;
+        const char *sp = memchr(line, ' ', n);
+        long code = 0;
         memset(r, 0, sizeof *r);
         r->body = body;
         r->body_len = body_len;
+        /* "HTTP/x[.y] NNN[ reason]": exactly three digits (libcurl's value replaces it later) */
+        if (sp && (size_t)(sp - line) + 4 <= n && isdigit((unsigned char)sp[1]) &&
+            isdigit((unsigned char)sp[2]) && isdigit((unsigned char)sp[3]) &&
+            ((size_t)(sp - line) + 4 == n || sp[4] == ' '))
+            code = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+        r->status = code;
         return;
     }
     const char *colon = memchr(line, ':', n);
@@ -506,7 +515,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct xfer *x = ud;
     size_t n = size * nmemb;
-    capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->hdr, p, n);
+    cks_http_capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->hdr, p, n);
     return n;
 }
 
@@ -554,53 +563,72 @@ static void scatter(struct xfer *x, uint64_t pos, const uint8_t *data, size_t n)
     }
 }
 
+cks_range_reply cks_http_range_reply(long status, const char *content_range, int64_t content_length,
+                                     uint64_t first, uint64_t last, uint64_t size,
+                                     uint64_t *served_total)
+{
+    uint64_t a, b, t;
+    *served_total = 0;
+    if (status == 200) {
+        /* The whole file was asked for and the whole file, of the announced size, is coming:
+         * the body is exactly the range (small regular files are often served this way).
+         * Anything else means the server sent the whole file: never mistake it for a part. */
+        if (first == 0 && size > 0 && last == size - 1 && content_length >= 0 &&
+            (uint64_t)content_length == size)
+            return CKS_REPLY_WHOLE_AS_RANGE;
+        return CKS_REPLY_IGNORED;
+    }
+    if (status != 206)
+        return CKS_REPLY_NOT_DATA;
+    if (!cks_http_parse_content_range(content_range, &a, &b, &t))
+        return CKS_REPLY_BAD_RANGE;
+    if (t != UINT64_MAX && t != size) {
+        /* the server holds a file of another size: not the bytes of the file asked for */
+        *served_total = t;
+        return CKS_REPLY_OTHER_SIZE;
+    }
+    if (a != first || b != last || t != size)
+        return CKS_REPLY_BAD_RANGE;
+    if (content_length >= 0 && (uint64_t)content_length != last - first + 1) {
+        /* the range is right; the length the reply gives its own body is not */
+        *served_total = (uint64_t)content_length;
+        return CKS_REPLY_BAD_LENGTH;
+    }
+    return CKS_REPLY_RANGE;
+}
+
 static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct xfer *x = ud;
     size_t n = size * nmemb;
     if (!x->validated) {
         long code = 0;
+        curl_off_t cl = -1;
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+        curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
         x->status = code;
         x->validated = true;
-        if (code == 200) {
-            curl_off_t cl = -1;
-            curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-            uint64_t fsize = x->span.target->size;
-            if (x->next == 0 && fsize > 0 && x->span.last == fsize - 1 && cl >= 0 &&
-                (uint64_t)cl == fsize) {
-                /* The whole file was asked for and the whole file, of the announced size,
-                 * is coming: the body is exactly the range (small regular files are often
-                 * served this way). Anything else is counted and checked like a 206. */
-                x->status = 206;
-            } else {
-                /* The server sent the whole file. Never mistake it for the range: hang up. */
-                x->verdict = V_IGNORED;
-                return 0;
-            }
-        }
-        if (code == 206) {
-            uint64_t a, b, t;
-            curl_off_t cl = -1;
-            curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-            if (cks_http_parse_content_range(x->hdr.content_range, &a, &b, &t) && t != UINT64_MAX &&
-                t != x->span.target->size) {
-                /* the server holds a file of another size: not the bytes of the file asked for */
-                x->served_total = t;
-                x->verdict = V_SIZE;
-                return 0;
-            }
-            if (!cks_http_parse_content_range(x->hdr.content_range, &a, &b, &t) ||
-                a != x->next || b != x->span.last || t != x->span.target->size) {
-                x->verdict = V_BAD_RANGE;
-                return 0;
-            }
-            if (cl >= 0 && (uint64_t)cl != x->expect) {
-                /* the range is right; the length the reply gives its own body is not */
-                x->served_total = (uint64_t)cl;
-                x->verdict = V_BAD_LENGTH;
-                return 0;
-            }
+        switch (cks_http_range_reply(code, x->hdr.content_range, (int64_t)cl, x->next, x->span.last,
+                                     x->span.target->size, &x->served_total)) {
+        case CKS_REPLY_RANGE:
+            break;
+        case CKS_REPLY_WHOLE_AS_RANGE:
+            x->status = 206; /* counted and checked like a 206 from here on */
+            break;
+        case CKS_REPLY_IGNORED:
+            x->verdict = V_IGNORED; /* hang up */
+            return 0;
+        case CKS_REPLY_OTHER_SIZE:
+            x->verdict = V_SIZE;
+            return 0;
+        case CKS_REPLY_BAD_RANGE:
+            x->verdict = V_BAD_RANGE;
+            return 0;
+        case CKS_REPLY_BAD_LENGTH:
+            x->verdict = V_BAD_LENGTH;
+            return 0;
+        case CKS_REPLY_NOT_DATA:
+            break;
         }
     }
     if (x->status != 206) {

@@ -689,6 +689,29 @@ out:
     return err;
 }
 
+cks_err cks_hub_parse_listing(const char *body, size_t len, cks_repo_type type, const char *repo_id,
+                              const char *revision, cks_hub_repo **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_hub_repo *repo = calloc(1, sizeof *repo);
+    *out = NULL;
+    if (!repo || !(repo->repo_id = strdup(repo_id ? repo_id : "")) ||
+        !(repo->revision = strdup(revision ? revision : "main"))) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    repo->type = type;
+    /* `what` must not be repo->repo_id: a renamed repository replaces it */
+    err = parse_listing(body, len, repo, repo_id ? repo_id : "", diag);
+out:
+    if (err) {
+        cks_hub_repo_free(repo);
+        repo = NULL;
+    }
+    *out = repo;
+    return err;
+}
+
 /* Build the URL a relative redirect points to: the current origin plus its path. */
 static char *follow_relative(const char *origin, const char *location, bool keep_query)
 {

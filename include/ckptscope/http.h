@@ -167,6 +167,28 @@ cks_err cks_http_fetch(cks_http *http, cks_http_piece *pieces, size_t n, cks_dia
 bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *last,
                                   uint64_t *total);
 
+/* One response header line as the transport delivers it (not NUL-terminated, CRLF included
+ * or not): a status line ("HTTP/1.1 206 ...") starts a fresh response and sets r->status
+ * (0 when its code is unreadable); a known header is stored, bounded (longer values are cut
+ * and flagged); anything else is ignored. The body pointer survives a status line. */
+void cks_http_capture_header(cks_http_response *r, const char *line, size_t n);
+
+/* What a server's answer to a ranged GET of bytes [first, last] of a file of `size` bytes
+ * is, judged from its status, Content-Range and Content-Length (-1: absent) before any body
+ * byte is taken. Only CKS_REPLY_RANGE and CKS_REPLY_WHOLE_AS_RANGE carry the bytes asked for. */
+typedef enum cks_range_reply {
+    CKS_REPLY_RANGE,          /* 206, exactly that range of that file, length agreeing */
+    CKS_REPLY_WHOLE_AS_RANGE, /* 200 with the whole file, of its size, and the whole was asked */
+    CKS_REPLY_IGNORED,        /* 200 with the whole file when a part was asked: Range ignored */
+    CKS_REPLY_OTHER_SIZE,     /* 206 from a file of another total size (*served_total) */
+    CKS_REPLY_BAD_RANGE,      /* 206 with another range, or a Content-Range that does not parse */
+    CKS_REPLY_BAD_LENGTH,     /* 206, the right range, a Content-Length that disagrees */
+    CKS_REPLY_NOT_DATA        /* any other status: an error page, judged by its status */
+} cks_range_reply;
+cks_range_reply cks_http_range_reply(long status, const char *content_range, int64_t content_length,
+                                     uint64_t first, uint64_t last, uint64_t size,
+                                     uint64_t *served_total);
+
 /* Retry-After as delta-seconds or HTTP-date, relative to `now` (unix seconds).
  * Returns false when unparseable. */
 bool cks_http_parse_retry_after(const char *value, double now, double *seconds);

@@ -119,6 +119,11 @@ typedef struct cks_hub_repo {
 cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
                           const char *revision, cks_hub_repo **out, cks_diag *diag);
 void cks_hub_repo_free(cks_hub_repo *repo);
+/* The repository listing as the Hub sends it (`/api/{models,datasets}/{id}/revision/{rev}
+ * ?blobs=true`) turned into a repo (what cks_hub_open_repo does with the body); exposed for
+ * the fuzz target. Files are sorted by path; unsafe names are counted, not listed. */
+cks_err cks_hub_parse_listing(const char *body, size_t len, cks_repo_type type, const char *repo_id,
+                              const char *revision, cks_hub_repo **out, cks_diag *diag);
 const cks_hub_file *cks_hub_repo_find(const cks_hub_repo *repo, const char *path);
 
 /* Where the bytes of one file are: the URL for ranged GETs and what the Hub says. */

@@ -23,6 +23,7 @@
 #include "check.h"
 #include "ckptscope/cache.h"
 #include "ckptscope/cache_hub.h"
+#include "ckptscope/hash.h"
 
 #define KEY_A "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 #define KEY_B "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -925,6 +926,84 @@ static void planted_links_never_reach_outside(void)
     free(shard);
 }
 
+/* A whole file held in the cache whose bytes are not the file (a transfer that was wrong, a
+ * process killed before its hash concluded): `cache verify` hashes every whole LFS file a
+ * cached listing names, reports it, and --repair drops it; a right one is marked verified;
+ * one held in part is counted, not judged. Forgetting a listing removes both its keys. */
+static void cache_verify_checks_listed_whole_files(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    const size_t n = 300000;
+    unsigned char *good = malloc(n);
+    fill(good, 0, n, false);
+    char good_hex[65], key_good[72], key_bad[72], key_part[72];
+    cks_sha256_hex(good, n, good_hex);
+    snprintf(key_good, sizeof key_good, "sha256:%s", good_hex);
+    /* "bad": listed with a SHA-256 its cached bytes do not have */
+    snprintf(key_bad, sizeof key_bad, "%s", KEY_B);
+    snprintf(key_part, sizeof key_part, "%s", KEY_C);
+    CHECK_EQ_INT(cks_cache_write(c, key_good, 0, good, n, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_write(c, key_bad, 0, good, n, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_write(c, key_part, 0, good, 1000, NULL), CKS_OK);
+    cks_hub_repo r = {0};
+    cks_hub_file files[3] = {{0}};
+    r.type = CKS_REPO_MODEL;
+    r.repo_id = "org/name";
+    r.revision = "main";
+    strcpy(r.commit, "0123456789abcdef0123456789abcdef01234567");
+    r.n_files = 3;
+    r.files = files;
+    const char *paths[3] = {"a.safetensors", "b.safetensors", "c.safetensors"};
+    const char *keys[3] = {key_good, key_bad, key_part};
+    for (int i = 0; i < 3; i++) {
+        files[i].path = (char *)paths[i];
+        files[i].size = n;
+        files[i].size_known = true;
+        files[i].lfs = true;
+        strcpy(files[i].sha256, keys[i] + 7);
+    }
+    CHECK_EQ_INT(cks_cache_repo_put(c, "http://h", "org/name", "main", &r, NULL), CKS_OK);
+    cks_cache_verify_report rep;
+    CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_verify_listed(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.checked_files, 2);
+    CHECK_EQ_INT(rep.bad_files, 1);
+    CHECK_EQ_INT(rep.partial_files, 1);
+    CHECK(rep.n_bad == 1 && strstr(rep.bad[0], "b.safetensors") && strstr(rep.bad[0], good_hex));
+    cks_cache_verify_report_release(&rep);
+    CHECK(cks_cache_is_verified(c, key_good, n));            /* the right one is marked */
+    CHECK_EQ_INT(get_range(c, key_bad, 0, 100, false), 1);   /* without --repair: still there */
+    CHECK_EQ_INT(cks_cache_verify(c, true, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_verify_listed(c, true, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.bad_files, 1);
+    cks_cache_verify_report_release(&rep);
+    CHECK_EQ_INT(get_range(c, key_bad, 0, 100, false), 0);   /* --repair dropped it */
+    CHECK_EQ_INT(get_range(c, key_good, 0, 100, false), 1);
+    memset(&rep, 0, sizeof rep);
+    CHECK_EQ_INT(cks_cache_verify_listed(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.bad_files, 0);
+    cks_cache_verify_report_release(&rep);
+    /* a listing that failed a check is forgotten under both its keys */
+    CHECK_EQ_INT(cks_cache_repo_put(c, "http://h", "org/name", "main", &r, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_repo_forget(c, "http://h", CKS_REPO_MODEL, "org/name", "main", r.commit, NULL),
+                 CKS_OK);
+    cks_hub_repo *got = NULL;
+    bool hit = true;
+    CHECK_EQ_INT(cks_cache_repo_get(c, "http://h", CKS_REPO_MODEL, "org/name", "main", &got, &hit, NULL), CKS_OK);
+    CHECK(!hit);
+    CHECK_EQ_INT(cks_cache_repo_get(c, "http://h", CKS_REPO_MODEL, "org/name", r.commit, &got, &hit, NULL), CKS_OK);
+    CHECK(!hit);
+    /* dropping a key removes every extent and the mark */
+    CHECK_EQ_INT(cks_cache_drop(c, key_good, "test", NULL), CKS_OK);
+    CHECK(!cks_cache_is_verified(c, key_good, n));
+    CHECK_EQ_INT(get_range(c, key_good, 0, 100, false), 0);
+    free(good);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 static void bad_layout_is_refused(void)
 {
     char *dir = mkcachedir();
@@ -1149,6 +1228,7 @@ TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missin
           T(offline_report_names_missing_tensors), T(concurrent_writers_overlapping_ranges),
           T(kill9_during_writes_leaves_cache_consistent), T(disk_full_is_a_clear_error),
           T(bad_layout_is_refused), T(planted_links_never_reach_outside),
+          T(cache_verify_checks_listed_whole_files),
           T(repo_listing_cached_by_revision_and_commit),
           T(offline_report_for_a_checkpoint),
           T(read_some_fills_cached_parts_and_names_gaps),
