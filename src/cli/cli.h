@@ -94,7 +94,9 @@ cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_ch
 
 /* After a command read `ckpt`: name on stderr (once per file) the files whose bytes came
  * from a copy nobody checked against the Hub's hash (a file in HF_HOME read only in part),
- * and, when root is given, list them in its "unverified_files" (always present there). */
+ * and, when root is given, list them in its "unverified_files" (always present there).
+ * Called where the answer is the bytes themselves (hash, fetch, diff); ls lists them in
+ * --json only (cmd NULL: nothing on stderr; a header that does not parse is replaced anyway). */
 void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root);
 
 /* A JSON object with "schema_version" first, and the printer that frees it. */

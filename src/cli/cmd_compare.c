@@ -611,8 +611,6 @@ int cmd_compare(int argc, char **argv)
             else
                 print_text(stdout, result, argv[optind], argv[optind + 1]);
         }
-        cli_note_unverified("compare", a.ckpt, NULL);
-        cli_note_unverified("compare", b.ckpt, NULL);
         free(text);
     }
 out:

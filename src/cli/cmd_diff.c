@@ -189,7 +189,9 @@ static cks_err hash_side(struct side *s, const struct side *other, const cli_opt
         }
     }
     if (n_todo) {
-        err = cli_hash_selection(s->ckpt, todo, n_todo, opts, label, &got, diag);
+        err = cli_refresh_partial(s->ckpt, todo, n_todo, diag);
+        if (!err)
+            err = cli_hash_selection(s->ckpt, todo, n_todo, opts, label, &got, diag);
         if (err)
             goto out;
         for (size_t i = 0, k = 0; i < s->n && k < n_todo; i++)

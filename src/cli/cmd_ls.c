@@ -124,7 +124,7 @@ int cmd_ls(int argc, char **argv)
             for (size_t k = 0; k < h->n_metadata; k++)
                 cJSON_AddStringToObject(m, h->metadata_keys[k], h->metadata_values[k]);
         }
-        cli_note_unverified("ls", ckpt, root);
+        cli_note_unverified(NULL, ckpt, root);
         cli_json_print(root);
         goto out;
     }
@@ -164,7 +164,6 @@ int cmd_ls(int argc, char **argv)
             for (size_t k = 0; k < h->n_metadata; k++)
                 printf("  %s = %s\n", cli_esc(h->metadata_keys[k]), cli_esc(h->metadata_values[k]));
         }
-        cli_note_unverified("ls", ckpt, NULL);
     }
 out:
     cJSON_Delete(source_report);

@@ -1003,7 +1003,6 @@ report:
     } else {
         print_text(argv[optind], v, ks, n_known, rc);
     }
-    cli_note_unverified("verify", ckpt, NULL);
 out:
     for (size_t i = 0; fps && i < n_fps; i++)
         free(fps[i]);

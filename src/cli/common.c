@@ -199,11 +199,12 @@ void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root)
             continue;
         if (list)
             cJSON_AddItemToArray(list, cJSON_CreateString(ckpt->files[f].path));
-        fprintf(stderr,
-                "ckptscope %s: note: %s was read from the Hugging Face cache (HF_HOME) and only "
-                "in part, so it was not checked against the Hub's hash: what is shown comes from "
-                "that copy (a command that reads the whole file checks it)\n",
-                cmd, cli_esc(ckpt->files[f].source->name));
+        if (cmd)
+            fprintf(stderr,
+                    "ckptscope %s: note: %s was read from the Hugging Face cache (HF_HOME) and "
+                    "only in part, so it was not checked against the Hub's hash: what is shown "
+                    "comes from that copy (a command that reads the whole file checks it)\n",
+                    cmd, cli_esc(ckpt->files[f].source->name));
     }
 }
 
