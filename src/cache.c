@@ -2643,17 +2643,50 @@ out:
     return v;
 }
 
+/* SHA-256 (hex) of [0, size) of k as cached, c->mu held; *whole false when a byte is missing
+ * or a chunk failed its checksum (it is dropped then, as on every read). */
+static cks_err hash_locked(cks_cache *c, keyent *k, uint64_t size, char hex[65], bool *whole,
+                           cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const size_t step = 8u * 1024 * 1024;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char *buf = malloc(step);
+    unsigned char dg[32];
+    unsigned int dl = 0;
+    *whole = false;
+    hex[0] = '\0';
+    if (!md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    for (uint64_t pos = 0; pos < size;) {
+        size_t n = size - pos < step ? (size_t)(size - pos) : step;
+        bool h = false;
+        err = read_locked(c, k, pos, buf, n, &h, diag);
+        if (err || !h)
+            goto out;
+        EVP_DigestUpdate(md, buf, n);
+        pos += n;
+    }
+    EVP_DigestFinal_ex(md, dg, &dl);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+    *whole = true;
+out:
+    EVP_MD_CTX_free(md);
+    free(buf);
+    return err;
+}
+
 cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool *verified,
                               cks_diag *diag)
 {
     cks_err err = CKS_OK;
     bool v = false, locked = false;
-    EVP_MD_CTX *md = NULL;
-    unsigned char *buf = NULL;
     char *dir = NULL, *marker = NULL, *want = NULL;
     unsigned char *img = NULL;
     size_t img_n = 0;
-    const size_t step = 8u * 1024 * 1024;
 
     if (!c || !verified || !key || strncmp(key, "sha256:", 7) != 0 || !cks_cache_key_valid(key)) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: whole-file check needs a sha256: key");
@@ -2682,31 +2715,11 @@ cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool
         v = true;
         goto out;
     }
-    md = EVP_MD_CTX_new();
-    buf = malloc(step);
-    if (!md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-        goto out;
-    }
-    for (uint64_t pos = 0; pos < size;) {
-        size_t n = size - pos < step ? (size_t)(size - pos) : step;
-        bool h = false;
-        err = read_locked(c, k, pos, buf, n, &h, diag);
-        if (err || !h)
-            goto out; /* a corrupt chunk was dropped: not whole any more */
-        EVP_DigestUpdate(md, buf, n);
-        pos += n;
-    }
-    unsigned char dg[32];
-    unsigned int dl = 0;
     char hex[65];
-    static const char hx[] = "0123456789abcdef";
-    EVP_DigestFinal_ex(md, dg, &dl);
-    for (int i = 0; i < 32; i++) {
-        hex[2 * i] = hx[dg[i] >> 4];
-        hex[2 * i + 1] = hx[dg[i] & 15];
-    }
-    hex[64] = '\0';
+    bool whole = false;
+    err = hash_locked(c, k, size, hex, &whole, diag);
+    if (err || !whole)
+        goto out; /* a corrupt chunk was dropped: not whole any more */
     if (strcmp(hex, key + 7) != 0) {
         /* every chunk passed its checksum, so the bytes were wrong when they were fetched:
          * drop them all so the next run refetches instead of trusting them */
@@ -2728,8 +2741,6 @@ cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool
 out:
     if (locked)
         pthread_mutex_unlock(&c->mu);
-    EVP_MD_CTX_free(md);
-    free(buf);
     free(dir);
     free(marker);
     free(want);
@@ -2743,10 +2754,7 @@ cks_err cks_cache_hash_file(cks_cache *c, const char *key, uint64_t size, char h
                             cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    const size_t step = 8u * 1024 * 1024;
-    EVP_MD_CTX *md = NULL;
-    unsigned char *buf = NULL;
-    bool locked = false, ok = false;
+    bool ok = false, locked = false;
     hex[0] = '\0';
     if (!c || !cks_cache_key_valid(key)) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: hashing needs a valid key");
@@ -2757,34 +2765,12 @@ cks_err cks_cache_hash_file(cks_cache *c, const char *key, uint64_t size, char h
     keyent *k = key_get(c, key, diag, &err);
     if (!k || (err = key_refresh(c, k, false, diag)) != CKS_OK || !key_covers(k, 0, size))
         goto out;
-    md = EVP_MD_CTX_new();
-    buf = malloc(step);
-    if (!md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-        goto out;
-    }
-    for (uint64_t pos = 0; pos < size;) {
-        size_t n = size - pos < step ? (size_t)(size - pos) : step;
-        bool h = false;
-        err = read_locked(c, k, pos, buf, n, &h, diag);
-        if (err || !h)
-            goto out;
-        EVP_DigestUpdate(md, buf, n);
-        pos += n;
-    }
-    unsigned char dg[32];
-    unsigned int dl = 0;
-    EVP_DigestFinal_ex(md, dg, &dl);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", dg[i]);
-    ok = true;
+    err = hash_locked(c, k, size, hex, &ok, diag);
 out:
     if (locked)
         pthread_mutex_unlock(&c->mu);
-    EVP_MD_CTX_free(md);
-    free(buf);
     if (whole)
-        *whole = ok;
+        *whole = ok && !err;
     return err;
 }
 
