@@ -108,6 +108,7 @@ struct rsrc {
     bool sha_saw_cache;        /* some hashed bytes came from the disk cache */
     char sha_hex[65];          /* the SHA-256 of the bytes, once the whole file was hashed */
     uint64_t head_end;         /* [0, head_end) was read by the caller (coverage of prefetches) */
+    bool settled;              /* check_whole put the whole file in the cache and verified it */
     cks_range *fetched;        /* what this run fetched from the network: sorted, merged */
     size_t n_fetched, cap_fetched;
 };
@@ -1025,6 +1026,13 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
     cks_remote *r = s->rem;
     cks_err err = CKS_OK;
     uint8_t *buf = vbuf;
+    if (s->settled) {
+        /* the whole file is in the cache and verified: read it straight into the caller's
+         * buffer (no read-ahead copies); a chunk that went bad falls back to the path below */
+        bool hit = false;
+        if (cks_cache_read(r->cache, s->key, offset, buf, len, &hit, NULL) == CKS_OK && hit)
+            return CKS_OK;
+    }
     pthread_mutex_lock(&r->mu);
     if (offset <= s->head_end && offset + len > s->head_end)
         s->head_end = offset + len;
@@ -1161,6 +1169,7 @@ static void sha_restart(struct rsrc *s)
         s->sha_state = SHA_RUNNING;
     s->sha_next = 0;
     s->sha_saw_cache = false;
+    s->settled = false;
     s->sha_hex[0] = '\0';
     s->n_fetched = 0;
     s->ahead = 0;
@@ -1255,6 +1264,7 @@ static cks_err rsrc_check_whole(cks_source *src, cks_diag *diag)
         sha_restart(s);
         err = settle_pass(r, s, diag);
     }
+    s->settled = !err && s->sha_state == SHA_OK;
 out:
     pthread_mutex_unlock(&r->mu);
     free(miss);
