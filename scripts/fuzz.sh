@@ -16,6 +16,7 @@ for target in tests/fuzz/fuzz_*.c; do
     name=$(basename "$target" .c)
     case $name in
     fuzz_fingerprint) srcs=$(ls src/*.c) ;;  # the reader rebuilds a header-only checkpoint
+    fuzz_http_response | fuzz_hub_listing | fuzz_cache_extent) srcs=$(ls src/*.c) ;;
     *) srcs="src/safetensors.c src/dtype.c src/error.c src/source.c" ;;
     esac
     # shellcheck disable=SC2086

@@ -119,6 +119,11 @@ struct cks_cache {
     size_t scratch_cap;
     uint64_t tmp_counter;
     unsigned min_saving_pct;  /* compress a chunk only if it shrinks by this much */
+    /* The first write that failed (CKS_OK: none), for cks_cache_write_failure. After a full
+     * disk every later write fails at once: retrying each extent would only churn the disk. */
+    cks_err write_err;
+    cks_diag write_diag;
+    bool no_space;
     /* size-cap bookkeeping */
     bool size_known;
     uint64_t size_estimate;
@@ -257,6 +262,63 @@ static void fsync_dir(const char *dir)
     }
 }
 
+/*
+ * Nothing inside the cache is reached through a symbolic link. A shared cache (what the
+ * README recommends for cluster jobs) is writable by others, and a link planted as a key's
+ * lock, pin or directory would otherwise make us create, overwrite or delete a file outside
+ * it. Files are opened with O_NOFOLLOW (which guards the last component of a path); every
+ * directory under the cache root is made, checked and walked here so that no component in
+ * between is a link either. The root itself may be a link: the user chose it.
+ */
+static bool real_dir(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* mkdir -p for a path under the cache root: each component below the root must end up a
+ * real directory (errno ELOOP when one is a symbolic link, ENOTDIR when it is a file). */
+static int mkdirs_here(const cks_cache *c, const char *path)
+{
+    size_t root = strlen(c->dir);
+    char *p = xstrdup(path);
+    int rc = 0;
+    if (!p)
+        return -1;
+    if (strncmp(p, c->dir, root) != 0 || p[root] != '/') {
+        free(p);
+        errno = EINVAL;
+        return -1;
+    }
+    for (char *q = p + root + 1;; q++) {
+        if (*q != '/' && *q != '\0')
+            continue;
+        char saved = *q;
+        *q = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+            rc = -1;
+        } else if (!real_dir(p)) {
+            struct stat st;
+            errno = lstat(p, &st) == 0 && S_ISLNK(st.st_mode) ? ELOOP : ENOTDIR;
+            rc = -1;
+        }
+        *q = saved;
+        if (rc || saved == '\0')
+            break;
+    }
+    free(p);
+    return rc;
+}
+
+static DIR *opendir_here(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d && fd >= 0)
+        close(fd);
+    return d;
+}
+
 static bool errno_is_nospace(int e)
 {
     return e == ENOSPC || e == EDQUOT;
@@ -331,7 +393,7 @@ static cks_err tmp_create(cks_cache *c, char **path_out, int *fd_out, cks_diag *
             err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
             goto out;
         }
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
         if (fd >= 0 || errno != EEXIST)
             break;
     }
@@ -524,12 +586,13 @@ static cks_err keydir_ensure(cks_cache *c, keyent *k, cks_diag *diag)
         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
         goto out;
     }
-    if (stat(kf, &st) == 0)
-        goto out;
-    if (mkdir_p(dir) != 0) {
+    /* checked every time: files are then opened inside it by name */
+    if (mkdirs_here(c, dir) != 0) {
         err = io_fail(diag, errno, "creating directory", dir);
         goto out;
     }
+    if (lstat(kf, &st) == 0)
+        goto out;
     err = write_file_atomic(c, kf, dir, k->key, strlen(k->key), diag);
 out:
     free(dir);
@@ -566,7 +629,7 @@ static cks_err key_open_lock(cks_cache *c, keyent *k, cks_diag *diag)
         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
         goto out;
     }
-    k->lock_fd = open(lf, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    k->lock_fd = open(lf, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (k->lock_fd < 0)
         err = io_fail(diag, errno, "opening lock", lf);
 out:
@@ -606,9 +669,19 @@ static cks_err key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
     uint64_t gen = 0;
     if (k->lock_fd < 0) {
         char *kd = keydir_path(c, k->name);
-        struct stat st;
-        bool exists = kd && stat(kd, &st) == 0;
+        char *shard = kd ? strndup(kd, strlen(kd) - strlen(k->name) - 1) : NULL;
+        bool exists = kd && access(kd, F_OK) == 0;
+        bool real = shard && real_dir(shard) && real_dir(kd);
         free(kd);
+        free(shard);
+        if (exists && !real) {
+            /* a planted link instead of our directory: nothing of it is read */
+            k->n_ext = 0;
+            k->max_len = 0;
+            k->loaded = true;
+            k->gen_valid = false;
+            goto out;
+        }
         if (exists)
             (void)key_open_lock(c, k, NULL);
     }
@@ -629,7 +702,7 @@ static cks_err key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
     k->loaded = true;
     k->gen_valid = k->lock_fd >= 0;
     k->gen_seen = gen;
-    d = opendir(dir);
+    d = opendir_here(dir);
     if (!d)
         goto out;
     struct dirent *de;
@@ -795,7 +868,7 @@ static void key_pin(cks_cache *c, keyent *k)
     char *dir = keydir_path(c, k->name);
     char *pf = dir ? path_join(dir, "pin") : NULL;
     if (pf && keydir_ensure(c, k, NULL) == CKS_OK) {
-        int fd = open(pf, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+        int fd = open(pf, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
         if (fd >= 0) {
             if (flock(fd, LOCK_SH) == 0) {
                 k->pin_fd = fd;
@@ -877,7 +950,10 @@ static void read_config(cks_cache *c, bool have_max, bool have_ttl)
         have_max = true;
     }
     char *path = path_join(c->dir, "config");
-    FILE *f = path ? fopen(path, "r") : NULL;
+    int cfd = path ? open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
+    FILE *f = cfd >= 0 ? fdopen(cfd, "r") : NULL;
+    if (!f && cfd >= 0)
+        close(cfd);
     char line[512];
     while (f && fgets(line, sizeof line, f)) {
         char *hash = strchr(line, '#'), *eq = strchr(line, '=');
@@ -907,7 +983,7 @@ static void read_config(cks_cache *c, bool have_max, bool have_ttl)
 static void clean_stale_temps(cks_cache *c, uint64_t *count, bool remove)
 {
     char *tdir = path_join(c->dir, "tmp");
-    DIR *d = tdir ? opendir(tdir) : NULL;
+    DIR *d = tdir ? opendir_here(tdir) : NULL;
     struct dirent *de;
     while (d && (de = readdir(d)) != NULL) {
         if (de->d_name[0] == '.')
@@ -971,11 +1047,15 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
     c->offline = opts ? opts->offline : false;
     c->revision_ttl = (opts && opts->revision_ttl_seconds >= 0) ? opts->revision_ttl_seconds
                                                                 : CKS_CACHE_DEFAULT_REVISION_TTL;
+    if (mkdir_p(c->dir) != 0) {
+        err = cks_fail(diag, CKS_ERR_CACHE, "cache: cannot create '%s': %s", c->dir, strerror(errno));
+        goto out;
+    }
     static const char *const subdirs[] = {"tmp", "files", "meta"};
     for (size_t i = 0; i < sizeof subdirs / sizeof subdirs[0]; i++) {
         free(sub);
         sub = path_join(c->dir, subdirs[i]);
-        if (!sub || mkdir_p(sub) != 0) {
+        if (!sub || mkdirs_here(c, sub) != 0) {
             err = cks_fail(diag, CKS_ERR_CACHE, "cache: cannot create '%s': %s",
                            sub ? sub : c->dir, strerror(errno));
             goto out;
@@ -986,7 +1066,7 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
         goto out;
     }
-    fd = open(layout, O_RDONLY | O_CLOEXEC);
+    fd = open(layout, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd >= 0) {
         ssize_t r = read(fd, buf, sizeof buf - 1);
         buf[r > 0 ? r : 0] = '\0';
@@ -1324,7 +1404,7 @@ static ext_status ext_read(cks_cache *c, keyent *k, const extent *e, uint64_t po
         st = EXT_NOMEM;
         goto out;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         st = errno == ENOENT ? EXT_GONE : EXT_IOERR;
         goto out;
@@ -1410,7 +1490,7 @@ static uint64_t ext_salvage(cks_cache *c, keyent *k, const extent *e, bool have_
             goto out;
         locked_here = true;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0 || ext_load_table(fd, k->key, e->off, e->len, t, why, sizeof why) != EXT_OK)
         goto out; /* header or table damaged: nothing can be trusted */
     for (uint32_t i = 0; i <= t->n_chunks; i++) {
@@ -1905,8 +1985,8 @@ static bool covering_extents_exist(cks_cache *c, const keyent *k, uint64_t a, ui
 
 static cks_err maybe_evict(cks_cache *c, cks_diag *diag);
 
-cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
-                        size_t len, cks_diag *diag)
+static cks_err cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
+                           size_t len, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     bool locked = false, key_locked = false, wrote = false;
@@ -2173,7 +2253,7 @@ static bool meta_decode(cks_cache *c, const unsigned char *img, size_t n, int64_
 /* Read a whole small file (bounded); returns 0, an errno, or -1 when too large. */
 static int slurp(const char *path, uint64_t max, unsigned char **img, size_t *n)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
     int rc = 0;
     *img = NULL;
@@ -2266,8 +2346,8 @@ out:
     return err;
 }
 
-cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
-                           size_t len, cks_diag *diag)
+static cks_err meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
+                        size_t len, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     char *path = NULL, *dir = NULL, *tmp = NULL;
@@ -2313,7 +2393,7 @@ cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const 
     size_t total = META_HEADER_SIZE + kl + slen;
     put_u32(img + total, cks_crc32c(0, img, total));
     total += 4;
-    if (mkdir_p(dir) != 0) {
+    if (mkdirs_here(c, dir) != 0) {
         err = io_fail(diag, errno, "creating directory", dir);
         goto out;
     }
@@ -2339,10 +2419,87 @@ out:
     return err;
 }
 
+cks_err cks_cache_meta_delete(cks_cache *c, const char *ns, const char *key, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *path = NULL;
+    if (!c || !ns_valid(ns) || !key || strlen(key) > MAX_KEY_LEN) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: invalid metadata namespace or key");
+        goto out;
+    }
+    path = meta_path(c, ns, key);
+    if (!path) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    if (unlink(path) != 0 && errno != ENOENT)
+        err = io_fail(diag, errno, "removing", path);
+out:
+    free(path);
+    return err;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* dropping what failed a check                                                        */
+
+cks_err cks_cache_drop(cks_cache *c, const char *key, const char *why, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool locked = false, key_locked = false;
+    char *dir = NULL, *marker = NULL;
+    uint64_t dropped = 0, left = 0;
+    keyent *k = NULL;
+    if (!c || !cks_cache_key_valid(key)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: drop needs a valid key");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    locked = true;
+    k = key_get(c, key, diag, &err);
+    if (!k)
+        goto out;
+    /* writers of the key wait while it goes (a read-only cache cannot lock: try anyway) */
+    key_locked = lock_key(c, k, NULL) == CKS_OK;
+    err = key_refresh(c, k, true, diag);
+    if (err)
+        goto out;
+    dir = keydir_path(c, k->name);
+    marker = dir ? path_join(dir, "verified") : NULL;
+    if (marker)
+        unlink(marker);
+    for (size_t i = 0; i < k->n_ext; i++) {
+        char *p = extent_path(c, k->name, k->ext[i].off, k->ext[i].len);
+        if (p && (unlink(p) == 0 || errno == ENOENT))
+            dropped += k->ext[i].len;
+        else
+            left += k->ext[i].len;
+        free(p);
+    }
+    k->n_ext = 0;
+    k->max_len = 0;
+    slots_forget(c, k->name);
+    if (dropped)
+        add_note(c, "cache: dropped the %" PRIu64 " cached bytes of %s (%s)", dropped, key,
+                 why ? why : "they failed a check");
+    if (left)
+        err = cks_fail(diag, CKS_ERR_IO,
+                       "cache: could not remove %" PRIu64 " cached bytes of %s that failed a "
+                       "check (%s); remove them with `ckptscope cache clear`",
+                       left, key, strerror(errno));
+out:
+    if (key_locked)
+        flock(k->lock_fd, LOCK_UN);
+    if (locked)
+        pthread_mutex_unlock(&c->mu);
+    free(dir);
+    free(marker);
+    return err;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* whole-file verification                                                             */
 
-cks_err cks_cache_mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag)
+static cks_err mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     char *dir = NULL, *marker = NULL, *text = NULL;
@@ -2379,6 +2536,82 @@ out:
     return err;
 }
 
+/*
+ * The public writers: the same, plus the memory of the first failure. Callers of the remote
+ * source ignore cache write errors (a cache failure costs a refetch later, never data), so
+ * this is how the command line learns, once, that the cache stopped keeping what it fetched.
+ */
+static cks_err remember_write(cks_cache *c, cks_err err, const cks_diag *d)
+{
+    if (!c || err == CKS_OK || err == CKS_ERR_INVALID_ARG || err == CKS_ERR_NOMEM)
+        return err;
+    pthread_mutex_lock(&c->mu);
+    if (c->write_err == CKS_OK) {
+        c->write_err = err;
+        c->write_diag = *d;
+    }
+    if (err == CKS_ERR_NO_SPACE)
+        c->no_space = true;
+    pthread_mutex_unlock(&c->mu);
+    return err;
+}
+
+static bool writes_stopped(cks_cache *c, cks_diag *diag)
+{
+    bool stopped = false;
+    if (!c)
+        return false;
+    pthread_mutex_lock(&c->mu);
+    if (c->no_space) {
+        stopped = true;
+        if (diag)
+            *diag = c->write_diag;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return stopped;
+}
+
+cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
+                        size_t len, cks_diag *diag)
+{
+    cks_diag local;
+    if (writes_stopped(c, diag))
+        return CKS_ERR_NO_SPACE;
+    return remember_write(c, cache_write(c, key, offset, data, len, diag ? diag : &local),
+                          diag ? diag : &local);
+}
+
+cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
+                           size_t len, cks_diag *diag)
+{
+    cks_diag local;
+    if (writes_stopped(c, diag))
+        return CKS_ERR_NO_SPACE;
+    return remember_write(c, meta_put(c, ns, key, data, len, diag ? diag : &local),
+                          diag ? diag : &local);
+}
+
+cks_err cks_cache_mark_verified(cks_cache *c, const char *key, uint64_t size, cks_diag *diag)
+{
+    cks_diag local;
+    if (writes_stopped(c, diag))
+        return CKS_ERR_NO_SPACE;
+    return remember_write(c, mark_verified(c, key, size, diag ? diag : &local), diag ? diag : &local);
+}
+
+cks_err cks_cache_write_failure(cks_cache *c, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    if (!c)
+        return CKS_OK;
+    pthread_mutex_lock(&c->mu);
+    err = c->write_err;
+    if (err && diag)
+        *diag = c->write_diag;
+    pthread_mutex_unlock(&c->mu);
+    return err;
+}
+
 bool cks_cache_is_verified(cks_cache *c, const char *key, uint64_t size)
 {
     bool v = false, locked = false;
@@ -2410,17 +2643,50 @@ out:
     return v;
 }
 
+/* SHA-256 (hex) of [0, size) of k as cached, c->mu held; *whole false when a byte is missing
+ * or a chunk failed its checksum (it is dropped then, as on every read). */
+static cks_err hash_locked(cks_cache *c, keyent *k, uint64_t size, char hex[65], bool *whole,
+                           cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const size_t step = 8u * 1024 * 1024;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char *buf = malloc(step);
+    unsigned char dg[32];
+    unsigned int dl = 0;
+    *whole = false;
+    hex[0] = '\0';
+    if (!md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    for (uint64_t pos = 0; pos < size;) {
+        size_t n = size - pos < step ? (size_t)(size - pos) : step;
+        bool h = false;
+        err = read_locked(c, k, pos, buf, n, &h, diag);
+        if (err || !h)
+            goto out;
+        EVP_DigestUpdate(md, buf, n);
+        pos += n;
+    }
+    EVP_DigestFinal_ex(md, dg, &dl);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+    *whole = true;
+out:
+    EVP_MD_CTX_free(md);
+    free(buf);
+    return err;
+}
+
 cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool *verified,
                               cks_diag *diag)
 {
     cks_err err = CKS_OK;
     bool v = false, locked = false;
-    EVP_MD_CTX *md = NULL;
-    unsigned char *buf = NULL;
     char *dir = NULL, *marker = NULL, *want = NULL;
     unsigned char *img = NULL;
     size_t img_n = 0;
-    const size_t step = 8u * 1024 * 1024;
 
     if (!c || !verified || !key || strncmp(key, "sha256:", 7) != 0 || !cks_cache_key_valid(key)) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: whole-file check needs a sha256: key");
@@ -2449,31 +2715,11 @@ cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool
         v = true;
         goto out;
     }
-    md = EVP_MD_CTX_new();
-    buf = malloc(step);
-    if (!md || !buf || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-        goto out;
-    }
-    for (uint64_t pos = 0; pos < size;) {
-        size_t n = size - pos < step ? (size_t)(size - pos) : step;
-        bool h = false;
-        err = read_locked(c, k, pos, buf, n, &h, diag);
-        if (err || !h)
-            goto out; /* a corrupt chunk was dropped: not whole any more */
-        EVP_DigestUpdate(md, buf, n);
-        pos += n;
-    }
-    unsigned char dg[32];
-    unsigned int dl = 0;
     char hex[65];
-    static const char hx[] = "0123456789abcdef";
-    EVP_DigestFinal_ex(md, dg, &dl);
-    for (int i = 0; i < 32; i++) {
-        hex[2 * i] = hx[dg[i] >> 4];
-        hex[2 * i + 1] = hx[dg[i] & 15];
-    }
-    hex[64] = '\0';
+    bool whole = false;
+    err = hash_locked(c, k, size, hex, &whole, diag);
+    if (err || !whole)
+        goto out; /* a corrupt chunk was dropped: not whole any more */
     if (strcmp(hex, key + 7) != 0) {
         /* every chunk passed its checksum, so the bytes were wrong when they were fetched:
          * drop them all so the next run refetches instead of trusting them */
@@ -2495,14 +2741,36 @@ cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool
 out:
     if (locked)
         pthread_mutex_unlock(&c->mu);
-    EVP_MD_CTX_free(md);
-    free(buf);
     free(dir);
     free(marker);
     free(want);
     free(img);
     if (verified)
         *verified = err ? false : v;
+    return err;
+}
+
+cks_err cks_cache_hash_file(cks_cache *c, const char *key, uint64_t size, char hex[65], bool *whole,
+                            cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool ok = false, locked = false;
+    hex[0] = '\0';
+    if (!c || !cks_cache_key_valid(key)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: hashing needs a valid key");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    locked = true;
+    keyent *k = key_get(c, key, diag, &err);
+    if (!k || (err = key_refresh(c, k, false, diag)) != CKS_OK || !key_covers(k, 0, size))
+        goto out;
+    err = hash_locked(c, k, size, hex, &ok, diag);
+out:
+    if (locked)
+        pthread_mutex_unlock(&c->mu);
+    if (whole)
+        *whole = ok && !err;
     return err;
 }
 
@@ -2621,19 +2889,19 @@ static cks_err walk_cache(cks_cache *c, walk *w, cks_diag *diag)
         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
         goto out;
     }
-    d1 = opendir(files);
+    d1 = opendir_here(files);
     struct dirent *a;
     while (d1 && (a = readdir(d1)) != NULL) {
         if (a->d_name[0] == '.')
             continue;
         char *p1 = path_join(files, a->d_name);
-        DIR *d2 = p1 ? opendir(p1) : NULL;
+        DIR *d2 = p1 ? opendir_here(p1) : NULL;
         struct dirent *b;
         while (d2 && (b = readdir(d2)) != NULL) {
             if (b->d_name[0] == '.' || strlen(b->d_name) != 66)
                 continue;
             char *p2 = path_join(p1, b->d_name);
-            DIR *d3 = p2 ? opendir(p2) : NULL;
+            DIR *d3 = p2 ? opendir_here(p2) : NULL;
             struct dirent *x;
             while (d3 && (x = readdir(d3)) != NULL) {
                 uint64_t off, len;
@@ -2678,12 +2946,12 @@ static cks_err walk_cache(cks_cache *c, walk *w, cks_diag *diag)
     }
     if (d1)
         closedir(d1);
-    d1 = opendir(meta);
+    d1 = opendir_here(meta);
     while (d1 && (a = readdir(d1)) != NULL) {
         if (a->d_name[0] == '.')
             continue;
         char *p1 = path_join(meta, a->d_name);
-        DIR *d2 = p1 ? opendir(p1) : NULL;
+        DIR *d2 = p1 ? opendir_here(p1) : NULL;
         struct dirent *b;
         while (d2 && (b = readdir(d2)) != NULL) {
             struct stat st;
@@ -2732,7 +3000,7 @@ static int pin_exclusive(cks_cache *c, const char *name)
 {
     char *dir = keydir_path(c, name);
     char *pf = dir ? path_join(dir, "pin") : NULL;
-    int fd = pf ? open(pf, O_RDONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
+    int fd = pf ? open(pf, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644) : -1;
     if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
         close(fd);
         fd = -1;
@@ -2750,7 +3018,7 @@ static cks_err evict_to(cks_cache *c, uint64_t target, uint64_t *n_out, uint64_t
     walk w;
     uint64_t total, n_ev = 0, b_ev = 0;
     char *lockp = path_join(c->dir, "evict.lock");
-    int lfd = lockp ? open(lockp, O_RDONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
+    int lfd = lockp ? open(lockp, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644) : -1;
     if (lfd >= 0)
         (void)flock(lfd, LOCK_EX);
     err = walk_cache(c, &w, diag);
@@ -2846,7 +3114,7 @@ out:
 
 static void remove_tree_files(const char *dir, uint64_t *bytes)
 {
-    DIR *d = opendir(dir);
+    DIR *d = opendir_here(dir);
     struct dirent *de;
     while (d && (de = readdir(d)) != NULL) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
@@ -2881,13 +3149,13 @@ cks_err cks_cache_clear(cks_cache *c, uint64_t *removed_bytes, cks_diag *diag)
     pthread_mutex_lock(&c->mu);
     files = path_join(c->dir, "files");
     meta = path_join(c->dir, "meta");
-    DIR *d1 = files ? opendir(files) : NULL;
+    DIR *d1 = files ? opendir_here(files) : NULL;
     struct dirent *a;
     while (d1 && (a = readdir(d1)) != NULL) {
         if (a->d_name[0] == '.')
             continue;
         char *p1 = path_join(files, a->d_name);
-        DIR *d2 = p1 ? opendir(p1) : NULL;
+        DIR *d2 = p1 ? opendir_here(p1) : NULL;
         struct dirent *b;
         while (d2 && (b = readdir(d2)) != NULL) {
             if (b->d_name[0] == '.' || strlen(b->d_name) != 66)
@@ -2899,7 +3167,7 @@ cks_err cks_cache_clear(cks_cache *c, uint64_t *removed_bytes, cks_diag *diag)
                 continue; /* in use by a live process */
             char *p2 = path_join(p1, b->d_name);
             char *lf = p2 ? path_join(p2, "lock") : NULL;
-            int lfd = lf ? open(lf, O_RDONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
+            int lfd = lf ? open(lf, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644) : -1;
             if (lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0) {
                 remove_tree_files(p2, &bytes);
                 rmdir(p2);
@@ -3053,20 +3321,20 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
         i = j;
     }
     metad = path_join(c->dir, "meta");
-    DIR *d1 = metad ? opendir(metad) : NULL;
+    DIR *d1 = metad ? opendir_here(metad) : NULL;
     struct dirent *a;
     while (d1 && (a = readdir(d1)) != NULL && !err) {
         if (a->d_name[0] == '.')
             continue;
         char *p1 = path_join(metad, a->d_name);
-        DIR *d2 = p1 ? opendir(p1) : NULL;
+        DIR *d2 = p1 ? opendir_here(p1) : NULL;
         struct dirent *b;
         while (d2 && (b = readdir(d2)) != NULL) {
             if (b->d_name[0] == '.' || strlen(b->d_name) != 64)
                 continue;
             char *p2 = path_join(p1, b->d_name);
             unsigned char hdr[META_HEADER_SIZE + MAX_KEY_LEN];
-            int fd = p2 ? open(p2, O_RDONLY | O_CLOEXEC) : -1;
+            int fd = p2 ? open(p2, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) : -1;
             struct stat st;
             if (fd >= 0 && fstat(fd, &st) == 0) {
                 ssize_t r = pread(fd, hdr, sizeof hdr, 0);
@@ -3163,16 +3431,11 @@ void cks_cache_verify_report_release(cks_cache_verify_report *rep)
     rep->n_bad = 0;
 }
 
-static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+static void report_bad_v(cks_cache_verify_report *rep, const char *fmt, va_list ap)
 {
     char *s = NULL;
-    va_list ap;
-    va_start(ap, fmt);
     if (vasprintf(&s, fmt, ap) < 0)
         s = NULL;
-    va_end(ap);
     if (!s)
         return;
     char **nb = realloc(rep->bad, (rep->n_bad + 1) * sizeof *nb);
@@ -3182,6 +3445,24 @@ static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
     }
     rep->bad = nb;
     rep->bad[rep->n_bad++] = s;
+}
+
+static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report_bad_v(rep, fmt, ap);
+    va_end(ap);
+}
+
+void cks_cache_verify_report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report_bad_v(rep, fmt, ap);
+    va_end(ap);
 }
 
 cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep, cks_diag *diag)
@@ -3255,13 +3536,13 @@ cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep
             unlink(x->path);
     }
     metad = path_join(c->dir, "meta");
-    DIR *d1 = metad ? opendir(metad) : NULL;
+    DIR *d1 = metad ? opendir_here(metad) : NULL;
     struct dirent *a;
     while (d1 && (a = readdir(d1)) != NULL) {
         if (a->d_name[0] == '.')
             continue;
         char *p1 = path_join(metad, a->d_name);
-        DIR *d2 = p1 ? opendir(p1) : NULL;
+        DIR *d2 = p1 ? opendir_here(p1) : NULL;
         struct dirent *b;
         while (d2 && (b = readdir(d2)) != NULL) {
             if (b->d_name[0] == '.' || strlen(b->d_name) != 64)

@@ -6,6 +6,7 @@
 #include "ckptscope/cache_hub.h"
 
 #include <cjson/cJSON.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,14 @@ static cks_hub_repo *repo_from_json(const char *text, size_t len, cks_repo_type 
     repo->files = calloc(n ? (size_t)n : 1, sizeof *repo->files);
     if (!repo->repo_id || !repo->revision || !repo->files)
         goto out;
+    const cJSON *unsafe = cJSON_GetObjectItemCaseSensitive(root, "unsafe_example");
+    const cJSON *n_unsafe = cJSON_GetObjectItemCaseSensitive(root, "unsafe_count");
+    if (cJSON_IsString(unsafe) && cJSON_IsNumber(n_unsafe) && n_unsafe->valuedouble >= 1 &&
+        n_unsafe->valuedouble <= MAX_REPO_FILES) {
+        repo->n_unsafe = (size_t)n_unsafe->valuedouble;
+        if (!(repo->unsafe_example = strdup(unsafe->valuestring)))
+            goto out;
+    }
     cJSON_ArrayForEach(e, files) {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(e, "path");
         const cJSON *sz = cJSON_GetObjectItemCaseSensitive(e, "size");
@@ -142,7 +151,9 @@ cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked
     if (!files || !cJSON_AddNumberToObject(root, "format", REPO_FORMAT) ||
         !cJSON_AddStringToObject(root, "repo_id", repo->repo_id) ||
         !cJSON_AddStringToObject(root, "commit", repo->commit) ||
-        !cJSON_AddBoolToObject(root, "gated", repo->gated)) {
+        !cJSON_AddBoolToObject(root, "gated", repo->gated) ||
+        (repo->n_unsafe && (!cJSON_AddNumberToObject(root, "unsafe_count", (double)repo->n_unsafe) ||
+                            !cJSON_AddStringToObject(root, "unsafe_example", repo->unsafe_example)))) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -172,6 +183,110 @@ cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked
 out:
     cJSON_Delete(root);
     free(text);
+    free(k1);
+    free(k2);
+    return err;
+}
+
+cks_err cks_cache_verify_listed(cks_cache *c, bool repair, cks_cache_verify_report *rep,
+                                cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_cache_entry *v = NULL;
+    size_t n = 0, n_done = 0;
+    char **done = NULL;
+    if (!c || !rep) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: invalid arguments");
+        goto out;
+    }
+    err = cks_cache_list(c, &v, &n, diag);
+    if (err)
+        goto out;
+    for (size_t i = 0; i < n && !err; i++) {
+        char *data = NULL;
+        size_t len = 0;
+        bool hit = false;
+        cks_hub_repo *repo = NULL;
+        if (v[i].kind != CKS_CACHE_ENTRY_META || strcmp(v[i].ns, REPO_NS) != 0 ||
+            cks_cache_meta_get(c, REPO_NS, v[i].key, -1, &data, &len, &hit, NULL) != CKS_OK || !hit)
+            continue;
+        repo = repo_from_json(data, len, CKS_REPO_MODEL, NULL);
+        free(data);
+        for (size_t f = 0; repo && f < repo->n_files && !err; f++) {
+            const cks_hub_file *hf = &repo->files[f];
+            char key[72], hex[65];
+            bool whole = false, seen = false;
+            cks_range all = {0, hf->size}, *miss = NULL;
+            size_t n_miss = 0;
+            if (!hf->lfs || !hf->sha256[0] || !hf->size_known || hf->size == 0)
+                continue;
+            snprintf(key, sizeof key, "sha256:%s", hf->sha256);
+            for (size_t k = 0; k < n_done && !seen; k++)
+                seen = strcmp(done[k], key) == 0;
+            if (seen)
+                continue;
+            char **grown = realloc(done, (n_done + 1) * sizeof *grown);
+            if (!grown || !(grown[n_done] = strdup(key))) {
+                if (grown)
+                    done = grown;
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                break;
+            }
+            done = grown;
+            n_done++;
+            if (cks_cache_missing(c, key, &all, 1, &miss, &n_miss, NULL) != CKS_OK)
+                n_miss = 0, whole = true; /* unknown: skip it below */
+            /* nothing cached at all is not a file held in part */
+            bool nothing = n_miss == 1 && miss[0].offset == 0 && miss[0].length == hf->size;
+            free(miss);
+            if (whole || n_miss > 0) {
+                rep->partial_files += n_miss > 0 && !nothing;
+                continue;
+            }
+            rep->checked_files++;
+            if (cks_cache_is_verified(c, key, hf->size))
+                continue;
+            if (cks_cache_hash_file(c, key, hf->size, hex, &whole, NULL) != CKS_OK || !whole)
+                continue; /* a damaged chunk: the extent pass reports it */
+            if (strcmp(hex, hf->sha256) == 0) {
+                (void)cks_cache_mark_verified(c, key, hf->size, NULL);
+                continue;
+            }
+            rep->bad_files++;
+            cks_cache_verify_report_bad(rep, "file %s (%s in %s): its %" PRIu64 " cached bytes hash "
+                                        "to sha256:%s",
+                                        key, hf->path, repo->repo_id, hf->size, hex);
+            if (repair)
+                (void)cks_cache_drop(c, key, "they do not hash to the listed SHA-256", NULL);
+        }
+        cks_hub_repo_free(repo);
+    }
+out:
+    for (size_t k = 0; k < n_done; k++)
+        free(done[k]);
+    free(done);
+    cks_cache_entries_free(v, n);
+    return err;
+}
+
+cks_err cks_cache_repo_forget(cks_cache *c, const char *endpoint, cks_repo_type type,
+                              const char *asked_repo_id, const char *asked_revision,
+                              const char *commit, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *k1 = NULL, *k2 = NULL;
+    if (!c || !asked_repo_id)
+        goto out;
+    k1 = repo_key(endpoint, type, asked_repo_id, asked_revision);
+    k2 = commit ? repo_key(endpoint, type, asked_repo_id, commit) : NULL;
+    if (!k1 || (commit && !k2)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = cks_cache_meta_delete(c, REPO_NS, k1, diag);
+    if (!err && k2)
+        err = cks_cache_meta_delete(c, REPO_NS, k2, diag);
+out:
     free(k1);
     free(k2);
     return err;

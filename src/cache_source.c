@@ -66,7 +66,23 @@ static void cs_trim(cks_source *src)
     pthread_mutex_unlock(&cs->inner_mu);
 }
 
-static const cks_source_ops cache_source_ops = {cs_read_at, cs_prefetch, cs_destroy, NULL, cs_trim};
+/* The caller found bytes it read wrong: they came from this cache (or the inner source),
+ * so none of them may stay; later reads go to the inner source, which refetches. */
+static bool cs_discard(cks_source *src)
+{
+    struct cache_source *cs = (struct cache_source *)src;
+    (void)cks_cache_drop(cs->cache, cs->key, "the caller found them wrong", NULL);
+    pthread_mutex_lock(&cs->inner_mu);
+    (void)cks_source_discard(cs->inner);
+    pthread_mutex_unlock(&cs->inner_mu);
+    return true;
+}
+
+static const cks_source_ops cache_source_ops = {.read_at = cs_read_at,
+                                                .prefetch = cs_prefetch,
+                                                .destroy = cs_destroy,
+                                                .trim = cs_trim,
+                                                .discard = cs_discard};
 
 bool cks_cache_source_is(const cks_source *src)
 {

@@ -162,7 +162,16 @@ cks_err cks_ckpt_from_sources(const char *name, cks_source **sources, char **rel
         ckpt->n_files = taken + 1;
     }
     for (size_t f = 0; f < n; f++) {
-        err = cks_st_read_header(ckpt->files[f].source, &ckpt->files[f].header, diag);
+        cks_source *src = ckpt->files[f].source;
+        err = cks_st_read_header(src, &ckpt->files[f].header, diag);
+        if (err && cks_err_class_of(err) == CKS_CLASS_FORMAT && cks_source_discard(src)) {
+            /* bytes that fail a check are not believed, nor kept: a source that can read them
+             * afresh (a damaged cache or HF_HOME copy, a corrupted transfer) is asked once
+             * more; failing again, the file is invalid as served, and that copy goes too */
+            err = cks_st_read_header(src, &ckpt->files[f].header, diag);
+            if (err && cks_err_class_of(err) == CKS_CLASS_FORMAT)
+                (void)cks_source_discard(src);
+        }
         if (err)
             goto out;
     }

@@ -171,9 +171,11 @@ static cks_err read_header(builder *b, size_t f, cks_source *rd, bool named_by_i
     cks_ckpt_file_check *fc = &b->check->files[f];
     uint8_t *buf = NULL;
     uint64_t have = rd->size < CKS_ST_FIRST_READ ? rd->size : CKS_ST_FIRST_READ, need = 0;
+    bool retried = false;
     cks_st_header *hdr = NULL;
     cks_diag d;
 
+reread:
     for (int attempt = 0; attempt < 2; attempt++) {
         uint8_t *grown = realloc(buf, have ? (size_t)have : 1);
         if (!grown) {
@@ -199,6 +201,17 @@ static cks_err read_header(builder *b, size_t f, cks_source *rd, bool named_by_i
         }
         have = need;
     }
+    if (cks_err_class_of(e) == CKS_CLASS_FORMAT && !retried && cks_source_discard(rd)) {
+        /* not believed at once: a copy that can be read afresh (cache, HF_HOME, a damaged
+         * transfer) is read once more, and what fails twice is not kept either */
+        retried = true;
+        cks_st_header_free(hdr);
+        hdr = NULL;
+        have = rd->size < CKS_ST_FIRST_READ ? rd->size : CKS_ST_FIRST_READ;
+        goto reread;
+    }
+    if (cks_err_class_of(e) == CKS_CLASS_FORMAT && retried)
+        (void)cks_source_discard(rd);
     if (e == CKS_OK) {
         fc->header_valid = true;
     } else if (e == CKS_ERR_NOMEM) {

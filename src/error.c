@@ -42,6 +42,7 @@ static const char *const error_names[CKS_ERR__COUNT] = {
     [CKS_ERR_INTEGRITY] = "IntegrityError",
     [CKS_ERR_SERVED_SIZE] = "ServedSizeMismatch",
     [CKS_ERR_SERVED_HEADER_SIZE] = "HeaderServedSizeMismatch",
+    [CKS_ERR_DENIED] = "AccessDenied",
     [CKS_ERR_CACHE] = "CacheError",
     [CKS_ERR_NO_SPACE] = "NoSpace",
     [CKS_ERR_OFFLINE_MISS] = "OfflineMiss",
@@ -79,6 +80,7 @@ cks_err_class cks_err_class_of(cks_err err)
     case CKS_ERR_REVISION_NOT_FOUND:
     case CKS_ERR_GATED:
     case CKS_ERR_AUTH:
+    case CKS_ERR_DENIED:
         return CKS_CLASS_ACCESS;
     case CKS_ERR_NOMEM:
     case CKS_ERR_NUMERIC:

@@ -143,6 +143,31 @@ cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *ten
         n_threads = n ? (unsigned)n : 1;
     if (!all_thread_safe)
         n_threads = 1;
+    /* whole files are checked before their bytes are used (a copy that fails is replaced by
+     * the source: HF_HOME by the network, an old cached copy by a fresh one) */
+    {
+        size_t *picked = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *picked);
+        size_t *present = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *present);
+        if (!picked || !present) {
+            free(picked);
+            free(present);
+            return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < n; i++)
+            picked[tensors[i]->file]++;
+        for (size_t i = 0; i < ckpt->n_tensors; i++)
+            present[ckpt->tensors[i].file]++;
+        for (size_t f = 0; f < ckpt->n_files && !job.err; f++)
+            if (picked[f] && picked[f] >= present[f])
+                job.err = cks_source_check_whole(ckpt->files[f].source, &job.diag);
+        free(picked);
+        free(present);
+        if (job.err) {
+            if (diag)
+                *diag = job.diag;
+            return job.err;
+        }
+    }
     pthread_mutex_init(&job.lock, NULL);
     if (n_threads == 1) {
         hash_worker(&job);
@@ -156,6 +181,8 @@ cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *ten
             pthread_join(threads[t], NULL);
     }
     pthread_mutex_destroy(&job.lock);
+    for (size_t i = 0; i < n && !job.err; i++)
+        out[i].unverified = cks_source_unverified(ckpt->files[tensors[i]->file].source);
     if (job.err && diag)
         *diag = job.diag;
     return job.err;

@@ -29,6 +29,10 @@
 #define BACKOFF_CAP 8.0
 #define DEFAULT_CONNECT_TIMEOUT 15
 #define DEFAULT_STALL_TIMEOUT 20
+/* A transfer averaging under this over the stall window is cut and retried: a server that
+ * drips a few bytes a second would otherwise hold a read forever. 1 KiB/s is ~1/16 of what
+ * each of 64 parallel transfers gets on a 1 Mbit/s link, so only a broken server trips it. */
+#define DEFAULT_MIN_RATE 1024
 #define DEFAULT_COALESCE_GAP (16u * 1024u * 1024u) /* the largest gap the cost model may pick */
 /* Until measured: a typical transatlantic round trip and a modest access link. */
 #define DEFAULT_RTT 0.05
@@ -53,6 +57,7 @@ struct cks_http {
     double backoff_base;
     long connect_timeout;
     long stall_timeout;
+    long min_rate;
     uint64_t coalesce_gap;
     uint64_t max_request;
     unsigned max_host_conns;
@@ -70,7 +75,7 @@ struct cks_http {
 enum xkind { XK_SIMPLE, XK_RANGE };
 
 /* Why a range transfer was cut off by our own write callback. */
-enum verdict { V_NONE, V_IGNORED, V_BAD_RANGE, V_TOO_LONG, V_BODY_FULL, V_SIZE };
+enum verdict { V_NONE, V_IGNORED, V_BAD_RANGE, V_BAD_LENGTH, V_TOO_LONG, V_BODY_FULL, V_SIZE };
 
 struct xfer {
     enum xkind kind;
@@ -177,10 +182,11 @@ bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *
         a = b = UINT64_MAX;
         p++;
     } else {
-        if (!parse_u64(&p, &a) || *p != '-')
+        /* UINT64_MAX stands for "*": a position that large is refused (fuzz_http_response) */
+        if (!parse_u64(&p, &a) || a == UINT64_MAX || *p != '-')
             return false;
         p++;
-        if (!parse_u64(&p, &b) || b < a)
+        if (!parse_u64(&p, &b) || b == UINT64_MAX || b < a)
             return false;
     }
     if (*p != '/')
@@ -191,7 +197,7 @@ bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *
             return false; /* both unknown says nothing */
         t = UINT64_MAX;
         p++;
-    } else if (!parse_u64(&p, &t)) {
+    } else if (!parse_u64(&p, &t) || t == UINT64_MAX) {
         return false;
     }
     while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
@@ -373,6 +379,7 @@ cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
     h->backoff_base = cfg->backoff_base > 0 ? cfg->backoff_base : DEFAULT_BACKOFF_BASE;
     h->connect_timeout = cfg->connect_timeout > 0 ? cfg->connect_timeout : DEFAULT_CONNECT_TIMEOUT;
     h->stall_timeout = cfg->stall_timeout > 0 ? cfg->stall_timeout : DEFAULT_STALL_TIMEOUT;
+    h->min_rate = cfg->min_rate > 0 ? cfg->min_rate : DEFAULT_MIN_RATE;
     h->coalesce_gap = cfg->coalesce_gap ? cfg->coalesce_gap : DEFAULT_COALESCE_GAP;
     h->max_request = cfg->max_request ? cfg->max_request : DEFAULT_MAX_REQUEST;
     h->progress = cfg->progress;
@@ -444,16 +451,24 @@ static void set_field(char *dst, size_t cap, const char *v, size_t n, bool *trun
 
 /* Header lines arrive one at a time, not NUL-terminated. A status line starts a fresh
  * response (interim 1xx responses come first). */
-static void capture_header(cks_http_response *r, const char *line, size_t n)
+void cks_http_capture_header(cks_http_response *r, const char *line, size_t n)
 {
     while (n && (line[n - 1] == '\r' || line[n - 1] == '\n'))
         n--;
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
         char *body = r->body;
         size_t body_len = r->body_len;
+        const char *sp = memchr(line, ' ', n);
+        long code = 0;
         memset(r, 0, sizeof *r);
         r->body = body;
         r->body_len = body_len;
+        /* "HTTP/x[.y] NNN[ reason]": exactly three digits (libcurl's value replaces it later) */
+        if (sp && (size_t)(sp - line) + 4 <= n && isdigit((unsigned char)sp[1]) &&
+            isdigit((unsigned char)sp[2]) && isdigit((unsigned char)sp[3]) &&
+            ((size_t)(sp - line) + 4 == n || sp[4] == ' '))
+            code = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+        r->status = code;
         return;
     }
     const char *colon = memchr(line, ':', n);
@@ -500,7 +515,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct xfer *x = ud;
     size_t n = size * nmemb;
-    capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->hdr, p, n);
+    cks_http_capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->hdr, p, n);
     return n;
 }
 
@@ -548,48 +563,72 @@ static void scatter(struct xfer *x, uint64_t pos, const uint8_t *data, size_t n)
     }
 }
 
+cks_range_reply cks_http_range_reply(long status, const char *content_range, int64_t content_length,
+                                     uint64_t first, uint64_t last, uint64_t size,
+                                     uint64_t *served_total)
+{
+    uint64_t a, b, t;
+    *served_total = 0;
+    if (status == 200) {
+        /* The whole file was asked for and the whole file, of the announced size, is coming:
+         * the body is exactly the range (small regular files are often served this way).
+         * Anything else means the server sent the whole file: never mistake it for a part. */
+        if (first == 0 && size > 0 && last == size - 1 && content_length >= 0 &&
+            (uint64_t)content_length == size)
+            return CKS_REPLY_WHOLE_AS_RANGE;
+        return CKS_REPLY_IGNORED;
+    }
+    if (status != 206)
+        return CKS_REPLY_NOT_DATA;
+    if (!cks_http_parse_content_range(content_range, &a, &b, &t))
+        return CKS_REPLY_BAD_RANGE;
+    if (t != UINT64_MAX && t != size) {
+        /* the server holds a file of another size: not the bytes of the file asked for */
+        *served_total = t;
+        return CKS_REPLY_OTHER_SIZE;
+    }
+    if (a != first || b != last || t != size)
+        return CKS_REPLY_BAD_RANGE;
+    if (content_length >= 0 && (uint64_t)content_length != last - first + 1) {
+        /* the range is right; the length the reply gives its own body is not */
+        *served_total = (uint64_t)content_length;
+        return CKS_REPLY_BAD_LENGTH;
+    }
+    return CKS_REPLY_RANGE;
+}
+
 static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct xfer *x = ud;
     size_t n = size * nmemb;
     if (!x->validated) {
         long code = 0;
+        curl_off_t cl = -1;
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+        curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
         x->status = code;
         x->validated = true;
-        if (code == 200) {
-            curl_off_t cl = -1;
-            curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-            uint64_t fsize = x->span.target->size;
-            if (x->next == 0 && fsize > 0 && x->span.last == fsize - 1 && cl >= 0 &&
-                (uint64_t)cl == fsize) {
-                /* The whole file was asked for and the whole file, of the announced size,
-                 * is coming: the body is exactly the range (small regular files are often
-                 * served this way). Anything else is counted and checked like a 206. */
-                x->status = 206;
-            } else {
-                /* The server sent the whole file. Never mistake it for the range: hang up. */
-                x->verdict = V_IGNORED;
-                return 0;
-            }
-        }
-        if (code == 206) {
-            uint64_t a, b, t;
-            curl_off_t cl = -1;
-            curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-            if (cks_http_parse_content_range(x->hdr.content_range, &a, &b, &t) && t != UINT64_MAX &&
-                t != x->span.target->size) {
-                /* the server holds a file of another size: not the bytes of the file asked for */
-                x->served_total = t;
-                x->verdict = V_SIZE;
-                return 0;
-            }
-            if (!cks_http_parse_content_range(x->hdr.content_range, &a, &b, &t) ||
-                a != x->next || b != x->span.last || t != x->span.target->size ||
-                (cl >= 0 && (uint64_t)cl != x->expect)) {
-                x->verdict = V_BAD_RANGE;
-                return 0;
-            }
+        switch (cks_http_range_reply(code, x->hdr.content_range, (int64_t)cl, x->next, x->span.last,
+                                     x->span.target->size, &x->served_total)) {
+        case CKS_REPLY_RANGE:
+            break;
+        case CKS_REPLY_WHOLE_AS_RANGE:
+            x->status = 206; /* counted and checked like a 206 from here on */
+            break;
+        case CKS_REPLY_IGNORED:
+            x->verdict = V_IGNORED; /* hang up */
+            return 0;
+        case CKS_REPLY_OTHER_SIZE:
+            x->verdict = V_SIZE;
+            return 0;
+        case CKS_REPLY_BAD_RANGE:
+            x->verdict = V_BAD_RANGE;
+            return 0;
+        case CKS_REPLY_BAD_LENGTH:
+            x->verdict = V_BAD_LENGTH;
+            return 0;
+        case CKS_REPLY_NOT_DATA:
+            break;
         }
     }
     if (x->status != 206) {
@@ -682,7 +721,7 @@ static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, h->user_agent);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, h->connect_timeout);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, h->min_rate);
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, h->stall_timeout);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
@@ -864,6 +903,27 @@ out:
     return;
 }
 
+/* What an error reply says about itself: X-Error-Message, else the <Code>/<Message> of an
+ * S3-style XML body (CloudFront, S3), cleaned of control characters; "" when nothing. */
+static void error_reason(const struct xfer *x, char *out, size_t cap)
+{
+    const char *src = x->hdr.x_error_message;
+    char tmp[256] = "";
+    if (!src[0]) {
+        const char *c = strstr(x->errbody, "<Code>"), *m = strstr(x->errbody, "<Message>");
+        const char *ce = c ? strstr(c, "</Code>") : NULL, *me = m ? strstr(m, "</Message>") : NULL;
+        if (c && ce && m && me)
+            snprintf(tmp, sizeof tmp, "%.*s, %.*s", (int)(ce - c - 6), c + 6, (int)(me - m - 9), m + 9);
+        else if (c && ce)
+            snprintf(tmp, sizeof tmp, "%.*s", (int)(ce - c - 6), c + 6);
+        src = tmp;
+    }
+    size_t k = 0;
+    for (const char *p = src; *p && k + 1 < cap; p++)
+        out[k++] = (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p;
+    out[k] = '\0';
+}
+
 static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
 {
     cks_http_target *t = x->span.target;
@@ -875,10 +935,14 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
     url_for_diag(t->url, shown, sizeof shown);
     h->stats.bytes_fetched += x->got + x->errbody_len;
 
+    bool too_slow = rc == CURLE_OPERATION_TIMEDOUT;
     if (x->got > 0) {
-        /* progress: the next attempt resumes after the bytes we have */
+        /* progress: the next attempt resumes after the bytes we have; but an attempt cut for
+         * being too slow still counts against the limit, or a server dripping a few bytes per
+         * window would be retried forever */
         x->next += x->got;
-        x->attempts = 0;
+        if (!too_slow)
+            x->attempts = 0;
         x->refreshes = 0;
         if (x->next > x->span.last) {
             x->done = true;
@@ -903,14 +967,28 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
         x->done = true;
         goto out;
     }
-    if (x->verdict == V_BAD_RANGE || x->verdict == V_TOO_LONG) {
+    if (x->verdict == V_BAD_RANGE) {
         x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED,
                           "%s: the server answered bytes=%" PRIu64 "-%" PRIu64
-                          " (file of %" PRIu64 " bytes) with %s 'Content-Range: %s'; "
+                          " (file of %" PRIu64 " bytes) with 206 but 'Content-Range: %s'; "
                           "refusing bytes that may not be the ones asked for",
                           t->name, x->next, x->span.last, t->size,
-                          x->verdict == V_TOO_LONG ? "more bytes than asked and" : "206 but",
                           x->hdr.content_range[0] ? x->hdr.content_range : "(missing)");
+        x->done = true;
+        goto out;
+    }
+    if (x->verdict == V_BAD_LENGTH || x->verdict == V_TOO_LONG) {
+        /* the Content-Range is the one asked for: it is the body that contradicts it */
+        char sent[64];
+        if (x->verdict == V_BAD_LENGTH)
+            snprintf(sent, sizeof sent, "a Content-Length of %" PRIu64 " bytes", x->served_total);
+        else
+            snprintf(sent, sizeof sent, "a body running past them");
+        x->err = cks_fail(&x->diag, CKS_ERR_RANGE_IGNORED,
+                          "%s: the server's reply to bytes=%" PRIu64 "-%" PRIu64 " carries the "
+                          "right 'Content-Range: %s' (%" PRIu64 " bytes) but %s; refusing a "
+                          "reply whose body does not match its own headers",
+                          t->name, x->next, x->span.last, x->hdr.content_range, x->expect, sent);
         x->done = true;
         goto out;
     }
@@ -923,10 +1001,17 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
     if (rc != CURLE_OK || (code == 206 && x->got < x->expect)) {
         /* reset, stall, short body: resume from x->next */
         char what[1400];
+        char slow[160] = "";
+        if (too_slow)
+            snprintf(slow, sizeof slow,
+                     "the server sent %" PRIu64 " bytes, under %ld bytes/s for %ld s (set "
+                     "CKPTSCOPE_MIN_RATE and CKPTSCOPE_STALL_TIMEOUT to change the limit)",
+                     x->got, h->min_rate, h->stall_timeout);
         snprintf(what, sizeof what, "%s: reading bytes %" PRIu64 "-%" PRIu64 " from %s: %s",
                  t->name, x->next, x->span.last, shown,
-                 rc != CURLE_OK ? (x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc))
-                                : "the body ended early");
+                 too_slow ? slow
+                 : rc != CURLE_OK ? (x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc))
+                                  : "the body ended early");
         if (!schedule_retry(h, x, NULL, what))
             x->done = true;
         goto out;
@@ -973,10 +1058,21 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
     } else if (code == 404 || code == 410) {
         x->err = cks_fail(&x->diag, CKS_ERR_FILE_NOT_FOUND, "%s: HTTP %ld from %s", t->name,
                           code, shown);
-    } else if (code == 401 || code == 403) {
+    } else if ((code == 401 || code == 403) && same_origin_as_auth(h, t->url)) {
         x->err = cks_fail(&x->diag, CKS_ERR_AUTH,
                           "%s: HTTP %ld from %s%s%s", t->name, code, shown,
                           x->hdr.x_error_message[0] ? ": " : "", x->hdr.x_error_message);
+    } else if (code == 401 || code == 403) {
+        /* No token goes to this host (the CDN a download is redirected to), so the token is
+         * not what it refuses: its signed URL kept failing after fresh ones were asked for. */
+        char why[256];
+        error_reason(x, why, sizeof why);
+        x->err = cks_fail(&x->diag, CKS_ERR_DENIED,
+                          "%s: the data server %s refused the download (HTTP %ld%s%s) even with a "
+                          "freshly signed URL; no token is sent to it, so this is not about your "
+                          "token: the file may be blocked there or the server misconfigured — "
+                          "retry later, or report it to the repository's owner",
+                          t->name, shown, code, why[0] ? ": " : "", why);
     } else {
         x->err = cks_fail(&x->diag, CKS_ERR_HTTP, "%s: unexpected HTTP %ld from %s for bytes=%"
                           PRIu64 "-%" PRIu64, t->name, code, shown, x->next, x->span.last);

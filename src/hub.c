@@ -545,6 +545,7 @@ void cks_hub_repo_free(cks_hub_repo *repo)
     for (size_t i = 0; i < repo->n_files; i++)
         free(repo->files[i].path);
     free(repo->files);
+    free(repo->unsafe_example);
     free(repo->repo_id);
     free(repo->revision);
     free(repo);
@@ -573,6 +574,28 @@ static bool json_u64(const cJSON *j, uint64_t *out)
     return true;
 }
 
+/* A file name from the Hub that is safe to use as a path inside the repository (and, joined,
+ * inside a cache or HF_HOME folder): relative, no "", "." or ".." segment, no backslash,
+ * no control character. */
+static bool listed_path_safe(const char *p)
+{
+    size_t n = strlen(p);
+    if (n == 0 || n > 4096 || p[0] == '/')
+        return false;
+    for (const char *seg = p;;) {
+        size_t sl = strcspn(seg, "/");
+        if (sl == 0 || (sl == 1 && seg[0] == '.') || (sl == 2 && seg[0] == '.' && seg[1] == '.'))
+            return false;
+        if (!seg[sl])
+            break;
+        seg += sl + 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f || p[i] == '\\')
+            return false;
+    return true;
+}
+
 static cks_err parse_listing(const char *body, size_t len, cks_hub_repo *repo, const char *what,
                              cks_diag *diag)
 {
@@ -580,7 +603,15 @@ static cks_err parse_listing(const char *body, size_t len, cks_hub_repo *repo, c
     cJSON *root = cJSON_ParseWithLength(body, len);
     const cJSON *sha, *sib, *gated, *id;
     if (!cJSON_IsObject(root)) {
-        err = cks_fail(diag, CKS_ERR_HTTP, "%s: the Hub's repository listing is not JSON", what);
+        size_t deep = cks_json_too_deep_at(body, len);
+        if (deep < len)
+            err = cks_fail(diag, CKS_ERR_HTTP,
+                           "%s: the Hub's repository listing nests arrays or objects more than %d "
+                           "levels deep (at byte %zu; the JSON parser's limit)",
+                           what, CKS_JSON_MAX_DEPTH, deep);
+        else
+            err = cks_fail(diag, CKS_ERR_HTTP, "%s: the Hub's repository listing is not %s", what,
+                           root ? "a JSON object" : "JSON");
         goto out;
     }
     sha = cJSON_GetObjectItemCaseSensitive(root, "sha");
@@ -622,6 +653,13 @@ static cks_err parse_listing(const char *body, size_t len, cks_hub_repo *repo, c
         const cJSON *lfs = cJSON_GetObjectItemCaseSensitive(e, "lfs");
         if (!cJSON_IsString(name) || !*name->valuestring)
             continue; /* lenient: the Hub adds fields over time (§A10, vllm#3800) */
+        if (!listed_path_safe(name->valuestring)) {
+            if (repo->n_unsafe++ == 0 && !(repo->unsafe_example = strdup(name->valuestring))) {
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            continue;
+        }
         cks_hub_file *f = &repo->files[repo->n_files];
         f->path = strdup(name->valuestring);
         if (!f->path) {
@@ -648,6 +686,29 @@ static cks_err parse_listing(const char *body, size_t len, cks_hub_repo *repo, c
     qsort(repo->files, repo->n_files, sizeof *repo->files, cmp_file);
 out:
     cJSON_Delete(root);
+    return err;
+}
+
+cks_err cks_hub_parse_listing(const char *body, size_t len, cks_repo_type type, const char *repo_id,
+                              const char *revision, cks_hub_repo **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_hub_repo *repo = calloc(1, sizeof *repo);
+    *out = NULL;
+    if (!repo || !(repo->repo_id = strdup(repo_id ? repo_id : "")) ||
+        !(repo->revision = strdup(revision ? revision : "main"))) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    repo->type = type;
+    /* `what` must not be repo->repo_id: a renamed repository replaces it */
+    err = parse_listing(body, len, repo, repo_id ? repo_id : "", diag);
+out:
+    if (err) {
+        cks_hub_repo_free(repo);
+        repo = NULL;
+    }
+    *out = repo;
     return err;
 }
 

@@ -5,12 +5,22 @@
  * the in-memory extents of this run, the disk cache (when the session has one), and the
  * range engine. Whatever the engine fetches is written to the cache and fed to the
  * whole-file SHA-256 check before anyone reads it.
+ *
+ * Trust: nothing that fails a check stays. A whole-file SHA-256 that does not match drops
+ * every cached byte of the file (and the listing that named the hash); a header the caller
+ * could not parse is dropped and read again (discard); before a whole file is read, bytes
+ * the cache holds from earlier partial reads are checked with the rest of the file, and
+ * refetched from the network if the file does not match (check_whole), so a damaged
+ * transfer of one run never decides a later one. A file found in another program's cache
+ * (HF_HOME) is checked against the Hub's hash before a whole-file read, read from the
+ * network instead when it does not match, and reported unverified while read only in part.
  */
 #include "ckptscope/hub.h"
 #include "ckptscope/cache_hub.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -31,6 +41,7 @@ struct extent {
     uint64_t off, len;
     uint8_t *data;
     uint64_t stamp;   /* last use, for LRU eviction */
+    bool from_cache;  /* read from the disk cache, not fetched in this run */
 };
 
 enum sha_state { SHA_NONE, SHA_RUNNING, SHA_OK, SHA_BAD };
@@ -74,6 +85,10 @@ struct cks_remote {
     char *url_base;            /* URL session: up to and including the last '/' */
     char *url_shown;           /* URL without the query string */
     cks_hub_resolved url_res;  /* URL session: resolution of `url` */
+    char *endpoint;            /* as given, the key of the cached listing */
+    bool listing_forgotten;    /* the cached listing was dropped after a failed check */
+    char **notes;              /* for the command line (cks_remote_take_notes) */
+    size_t n_notes;
 };
 
 struct rsrc {
@@ -90,7 +105,12 @@ struct rsrc {
     EVP_MD_CTX *sha;
     uint64_t sha_next;
     enum sha_state sha_state;
+    bool sha_saw_cache;        /* some hashed bytes came from the disk cache */
     char sha_hex[65];          /* the SHA-256 of the bytes, once the whole file was hashed */
+    uint64_t head_end;         /* [0, head_end) was read by the caller (coverage of prefetches) */
+    bool settled;              /* check_whole put the whole file in the cache and verified it */
+    cks_range *fetched;        /* what this run fetched from the network: sorted, merged */
+    size_t n_fetched, cap_fetched;
 };
 
 static const cks_source_ops rsrc_ops;
@@ -120,6 +140,10 @@ static void remote_unref(cks_remote *r)
         free(r->pre[i].url);
     }
     free(r->pre);
+    for (size_t i = 0; i < r->n_notes; i++)
+        free(r->notes[i]);
+    free(r->notes);
+    free(r->endpoint);
     cks_hub_repo_free(r->repo);
     cks_hub_free(r->hub);
     cks_http_free(r->http);
@@ -136,6 +160,53 @@ static void remote_unref(cks_remote *r)
 void cks_remote_free(cks_remote *r)
 {
     remote_unref(r);
+}
+
+/* Queue a sentence for the command line (r->mu held or not yet shared). */
+static void remote_note(cks_remote *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void remote_note(cks_remote *r, const char *fmt, ...)
+{
+    char *s = NULL, **grown;
+    va_list ap;
+    if (r->n_notes >= 100)
+        return;
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    grown = s ? realloc(r->notes, (r->n_notes + 1) * sizeof *grown) : NULL;
+    if (!grown) {
+        free(s);
+        return;
+    }
+    r->notes = grown;
+    r->notes[r->n_notes++] = s;
+}
+
+size_t cks_remote_take_notes(cks_remote *r, char ***notes)
+{
+    size_t n = 0;
+    *notes = NULL;
+    if (!r)
+        return 0;
+    pthread_mutex_lock(&r->mu);
+    *notes = r->notes;
+    n = r->n_notes;
+    r->notes = NULL;
+    r->n_notes = 0;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+/* Something the listing said failed a check (a size or hash the servers contradict): a rerun
+ * must ask the Hub again rather than trust the remembered listing, forever under a commit. */
+static void distrust_listing(cks_remote *r)
+{
+    if (!r->cache || !r->repo || r->listing_forgotten)
+        return;
+    r->listing_forgotten = true;
+    (void)cks_cache_repo_forget(r->cache, r->endpoint, r->spec.repo_type, r->spec.repo_id,
+                                r->spec.revision, r->repo->commit, NULL);
 }
 
 static bool env_u64(const char *name, uint64_t *out)
@@ -174,6 +245,8 @@ void cks_remote_config_from_env(cks_http_config *cfg)
         cfg->max_host_conns = (unsigned)v;
     if (env_u64("CKPTSCOPE_STALL_TIMEOUT", &v) && v > 0 && v <= 3600)
         cfg->stall_timeout = (long)v;
+    if (env_u64("CKPTSCOPE_MIN_RATE", &v) && v > 0 && v <= (1u << 30))
+        cfg->min_rate = (long)v;
     if (env_u64("CKPTSCOPE_MAX_ATTEMPTS", &v) && v > 0 && v <= 100)
         cfg->max_attempts = (unsigned)v;
     if (env_u64("CKPTSCOPE_COALESCE_GAP", &v))
@@ -225,6 +298,11 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
     COPY(url)
 #undef COPY
     const char *endpoint = opts->endpoint ? opts->endpoint : cks_hub_default_endpoint();
+    r->endpoint = strdup(endpoint);
+    if (!r->endpoint) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
     if (!opts->anonymous) {
         err = cks_hub_find_token(&token, &r->token_origin, diag);
         if (err)
@@ -357,6 +435,7 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
         for (size_t i = 0; i < s->n_ext; i++) {
             struct extent *e = &s->ext[i];
             if (e->off <= s->sha_next && s->sha_next < e->off + e->len) {
+                s->sha_saw_cache = s->sha_saw_cache || e->from_cache;
                 sha_feed(s, e->off, e->data, e->len);
                 moved = true;
             }
@@ -374,19 +453,26 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
         if (s->sha_state == SHA_OK && s->rem->cache && s->key[0])
             (void)cks_cache_mark_verified(s->rem->cache, s->key, s->base.size, NULL);
         /* cache hook: bytes that are not the file must not outlive this run (a rerun, or any
-         * command reading single tensors, would take them for the file's). Re-hashing what the
-         * cache holds drops every extent of the key when it does not match. */
-        if (s->sha_state == SHA_BAD && s->rem->cache && s->key[0]) {
-            bool cached_ok = false;
-            (void)cks_cache_verify_file(s->rem->cache, s->key, s->base.size, &cached_ok, NULL);
-        }
+         * command reading single tensors, would take them for the file's): every cached byte
+         * of the key goes, whether or not all of it is cached, and so does the listing that
+         * named the hash (it may be the listing that is wrong) */
+        if (s->sha_state == SHA_BAD && s->rem->cache && s->key[0])
+            (void)cks_cache_drop(s->rem->cache, s->key, "they do not hash to the Hub's SHA-256",
+                                 NULL);
+        if (s->sha_state == SHA_BAD)
+            distrust_listing(s->rem);
     }
     if (s->sha_state == SHA_BAD) {
         return cks_fail(diag, CKS_ERR_INTEGRITY,
-                        "%s: the bytes read do not match the SHA-256 the Hub publishes (%s); "
-                        "the file was changed or corrupted in transit — retry, and report it if "
-                        "it persists",
-                        s->base.name, s->base.sha256_hex);
+                        "%s: the bytes read (%s) hash to %s, not to the SHA-256 the Hub publishes "
+                        "(%s); %s",
+                        s->base.name,
+                        s->sha_saw_cache ? "partly from the disk cache" : "all from the network",
+                        s->sha_hex, s->base.sha256_hex,
+                        s->sha_saw_cache
+                            ? "the cached copy was damaged and is dropped: run the command again"
+                            : "the file was changed or corrupted in transit (nothing of it was "
+                              "kept) — retry, and report it if it persists");
     }
     return CKS_OK;
 }
@@ -454,6 +540,7 @@ static cks_err add_extent(struct rsrc *s, uint64_t off, uint64_t len, uint8_t *d
     s->ext[s->n_ext].len = len;
     s->ext[s->n_ext].data = data;
     s->ext[s->n_ext].stamp = ++s->rem->stamp;
+    s->ext[s->n_ext].from_cache = false;
     s->n_ext++;
     s->mem += len;
     return CKS_OK;
@@ -481,6 +568,84 @@ static uint64_t copy_from_memory(struct rsrc *s, uint64_t off, uint8_t *buf, uin
         }
     }
     return pos;
+}
+
+/* Remember that [off, off+len) came from the network in this run (r->mu held). A failed
+ * allocation only makes check_whole more careful (it then rechecks those bytes too). */
+static void note_fetched(struct rsrc *s, uint64_t off, uint64_t len)
+{
+    uint64_t a = off, b = off + len;
+    size_t i = 0, j;
+    if (!len)
+        return;
+    while (i < s->n_fetched && s->fetched[i].offset + s->fetched[i].length < a)
+        i++;
+    for (j = i; j < s->n_fetched && s->fetched[j].offset <= b; j++) {
+        uint64_t e = s->fetched[j].offset + s->fetched[j].length;
+        if (s->fetched[j].offset < a)
+            a = s->fetched[j].offset;
+        if (e > b)
+            b = e;
+    }
+    if (j == i) { /* no overlap: insert */
+        if (s->n_fetched == s->cap_fetched) {
+            size_t nc = s->cap_fetched ? 2 * s->cap_fetched : 8;
+            cks_range *g = realloc(s->fetched, nc * sizeof *g);
+            if (!g)
+                return;
+            s->fetched = g;
+            s->cap_fetched = nc;
+        }
+        memmove(&s->fetched[i + 1], &s->fetched[i], (s->n_fetched - i) * sizeof *s->fetched);
+        s->n_fetched++;
+    } else { /* [i, j) merge into i */
+        memmove(&s->fetched[i + 1], &s->fetched[j], (s->n_fetched - j) * sizeof *s->fetched);
+        s->n_fetched -= j - i - 1;
+    }
+    s->fetched[i].offset = a;
+    s->fetched[i].length = b - a;
+}
+
+/* True when [a, b) lies within what this run fetched from the network. */
+static bool fetched_covers(const struct rsrc *s, uint64_t a, uint64_t b)
+{
+    for (size_t i = 0; i < s->n_fetched; i++)
+        if (s->fetched[i].offset <= a && b <= s->fetched[i].offset + s->fetched[i].length)
+            return true;
+    return a >= b;
+}
+
+/* What the cache holds of [off, off+len) must equal the bytes just fetched; when it does not,
+ * an earlier transfer stored wrong bytes that no check could catch (the file was read only
+ * in part): every cached byte of the file goes, and the fresh bytes are stored instead. */
+static void compare_with_cache(struct rsrc *s, uint64_t off, const uint8_t *fresh, uint64_t len)
+{
+    cks_cache *c = s->rem->cache;
+    uint8_t *old = c && s->key[0] ? malloc((size_t)len) : NULL;
+    cks_range *gaps = NULL;
+    size_t ng = 0;
+    bool differs = false;
+    if (!old || cks_cache_read_some(c, s->key, off, old, (size_t)len, &gaps, &ng, NULL) != CKS_OK)
+        goto out;
+    uint64_t pos = off;
+    for (size_t g = 0; g <= ng && !differs; g++) {
+        uint64_t stop = g < ng ? gaps[g].offset : off + len;
+        if (stop > pos)
+            differs = memcmp(old + (pos - off), fresh + (pos - off), (size_t)(stop - pos)) != 0;
+        if (g < ng)
+            pos = gaps[g].offset + gaps[g].length;
+    }
+    if (differs) {
+        (void)cks_cache_drop(c, s->key, "they differ from what the server sends now", NULL);
+        remote_note(s->rem,
+                    "%s: the disk cache held bytes of this file that differ from what the server "
+                    "sends now (a damaged earlier transfer, never checked because the file was "
+                    "read only in part): they were dropped and replaced",
+                    s->base.name);
+    }
+out:
+    free(gaps);
+    free(old);
 }
 
 /* Store fetched bytes in the cache; a cache failure costs a refetch later, never data. */
@@ -541,6 +706,7 @@ static void rsrc_destroy(cks_source *src)
     for (size_t i = 0; i < s->n_ext; i++)
         free(s->ext[i].data);
     free(s->ext);
+    free(s->fetched);
     free(s->target.url);
     free(s->path);
     free(s->base.name);
@@ -630,8 +796,11 @@ static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
  * read what the cache holds, fetch the rest in one engine call. Called and returns with
  * r->mu held, but drops it while on the network. With `try_net`, gives up silently (CKS_OK)
  * when another thread is using the network: used for early read-ahead, which is optional.
+ * With `refresh`, the cache is not read: everything comes from the network, and what the
+ * cache held of it is compared with the fresh bytes (cks_remote_refresh).
  */
-static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, cks_diag *diag)
+static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, bool refresh,
+                          cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_http_piece *pieces = NULL;
@@ -689,7 +858,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
         cks_range *cached_gaps = NULL;
         /* cache hook (cache/README.md): serve what the cache holds of this hole and fetch
          * only the rest, so a range already partly cached costs only its missing part */
-        if (r->cache && s->key[0]) {
+        if (r->cache && s->key[0] && !refresh) {
             uint8_t *buf = malloc((size_t)w[i].len);
             if (!buf) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
@@ -706,6 +875,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
                 err = add_extent(s, w[i].off, w[i].len, buf, diag);
                 if (err)
                     goto out;
+                s->ext[s->n_ext - 1].from_cache = true;
                 continue;
             }
             /* keep the cached runs between the gaps */
@@ -720,6 +890,8 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
                     }
                     memcpy(part, buf + (pos - w[i].off), (size_t)(stop - pos));
                     err = add_extent(s, pos, stop - pos, part, diag);
+                    if (!err)
+                        s->ext[s->n_ext - 1].from_cache = true;
                 }
                 if (g < ng)
                     pos = gaps[g].offset + gaps[g].length;
@@ -774,10 +946,15 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     if (!err)
         err = cks_http_fetch(r->http, pieces, np, diag);
     pthread_mutex_lock(&r->mu);
+    if (err && cks_err_class_of(err) == CKS_CLASS_FORMAT)
+        distrust_listing(r); /* a size or hash the servers contradict */
     if (err)
         goto out;
     for (size_t i = 0; i < np; i++) {
         struct rsrc *s = srcs[i];
+        note_fetched(s, pieces[i].offset, pieces[i].length);
+        if (refresh)
+            compare_with_cache(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
@@ -817,7 +994,7 @@ static void *bg_main(void *arg)
         r->bg_src = NULL;
         /* a failure here is not reported: the reader that needs these bytes fetches them
          * itself and meets the error then (an integrity failure is sticky on the source) */
-        (void)fetch_wants(r, &w, 1, false, &ignored);
+        (void)fetch_wants(r, &w, 1, false, false, &ignored);
         r->bg_busy = NULL;
         pthread_cond_broadcast(&r->bg_cv);
     }
@@ -849,7 +1026,16 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
     cks_remote *r = s->rem;
     cks_err err = CKS_OK;
     uint8_t *buf = vbuf;
+    if (s->settled) {
+        /* the whole file is in the cache and verified: read it straight into the caller's
+         * buffer (no read-ahead copies); a chunk that went bad falls back to the path below */
+        bool hit = false;
+        if (cks_cache_read(r->cache, s->key, offset, buf, len, &hit, NULL) == CKS_OK && hit)
+            return CKS_OK;
+    }
     pthread_mutex_lock(&r->mu);
+    if (offset <= s->head_end && offset + len > s->head_end)
+        s->head_end = offset + len;
     if (s->sha_state == SHA_BAD) {
         err = sha_advance(s, diag);
         goto out;
@@ -894,7 +1080,7 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
                 want += ahead;
         }
         struct want w = {s, pos, want};
-        err = fetch_wants(r, &w, 1, false, diag);
+        err = fetch_wants(r, &w, 1, false, false, diag);
         if (err)
             break;
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
@@ -914,7 +1100,7 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
                 n = s->base.size - frontier;
             if (!post_readahead(r, s, frontier, n)) {
                 struct want w = {s, frontier, n};
-                err = fetch_wants(r, &w, 1, true, diag);
+                err = fetch_wants(r, &w, 1, true, false, diag);
             }
         }
     }
@@ -978,7 +1164,159 @@ static void rsrc_trim(cks_source *src)
     pthread_mutex_unlock(&s->rem->mu);
 }
 
-static const cks_source_ops rsrc_ops = {rsrc_read_at, rsrc_prefetch, rsrc_destroy, rsrc_prefetch_many, rsrc_trim};
+/* Forget what memory holds and start the whole-file hash again from byte 0 (r->mu held, and
+ * the read-ahead worker not busy with this source). */
+static void sha_restart(struct rsrc *s)
+{
+    evict(s, 0);
+    if (s->sha && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) == 1)
+        s->sha_state = SHA_RUNNING;
+    s->sha_next = 0;
+    s->sha_saw_cache = false;
+    s->settled = false;
+    s->sha_hex[0] = '\0';
+    s->n_fetched = 0;
+    s->ahead = 0;
+    s->last_end = 0;
+}
+
+/* r->mu held: keep the read-ahead worker away from s while its state is reset. */
+static void quiesce(cks_remote *r, struct rsrc *s)
+{
+    if (r->bg_src == s)
+        r->bg_src = NULL;
+    while (r->bg_busy == s)
+        pthread_cond_wait(&r->bg_cv, &r->mu);
+}
+
+/* The caller found the bytes it read wrong (a header that does not parse): none of them may
+ * stay, in memory or in the cache; the next read fetches them from the server again. */
+static bool rsrc_discard(cks_source *src)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *r = s->rem;
+    pthread_mutex_lock(&r->mu);
+    quiesce(r, s);
+    if (r->cache && s->key[0])
+        (void)cks_cache_drop(r->cache, s->key, "they failed a check (a header that does not parse)",
+                             NULL);
+    sha_restart(s);
+    pthread_mutex_unlock(&r->mu);
+    return true;
+}
+
+/* One pass of check_whole: the file from the hash frontier to its end, a window at a time,
+ * through fetch_wants (the cache for what it holds, the network for the rest) and into the
+ * hash; memory is freed after each window (the cache keeps the bytes). r->mu held. */
+#define SETTLE_WINDOW (16u * 1024u * 1024u)
+static cks_err settle_pass(cks_remote *r, struct rsrc *s, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    while (!err && s->sha_state == SHA_RUNNING && s->sha_next < s->base.size) {
+        uint64_t from = s->sha_next, len = s->base.size - from;
+        struct want w = {s, from, len < SETTLE_WINDOW ? len : SETTLE_WINDOW};
+        err = fetch_wants(r, &w, 1, false, false, diag);
+        if (!err)
+            err = sha_advance(s, diag);
+        if (!err && s->sha_state == SHA_RUNNING && s->sha_next == from)
+            err = cks_fail(diag, CKS_ERR_IO, "%s: the whole-file check made no progress at byte %" PRIu64,
+                           s->base.name, from);
+        evict(s, 0);
+    }
+    return err;
+}
+
+/*
+ * The whole file is about to be read. When every byte will come from this run's network
+ * reads, the streaming hash checks them as they arrive and nothing is done here. When the
+ * disk cache holds bytes of the file from an earlier run (a header read by `ls`, blocks
+ * sampled by `verify`, a transfer killed half way), those have never been checked against
+ * the Hub's SHA-256: the file is then read through the cache and hashed now, before any byte
+ * reaches the caller, and when it does not match, the damaged copy is dropped and the file
+ * hashed again from the network alone. So a damaged partial transfer of one run never makes
+ * a later whole-file read fail, or succeed with wrong bytes.
+ */
+static cks_err rsrc_check_whole(cks_source *src, cks_diag *diag)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *r = s->rem;
+    cks_err err = CKS_OK;
+    cks_range whole = {0, s->base.size}, *miss = NULL;
+    size_t n_miss = 0;
+    bool mixed = false;
+    pthread_mutex_lock(&r->mu);
+    if (s->sha_state != SHA_RUNNING || !r->cache || strncmp(s->key, "sha256:", 7) != 0 ||
+        s->base.size == 0 || cks_cache_is_verified(r->cache, s->key, s->base.size))
+        goto out; /* checked already, nothing to check against, or only this run's bytes */
+    if (cks_cache_missing(r->cache, s->key, &whole, 1, &miss, &n_miss, NULL) != CKS_OK)
+        goto out;
+    /* a cached range this run did not fetch itself is an old, unchecked copy */
+    uint64_t pos = 0;
+    for (size_t i = 0; i <= n_miss && !mixed; i++) {
+        uint64_t stop = i < n_miss ? miss[i].offset : s->base.size;
+        mixed = !fetched_covers(s, pos, stop);
+        if (i < n_miss)
+            pos = miss[i].offset + miss[i].length;
+    }
+    mixed = mixed || s->sha_saw_cache;
+    if (!mixed)
+        goto out;
+    quiesce(r, s);
+    err = settle_pass(r, s, diag);
+    if (err == CKS_ERR_INTEGRITY && s->sha_saw_cache) {
+        /* the old copy was damaged (sha_advance dropped it): once more, all from the network */
+        sha_restart(s);
+        err = settle_pass(r, s, diag);
+    }
+    s->settled = !err && s->sha_state == SHA_OK;
+out:
+    pthread_mutex_unlock(&r->mu);
+    free(miss);
+    return err;
+}
+
+static int cmp_range(const void *a, const void *b)
+{
+    const cks_range *x = a, *y = b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Do these ranges (sorted in place), with [0, head) already read, cover a file of `size`
+ * bytes? (A caller that prefetches every tensor of a file is about to read all of it.) */
+static bool ranges_cover(cks_range *ranges, size_t n, uint64_t head, uint64_t size)
+{
+    uint64_t pos = head;
+    qsort(ranges, n, sizeof *ranges, cmp_range);
+    for (size_t i = 0; i < n && ranges[i].offset <= pos; i++)
+        if (ranges[i].offset + ranges[i].length > pos)
+            pos = ranges[i].offset + ranges[i].length;
+    return n > 0 && pos >= size;
+}
+
+/* The same for the ranges of `src` in a batch over several sources. */
+static bool batch_covers(const void *src, cks_source *const *sources, const cks_range *ranges,
+                         size_t n, uint64_t head, uint64_t size)
+{
+    cks_range *mine = malloc((n ? n : 1) * sizeof *mine);
+    size_t m = 0;
+    bool covers;
+    if (!mine)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (sources[i] == src && ranges[i].length)
+            mine[m++] = ranges[i];
+    covers = ranges_cover(mine, m, head, size);
+    free(mine);
+    return covers;
+}
+
+static const cks_source_ops rsrc_ops = {.read_at = rsrc_read_at,
+                                        .prefetch = rsrc_prefetch,
+                                        .destroy = rsrc_destroy,
+                                        .prefetch_many = rsrc_prefetch_many,
+                                        .trim = rsrc_trim,
+                                        .check_whole = rsrc_check_whole,
+                                        .discard = rsrc_discard};
 
 cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
                             size_t n, cks_diag *diag)
@@ -988,6 +1326,28 @@ cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks
     size_t m = 0;
     if (!w)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    /* a batch that reads the rest of a file whole: check what the cache holds of it first
+     * (the distinct sources of a batch are few: the shards of one repository) */
+    const cks_source **seen = calloc(n ? n : 1, sizeof *seen);
+    size_t n_seen = 0;
+    for (size_t i = 0; seen && i < n && !err; i++) {
+        bool first = true;
+        if (!sources[i] || sources[i]->ops != &rsrc_ops || ((struct rsrc *)sources[i])->rem != r)
+            continue;
+        for (size_t j = 0; j < n_seen && first; j++)
+            first = seen[j] != sources[i];
+        if (!first)
+            continue;
+        seen[n_seen++] = sources[i];
+        struct rsrc *s = (struct rsrc *)sources[i];
+        if (batch_covers(s, sources, ranges, n, s->head_end, s->base.size))
+            err = rsrc_check_whole(&s->base, diag);
+    }
+    free(seen);
+    if (err) {
+        free(w);
+        return err;
+    }
     pthread_mutex_lock(&r->mu);
     for (size_t i = 0; i < n; i++) {
         if (!sources[i] || sources[i]->ops != &rsrc_ops)
@@ -1006,9 +1366,88 @@ cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks
         w[m].len = ranges[i].length;
         m++;
     }
-    err = fetch_wants(r, w, m, false, diag);
+    err = fetch_wants(r, w, m, false, false, diag);
 out:
     pthread_mutex_unlock(&r->mu);
+    free(w);
+    return err;
+}
+
+/*
+ * A partial read cannot be checked against the Hub's SHA-256 (it covers whole files), so
+ * bytes an earlier run cached for one could be a damaged transfer that nothing caught. For
+ * the commands whose answer is the bytes themselves (hash or fetch of some tensors), those
+ * ranges come from the network again, and a cached copy that differs is replaced. Files
+ * verified whole, sources without a disk cache (everything is this run's) and --offline
+ * (the cache is the answer asked for) are left alone. Ranges are fetched in batches of
+ * REFRESH_BATCH, split into windows of SETTLE_WINDOW, one parallel round per batch.
+ */
+#define REFRESH_BATCH (64u * 1024u * 1024u)
+cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, size_t n,
+                           cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct want *w = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        if (!sources[i] || sources[i]->ops != &rsrc_ops)
+            continue;
+        cks_remote *r = ((struct rsrc *)sources[i])->rem;
+        size_t m = 0;
+        uint64_t batch = 0;
+        bool seen_before = false;
+        for (size_t j = 0; j < i && !seen_before; j++)
+            seen_before = sources[j] && sources[j]->ops == &rsrc_ops && ((struct rsrc *)sources[j])->rem == r;
+        if (seen_before || !r->cache || cks_cache_offline(r->cache))
+            continue;
+        pthread_mutex_lock(&r->mu);
+        for (size_t j = i; j <= n && !err; j++) {
+            bool flush = j == n || batch >= REFRESH_BATCH;
+            if (flush && m) {
+                err = fetch_wants(r, w, m, false, true, diag);
+                m = 0;
+                batch = 0;
+            }
+            if (j == n || err)
+                break;
+            if (!sources[j] || sources[j]->ops != &rsrc_ops)
+                continue;
+            struct rsrc *s = (struct rsrc *)sources[j];
+            if (s->rem != r || strncmp(s->key, "sha256:", 7) != 0 || s->sha_state == SHA_OK ||
+                ranges[j].length == 0 || ranges[j].offset > s->base.size ||
+                ranges[j].length > s->base.size - ranges[j].offset ||
+                cks_cache_is_verified(r->cache, s->key, s->base.size))
+                continue;
+            quiesce(r, s);
+            /* bytes memory holds from the cache are as unchecked as the cache */
+            for (size_t k = s->n_ext; k-- > 0;)
+                if (s->ext[k].from_cache) {
+                    s->mem -= s->ext[k].len;
+                    free(s->ext[k].data);
+                    s->ext[k] = s->ext[--s->n_ext];
+                }
+            for (uint64_t off = ranges[j].offset, end = off + ranges[j].length; off < end;) {
+                uint64_t len = end - off < SETTLE_WINDOW ? end - off : SETTLE_WINDOW;
+                if (m == cap) {
+                    size_t nc = cap ? 2 * cap : 64;
+                    struct want *g = realloc(w, nc * sizeof *g);
+                    if (!g) {
+                        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                        break;
+                    }
+                    w = g;
+                    cap = nc;
+                }
+                w[m].src = s;
+                w[m].off = off;
+                w[m].len = len;
+                m++;
+                batch += len;
+                off += len;
+            }
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
     free(w);
     return err;
 }
@@ -1091,7 +1530,259 @@ out:
     return err;
 }
 
+/* ---------------------------------------------------------------- HF_HOME copies ---- */
+
+/*
+ * A file found in the Hugging Face cache is another program's copy on a disk anyone may
+ * have written to: it is checked against the Hub's identity of the file (the LFS SHA-256,
+ * or the git blob id of a regular file) before a whole-file read uses it, read from the
+ * network instead when it does not match, and said to be unverified while it is read only
+ * in part (hashing a 5 GB shard to read one tensor would cost more than the network read).
+ */
+enum hf_state { HF_UNCHECKED, HF_VERIFIED, HF_FALLBACK };
+
+struct hfsrc {
+    cks_source base;
+    cks_remote *rem;           /* a reference */
+    cks_source *local;         /* the copy in HF_HOME */
+    cks_source *net;           /* after a mismatch: the file as the Hub serves it */
+    char *path;                /* in the repository */
+    bool lfs;
+    char want[65];             /* the Hub's SHA-256 (LFS) or git blob id (regular file) */
+    enum hf_state state;
+    uint64_t head_end;         /* [0, head_end) was read (coverage of prefetches) */
+    pthread_mutex_t mu;        /* guards state, net, head_end */
+};
+
+static const cks_source_ops hfsrc_ops;
+static cks_err open_file(cks_remote *r, const char *path, bool allow_hf, cks_source **out,
+                         cks_diag *diag);
+
+/* The identity of the local copy, in the form the Hub gives it (hex into out). */
+static cks_err hf_hash(struct hfsrc *h, char out[65], cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const size_t step = 8u * 1024u * 1024u;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    uint8_t *buf = malloc(step);
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned dl = 0;
+    if (!md || !buf || EVP_DigestInit_ex(md, h->lfs ? EVP_sha256() : EVP_sha1(), NULL) != 1) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (!h->lfs) {
+        /* a git blob id hashes "blob <size>\0" and then the content */
+        char head[32];
+        int n = snprintf(head, sizeof head, "blob %" PRIu64, h->base.size);
+        EVP_DigestUpdate(md, head, (size_t)n + 1);
+    }
+    for (uint64_t pos = 0; pos < h->base.size;) {
+        size_t n = h->base.size - pos < step ? (size_t)(h->base.size - pos) : step;
+        err = cks_source_read_at(h->local, pos, buf, n, diag);
+        if (err)
+            goto out;
+        EVP_DigestUpdate(md, buf, n);
+        pos += n;
+    }
+    EVP_DigestFinal_ex(md, d, &dl);
+    for (unsigned i = 0; i < dl && i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+out:
+    EVP_MD_CTX_free(md);
+    free(buf);
+    return err;
+}
+
+/* From now on the file comes from the network (h->mu held). */
+static cks_err hf_fall_back(struct hfsrc *h, const char *why, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_source *net = NULL;
+    if (h->state == HF_FALLBACK)
+        goto out;
+    err = open_file(h->rem, h->path, false, &net, diag);
+    if (err)
+        goto out;
+    h->net = net;
+    h->state = HF_FALLBACK;
+    pthread_mutex_lock(&h->rem->mu);
+    remote_note(h->rem,
+                "%s: the copy in the Hugging Face cache (HF_HOME) %s, so it was read from the Hub "
+                "instead (that copy is left as it is: delete it, or download the file again)",
+                h->base.name, why);
+    pthread_mutex_unlock(&h->rem->mu);
+out:
+    return err;
+}
+
+static cks_err hf_check_whole(cks_source *src, cks_diag *diag)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    cks_err err = CKS_OK;
+    char got[65] = "", why[200];
+    pthread_mutex_lock(&h->mu);
+    if (h->state == HF_VERIFIED)
+        goto out;
+    if (h->state == HF_FALLBACK) {
+        err = cks_source_check_whole(h->net, diag);
+        goto out;
+    }
+    cks_diag ignored;
+    if (hf_hash(h, got, &ignored) == CKS_OK && strcmp(got, h->want) == 0) {
+        h->state = HF_VERIFIED;
+        goto out;
+    }
+    snprintf(why, sizeof why, "%s%s, not to the Hub's %s %s", got[0] ? "hashes to " : "cannot be read",
+             got, h->lfs ? "SHA-256" : "git blob id", h->want);
+    err = hf_fall_back(h, why, diag);
+    if (!err)
+        err = cks_source_check_whole(h->net, diag);
+out:
+    pthread_mutex_unlock(&h->mu);
+    return err;
+}
+
+/* The source to read from now, after noting what is read (coverage of later prefetches). */
+static cks_source *hf_current(struct hfsrc *h, uint64_t offset, uint64_t len)
+{
+    cks_source *cur;
+    pthread_mutex_lock(&h->mu);
+    if (offset <= h->head_end && offset + len > h->head_end)
+        h->head_end = offset + len;
+    cur = h->state == HF_FALLBACK ? h->net : h->local;
+    pthread_mutex_unlock(&h->mu);
+    return cur;
+}
+
+static cks_err hf_read_at(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag)
+{
+    return cks_source_read_at(hf_current((struct hfsrc *)src, offset, len), offset, buf, len, diag);
+}
+
+static cks_err hf_prefetch(cks_source *src, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    cks_err err = CKS_OK;
+    cks_range *copy = malloc((n ? n : 1) * sizeof *copy);
+    cks_source *net;
+    if (!copy)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    memcpy(copy, ranges, n * sizeof *copy);
+    pthread_mutex_lock(&h->mu);
+    bool whole = h->state == HF_UNCHECKED && ranges_cover(copy, n, h->head_end, h->base.size);
+    pthread_mutex_unlock(&h->mu);
+    free(copy);
+    if (whole)
+        err = hf_check_whole(src, diag);
+    pthread_mutex_lock(&h->mu);
+    net = h->state == HF_FALLBACK ? h->net : NULL;
+    pthread_mutex_unlock(&h->mu);
+    if (!err && net)
+        err = cks_source_prefetch(net, ranges, n, diag);
+    return err;
+}
+
+/* The caller could not use what it read (a header that does not parse): the copy is not the
+ * file, so the network serves it from now on. */
+static bool hf_discard(cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    bool ok;
+    pthread_mutex_lock(&h->mu);
+    if (h->state == HF_FALLBACK)
+        ok = cks_source_discard(h->net);
+    else
+        ok = hf_fall_back(h, "gave bytes that failed a check (a header that does not parse)", NULL) ==
+             CKS_OK;
+    pthread_mutex_unlock(&h->mu);
+    return ok;
+}
+
+static bool hf_unverified(const cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    bool u;
+    pthread_mutex_lock(&h->mu);
+    u = h->state == HF_UNCHECKED;
+    pthread_mutex_unlock(&h->mu);
+    return u;
+}
+
+static void hf_trim(cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    pthread_mutex_lock(&h->mu);
+    cks_source_trim(h->net);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void hf_destroy(cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    cks_remote *r = h->rem;
+    cks_source_free(h->local);
+    cks_source_free(h->net);
+    pthread_mutex_destroy(&h->mu);
+    free(h->path);
+    free(h->base.name);
+    free(h);
+    remote_unref(r);
+}
+
+static const cks_source_ops hfsrc_ops = {.read_at = hf_read_at,
+                                         .prefetch = hf_prefetch,
+                                         .destroy = hf_destroy,
+                                         .trim = hf_trim,
+                                         .check_whole = hf_check_whole,
+                                         .discard = hf_discard,
+                                         .unverified = hf_unverified};
+
+/* Wrap the local copy `local` of listed file f; takes ownership of local. */
+static cks_err hf_wrap(cks_remote *r, const cks_hub_file *f, cks_source *local, cks_source **out,
+                       cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct hfsrc *h = calloc(1, sizeof *h);
+    const char *want = f->lfs ? f->sha256 : f->blob_id;
+    *out = NULL;
+    if (!h || !(h->path = strdup(f->path)) || !(h->base.name = strdup(local->name))) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    h->base.ops = &hfsrc_ops;
+    h->base.size = local->size;
+    h->base.thread_safe = true;
+    memcpy(h->base.sha256_hex, local->sha256_hex, sizeof h->base.sha256_hex);
+    h->lfs = f->lfs;
+    snprintf(h->want, sizeof h->want, "%s", want);
+    h->local = local;
+    local = NULL;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_lock(&r->mu);
+    r->refs++;
+    pthread_mutex_unlock(&r->mu);
+    h->rem = r;
+    *out = &h->base;
+    h = NULL;
+out:
+    if (h) {
+        free(h->path);
+        free(h->base.name);
+        free(h);
+    }
+    cks_source_free(local);
+    return err;
+}
+
 cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, cks_diag *diag)
+{
+    return open_file(r, path, true, out, diag);
+}
+
+/* A hub file, or a URL session's file: from HF_HOME (allow_hf), the disk cache, or the network. */
+static cks_err open_file(cks_remote *r, const char *path, bool allow_hf, cks_source **out,
+                         cks_diag *diag)
 {
     cks_err err = CKS_OK;
     struct rsrc *s = NULL;
@@ -1106,12 +1797,17 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
                            r->repo->repo_id, r->repo->commit, path);
             goto out;
         }
-        /* cache hook: a complete copy in the standard Hugging Face cache needs no network */
-        (void)cks_cache_hf_source(NULL, r->repo, f, &hf, NULL);
+        /* cache hook: a complete copy in the standard Hugging Face cache needs no network
+         * (checked against the Hub's identity of the file before a whole read) */
+        if (allow_hf)
+            (void)cks_cache_hf_source(NULL, r->repo, f, &hf, NULL);
         if (hf) {
+            cks_source *local = hf;
             /* reports still name the Hub's content identity for it */
             if (f->sha256[0])
-                memcpy(hf->sha256_hex, f->sha256, sizeof hf->sha256_hex);
+                memcpy(local->sha256_hex, f->sha256, sizeof local->sha256_hex);
+            hf = NULL;
+            err = hf_wrap(r, f, local, &hf, diag);
             goto out;
         }
         if (f->size_known) {
@@ -1258,7 +1954,7 @@ static void take_total(const cks_http_request *q, const char *path, cks_served_s
     } else if (st == 404 || st == 410) {
         o->err = cks_fail(&o->diag, CKS_ERR_FILE_NOT_FOUND, "%s: the data server answers HTTP %ld", path, st);
     } else if (st == 401 || st == 403) {
-        o->err = cks_fail(&o->diag, CKS_ERR_AUTH, "%s: the data server refuses access (HTTP %ld)", path, st);
+        o->err = cks_fail(&o->diag, CKS_ERR_DENIED, "%s: the data server refuses access (HTTP %ld); no token is sent to it", path, st);
     } else {
         o->err = cks_fail(&o->diag, CKS_ERR_HTTP,
                           "%s: the data server answered a one-byte range with HTTP %ld and Content-Range '%s'",
@@ -1402,6 +2098,31 @@ static bool index_cached(cks_remote *r, const cks_hub_file *f)
     return n == 0;
 }
 
+/* The git blob id of a regular file's bytes (what the listing's blobId names). */
+static void git_blob_id(const char *data, uint64_t len, char out[41])
+{
+    char head[32];
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned dl = 0;
+    int n = snprintf(head, sizeof head, "blob %" PRIu64, len);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    out[0] = '\0';
+    if (md && EVP_DigestInit_ex(md, EVP_sha1(), NULL) == 1) {
+        EVP_DigestUpdate(md, head, (size_t)n + 1);
+        EVP_DigestUpdate(md, data, (size_t)len);
+        EVP_DigestFinal_ex(md, d, &dl);
+        for (unsigned i = 0; i < dl && i < 20; i++)
+            snprintf(out + 2 * i, 3, "%02x", d[i]);
+    }
+    EVP_MD_CTX_free(md);
+}
+
+/*
+ * A small file read whole (an index, config.json, tokenizer.json), checked before use: a
+ * regular file against the git blob id the listing gives it, an LFS file by the source's
+ * own SHA-256. Bytes that fail go (memory, cache) and are read once more from the server;
+ * failing again, the error names both identities and nothing of them is kept.
+ */
 static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size_t *len,
                                cks_diag *diag)
 {
@@ -1409,10 +2130,10 @@ static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size
     cks_err err;
     cks_source *src = NULL;
     char *buf = NULL;
+    const cks_hub_file *f = r->repo ? cks_hub_repo_find(r->repo, relpath) : NULL;
     *data = NULL;
     *len = 0;
-    if (r->repo && ends_with(relpath, ".json") && cks_hub_repo_find(r->repo, relpath) &&
-        !index_cached(r, cks_hub_repo_find(r->repo, relpath)))
+    if (r->repo && ends_with(relpath, ".json") && f && !index_cached(r, f))
         presolve_with_index(r, relpath);
     err = cks_remote_open_file(r, relpath, &src, diag);
     if (err)
@@ -1427,7 +2148,28 @@ static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    err = cks_source_read_at(src, 0, buf, (size_t)src->size, diag);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char got[41];
+        err = cks_source_check_whole(src, diag);
+        if (!err)
+            err = cks_source_read_at(src, 0, buf, (size_t)src->size, diag);
+        if (!err && f && !f->lfs && f->blob_id[0]) {
+            git_blob_id(buf, src->size, got);
+            if (strcmp(got, f->blob_id) != 0)
+                err = cks_fail(diag, CKS_ERR_INTEGRITY,
+                               "%s: the %" PRIu64 " bytes read hash to git blob %s, not to the "
+                               "blob id the Hub lists (%s); nothing of them was kept — retry, "
+                               "and report it if it persists",
+                               src->name, src->size, got, f->blob_id);
+        }
+        if (err != CKS_ERR_INTEGRITY)
+            break;
+        /* wrong bytes never stay; the second read comes from the server */
+        if (!cks_source_discard(src))
+            break;
+        if (attempt == 1)
+            distrust_listing(r);
+    }
     if (err)
         goto out;
     buf[src->size] = '\0';
@@ -1629,10 +2371,20 @@ static cks_err pick_entry(const cks_hub_repo *repo, const char *dir, char **entr
                        repo->revision);
         goto out;
     }
-    err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
-                   "%s@%.12s%s%s has no safetensors checkpoint (no model.safetensors, no "
-                   "index); for a component in a folder use hf://%s/FOLDER",
-                   repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->repo_id);
+    if (repo->n_unsafe)
+        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
+                       "%s@%.12s%s%s has no safetensors checkpoint it can use: the Hub's listing "
+                       "names %zu file%s that %s refused as unsafe (e.g. '%s': a path with a "
+                       "'..', '.' or empty part, a leading '/', a backslash or a control "
+                       "character could reach outside the repository)",
+                       repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->n_unsafe,
+                       repo->n_unsafe == 1 ? "" : "s", repo->n_unsafe == 1 ? "was" : "were",
+                       repo->unsafe_example);
+    else
+        err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
+                       "%s@%.12s%s%s has no safetensors checkpoint (no model.safetensors, no "
+                       "index); for a component in a folder use hf://%s/FOLDER",
+                       repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->repo_id);
 out:
     free(cand);
     return err;
@@ -1710,6 +2462,12 @@ cks_err cks_remote_open_ckpt(cks_remote *r, cks_ckpt **out, cks_diag *diag)
     err = ckpt_entry(r, &entry, &name, diag);
     if (!err)
         err = cks_ckpt_open_with(&prov, name, entry, out, diag);
+    if (cks_err_class_of(err) == CKS_CLASS_FORMAT) {
+        /* the listing's sizes and hashes took part in that check: the next run asks again */
+        pthread_mutex_lock(&r->mu);
+        distrust_listing(r);
+        pthread_mutex_unlock(&r->mu);
+    }
     free(entry);
     free(name);
     return err;
@@ -1724,6 +2482,11 @@ cks_err cks_remote_check_ckpt(cks_remote *r, cks_ckpt_check **out, cks_diag *dia
     err = ckpt_entry(r, &entry, &name, diag);
     if (!err)
         err = cks_ckpt_check_with(&prov, entry, out, diag);
+    if (cks_err_class_of(err) == CKS_CLASS_FORMAT || (!err && (*out)->n_problems > 0)) {
+        pthread_mutex_lock(&r->mu);
+        distrust_listing(r);
+        pthread_mutex_unlock(&r->mu);
+    }
     free(entry);
     free(name);
     return err;

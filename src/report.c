@@ -168,8 +168,29 @@ static void track_trim(cks_source *src)
     cks_source_trim(((struct track_source *)src)->inner);
 }
 
-static const cks_source_ops track_ops = {track_read_at, track_prefetch, track_destroy, track_prefetch_many,
-                                         track_trim};
+static cks_err track_check_whole(cks_source *src, cks_diag *diag)
+{
+    return cks_source_check_whole(((struct track_source *)src)->inner, diag);
+}
+
+static bool track_discard(cks_source *src)
+{
+    return cks_source_discard(((struct track_source *)src)->inner);
+}
+
+static bool track_unverified(const cks_source *src)
+{
+    return cks_source_unverified(((const struct track_source *)src)->inner);
+}
+
+static const cks_source_ops track_ops = {.read_at = track_read_at,
+                                         .prefetch = track_prefetch,
+                                         .destroy = track_destroy,
+                                         .prefetch_many = track_prefetch_many,
+                                         .trim = track_trim,
+                                         .check_whole = track_check_whole,
+                                         .discard = track_discard,
+                                         .unverified = track_unverified};
 
 cks_err cks_report_track_reads(cks_ckpt *ckpt, cks_diag *diag)
 {

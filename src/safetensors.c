@@ -19,6 +19,8 @@
 #define FIRST_CHUNK CKS_ST_FIRST_READ
 #define MAX_EXACT_INTEGER 9007199254740992.0 /* 2^53: larger JSON numbers lose precision in a double */
 #define MAX_INDEX_BYTES (256u * 1024u * 1024u)
+_Static_assert(CKS_JSON_MAX_DEPTH == CJSON_NESTING_LIMIT && CKS_JSON_MAX_DEPTH == 1000,
+               "the depth the messages name (1000) is cJSON's limit");
 
 /* ---- raw byte checks ---- */
 
@@ -72,15 +74,46 @@ static bool is_json_space(uint8_t c)
  * valid JSON but cannot survive as a C string. Returns the offset of the offending byte
  * or len; *what names the problem.
  */
+size_t cks_json_too_deep_at(const char *json, size_t len)
+{
+    const uint8_t *s = (const uint8_t *)json;
+    bool in_string = false;
+    size_t depth = 0;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t c = s[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > CKS_JSON_MAX_DEPTH)
+                return i;
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    return len;
+}
+
 static size_t raw_json_problem_at(const uint8_t *s, size_t len, const char **what)
 {
     bool in_string = false;
+    size_t deep = cks_json_too_deep_at((const char *)s, len);
     if (len >= 3 && s[0] == 0xEF && s[1] == 0xBB && s[2] == 0xBF) {
         *what = "a UTF-8 byte-order mark before the JSON";
         return 0;
     }
     for (size_t i = 0; i < len; i++) {
         uint8_t c = s[i];
+        if (i == deep) {
+            /* cJSON would only say "not valid JSON" */
+            *what = "arrays or objects nested more than 1000 levels deep (the JSON parser's "
+                    "limit; a safetensors header nests 3)";
+            return i;
+        }
         if (c < 0x20 && (in_string || !is_json_space(c))) {
             *what = in_string ? "a raw control byte inside a string" : "a control byte outside JSON whitespace";
             return i;

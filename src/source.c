@@ -72,6 +72,21 @@ void cks_source_trim(cks_source *src)
         src->ops->trim(src);
 }
 
+cks_err cks_source_check_whole(cks_source *src, cks_diag *diag)
+{
+    return src && src->ops->check_whole ? src->ops->check_whole(src, diag) : CKS_OK;
+}
+
+bool cks_source_discard(cks_source *src)
+{
+    return src && src->ops->discard ? src->ops->discard(src) : false;
+}
+
+bool cks_source_unverified(const cks_source *src)
+{
+    return src && src->ops->unverified ? src->ops->unverified(src) : false;
+}
+
 void cks_source_free(cks_source *src)
 {
     if (!src)
@@ -119,7 +134,7 @@ static void file_destroy(cks_source *src)
     free(fs);
 }
 
-static const cks_source_ops file_ops = {file_read_at, NULL, file_destroy, NULL, NULL};
+static const cks_source_ops file_ops = {.read_at = file_read_at, .destroy = file_destroy};
 
 cks_err cks_source_open_file(const char *path, cks_source **out, cks_diag *diag)
 {
@@ -190,7 +205,7 @@ static void mem_destroy(cks_source *src)
     free(ms);
 }
 
-static const cks_source_ops mem_ops = {mem_read_at, NULL, mem_destroy, NULL, NULL};
+static const cks_source_ops mem_ops = {.read_at = mem_read_at, .destroy = mem_destroy};
 
 cks_err cks_source_from_memory(const void *data, size_t len, const char *name, bool copy,
                                cks_source **out, cks_diag *diag)

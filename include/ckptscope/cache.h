@@ -119,6 +119,22 @@ cks_err cks_cache_meta_get(cks_cache *c, const char *ns, const char *key, int64_
 cks_err cks_cache_meta_put(cks_cache *c, const char *ns, const char *key, const void *data,
                            size_t len, cks_diag *diag);
 
+/* The first write of this handle that failed (cks_cache_write, _meta_put, _mark_verified),
+ * with its message; CKS_OK when none did. Reads go on as before; after a NoSpace every later
+ * write fails at once with the same message (the cache is then read-only for this handle).
+ * Callers that ignore write errors (the remote source: a cache failure costs a refetch,
+ * never data) use it to say once that the cache stopped keeping what was fetched. */
+cks_err cks_cache_write_failure(cks_cache *c, cks_diag *diag);
+
+/* Remove every extent of `key` and its whole-file mark: bytes that failed a check (a
+ * SHA-256 or git blob id that does not match, a header that does not parse) must not
+ * outlive the run that found it. A note says what went (`why`). CKS_ERR_IO when some of it
+ * could not be removed (a read-only cache). */
+cks_err cks_cache_drop(cks_cache *c, const char *key, const char *why, cks_diag *diag);
+
+/* Remove one metadata entry (absent is fine). */
+cks_err cks_cache_meta_delete(cks_cache *c, const char *ns, const char *key, cks_diag *diag);
+
 /* Never evict this key while this process lives (also protects it from eviction by
  * other processes that share the cache). */
 void cks_cache_pin(cks_cache *c, const char *key);
@@ -211,12 +227,25 @@ typedef struct cks_cache_verify_report {
     uint64_t stale_temp;              /* temporaries left by dead processes (removed on repair) */
     char **bad;                       /* one line per bad entry; free with cks_cache_verify_report_release */
     size_t n_bad;
+    /* whole files (cks_cache_verify_listed): held entirely and hashed against the SHA-256 a
+     * cached listing gives them, found not to match (dropped on repair), held only in part
+     * (no whole-file hash can check those: a later whole read of the file does) */
+    uint64_t checked_files, bad_files, partial_files;
 } cks_cache_verify_report;
 
 /* Read and check every chunk and metadata entry. With repair, bad entries and stale
  * temporaries are deleted. A cache with bad entries is still CKS_OK (see the report). */
 cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep, cks_diag *diag);
 void cks_cache_verify_report_release(cks_cache_verify_report *rep);
+
+/* SHA-256 (64 hex) of [0, size) of `key` as cached, without marking or dropping anything;
+ * *whole is false (and hex "") when some of it is not cached or a chunk failed its check. */
+cks_err cks_cache_hash_file(cks_cache *c, const char *key, uint64_t size, char hex[65], bool *whole,
+                            cks_diag *diag);
+
+/* Report a bad entry found outside cks_cache_verify (printf-style line). */
+void cks_cache_verify_report_bad(cks_cache_verify_report *rep, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Evict least-recently-used unpinned extents until the cache holds at most max_bytes on
  * disk; also removes expired-by-design leftovers (stale temporaries). Reports what went. */

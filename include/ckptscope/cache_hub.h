@@ -30,6 +30,21 @@ cks_err cks_cache_repo_get(cks_cache *c, const char *endpoint, cks_repo_type typ
 cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked_repo_id,
                            const char *asked_revision, const cks_hub_repo *repo, cks_diag *diag);
 
+/* Forget the listing remembered for (endpoint, type, asked_repo_id, asked_revision) and for
+ * `commit` (NULL: only the first): something it said failed a check (a size or SHA-256 the
+ * servers contradict), so the next run asks the Hub again instead of trusting it forever. */
+cks_err cks_cache_repo_forget(cks_cache *c, const char *endpoint, cks_repo_type type,
+                              const char *asked_repo_id, const char *asked_revision,
+                              const char *commit, cks_diag *diag);
+
+/* `cache verify`, the part about whole files: every LFS file a cached listing names, that the
+ * cache holds entirely and has not marked verified, is hashed and compared with the listed
+ * SHA-256 (match: marked verified; mismatch: a bad entry, dropped when repair is set); files
+ * held only in part are counted (rep->partial_files). Adds to rep (cks_cache_verify fills
+ * the rest). */
+cks_err cks_cache_verify_listed(cks_cache *c, bool repair, cks_cache_verify_report *rep,
+                                cks_diag *diag);
+
 /* HF_HOME reuse for a listed file: when the standard Hugging Face cache holds a complete
  * copy of `f` at repo->commit (its blob named by the file's LFS SHA-256 or git blob id, its
  * size the listed size), open it as a local source named like the remote one would be

@@ -69,6 +69,7 @@ typedef enum cks_err {
                                  another size (Content-Range total) than the Hub lists */
     CKS_ERR_SERVED_HEADER_SIZE, /* HeaderServedSizeMismatch: the size served differs from the
                                    size the file's safetensors header implies */
+    CKS_ERR_DENIED,           /* AccessDenied: a server we send no token to (the CDN) refuses */
 
     /* cache */
     CKS_ERR_CACHE,            /* cache unusable (permissions, layout version) */

@@ -20,6 +20,10 @@ typedef struct cks_tensor_hash {
     const cks_ckpt_tensor *tensor;
     uint8_t sha256[32];
     char hex[65];
+    /* The bytes came from a copy nobody checked against the file's content identity (a file
+     * in another program's cache read only in part; cks_source_unverified): the hash is of
+     * that copy, which may differ from the file the Hub serves. */
+    bool unverified;
 } cks_tensor_hash;
 
 /* Called from worker threads (serialised by the library) with bytes hashed so far. */
@@ -35,6 +39,8 @@ typedef struct cks_hash_opts {
 /*
  * Hash `n` tensors (pointers into ckpt->tensors). `out` has room for n results, filled in
  * the same order. Sources must be thread_safe for more than one thread to be used.
+ * A file all of whose tensors are selected is read whole, so its source is asked to check
+ * it first (cks_source_check_whole): no hash of a damaged copy is then given as the file's.
  */
 cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *tensors, size_t n,
                          const cks_hash_opts *opts, cks_tensor_hash *out, cks_diag *diag);

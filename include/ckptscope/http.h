@@ -53,11 +53,14 @@ typedef struct cks_http_config {
     const char *token;           /* bearer token, NULL for anonymous; copied */
     unsigned max_parallel;       /* transfers in flight at once; 0: 64 */
     unsigned max_host_conns;     /* HTTP/1.1 connections per host; 0: 64 */
-    unsigned max_attempts;       /* attempts without progress per request; 0: 6 */
+    unsigned max_attempts;       /* attempts without progress per request (an attempt cut for
+                                    being too slow counts, whatever it delivered); 0: 6 */
     double max_retry_wait;       /* longest Retry-After we wait for, seconds; 0: 60 */
     double backoff_base;         /* first backoff, seconds; 0: 0.25 (doubles, cap 8 s) */
     long connect_timeout;        /* seconds; 0: 15 */
-    long stall_timeout;          /* seconds below 1 byte/s before a transfer is cut; 0: 20 */
+    long stall_timeout;          /* the window: seconds below min_rate before a transfer is cut
+                                    (then retried from where it stopped); 0: 20 */
+    long min_rate;               /* bytes/s a transfer must average over that window; 0: 1024 */
     uint64_t coalesce_gap;       /* the largest gap merging may bridge; 0: 16 MiB (see below) */
     uint64_t max_request;        /* split requests larger than this; 0: 8 MiB */
     cks_http_progress_fn progress;  /* called about every 200 ms during transfers */
@@ -163,6 +166,28 @@ cks_err cks_http_fetch(cks_http *http, cks_http_piece *pieces, size_t n, cks_dia
  * inside numbers, no overflow. */
 bool cks_http_parse_content_range(const char *value, uint64_t *first, uint64_t *last,
                                   uint64_t *total);
+
+/* One response header line as the transport delivers it (not NUL-terminated, CRLF included
+ * or not): a status line ("HTTP/1.1 206 ...") starts a fresh response and sets r->status
+ * (0 when its code is unreadable); a known header is stored, bounded (longer values are cut
+ * and flagged); anything else is ignored. The body pointer survives a status line. */
+void cks_http_capture_header(cks_http_response *r, const char *line, size_t n);
+
+/* What a server's answer to a ranged GET of bytes [first, last] of a file of `size` bytes
+ * is, judged from its status, Content-Range and Content-Length (-1: absent) before any body
+ * byte is taken. Only CKS_REPLY_RANGE and CKS_REPLY_WHOLE_AS_RANGE carry the bytes asked for. */
+typedef enum cks_range_reply {
+    CKS_REPLY_RANGE,          /* 206, exactly that range of that file, length agreeing */
+    CKS_REPLY_WHOLE_AS_RANGE, /* 200 with the whole file, of its size, and the whole was asked */
+    CKS_REPLY_IGNORED,        /* 200 with the whole file when a part was asked: Range ignored */
+    CKS_REPLY_OTHER_SIZE,     /* 206 from a file of another total size (*served_total) */
+    CKS_REPLY_BAD_RANGE,      /* 206 with another range, or a Content-Range that does not parse */
+    CKS_REPLY_BAD_LENGTH,     /* 206, the right range, a Content-Length that disagrees */
+    CKS_REPLY_NOT_DATA        /* any other status: an error page, judged by its status */
+} cks_range_reply;
+cks_range_reply cks_http_range_reply(long status, const char *content_range, int64_t content_length,
+                                     uint64_t first, uint64_t last, uint64_t size,
+                                     uint64_t *served_total);
 
 /* Retry-After as delta-seconds or HTTP-date, relative to `now` (unix seconds).
  * Returns false when unparseable. */

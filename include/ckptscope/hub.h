@@ -108,12 +108,22 @@ typedef struct cks_hub_repo {
     bool gated;           /* the repo is gated (the listing says so) */
     size_t n_files;
     cks_hub_file *files;  /* sorted by path */
+    /* Names in the listing refused as paths (".." or "." segments, absolute, empty segments,
+     * backslashes, control characters): they are left out of files, counted here, and the
+     * first is kept so that "no checkpoint" can say why. */
+    size_t n_unsafe;
+    char *unsafe_example;
 } cks_hub_repo;
 
 /* Resolve revision (NULL: "main") to a commit and list the files with sizes and hashes. */
 cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
                           const char *revision, cks_hub_repo **out, cks_diag *diag);
 void cks_hub_repo_free(cks_hub_repo *repo);
+/* The repository listing as the Hub sends it (`/api/{models,datasets}/{id}/revision/{rev}
+ * ?blobs=true`) turned into a repo (what cks_hub_open_repo does with the body); exposed for
+ * the fuzz target. Files are sorted by path; unsafe names are counted, not listed. */
+cks_err cks_hub_parse_listing(const char *body, size_t len, cks_repo_type type, const char *repo_id,
+                              const char *revision, cks_hub_repo **out, cks_diag *diag);
 const cks_hub_file *cks_hub_repo_find(const cks_hub_repo *repo, const char *path);
 
 /* Where the bytes of one file are: the URL for ranged GETs and what the Hub says. */
@@ -180,7 +190,7 @@ typedef struct cks_remote_opts {
 } cks_remote_opts;
 
 /* Tuning from the environment (CKPTSCOPE_MAX_PARALLEL, CKPTSCOPE_MAX_HOST_CONNS,
- * CKPTSCOPE_STALL_TIMEOUT, CKPTSCOPE_MAX_ATTEMPTS, CKPTSCOPE_BACKOFF_BASE,
+ * CKPTSCOPE_STALL_TIMEOUT, CKPTSCOPE_MIN_RATE, CKPTSCOPE_MAX_ATTEMPTS, CKPTSCOPE_BACKOFF_BASE,
  * CKPTSCOPE_MAX_RETRY_WAIT, CKPTSCOPE_COALESCE_GAP, CKPTSCOPE_MAX_REQUEST); unset values
  * are left alone. */
 void cks_remote_config_from_env(cks_http_config *cfg);
@@ -204,6 +214,15 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
 cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
                             size_t n, cks_diag *diag);
 
+/* Read these ranges of remote sources again from the network whatever the disk cache holds,
+ * replacing a cached copy that differs. A partial read cannot be checked against the Hub's
+ * whole-file SHA-256, so bytes an earlier run cached for one may be a damaged transfer that
+ * nothing caught; commands whose answer is the bytes themselves (hash or fetch of some
+ * tensors) call this first, so that answer never comes from them. Files verified whole,
+ * sessions without a disk cache and --offline are left alone; other sources are skipped. */
+cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, size_t n,
+                           cks_diag *diag);
+
 /* The checkpoint of the session (as cks_remote_open_ckpt finds it) checked file by file
  * (cks_ckpt_check_with): every shard's header on its own, the index against every header
  * read, each file's listed, served (the CDN's Content-Range total) and implied sizes. */
@@ -223,5 +242,10 @@ bool cks_remote_source_verified(const cks_source *src, bool *verified);
  * they did not (`computed`, when not NULL, receives the SHA-256 of the bytes read, 64 hex),
  * 0 not concluded yet or not a remote source. */
 int cks_remote_source_sha_check(const cks_source *src, char computed[65]);
+
+/* Sentences for the person running the command, about data the session replaced on its
+ * own (a copy in HF_HOME that did not match the Hub's SHA-256, read from the Hub instead).
+ * The queue is emptied; free each string and the array. */
+size_t cks_remote_take_notes(cks_remote *r, char ***notes);
 
 #endif

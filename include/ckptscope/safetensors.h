@@ -109,6 +109,13 @@ typedef struct cks_st_index {
 /* Parse an index (explicit length, case-sensitive, duplicate keys rejected, shard paths
  * with "..", a leading "/", a backslash or "://" rejected as CKS_ERR_UNSAFE_PATH). */
 cks_err cks_st_index_parse(const char *json, size_t len, cks_st_index **out, cks_diag *diag);
+
+/* The JSON parser (cJSON) refuses arrays and objects nested deeper than this; the parsers
+ * name the depth instead of saying "not valid JSON". */
+#define CKS_JSON_MAX_DEPTH 1000
+/* Offset of the first '[' or '{' (outside strings) that opens level CKS_JSON_MAX_DEPTH + 1,
+ * or len when the text never nests that deep. */
+size_t cks_json_too_deep_at(const char *json, size_t len);
 void cks_st_index_free(cks_st_index *index);
 
 #endif

@@ -11,6 +11,12 @@
  *   - prefetch() is optional (NULL for local files): a remote source uses it to fetch a
  *     batch of ranges at once (coalesced, in parallel) before the reads that follow.
  *   - A source may be read from several threads at once only if `thread_safe` is set.
+ *   - Trust (optional ops): a caller about to read a whole file says so (check_whole), so a
+ *     source whose copy can be checked against the file's content identity checks it before
+ *     handing out bytes; a caller whose check of some bytes failed (a header that does not
+ *     parse) says so (discard), so no copy of them outlives the check; and a source serving
+ *     bytes from a copy nobody checked (another program's cache, read in part) says so
+ *     (unverified), so results computed from them can be marked.
  *   - cks_source_free(NULL) is a no-op.
  */
 #ifndef CKPTSCOPE_SOURCE_H
@@ -39,6 +45,18 @@ typedef struct cks_source_ops {
     /* Optional: drop the bytes kept in memory (a remote source's fetched extents); later
      * reads may cost I/O again (from the disk cache, or the network without one). */
     void (*trim)(cks_source *src);
+    /* Optional: the whole file is about to be read: check it against its content identity
+     * now, switching to a good copy (the network) when this one is damaged. CKS_OK means
+     * every byte read from now on is checked; an error means no good copy could be had. */
+    cks_err (*check_whole)(cks_source *src, cks_diag *diag);
+    /* Optional: the bytes read so far failed the caller's check: forget every copy of them
+     * (memory, disk cache, or switch away from a foreign copy), so the next read fetches
+     * them afresh. False when the source cannot read them anew (a local file). */
+    bool (*discard)(cks_source *src);
+    /* Optional: true while the bytes handed out come from a copy that was not checked
+     * against the file's content identity and could have been altered since it was made
+     * (a file in another program's cache, read only in part). */
+    bool (*unverified)(const cks_source *src);
 } cks_source_ops;
 
 struct cks_source {
@@ -60,6 +78,10 @@ void cks_source_free(cks_source *src);
 cks_err cks_source_prefetch_many(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag);
 /* A hint that what was read so far will not be read again soon (see ops.trim). */
 void cks_source_trim(cks_source *src);
+/* The trust ops above; CKS_OK / false / false for sources without them. */
+cks_err cks_source_check_whole(cks_source *src, cks_diag *diag);
+bool cks_source_discard(cks_source *src);
+bool cks_source_unverified(const cks_source *src);
 
 /* A local file opened read-only; pread() based, thread-safe. */
 cks_err cks_source_open_file(const char *path, cks_source **out, cks_diag *diag);

@@ -92,10 +92,28 @@ cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **o
 cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,
                              cks_diag *diag);
 
+/* After a command read `ckpt`: name on stderr (once per file) the files whose bytes came
+ * from a copy nobody checked against the Hub's hash (a file in HF_HOME read only in part),
+ * and, when root is given, list them in its "unverified_files" (always present there).
+ * Called where the answer is the bytes themselves (hash, fetch, diff); ls lists them in
+ * --json only (cmd NULL: nothing on stderr; a header that does not parse is replaced anyway). */
+void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root);
+
 /* A JSON object with "schema_version" first, and the printer that frees it. */
 cJSON *cli_json_new(const char *command);
 void cli_json_print(cJSON *root);
 cJSON *cli_json_shape(const cks_tensor_info *info);
+
+/*
+ * Untrusted text (tensor names, metadata, Hub file names, messages quoting them) made safe
+ * for a terminal: C0 controls, DEL, C1 controls, Unicode line separators and bidi overrides,
+ * bytes that are not UTF-8, and the backslash itself are written as \n \t \r \\ \xHH or
+ * \uHHHH, so a name can neither forge an output line nor send an escape sequence. Called at
+ * every print site of human output (JSON keeps the text; cJSON escapes it). The result
+ * lives in one of 8 per-thread buffers: valid until the 8th next call in the same thread,
+ * enough for one printf. NULL prints as "(null)".
+ */
+const char *cli_esc(const char *s);
 
 /* Bytes as "1.5 GiB". buf >= 32. */
 const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size);

@@ -24,15 +24,33 @@ static struct {
 
 static void cleanup(void)
 {
+    cks_diag d;
+    cks_err werr;
     if (g.progress_drawn)
         fprintf(stderr, "\r\033[K");
+    if (g.cache && (werr = cks_cache_write_failure(g.cache, &d)) != CKS_OK)
+        /* once, at the end: the run itself went on without storing */
+        fprintf(stderr,
+                "ckptscope: warning: the cache in %s stopped keeping what this run fetched, so "
+                "the next run fetches it again (%s: %s)\n",
+                cli_esc(cks_cache_dir(g.cache)), cks_strerror(werr), cli_esc(d.text));
     if (g.cache && g.verbose) {
         /* what the cache did on the way: damaged extents dropped and refetched, evictions */
         char **notes = NULL;
         size_t n = cks_cache_take_notes(g.cache, &notes);
         for (size_t i = 0; i < n; i++) {
-            fprintf(stderr, "ckptscope: cache: %s\n", notes[i]);
+            fprintf(stderr, "ckptscope: %s\n", cli_esc(notes[i]));
             free(notes[i]);
+        }
+        free(notes);
+    }
+    for (size_t i = 0; i < g.n; i++) {
+        /* what a session replaced on its own (a damaged HF_HOME copy read from the Hub) */
+        char **notes = NULL;
+        size_t n = cks_remote_take_notes(g.sessions[i], &notes);
+        for (size_t k = 0; k < n; k++) {
+            fprintf(stderr, "ckptscope: warning: %s\n", cli_esc(notes[k]));
+            free(notes[k]);
         }
         free(notes);
     }
@@ -75,10 +93,16 @@ static cks_cache *get_cache(const cli_opts *opts)
     co.max_bytes = opts->cache_max;
     co.offline = opts->offline;
     co.revision_ttl_seconds = -1;
-    if (cks_cache_open(&co, &g.cache, &d) != CKS_OK) {
-        if (opts->verbose)
-            fprintf(stderr, "ckptscope: cache unavailable, continuing without it: %s\n", d.text);
+    cks_err err = cks_cache_open(&co, &g.cache, &d);
+    if (err) {
+        /* said once, whatever --quiet: every later run would fetch everything again */
+        fprintf(stderr, "ckptscope: warning: cache unavailable, going on without it (%s: %s)\n",
+                cks_strerror(err), cli_esc(d.text));
         g.cache = NULL;
+    }
+    if (!g.registered) {
+        atexit(cleanup);
+        g.registered = true;
     }
     return g.cache;
 }
@@ -104,7 +128,7 @@ cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_r
     if (opts->offline && !ro.cache)
         return cks_fail(diag, CKS_ERR_OFFLINE_MISS,
                         "--offline answers from the cache, which could not be opened (see "
-                        "--verbose)");
+                        "the warning above)");
     err = cks_remote_open(spec, &ro, out, diag);
     if (err)
         return err;
@@ -112,11 +136,11 @@ cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_r
     if (opts->verbose) {
         const char *t = cks_remote_token_origin(*out);
         const cks_hub_repo *repo = cks_remote_repo(*out);
-        fprintf(stderr, "ckptscope: %s, token from %s\n", cks_remote_endpoint(*out),
+        fprintf(stderr, "ckptscope: %s, token from %s\n", cli_esc(cks_remote_endpoint(*out)),
                 t ? t : "nowhere (anonymous)");
         if (repo)
-            fprintf(stderr, "ckptscope: %s@%s is commit %s (%zu files)\n", repo->repo_id,
-                    repo->revision, repo->commit, repo->n_files);
+            fprintf(stderr, "ckptscope: %s@%s is commit %s (%zu files)\n", cli_esc(repo->repo_id),
+                    cli_esc(repo->revision), repo->commit, repo->n_files);
     }
     return CKS_OK;
 }
@@ -261,10 +285,48 @@ void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel
         sel = all;
         n_sel = ckpt->n_tensors;
     }
-    if (cks_cache_describe_ckpt_missing(g.cache, ckpt, sel, n_sel, &message, &d) == CKS_OK && message)
-        fprintf(stderr, "ckptscope: not in the cache (run once without --offline to fetch them):\n%s\n", message);
+    if (cks_cache_describe_ckpt_missing(g.cache, ckpt, sel, n_sel, &message, &d) == CKS_OK && message) {
+        fprintf(stderr, "ckptscope: not in the cache (run once without --offline to fetch them):\n");
+        for (char *line = strtok(message, "\n"); line; line = strtok(NULL, "\n"))
+            fprintf(stderr, "%s\n", cli_esc(line));
+    }
     free(message);
     free((void *)all);
+}
+
+cks_err cli_refresh_partial(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel,
+                            cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    size_t *picked = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *picked);
+    size_t *present = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *present);
+    cks_source **srcs = calloc(n_sel ? n_sel : 1, sizeof *srcs);
+    cks_range *ranges = calloc(n_sel ? n_sel : 1, sizeof *ranges);
+    size_t m = 0;
+    if (!picked || !present || !srcs || !ranges) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_sel; i++)
+        picked[sel[i]->file]++;
+    for (size_t i = 0; i < ckpt->n_tensors; i++)
+        present[ckpt->tensors[i].file]++;
+    for (size_t i = 0; i < n_sel; i++) {
+        if (picked[sel[i]->file] >= present[sel[i]->file])
+            continue; /* read whole: checked against the Hub's SHA-256 instead */
+        srcs[m] = ckpt->files[sel[i]->file].source;
+        ranges[m].offset = sel[i]->info->file_offset;
+        ranges[m].length = sel[i]->info->end - sel[i]->info->begin;
+        m++;
+    }
+    if (m)
+        err = cks_remote_refresh(srcs, ranges, m, diag);
+out:
+    free(picked);
+    free(present);
+    free(srcs);
+    free(ranges);
+    return err;
 }
 
 struct cks_cache *cli_remote_cache(const cli_opts *opts)

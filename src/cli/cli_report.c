@@ -127,14 +127,14 @@ int cli_write_html_report(const char *path, const cks_compare_result *r, const c
     fd = mkstemp(tmp);
     if (fd < 0) {
         tmp[0] = '\0';
-        fprintf(stderr, "ckptscope compare: cannot write the report %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "ckptscope compare: cannot write the report %s: %s\n", cli_esc(path), strerror(errno));
         rc = EXIT_IO;
         goto out;
     }
     fchmod(fd, 0644); /* mkstemp makes 0600; a report is meant to be shared */
     f = fdopen(fd, "w");
     if (!f) {
-        fprintf(stderr, "ckptscope compare: cannot write the report %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "ckptscope compare: cannot write the report %s: %s\n", cli_esc(path), strerror(errno));
         rc = EXIT_IO;
         goto out;
     }
@@ -153,7 +153,7 @@ int cli_write_html_report(const char *path, const cks_compare_result *r, const c
     }
     tmp[0] = '\0'; /* renamed: nothing to clean up */
     if (!opts->quiet)
-        fprintf(stderr, "report: %s\n", path);
+        fprintf(stderr, "report: %s\n", cli_esc(path));
 out:
     if (f)
         fclose(f);

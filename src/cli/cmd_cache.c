@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "ckptscope/cache.h"
+#include "ckptscope/cache_hub.h"
 #include "cli.h"
 
 int cks_cmd_cache(int argc, char **argv);
@@ -87,8 +88,7 @@ static int do_ls(cks_cache *c, const cli_opts *o)
         }
         cli_json_print(root);
     } else if (n == 0) {
-        if (!o->quiet)
-            printf("cache %s is empty\n", cks_cache_dir(c));
+        printf("cache %s is empty\n", cli_esc(cks_cache_dir(c)));
     } else {
         printf("%-6s %10s %10s %7s  %-20s  %s\n", "KIND", "LOGICAL", "STORED", "EXTENTS",
                "LAST USED", "KEY");
@@ -100,7 +100,7 @@ static int do_ls(cks_cache *c, const cli_opts *o)
             printf("%-6s %10s %10s %7s  %-20s  %s%s%s%s\n", file ? "file" : "meta",
                    cli_human_bytes(v[i].logical_bytes, a, sizeof a),
                    cli_human_bytes(v[i].stored_bytes, b, sizeof b), file ? ext : "-", when,
-                   file ? "" : v[i].ns, file ? "" : " ", v[i].key,
+                   file ? "" : cli_esc(v[i].ns), file ? "" : " ", cli_esc(v[i].key),
                    file && v[i].verified ? "  (sha256 verified)" : "");
         }
     }
@@ -131,7 +131,7 @@ static int do_du(cks_cache *c, const cli_opts *o)
         cli_json_print(root);
     } else {
         char a[32], b[32], m[32];
-        printf("cache      %s\n", cks_cache_dir(c));
+        printf("cache      %s\n", cli_esc(cks_cache_dir(c)));
         printf("files      %" PRIu64 " (%" PRIu64 " extents), %" PRIu64 " metadata entries\n",
                st.n_keys, st.n_extents, st.n_meta);
         printf("logical    %s (%" PRIu64 " bytes)\n", cli_human_bytes(st.logical_bytes, a, sizeof a),
@@ -148,9 +148,13 @@ static int do_verify(cks_cache *c, const cli_opts *o, bool repair)
     cks_cache_verify_report rep;
     cks_diag d;
     cks_err err = cks_cache_verify(c, repair, &rep, &d);
-    if (err)
+    if (!err)
+        err = cks_cache_verify_listed(c, repair, &rep, &d);
+    if (err) {
+        cks_cache_verify_report_release(&rep);
         return cli_fail("cache", err, &d);
-    uint64_t bad = rep.bad_extents + rep.bad_meta;
+    }
+    uint64_t bad = rep.bad_extents + rep.bad_meta + rep.bad_files;
     if (o->json) {
         cJSON *root = cli_json_new("cache");
         cJSON_AddStringToObject(root, "action", "verify");
@@ -162,6 +166,9 @@ static int do_verify(cks_cache *c, const cli_opts *o, bool repair)
         cJSON_AddNumberToObject(root, "bad_extents", (double)rep.bad_extents);
         cJSON_AddNumberToObject(root, "bad_metadata", (double)rep.bad_meta);
         cJSON_AddNumberToObject(root, "stale_temporaries", (double)rep.stale_temp);
+        cJSON_AddNumberToObject(root, "checked_files", (double)rep.checked_files);
+        cJSON_AddNumberToObject(root, "bad_files", (double)rep.bad_files);
+        cJSON_AddNumberToObject(root, "partial_files", (double)rep.partial_files);
         cJSON_AddBoolToObject(root, "repaired", repair);
         cJSON *arr = cJSON_AddArrayToObject(root, "bad");
         for (size_t i = 0; i < rep.n_bad; i++)
@@ -171,11 +178,15 @@ static int do_verify(cks_cache *c, const cli_opts *o, bool repair)
         char a[32];
         if (bad || o->verbose)
             for (size_t i = 0; i < rep.n_bad; i++)
-                printf("bad %s%s\n", rep.bad[i], repair ? " (deleted)" : "");
+                printf("bad %s%s\n", cli_esc(rep.bad[i]), repair ? " (deleted)" : "");
         printf("checked %" PRIu64 " extents (%s) and %" PRIu64 " metadata entries: %" PRIu64
                " bad%s\n",
                rep.checked_extents, cli_human_bytes(rep.checked_bytes, a, sizeof a),
                rep.checked_meta, bad, bad && repair ? ", deleted" : "");
+        printf("checked %" PRIu64 " whole file(s) against their SHA-256: %" PRIu64 " bad%s; %" PRIu64
+               " file(s) held only in part (checked when a command reads them whole)\n",
+               rep.checked_files, rep.bad_files, rep.bad_files && repair ? ", deleted" : "",
+               rep.partial_files);
         if (rep.stale_temp)
             printf("%" PRIu64 " temporary file(s) left by interrupted runs%s\n", rep.stale_temp,
                    repair ? ", deleted" : " (harmless; --repair deletes them)");
@@ -199,7 +210,7 @@ static int do_prune(cks_cache *c, const cli_opts *o, uint64_t max)
         cJSON_AddNumberToObject(root, "evicted_extents", (double)n);
         cJSON_AddNumberToObject(root, "evicted_bytes", (double)bytes);
         cli_json_print(root);
-    } else if (!o->quiet) {
+    } else { /* the answer goes to stdout; --quiet only quiets stderr */
         char a[32], b[32];
         printf("evicted %" PRIu64 " extents (%s) to fit in %s\n", n,
                cli_human_bytes(bytes, a, sizeof a), cli_human_bytes(max, b, sizeof b));
@@ -220,9 +231,9 @@ static int do_clear(cks_cache *c, const cli_opts *o)
         cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
         cJSON_AddNumberToObject(root, "removed_bytes", (double)bytes);
         cli_json_print(root);
-    } else if (!o->quiet) {
+    } else { /* the answer goes to stdout; --quiet only quiets stderr */
         char a[32];
-        printf("removed %s from %s\n", cli_human_bytes(bytes, a, sizeof a), cks_cache_dir(c));
+        printf("removed %s from %s\n", cli_human_bytes(bytes, a, sizeof a), cli_esc(cks_cache_dir(c)));
     }
     return EXIT_OK;
 }
@@ -302,7 +313,7 @@ int cks_cmd_cache(int argc, char **argv)
         char **notes = NULL;
         size_t n = cks_cache_take_notes(c, &notes);
         for (size_t i = 0; i < n; i++)
-            fprintf(stderr, "ckptscope: %s\n", notes[i]);
+            fprintf(stderr, "ckptscope: %s\n", cli_esc(notes[i]));
         cks_cache_free_notes(notes, n);
     }
 out:

@@ -308,11 +308,12 @@ static const char *result_word(const cks_test_result *t)
 static void print_text(FILE *out, const cks_compare_result *r, const char *a, const char *b)
 {
     char pbuf[32], bytes_a[32], bytes_b[32];
-    fprintf(out, "verdict: %s\n%s\n\n%s\n", cks_verdict_name(r->verdict), r->headline, r->reason);
+    fprintf(out, "verdict: %s\n%s\n\n%s\n", cks_verdict_name(r->verdict), cli_esc(r->headline), cli_esc(r->reason));
     if (r->relation[0])
-        fprintf(out, "relation: %s\n", r->relation);
-    fprintf(out, "\nA: %s (%s, %d layers, hidden %zu)\nB: %s (%s, %d layers, hidden %zu)\n\n", a,
-           r->family_a ? r->family_a : "?", r->layers_a, r->hidden_a, b, r->family_b ? r->family_b : "?", r->layers_b,
+        fprintf(out, "relation: %s\n", cli_esc(r->relation));
+    fprintf(out, "\nA: %s (%s, %d layers, hidden %zu)\nB: %s (%s, %d layers, hidden %zu)\n\n", cli_esc(a),
+           cli_esc(r->family_a ? r->family_a : "?"), r->layers_a, r->hidden_a, cli_esc(b),
+           cli_esc(r->family_b ? r->family_b : "?"), r->layers_b,
            r->hidden_b);
     fprintf(out, "%-12s %-10s %-10s %-15s %-16s %-7s %-11s %s\n", "test", "statistic", "null mean", "effect / floor",
             "p", "z", "result", "what");
@@ -320,7 +321,7 @@ static void print_text(FILE *out, const cks_compare_result *r, const char *a, co
         const cks_test_result *t = &r->tests[i];
         if (!t->ran) {
             fprintf(out, "%-12s %-10s %-10s %-15s %-16s %-7s %-11s %s: not run (%s)\n", t->id, "-", "-", "-", "-", "-",
-                    "-", t->name, t->why_not);
+                    "-", t->name, cli_esc(t->why_not));
             continue;
         }
         {
@@ -353,11 +354,11 @@ static void print_text(FILE *out, const cks_compare_result *r, const char *a, co
             fprintf(out, "%-12s raw cosine %.4f  <- not evidence: norm gains of any two models score near 1\n", "",
                    t->raw_cosine);
         if (!t->valid)
-            fprintf(out, "%-12s invalid: %s\n", "", t->invalid_reason);
+            fprintf(out, "%-12s invalid: %s\n", "", cli_esc(t->invalid_reason));
         if (t->decided_by_z)
             fprintf(out, "%-12s p: %s\n", "", t->p_method);
         if (t->power_note[0])
-            fprintf(out, "%-12s power: %s\n", "", t->power_note);
+            fprintf(out, "%-12s power: %s\n", "", cli_esc(t->power_note));
     }
     if (r->n_hash_matches) {
         size_t informative = 0;
@@ -377,9 +378,9 @@ static void print_text(FILE *out, const cks_compare_result *r, const char *a, co
     if (isfinite(r->std_curve_corr))
         fprintf(out, "detrended std-curve correlation (descriptive only): %.3f\n", r->std_curve_corr);
     if (r->config_diff[0])
-        fprintf(out, "config differences: %s\n", r->config_diff);
-    fprintf(out, "\ncovers: %s\ndoes not cover: %s\n", r->covered, r->not_covered);
-    fprintf(out, "sampling: %s\nbytes read: A %s, B %s\n", r->sampling, cli_human_bytes(r->bytes_a, bytes_a, sizeof bytes_a),
+        fprintf(out, "config differences: %s\n", cli_esc(r->config_diff));
+    fprintf(out, "\ncovers: %s\ndoes not cover: %s\n", cli_esc(r->covered), cli_esc(r->not_covered));
+    fprintf(out, "sampling: %s\nbytes read: A %s, B %s\n", cli_esc(r->sampling), cli_human_bytes(r->bytes_a, bytes_a, sizeof bytes_a),
            cli_human_bytes(r->bytes_b, bytes_b, sizeof bytes_b));
 }
 

@@ -189,7 +189,9 @@ static cks_err hash_side(struct side *s, const struct side *other, const cli_opt
         }
     }
     if (n_todo) {
-        err = cli_hash_selection(s->ckpt, todo, n_todo, opts, label, &got, diag);
+        err = cli_refresh_partial(s->ckpt, todo, n_todo, diag);
+        if (!err)
+            err = cli_hash_selection(s->ckpt, todo, n_todo, opts, label, &got, diag);
         if (err)
             goto out;
         for (size_t i = 0, k = 0; i < s->n && k < n_todo; i++)
@@ -265,23 +267,23 @@ static void print_text(const struct side *a, const struct side *b, const struct 
         switch (p->cat) {
         case CAT_IDENTICAL:
             if (all)
-                printf("  identical  %s\n", ia->name);
+                printf("  identical  %s\n", cli_esc(ia->name));
             break;
         case CAT_CHANGED:
-            printf("  changed    %s\n", ia->name);
+            printf("  changed    %s\n", cli_esc(ia->name));
             break;
         case CAT_RESHAPED:
-            printf("  reshaped   %s  %s %s -> %s %s\n", ia->name, cks_dtype_name(ia->dtype),
+            printf("  reshaped   %s  %s %s -> %s %s\n", cli_esc(ia->name), cks_dtype_name(ia->dtype),
                    cli_shape_text(ia, sa, sizeof sa), cks_dtype_name(ib->dtype), cli_shape_text(ib, sb, sizeof sb));
             break;
         case CAT_RENAMED:
-            printf("  renamed    %s -> %s\n", ia->name, ib->name);
+            printf("  renamed    %s -> %s\n", cli_esc(ia->name), cli_esc(ib->name));
             break;
         case CAT_REMOVED:
-            printf("  removed    %s\n", ia->name);
+            printf("  removed    %s\n", cli_esc(ia->name));
             break;
         case CAT_ADDED:
-            printf("  added      %s\n", ib->name);
+            printf("  added      %s\n", cli_esc(ib->name));
             break;
         default:
             break;
@@ -404,6 +406,8 @@ int cmd_diff(int argc, char **argv)
         print_json(&a, &b, pairs, n_pairs, counts, same, files_json(&a, &b));
     else
         print_text(&a, &b, pairs, n_pairs, counts, all);
+    cli_note_unverified("diff", a.ckpt, NULL);
+    cli_note_unverified("diff", b.ckpt, NULL);
     rc = same ? EXIT_OK : EXIT_DIFFERENT;
 out:
     free(pairs);

@@ -247,6 +247,22 @@ int cmd_fetch(int argc, char **argv)
     }
     jt = cJSON_AddArrayToObject(root, "tensors");
 
+    /* a file whose every tensor is fetched is read whole: checked first (cks_hash_tensors
+     * does the same), so a damaged copy never gives its hashes as the file's */
+    for (size_t f = 0; f < ckpt->n_files && !err; f++) {
+        size_t picked = 0, present = 0;
+        for (size_t k = 0; k < n_sel; k++)
+            picked += sel[k]->file == f;
+        for (size_t k = 0; k < ckpt->n_tensors; k++)
+            present += ckpt->tensors[k].file == f;
+        if (picked && picked == present)
+            err = cks_source_check_whole(ckpt->files[f].source, &diag);
+    }
+    if (!err)
+        err = cli_refresh_partial(ckpt, sel, n_sel, &diag);
+    if (err)
+        goto fail;
+
     size_t i = 0;
     while (i < n_sel) {
         /* one batch: prefetch all its small tensors at once, then read them in order */
@@ -302,8 +318,9 @@ int cmd_fetch(int argc, char **argv)
                 cJSON_AddNumberToObject(e, "bytes", (double)sz);
                 cJSON_AddStringToObject(e, "sha256", hex);
                 cJSON_AddItemToArray(jt, e);
-            } else if (!opts.quiet) {
-                printf("%s  %s\n", hex, t->name);
+            } else {
+                /* the hashes are the answer; --quiet only quiets stderr */
+                printf("%s  %s\n", hex, cli_esc(t->name));
             }
         }
     }
@@ -323,6 +340,7 @@ int cmd_fetch(int argc, char **argv)
     }
     cks_http_stats st;
     cli_remote_totals(&st);
+    cli_note_unverified("fetch", ckpt, opts.json ? root : NULL);
     if (opts.json) {
         cJSON_AddNumberToObject(root, "tensor_count", (double)n_sel);
         cJSON_AddNumberToObject(root, "tensor_bytes", (double)total);
@@ -338,7 +356,7 @@ int cmd_fetch(int argc, char **argv)
                 n_sel, cli_human_bytes(total, a, sizeof a),
                 cli_human_bytes(st.bytes_fetched, b, sizeof b),
                 (unsigned long long)st.requests, cli_now() - t0, output ? "; wrote " : "",
-                output ? output : "");
+                output ? cli_esc(output) : "");
     }
     goto out;
 fail:

@@ -146,7 +146,7 @@ static int run_one(const char *spec, const char *output, const cli_opts *opts, c
     bo.revision = json_text(source, "revision");
     bo.commit = json_text(source, "commit");
     if (!opts->quiet && isatty(2))
-        fprintf(stderr, "fingerprint: reading %s...\n", spec);
+        fprintf(stderr, "fingerprint: reading %s...\n", cli_esc(spec));
     err = cks_fingerprint_build(&model, &bo, &fp, &diag);
     if (!err)
         err = cks_fingerprint_save(fp, bo.version, output, &written, &diag);
@@ -174,8 +174,8 @@ static int run_one(const char *spec, const char *output, const cli_opts *opts, c
         cli_json_print(root);
     } else if (!opts->quiet) {
         char h1[32], h2[32];
-        printf("%s: %s fingerprint of %s (%s read; %zu tensors hashed, %zu embedding rows)\n", output,
-               cli_human_bytes(written, h1, sizeof h1), spec, cli_human_bytes(fp->bytes_read, h2, sizeof h2),
+        printf("%s: %s fingerprint of %s (%s read; %zu tensors hashed, %zu embedding rows)\n", cli_esc(output),
+               cli_human_bytes(written, h1, sizeof h1), cli_esc(spec), cli_human_bytes(fp->bytes_read, h2, sizeof h2),
                fp->n_hashes, fp->n_tokens);
     }
 out:
@@ -200,7 +200,7 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
     ssize_t sl;
 
     if (!f) {
-        fprintf(stderr, "ckptscope fingerprint: %s: %s\n", list, strerror(errno));
+        fprintf(stderr, "ckptscope fingerprint: %s: %s\n", cli_esc(list), strerror(errno));
         return EXIT_IO;
     }
     while (fgets(line, sizeof line, f)) {
@@ -224,7 +224,7 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
     }
     fclose(f);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "ckptscope fingerprint: %s: %s\n", dir, strerror(errno));
+        fprintf(stderr, "ckptscope fingerprint: %s: %s\n", cli_esc(dir), strerror(errno));
         first_rc = EXIT_IO;
         goto out;
     }
@@ -261,7 +261,7 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
                 argv[a++] = extra[k];
             argv[a] = NULL;
             if (posix_spawn(&pids[next], self, NULL, NULL, argv, environ) != 0) {
-                fprintf(stderr, "ckptscope fingerprint: cannot start a job for %s\n", specs[next]);
+                fprintf(stderr, "ckptscope fingerprint: cannot start a job for %s\n", cli_esc(specs[next]));
                 pids[next] = 0;
                 if (first_rc == EXIT_OK)
                     first_rc = EXIT_INTERNAL;
@@ -288,7 +288,7 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
                     char *out_path = output_name(dir, specs[k]);
                     if (!opts->quiet || rc != EXIT_OK)
                         fprintf(rc == EXIT_OK ? stdout : stderr, "%s %s -> %s (exit %d)\n",
-                                rc == EXIT_OK ? "ok" : "FAILED", specs[k], out_path ? out_path : "?", rc);
+                                rc == EXIT_OK ? "ok" : "FAILED", cli_esc(specs[k]), cli_esc(out_path ? out_path : "?"), rc);
                     free(out_path);
                     pids[k] = 0;
                 }

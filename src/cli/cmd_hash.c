@@ -63,6 +63,8 @@ int cmd_hash(int argc, char **argv)
     if (!err && n_globs > 0 && n_sel == 0)
         err = cks_fail(&diag, CKS_ERR_NOT_FOUND, "no tensor matches the --tensor pattern(s)");
     if (!err)
+        err = cli_refresh_partial(ckpt, sel, n_sel, &diag);
+    if (!err)
         err = cli_hash_selection(ckpt, sel, n_sel, &opts, "hashing", &hashes, &diag);
     if (err) {
         rc = cli_fail("hash", err, &diag);
@@ -87,10 +89,12 @@ int cmd_hash(int argc, char **argv)
             cJSON_AddStringToObject(t, "file", ckpt->files[sel[i]->file].path);
             cJSON_AddItemToArray(tensors, t);
         }
+        cli_note_unverified("hash", ckpt, root);
         cli_json_print(root);
     } else {
         for (size_t i = 0; i < n_sel; i++)
-            printf("%s  %s\n", hashes[i].hex, sel[i]->info->name);
+            printf("%s  %s\n", hashes[i].hex, cli_esc(sel[i]->info->name));
+        cli_note_unverified("hash", ckpt, NULL);
     }
 out:
     cJSON_Delete(source_report);

@@ -124,6 +124,7 @@ int cmd_ls(int argc, char **argv)
             for (size_t k = 0; k < h->n_metadata; k++)
                 cJSON_AddStringToObject(m, h->metadata_keys[k], h->metadata_values[k]);
         }
+        cli_note_unverified(NULL, ckpt, root);
         cli_json_print(root);
         goto out;
     }
@@ -133,7 +134,7 @@ int cmd_ls(int argc, char **argv)
         bool sharded = ckpt->n_files > 1;
         char shape[256], bytes[32];
         for (size_t i = 0; i < n_sel; i++) {
-            int len = (int)strlen(sel[i]->info->name);
+            int len = (int)strlen(cli_esc(sel[i]->info->name));
             if (len > name_w)
                 name_w = len > 72 ? 72 : len;
         }
@@ -141,10 +142,10 @@ int cmd_ls(int argc, char **argv)
                sharded ? "  file" : "");
         for (size_t i = 0; i < n_sel; i++) {
             const cks_tensor_info *info = sel[i]->info;
-            printf("%-*s  %-8s  %-22s  %14llu  %10s%s%s\n", name_w, info->name, cks_dtype_name(info->dtype),
+            printf("%-*s  %-8s  %-22s  %14llu  %10s%s%s\n", name_w, cli_esc(info->name), cks_dtype_name(info->dtype),
                    cli_shape_text(info, shape, sizeof shape), (unsigned long long)info->nelements,
                    cli_human_bytes(info->end - info->begin, bytes, sizeof bytes), sharded ? "  " : "",
-                   sharded ? ckpt->files[sel[i]->file].path : "");
+                   sharded ? cli_esc(ckpt->files[sel[i]->file].path) : "");
         }
         printf("\n%zu tensors, %llu parameters, %s in %zu file%s\n", n_sel, (unsigned long long)all_params,
                cli_human_bytes(all_bytes, bytes, sizeof bytes), ckpt->n_files, ckpt->n_files == 1 ? "" : "s");
@@ -159,9 +160,9 @@ int cmd_ls(int argc, char **argv)
             const cks_st_header *h = ckpt->files[f].header;
             if (!h->n_metadata)
                 continue;
-            printf("\nmetadata (%s):\n", ckpt->files[f].path);
+            printf("\nmetadata (%s):\n", cli_esc(ckpt->files[f].path));
             for (size_t k = 0; k < h->n_metadata; k++)
-                printf("  %s = %s\n", h->metadata_keys[k], h->metadata_values[k]);
+                printf("  %s = %s\n", cli_esc(h->metadata_keys[k]), cli_esc(h->metadata_values[k]));
         }
     }
 out:

@@ -440,8 +440,10 @@ static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, bool *bad, cons
             break;
         }
         if (!opts->quiet && isatty(2))
-            fprintf(stderr, "verify: hashing %s...\n", path);
-        e = CKS_OK;
+            fprintf(stderr, "verify: hashing %s...\n", cli_esc(path));
+        /* a copy that can be checked first is (HF_HOME, bytes cached by earlier runs): the
+         * upload is judged on the file the Hub serves, never on a damaged copy of it */
+        e = cks_source_check_whole(src, &d);
         for (uint64_t off = 0; off < src->size && !e; off += HASH_CHUNK) {
             size_t len = src->size - off < HASH_CHUNK ? (size_t)(src->size - off) : HASH_CHUNK;
             e = cks_source_read_at(src, off, buf, len, &d);
@@ -555,20 +557,20 @@ static int collect_fps(const char *arg, char **list, size_t *n)
     struct dirent *e;
     size_t first = *n;
     if (stat(arg, &sb) != 0) {
-        fprintf(stderr, "ckptscope verify: --against %s: no such file or directory\n", arg);
+        fprintf(stderr, "ckptscope verify: --against %s: no such file or directory\n", cli_esc(arg));
         return EXIT_USAGE;
     }
     if (!S_ISDIR(sb.st_mode)) {
         if (!cks_fingerprint_is_file(arg)) {
             fprintf(stderr, "ckptscope verify: --against %s is not a fingerprint (make one with `ckptscope "
-                            "fingerprint`)\n", arg);
+                            "fingerprint`)\n", cli_esc(arg));
             return EXIT_USAGE;
         }
         return add_path(list, n, arg) ? EXIT_INTERNAL : EXIT_OK;
     }
     d = opendir(arg);
     if (!d) {
-        fprintf(stderr, "ckptscope verify: --against %s: cannot read the directory\n", arg);
+        fprintf(stderr, "ckptscope verify: --against %s: cannot read the directory\n", cli_esc(arg));
         return EXIT_IO;
     }
     while ((e = readdir(d))) {
@@ -790,12 +792,12 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
 static void print_text(const char *spec, const verify_state *v, const known *ks, size_t n_known, int rc)
 {
     char head[1024];
-    printf("%s: %s%s\n", spec, outcome_name(rc), v->file_by_file ? " (checked file by file: the checkpoint does not open)" : "");
+    printf("%s: %s%s\n", cli_esc(spec), outcome_name(rc), v->file_by_file ? " (checked file by file: the checkpoint does not open)" : "");
     if (v->have_error)
-        printf("  could not check: %s\n", v->error_text);
+        printf("  could not check: %s\n", cli_esc(v->error_text));
     for (size_t i = 0; i < v->problems.n; i++) {
         finding_head(&v->problems.items[i], head, sizeof head);
-        printf("  problem %s: %s\n", head, v->problems.items[i].detail);
+        printf("  problem %s: %s\n", cli_esc(head), cli_esc(v->problems.items[i].detail));
     }
     if (v->problems.omitted)
         printf("  ... and %zu more problems\n", v->problems.omitted);
@@ -803,7 +805,7 @@ static void print_text(const char *spec, const verify_state *v, const known *ks,
      * every one in --json */
     for (size_t i = 0; i < v->warnings.n && i < TEXT_WARNINGS_MAX; i++) {
         finding_head(&v->warnings.items[i], head, sizeof head);
-        printf("  warning %s: %s\n", head, v->warnings.items[i].detail);
+        printf("  warning %s: %s\n", cli_esc(head), cli_esc(v->warnings.items[i].detail));
     }
     if (v->warnings.n > TEXT_WARNINGS_MAX)
         printf("  ... and %zu more warnings (--json lists every one)\n", v->warnings.n - TEXT_WARNINGS_MAX);
@@ -811,8 +813,8 @@ static void print_text(const char *spec, const verify_state *v, const known *ks,
         printf("  %zu float tensors sampled (%llu bytes): %zu with NaN/Inf, %zu all zero\n", v->sampled,
                (unsigned long long)v->sampled_bytes, v->nan_tensors, v->zero_tensors);
     for (size_t i = 0; i < n_known; i++)
-        printf("  %-12s %s%s%s (%s)\n", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict), ks[i].source,
-               ks[i].commit[0] ? "@" : "", ks[i].commit, ks[i].path);
+        printf("  %-12s %s%s%s (%s)\n", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict), cli_esc(ks[i].source),
+               ks[i].commit[0] ? "@" : "", cli_esc(ks[i].commit), cli_esc(ks[i].path));
 }
 
 /* Opening failed for a reason the file-by-file check can say more about. */
@@ -981,7 +983,7 @@ int cmd_verify(int argc, char **argv)
         }
         for (size_t i = 0; i < n_fps; i++) {
             if (!opts.quiet && isatty(2))
-                fprintf(stderr, "verify: against %s...\n", fps[i]);
+                fprintf(stderr, "verify: against %s...\n", cli_esc(fps[i]));
             ks[n_known].path = fps[i];
             err = compare_against(fps[i], &live, no_synth, screen, &ks[n_known], &diag);
             if (err) {

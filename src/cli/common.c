@@ -37,20 +37,23 @@ int cli_fail(const char *cmd, cks_err err, const cks_diag *diag)
     const char *name = cks_strerror(err);
     /* the detail usually starts with the rule's name already; do not say it twice */
     if (strstr(text, name))
-        fprintf(stderr, "ckptscope %s: %s\n", cmd, text);
+        fprintf(stderr, "ckptscope %s: %s\n", cmd, cli_esc(text));
     else
-        fprintf(stderr, "ckptscope %s: %s: %s\n", cmd, name, text);
+        fprintf(stderr, "ckptscope %s: %s: %s\n", cmd, name, cli_esc(text));
     return cli_exit_code(err);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "ckptscope %s: ", cmd);
+    char *msg = NULL;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    if (vasprintf(&msg, fmt, ap) < 0)
+        msg = NULL;
     va_end(ap);
-    fprintf(stderr, "\n(run `ckptscope %s --help` for usage)\n", cmd);
+    fprintf(stderr, "ckptscope %s: %s\n(run `ckptscope %s --help` for usage)\n", cmd,
+            msg ? cli_esc(msg) : "invalid usage", cmd);
+    free(msg);
     return EXIT_USAGE;
 }
 
@@ -131,7 +134,7 @@ int cli_common_option(int opt, const char *arg, cli_opts *opts)
         return 1;
     case OPT_CACHE_MAX:
         if (!cli_parse_size(arg, &opts->cache_max)) {
-            fprintf(stderr, "ckptscope: --cache-max wants a size such as 20G or 500M, not \"%s\"\n", arg);
+            fprintf(stderr, "ckptscope: --cache-max wants a size such as 20G or 500M, not \"%s\"\n", cli_esc(arg));
             return -1;
         }
         return 1;
@@ -188,6 +191,23 @@ cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_ch
     return err;
 }
 
+void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root)
+{
+    cJSON *list = root ? cJSON_AddArrayToObject(root, "unverified_files") : NULL;
+    for (size_t f = 0; ckpt && f < ckpt->n_files; f++) {
+        if (!cks_source_unverified(ckpt->files[f].source))
+            continue;
+        if (list)
+            cJSON_AddItemToArray(list, cJSON_CreateString(ckpt->files[f].path));
+        if (cmd)
+            fprintf(stderr,
+                    "ckptscope %s: note: %s was read from the Hugging Face cache (HF_HOME) and "
+                    "only in part, so it was not checked against the Hub's hash: what is shown "
+                    "comes from that copy (a command that reads the whole file checks it)\n",
+                    cmd, cli_esc(ckpt->files[f].source->name));
+    }
+}
+
 cJSON *cli_json_new(const char *command)
 {
     cJSON *root = cJSON_CreateObject();
@@ -215,6 +235,94 @@ cJSON *cli_json_shape(const cks_tensor_info *info)
     for (uint32_t d = 0; d < info->ndim; d++)
         cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)info->shape[d]));
     return shape;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (0: not one) and its code point. */
+static size_t utf8_seq(const unsigned char *s, uint32_t *cp)
+{
+    uint32_t c = s[0], min;
+    size_t n;
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2, c &= 0x1f, min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3, c &= 0x0f, min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4, c &= 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0; /* also stops at the terminating NUL */
+        c = (c << 6) | (s[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return n;
+}
+
+/* Code points a terminal acts on instead of showing: C0, DEL, C1, line/paragraph
+ * separators, and the bidirectional overrides that reorder what is shown. */
+static bool cp_dangerous(uint32_t c)
+{
+    return c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x200e || c == 0x200f ||
+           (c >= 0x2028 && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
+}
+
+const char *cli_esc(const char *s)
+{
+    static __thread char *ring[8];
+    static __thread size_t ring_cap[8];
+    static __thread unsigned next;
+    const unsigned char *p = (const unsigned char *)(s ? s : "(null)");
+    size_t need = 1;
+    unsigned slot = next++ % 8;
+    /* worst case: every byte becomes "\xHH" (4 bytes); a 2-byte C1 sequence "\u00HH" (6) */
+    for (const unsigned char *q = p; *q; q++)
+        need += 4;
+    if (need > ring_cap[slot]) {
+        char *grown = realloc(ring[slot], need);
+        if (!grown)
+            return "(out of memory)";
+        ring[slot] = grown;
+        ring_cap[slot] = need;
+    }
+    char *w = ring[slot];
+    while (*p) {
+        uint32_t cp = 0;
+        size_t n = utf8_seq(p, &cp);
+        if (n == 0) {
+            w += sprintf(w, "\\x%02x", *p);
+            p++;
+        } else if (cp == '\\') {
+            *w++ = '\\';
+            *w++ = '\\';
+            p++;
+        } else if (!cp_dangerous(cp)) {
+            memcpy(w, p, n);
+            w += n;
+            p += n;
+        } else {
+            if (cp == '\n')
+                w += sprintf(w, "\\n");
+            else if (cp == '\t')
+                w += sprintf(w, "\\t");
+            else if (cp == '\r')
+                w += sprintf(w, "\\r");
+            else if (cp < 0x80)
+                w += sprintf(w, "\\x%02x", (unsigned)cp);
+            else
+                w += sprintf(w, "\\u%04x", (unsigned)cp);
+            p += n;
+        }
+    }
+    *w = '\0';
+    return ring[slot];
 }
 
 const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size)

@@ -37,10 +37,10 @@ import hubrepo  # noqa: E402
 KEYWORDS = ("revision", "tree", "paths-info", "refs", "commits", "resolve", "raw", "xet-read-token")
 KIND_PLURAL = {"model": "models", "dataset": "datasets"}
 PLURAL_KIND = {"models": "model", "datasets": "dataset"}
-STATUS_FAULTS = {"status", "416", "429", "500", "502", "503", "504", "expired"}
-BODY_FAULTS = {"short_body", "reset", "stall"}
+STATUS_FAULTS = {"status", "416", "429", "500", "502", "503", "504", "expired", "denied"}
+BODY_FAULTS = {"short_body", "reset", "stall", "drip"}
 RANGE_FAULTS = {"ignore_range", "wrong_content_range"}
-OTHER_FAULTS = {"no_content_length", "delay", "corrupt", "served_size"}
+OTHER_FAULTS = {"no_content_length", "delay", "corrupt", "served_size", "extra_body", "listing"}
 ALL_FAULTS = STATUS_FAULTS | BODY_FAULTS | RANGE_FAULTS | OTHER_FAULTS
 REASONS = {416: "Range Not Satisfiable", 429: "Too Many Requests"}
 
@@ -124,6 +124,13 @@ class Faults:
                 raise ValueError("a served_size fault needs \"size\": the byte count the CDN pretends the file has")
             if kind == "corrupt" and "file_offset" in f and not (isinstance(f["file_offset"], int) and f["file_offset"] >= 0):
                 raise ValueError("corrupt: file_offset must be a byte offset (>= 0)")
+            if kind == "drip" and not (isinstance(f.get("bytes_per_second", 2), (int, float)) and
+                                       f.get("bytes_per_second", 2) > 0):
+                raise ValueError("drip: bytes_per_second must be > 0")
+            if kind == "extra_body" and f.get("content_length", "body") not in ("body", "none"):
+                raise ValueError("extra_body: content_length is body or none")
+            if kind == "listing" and not (isinstance(f.get("sizes", {}), dict) and isinstance(f.get("add", []), list)):
+                raise ValueError("listing: sizes is an object {path: size}, add a list of siblings")
             g = dict(f)
             g["kind"], g["server"] = kind, server
             g.setdefault("match", "")
@@ -540,6 +547,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 resp = self.cdn(app, store, fault, flags)
             else:
                 resp = self.hub(app, store, fault)
+            if fault and fault["kind"] == "listing":
+                resp = patch_listing(resp, fault)
             if fault and fault["kind"] in STATUS_FAULTS:
                 injected = self.fault_status(app, fault, resp)
                 keep = {"ratelimit", "ratelimit-policy", "x-request-id"}
@@ -556,6 +565,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         k = fault["kind"]
         if k == "expired":
             return s3_error(403, "AccessDenied", "Request has expired")
+        if k == "denied":
+            return s3_error(403, "AccessDenied", "Access Denied")
         status = int(fault.get("status") or (k if k.isdigit() else 500))
         h = []
         if status == 416:
@@ -574,7 +585,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         method = self.command
         length = resp.length()
         kind = fault["kind"] if fault else None
-        no_cl = kind == "no_content_length"
+        extra = int(fault.get("extra", 16)) if kind == "extra_body" and resp.status in (200, 206) else 0
+        no_cl = kind == "no_content_length" or (extra and fault.get("content_length", "body") == "none")
         body_fault = kind in BODY_FAULTS
         if kind == "corrupt" and "file_offset" in fault:
             # the stored copy is corrupt at one byte of the file: every response covering it shows it
@@ -609,7 +621,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
                 self.close_connection = True
             else:
-                self.send_header("Content-Length", str(length))
+                announced = length + extra if extra and fault.get("content_length", "body") == "body" else length
+                self.send_header("Content-Length", str(announced))
             self.end_headers()
             if method != "HEAD" and resp.status != 304:
                 if body_fault:
@@ -620,6 +633,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         self.reset_connection()
                     elif kind == "short_body":
                         self.close_connection = True
+                    elif kind == "drip":
+                        if not self.drip(resp, cut, length - cut, float(fault.get("bytes_per_second", 2)),
+                                         float(fault.get("seconds", 60))):
+                            self.close_connection = True
                     elif kind == "stall":
                         ok = self.stall(float(fault.get("seconds", 5)))
                         pending = log
@@ -633,6 +650,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                             self.write_body(resp, cut, length - cut)
                 else:
                     self.write_body(resp, 0, length)
+                    if extra:
+                        # bytes past what the Content-Range announces (and, with content_length
+                        # "body", what Content-Length announces too)
+                        self.wfile.write(b"\xa5" * extra)
+                        self.body_sent += extra
+                        if fault.get("content_length", "body") == "none":
+                            self.close_connection = True
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, socket.timeout, OSError):
             self.close_connection = True
         sent = self.body_sent
@@ -649,6 +673,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with open(local, "rb") as f:
             f.seek(off)
             return f.read(n)
+
+    def drip(self, resp, start, n, rate, seconds):
+        """Send n body bytes from `start`, one at a time at `rate` bytes/s, for at most
+        `seconds`; False when it stopped early (time up, the client hung up, server stopping)."""
+        deadline = time.time() + seconds
+        data = self.materialize(resp)[start:start + n] if n > 0 else b""
+        sock = self.connection
+        for i in range(len(data)):
+            if STOP.is_set() or time.time() > deadline:
+                return False
+            try:
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+            except OSError:
+                return False
+            self.body_sent += 1
+            wait_until = time.time() + 1.0 / rate
+            while time.time() < wait_until:
+                try:
+                    readable, _, _ = select.select([sock], [], [], min(wait_until - time.time(), 0.05))
+                    if readable:
+                        return False  # EOF: the client gave up
+                except (OSError, ValueError):
+                    return False
+        return True
 
     def stall(self, seconds):
         """Sleep, but stop early (-> False) when the client hangs up or the server stops."""
@@ -1262,6 +1311,31 @@ def gzip_resp(resp):
     resp.set("Content-Encoding", "gzip")
     resp.set("Content-Range", None)
     resp.headers.append(("Vary", "Accept-Encoding"))
+
+
+def patch_listing(resp, fault):
+    """The `listing` fault: the Hub's repository listing (/api/{models,datasets}/{repo}
+    [/revision/{rev}]) reports other sizes for some files ("sizes": {path: n}, LFS size too)
+    and/or lists extra siblings ("add": [{"rfilename": ..., ...}]), e.g. a "../x" name."""
+    if resp.status != 200 or resp.file is not None:
+        return resp
+    try:
+        info = json.loads(resp.body)
+    except ValueError:
+        return resp
+    if not isinstance(info, dict) or not isinstance(info.get("siblings"), list):
+        return resp
+    sizes = fault.get("sizes") or {}
+    for s in info["siblings"]:
+        if s.get("rfilename") in sizes:
+            n = int(sizes[s["rfilename"]])
+            if "size" in s:
+                s["size"] = n
+            if isinstance(s.get("lfs"), dict):
+                s["lfs"]["size"] = n
+    info["siblings"].extend(fault.get("add") or [])
+    resp.body = json.dumps(info).encode()
+    return resp
 
 
 def s3_error(status, code, message):

@@ -855,6 +855,75 @@ def t_fault_served_size():
     eq(bad.status, 400, "served_size without size is refused")
 
 
+def t_fault_denied():
+    loc = cdn_url_for()
+    g = with_fault({"server": "cdn", "match": "model.safetensors", "kind": "denied"},
+                   lambda: req("GET", loc, {"Range": "bytes=0-9"}))
+    eq((g.status, g.h("x-error-code")), (403, "AccessDenied"), "denied")
+    check(b"<Code>AccessDenied</Code><Message>Access Denied</Message>" in g.body, "S3-style body: %r" % g.body)
+    check(b"expired" not in g.body, "not the expiry message")
+    eq(req("GET", loc, {"Range": "bytes=0-9"}).status, 206, "then served")
+
+
+def t_fault_drip():
+    loc = cdn_url_for()
+
+    def go():
+        t0 = time.time()
+        g = req("GET", loc, {"Range": "bytes=0-19"})
+        return time.time() - t0, g
+    dt, g = with_fault({"server": "cdn", "match": "model.safetensors", "kind": "drip", "after_bytes": 10,
+                        "bytes_per_second": 20}, go)
+    eq((g.status, g.body), (206, WEIGHTS[:20]), "the right bytes, slowly")
+    check(0.4 <= dt < 3, "10 bytes at 20 bytes/s took %.2f s" % dt)
+    eq(HUB.log(server="cdn")[-1]["fault"], "drip", "fault logged")
+    # a client with a minimum rate gives up on it (curl: 100 bytes/s over 1 s)
+    p = with_fault({"server": "cdn", "match": "model.safetensors", "kind": "drip", "after_bytes": 0,
+                    "bytes_per_second": 2, "seconds": 10}, lambda: curl("-o", "/dev/null", "-y", "1", "-Y", "100", loc))
+    eq(p.returncode, 28, "curl low-speed timeout")
+    bad = req("POST", H + "/_fake/faults", body=json.dumps({"kind": "drip", "bytes_per_second": 0}).encode())
+    eq(bad.status, 400, "a zero rate is refused")
+
+
+def t_fault_extra_body():
+    loc = cdn_url_for()
+
+    def raw(spec):
+        def go():
+            c = conn_for(loc)
+            try:
+                c.request("GET", split(loc)[3], headers={"Range": "bytes=0-99"})
+                r = c.getresponse()
+                return r.status, r.getheader("content-length"), r.getheader("content-range"), r.read()
+            finally:
+                c.close()
+        return with_fault(spec, go)
+    st, cl, cr, body = raw({"server": "cdn", "match": "model.safetensors", "kind": "extra_body", "extra": 7})
+    eq((st, cr, cl), (206, "bytes 0-99/%d" % len(WEIGHTS), "107"), "Content-Length counts the extra bytes")
+    eq(body, WEIGHTS[:100] + b"\xa5" * 7, "the range, then 7 bytes more")
+    st, cl, cr, body = raw({"server": "cdn", "match": "model.safetensors", "kind": "extra_body", "extra": 5,
+                            "content_length": "none"})
+    eq((st, cr, cl), (206, "bytes 0-99/%d" % len(WEIGHTS), None), "no Content-Length")
+    eq(body, WEIGHTS[:100] + b"\xa5" * 5, "the body runs past its Content-Range")
+
+
+def t_fault_listing():
+    url = H + "/api/models/org/public/revision/main?blobs=true"
+    spec = {"server": "hub", "match": "/api/models/org/public/revision", "kind": "listing",
+            "sizes": {"model.safetensors": 12345}, "add": [{"rfilename": "../evil.safetensors", "size": 1}]}
+    r = with_fault(spec, lambda: req("GET", url))
+    sib = {s["rfilename"]: s for s in json.loads(r.body)["siblings"]}
+    eq((sib["model.safetensors"]["size"], sib["model.safetensors"]["lfs"]["size"]), (12345, 12345),
+       "listed size replaced (LFS size too)")
+    check("../evil.safetensors" in sib, "extra sibling listed")
+    eq(sib["config.json"]["size"], len(CONFIG2), "other files untouched")
+    # only the listing lies: the resolve and the CDN keep the real size
+    eq(resolve("org/public", "main", "model.safetensors").h("x-linked-size"), str(len(WEIGHTS)), "X-Linked-Size")
+    sib = {s["rfilename"]: s for s in json.loads(req("GET", url).body)["siblings"]}
+    eq(sib["model.safetensors"]["size"], len(WEIGHTS), "cleared: the real size")
+    check("../evil.safetensors" not in sib, "cleared: no extra sibling")
+
+
 def t_fault_match_by_shard_name_and_any():
     # the contract's example: match a shard by file name on the CDN (its path is only a sha256)
     loc = cdn_url_for(path="model-00002-of-00002.safetensors")
@@ -1048,6 +1117,7 @@ def main():
                    t_fault_ignore_range, t_fault_wrong_content_range, t_fault_short_body, t_fault_reset_mid_body,
                    t_fault_stall, t_fault_statuses, t_fault_missing_content_length,
                    t_fault_corrupt_body, t_fault_corrupt_file_offset, t_fault_served_size,
+                   t_fault_denied, t_fault_drip, t_fault_extra_body, t_fault_listing,
                    t_fault_match_by_shard_name_and_any, t_keep_alive_reuse, t_live_reload, t_request_log_format,
                    t_tls_with_generated_ca, t_harness_shell_entry_and_clean_shutdown, t_sigint_clean_exit,
                    t_main_server_clean_exit]:

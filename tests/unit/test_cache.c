@@ -23,6 +23,7 @@
 #include "check.h"
 #include "ckptscope/cache.h"
 #include "ckptscope/cache_hub.h"
+#include "ckptscope/hash.h"
 
 #define KEY_A "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 #define KEY_B "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -823,6 +824,186 @@ static void disk_full_is_a_clear_error(void)
     free(dir);
 }
 
+/* Count the entries of a directory (-1 when it cannot be read). */
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    struct dirent *e;
+    if (!d)
+        return -1;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* A shared cache is writable by others: links planted as a key's lock or pin file, as a key
+ * directory, as a shard directory or as a metadata namespace must never make the cache
+ * create, overwrite or delete anything outside it. Writes through them fail (a cache
+ * failure costs a refetch, never data) and everything outside stays byte for byte. */
+static void planted_links_never_reach_outside(void)
+{
+    char *dir = mkcachedir(), *outside = mkcachedir();
+    char *p = NULL, *victim = NULL, *target = NULL, *shard = NULL;
+    CHECK(asprintf(&victim, "%s/victim", outside) >= 0);
+    FILE *f = fopen(victim, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("precious", f);
+        fclose(f);
+    }
+    cks_cache *c = open_at(dir, 0);
+    CHECK_EQ_INT(put_range(c, KEY_A, 0, 4096, false), CKS_OK);
+    cks_cache_free(c);
+    /* 1. lock -> a file outside (the reported case: it was opened O_RDWR|O_CREAT and its
+     *    first 8 bytes overwritten with the generation counter); pin -> a path outside */
+    CHECK(asprintf(&p, "%s/files/aa/s-%s/lock", dir, KEY_A + 7) >= 0);
+    unlink(p);
+    CHECK(symlink(victim, p) == 0);
+    free(p);
+    CHECK(asprintf(&p, "%s/files/aa/s-%s/pin", dir, KEY_A + 7) >= 0);
+    unlink(p);
+    CHECK(asprintf(&target, "%s/created-by-pin", outside) >= 0);
+    CHECK(symlink(target, p) == 0);
+    free(p);
+    /* 2. a key directory that is a link to a directory outside */
+    CHECK(asprintf(&shard, "%s/files/bb", dir) >= 0);
+    CHECK(mkdir(shard, 0755) == 0);
+    CHECK(asprintf(&p, "%s/s-%s", shard, KEY_B + 7) >= 0);
+    CHECK(symlink(outside, p) == 0);
+    free(p);
+    /* 3. a shard directory that is a link */
+    CHECK(asprintf(&p, "%s/files/cc", dir) >= 0);
+    CHECK(symlink(outside, p) == 0);
+    free(p);
+    /* 4. a metadata namespace that is a link */
+    CHECK(asprintf(&p, "%s/meta/header", dir) >= 0);
+    CHECK(symlink(outside, p) == 0);
+    free(p);
+
+    c = open_at(dir, 0);
+    cks_diag d = {{0}};
+    unsigned char buf[4096];
+    fill(buf, 8192, sizeof buf, false);
+    cks_err e = cks_cache_write(c, KEY_A, 8192, buf, sizeof buf, &d);
+    CHECK_MSG(e == CKS_ERR_IO && strstr(d.text, "lock"), "write through a planted lock: %s %s",
+              cks_strerror(e), d.text);
+    cks_cache_pin(c, KEY_A);
+    e = cks_cache_write(c, KEY_B, 0, buf, sizeof buf, &d);
+    CHECK_MSG(e == CKS_ERR_IO, "write into a linked key directory: %s %s", cks_strerror(e), d.text);
+    CHECK_EQ_INT(get_range(c, KEY_B, 0, 16, false), 0);
+    e = cks_cache_write(c, KEY_C, 0, buf, sizeof buf, &d);
+    CHECK_MSG(e == CKS_ERR_IO, "write under a linked shard directory: %s %s", cks_strerror(e), d.text);
+    e = cks_cache_meta_put(c, "header", "k", "v", 1, &d);
+    CHECK_MSG(e == CKS_ERR_IO, "metadata into a linked namespace: %s %s", cks_strerror(e), d.text);
+    bool hit = true;
+    char *data = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(cks_cache_meta_get(c, "header", "k", -1, &data, &len, &hit, NULL), CKS_OK);
+    CHECK(!hit);
+    free(data);
+    uint64_t removed = 0;
+    CHECK_EQ_INT(cks_cache_clear(c, &removed, NULL), CKS_OK);
+    cks_cache_free(c);
+
+    f = fopen(victim, "r");
+    char back[32] = "";
+    if (f) {
+        if (!fgets(back, sizeof back, f))
+            back[0] = '\0';
+        fclose(f);
+    }
+    CHECK_EQ_STR(back, "precious");
+    CHECK_MSG(access(target, F_OK) != 0, "%s was created through a planted pin link", target);
+    CHECK_EQ_INT(count_entries(outside), 1); /* only the victim: nothing created or deleted */
+    rmtree(dir);
+    rmtree(outside);
+    free(dir);
+    free(outside);
+    free(victim);
+    free(target);
+    free(shard);
+}
+
+/* A whole file held in the cache whose bytes are not the file (a transfer that was wrong, a
+ * process killed before its hash concluded): `cache verify` hashes every whole LFS file a
+ * cached listing names, reports it, and --repair drops it; a right one is marked verified;
+ * one held in part is counted, not judged. Forgetting a listing removes both its keys. */
+static void cache_verify_checks_listed_whole_files(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    const size_t n = 300000;
+    unsigned char *good = malloc(n);
+    fill(good, 0, n, false);
+    char good_hex[65], key_good[72], key_bad[72], key_part[72];
+    cks_sha256_hex(good, n, good_hex);
+    snprintf(key_good, sizeof key_good, "sha256:%s", good_hex);
+    /* "bad": listed with a SHA-256 its cached bytes do not have */
+    snprintf(key_bad, sizeof key_bad, "%s", KEY_B);
+    snprintf(key_part, sizeof key_part, "%s", KEY_C);
+    CHECK_EQ_INT(cks_cache_write(c, key_good, 0, good, n, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_write(c, key_bad, 0, good, n, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_write(c, key_part, 0, good, 1000, NULL), CKS_OK);
+    cks_hub_repo r = {0};
+    cks_hub_file files[3] = {{0}};
+    r.type = CKS_REPO_MODEL;
+    r.repo_id = "org/name";
+    r.revision = "main";
+    strcpy(r.commit, "0123456789abcdef0123456789abcdef01234567");
+    r.n_files = 3;
+    r.files = files;
+    const char *paths[3] = {"a.safetensors", "b.safetensors", "c.safetensors"};
+    const char *keys[3] = {key_good, key_bad, key_part};
+    for (int i = 0; i < 3; i++) {
+        files[i].path = (char *)paths[i];
+        files[i].size = n;
+        files[i].size_known = true;
+        files[i].lfs = true;
+        strcpy(files[i].sha256, keys[i] + 7);
+    }
+    CHECK_EQ_INT(cks_cache_repo_put(c, "http://h", "org/name", "main", &r, NULL), CKS_OK);
+    cks_cache_verify_report rep;
+    CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_verify_listed(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.checked_files, 2);
+    CHECK_EQ_INT(rep.bad_files, 1);
+    CHECK_EQ_INT(rep.partial_files, 1);
+    CHECK(rep.n_bad == 1 && strstr(rep.bad[0], "b.safetensors") && strstr(rep.bad[0], good_hex));
+    cks_cache_verify_report_release(&rep);
+    CHECK(cks_cache_is_verified(c, key_good, n));            /* the right one is marked */
+    CHECK_EQ_INT(get_range(c, key_bad, 0, 100, false), 1);   /* without --repair: still there */
+    CHECK_EQ_INT(cks_cache_verify(c, true, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_verify_listed(c, true, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.bad_files, 1);
+    cks_cache_verify_report_release(&rep);
+    CHECK_EQ_INT(get_range(c, key_bad, 0, 100, false), 0);   /* --repair dropped it */
+    CHECK_EQ_INT(get_range(c, key_good, 0, 100, false), 1);
+    memset(&rep, 0, sizeof rep);
+    CHECK_EQ_INT(cks_cache_verify_listed(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.bad_files, 0);
+    cks_cache_verify_report_release(&rep);
+    /* a listing that failed a check is forgotten under both its keys */
+    CHECK_EQ_INT(cks_cache_repo_put(c, "http://h", "org/name", "main", &r, NULL), CKS_OK);
+    CHECK_EQ_INT(cks_cache_repo_forget(c, "http://h", CKS_REPO_MODEL, "org/name", "main", r.commit, NULL),
+                 CKS_OK);
+    cks_hub_repo *got = NULL;
+    bool hit = true;
+    CHECK_EQ_INT(cks_cache_repo_get(c, "http://h", CKS_REPO_MODEL, "org/name", "main", &got, &hit, NULL), CKS_OK);
+    CHECK(!hit);
+    CHECK_EQ_INT(cks_cache_repo_get(c, "http://h", CKS_REPO_MODEL, "org/name", r.commit, &got, &hit, NULL), CKS_OK);
+    CHECK(!hit);
+    /* dropping a key removes every extent and the mark */
+    CHECK_EQ_INT(cks_cache_drop(c, key_good, "test", NULL), CKS_OK);
+    CHECK(!cks_cache_is_verified(c, key_good, n));
+    CHECK_EQ_INT(get_range(c, key_good, 0, 100, false), 0);
+    free(good);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 static void bad_layout_is_refused(void)
 {
     char *dir = mkcachedir();
@@ -1046,7 +1227,9 @@ TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missin
           T(whole_file_sha256_check), T(lru_eviction_respects_cap_and_pins), T(hf_home_reuse),
           T(offline_report_names_missing_tensors), T(concurrent_writers_overlapping_ranges),
           T(kill9_during_writes_leaves_cache_consistent), T(disk_full_is_a_clear_error),
-          T(bad_layout_is_refused), T(repo_listing_cached_by_revision_and_commit),
+          T(bad_layout_is_refused), T(planted_links_never_reach_outside),
+          T(cache_verify_checks_listed_whole_files),
+          T(repo_listing_cached_by_revision_and_commit),
           T(offline_report_for_a_checkpoint),
           T(read_some_fills_cached_parts_and_names_gaps),
           T(cache_source_serves_verified_files))

@@ -1,6 +1,7 @@
 /* Unit tests of the range engine's pure parts: header parsing, backoff, request planning. */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "ckptscope/http.h"
@@ -32,10 +33,55 @@ static void content_range_invalid(void)
         "bytes 0-99/100 junk", "items 0-99/100", "bytes 0 -99/100", "bytes +0-99/100",
         "bytes 0-99/18446744073709551616", /* overflow */
         "bytes */*", "bytes 0-99,200-299/1000", "bytes 0x10-20/100",
+        /* 2^64-1 is the parser's "*": as a number it would read as "*" / "*" (fuzz) */
+        "bytes 18446744073709551615-18446744073709551615/18446744073709551615",
+        "bytes 0-9/18446744073709551615",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         CHECK_MSG(!cks_http_parse_content_range(bad[i], &a, &b, &t), "accepted \"%s\"", bad[i]);
     CHECK(!cks_http_parse_content_range(NULL, &a, &b, &t));
+}
+
+/* The verdict on a ranged reply, one case per outcome, including the ones issue 14 named
+ * wrongly before (a length that disagrees is not a bad Content-Range). */
+static void range_reply_verdicts(void)
+{
+    uint64_t served = 0;
+    CHECK_EQ_INT(cks_http_range_reply(206, "bytes 10-19/100", 10, 10, 19, 100, &served), CKS_REPLY_RANGE);
+    CHECK_EQ_INT(cks_http_range_reply(206, "bytes 10-19/100", -1, 10, 19, 100, &served), CKS_REPLY_RANGE);
+    CHECK_EQ_INT(cks_http_range_reply(200, "", 100, 0, 99, 100, &served), CKS_REPLY_WHOLE_AS_RANGE);
+    CHECK_EQ_INT(cks_http_range_reply(200, "", 100, 10, 19, 100, &served), CKS_REPLY_IGNORED);
+    CHECK_EQ_INT(cks_http_range_reply(200, "", -1, 0, 99, 100, &served), CKS_REPLY_IGNORED);
+    CHECK_EQ_INT(cks_http_range_reply(206, "bytes 10-19/90", 10, 10, 19, 100, &served), CKS_REPLY_OTHER_SIZE);
+    CHECK_EQ_INT(served, 90);
+    CHECK_EQ_INT(cks_http_range_reply(206, "bytes 11-19/100", 9, 10, 19, 100, &served), CKS_REPLY_BAD_RANGE);
+    CHECK_EQ_INT(cks_http_range_reply(206, "", 10, 10, 19, 100, &served), CKS_REPLY_BAD_RANGE);
+    CHECK_EQ_INT(cks_http_range_reply(206, "bytes 10-19/100", 26, 10, 19, 100, &served), CKS_REPLY_BAD_LENGTH);
+    CHECK_EQ_INT(served, 26);
+    CHECK_EQ_INT(cks_http_range_reply(403, "", 10, 10, 19, 100, &served), CKS_REPLY_NOT_DATA);
+}
+
+/* Header lines as libcurl delivers them: status lines reset the response and give its code,
+ * overlong values are cut and flagged, never overrun. */
+static void header_capture(void)
+{
+    cks_http_response r;
+    memset(&r, 0, sizeof r);
+    const char *lines[] = {"HTTP/1.1 100 Continue\r\n", "Content-Range: stale\r\n", "\r\n",
+                           "HTTP/2 206\r\n", "content-range:  bytes 0-9/10 \r\n", "X-Error-Message: hi\r\n"};
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++)
+        cks_http_capture_header(&r, lines[i], strlen(lines[i]));
+    CHECK_EQ_INT(r.status, 206);
+    CHECK_EQ_STR(r.content_range, "bytes 0-9/10");
+    CHECK_EQ_STR(r.x_error_message, "hi");
+    cks_http_capture_header(&r, "HTTP/1.1 2x6 odd\r\n", 18);
+    CHECK_EQ_INT(r.status, 0);
+    CHECK_EQ_STR(r.content_range, "");
+    char big[6000] = "Location: ";
+    memset(big + 10, 'x', sizeof big - 11);
+    big[sizeof big - 1] = '\0';
+    cks_http_capture_header(&r, big, strlen(big));
+    CHECK(r.header_truncated && strlen(r.location) == sizeof r.location - 1);
 }
 
 static void retry_after(void)
@@ -202,6 +248,7 @@ static void plan_cost_model(void)
     CHECK_NEAR(cks_http_plan_cost(64, 0, 64, 0.05, 1e6), 0.05, 1e-12);
 }
 
-TEST_MAIN(T(plan_cost_model), T(content_range_valid), T(content_range_invalid), T(retry_after), T(ratelimit_header),
+TEST_MAIN(T(plan_cost_model), T(content_range_valid), T(content_range_invalid), T(range_reply_verdicts),
+          T(header_capture), T(retry_after), T(ratelimit_header),
           T(backoff), T(origin), T(plan_coalesces_and_splits), T(plan_merge_respects_max_request),
           T(engine_refuses_bad_token))
