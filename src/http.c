@@ -755,6 +755,24 @@ static bool curl_is_tls(CURLcode rc)
     }
 }
 
+/*
+ * A name that does not resolve is not retried: it means no network (or a mistyped host), and
+ * the retries with backoff only made the user wait ~8 s to hear it. The hint names --offline,
+ * which answers from the cache.
+ */
+static bool curl_is_dns(CURLcode rc)
+{
+    return rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
+static cks_err dns_fail(cks_diag *diag, const char *shown, const char *detail)
+{
+    return cks_fail(diag, CKS_ERR_NETWORK,
+                    "cannot resolve the host of %s (%s): no network, or no DNS? To work from what is already "
+                    "cached, use --offline (or HF_HUB_OFFLINE=1)",
+                    shown, detail);
+}
+
 static bool status_retryable(long s)
 {
     return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504;
@@ -831,6 +849,11 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
     if (rc == CURLE_WRITE_ERROR && x->verdict == V_BODY_FULL)
         rc = CURLE_OK;
     if (rc != CURLE_OK) {
+        if (curl_is_dns(rc)) {
+            x->err = dns_fail(&x->diag, shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+            x->done = true;
+            goto out;
+        }
         if (curl_is_tls(rc)) {
             x->err = cks_fail(&x->diag, CKS_ERR_TLS,
                               "TLS failure talking to %s: %s (set CKPTSCOPE_CA_BUNDLE or "
@@ -911,6 +934,11 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                           t->name, x->next, x->span.last, t->size,
                           x->verdict == V_TOO_LONG ? "more bytes than asked and" : "206 but",
                           x->hdr.content_range[0] ? x->hdr.content_range : "(missing)");
+        x->done = true;
+        goto out;
+    }
+    if (rc != CURLE_OK && curl_is_dns(rc)) {
+        x->err = dns_fail(&x->diag, shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
         x->done = true;
         goto out;
     }

@@ -38,6 +38,14 @@ cks_err cks_cache_repo_put(cks_cache *c, const char *endpoint, const char *asked
 cks_err cks_cache_hf_source(const char *hf_home, const cks_hub_repo *repo, const cks_hub_file *f,
                             cks_source **out, cks_diag *diag);
 
+/* A listing from the standard Hugging Face cache alone, for --offline / HF_HUB_OFFLINE: the
+ * revision resolved through refs/<revision> (a 40-hex commit as is), the files of
+ * snapshots/<commit>/ with their sizes and, from the blob each entry links to, their LFS
+ * SHA-256 or git blob id (so cks_cache_hf_source then serves them). *out NULL when the cache
+ * holds no such snapshot (not an error). Never writes there. hf_home as in cks_cache_hf_lookup. */
+cks_err cks_cache_hf_repo(const char *hf_home, cks_repo_type type, const char *repo_id, const char *revision,
+                          cks_hub_repo **out, cks_diag *diag);
+
 /* --offline reporting for a checkpoint: for each file holding some of the selected tensors
  * (all tensors when sel is NULL), name exactly the tensors whose bytes are not cached, one
  * line per file ("model-00002-of-00004.safetensors: 3 of 120 tensors not cached: a, b, c").
