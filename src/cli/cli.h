@@ -151,7 +151,8 @@ typedef struct cli_progress {
     bool enabled;
     const char *what;
     double started;
-    uint64_t done, total;
+    uint64_t done, total;     /* set total before the first update when it is known */
+    uint64_t wire_start;      /* the network counter when this phase began */
 } cli_progress;
 void cli_progress_init(cli_progress *p, const cli_opts *opts, const char *what);
 void cli_progress_update(void *ctx, uint64_t done, uint64_t total);

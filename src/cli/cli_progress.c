@@ -74,12 +74,16 @@ static void draw_locked(bool force)
     line[0] = '\0';
     if (g.active) {
         cli_progress *p = g.active;
-        double elapsed = now - p->started, rate = elapsed > 0 ? (double)p->done / elapsed : 0;
+        /* remote bytes are fetched (read ahead) before they are hashed: while the network
+         * is ahead of the consumer, its count is the better measure of how far along we are */
+        uint64_t wire = g.wire_bytes > p->wire_start ? g.wire_bytes - p->wire_start : 0;
+        uint64_t done = p->done > wire ? p->done : wire < p->total ? wire : p->total;
+        double elapsed = now - p->started, rate = elapsed > 0 ? (double)done / elapsed : 0;
         at += (size_t)snprintf(line + at, sizeof line - at, "%s: %s / %s  %s/s", p->what,
-                               cli_human_bytes(p->done, a, sizeof a), cli_human_bytes(p->total, b, sizeof b),
+                               cli_human_bytes(done, a, sizeof a), cli_human_bytes(p->total, b, sizeof b),
                                cli_human_bytes((uint64_t)rate, r, sizeof r));
-        if (rate > 0 && p->done < p->total && elapsed > 0.5) {
-            format_eta((double)(p->total - p->done) / rate, eta, sizeof eta);
+        if (rate > 0 && done < p->total && elapsed > 0.5) {
+            format_eta((double)(p->total - done) / rate, eta, sizeof eta);
             at += (size_t)snprintf(line + at, sizeof line - at, "  ETA %s", eta);
         }
         if (g.wire_bytes && at < sizeof line)
@@ -119,6 +123,7 @@ void cli_progress_init(cli_progress *p, const cli_opts *opts, const char *what)
         return;
     pthread_mutex_lock(&g.mu);
     g.active = p;
+    p->wire_start = g.wire_bytes;
     pthread_mutex_unlock(&g.mu);
 }
 

@@ -245,6 +245,7 @@ int cmd_fetch(int argc, char **argv)
     for (size_t k = 0; k < n_sel; k++)
         all_bytes += sel[k]->info->end - sel[k]->info->begin;
     cli_progress_init(&progress, &opts, "fetching");
+    progress.total = all_bytes;
     root = cli_json_new("fetch");
     if (source_report) {
         cJSON_AddItemToObject(root, "source", source_report);

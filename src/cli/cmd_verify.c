@@ -582,6 +582,7 @@ static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, bool *bad, cons
     for (size_t f = 0; f < ckpt->n_files; f++)
         total += bad[f] ? 0 : ckpt->files[f].source->size;
     cli_progress_init(&progress, opts, "verify: hashing and checking every value");
+    progress.total = total;
     for (size_t f = 0; f < ckpt->n_files && !err; f++) {
         cks_source *src = ckpt->files[f].source;
         const char *path = ckpt->files[f].path;

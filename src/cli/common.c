@@ -312,6 +312,8 @@ cks_err cli_hash_selection(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *s
     if (!hashes)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
     cli_progress_init(&progress, opts, what);
+    for (size_t i = 0; i < n; i++)
+        progress.total += sel[i]->info->end - sel[i]->info->begin;
     hopts.progress = cli_progress_update;
     hopts.progress_ctx = &progress;
     err = cks_hash_tensors(ckpt, sel, n, &hopts, hashes, diag);
