@@ -94,8 +94,6 @@ static void draw_locked(bool force)
         if (g.budget && at < sizeof line)
             snprintf(line + at, sizeof line - at, " · fetched %s of a %s budget per model",
                      cli_human_bytes(g.wire_bytes, w, sizeof w), cli_human_bytes(g.budget, b, sizeof b));
-        else if (g.wire_bytes && at < sizeof line)
-            snprintf(line + at, sizeof line - at, " · fetched %s", cli_human_bytes(g.wire_bytes, w, sizeof w));
     } else if (g.wire_planned) {
         double rate = g.wire_seconds > 0 ? (double)g.wire_bytes / g.wire_seconds : 0;
         snprintf(line, sizeof line, "fetching: %s of %s planned, %llu requests, %s/s",
