@@ -947,6 +947,7 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
     cJSON *root = cli_json_new("verify"), *warns, *prov, *checks;
     if (!source)
         source = cJSON_CreateObject(); /* the source did not open: what was asked for */
+    cJSON_AddNumberToObject(source, "bytes_read", (double)(v->sampled_bytes + v->hashed_bytes));
     cJSON_AddItemToObject(root, "source", cli_source_spec(source, spec));
     cJSON_AddStringToObject(root, "outcome", outcome_name(rc, v->against));
     cJSON_AddNumberToObject(root, "exit_code", rc);
