@@ -7,6 +7,7 @@
 #   make fuzz       short libFuzzer runs of every fuzz target (clang)
 #   make demo       the main job on the built-in demo
 #   make bench      benchmarks (never part of make test)
+#   make transcripts regenerate the command transcripts in README.md and docs/ (make test checks them)
 #   make install    binary and manual page under $(PREFIX)
 
 PREFIX    ?= /usr/local
@@ -52,7 +53,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/replay_%)
 TOOLS     := $(BUILD)/tests/mkfixtures
 
-.PHONY: all build deps deps-build deps-demo test test-san check-unit fuzz demo bench install clean
+.PHONY: all build deps deps-build deps-demo test test-san check-unit fuzz demo bench install clean transcripts
 .SECONDARY:
 
 # Targets that build depend on a deps-* target and then run a fresh make (never list
@@ -109,6 +110,10 @@ fuzz: deps
 demo: deps-demo
 	@$(MAKE) --no-print-directory $(BIN)
 	@scripts/demo.sh $(BUILD)
+
+transcripts: deps-demo
+	@$(MAKE) --no-print-directory $(BIN)
+	@/usr/bin/python3 scripts/transcripts.py --write $(BUILD)
 
 bench: deps
 	@$(MAKE) --no-print-directory OPT=-O3 $(BIN)

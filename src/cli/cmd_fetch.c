@@ -347,8 +347,8 @@ int cmd_fetch(int argc, char **argv)
         root = NULL;
     } else if (!opts.quiet) {
         char a[32], b[32];
-        fprintf(stderr, "fetched %zu tensors, %s (%s on the wire in %llu requests) in %.2f s%s%s\n",
-                n_sel, cli_human_bytes(total, a, sizeof a),
+        fprintf(stderr, "fetched %zu tensor%s, %s (%s on the wire in %llu requests) in %.2f s%s%s\n",
+                n_sel, n_sel == 1 ? "" : "s", cli_human_bytes(total, a, sizeof a),
                 cli_human_bytes(st.bytes_fetched, b, sizeof b),
                 (unsigned long long)st.requests, cli_now() - t0, output ? "; wrote " : "",
                 output ? output : "");
