@@ -98,7 +98,7 @@ cks_err cli_open_fingerprint(const char *path, const char *label, cks_fingerprin
         cJSON_AddStringToObject(src, "kind", "fingerprint");
         cJSON_AddStringToObject(src, "path", path);
         cJSON_AddNumberToObject(src, "format_version", (*fp)->version);
-        cJSON_AddStringToObject(src, "source", (*fp)->source);
+        cJSON_AddStringToObject(src, "made_from", (*fp)->source); /* "source" is always an object */
         cJSON_AddStringToObject(src, "repo", (*fp)->repo);
         cJSON_AddStringToObject(src, "revision", (*fp)->revision);
         cJSON_AddStringToObject(src, "commit", (*fp)->commit);

@@ -990,7 +990,7 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
     for (size_t i = 0; i < n_known; i++) {
         cJSON *k = cJSON_CreateObject();
         cJSON_AddStringToObject(k, "fingerprint", ks[i].path);
-        cJSON_AddStringToObject(k, "source", ks[i].source);
+        cJSON_AddStringToObject(k, "made_from", ks[i].source);
         cJSON_AddStringToObject(k, "repo", ks[i].repo);
         cJSON_AddStringToObject(k, "commit", ks[i].commit);
         cJSON_AddStringToObject(k, "verdict", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict));

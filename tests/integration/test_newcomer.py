@@ -110,6 +110,20 @@ def bytes_read_numbers(doc, where="$"):
     return bad
 
 
+def string_sources(doc, where="$"):
+    """"source" is always an object, never a string (schema 2)."""
+    bad = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k == "source" and not isinstance(v, dict):
+                bad.append("%s.%s" % (where, k))
+            bad += string_sources(v, "%s.%s" % (where, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            bad += string_sources(v, "%s[%d]" % (where, i))
+    return bad
+
+
 # ---- local: globs, verify, JSON --------------------------------------------------------------
 
 def local_cases(tmp):
@@ -205,10 +219,22 @@ def local_cases(tmp):
         else:
             ok = doc.get("sources", {}).get("a", {}).get("spec") == a and doc["sources"]["b"]["spec"] == b
             ok = ok and isinstance(doc.get("bytes_read"), (int, float))
-        bad = bytes_read_numbers(doc)
+        bad = bytes_read_numbers(doc) + string_sources(doc)
         ok = ok and not bad and "models" not in doc and "target" not in doc and doc.get("schema_version") == 2
         report("%s --json: %s with spec, every bytes_read a number" % (cmd, key), ok,
                "%s %s" % (bad, " ".join(out.split())[:300]))
+
+    # fingerprint: the source is an object too, and a fingerprint as a SOURCE says what it was made from
+    fp = os.path.join(tmp, "a.ckfp")
+    rc, out, err = cli(["fingerprint", a, "-o", fp, "--json"])
+    doc = json.loads(out) if out.strip() else {}
+    ok = rc == 0 and doc.get("source", {}).get("spec") == a and not string_sources(doc) and \
+        not bytes_read_numbers(doc)
+    rc, out, err = cli(["compare", fp, b, "--tests", "T1,T2", "--json"])
+    doc2 = json.loads(out) if out.strip() else {}
+    fa = doc2.get("sources", {}).get("a", {})
+    ok = ok and rc == 0 and fa.get("kind") == "fingerprint" and fa.get("made_from") == a and not string_sources(doc2)
+    report("fingerprint --json and a fingerprint SOURCE: source objects, made_from", ok, "%s %s" % (out[:200], err))
 
     verify_cases(tmp, a)
 
