@@ -206,7 +206,8 @@ static cks_err scan_cache(cks_cache *c, scan *s, cks_diag *diag)
         scan_release(s);
         return cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
     }
-    qsort(s->links, s->n_links, sizeof *s->links, by_key);
+    if (s->n_links)
+        qsort(s->links, s->n_links, sizeof *s->links, by_key);
     return CKS_OK;
 }
 
@@ -277,7 +278,8 @@ cks_err cks_cache_repo_usage_list(cks_cache *c, cks_cache_repo_usage **out, size
         a->repo_id = NULL;
         a->revisions = NULL;
         a->n_revisions = 0;
-        qsort(v[r].revisions, v[r].n_revisions, sizeof *v[r].revisions, by_revision);
+        if (v[r].n_revisions)
+            qsort(v[r].revisions, v[r].n_revisions, sizeof *v[r].revisions, by_revision);
     }
     n = s.n_repos;
     other = &v[n];

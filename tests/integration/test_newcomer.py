@@ -96,32 +96,28 @@ def json_error_ok(out, rc, command):
     return ok, json.dumps(doc)[:300]
 
 
-def bytes_read_numbers(doc, where="$"):
-    """Every "bytes_read" anywhere in a document must be a number (not an object, not a bool)."""
+def bad_values(doc, key, good, where="$"):
+    """Paths of every `key` anywhere in a document whose value fails `good`."""
     bad = []
     if isinstance(doc, dict):
         for k, v in doc.items():
-            if k == "bytes_read" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            if k == key and not good(v):
                 bad.append("%s.%s" % (where, k))
-            bad += bytes_read_numbers(v, "%s.%s" % (where, k))
+            bad += bad_values(v, key, good, "%s.%s" % (where, k))
     elif isinstance(doc, list):
         for i, v in enumerate(doc):
-            bad += bytes_read_numbers(v, "%s[%d]" % (where, i))
+            bad += bad_values(v, key, good, "%s[%d]" % (where, i))
     return bad
 
 
-def string_sources(doc, where="$"):
+def bytes_read_numbers(doc):
+    """Every "bytes_read" must be a number (not an object, not a bool)."""
+    return bad_values(doc, "bytes_read", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def string_sources(doc):
     """"source" is always an object, never a string (schema 2)."""
-    bad = []
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            if k == "source" and not isinstance(v, dict):
-                bad.append("%s.%s" % (where, k))
-            bad += string_sources(v, "%s.%s" % (where, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            bad += string_sources(v, "%s[%d]" % (where, i))
-    return bad
+    return bad_values(doc, "source", lambda v: isinstance(v, dict))
 
 
 # ---- local: globs, verify, JSON --------------------------------------------------------------
