@@ -181,6 +181,8 @@ def write(build):
             if name not in blocks:
                 raise SystemExit("%s: unknown transcript %r (define it in scripts/transcripts.py)" % (rel, name))
             used.add(name)
+            if normalise(blocks[name], name) == normalise(m.group(3), name):
+                return m.group(0)  # only ports, commits, times changed: keep the page as it is
             return m.group(1) + blocks[name] + m.group(4)
         new = MARK.sub(repl, text)
         if new != text:
