@@ -179,7 +179,7 @@ def local_cases(tmp):
     rc, out, err = cli(["ls", a, "--jsn"])
     report("an unknown option suggests the nearest", rc == EXIT_USAGE and "did you mean --json?" in err, err)
     rc, out, err = cli(["diff", a, b, "--stats"])
-    report("diff --stats suggests --stat", rc == EXIT_USAGE and "--stat" in err, err)
+    report("diff --stats suggests --stat", rc == EXIT_USAGE and "did you mean --stat?" in err, err)
     rc, out, err = cli(["compare", a, b, "--html"])
     report("compare --html without a FILE says so", rc == EXIT_USAGE and "--html needs a FILE" in err, err)
     rc, out, err = cli(["compare", a, b, "--html", "--json"])
@@ -335,12 +335,25 @@ def remote_cases(tmp):
         report("fetch (Hub): a glob that selects nothing is exit 6 with near names",
                rc == EXIT_ACCESS and "model.norm.weight" in err, "exit %d %s" % (rc, err))
 
-        # HF_HUB_OFFLINE=1 is --offline: from the cache, no request at all
-        rc, out, err = cli(["hash", "org/model"], env)
+        # HF_HUB_OFFLINE=1 is --offline: from the cache, no request at all. The cache keeps a
+        # branch's listing 0 s here, so online the same command must ask the Hub again (the control)
+        ttl_cache = os.path.join(tmp, "ttl-cache")
+        os.makedirs(ttl_cache)
+        with open(os.path.join(ttl_cache, "config"), "w") as f:
+            f.write("revision_ttl = 0\n")
+        ttl_env = dict(env, CKPTSCOPE_CACHE=ttl_cache)
+        rc, out, err = cli(["hash", "org/model"], ttl_env)
+        time.sleep(1.1)
         hub.clear_log()
-        rc, out, err = cli(["hash", "org/model"], dict(env, HF_HUB_OFFLINE="1"))
-        report("HF_HUB_OFFLINE=1 answers from the cache without a request", rc == 0 and len(out.splitlines()) == 3
-               and hub.log() == [], "exit %d %s %r" % (rc, err, [e["path"] for e in hub.log()]))
+        rc, out, err = cli(["hash", "org/model"], dict(ttl_env, HF_HUB_OFFLINE="1"))
+        offline_log = hub.log()
+        hub.clear_log()
+        rc2, out2, err2 = cli(["hash", "org/model"], ttl_env)
+        report("HF_HUB_OFFLINE=1 answers from the cache without a request (online, the same asks the Hub)",
+               rc == 0 and len(out.splitlines()) == 3 and offline_log == [] and rc2 == 0 and out2 == out and
+               len(hub.log()) > 0, "exit %d %s %r" % (rc, err, [e["path"] for e in offline_log]))
+        cli(["hash", "org/model"], env)
+        hub.clear_log()
         rc, out, err = cli(["ls", "org/other"], dict(env, HF_HUB_OFFLINE="yes"))
         report("HF_HUB_OFFLINE=yes: a miss is OfflineMiss (exit 4), no network", rc == EXIT_IO and
                "OfflineMiss" in err and "HF_HUB_OFFLINE" in err and hub.log() == [], "exit %d %s" % (rc, err))
