@@ -9,8 +9,10 @@
 # Further arguments name extra packages for one caller only (bench/scale/run.sh: nginx), so
 # make test never installs them.
 set -u
+# ca-certificates: libcurl only recommends it, and --no-install-recommends leaves HTTPS (the Hub,
+# the TLS tests) without any CA (curl exit 77 on a minimal Debian root)
 BUILD_PACKAGES="build-essential pkg-config libcurl4-openssl-dev libcjson-dev libssl-dev libzstd-dev \
-libopenblas-dev"
+libopenblas-dev ca-certificates"
 DEMO_PACKAGES="$BUILD_PACKAGES python3 python3-numpy"
 ALL_PACKAGES="$DEMO_PACKAGES openssl python3-scipy clang libclang-rt-dev curl chromium"
 case "${1:-}" in
