@@ -1034,13 +1034,18 @@ static void measure(cks_http *h, struct xfer *x, CURLcode rc)
     }
 }
 
-static void report_progress(cks_http *h, double t0, bool force)
+/* The counters so far, with the bytes of ranges still arriving (the stats count a transfer
+ * when it ends, so one large range would otherwise show no progress until it is whole). */
+static void report_progress(cks_http *h, const struct xfer *xs, size_t n, double t0, bool force)
 {
     double now = mono_now();
     if (!h->progress || (!force && now - h->last_progress < 0.2))
         return;
     h->last_progress = now;
     cks_http_stats s = h->stats;
+    for (size_t i = 0; i < n; i++)
+        if (xs[i].kind == XK_RANGE && xs[i].active && !xs[i].done)
+            s.bytes_fetched += xs[i].got;
     s.seconds += now - t0;
     h->progress(h->progress_ctx, &s);
 }
@@ -1135,7 +1140,7 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
                 }
             }
         }
-        report_progress(h, t0, false);
+        report_progress(h, xs, n, t0, false);
         if (n_done >= n)
             break;
 
@@ -1169,7 +1174,7 @@ out:
         double bw = (double)h->run_bytes / took;
         h->bw_est = h->bw_est > 0 ? 0.5 * h->bw_est + 0.5 * bw : bw;
     }
-    report_progress(h, mono_now(), true);
+    report_progress(h, xs, 0, mono_now(), true);
     return err;
 }
 

@@ -341,7 +341,9 @@ def case_progress_on_a_terminal(env, fx):
     import pty
     import select
     master, slave = pty.openpty()
-    env.hub.faults([{"server": "cdn", "kind": "delay", "seconds": 1.2, "count": 2}])
+    # each CDN answer sends half its body, pauses, then the rest: bytes arrive over seconds, so a
+    # rate and an ETA exist while the hash waits (a plain delay delivers everything at once)
+    env.hub.faults([{"server": "cdn", "kind": "stall", "seconds": 1.0, "count": 4}])
     try:
         e = dict(os.environ, HF_ENDPOINT=env.hub.hub_url, HOME=env.tmp, CKPTSCOPE_NO_CACHE="1",
                  XDG_CACHE_HOME=os.path.join(env.tmp, "xdg"))
