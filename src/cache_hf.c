@@ -355,7 +355,11 @@ out:
     for (size_t i = 0; i < w.n; i++)
         free(w.files[i].path);
     free(w.files);
-    cks_hub_repo_free(repo);
+    if (repo) { /* not cks_hub_repo_free: this file links without the Hub client (bench/cache) */
+        free(repo->repo_id);
+        free(repo->revision);
+        free(repo);
+    }
     free(hub);
     free(repo_dir);
     free(ref);

@@ -58,3 +58,13 @@ if [ "$sets" -eq 3 ] && grep -q 'DEMO_PACKAGES="$BUILD_PACKAGES' scripts/deps.sh
 else
     fail "deps.sh sets" "expected BUILD within DEMO within ALL"
 fi
+
+# make bench compiles parts of the library on their own: the cache alone must link without the
+# Hub client (a helper of cache_hf.c once called cks_hub_repo_free and broke bench/cache)
+cache_srcs=$(grep -o 'src/cache[a-z_]*\.c' bench/cache/run.sh | tr '\n' ' ')
+if gcc -O0 -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c $cache_srcs src/error.c \
+    -lcrypto -lzstd -lm -pthread -o "$TMP/bench_cache" 2>"$TMP/ld.err"; then
+    pass "bench/cache's cache-only build links ($cache_srcs)"
+else
+    fail "bench/cache build" "$(tail -3 "$TMP/ld.err")"
+fi
