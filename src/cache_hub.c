@@ -121,8 +121,9 @@ cks_err cks_cache_repo_get(cks_cache *c, const char *endpoint, cks_repo_type typ
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    /* a commit never moves; a branch or tag does */
-    int64_t ttl = hex_n(revision, 40) ? -1 : cks_cache_revision_ttl(c);
+    /* a commit never moves; a branch or tag does. Offline, the last answer is the only one:
+     * an expired listing still answers (as huggingface_hub's offline mode reads refs/). */
+    int64_t ttl = hex_n(revision, 40) || cks_cache_offline(c) ? -1 : cks_cache_revision_ttl(c);
     err = cks_cache_meta_get(c, REPO_NS, key, ttl, &data, &len, &h, diag);
     if (err || !h)
         goto out;

@@ -794,6 +794,24 @@ static bool curl_is_tls(CURLcode rc)
     }
 }
 
+/*
+ * A name that does not resolve is not retried: it means no network (or a mistyped host), and
+ * the retries with backoff only made the user wait ~8 s to hear it. The hint names --offline,
+ * which answers from the cache.
+ */
+static bool curl_is_dns(CURLcode rc)
+{
+    return rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
+static cks_err dns_fail(cks_diag *diag, const char *shown, const char *detail)
+{
+    return cks_fail(diag, CKS_ERR_NETWORK,
+                    "cannot resolve the host of %s (%s): no network, or no DNS? To work from what is already "
+                    "cached, use --offline (or HF_HUB_OFFLINE=1)",
+                    shown, detail);
+}
+
 static bool status_retryable(long s)
 {
     return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504;
@@ -870,6 +888,11 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
     if (rc == CURLE_WRITE_ERROR && x->verdict == V_BODY_FULL)
         rc = CURLE_OK;
     if (rc != CURLE_OK) {
+        if (curl_is_dns(rc)) {
+            x->err = dns_fail(&x->diag, shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+            x->done = true;
+            goto out;
+        }
         if (curl_is_tls(rc)) {
             x->err = cks_fail(&x->diag, CKS_ERR_TLS,
                               "TLS failure talking to %s: %s (set CKPTSCOPE_CA_BUNDLE or "
@@ -992,6 +1015,11 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
         x->done = true;
         goto out;
     }
+    if (rc != CURLE_OK && curl_is_dns(rc)) {
+        x->err = dns_fail(&x->diag, shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+        x->done = true;
+        goto out;
+    }
     if (rc != CURLE_OK && curl_is_tls(rc)) {
         x->err = cks_fail(&x->diag, CKS_ERR_TLS, "TLS failure reading %s from %s: %s", t->name,
                           shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
@@ -1102,13 +1130,18 @@ static void measure(cks_http *h, struct xfer *x, CURLcode rc)
     }
 }
 
-static void report_progress(cks_http *h, double t0, bool force)
+/* The counters so far, with the bytes of ranges still arriving (the stats count a transfer
+ * when it ends, so one large range would otherwise show no progress until it is whole). */
+static void report_progress(cks_http *h, const struct xfer *xs, size_t n, double t0, bool force)
 {
     double now = mono_now();
     if (!h->progress || (!force && now - h->last_progress < 0.2))
         return;
     h->last_progress = now;
     cks_http_stats s = h->stats;
+    for (size_t i = 0; i < n; i++)
+        if (xs[i].kind == XK_RANGE && xs[i].active && !xs[i].done)
+            s.bytes_fetched += xs[i].got;
     s.seconds += now - t0;
     h->progress(h->progress_ctx, &s);
 }
@@ -1203,7 +1236,7 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
                 }
             }
         }
-        report_progress(h, t0, false);
+        report_progress(h, xs, n, t0, false);
         if (n_done >= n)
             break;
 
@@ -1237,7 +1270,7 @@ out:
         double bw = (double)h->run_bytes / took;
         h->bw_est = h->bw_est > 0 ? 0.5 * h->bw_est + 0.5 * bw : bw;
     }
-    report_progress(h, mono_now(), true);
+    report_progress(h, xs, 0, mono_now(), true);
     return err;
 }
 

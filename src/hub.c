@@ -199,6 +199,157 @@ out:
     return err;
 }
 
+/* Percent-decoding of one URL path segment ("refs%2Fpr%2F1" -> "refs/pr/1"). */
+static char *url_unquote(const char *s, size_t n)
+{
+    char *out = malloc(n + 1);
+    size_t o = 0;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            out[o++] = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* The host[:port] of a URL, lowercased, into out; false when there is none. */
+static bool url_authority(const char *url, char *out, size_t cap)
+{
+    const char *p = strstr(url, "://"), *end;
+    size_t n;
+    if (!p)
+        return false;
+    p += 3;
+    end = p + strcspn(p, "/?#");
+    n = (size_t)(end - p);
+    if (n == 0 || n >= cap)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)tolower((unsigned char)p[i]);
+    out[n] = '\0';
+    return true;
+}
+
+/*
+ * A Hub web page or file URL pasted as a SOURCE — https://huggingface.co/org/name, and its
+ * /tree/REV[/DIR], /blob/REV/PATH, /resolve/REV/PATH, /commit/REV pages, /datasets/... too,
+ * on huggingface.co, hf.co or HF_ENDPOINT's host — names a Hub repo, so it is read as one
+ * (revision resolved and pinned, the LFS SHA-256 known) instead of as an anonymous URL.
+ * Returns false, leaving sp alone, for any other URL.
+ */
+static bool hub_web_url(const char *text, cks_hub_spec *sp, cks_err *err, cks_diag *diag)
+{
+    static const char *const hosts[] = {"huggingface.co", "www.huggingface.co", "hf.co"};
+    static const char *const not_repos[] = {"api", "docs", "blog", "settings", "organizations", "login", "join",
+                                            "pricing", "papers", "collections", "posts", "learn", "tasks",
+                                            "search", "new", "models", "spaces", "datasets"};
+    char host[256], endpoint_host[256];
+    const char *seg[8], *p;
+    size_t seg_len[8], n = 0, first = 0;
+    bool hub = false;
+    cks_repo_type type = CKS_REPO_MODEL;
+    char *rev = NULL, *path = NULL, *id = NULL;
+
+    if (!url_authority(text, host, sizeof host))
+        return false;
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)
+        hub = hub || strcmp(host, hosts[i]) == 0;
+    if (!hub && url_authority(cks_hub_default_endpoint(), endpoint_host, sizeof endpoint_host))
+        hub = strcmp(host, endpoint_host) == 0;
+    if (!hub)
+        return false;
+    /* the path's segments, up to the query or fragment */
+    p = strstr(text, "://") + 3;
+    p += strcspn(p, "/?#");
+    while (*p == '/' && n < 8) {
+        size_t len;
+        p++;
+        len = strcspn(p, "/?#");
+        if (len) {
+            seg[n] = p;
+            seg_len[n++] = len;
+        }
+        p += len;
+    }
+    if (n >= 1 && seg_len[0] == 8 && strncmp(seg[0], "datasets", 8) == 0) {
+        type = CKS_REPO_DATASET;
+        first = 1;
+    } else if (n >= 1 && seg_len[0] == 6 && strncmp(seg[0], "spaces", 6) == 0) {
+        type = CKS_REPO_SPACE;
+        first = 1;
+    }
+    if (n < first + 1)
+        return false; /* the site itself, or a listing page */
+    for (size_t i = 0; first == 0 && i < sizeof not_repos / sizeof not_repos[0]; i++)
+        if (strlen(not_repos[i]) == seg_len[0] && strncmp(seg[0], not_repos[i], seg_len[0]) == 0)
+            return false;
+    if (n == first + 1) /* a legacy id without a namespace ("gpt2") */
+        id = xasprintf("%.*s", (int)seg_len[first], seg[first]);
+    else
+        id = xasprintf("%.*s/%.*s", (int)seg_len[first], seg[first], (int)seg_len[first + 1], seg[first + 1]);
+    if (!id) {
+        *err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        return true;
+    }
+    if (!cks_hub_repo_id_valid(id)) {
+        free(id);
+        return false;
+    }
+    if (n >= first + 4) {
+        const char *kind = seg[first + 2];
+        size_t kl = seg_len[first + 2];
+        bool with_rev = (kl == 4 && (strncmp(kind, "tree", 4) == 0 || strncmp(kind, "blob", 4) == 0)) ||
+                        (kl == 7 && strncmp(kind, "resolve", 7) == 0) || (kl == 3 && strncmp(kind, "raw", 3) == 0) ||
+                        (kl == 6 && strncmp(kind, "commit", 6) == 0);
+        if (with_rev) {
+            /* the revision is one segment ("refs%2Fpr%2F1"); written out, refs/pr/N takes three */
+            const char *r = seg[first + 3];
+            const char *rest = r + seg_len[first + 3];
+            rev = url_unquote(r, seg_len[first + 3]);
+            if (rev && strcmp(rev, "refs") == 0 && n >= first + 6) {
+                free(rev);
+                rev = url_unquote(r, (size_t)(seg[first + 5] + seg_len[first + 5] - r));
+                rest = seg[first + 5] + seg_len[first + 5];
+            }
+            if (rev && kl != 6 && *rest == '/') {
+                size_t plen = strcspn(rest + 1, "?#");
+                while (plen && rest[plen] == '/')
+                    plen--;
+                path = plen ? url_unquote(rest + 1, plen) : NULL;
+                if (plen && !path)
+                    rev = NULL;
+            }
+            if (!rev) {
+                free(id);
+                free(path);
+                *err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                return true;
+            }
+        }
+    }
+    if (path && (strstr(path, "..") || path[0] == '/')) {
+        *err = cks_fail(diag, CKS_ERR_INVALID_ARG, "unsafe path '%s' in '%s'", path, text);
+        free(id);
+        free(rev);
+        free(path);
+        return true;
+    }
+    sp->kind = CKS_SPEC_HUB;
+    sp->repo_type = type;
+    sp->repo_id = id;
+    sp->revision = rev;
+    sp->path = path;
+    *err = CKS_OK;
+    return true;
+}
+
 cks_err cks_hub_parse_spec(const char *text, cks_hub_spec *sp, cks_diag *diag)
 {
     cks_err err = CKS_OK;
@@ -235,6 +386,9 @@ cks_err cks_hub_parse_spec(const char *text, cks_hub_spec *sp, cks_diag *diag)
         }
         goto out;
     }
+    if ((strncasecmp(text, "http://", 7) == 0 || strncasecmp(text, "https://", 8) == 0) &&
+        hub_web_url(text, sp, &err, diag))
+        goto out;
     if (strncasecmp(text, "http://", 7) == 0 || strncasecmp(text, "https://", 8) == 0) {
         sp->kind = CKS_SPEC_URL;
         sp->url = strdup(text);
@@ -719,6 +873,71 @@ static char *follow_relative(const char *origin, const char *location, bool keep
     return xasprintf("%s%.*s", origin, (int)n, location);
 }
 
+/*
+ * After RevisionNotFound: the repository's branches and tags (GET /api/{type}/{repo}/refs,
+ * research/hub-protocol.md), appended to the message so the user sees what does exist. Best
+ * effort: when the refs cannot be read the message stays as it was.
+ */
+#define REFS_LISTED_MAX 12
+
+__attribute__((format(printf, 4, 5))) static void appendf(char *buf, size_t cap, size_t *at, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    if (*at >= cap)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(buf + *at, cap - *at, fmt, ap);
+    va_end(ap);
+    *at = n < 0 ? cap : *at + (size_t)n < cap ? *at + (size_t)n : cap;
+}
+
+static void append_refs(cks_hub *hub, cks_repo_type type, const char *qid, cks_diag *diag)
+{
+    static const char *const kinds[] = {"branches", "tags"};
+    cks_http_request req;
+    cks_diag ignored;
+    cJSON *root = NULL;
+    char *url = xasprintf("%s/api/%s/%s/refs", hub->endpoint, type_plural(type), qid);
+    char list[600];
+    size_t at = 0;
+    memset(&req, 0, sizeof req);
+    if (!url || !diag)
+        goto out;
+    req.method = "GET";
+    req.url = url;
+    req.max_body = MAX_API_BODY;
+    req.accept = "application/json";
+    if (cks_http_request_many(hub->http, &req, 1, &ignored) != CKS_OK || req.resp.status != 200 || !req.resp.body)
+        goto out;
+    root = cJSON_ParseWithLength(req.resp.body, req.resp.body_len);
+    list[0] = '\0';
+    for (size_t k = 0; k < 2 && root; k++) {
+        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, kinds[k]), *e;
+        size_t shown = 0, total = (size_t)cJSON_GetArraySize(arr);
+        if (!cJSON_IsArray(arr) || total == 0)
+            continue;
+        appendf(list, sizeof list, &at, "%s%s: ", at ? "; " : "", kinds[k]);
+        cJSON_ArrayForEach(e, arr) {
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
+            if (!cJSON_IsString(name) || shown == REFS_LISTED_MAX)
+                continue;
+            appendf(list, sizeof list, &at, "%s%s", shown ? ", " : "", name->valuestring);
+            shown++;
+        }
+        if (total > shown)
+            appendf(list, sizeof list, &at, " and %zu more", total - shown);
+    }
+    if (at) {
+        size_t len = strlen(diag->text);
+        snprintf(diag->text + len, sizeof diag->text - len, ". The repository has %s", list);
+    }
+out:
+    cJSON_Delete(root);
+    cks_http_response_release(&req.resp);
+    free(url);
+}
+
 cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
                           const char *revision, cks_hub_repo **out, cks_diag *diag)
 {
@@ -775,6 +994,8 @@ cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
         goto out;
     }
     err = cks_hub_map_error(&req.resp, what, repo_id, hub->endpoint, hub->have_token, false, diag);
+    if (err == CKS_ERR_REVISION_NOT_FOUND)
+        append_refs(hub, type, qid, diag);
     if (err)
         goto out;
     if (req.resp.body_truncated) {

@@ -323,9 +323,17 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
         (void)cks_cache_repo_get(r->cache, endpoint, spec->repo_type, spec->repo_id,
                                  spec->revision, &r->repo, &listed, NULL);
         if (!listed && cks_cache_offline(r->cache)) {
+            /* offline, the standard Hugging Face cache may hold the snapshot: its refs/ name
+             * the commit and snapshots/<commit>/ lists the files, which are then read there */
+            err = cks_cache_hf_repo(NULL, spec->repo_type, spec->repo_id, spec->revision, &r->repo, diag);
+            if (err)
+                goto out;
+            listed = r->repo != NULL;
+        }
+        if (!listed && cks_cache_offline(r->cache)) {
             err = cks_fail(diag, CKS_ERR_OFFLINE_MISS,
-                           "%s@%s: the repository listing is not in the cache and --offline "
-                           "forbids the network", spec->repo_id,
+                           "%s@%s: offline (--offline or HF_HUB_OFFLINE), and neither ckptscope's cache nor "
+                           "the Hugging Face cache holds the repository's listing at that revision", spec->repo_id,
                            spec->revision ? spec->revision : "main");
             goto out;
         }
@@ -2314,6 +2322,12 @@ static bool ends_with(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+/* What an hf:// source needs after "hf://" for this kind of repo ("datasets/" ...). */
+static const char *hint_prefix(cks_repo_type type)
+{
+    return type == CKS_REPO_DATASET ? "datasets/" : type == CKS_REPO_SPACE ? "spaces/" : "";
+}
+
 /* Pick the checkpoint entry inside `dir` ("" for the root) from the listing. */
 static cks_err pick_entry(const cks_hub_repo *repo, const char *dir, char **entry, cks_diag *diag)
 {
@@ -2366,9 +2380,9 @@ static cks_err pick_entry(const cks_hub_repo *repo, const char *dir, char **entr
     if (n_st > 1) {
         err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
                        "%s@%.12s%s%s holds %zu .safetensors files and no index; name one "
-                       "(hf://%s@%s/FILE)",
-                       repo->repo_id, repo->commit, dl ? "/" : "", dir, n_st, repo->repo_id,
-                       repo->revision);
+                       "(hf://%s%s@%s/FILE)",
+                       repo->repo_id, repo->commit, dl ? "/" : "", dir, n_st, hint_prefix(repo->type),
+                       repo->repo_id, repo->revision);
         goto out;
     }
     if (repo->n_unsafe)
@@ -2383,8 +2397,9 @@ static cks_err pick_entry(const cks_hub_repo *repo, const char *dir, char **entr
     else
         err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND,
                        "%s@%.12s%s%s has no safetensors checkpoint (no model.safetensors, no "
-                       "index); for a component in a folder use hf://%s/FOLDER",
-                       repo->repo_id, repo->commit, dl ? " in " : "", dir, repo->repo_id);
+                       "index); for a component in a folder use hf://%s%s/FOLDER",
+                       repo->repo_id, repo->commit, dl ? " in " : "", dir, hint_prefix(repo->type),
+                       repo->repo_id);
 out:
     free(cand);
     return err;

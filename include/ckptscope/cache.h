@@ -255,6 +255,14 @@ cks_err cks_cache_prune(cks_cache *c, uint64_t max_bytes, uint64_t *evicted_exte
 /* Remove every entry (extents and metadata) that no live process has pinned. */
 cks_err cks_cache_clear(cks_cache *c, uint64_t *removed_bytes, cks_diag *diag);
 
+/* Remove every extent of one content key, unless a live process pins it (*in_use, and
+ * nothing removed). A key with nothing cached is no error. */
+cks_err cks_cache_remove_key(cks_cache *c, const char *key, uint64_t *removed_bytes, bool *in_use,
+                             cks_diag *diag);
+/* Remove one metadata entry (absent: no error). */
+cks_err cks_cache_meta_remove(cks_cache *c, const char *ns, const char *key, uint64_t *removed_bytes,
+                              cks_diag *diag);
+
 /* ---- building blocks, exposed for tests and benchmarks -------------------------------- */
 
 /* The chunk checksum: four CRC32C (Castagnoli) lanes over interleaved 8-byte words, so

@@ -17,7 +17,9 @@
 #include "ckptscope/hash.h"
 
 #define CKS_VERSION "0.1.0"
-#define CKS_SCHEMA_VERSION 1
+/* 2: one naming for sources ("source", or "sources": {"a", "b"}, each with "spec"), bytes_read
+ * always a number, and {"error": {rule, message, exit_code}} on failure (docs/json.md). */
+#define CKS_SCHEMA_VERSION 2
 
 /* Exit codes (README "Exit codes"): stable, a script may branch on them. */
 enum {
@@ -60,6 +62,32 @@ enum {
         {"help", no_argument, NULL, OPT_HELP}
 
 /*
+ * Called by main() before a subcommand runs: remembers the command's name and whether --json
+ * appears anywhere on its command line (before "--"), so that an error met before or while the
+ * options are parsed still comes out as a JSON document; silences getopt's own messages
+ * (cli_bad_option says more).
+ */
+void cli_start(const char *command, int argc, char **argv);
+
+/* True when HF_HUB_OFFLINE is set to a true value (1, ON, YES, TRUE: huggingface_hub's
+ * reading) or --offline was given: then every command answers from the cache alone. */
+bool cli_offline(const cli_opts *opts);
+
+/*
+ * getopt_long returned '?': say which argument was wrong and what was probably meant
+ * ("unknown option --jsn (did you mean --json?)", "--html needs a FILE ..."); EXIT_USAGE.
+ */
+int cli_bad_option(const char *cmd, const struct option *longopts, char **argv);
+
+/* An option's value that is another option ("--html --json"): the value was forgotten.
+ * Prints the usage error and returns true. */
+bool cli_value_missing(const char *cmd, const char *option, const char *value, const char *what);
+
+/* The candidate nearest to `word` (edit distance with transpositions, or a prefix), or NULL
+ * when none is close enough to suggest. */
+const char *cli_nearest(const char *word, const char *const *candidates, size_t n);
+
+/*
  * Handle a common option; returns 1 if handled, 0 if not common, -1 on a bad value
  * (after printing why). OPT_HELP is not handled here: each command prints its own help.
  */
@@ -72,10 +100,17 @@ bool cli_add_glob(const char *cmd, char **globs, size_t *n, const char *arg);
 /* "2G", "512M", "1.5GiB", "1000000" → bytes; false on nonsense. */
 bool cli_parse_size(const char *text, uint64_t *out);
 
-/* Print "ckptscope CMD: <Name>: <detail>" (and a hint) to stderr; return the exit code. */
+/* Print "ckptscope CMD: <Name>: <detail>" (and a hint) to stderr; return the exit code.
+ * With --json, stdout also gets {"schema_version", "command", "error": {rule, message,
+ * exit_code}} unless a document was printed already. */
 int cli_fail(const char *cmd, cks_err err, const cks_diag *diag);
 int cli_exit_code(cks_err err);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The JSON error document alone (for callers that printed their own message). */
+void cli_json_error(const char *rule, const char *message, int exit_code);
+/* Whether --json was asked for (cli_start), and the note that a document went out. */
+bool cli_json_wanted(void);
+void cli_json_mark_printed(void);
 
 /*
  * Open SOURCE (a local file, index, or directory; remote forms are added by the Hub client)
@@ -101,6 +136,8 @@ void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root);
 
 /* A JSON object with "schema_version" first, and the printer that frees it. */
 cJSON *cli_json_new(const char *command);
+/* Add "spec" (what the user typed) first to a "source" object; returns it. */
+cJSON *cli_source_spec(cJSON *source, const char *spec);
 void cli_json_print(cJSON *root);
 cJSON *cli_json_shape(const cks_tensor_info *info);
 
@@ -120,17 +157,39 @@ const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size);
 /* Shape as "[4096, 1024]". */
 const char *cli_shape_text(const cks_tensor_info *info, char *buf, size_t size);
 
-/* Progress on stderr when it is a terminal and not --quiet (rate-limited redraws). */
+/*
+ * Progress: one line on stderr, only when it is a terminal and not --quiet, redrawn at most
+ * ten times a second and cleared before anything else is printed (src/cli/cli_progress.c).
+ * What it shows, by phase: "resolving org/name@rev" while a Hub repo is resolved and its
+ * headers are read; a known total with rate and ETA while tensors are hashed or fetched
+ * (cli_progress_init/update); the stage and bytes fetched against the budget during compare
+ * (cli_progress_stage); the network's own counters when nothing else is active.
+ */
 typedef struct cli_progress {
     bool enabled;
     const char *what;
     double started;
-    double last_draw;
+    uint64_t done, total;     /* set total before the first update when it is known */
+    uint64_t wire_start;      /* the network counter when this phase began */
 } cli_progress;
 void cli_progress_init(cli_progress *p, const cli_opts *opts, const char *what);
 void cli_progress_update(void *ctx, uint64_t done, uint64_t total);
 void cli_progress_done(cli_progress *p);
+/* A named phase without a known total ("resolving lab-a/moe-base", "compare: T3 ...");
+ * budget > 0 adds "of a <budget> budget per model". NULL stage ends it. */
+void cli_progress_stage(const cli_opts *opts, const char *stage, uint64_t budget);
+/* The network's counters (from the range engine's callback). */
+void cli_progress_wire(uint64_t bytes_fetched, uint64_t bytes_planned, uint64_t requests, double seconds);
+/* Erase the line (before printing anything else on stderr). */
+void cli_progress_clear(void);
 double cli_now(void);
+
+/*
+ * Every --tensor GLOB must select something: the first that matches no tensor of any of the
+ * n checkpoints is CKS_ERR_NOT_FOUND, naming the pattern and the nearest existing names.
+ */
+cks_err cli_check_globs(const cks_ckpt *const *ckpts, size_t n, char *const *globs, size_t n_globs,
+                        cks_diag *diag);
 
 /*
  * The tensors of `ckpt` whose names match any glob (all when n_globs == 0), in natural

@@ -1,4 +1,5 @@
 /* src/cli/cli_remote.c — opening remote SOURCEs for every command; see cli_remote.h. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +15,11 @@ static struct {
     cks_remote *sessions[MAX_SESSIONS];
     char *spec_text[MAX_SESSIONS]; /* what the user typed, for sessions opened from a SOURCE */
     size_t n;
+    cks_http_stats wire[MAX_SESSIONS]; /* each session's counters, as its engine last said */
     cks_cache *cache;
     bool cache_tried;
     bool registered;
     bool progress_on;
-    bool progress_drawn;
     bool verbose;
 } g;
 
@@ -26,8 +27,7 @@ static void cleanup(void)
 {
     cks_diag d;
     cks_err werr;
-    if (g.progress_drawn)
-        fprintf(stderr, "\r\033[K");
+    cli_progress_clear();
     if (g.cache && (werr = cks_cache_write_failure(g.cache, &d)) != CKS_OK)
         /* once, at the end: the run itself went on without storing */
         fprintf(stderr,
@@ -64,18 +64,24 @@ static void cleanup(void)
     g.cache = NULL;
 }
 
+/* The engines' counters, summed over every session, feed the one progress line. Sessions
+ * are never removed before exit, so a slot index stays valid; the sum is approximate while
+ * two engines report at once, which a progress line can afford. */
 static void on_progress(void *ctx, const cks_http_stats *st)
 {
-    char a[32], b[32], r[32];
-    (void)ctx;
-    if (!g.progress_on || st->seconds < 0.5)
+    size_t slot = (size_t)(uintptr_t)ctx;
+    cks_http_stats sum = {0};
+    if (!g.progress_on || slot >= MAX_SESSIONS)
         return;
-    double rate = st->seconds > 0 ? (double)st->bytes_fetched / st->seconds : 0;
-    fprintf(stderr, "\r\033[Kfetching: %s of %s planned, %llu requests, %s/s",
-            cli_human_bytes(st->bytes_fetched, a, sizeof a),
-            cli_human_bytes(st->bytes_planned, b, sizeof b), (unsigned long long)st->requests,
-            cli_human_bytes((uint64_t)rate, r, sizeof r));
-    g.progress_drawn = true;
+    g.wire[slot] = *st;
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        sum.bytes_fetched += g.wire[i].bytes_fetched;
+        sum.bytes_planned += g.wire[i].bytes_planned;
+        sum.requests += g.wire[i].requests;
+        if (g.wire[i].seconds > sum.seconds)
+            sum.seconds = g.wire[i].seconds;
+    }
+    cli_progress_wire(sum.bytes_fetched, sum.bytes_planned, sum.requests, sum.seconds);
 }
 
 /* The disk cache is an optimisation: when it cannot be opened the run goes on without it. */
@@ -85,13 +91,13 @@ static cks_cache *get_cache(const cli_opts *opts)
     if (g.cache_tried)
         return g.cache;
     g.cache_tried = true;
-    if (off && *off && strcmp(off, "0") != 0 && !opts->offline)
+    if (off && *off && strcmp(off, "0") != 0 && !cli_offline(opts))
         return NULL;
     cks_cache_opts co = {0};
     cks_diag d;
     co.dir = opts->cache_dir;
     co.max_bytes = opts->cache_max;
-    co.offline = opts->offline;
+    co.offline = cli_offline(opts);
     co.revision_ttl_seconds = -1;
     cks_err err = cks_cache_open(&co, &g.cache, &d);
     if (err) {
@@ -125,11 +131,23 @@ cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_r
     g.progress_on = !opts->quiet && isatty(STDERR_FILENO);
     g.verbose = g.verbose || opts->verbose;
     ro.http.progress = on_progress;
-    if (opts->offline && !ro.cache)
+    ro.http.progress_ctx = (void *)(uintptr_t)g.n;
+    if (cli_offline(opts) && !ro.cache)
         return cks_fail(diag, CKS_ERR_OFFLINE_MISS,
-                        "--offline answers from the cache, which could not be opened (see "
-                        "the warning above)");
+                        "--offline (or HF_HUB_OFFLINE) answers from the cache, which could not be "
+                        "opened (see the warning above)");
+    if (g.progress_on) {
+        /* the first seconds go to resolving the revision and reading headers: say so */
+        char stage[160];
+        if (spec->kind == CKS_SPEC_HUB)
+            snprintf(stage, sizeof stage, "resolving %s%s%s", spec->repo_id, spec->revision ? "@" : "",
+                     spec->revision ? spec->revision : "");
+        else
+            snprintf(stage, sizeof stage, "resolving %.140s", spec->url);
+        cli_progress_stage(opts, stage, 0);
+    }
     err = cks_remote_open(spec, &ro, out, diag);
+    cli_progress_stage(opts, NULL, 0);
     if (err)
         return err;
     g.sessions[g.n++] = *out;
@@ -183,6 +201,20 @@ cJSON *cli_remote_source_json(cks_remote *r, const cks_ckpt *ckpt)
     return src;
 }
 
+/* The second phase of opening: the headers (and index) of the checkpoint's files. */
+static void headers_stage(const cli_opts *opts, const cks_remote *r)
+{
+    char stage[200];
+    const cks_hub_repo *repo = cks_remote_repo(r);
+    if (!g.progress_on)
+        return;
+    if (repo)
+        snprintf(stage, sizeof stage, "reading the headers of %.120s@%.12s", repo->repo_id, repo->commit);
+    else
+        snprintf(stage, sizeof stage, "reading the header of %.160s", cks_remote_url(r));
+    cli_progress_stage(opts, stage, 0);
+}
+
 bool cli_remote_open(const char *text, const cli_opts *opts, cks_ckpt **out, cJSON **report,
                      cks_err *err, cks_diag *diag)
 {
@@ -198,8 +230,11 @@ bool cli_remote_open(const char *text, const cli_opts *opts, cks_ckpt **out, cJS
     *err = cli_remote_session(&spec, opts, &r, diag);
     if (!*err)
         g.spec_text[g.n - 1] = strdup(text); /* so a check of the same SOURCE reuses it */
-    if (!*err)
+    if (!*err) {
+        headers_stage(opts, r);
         *err = cks_remote_open_ckpt(r, out, diag);
+        cli_progress_stage(opts, NULL, 0);
+    }
     if (!*err && report)
         *report = cli_remote_source_json(r, *out);
     cks_hub_spec_release(&spec);
@@ -227,8 +262,11 @@ bool cli_remote_check(const char *text, const cli_opts *opts, cks_ckpt_check **o
         if (!*err)
             g.spec_text[g.n - 1] = strdup(text);
     }
-    if (!*err)
+    if (!*err) {
+        headers_stage(opts, r);
         *err = cks_remote_check_ckpt(r, out, diag);
+        cli_progress_stage(opts, NULL, 0);
+    }
     if (!*err && report)
         *report = cli_remote_source_json(r, NULL);
     cks_hub_spec_release(&spec);
@@ -262,10 +300,6 @@ void cli_remote_json_finish(cJSON *root)
     cJSON_AddNumberToObject(tr, "seconds", t.seconds);
     cJSON_AddNumberToObject(tr, "retries", (double)t.retries);
     cJSON_AddNumberToObject(tr, "ranges_coalesced", (double)t.coalesced);
-    if (g.progress_drawn) {
-        fprintf(stderr, "\r\033[K");
-        g.progress_drawn = false;
-    }
 }
 
 void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel)

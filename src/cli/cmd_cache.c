@@ -12,14 +12,17 @@ int cks_cmd_cache(int argc, char **argv);
 
 static const char cache_help[] =
     "usage: ckptscope cache ACTION [OPTIONS]\n"
+    "       ckptscope cache rm ORG/NAME...\n"
     "\n"
     "Inspect and maintain the disk cache that holds every byte ckptscope fetched, keyed by\n"
     "content (an LFS file's SHA-256, or commit + path for small files), so a second run\n"
     "costs no network. Layout and guarantees: cache/README.md.\n"
     "\n"
     "actions:\n"
-    "  ls       one line per cached file and metadata entry: bytes covered, bytes on disk,\n"
-    "           extents, last use\n"
+    "  ls       one line per repository (like `hf cache scan`): revisions, files, size on\n"
+    "           disk, last use; --entries lists every cached file and metadata entry\n"
+    "  rm       remove what the cache holds for ORG/NAME (datasets/ORG/NAME for a dataset):\n"
+    "           its listings and every file no other cached repository also lists\n"
     "  du       totals: logical bytes (what the cached ranges hold) versus stored bytes\n"
     "           (what they take on disk after compression)\n"
     "  verify   read every stored chunk and metadata entry and check its checksum;\n"
@@ -32,6 +35,7 @@ static const char cache_help[] =
     "options:\n"
     "  --max SIZE        prune target, e.g. 20G, 500M\n"
     "  --repair          verify: delete bad entries and leftover temporary files\n"
+    "  --entries         ls: every cached file and metadata entry instead of repositories\n"
     "  --cache-dir DIR   the cache to use (default $CKPTSCOPE_CACHE, else\n"
     "                    ${XDG_CACHE_HOME:-~/.cache}/ckptscope)\n"
     "  --cache-max SIZE  size cap (prune's default target)\n"
@@ -40,12 +44,14 @@ static const char cache_help[] =
     "  --help            this text\n"
     "\n"
     "examples:\n"
+    "  ckptscope cache ls\n"
+    "  ckptscope cache rm lab-a/moe-base\n"
     "  ckptscope cache du\n"
     "  ckptscope cache verify --repair\n"
     "  ckptscope cache prune --max 50G\n"
     "  ckptscope cache ls --json | jq '.entries[] | select(.kind == \"file\")'\n";
 
-enum { OPT_MAX = 0x2000, OPT_REPAIR };
+enum { OPT_MAX = 0x2000, OPT_REPAIR, OPT_ENTRIES };
 
 static void iso_time(int64_t t, char *buf, size_t n)
 {
@@ -55,18 +61,99 @@ static void iso_time(int64_t t, char *buf, size_t n)
         snprintf(buf, n, "-");
 }
 
-static int do_ls(cks_cache *c, const cli_opts *o)
+static const char *type_prefix(cks_repo_type t)
+{
+    return t == CKS_REPO_DATASET ? "datasets/" : t == CKS_REPO_SPACE ? "spaces/" : "";
+}
+
+static cJSON *repos_json(const cks_cache_repo_usage *u, size_t n)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) {
+        cJSON *e = cJSON_CreateObject(), *revs;
+        char when[32];
+        iso_time(u[i].last_used, when, sizeof when);
+        if (u[i].repo_id) {
+            cJSON_AddStringToObject(e, "repo", u[i].repo_id);
+            cJSON_AddStringToObject(e, "repo_type", u[i].type == CKS_REPO_DATASET ? "dataset"
+                                                    : u[i].type == CKS_REPO_SPACE ? "space"
+                                                                                   : "model");
+        } else {
+            cJSON_AddNullToObject(e, "repo"); /* files no cached listing names */
+            cJSON_AddNullToObject(e, "repo_type");
+        }
+        revs = cJSON_AddArrayToObject(e, "revisions");
+        for (size_t r = 0; r < u[i].n_revisions; r++)
+            cJSON_AddItemToArray(revs, cJSON_CreateString(u[i].revisions[r]));
+        cJSON_AddNumberToObject(e, "commits", (double)u[i].n_commits);
+        cJSON_AddNumberToObject(e, "files", (double)u[i].n_files);
+        cJSON_AddNumberToObject(e, "files_shared", (double)u[i].n_shared);
+        cJSON_AddNumberToObject(e, "logical_bytes", (double)u[i].logical_bytes);
+        cJSON_AddNumberToObject(e, "stored_bytes", (double)u[i].stored_bytes);
+        cJSON_AddStringToObject(e, "last_used", when);
+        cJSON_AddItemToArray(arr, e);
+    }
+    return arr;
+}
+
+/* `cache ls`: one line per repository, as `hf cache scan` shows a Hugging Face cache. */
+static void print_repos(const cks_cache *c, const cks_cache_repo_usage *u, size_t n, uint64_t total_stored)
+{
+    char a[32], b[32], when[32], name[160], revs[64];
+    int width = 10;
+    for (size_t i = 0; i < n; i++) {
+        int len = u[i].repo_id ? (int)(strlen(type_prefix(u[i].type)) + strlen(u[i].repo_id)) : 24;
+        if (len > width)
+            width = len > 60 ? 60 : len;
+    }
+    printf("%-*s  %-20s %6s  %12s  %12s  %s\n", width, "REPOSITORY", "REVISIONS", "FILES", "SIZE ON DISK", "LOGICAL",
+           "LAST USED");
+    for (size_t i = 0; i < n; i++) {
+        size_t at = 0;
+        iso_time(u[i].last_used, when, sizeof when);
+        if (u[i].repo_id)
+            snprintf(name, sizeof name, "%s%s", type_prefix(u[i].type), u[i].repo_id);
+        else
+            snprintf(name, sizeof name, "(no cached listing)");
+        revs[0] = '\0';
+        for (size_t r = 0; r < u[i].n_revisions && at < sizeof revs; r++) {
+            const char *rev = u[i].revisions[r];
+            /* the commits a branch resolved to are kept too; the branch says more */
+            if (strlen(rev) == 40 && u[i].n_revisions > 1)
+                continue;
+            at += (size_t)snprintf(revs + at, sizeof revs - at, "%s%.12s", at ? "," : "", rev);
+        }
+        printf("%-*s  %-20s %6zu  %12s  %12s  %s%s\n", width, name, revs[0] ? revs : "-", u[i].n_files,
+               cli_human_bytes(u[i].stored_bytes, a, sizeof a), cli_human_bytes(u[i].logical_bytes, b, sizeof b), when,
+               u[i].n_shared ? "  (some files shared with another repository)" : "");
+    }
+    printf("\n%zu repositor%s in %s, %s on disk\n", n && !u[n - 1].repo_id ? n - 1 : n,
+           (n && !u[n - 1].repo_id ? n - 1 : n) == 1 ? "y" : "ies", cks_cache_dir(c),
+           cli_human_bytes(total_stored, a, sizeof a));
+}
+
+static int do_ls(cks_cache *c, const cli_opts *o, bool entries)
 {
     cks_cache_entry *v = NULL;
-    size_t n = 0;
+    cks_cache_repo_usage *u = NULL;
+    size_t n = 0, n_u = 0;
+    uint64_t stored = 0;
     cks_diag d;
     cks_err err = cks_cache_list(c, &v, &n, &d);
-    if (err)
+    if (!err)
+        err = cks_cache_repo_usage_list(c, &u, &n_u, &d);
+    if (err) {
+        cks_cache_entries_free(v, n);
         return cli_fail("cache", err, &d);
+    }
+    for (size_t i = 0; i < n; i++)
+        stored += v[i].stored_bytes;
     if (o->json) {
         cJSON *root = cli_json_new("cache");
         cJSON_AddStringToObject(root, "action", "ls");
         cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
+        cJSON_AddNumberToObject(root, "stored_bytes", (double)stored);
+        cJSON_AddItemToObject(root, "repos", repos_json(u, n_u));
         cJSON *arr = cJSON_AddArrayToObject(root, "entries");
         for (size_t i = 0; i < n; i++) {
             cJSON *e = cJSON_CreateObject();
@@ -88,7 +175,10 @@ static int do_ls(cks_cache *c, const cli_opts *o)
         }
         cli_json_print(root);
     } else if (n == 0) {
-        printf("cache %s is empty\n", cli_esc(cks_cache_dir(c)));
+        if (!o->quiet)
+            printf("cache %s is empty\n", cli_esc(cks_cache_dir(c)));
+    } else if (!entries) {
+        print_repos(c, u, n_u, stored);
     } else {
         printf("%-6s %10s %10s %7s  %-20s  %s\n", "KIND", "LOGICAL", "STORED", "EXTENTS",
                "LAST USED", "KEY");
@@ -105,7 +195,92 @@ static int do_ls(cks_cache *c, const cli_opts *o)
         }
     }
     cks_cache_entries_free(v, n);
+    cks_cache_repo_usage_free(u, n_u);
     return EXIT_OK;
+}
+
+/* "org/name", "datasets/org/name", "hf://[datasets/]org/name" */
+static int do_rm(cks_cache *c, const cli_opts *o, char **ids, int n_ids)
+{
+    int rc = EXIT_OK;
+    cJSON *removed = cJSON_CreateArray();
+    for (int i = 0; i < n_ids && rc == EXIT_OK; i++) {
+        const char *id = ids[i];
+        cks_repo_type type = CKS_REPO_MODEL;
+        cks_cache_rm_report rep;
+        cks_diag d;
+        cks_err err;
+        if (strncmp(id, "hf://", 5) == 0)
+            id += 5;
+        if (strncmp(id, "datasets/", 9) == 0) {
+            type = CKS_REPO_DATASET;
+            id += 9;
+        } else if (strncmp(id, "models/", 7) == 0) {
+            id += 7;
+        }
+        if (strchr(id, '@')) {
+            rc = cli_usage_error("cache", "cache rm removes a whole repository: write %.*s without @REVISION",
+                                 (int)strcspn(ids[i], "@"), ids[i]);
+            break;
+        }
+        err = cks_cache_remove_repo(c, type, id, &rep, &d);
+        if (err == CKS_ERR_NOT_FOUND) {
+            /* name the repositories it could have meant */
+            cks_cache_repo_usage *u = NULL;
+            size_t n = 0;
+            const char *names[256];
+            size_t k = 0;
+            const char *near = NULL;
+            if (cks_cache_repo_usage_list(c, &u, &n, NULL) == CKS_OK) {
+                for (size_t j = 0; j < n && k < 256; j++)
+                    if (u[j].repo_id)
+                        names[k++] = u[j].repo_id;
+                near = cli_nearest(id, names, k);
+            }
+            if (near) {
+                size_t len = strlen(d.text);
+                snprintf(d.text + len, sizeof d.text - len, " (did you mean %s? `ckptscope cache ls` lists them)", near);
+            } else {
+                size_t len = strlen(d.text);
+                snprintf(d.text + len, sizeof d.text - len, " (`ckptscope cache ls` lists what it holds)");
+            }
+            cks_cache_repo_usage_free(u, n);
+        }
+        if (err) {
+            rc = cli_fail("cache", err, &d);
+            break;
+        }
+        if (o->json) {
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "repo", id);
+            cJSON_AddStringToObject(e, "repo_type", type == CKS_REPO_DATASET ? "dataset" : "model");
+            cJSON_AddNumberToObject(e, "files_removed", (double)rep.files_removed);
+            cJSON_AddNumberToObject(e, "files_shared_kept", (double)rep.files_shared_kept);
+            cJSON_AddNumberToObject(e, "files_in_use", (double)rep.files_in_use);
+            cJSON_AddNumberToObject(e, "listings_removed", (double)rep.listings_removed);
+            cJSON_AddNumberToObject(e, "removed_bytes", (double)rep.bytes_removed);
+            cJSON_AddItemToArray(removed, e);
+        } else if (!o->quiet) {
+            char a[32];
+            printf("removed %s%s: %zu file%s, %s", type_prefix(type), id, rep.files_removed,
+                   rep.files_removed == 1 ? "" : "s", cli_human_bytes(rep.bytes_removed, a, sizeof a));
+            if (rep.files_shared_kept)
+                printf("; kept %zu shared with another cached repository", rep.files_shared_kept);
+            if (rep.files_in_use)
+                printf("; %zu in use by a running ckptscope were kept", rep.files_in_use);
+            printf("\n");
+        }
+    }
+    if (o->json && rc == EXIT_OK) {
+        cJSON *root = cli_json_new("cache");
+        cJSON_AddStringToObject(root, "action", "rm");
+        cJSON_AddStringToObject(root, "cache_dir", cks_cache_dir(c));
+        cJSON_AddItemToObject(root, "removed", removed);
+        removed = NULL;
+        cli_json_print(root);
+    }
+    cJSON_Delete(removed);
+    return rc;
 }
 
 static int do_du(cks_cache *c, const cli_opts *o)
@@ -242,11 +417,12 @@ int cks_cmd_cache(int argc, char **argv)
 {
     static const struct option longopts[] = {{"max", required_argument, NULL, OPT_MAX},
                                              {"repair", no_argument, NULL, OPT_REPAIR},
+                                             {"entries", no_argument, NULL, OPT_ENTRIES},
                                              CLI_COMMON_LONGOPTS,
                                              {0}};
     cli_opts opts = {0};
     uint64_t max = 0;
-    bool have_max = false, repair = false;
+    bool have_max = false, repair = false, entries = false;
     int opt, rc = EXIT_OK;
     cks_cache *c = NULL;
     cks_diag d;
@@ -268,20 +444,29 @@ int cks_cmd_cache(int argc, char **argv)
             have_max = true;
         } else if (opt == OPT_REPAIR) {
             repair = true;
+        } else if (opt == OPT_ENTRIES) {
+            entries = true;
         } else {
-            return cli_usage_error("cache", "unknown option");
+            return cli_bad_option("cache", longopts, argv);
         }
     }
-    if (argc - optind != 1)
-        return cli_usage_error("cache", "expected one action: ls, du, verify, prune or clear");
+    if (argc - optind < 1)
+        return cli_usage_error("cache", "expected one action: ls, rm, du, verify, prune or clear");
     const char *action = argv[optind];
-    static const char *const actions[] = {"ls", "du", "verify", "prune", "clear"};
+    static const char *const actions[] = {"ls", "rm", "du", "verify", "prune", "clear"};
     bool known = false;
     for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++)
         known = known || strcmp(action, actions[i]) == 0;
-    if (!known)
-        return cli_usage_error("cache", "unknown action \"%s\" (ls, du, verify, prune, clear)",
-                               action);
+    if (!known) {
+        const char *near = cli_nearest(action, actions, sizeof actions / sizeof actions[0]);
+        if (near)
+            return cli_usage_error("cache", "unknown action \"%s\" (did you mean `cache %s`?)", action, near);
+        return cli_usage_error("cache", "unknown action \"%s\" (ls, rm, du, verify, prune, clear)", action);
+    }
+    if (strcmp(action, "rm") == 0 ? argc - optind < 2 : argc - optind != 1)
+        return strcmp(action, "rm") == 0
+                   ? cli_usage_error("cache", "rm needs a repository, e.g. `cache rm org/name`")
+                   : cli_usage_error("cache", "%s takes no argument", action);
     cks_cache_opts co = {.dir = opts.cache_dir, .max_bytes = opts.cache_max,
                          .offline = opts.offline, .revision_ttl_seconds = -1};
     cks_err err = cks_cache_open(&co, &c, &d);
@@ -300,7 +485,9 @@ int cks_cmd_cache(int argc, char **argv)
         }
     }
     if (strcmp(action, "ls") == 0)
-        rc = do_ls(c, &opts);
+        rc = do_ls(c, &opts, entries);
+    else if (strcmp(action, "rm") == 0)
+        rc = do_rm(c, &opts, argv + optind + 1, argc - optind - 1);
     else if (strcmp(action, "du") == 0)
         rc = do_du(c, &opts);
     else if (strcmp(action, "verify") == 0)

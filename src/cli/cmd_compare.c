@@ -41,7 +41,7 @@ static const char compare_help[] =
     "  --no-synthetic   skip the built-in synthetic power checks\n"
     "  --html FILE      also write a self-contained HTML report (verdict, tests, heatmaps,\n"
     "                   provenance of every number) to FILE\n"
-    "  --json           machine-readable result (schema in the README)\n"
+    "  --json           machine-readable result (docs/json.md)\n"
     "  --quiet          no progress on stderr\n"
     "  --help           this text\n"
     "\n"
@@ -55,6 +55,7 @@ static const char compare_help[] =
     "  ckptscope compare ./base ./finetune --html report.html\n";
 
 #define MAX_EXTRA 16
+#define DEFAULT_BUDGET (384ull << 20) /* what budget_bytes = 0 means (compare.h) */
 
 struct opened {
     cks_ckpt *ckpt;
@@ -129,11 +130,18 @@ static bool parse_tests(const char *text, unsigned *bits)
     return *bits != 0;
 }
 
+struct stage_ctx {
+    const cli_opts *opts;
+    uint64_t budget;
+};
+
+/* compare's stages on the one progress line, with the bytes fetched against the budget */
 static void progress_stage(void *ctx, const char *stage)
 {
-    const cli_opts *opts = ctx;
-    if (!opts->quiet && isatty(2))
-        fprintf(stderr, "\r\033[Kcompare: %s...", stage);
+    const struct stage_ctx *s = ctx;
+    char line[128];
+    snprintf(line, sizeof line, "compare: %s", stage);
+    cli_progress_stage(s->opts, line, s->budget);
 }
 
 static cJSON *number_or_null(double v)
@@ -220,7 +228,7 @@ static cJSON *matrix_json(const double *m, int rows, int cols)
 
 static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct opened *b)
 {
-    cJSON *root = cli_json_new("compare"), *tests, *desc, *models, *bytes, *matches;
+    cJSON *root = cli_json_new("compare"), *tests, *desc, *sources, *matches;
     cJSON_AddStringToObject(root, "verdict", cks_verdict_name(r->verdict));
     cJSON_AddStringToObject(root, "headline", r->headline);
     cJSON_AddStringToObject(root, "reason", r->reason);
@@ -236,9 +244,11 @@ static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct o
     }
     cJSON_AddStringToObject(root, "covers", r->covered);
     cJSON_AddStringToObject(root, "does_not_cover", r->not_covered);
-    models = cJSON_AddObjectToObject(root, "models");
-    cJSON_AddItemToObject(models, "a", a->report);
-    cJSON_AddItemToObject(models, "b", b->report);
+    sources = cJSON_AddObjectToObject(root, "sources");
+    cJSON_AddNumberToObject(a->report, "bytes_read", (double)r->bytes_a);
+    cJSON_AddNumberToObject(b->report, "bytes_read", (double)r->bytes_b);
+    cJSON_AddItemToObject(sources, "a", a->report);
+    cJSON_AddItemToObject(sources, "b", b->report);
     a->report = b->report = NULL;
     tests = cJSON_AddArrayToObject(root, "tests");
     for (size_t i = 0; i < r->n_tests; i++)
@@ -285,9 +295,7 @@ static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct o
     cJSON_AddStringToObject(desc, "config_diff", r->config_diff);
     cJSON_AddStringToObject(root, "sampling", r->sampling);
     cJSON_AddNumberToObject(root, "seed", (double)r->seed);
-    bytes = cJSON_AddObjectToObject(root, "bytes_read");
-    cJSON_AddNumberToObject(bytes, "a", (double)r->bytes_a);
-    cJSON_AddNumberToObject(bytes, "b", (double)r->bytes_b);
+    cJSON_AddNumberToObject(root, "bytes_read", (double)(r->bytes_a + r->bytes_b));
     cJSON_AddNumberToObject(root, "negative_controls", (double)r->n_controls_run);
     cJSON_AddNumberToObject(root, "positive_controls", (double)r->n_positives_run);
     return root;
@@ -508,6 +516,7 @@ int cmd_compare(int argc, char **argv)
     bool want_tokenizer, memo_ok = false;
     char memo[65];
     const char *html_path = NULL;
+    struct stage_ctx stage;
 
     memset(&copts, 0, sizeof copts);
     memset(&a, 0, sizeof a);
@@ -560,6 +569,8 @@ int cmd_compare(int argc, char **argv)
             copts.no_synthetic_power = true;
             break;
         case 'H':
+            if (cli_value_missing("compare", "html", optarg, "a FILE to write the report to (--html report.html)"))
+                return EXIT_USAGE;
             html_path = optarg;
             break;
         case OPT_HELP:
@@ -567,9 +578,13 @@ int cmd_compare(int argc, char **argv)
             fputs(compare_help, stdout);
             return EXIT_OK;
         default:
-            return cli_usage_error("compare", "unknown option");
+            return cli_bad_option("compare", longopts, argv);
         }
     }
+    if (argc - optind == 1 && html_path && !strstr(html_path, ".htm"))
+        return cli_usage_error("compare", "--html took \"%s\" as the report's FILE, which leaves one SOURCE; write "
+                                          "--html report.html A B",
+                               html_path);
     if (argc - optind != 2)
         return cli_usage_error("compare", "expected two SOURCEs, A and B");
 
@@ -617,13 +632,14 @@ int cmd_compare(int argc, char **argv)
     copts.n_controls = n_controls;
     copts.positives = pos_models;
     copts.n_positives = n_positives;
+    stage.opts = &opts;
+    stage.budget = copts.budget_bytes ? copts.budget_bytes : DEFAULT_BUDGET;
     copts.progress = progress_stage;
-    copts.progress_ctx = &opts;
+    copts.progress_ctx = &stage;
     err = cks_compare(&a.model, &b.model, &copts, &result, &diag);
     if (!err && (a.fp || b.fp)) /* what the fingerprint could not support, said per test */
         cks_fingerprint_annotate(result, a.fp, b.fp, copts.seed ? copts.seed : 20260128u);
-    if (!opts.quiet && isatty(2))
-        fprintf(stderr, "\r\033[K");
+    cli_progress_stage(&opts, NULL, 0);
     if (err) {
         rc = cli_fail("compare", err, &diag);
         if (err == CKS_ERR_OFFLINE_MISS) {

@@ -153,7 +153,8 @@ int cmd_fetch(int argc, char **argv)
     uint8_t *buf = NULL;
     FILE *out = NULL;
     EVP_MD_CTX *md = NULL;
-    uint64_t total = 0;
+    uint64_t total = 0, all_bytes = 0;
+    cli_progress progress = {0};
     cks_diag diag;
     cks_err err = CKS_OK;
     double t0 = cli_now();
@@ -178,12 +179,16 @@ int cmd_fetch(int argc, char **argv)
                 goto out;
             }
         } else if (opt == 'o') {
+            if (cli_value_missing("fetch", "output", optarg, "a FILE to write")) {
+                rc = EXIT_USAGE;
+                goto out;
+            }
             output = optarg;
         } else if (opt == OPT_HELP || opt == 'h') {
             fputs(fetch_help, stdout);
             goto out;
         } else {
-            rc = cli_usage_error("fetch", "unknown option");
+            rc = cli_bad_option("fetch", longopts, argv);
             goto out;
         }
     }
@@ -205,18 +210,15 @@ int cmd_fetch(int argc, char **argv)
         if (!err)
             err = cks_remote_open_ckpt(rem, &ckpt, &diag);
         if (!err && opts.json)
-            source_report = cli_remote_source_json(rem, ckpt);
+            source_report = cli_source_spec(cli_remote_source_json(rem, ckpt), argv[optind]);
     }
     if (err)
         goto fail;
-    err = cli_select_tensors(ckpt, g.v, g.n, &sel, &n_sel, &diag);
+    err = cli_check_globs((const cks_ckpt *const *)&ckpt, 1, g.v, g.n, &diag);
+    if (!err)
+        err = cli_select_tensors(ckpt, g.v, g.n, &sel, &n_sel, &diag);
     if (err)
         goto fail;
-    if (n_sel == 0 && g.n > 0) {
-        fprintf(stderr, "ckptscope fetch: no tensor matches the given patterns\n");
-        rc = EXIT_USAGE;
-        goto out;
-    }
     /* fetch in file order: neighbours coalesce and each shard streams front to back */
     ranges = calloc(n_sel ? n_sel : 1, sizeof *ranges);
     srcs = calloc(n_sel ? n_sel : 1, sizeof *srcs);
@@ -240,6 +242,10 @@ int cmd_fetch(int argc, char **argv)
             goto fail;
         }
     }
+    for (size_t k = 0; k < n_sel; k++)
+        all_bytes += sel[k]->info->end - sel[k]->info->begin;
+    cli_progress_init(&progress, &opts, "fetching");
+    progress.total = all_bytes;
     root = cli_json_new("fetch");
     if (source_report) {
         cJSON_AddItemToObject(root, "source", source_report);
@@ -299,6 +305,7 @@ int cmd_fetch(int argc, char **argv)
                 if (err)
                     goto fail;
                 EVP_DigestUpdate(md, buf, n);
+                cli_progress_update(&progress, total + done + n, all_bytes);
                 if (out && !write_all(out, buf, n)) {
                     err = cks_fail(&diag, CKS_ERR_IO, "cannot write '%s': %s", tmp_path,
                                    strerror(errno));
@@ -338,12 +345,18 @@ int cmd_fetch(int argc, char **argv)
         free(tmp_path);
         tmp_path = NULL;
     }
+    cli_progress_done(&progress);
     cks_http_stats st;
     cli_remote_totals(&st);
     cli_note_unverified("fetch", ckpt, opts.json ? root : NULL);
     if (opts.json) {
+        uint64_t read = total;
+        for (size_t f = 0; f < ckpt->n_files; f++)
+            read += 8 + ckpt->files[f].header->header_len;
+        cJSON_AddNumberToObject(cJSON_GetObjectItemCaseSensitive(root, "source"), "bytes_read", (double)read);
         cJSON_AddNumberToObject(root, "tensor_count", (double)n_sel);
         cJSON_AddNumberToObject(root, "tensor_bytes", (double)total);
+        cJSON_AddNumberToObject(root, "bytes_read", (double)read);
         if (output)
             cJSON_AddStringToObject(root, "output", output);
         else
@@ -352,14 +365,15 @@ int cmd_fetch(int argc, char **argv)
         root = NULL;
     } else if (!opts.quiet) {
         char a[32], b[32];
-        fprintf(stderr, "fetched %zu tensors, %s (%s on the wire in %llu requests) in %.2f s%s%s\n",
-                n_sel, cli_human_bytes(total, a, sizeof a),
+        fprintf(stderr, "fetched %zu tensor%s, %s (%s on the wire in %llu requests) in %.2f s%s%s\n",
+                n_sel, n_sel == 1 ? "" : "s", cli_human_bytes(total, a, sizeof a),
                 cli_human_bytes(st.bytes_fetched, b, sizeof b),
                 (unsigned long long)st.requests, cli_now() - t0, output ? "; wrote " : "",
                 output ? cli_esc(output) : "");
     }
     goto out;
 fail:
+    cli_progress_done(&progress);
     rc = cli_fail("fetch", err, &diag);
 out:
     if (out)

@@ -94,11 +94,11 @@ cks_err cli_open_fingerprint(const char *path, const char *label, cks_fingerprin
         return err;
     cks_fingerprint_model(*fp, label, model);
     if (report) {
-        cJSON *src = cJSON_CreateObject();
+        cJSON *src = cli_source_spec(cJSON_CreateObject(), path);
         cJSON_AddStringToObject(src, "kind", "fingerprint");
         cJSON_AddStringToObject(src, "path", path);
         cJSON_AddNumberToObject(src, "format_version", (*fp)->version);
-        cJSON_AddStringToObject(src, "source", (*fp)->source);
+        cJSON_AddStringToObject(src, "made_from", (*fp)->source); /* "source" is always an object */
         cJSON_AddStringToObject(src, "repo", (*fp)->repo);
         cJSON_AddStringToObject(src, "revision", (*fp)->revision);
         cJSON_AddStringToObject(src, "commit", (*fp)->commit);
@@ -145,9 +145,13 @@ static int run_one(const char *spec, const char *output, const cli_opts *opts, c
     bo.repo = json_text(source, "repo");
     bo.revision = json_text(source, "revision");
     bo.commit = json_text(source, "commit");
-    if (!opts->quiet && isatty(2))
-        fprintf(stderr, "fingerprint: reading %s...\n", cli_esc(spec));
+    {
+        char stage[300];
+        snprintf(stage, sizeof stage, "fingerprint: reading %.270s", spec);
+        cli_progress_stage(opts, stage, bo.budget ? bo.budget : (384ull << 20));
+    }
     err = cks_fingerprint_build(&model, &bo, &fp, &diag);
+    cli_progress_stage(opts, NULL, 0);
     if (!err)
         err = cks_fingerprint_save(fp, bo.version, output, &written, &diag);
     if (err) {
@@ -156,7 +160,9 @@ static int run_one(const char *spec, const char *output, const cli_opts *opts, c
     }
     if (opts->json) {
         cJSON *root = cli_json_new("fingerprint");
-        cJSON_AddStringToObject(root, "source", spec);
+        cJSON_AddNumberToObject(source, "bytes_read", (double)fp->bytes_read);
+        cJSON_AddItemToObject(root, "source", source);
+        source = NULL;
         cJSON_AddStringToObject(root, "output", output);
         cJSON_AddNumberToObject(root, "format_version", bo.version ? bo.version : CKS_FP_VERSION);
         cJSON_AddNumberToObject(root, "bytes", (double)written);
@@ -187,6 +193,26 @@ out:
     return rc;
 }
 
+/* One finished --from job for --json: what the fingerprint it wrote says about itself. */
+static void list_json_job(cJSON *jobs, const char *spec, const char *out_path, int rc)
+{
+    cJSON *job = cJSON_CreateObject();
+    cks_fingerprint *fp = NULL;
+    cks_diag ignored;
+    struct stat sb;
+    cJSON_AddItemToObject(job, "source", cli_source_spec(cJSON_CreateObject(), spec));
+    cJSON_AddStringToObject(job, "output", out_path ? out_path : "");
+    cJSON_AddNumberToObject(job, "exit_code", rc);
+    if (rc == EXIT_OK && out_path && stat(out_path, &sb) == 0 && cks_fingerprint_load(out_path, &fp, &ignored) == CKS_OK) {
+        cJSON_AddNumberToObject(job, "bytes", (double)sb.st_size);
+        cJSON_AddNumberToObject(job, "bytes_read", (double)fp->bytes_read);
+        cJSON_AddStringToObject(job, "repo", fp->repo);
+        cJSON_AddStringToObject(job, "commit", fp->commit);
+        cks_fingerprint_free(fp);
+    }
+    cJSON_AddItemToArray(jobs, job);
+}
+
 /* --from: each line is one job (this binary again), so a failure stays in its own process. */
 static int run_list(const char *list, const char *dir, int jobs, int argc_extra, char **extra, const cli_opts *opts)
 {
@@ -198,10 +224,15 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
     int first_rc = EXIT_OK, running = 0;
     char self[4096];
     ssize_t sl;
+    cJSON *jobs_json = cJSON_CreateArray();
+    bool started = false;
 
     if (!f) {
-        fprintf(stderr, "ckptscope fingerprint: %s: %s\n", cli_esc(list), strerror(errno));
-        return EXIT_IO;
+        cks_diag d;
+        cJSON_Delete(jobs_json);
+        return cli_fail("fingerprint", cks_fail(&d, errno == ENOENT ? CKS_ERR_NOT_FOUND : CKS_ERR_IO,
+                                                "--from %s: %s", list, strerror(errno)),
+                        &d);
     }
     while (fgets(line, sizeof line, f)) {
         char *s = line, *e;
@@ -224,8 +255,8 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
     }
     fclose(f);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "ckptscope fingerprint: %s: %s\n", cli_esc(dir), strerror(errno));
-        first_rc = EXIT_IO;
+        cks_diag d;
+        first_rc = cli_fail("fingerprint", cks_fail(&d, CKS_ERR_IO, "%s: %s", dir, strerror(errno)), &d);
         goto out;
     }
     sl = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -240,6 +271,7 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
         first_rc = EXIT_INTERNAL;
         goto out;
     }
+    started = true;
     while (done < n) {
         while (running < jobs && next < n) {
             char *out_path = output_name(dir, specs[next]);
@@ -286,7 +318,9 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
             for (size_t k = 0; k < n; k++)
                 if (pids[k] == pid) {
                     char *out_path = output_name(dir, specs[k]);
-                    if (!opts->quiet || rc != EXIT_OK)
+                    if (opts->json)
+                        list_json_job(jobs_json, specs[k], out_path, rc);
+                    else if (!opts->quiet || rc != EXIT_OK)
                         fprintf(rc == EXIT_OK ? stdout : stderr, "%s %s -> %s (exit %d)\n",
                                 rc == EXIT_OK ? "ok" : "FAILED", cli_esc(specs[k]), cli_esc(out_path ? out_path : "?"), rc);
                     free(out_path);
@@ -301,6 +335,16 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
 out:
     while (running > 0 && wait(NULL) > 0)
         running--;
+    if (opts->json && started) {
+        cJSON *root = cli_json_new("fingerprint");
+        cJSON_AddStringToObject(root, "from", list);
+        cJSON_AddStringToObject(root, "output_dir", dir);
+        cJSON_AddItemToObject(root, "jobs", jobs_json);
+        jobs_json = NULL;
+        cJSON_AddNumberToObject(root, "exit_code", first_rc);
+        cli_json_print(root);
+    }
+    cJSON_Delete(jobs_json);
     for (size_t k = 0; k < n; k++)
         free(specs[k]);
     free(specs);
@@ -335,6 +379,8 @@ int cmd_fingerprint(int argc, char **argv)
             continue;
         switch (opt) {
         case 'o':
+            if (cli_value_missing("fingerprint", "output", optarg, "a FILE to write"))
+                return EXIT_USAGE;
             output = optarg;
             break;
         case 'm':
@@ -369,7 +415,7 @@ int cmd_fingerprint(int argc, char **argv)
             fputs(fingerprint_help, stdout);
             return EXIT_OK;
         default:
-            return cli_usage_error("fingerprint", "unknown option");
+            return cli_bad_option("fingerprint", longopts, argv);
         }
     }
     if (from) {

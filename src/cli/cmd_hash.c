@@ -51,7 +51,7 @@ int cmd_hash(int argc, char **argv)
             fputs(hash_help, stdout);
             return EXIT_OK;
         } else {
-            return cli_usage_error("hash", "unknown option");
+            return cli_bad_option("hash", longopts, argv);
         }
     }
     if (argc - optind != 1)
@@ -59,9 +59,9 @@ int cmd_hash(int argc, char **argv)
 
     err = cli_open_checkpoint(argv[optind], &opts, &ckpt, opts.json ? &source_report : NULL, &diag);
     if (!err)
+        err = cli_check_globs((const cks_ckpt *const *)&ckpt, 1, globs, n_globs, &diag);
+    if (!err)
         err = cli_select_tensors(ckpt, globs, n_globs, &sel, &n_sel, &diag);
-    if (!err && n_globs > 0 && n_sel == 0)
-        err = cks_fail(&diag, CKS_ERR_NOT_FOUND, "no tensor matches the --tensor pattern(s)");
     if (!err)
         err = cli_refresh_partial(ckpt, sel, n_sel, &diag);
     if (!err)
@@ -75,6 +75,12 @@ int cmd_hash(int argc, char **argv)
     if (opts.json) {
         cJSON *root = cli_json_new("hash");
         cJSON *tensors;
+        uint64_t bytes = 0;
+        for (size_t f = 0; f < ckpt->n_files; f++)
+            bytes += 8 + ckpt->files[f].header->header_len;
+        for (size_t i = 0; i < n_sel; i++)
+            bytes += sel[i]->info->end - sel[i]->info->begin;
+        cJSON_AddNumberToObject(source_report, "bytes_read", (double)bytes);
         cJSON_AddItemToObject(root, "source", source_report);
         source_report = NULL;
         tensors = cJSON_AddArrayToObject(root, "tensors");

@@ -15,7 +15,7 @@ static const char ls_help[] =
     "\n"
     "options:\n"
     "  --tensor GLOB   only tensors whose name matches GLOB (repeatable)\n"
-    "  --json          machine-readable output (schema in the README)\n"
+    "  --json          machine-readable output (docs/json.md)\n"
     "  --quiet         no progress on stderr\n"
     "  --help          this text\n"
     "\n"
@@ -57,7 +57,7 @@ int cmd_ls(int argc, char **argv)
             fputs(ls_help, stdout);
             return EXIT_OK;
         } else {
-            return cli_usage_error("ls", "unknown option");
+            return cli_bad_option("ls", longopts, argv);
         }
     }
     if (argc - optind != 1)
@@ -68,7 +68,9 @@ int cmd_ls(int argc, char **argv)
         rc = cli_fail("ls", err, &diag);
         goto out;
     }
-    err = cli_select_tensors(ckpt, globs, n_globs, &sel, &n_sel, &diag);
+    err = cli_check_globs((const cks_ckpt *const *)&ckpt, 1, globs, n_globs, &diag);
+    if (!err)
+        err = cli_select_tensors(ckpt, globs, n_globs, &sel, &n_sel, &diag);
     if (err) {
         rc = cli_fail("ls", err, &diag);
         goto out;
@@ -86,6 +88,11 @@ int cmd_ls(int argc, char **argv)
     if (opts.json) {
         cJSON *root = cli_json_new("ls");
         cJSON *tensors, *by_dtype, *total, *meta;
+        uint64_t header_bytes = 0;
+        for (size_t f = 0; f < ckpt->n_files; f++)
+            header_bytes += 8 + ckpt->files[f].header->header_len;
+        /* ls reads headers only: that is what it read */
+        cJSON_AddNumberToObject(source_report, "bytes_read", (double)header_bytes);
         cJSON_AddItemToObject(root, "source", source_report);
         source_report = NULL;
         tensors = cJSON_AddArrayToObject(root, "tensors");

@@ -51,22 +51,27 @@ static const char verify_help[] =
     "sampled rows of every float tensor. When the checkpoint does not open, each file is\n"
     "checked on its own so that every problem is reported. --full also streams each file\n"
     "through SHA-256 and checks it against the Hub's LFS hash (no copy on disk besides the\n"
-    "cache's).\n"
+    "cache's), and checks every value of every float tensor for NaN/Inf as it streams past.\n"
+    "The output says what was checked and what was not (sampled blocks without --full).\n"
     "Provenance: with --against, compares SOURCE against each fingerprint (a file, or every\n"
     "fingerprint in a directory; see `ckptscope fingerprint`) and lists the nearest known\n"
     "models with their verdicts.\n"
     "\n"
     "options:\n"
     "  --against F      a fingerprint file or a directory of them (repeatable)\n"
-    "  --full           SHA-256 of every file against the Hub's\n"
+    "  --full           SHA-256 of every file against the Hub's, and every value of every\n"
+    "                   float tensor checked for NaN/Inf on the way\n"
     "  --no-synthetic   skip compare's synthetic power checks in full comparisons\n"
     "  --no-screen      compare fully against every fingerprint (default: a quick screen\n"
     "                   first, 99 permutations and no power checks; a fingerprint the\n"
     "                   screen sees nothing of is listed as screened_out, the others are\n"
     "                   compared fully)\n"
-    "  --json           machine-readable result (README)\n"
+    "  --json           machine-readable result (docs/json.md)\n"
     "  --quiet          no progress on stderr\n"
     "  --help           this text\n"
+    "\n"
+    "Without --against the outcome is \"valid\" (provenance not checked), never \"unrelated\";\n"
+    "an --against directory holding no fingerprint is an error (exit 2).\n"
     "\n"
     "exit status: 0 valid and not related to any fingerprint given (warnings allowed); 1\n"
     "identical to or derived from a known model; 3 invalid upload (every problem is listed\n"
@@ -92,16 +97,32 @@ typedef struct findings {
     size_t n, cap, omitted, max;
 } findings;
 
+/* What --full's value check covered and what it did not. */
+typedef struct value_check {
+    bool full;                 /* every value (--full) rather than sampled blocks */
+    size_t float_tensors;      /* float (and complex) tensors of the files opened */
+    uint64_t float_bytes;      /* their bytes */
+    size_t tensors_checked;    /* every value seen (--full) */
+    uint64_t bytes_checked, values_checked;
+    size_t no_encoding;        /* F4/F6: no NaN or Inf exists in the format, nothing to check */
+    size_t unread;             /* in a file that could not be read (see problems / error) */
+} value_check;
+
 typedef struct verify_state {
     findings problems, warnings;
     size_t sampled, nan_tensors, zero_tensors;
     uint64_t sampled_bytes;
+    value_check values;
+    uint64_t hashed_bytes;
     cJSON *files;            /* checks.files: one object per file (path, sizes, hashes) */
     bool file_by_file;       /* opening failed; the files were checked one by one */
     size_t unchecked_entries;
     bool have_error;         /* something could not be checked (network, access, I/O) */
     cks_err error;
     char error_text[CKS_DIAG_MAX + 512];
+    char error_file[512];
+    char error_detail[CKS_DIAG_MAX];
+    bool against;            /* --against was given: provenance was checked */
 } verify_state;
 
 static void findings_free(findings *f)
@@ -173,6 +194,8 @@ static void set_error(verify_state *v, cks_err err, const char *file, const char
     if (!v->have_error) {
         v->have_error = true;
         v->error = err;
+        snprintf(v->error_file, sizeof v->error_file, "%s", file ? file : "");
+        snprintf(v->error_detail, sizeof v->error_detail, "%s", detail);
         snprintf(v->error_text, sizeof v->error_text, "%s%s%s: %s", file ? file : "", file ? ": " : "",
                  cks_strerror(err), detail);
     }
@@ -302,7 +325,7 @@ static cks_err sample_tensor(const cks_ckpt *ckpt, const cks_ckpt_tensor *t, uin
     size_t esize = cks_decode_elem_size(info->dtype);
     uint64_t offs[3], block = sample_blocks(info, per, middle, offs);
     uint8_t *buf = NULL;
-    float *vals = NULL;
+    double *vals = NULL;
     bool all_zero = true;
     cks_nonfinite tally = {0, 0};
 
@@ -318,8 +341,9 @@ static cks_err sample_tensor(const cks_ckpt *ckpt, const cks_ckpt_tensor *t, uin
         if (offs[i] == UINT64_MAX)
             continue;
         err = cks_ckpt_read_tensor(ckpt, t, offs[i], buf, (size_t)block, diag);
+        /* in double: an F64 beyond float's range is finite, not Inf */
         if (!err)
-            err = cks_decode_f32(info->dtype, buf, (size_t)(block / esize), vals, &tally, diag);
+            err = cks_decode_f64(info->dtype, buf, (size_t)(block / esize), vals, &tally, diag);
         for (uint64_t k = 0; !err && k < block && all_zero; k++)
             all_zero = buf[k] == 0;
         v->sampled_bytes += block;
@@ -327,7 +351,8 @@ static cks_err sample_tensor(const cks_ckpt *ckpt, const cks_ckpt_tensor *t, uin
     if (err)
         goto out;
     v->sampled++;
-    if (tally.nan_count || tally.inf_count) {
+    /* with --full every value is checked while hashing, and that check reports the counts */
+    if ((tally.nan_count || tally.inf_count) && !v->values.full) {
         if (!add_finding(&v->problems, "NonFinite", path, info->name,
                          "tensor \"%s\": %llu NaN and %llu Inf values in the sampled rows", info->name,
                          (unsigned long long)tally.nan_count, (unsigned long long)tally.inf_count))
@@ -414,18 +439,150 @@ out:
     return err;
 }
 
-/* --full: each file streamed through SHA-256 and compared with the Hub's LFS hash. */
+/*
+ * --full's value check: every element of every float tensor, decoded from the bytes as they
+ * stream past for the SHA-256 (no second read, the decoders of src/decode.c). A file's tensors
+ * lie back to back in offset order, so one cursor walks them; an element cut by a chunk boundary
+ * waits in `carry`. Complex (C64) tensors are checked as pairs of F32; F4 and F6 have no NaN or
+ * Inf encoding, so there is nothing to check in them.
+ */
+#define SCAN_BATCH 4096
+
+typedef struct value_scan {
+    const cks_ckpt_tensor **order; /* the file's tensors by offset */
+    size_t n, at;
+    uint8_t carry[8];
+    size_t carry_len;
+    cks_nonfinite tally;           /* of the current tensor */
+    uint64_t values, bytes;        /* of the current tensor */
+    double scratch[SCAN_BATCH];
+} value_scan;
+
+/* The dtype to decode a tensor's elements as (C64: its F32 halves), or INVALID when there is
+ * nothing to check (not a float, or a float without NaN/Inf). */
+static cks_dtype scan_dtype(const cks_tensor_info *info)
+{
+    if (info->dtype == CKS_DTYPE_C64)
+        return CKS_DTYPE_F32;
+    if (!cks_dtype_is_float(info->dtype) || !cks_decode_elem_size(info->dtype))
+        return CKS_DTYPE_INVALID;
+    return info->dtype;
+}
+
+static int by_offset(const void *x, const void *y)
+{
+    const cks_ckpt_tensor *a = *(const cks_ckpt_tensor *const *)x, *b = *(const cks_ckpt_tensor *const *)y;
+    return (a->info->file_offset > b->info->file_offset) - (a->info->file_offset < b->info->file_offset);
+}
+
+static cks_err scan_decode(value_scan *vs, cks_dtype dt, const uint8_t *p, size_t count, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    size_t esize = cks_decode_elem_size(dt);
+    for (size_t done = 0; done < count && !err; done += SCAN_BATCH) {
+        size_t k = count - done < SCAN_BATCH ? count - done : SCAN_BATCH;
+        err = cks_decode_f64(dt, p + done * esize, k, vs->scratch, &vs->tally, diag);
+    }
+    vs->values += count;
+    return err;
+}
+
+static cks_err scan_feed(value_scan *vs, cks_dtype dt, const uint8_t *p, size_t len, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    size_t esize = cks_decode_elem_size(dt), whole;
+    vs->bytes += len;
+    if (vs->carry_len) {
+        size_t need = esize - vs->carry_len, take = len < need ? len : need;
+        memcpy(vs->carry + vs->carry_len, p, take);
+        vs->carry_len += take;
+        p += take;
+        len -= take;
+        if (vs->carry_len < esize)
+            return CKS_OK;
+        err = scan_decode(vs, dt, vs->carry, 1, diag);
+        vs->carry_len = 0;
+    }
+    whole = len / esize;
+    if (!err && whole)
+        err = scan_decode(vs, dt, p, whole, diag);
+    memcpy(vs->carry, p + whole * esize, len - whole * esize);
+    vs->carry_len = len - whole * esize;
+    return err;
+}
+
+/* The current tensor is done: count it, and report NaN/Inf. */
+static bool scan_finish(value_scan *vs, const cks_ckpt *ckpt, verify_state *v)
+{
+    const cks_ckpt_tensor *t = vs->order[vs->at];
+    bool ok = true;
+    if (scan_dtype(t->info) != CKS_DTYPE_INVALID) {
+        v->values.tensors_checked++;
+        v->values.values_checked += vs->values;
+        v->values.bytes_checked += vs->bytes;
+        if (vs->tally.nan_count || vs->tally.inf_count) {
+            ok = add_finding(&v->problems, "NonFinite", ckpt->files[t->file].path, t->info->name,
+                             "tensor \"%s\": %llu NaN and %llu Inf values (every value checked)", t->info->name,
+                             (unsigned long long)vs->tally.nan_count, (unsigned long long)vs->tally.inf_count);
+            v->nan_tensors++;
+        }
+    }
+    memset(&vs->tally, 0, sizeof vs->tally);
+    vs->values = vs->bytes = 0;
+    vs->carry_len = 0;
+    vs->at++;
+    return ok;
+}
+
+/* The bytes [pos, pos + len) of the file, just read. */
+static cks_err scan_bytes(value_scan *vs, const cks_ckpt *ckpt, uint64_t pos, const uint8_t *data, size_t len,
+                          verify_state *v, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    uint64_t start = pos, end = pos + len;
+    while (!err && vs->at < vs->n) {
+        const cks_tensor_info *info = vs->order[vs->at]->info;
+        uint64_t ts = info->file_offset, te = ts + (info->end - info->begin);
+        cks_dtype dt = scan_dtype(info);
+        if (te <= pos) { /* done (or empty) */
+            if (!scan_finish(vs, ckpt, v))
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            continue;
+        }
+        if (ts >= end)
+            break;
+        if (ts > pos)
+            pos = ts;
+        uint64_t stop = te < end ? te : end;
+        if (dt != CKS_DTYPE_INVALID)
+            err = scan_feed(vs, dt, data + (pos - start), (size_t)(stop - pos), diag);
+        pos = stop;
+        if (pos < te)
+            break; /* the tensor goes on in the next chunk */
+    }
+    return err;
+}
+
+/* --full: each file streamed through SHA-256 and compared with the Hub's LFS hash, and every
+ * value of its float tensors checked for NaN/Inf on the way. */
 static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, bool *bad, const cli_opts *opts, cks_diag *diag)
 {
     cks_err err = CKS_OK, e = CKS_OK;
     cks_diag d;
     uint8_t *buf = malloc(HASH_CHUNK);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
+    value_scan *vs = calloc(1, sizeof *vs);
+    cli_progress progress;
+    uint64_t total = 0, done = 0;
 
-    if (!buf || !md) {
+    if (!buf || !md || !vs || !(vs->order = calloc(ckpt->n_tensors ? ckpt->n_tensors : 1, sizeof *vs->order))) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
+    for (size_t f = 0; f < ckpt->n_files; f++)
+        total += bad[f] ? 0 : ckpt->files[f].source->size;
+    cli_progress_init(&progress, opts, "verify: hashing and checking every value");
+    progress.total = total;
     for (size_t f = 0; f < ckpt->n_files && !err; f++) {
         cks_source *src = ckpt->files[f].source;
         const char *path = ckpt->files[f].path;
@@ -439,16 +596,30 @@ static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, bool *bad, cons
             err = cks_fail(diag, CKS_ERR_NOMEM, "cannot set up SHA-256");
             break;
         }
-        if (!opts->quiet && isatty(2))
-            fprintf(stderr, "verify: hashing %s...\n", cli_esc(path));
+        vs->n = vs->at = 0;
+        for (size_t i = 0; i < ckpt->n_tensors; i++)
+            if (ckpt->tensors[i].file == f)
+                vs->order[vs->n++] = &ckpt->tensors[i];
+        qsort(vs->order, vs->n, sizeof *vs->order, by_offset);
         /* a copy that can be checked first is (HF_HOME, bytes cached by earlier runs): the
          * upload is judged on the file the Hub serves, never on a damaged copy of it */
         e = cks_source_check_whole(src, &d);
         for (uint64_t off = 0; off < src->size && !e; off += HASH_CHUNK) {
             size_t len = src->size - off < HASH_CHUNK ? (size_t)(src->size - off) : HASH_CHUNK;
             e = cks_source_read_at(src, off, buf, len, &d);
-            if (!e)
+            if (!e) {
                 EVP_DigestUpdate(md, buf, len);
+                v->hashed_bytes += len;
+                e = scan_bytes(vs, ckpt, off, buf, len, v, &d);
+                done += len;
+                cli_progress_update(&progress, done, total);
+            }
+        }
+        if (!e)
+            e = scan_bytes(vs, ckpt, src->size, buf, 0, v, &d); /* empty tensors at the very end */
+        if (e == CKS_ERR_NOMEM) {
+            err = cks_fail(diag, e, "%s", d.text);
+            break;
         }
         if (e) {
             err = read_failure(v, ckpt, f, e, &d, &bad[f], diag);
@@ -474,7 +645,11 @@ static cks_err hash_files(const cks_ckpt *ckpt, verify_state *v, bool *bad, cons
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         }
     }
+    cli_progress_done(&progress);
 out:
+    if (vs)
+        free((void *)vs->order);
+    free(vs);
     EVP_MD_CTX_free(md);
     free(buf);
     return err;
@@ -490,9 +665,20 @@ static cks_err read_checks(const cks_ckpt *ckpt, verify_state *v, bool full, con
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
+    v->values.full = full;
+    for (size_t i = 0; i < ckpt->n_tensors; i++) {
+        const cks_tensor_info *info = ckpt->tensors[i].info;
+        if (!cks_dtype_is_float(info->dtype) && info->dtype != CKS_DTYPE_C64)
+            continue;
+        v->values.float_tensors++;
+        v->values.float_bytes += info->end - info->begin;
+        v->values.no_encoding += scan_dtype(info) == CKS_DTYPE_INVALID;
+    }
     err = sample_all(ckpt, v, bad, diag);
     if (!err && full)
         err = hash_files(ckpt, v, bad, opts, diag);
+    if (full)
+        v->values.unread = v->values.float_tensors - v->values.no_encoding - v->values.tensors_checked;
 out:
     free(bad);
     return err;
@@ -549,29 +735,28 @@ static int by_string(const void *x, const void *y)
     return strcmp(*(char *const *)x, *(char *const *)y);
 }
 
-/* A file, or the fingerprints in a directory (by their magic, in name order). */
+/* A file, or the fingerprints in a directory (by their magic, in name order). A directory
+ * without any is an error, not an empty list: a CI job pointed at the wrong folder (or one a
+ * failed step left empty) would otherwise pass every upload as unrelated to nothing. */
 static int collect_fps(const char *arg, char **list, size_t *n)
 {
     struct stat sb;
     DIR *d;
     struct dirent *e;
-    size_t first = *n;
-    if (stat(arg, &sb) != 0) {
-        fprintf(stderr, "ckptscope verify: --against %s: no such file or directory\n", cli_esc(arg));
-        return EXIT_USAGE;
-    }
+    size_t first = *n, others = 0;
+    if (stat(arg, &sb) != 0)
+        return cli_usage_error("verify", "--against %s: no such file or directory", arg);
     if (!S_ISDIR(sb.st_mode)) {
-        if (!cks_fingerprint_is_file(arg)) {
-            fprintf(stderr, "ckptscope verify: --against %s is not a fingerprint (make one with `ckptscope "
-                            "fingerprint`)\n", cli_esc(arg));
-            return EXIT_USAGE;
-        }
-        return add_path(list, n, arg) ? EXIT_INTERNAL : EXIT_OK;
+        if (!cks_fingerprint_is_file(arg))
+            return cli_usage_error("verify", "--against %s is not a fingerprint (make one with `ckptscope "
+                                             "fingerprint SOURCE -o FILE`)",
+                                   arg);
+        return add_path(list, n, arg) ? cli_usage_error("verify", "more than %d fingerprints", MAX_FPS) : EXIT_OK;
     }
     d = opendir(arg);
     if (!d) {
-        fprintf(stderr, "ckptscope verify: --against %s: cannot read the directory\n", cli_esc(arg));
-        return EXIT_IO;
+        cks_diag diag;
+        return cli_fail("verify", cks_fail(&diag, CKS_ERR_IO, "--against %s: cannot read the directory", arg), &diag);
     }
     while ((e = readdir(d))) {
         char *p = NULL;
@@ -579,14 +764,22 @@ static int collect_fps(const char *arg, char **list, size_t *n)
             continue;
         if (asprintf(&p, "%s/%s", arg, e->d_name) < 0)
             continue;
-        if (cks_fingerprint_is_file(p) && add_path(list, n, p)) {
+        if (!cks_fingerprint_is_file(p))
+            others++;
+        else if (add_path(list, n, p)) {
             free(p);
             closedir(d);
-            return EXIT_INTERNAL;
+            return cli_usage_error("verify", "more than %d fingerprints", MAX_FPS);
         }
         free(p);
     }
     closedir(d);
+    if (*n == first)
+        return cli_usage_error("verify",
+                               "--against %s holds no fingerprint (%zu other file%s): nothing to compare the upload "
+                               "with. Make them with `ckptscope fingerprint SOURCE -o %s/NAME.ckfp` (or --from LIST "
+                               "%s), or drop --against to check only the upload",
+                               arg, others, others == 1 ? "" : "s", arg, arg);
     qsort(list + first, *n - first, sizeof *list, by_string);
     return EXIT_OK;
 }
@@ -693,11 +886,12 @@ out:
 
 /* ---- output ---- */
 
-static const char *outcome_name(int rc)
+static const char *outcome_name(int rc, bool against)
 {
     switch (rc) {
     case EXIT_OK:
-        return "valid_unrelated";
+        /* without --against nothing was compared: "unrelated" would claim what was not checked */
+        return against ? "valid_unrelated" : "valid";
     case EXIT_DIFFERENT:
         return "related_to_known_model";
     case EXIT_FORMAT:
@@ -739,19 +933,45 @@ static void finding_head(const finding *f, char *out, size_t cap)
         snprintf(out, cap, "%s", f->rule);
 }
 
+static cJSON *values_json(const value_check *vc, const verify_state *v)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "mode", vc->full ? "every_value" : "sampled");
+    cJSON_AddNumberToObject(o, "float_tensors", (double)vc->float_tensors);
+    cJSON_AddNumberToObject(o, "float_bytes", (double)vc->float_bytes);
+    cJSON_AddNumberToObject(o, "tensors_checked", (double)(vc->full ? vc->tensors_checked : v->sampled));
+    cJSON_AddNumberToObject(o, "bytes_checked", (double)(vc->full ? vc->bytes_checked : v->sampled_bytes));
+    if (vc->full)
+        cJSON_AddNumberToObject(o, "values_checked", (double)vc->values_checked);
+    cJSON_AddNumberToObject(o, "tensors_without_nan_or_inf_encoding", (double)vc->no_encoding);
+    cJSON_AddNumberToObject(o, "tensors_unread", (double)vc->unread);
+    return o;
+}
+
 static void print_json(const char *spec, cJSON *source, const verify_state *v, const known *ks, size_t n_known,
                        int rc)
 {
     cJSON *root = cli_json_new("verify"), *warns, *prov, *checks;
-    cJSON_AddStringToObject(root, "target", spec);
-    if (source)
-        cJSON_AddItemToObject(root, "source", source);
-    cJSON_AddStringToObject(root, "outcome", outcome_name(rc));
+    if (!source)
+        source = cJSON_CreateObject(); /* the source did not open: what was asked for */
+    cJSON_AddNumberToObject(source, "bytes_read", (double)(v->sampled_bytes + v->hashed_bytes));
+    cJSON_AddItemToObject(root, "source", cli_source_spec(source, spec));
+    cJSON_AddStringToObject(root, "outcome", outcome_name(rc, v->against));
     cJSON_AddNumberToObject(root, "exit_code", rc);
     /* valid: every check ran and none found a problem (not merely "no problem found") */
     cJSON_AddBoolToObject(root, "valid", rc != EXIT_FORMAT && v->problems.n == 0 && !v->have_error);
-    if (v->have_error)
-        cJSON_AddStringToObject(root, "error", v->error_text);
+    cJSON_AddBoolToObject(root, "provenance_checked", v->against && rc != EXIT_FORMAT && !v->have_error);
+    cJSON_AddNumberToObject(root, "bytes_read", (double)(v->sampled_bytes + v->hashed_bytes));
+    if (v->have_error) {
+        cJSON *error = cJSON_AddObjectToObject(root, "error");
+        cJSON_AddStringToObject(error, "rule", cks_strerror(v->error));
+        cJSON_AddStringToObject(error, "message", v->error_text);
+        cJSON_AddNumberToObject(error, "exit_code", cli_exit_code(v->error));
+        if (v->error_file[0])
+            cJSON_AddStringToObject(error, "file", v->error_file);
+        else
+            cJSON_AddNullToObject(error, "file");
+    }
     cJSON_AddItemToObject(root, "problems", findings_json(&v->problems));
     warns = cJSON_AddArrayToObject(root, "warnings");
     for (size_t i = 0; i < v->warnings.n; i++) {
@@ -770,13 +990,14 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
     cJSON_AddNumberToObject(checks, "bytes_sampled", (double)v->sampled_bytes);
     cJSON_AddNumberToObject(checks, "non_finite_tensors", (double)v->nan_tensors);
     cJSON_AddNumberToObject(checks, "all_zero_tensors", (double)v->zero_tensors);
+    cJSON_AddItemToObject(checks, "values", values_json(&v->values, v));
     if (v->files)
         cJSON_AddItemReferenceToObject(checks, "files", v->files);
     prov = cJSON_AddArrayToObject(root, "provenance");
     for (size_t i = 0; i < n_known; i++) {
         cJSON *k = cJSON_CreateObject();
         cJSON_AddStringToObject(k, "fingerprint", ks[i].path);
-        cJSON_AddStringToObject(k, "source", ks[i].source);
+        cJSON_AddStringToObject(k, "made_from", ks[i].source);
         cJSON_AddStringToObject(k, "repo", ks[i].repo);
         cJSON_AddStringToObject(k, "commit", ks[i].commit);
         cJSON_AddStringToObject(k, "verdict", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict));
@@ -789,10 +1010,37 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
     cli_json_print(root);
 }
 
+/* What the value check covered, and what it did not. */
+static void print_values(const verify_state *v)
+{
+    const value_check *vc = &v->values;
+    char a[32], b[32];
+    if (!vc->float_tensors)
+        return;
+    if (vc->full) {
+        printf("  values: every value of %zu float tensors checked for NaN/Inf while hashing (%s, %llu values): "
+               "%zu with NaN/Inf",
+               vc->tensors_checked, cli_human_bytes(vc->bytes_checked, a, sizeof a),
+               (unsigned long long)vc->values_checked, v->nan_tensors);
+        if (vc->unread)
+            printf("; not checked: %zu in files that could not be read", vc->unread);
+        if (vc->no_encoding)
+            printf("; %zu F4/F6 tensors hold no NaN or Inf encoding", vc->no_encoding);
+        printf("\n");
+    } else if (v->sampled) {
+        printf("  values: NaN/Inf checked on sampled blocks of %zu float tensors (%s of %s, %.2g%%): %zu with "
+               "NaN/Inf, %zu all zero; the rest was not read (--full checks every value)\n",
+               v->sampled, cli_human_bytes(v->sampled_bytes, a, sizeof a), cli_human_bytes(vc->float_bytes, b, sizeof b),
+               vc->float_bytes ? 100.0 * (double)v->sampled_bytes / (double)vc->float_bytes : 0.0, v->nan_tensors,
+               v->zero_tensors);
+    }
+}
+
 static void print_text(const char *spec, const verify_state *v, const known *ks, size_t n_known, int rc)
 {
     char head[1024];
-    printf("%s: %s%s\n", cli_esc(spec), outcome_name(rc), v->file_by_file ? " (checked file by file: the checkpoint does not open)" : "");
+    printf("%s: %s%s\n", cli_esc(spec), outcome_name(rc, v->against),
+           v->file_by_file ? " (checked file by file: the checkpoint does not open)" : "");
     if (v->have_error)
         printf("  could not check: %s\n", cli_esc(v->error_text));
     for (size_t i = 0; i < v->problems.n; i++) {
@@ -809,9 +1057,10 @@ static void print_text(const char *spec, const verify_state *v, const known *ks,
     }
     if (v->warnings.n > TEXT_WARNINGS_MAX)
         printf("  ... and %zu more warnings (--json lists every one)\n", v->warnings.n - TEXT_WARNINGS_MAX);
-    if (v->sampled)
-        printf("  %zu float tensors sampled (%llu bytes): %zu with NaN/Inf, %zu all zero\n", v->sampled,
-               (unsigned long long)v->sampled_bytes, v->nan_tensors, v->zero_tensors);
+    print_values(v);
+    if (!v->against && rc == EXIT_OK)
+        printf("  provenance: not checked (no --against: compare it with fingerprints of known models, "
+               "`ckptscope fingerprint`)\n");
     for (size_t i = 0; i < n_known; i++)
         printf("  %-12s %s%s%s (%s)\n", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict), cli_esc(ks[i].source),
                ks[i].commit[0] ? "@" : "", cli_esc(ks[i].commit), cli_esc(ks[i].path));
@@ -912,7 +1161,7 @@ int cmd_verify(int argc, char **argv)
             fputs(verify_help, stdout);
             return EXIT_OK;
         } else {
-            return cli_usage_error("verify", "unknown option");
+            return cli_bad_option("verify", longopts, argv);
         }
     }
     if (argc - optind != 1)
@@ -920,9 +1169,10 @@ int cmd_verify(int argc, char **argv)
     fps = calloc(MAX_FPS, sizeof *fps);
     v = calloc(1, sizeof *v);
     if (!fps || !v || !(v->files = cJSON_CreateArray())) {
-        rc = EXIT_INTERNAL;
+        rc = cli_fail("verify", cks_fail(&diag, CKS_ERR_NOMEM, "out of memory"), &diag);
         goto out;
     }
+    v->against = n_against > 0;
     v->problems.max = MAX_PROBLEMS;
     v->warnings.max = MAX_WARNINGS;
     for (size_t i = 0; i < n_against; i++) {
@@ -936,7 +1186,7 @@ int cmd_verify(int argc, char **argv)
         cks_diag first = diag;
         err = verify_file_by_file(argv[optind], &opts, full, err, &first, v, &source, &diag);
         if (err) {
-            rc = EXIT_INTERNAL;
+            rc = cli_fail("verify", err, &diag);
             goto out;
         }
         goto report;
@@ -952,7 +1202,7 @@ int cmd_verify(int argc, char **argv)
     if (!err)
         err = read_checks(ckpt, v, full, &opts, &diag);
     if (err == CKS_ERR_NOMEM) {
-        rc = EXIT_INTERNAL;
+        rc = cli_fail("verify", err, &diag);
         goto out;
     }
     if (err)
@@ -978,14 +1228,16 @@ int cmd_verify(int argc, char **argv)
         live.tokenizer_len = tokenizer_len;
         ks = calloc(n_fps, sizeof *ks);
         if (!ks) {
-            rc = EXIT_INTERNAL;
+            rc = cli_fail("verify", cks_fail(&diag, CKS_ERR_NOMEM, "out of memory"), &diag);
             goto out;
         }
         for (size_t i = 0; i < n_fps; i++) {
-            if (!opts.quiet && isatty(2))
-                fprintf(stderr, "verify: against %s...\n", cli_esc(fps[i]));
+            char stage[600];
+            snprintf(stage, sizeof stage, "verify: against %s (%zu of %zu)", fps[i], i + 1, n_fps);
+            cli_progress_stage(&opts, stage, 0);
             ks[n_known].path = fps[i];
             err = compare_against(fps[i], &live, no_synth, screen, &ks[n_known], &diag);
+            cli_progress_stage(&opts, NULL, 0);
             if (err) {
                 set_error(v, err, fps[i], diag.text);
                 goto report;

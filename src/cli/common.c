@@ -35,25 +35,26 @@ int cli_fail(const char *cmd, cks_err err, const cks_diag *diag)
 {
     const char *text = diag && diag->text[0] ? diag->text : "";
     const char *name = cks_strerror(err);
+    cli_progress_clear();
     /* the detail usually starts with the rule's name already; do not say it twice */
     if (strstr(text, name))
         fprintf(stderr, "ckptscope %s: %s\n", cmd, cli_esc(text));
     else
         fprintf(stderr, "ckptscope %s: %s: %s\n", cmd, name, cli_esc(text));
+    cli_json_error(name, text, cli_exit_code(err));
     return cli_exit_code(err);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
-    char *msg = NULL;
+    char message[1024];
     va_start(ap, fmt);
-    if (vasprintf(&msg, fmt, ap) < 0)
-        msg = NULL;
+    vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "ckptscope %s: %s\n(run `ckptscope %s --help` for usage)\n", cmd,
-            msg ? cli_esc(msg) : "invalid usage", cmd);
-    free(msg);
+    cli_progress_clear();
+    fprintf(stderr, "ckptscope %s: %s\n(run `ckptscope %s --help` for usage)\n", cmd, cli_esc(message), cmd);
+    cli_json_error("UsageError", message, EXIT_USAGE);
     return EXIT_USAGE;
 }
 
@@ -134,7 +135,7 @@ int cli_common_option(int opt, const char *arg, cli_opts *opts)
         return 1;
     case OPT_CACHE_MAX:
         if (!cli_parse_size(arg, &opts->cache_max)) {
-            fprintf(stderr, "ckptscope: --cache-max wants a size such as 20G or 500M, not \"%s\"\n", cli_esc(arg));
+            cli_usage_error("ckptscope", "--cache-max wants a size such as 20G or 500M, not \"%s\"", arg);
             return -1;
         }
         return 1;
@@ -151,16 +152,20 @@ cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **o
     *out = NULL;
     if (report)
         *report = NULL;
-    if (cli_remote_open(spec, opts, out, report, &err, diag)) /* Hub repos and URLs */
+    if (cli_remote_open(spec, opts, out, report, &err, diag)) { /* Hub repos and URLs */
+        if (!err && report && *report)
+            cli_source_spec(*report, spec);
         return err;
+    }
     err = cks_ckpt_open_local(spec, out, diag);
     if (err)
         return err;
     if (report) {
-        cJSON *src = cJSON_CreateObject();
-        cJSON *files = cJSON_AddArrayToObject(src, "files");
+        cJSON *src = cli_source_spec(cJSON_CreateObject(), spec);
+        cJSON *files;
         cJSON_AddStringToObject(src, "kind", "local");
         cJSON_AddStringToObject(src, "path", spec);
+        files = cJSON_AddArrayToObject(src, "files");
         for (size_t f = 0; f < (*out)->n_files; f++) {
             cJSON *file = cJSON_CreateObject();
             cJSON_AddStringToObject(file, "path", (*out)->files[f].path);
@@ -180,11 +185,14 @@ cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_ch
     *out = NULL;
     if (report)
         *report = NULL;
-    if (cli_remote_check(spec, opts, out, report, &err, diag))
+    if (cli_remote_check(spec, opts, out, report, &err, diag)) {
+        if (!err && report && *report)
+            cli_source_spec(*report, spec);
         return err;
+    }
     err = cks_ckpt_check_local(spec, out, diag);
     if (!err && report) {
-        *report = cJSON_CreateObject();
+        *report = cli_source_spec(cJSON_CreateObject(), spec);
         cJSON_AddStringToObject(*report, "kind", "local");
         cJSON_AddStringToObject(*report, "path", spec);
     }
@@ -217,9 +225,26 @@ cJSON *cli_json_new(const char *command)
     return root;
 }
 
+cJSON *cli_source_spec(cJSON *source, const char *spec)
+{
+    cJSON *value;
+    if (!source || cJSON_GetObjectItemCaseSensitive(source, "spec"))
+        return source;
+    value = cJSON_CreateString(spec);
+    if (!value)
+        return source;
+    value->string = strdup("spec"); /* cJSON frees an item's key with free() */
+    /* first, so a reader sees what was asked for before what it resolved to */
+    if (!value->string || !cJSON_InsertItemInArray(source, 0, value))
+        cJSON_Delete(value);
+    return source;
+}
+
 void cli_json_print(cJSON *root)
 {
     cli_remote_json_finish(root); /* "transfer" when remote sources were read */
+    cli_progress_clear();
+    cli_json_mark_printed();
     char *text = cJSON_Print(root);
     if (text) {
         fputs(text, stdout);
@@ -352,46 +377,6 @@ const char *cli_shape_text(const cks_tensor_info *info, char *buf, size_t size)
     return buf;
 }
 
-double cli_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-void cli_progress_init(cli_progress *p, const cli_opts *opts, const char *what)
-{
-    memset(p, 0, sizeof *p);
-    p->enabled = !opts->quiet && isatty(STDERR_FILENO);
-    p->what = what;
-    p->started = cli_now();
-}
-
-void cli_progress_update(void *ctx, uint64_t done, uint64_t total)
-{
-    cli_progress *p = ctx;
-    double now, elapsed, rate;
-    char a[32], b[32], r[32];
-    if (!p->enabled)
-        return;
-    now = cli_now();
-    if (now - p->last_draw < 0.1 && done < total)
-        return;
-    p->last_draw = now;
-    elapsed = now - p->started;
-    rate = elapsed > 0 ? (double)done / elapsed : 0;
-    fprintf(stderr, "\r\033[K%s: %s / %s  %s/s", p->what, cli_human_bytes(done, a, sizeof a),
-            cli_human_bytes(total, b, sizeof b), cli_human_bytes((uint64_t)rate, r, sizeof r));
-    if (rate > 0 && done < total)
-        fprintf(stderr, "  ETA %.0fs", (double)(total - done) / rate);
-}
-
-void cli_progress_done(cli_progress *p)
-{
-    if (p->enabled && p->last_draw > 0)
-        fprintf(stderr, "\r\033[K");
-}
-
 static int natural_order(const void *a, const void *b)
 {
     const cks_ckpt_tensor *x = *(const cks_ckpt_tensor *const *)a, *y = *(const cks_ckpt_tensor *const *)b;
@@ -432,6 +417,8 @@ cks_err cli_hash_selection(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *s
     if (!hashes)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
     cli_progress_init(&progress, opts, what);
+    for (size_t i = 0; i < n; i++)
+        progress.total += sel[i]->info->end - sel[i]->info->begin;
     hopts.progress = cli_progress_update;
     hopts.progress_ctx = &progress;
     err = cks_hash_tensors(ckpt, sel, n, &hopts, hashes, diag);

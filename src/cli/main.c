@@ -55,9 +55,24 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(argv[1], commands[i].name) == 0)
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            cli_start(commands[i].name, argc - 1, argv + 1);
             return commands[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "ckptscope: unknown command \"%s\"\n\n", cli_esc(argv[1]));
-    usage(stderr);
+        }
+    {
+        const char *names[sizeof commands / sizeof commands[0]];
+        const char *near;
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+            names[i] = commands[i].name;
+        near = cli_nearest(argv[1], names, sizeof names / sizeof names[0]);
+        cli_start("ckptscope", argc - 1, argv + 1);
+        if (near) {
+            fprintf(stderr, "ckptscope: unknown command \"%s\" (did you mean `ckptscope %s`?)\n", cli_esc(argv[1]), near);
+        } else {
+            fprintf(stderr, "ckptscope: unknown command \"%s\"\n\n", cli_esc(argv[1]));
+            usage(stderr);
+        }
+        cli_json_error("UsageError", "unknown command", EXIT_USAGE);
+    }
     return EXIT_USAGE;
 }

@@ -30,8 +30,11 @@ if [ "$first" = schema_version ] && [ "$nfile" = 2 ] && [ "$nmeta" = 2 ] && [ "$
 else
     fail cache_ls_json "first=$first files=$nfile meta=$nmeta extents=$ext"
 fi
-"$BIN" cache ls --cache-dir "$C" | grep -q 'meta .*revision model/org/name@main' \
-    && pass cache_ls_text || fail cache_ls_text "no revision line"
+"$BIN" cache ls --entries --cache-dir "$C" | grep -q 'meta .*revision model/org/name@main' \
+    && pass cache_ls_entries_text || fail cache_ls_entries_text "no revision line"
+# by repository (the default): these keys belong to no cached repository listing
+"$BIN" cache ls --cache-dir "$C" | grep -q '^(no cached listing) .* 2 ' \
+    && pass cache_ls_by_repository || fail cache_ls_by_repository "$("$BIN" cache ls --cache-dir "$C")"
 
 out=$("$BIN" cache du --json --cache-dir "$C")
 logical=$(printf '%s' "$out" | json 'd["logical_bytes"]')

@@ -270,8 +270,7 @@ def old_version(tmp, fam, env):
     if ok:
         rc, doc, err = run(env, "compare", v1, os.path.join(fam, "llama/finetune"), "--json", "--quiet")
         report("a version-1 fingerprint loads and compares", rc == 0 and doc and doc["verdict"] == "derived"
-               and doc["models"]["a"]["format_version"] == 1 if doc and "models" in doc else rc == 0 and doc and doc["verdict"] == "derived",
-               f"exit {rc} {err[-200:]}")
+               and doc["sources"]["a"]["format_version"] == 1, f"exit {rc} {err[-200:]}")
     fixture = os.path.join(ROOT, "tests/fixtures/fingerprint-v1-llama-base.ckfp")
     if not os.path.exists(fixture):
         report("committed version-1 fixture loads", False, "missing " + fixture)

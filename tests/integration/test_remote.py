@@ -300,14 +300,22 @@ def case_renamed_repo(env, fx):
 
 
 def case_url_source(env, fx):
+    # a file URL of the Hub itself (HF_ENDPOINT's host) is the Hub repo it names: revision pinned
     env.hub.clear_log()
     url = "%s/org/single/resolve/%s/model.safetensors" % (env.hub.hub_url, fx.c_single)
     j = env.json(["ls", url], token=TOKEN_OTHER)
-    check(j["source"]["kind"] == "url", "kind %r" % j["source"])
+    check(j["source"]["kind"] == "hub" and j["source"]["repo"] == "org/single" and
+          j["source"]["commit"] == fx.c_single, "kind %r" % j["source"])
     check(len(j["tensors"]) == 1, "tensors")
     log = env.hub.log()
     no_auth_on_cdn(log)
     check(any(e["server"] == "hub" and "authorization" in e["headers"] for e in log), "token not sent to the endpoint")
+    # the same file under another host name is a plain URL: no token goes there
+    env.hub.clear_log()
+    plain = url.replace("127.0.0.1", "localhost")
+    j = env.json(["ls", plain], token=TOKEN_OTHER)
+    check(j["source"]["kind"] == "url" and len(j["tensors"]) == 1, "plain url %r" % j["source"])
+    check(not any("authorization" in e["headers"] for e in env.hub.log()), "token sent to a plain URL's host")
 
 
 def case_private(env, fx):
@@ -333,7 +341,9 @@ def case_progress_on_a_terminal(env, fx):
     import pty
     import select
     master, slave = pty.openpty()
-    env.hub.faults([{"server": "cdn", "kind": "delay", "seconds": 1.2, "count": 2}])
+    # each CDN answer sends half its body, pauses, then the rest: bytes arrive over seconds, so a
+    # rate and an ETA exist while the hash waits (a plain delay delivers everything at once)
+    env.hub.faults([{"server": "cdn", "kind": "stall", "seconds": 1.0, "count": 4}])
     try:
         e = dict(os.environ, HF_ENDPOINT=env.hub.hub_url, HOME=env.tmp, CKPTSCOPE_NO_CACHE="1",
                  XDG_CACHE_HOME=os.path.join(env.tmp, "xdg"))
@@ -357,7 +367,13 @@ def case_progress_on_a_terminal(env, fx):
         os.close(master)
         env.hub.clear_faults()
     check(p.returncode == 0, "exit %s" % p.returncode)
-    check(b"fetching:" in seen and b"requests" in seen, "no progress on the terminal: %r" % seen[:200])
+    # one line, phase by phase: resolving, headers, then a known total with an ETA
+    lines = [x for x in seen.split(b"\r\x1b[K") if x]
+    check(lines and lines[0].startswith(b"resolving org/big"), "no resolving phase: %r" % seen[:200])
+    check(b"0 B of 0 B" not in seen, "an empty plan drawn: %r" % seen[:300])
+    hashing = [x for x in lines if x.startswith(b"hashing: ")]
+    check(hashing and any(b" / " in x and b"ETA" in x for x in hashing), "no known total with an ETA: %r" % lines[-6:])
+    check(all(b"\n" not in x for x in lines), "progress spans lines: %r" % seen[:300])
     # and none when stderr is not a terminal
     rc, out, err = env.run(["hash", "org/single"])
     check("fetching:" not in err, "progress on a pipe")

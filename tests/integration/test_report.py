@@ -201,7 +201,7 @@ def case_report(fam, b, expect):
     check("Std curves" in html, "no std-curve figure")
     # provenance: every file, its size, the ranges read (the header range at least)
     check("<h2>Provenance</h2>" in html, "no provenance section")
-    for f in js["models"]["b"]["files"]:
+    for f in js["sources"]["b"]["files"]:
         check(f["path"] in html, "file %s missing from provenance" % f["path"])
         check("[0, %d)" % (8 + f["header_bytes"]) in html or re.search(r"\[0, \d+\)", html),
               "header range of %s missing" % f["path"])
@@ -268,7 +268,7 @@ def case_remote(fam):
     check(self_contained(text) is None, "remote report not self-contained")
     for tag in ("base", "finetune"):
         check(commits[tag] in text, "commit of demo/%s missing" % tag)
-    for f in js["models"]["a"]["files"]:
+    for f in js["sources"]["a"]["files"]:
         if f.get("sha256"):
             check(f["sha256"] in text, "SHA-256 of %s missing" % f["path"])
     check(hub.hub_url in text, "endpoint missing")

@@ -192,5 +192,57 @@ static void url_expiry(void)
     CHECK_NEAR(cks_hub_url_expiry("https://cdn/x?X-Amz-Date=garbage&X-Amz-Expires=3600"), 0, 0);
 }
 
+/* A URL pasted from the Hub's web site names a repository (issue 16). */
+static void web_urls(void)
+{
+    static const struct {
+        const char *url;
+        cks_repo_type type;
+        const char *repo, *rev, *path;
+    } hub[] = {
+        {"https://huggingface.co/zai-org/GLM-4.5-Air", CKS_REPO_MODEL, "zai-org/GLM-4.5-Air", NULL, NULL},
+        {"https://huggingface.co/org/name/blob/main/model-00001-of-00002.safetensors", CKS_REPO_MODEL, "org/name",
+         "main", "model-00001-of-00002.safetensors"},
+        {"https://huggingface.co/org/name/resolve/v1.0/sub/model.safetensors?download=true", CKS_REPO_MODEL,
+         "org/name", "v1.0", "sub/model.safetensors"},
+        {"https://huggingface.co/org/name/tree/refs%2Fpr%2F3/weights/", CKS_REPO_MODEL, "org/name", "refs/pr/3",
+         "weights"},
+        {"https://huggingface.co/org/name/blob/refs/pr/3/model.safetensors", CKS_REPO_MODEL, "org/name", "refs/pr/3",
+         "model.safetensors"},
+        {"https://huggingface.co/org/name/commit/0123456789abcdef0123456789abcdef01234567", CKS_REPO_MODEL,
+         "org/name", "0123456789abcdef0123456789abcdef01234567", NULL},
+        {"https://hf.co/datasets/org/ds/tree/main", CKS_REPO_DATASET, "org/ds", "main", NULL},
+        {"HTTPS://HuggingFace.co/gpt2#readme", CKS_REPO_MODEL, "gpt2", NULL, NULL},
+        {"http://mirror.example:8080/org/name/resolve/main/x.safetensors", CKS_REPO_MODEL, "org/name", "main",
+         "x.safetensors"},
+    };
+    /* other pages of the site, and other hosts, stay plain URLs */
+    static const char *const plain[] = {"https://huggingface.co/", "https://huggingface.co/docs/hub/index",
+                                        "https://huggingface.co/api/models/org/name", "https://huggingface.co/models",
+                                        "https://example.com/org/name/resolve/main/x.safetensors",
+                                        "http://mirror.example:9090/org/name"};
+    cks_hub_spec s;
+    cks_diag d;
+    setenv("HF_ENDPOINT", "http://mirror.example:8080", 1);
+    for (size_t i = 0; i < sizeof hub / sizeof hub[0]; i++) {
+        CHECK_MSG(cks_hub_parse_spec(hub[i].url, &s, &d) == CKS_OK, "%s: %s", hub[i].url, d.text);
+        CHECK_MSG(s.kind == CKS_SPEC_HUB && s.repo_type == hub[i].type, "%s", hub[i].url);
+        CHECK_MSG(s.repo_id && strcmp(s.repo_id, hub[i].repo) == 0, "%s: repo %s", hub[i].url, s.repo_id);
+        CHECK_MSG(!s.revision == !hub[i].rev && (!s.revision || strcmp(s.revision, hub[i].rev) == 0), "%s: rev %s",
+                  hub[i].url, s.revision);
+        CHECK_MSG(!s.path == !hub[i].path && (!s.path || strcmp(s.path, hub[i].path) == 0), "%s: path %s",
+                  hub[i].url, s.path);
+        cks_hub_spec_release(&s);
+    }
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+        CHECK(cks_hub_parse_spec(plain[i], &s, NULL) == CKS_OK);
+        CHECK_MSG(s.kind == CKS_SPEC_URL, "%s", plain[i]);
+        cks_hub_spec_release(&s);
+    }
+    CHECK(cks_hub_parse_spec("https://huggingface.co/org/name/blob/main/../../etc/passwd", &s, &d) ==
+          CKS_ERR_INVALID_ARG);
+    unsetenv("HF_ENDPOINT");
+}
+
 TEST_MAIN(T(spec_forms), T(spec_errors), T(repo_ids), T(quoting), T(tokens), T(error_mapping),
-          T(url_expiry))
+          T(url_expiry), T(web_urls))
