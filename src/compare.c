@@ -120,8 +120,8 @@ void cmp_set_perm(cks_test_result *t, const cks_perm_result *pr, const char *nul
     t->decided_by_z = 1.0 / (pr->permutations + 1.0) > alpha / 4;
     if (t->decided_by_z)
         snprintf(t->p_method, sizeof t->p_method,
-                 "exact permutation p = (1+b)/(T+1), T = %u, b = %u: too few draws for alpha, decided on z >= 6 "
-                 "(approximate) with b = 0",
+                 "exact permutation p = (1+b)/(T+1), T = %u, b = %u: too few draws to reach alpha, so it "
+                 "rejects only when z >= 6 and b = 0 (approximate)",
                  pr->permutations, pr->at_least_as_extreme);
     else
         snprintf(t->p_method, sizeof t->p_method, "exact permutation p = (1+b)/(T+1), T = %u, b = %u", pr->permutations,

@@ -616,8 +616,8 @@ cks_err cmp_test_generic_rows(const cmp_ctx *ctx, const cmp_model *a, const cmp_
     t->decided_by_z = true;
     t->seed = ctx->seed + 31;
     snprintf(t->p_method, sizeof t->p_method,
-             "exact p = (1+b)/(T+1) per tensor with T = %u rotations: too few for alpha, decided on z >= 6 "
-             "(approximate) with b = 0; the strongest tensor is shown",
+             "exact p = (1+b)/(T+1) per tensor with T = %u rotations: too few to reach alpha, so it "
+             "rejects only when z >= 6 and b = 0 (approximate); the strongest tensor is shown",
              ROWS_DRAWS);
     snprintf(t->null_kind, sizeof t->null_kind, "B's units rotated within their own span (%u draws per tensor)",
              ROWS_DRAWS);

@@ -489,7 +489,7 @@ void cmp_decide(const cmp_ctx *ctx, cmp_family *f, const cmp_model *a, const cmp
                      "derivative.");
     }
     if (!r->relation[0])
-        snprintf(r->relation, sizeof r->relation, "None found.");
+        snprintf(r->relation, sizeof r->relation, "None found: no shared initialisation, structure or weights beyond chance.");
     else
         append_text(r->relation, sizeof r->relation, "neither is derivation.");
 }

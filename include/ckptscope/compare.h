@@ -136,7 +136,7 @@ typedef struct cks_test_result {
     uint64_t seed;
     double p_value;           /* as p_method says; never smaller than the method supports */
     bool p_exact;
-    char p_method[160];       /* how p was obtained: "exact permutation p, T = 9999", ... */
+    char p_method[256];       /* how p was obtained: "exact permutation p, T = 9999", ... */
     bool decided_by_z;        /* too few draws to reach alpha: decided on z >= 6 with no draw as extreme */
     double z;                 /* (statistic - null mean) / null sd: approximate, descriptive */
     double p_holm;            /* NAN for tests outside the Holm family */
