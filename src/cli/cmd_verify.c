@@ -24,6 +24,7 @@
 #include "ckptscope/compare.h"
 #include "ckptscope/decode.h"
 #include "ckptscope/fingerprint.h"
+#include "ckptscope/fingerprint_library.h"
 #include "ckptscope/hub.h"
 #include "cli.h"
 
@@ -57,7 +58,8 @@ static const char verify_help[] =
     "models with their verdicts.\n"
     "\n"
     "options:\n"
-    "  --against F      a fingerprint file or a directory of them (repeatable)\n"
+    "  --against F      a fingerprint file, a directory of them, or a library made by\n"
+    "                   `fingerprint gather` (repeatable)\n"
     "  --full           SHA-256 of every file against the Hub's\n"
     "  --no-synthetic   skip compare's synthetic power checks in full comparisons\n"
     "  --no-screen      compare fully against every fingerprint (default: a quick screen\n"
@@ -557,6 +559,18 @@ static int collect_fps(const char *arg, char **list, size_t *n)
     if (stat(arg, &sb) != 0) {
         fprintf(stderr, "ckptscope verify: --against %s: no such file or directory\n", arg);
         return EXIT_USAGE;
+    }
+    if (!S_ISDIR(sb.st_mode) && cks_fplib_is_file(arg)) { /* a library: each member (docs/scale-out.md) */
+        char **refs = NULL;
+        size_t n_refs = 0;
+        int rc = cli_fingerprint_library_refs(arg, &refs, &n_refs);
+        for (size_t i = 0; i < n_refs; i++) {
+            if (rc == EXIT_OK && add_path(list, n, refs[i]))
+                rc = EXIT_INTERNAL;
+            free(refs[i]);
+        }
+        free(refs);
+        return rc;
     }
     if (!S_ISDIR(sb.st_mode)) {
         if (!cks_fingerprint_is_file(arg)) {
