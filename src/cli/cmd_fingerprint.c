@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -474,6 +475,36 @@ static int start_job(const char *self, item *it, const run_opts *ro)
     return it->pid ? 0 : -1;
 }
 
+/* A scheduler stops a job with SIGTERM (Slurm's scancel, Kubernetes' pod deletion) before it
+ * sends SIGKILL: start nothing new, pass the signal on to the running jobs, and end. Without
+ * this, a job started in the moment between the signal reaching its parent and the parent
+ * dying would outlive the task it belongs to. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: wait() returns EINTR, so the loop sees the signal */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+static void stop_jobs(const item *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (items[i].pid > 0)
+            kill(items[i].pid, SIGTERM);
+}
+
 /* --from: the share's SOURCEs not yet done, one job each, ro->jobs at a time. */
 static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_opts *opts)
 {
@@ -535,8 +566,9 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
         goto out;
     }
     self[sl] = '\0';
+    catch_stop_signals();
     for (;;) {
-        while (running < ro->jobs && next < n) {
+        while (running < ro->jobs && next < n && !stop_signal) {
             item *it = &items[next++];
             if (it->status == ITEM_DONE) {
                 if (!opts->quiet && !opts->json)
@@ -560,6 +592,8 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
         {
             int status = 0;
             pid_t pid = wait(&status);
+            if (stop_signal)
+                stop_jobs(items, n);
             if (pid < 0) {
                 if (errno == EINTR)
                     continue;
@@ -581,6 +615,11 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
                 running--;
             }
         }
+    }
+    if (stop_signal) {
+        fprintf(stderr, "ckptscope fingerprint: stopped by signal %d; what is not written yet is made by the next "
+                        "run\n", (int)stop_signal);
+        first_rc = 128 + (int)stop_signal;
     }
     if (opts->json) {
         print_run_json(ro->list, ro->dir, &sh, n_specs, items, n, false, cli_now() - started);
