@@ -505,6 +505,26 @@ static void stop_jobs(const item *items, size_t n)
             kill(items[i].pid, SIGTERM);
 }
 
+/* mkdir -p: many jobs may create the same folders at once, so EEXIST is success. */
+static int make_dirs(const char *dir)
+{
+    char *path = strdup(dir);
+    int rc = 0;
+    if (!path)
+        return -1;
+    for (char *p = path + 1; *p && rc == 0; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST)
+                rc = -1;
+            *p = '/';
+        }
+    if (rc == 0 && mkdir(path, 0755) != 0 && errno != EEXIST)
+        rc = -1;
+    free(path);
+    return rc;
+}
+
 /* --from: the share's SOURCEs not yet done, one job each, ro->jobs at a time. */
 static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_opts *opts)
 {
@@ -529,7 +549,7 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
         first_rc = EXIT_INTERNAL;
         goto out;
     }
-    if (!ro->plan && mkdir(ro->dir, 0755) != 0 && errno != EEXIST) {
+    if (!ro->plan && make_dirs(ro->dir) != 0) {
         fprintf(stderr, "ckptscope fingerprint: %s: %s\n", ro->dir, strerror(errno));
         first_rc = EXIT_IO;
         goto out;
