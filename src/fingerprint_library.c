@@ -554,7 +554,9 @@ cks_err cks_fplib_open(const char *path, cks_fplib **out, cks_diag *diag)
         /* members start on the alignment, inside the file, in name order (find is a binary search) */
         if (e->offset < data_off || e->offset % CKS_FPLIB_ALIGN != 0 || e->length < FP_HEAD_LEN ||
             e->length > MAX_MEMBER_LEN || e->offset > lib->file_size || e->length > lib->file_size - e->offset) {
-            err = cks_fail(diag, LIB_BAD, "%s: member \"%s\" lies outside the file (offset %llu, length %llu, file %llu)",
+            err = cks_fail(diag, LIB_BAD,
+                           "%s: member \"%s\" lies outside the file or off the alignment (offset %llu, length "
+                           "%llu, file %llu)",
                            path, e->name, (unsigned long long)e->offset, (unsigned long long)e->length,
                            (unsigned long long)lib->file_size);
             goto out;
