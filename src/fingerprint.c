@@ -2025,7 +2025,7 @@ out:
 
 /* ---- files ---- */
 
-static void sync_parent(const char *path)
+void fp_sync_parent(const char *path)
 {
     char *dir = strdup(path);
     char *slash = dir ? strrchr(dir, '/') : NULL;
@@ -2092,7 +2092,7 @@ cks_err cks_fingerprint_save(const cks_fingerprint *fp, uint32_t version, const 
         err = cks_fail(diag, CKS_ERR_IO, "%s: %s", path, strerror(errno));
         goto out;
     }
-    sync_parent(path); /* the rename itself survives a crash */
+    fp_sync_parent(path); /* the rename itself survives a crash */
     if (written)
         *written = len;
 out:

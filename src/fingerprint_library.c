@@ -21,6 +21,7 @@
 
 #include "ckptscope/fingerprint_library.h"
 #include "ckptscope/hash.h"
+#include "fingerprint_internal.h" /* fp_sync_parent */
 
 #define LIB_FORMAT "ckptscope-fingerprint-library"
 #define FP_HEAD_LEN 20u /* a fingerprint file: magic, u32 version, u64 payload length */
@@ -147,26 +148,6 @@ out:
 static void sha256_hex(const uint8_t *data, size_t len, char hex[65])
 {
     cks_sha256_hex(data, len, hex);
-}
-
-/* Make a rename durable: fsync the directory that holds path. */
-static void sync_parent(const char *path)
-{
-    char *dir = strdup(path);
-    char *slash = dir ? strrchr(dir, '/') : NULL;
-    int fd;
-    if (!dir)
-        return;
-    if (slash == dir)
-        slash[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
 }
 
 /* ---- names and lists ---- */
@@ -610,7 +591,8 @@ cks_err cks_fplib_read_member(const cks_fplib *lib, size_t i, uint8_t **out, siz
     if (!err) {
         sha256_hex(buf, (size_t)e->length, hex);
         if (strcmp(hex, e->sha256) != 0)
-            err = cks_fail(diag, CKS_ERR_INTEGRITY, "%s#%s: the member's bytes do not match the index's SHA-256 (damaged)",
+            err = cks_fail(diag, CKS_ERR_INTEGRITY,
+                           "%s#%s: the member's bytes do not match the index's SHA-256 (damaged)",
                            lib->path, e->name);
     }
     if (err) {
@@ -763,7 +745,7 @@ static cks_err write_library(const char *path, cks_fplib_entry *entries, size_t 
         err = cks_fail(diag, CKS_ERR_IO, "%s: %s", path, strerror(errno));
         goto out;
     }
-    sync_parent(path);
+    fp_sync_parent(path);
     *written = end;
 out:
     if (fd >= 0)

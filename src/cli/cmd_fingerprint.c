@@ -312,8 +312,8 @@ static int pick_share(const char *shard_arg, const char *shard_count_arg, share 
                                                   "SLURM_ARRAY_TASK_COUNT, _MIN or _STEP; pass --shard K/N");
         if (id < min || (id - min) % step != 0 || (id - min) / step >= n)
             return cli_usage_error("fingerprint",
-                                   "Slurm array task %llu is not one of %llu tasks numbered from %llu in steps of %llu: "
-                                   "submit with --array=0-%llu (a %%LIMIT suffix is fine), or pass --shard K/N",
+                                   "Slurm array task %llu is not one of %llu tasks numbered from %llu in steps of "
+                                   "%llu: submit with --array=0-%llu (a %%LIMIT suffix is fine), or pass --shard K/N",
                                    id, n, min, step, n - 1);
         if (shard_count_arg && count_given != n)
             return cli_usage_error("fingerprint", "--shard-count %llu but the Slurm array has %llu tasks", count_given,
@@ -340,8 +340,8 @@ static int pick_share(const char *shard_arg, const char *shard_count_arg, share 
         return EXIT_OK;
     }
     if (shard_count_arg)
-        return cli_usage_error("fingerprint", "--shard-count goes with JOB_COMPLETION_INDEX (a Kubernetes Indexed Job); "
-                                              "elsewhere pass --shard K/N");
+        return cli_usage_error("fingerprint", "--shard-count goes with JOB_COMPLETION_INDEX (a Kubernetes Indexed "
+                                              "Job); elsewhere pass --shard K/N");
     sh->index = 0;
     sh->count = 1;
     snprintf(sh->from, sizeof sh->from, "the whole list");
