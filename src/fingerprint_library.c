@@ -155,7 +155,7 @@ static void sha256_hex(const uint8_t *data, size_t len, char hex[65])
 char *cks_fplib_member_name(const char *spec)
 {
     size_t n = strlen(spec), at = 0;
-    char *name = malloc(2 * n + 8);
+    char *name = malloc(2 * n + sizeof "model.ckfp"); /* each byte at most 2; "model" when empty */
     if (!name)
         return NULL;
     while (spec[0] == '.' && spec[1] == '/')
