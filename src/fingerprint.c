@@ -2025,13 +2025,32 @@ out:
 
 /* ---- files ---- */
 
+void fp_sync_parent(const char *path)
+{
+    char *dir = strdup(path);
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    int fd;
+    if (!dir)
+        return;
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
 cks_err cks_fingerprint_save(const cks_fingerprint *fp, uint32_t version, const char *path, uint64_t *written,
                              cks_diag *diag)
 {
     cks_err err;
     uint8_t *buf = NULL;
     size_t len = 0, done = 0;
-    char *tmp = NULL;
+    char *tmp = NULL, host[64] = "host";
     int fd = -1;
 
     if (written)
@@ -2039,7 +2058,10 @@ cks_err cks_fingerprint_save(const cks_fingerprint *fp, uint32_t version, const 
     err = cks_fingerprint_encode(fp, version, &buf, &len, diag);
     if (err)
         goto out;
-    if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) {
+    /* host and pid: jobs on several nodes may write into one folder of a shared filesystem */
+    (void)gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    if (asprintf(&tmp, "%s.tmp.%s.%ld", path, host, (long)getpid()) < 0) {
         tmp = NULL;
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
@@ -2070,6 +2092,7 @@ cks_err cks_fingerprint_save(const cks_fingerprint *fp, uint32_t version, const 
         err = cks_fail(diag, CKS_ERR_IO, "%s: %s", path, strerror(errno));
         goto out;
     }
+    fp_sync_parent(path); /* the rename itself survives a crash */
     if (written)
         *written = len;
 out:

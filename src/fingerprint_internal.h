@@ -30,6 +30,9 @@ void fp_refs_build(fp_refs *r, uint32_t version);
  * holds exactly the values a reader decodes. CKS_ERR_NOMEM leaves the rows exact. */
 cks_err fp_embed_quantise(cks_fingerprint *fp);
 
+/* fsync the folder holding path, so a rename into it survives a crash (fingerprint and library files) */
+void fp_sync_parent(const char *path);
+
 /* compare's defaults, which a fingerprint is built with unless told otherwise */
 #define FP_COMPARE_BUDGET (384ull << 20)
 #define FP_COMPARE_SEED 20260128ull

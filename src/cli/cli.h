@@ -216,5 +216,10 @@ struct cks_fingerprint;
 struct cks_compare_model;
 cks_err cli_open_fingerprint(const char *path, const char *label, struct cks_fingerprint **fp,
                              struct cks_compare_model *model, cJSON **report, cks_diag *diag);
+/* A fingerprint library's members as "LIBRARY#member" paths that cli_open_fingerprint opens
+ * (*refs malloc'd, each entry too); the exit code after a message when it does not open. */
+int cli_fingerprint_library_refs(const char *path, char ***refs, size_t *n);
+/* ckptscope fingerprint gather (cmd_fingerprint_gather.c) */
+int cmd_fingerprint_gather(int argc, char **argv);
 
 #endif

@@ -4,6 +4,8 @@
  * Also the helper that opens a fingerprint file wherever a SOURCE is accepted (compare, verify).
  */
 #include <errno.h>
+#include <limits.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,13 +14,15 @@
 #include <unistd.h>
 
 #include "ckptscope/fingerprint.h"
+#include "ckptscope/fingerprint_library.h"
 #include "cli.h"
 
 extern char **environ;
 
 static const char fingerprint_help[] =
     "usage: ckptscope fingerprint [OPTIONS] SOURCE -o FILE\n"
-    "       ckptscope fingerprint [OPTIONS] --from LIST [-j N] DIR\n"
+    "       ckptscope fingerprint [OPTIONS] --from LIST [-j N] [--shard K/N] DIR\n"
+    "       ckptscope fingerprint gather [OPTIONS] INPUT... -o LIBRARY   (--help for its own)\n"
     "\n"
     "Read what `compare` reads from SOURCE (its own loader: same seed, same budget) and keep\n"
     "it in FILE, a versioned zstd-compressed fingerprint (format in the README): repo,\n"
@@ -30,6 +34,17 @@ static const char fingerprint_help[] =
     "live run). `compare` and `verify` accept FILE wherever they\n"
     "accept a SOURCE.\n"
     "\n"
+    "With --from, every SOURCE of LIST (one per line, # comments) goes to DIR/<name>.ckfp\n"
+    "(org/name@rev -> org--name@rev.ckfp), one process per SOURCE, N at a time. A SOURCE\n"
+    "whose valid fingerprint is already there is skipped, and every file is written\n"
+    "atomically, so running the same command again finishes only what is missing. Inside a\n"
+    "scheduler it takes its share of LIST: the i-th SOURCE (from 0) belongs to share i mod\n"
+    "count, from --shard K/N, else a Slurm array task (SLURM_ARRAY_TASK_ID and\n"
+    "SLURM_ARRAY_TASK_COUNT, counted from SLURM_ARRAY_TASK_MIN), else a Kubernetes Indexed\n"
+    "Job (JOB_COMPLETION_INDEX of --shard-count or CKPTSCOPE_SHARD_COUNT). Jobs may share one\n"
+    "cache (--cache-dir) and one DIR; `fingerprint gather` then builds the library that\n"
+    "`verify --against` reads (docs/scale-out.md).\n"
+    "\n"
     "options:\n"
     "  -o, --output FILE   where to write (atomically)\n"
     "  --max-size SIZE     cap on the file (default 10M); k/v rows, routers and embedding\n"
@@ -38,43 +53,35 @@ static const char fingerprint_help[] =
     "                      live comparisons read the same rows)\n"
     "  --seed N            compare's sampling seed (default 20260128, compare's default)\n"
     "  --format-version N  write an older format (1 or 2) for older readers (default 3)\n"
-    "  --from LIST         fingerprint every SOURCE in LIST (one per line, # comments) into\n"
-    "                      DIR/<name>.ckfp, one job per line\n"
+    "  --from LIST         fingerprint every SOURCE in LIST (of this job's share) into DIR\n"
     "  -j N                jobs at once with --from (default 1)\n"
-    "  --json              {\"schema_version\", \"command\", \"output\", \"bytes\", ...}\n"
+    "  --shard K/N         take share K of N (1 <= K <= N) whatever the environment says\n"
+    "  --shard-count N     how many shares with JOB_COMPLETION_INDEX (the Job's completions)\n"
+    "  --force             make every fingerprint of the share again, even valid ones\n"
+    "  --plan              print what this job would do (to_make, to_remake, done) and stop\n"
+    "  --json              {\"schema_version\", \"command\", \"output\", \"bytes\", ...}; with\n"
+    "                      --from: {\"share\", \"items\": [{\"source\", \"output\", \"status\",\n"
+    "                      \"seconds\"}], \"made\", \"skipped\", \"failed\", \"seconds\"}\n"
     "  --quiet             no progress on stderr\n"
     "  --help              this text\n"
     "\n"
-    "exit status: 0 written; with --from, the first failing job's code (every job still runs).\n"
+    "exit status: 0 written (with --from: every SOURCE of the share is there); with --from,\n"
+    "the first failing job's code (every job still runs); 2 a usage error, including a\n"
+    "scheduler index that does not fit its count.\n"
     "\n"
     "examples:\n"
     "  ckptscope fingerprint zai-org/GLM-4.5-Air -o glm-4.5-air.ckfp\n"
     "  ckptscope compare glm-4.5-air.ckfp upstage/Solar-Open-100B\n"
-    "  ckptscope fingerprint --from bases.txt -j 8 known/\n";
+    "  ckptscope fingerprint --from bases.txt -j 8 known/\n"
+    "  sbatch --array=0-15 --wrap 'ckptscope fingerprint --from bases.txt known/'\n"
+    "  ckptscope fingerprint --from bases.txt --shard 3/16 --plan known/\n"
+    "  ckptscope fingerprint gather known/ --list bases.txt -o known.ckfl\n";
 
-/* Where a SOURCE's fingerprint goes in DIR: "org/name@rev" -> "org--name@rev.ckfp". */
+/* Where a SOURCE's fingerprint goes in DIR: "org/name@rev" -> DIR/org--name@rev.ckfp. */
 static char *output_name(const char *dir, const char *spec)
 {
-    size_t n = strlen(spec), at = 0;
-    char *name = malloc(3 * n + 8), *path = NULL;
-    if (!name)
-        return NULL;
-    while (spec[0] == '.' && spec[1] == '/')
-        spec += 2;
-    for (const char *p = spec; *p; p++) {
-        if (*p == '/') {
-            if (p[1] == '\0')
-                break;
-            name[at++] = '-';
-            name[at++] = '-';
-        } else if (*p == ':' || *p == ' ' || *p == '\\') {
-            name[at++] = '_';
-        } else {
-            name[at++] = *p;
-        }
-    }
-    name[at] = '\0';
-    if (asprintf(&path, "%s/%s.ckfp", dir, at ? name : "model") < 0)
+    char *name = cks_fplib_member_name(spec), *path = NULL;
+    if (name && asprintf(&path, "%s/%s", dir, name) < 0)
         path = NULL;
     free(name);
     return path;
@@ -86,10 +93,64 @@ static const char *json_text(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* "LIBRARY#member" names one fingerprint of a library (what verify lists for --against LIBRARY);
+ * an existing file of that name wins. */
+static cks_err load_fingerprint(const char *path, cks_fingerprint **fp, cks_diag *diag)
+{
+    cks_err err;
+    struct stat sb;
+    const char *hash = strrchr(path, '#');
+    char *lib_path;
+    cks_fplib *lib = NULL;
+    size_t i;
+
+    if (!hash || stat(path, &sb) == 0)
+        return cks_fingerprint_load(path, fp, diag);
+    lib_path = strndup(path, (size_t)(hash - path));
+    if (!lib_path)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    err = cks_fplib_open(lib_path, &lib, diag);
+    if (!err && (i = cks_fplib_find(lib, hash + 1)) == SIZE_MAX)
+        err = cks_fail(diag, CKS_ERR_NOT_FOUND, "%s: the library has no member \"%s\"", lib_path, hash + 1);
+    if (!err)
+        err = cks_fplib_load_member(lib, i, fp, diag);
+    cks_fplib_close(lib);
+    free(lib_path);
+    return err;
+}
+
+int cli_fingerprint_library_refs(const char *path, char ***refs, size_t *n)
+{
+    cks_fplib *lib = NULL;
+    cks_diag diag;
+    cks_err err = cks_fplib_open(path, &lib, &diag);
+    *refs = NULL;
+    *n = 0;
+    if (err)
+        return cli_fail("verify", err, &diag);
+    *refs = calloc(lib->n + 1, sizeof **refs);
+    for (size_t i = 0; *refs && i < lib->n; i++) {
+        if (asprintf(&(*refs)[i], "%s#%s", path, lib->entries[i].name) < 0)
+            break;
+        (*n)++;
+    }
+    if (!*refs || *n != lib->n) {
+        for (size_t i = 0; *refs && i < *n; i++)
+            free((*refs)[i]);
+        free(*refs);
+        *refs = NULL;
+        *n = 0;
+        cks_fplib_close(lib);
+        return EXIT_INTERNAL;
+    }
+    cks_fplib_close(lib);
+    return EXIT_OK;
+}
+
 cks_err cli_open_fingerprint(const char *path, const char *label, cks_fingerprint **fp, cks_compare_model *model,
                              cJSON **report, cks_diag *diag)
 {
-    cks_err err = cks_fingerprint_load(path, fp, diag);
+    cks_err err = load_fingerprint(path, fp, diag);
     if (err)
         return err;
     cks_fingerprint_model(*fp, label, model);
@@ -193,70 +254,335 @@ out:
     return rc;
 }
 
-/* One finished --from job for --json: what the fingerprint it wrote says about itself. */
-static void list_json_job(cJSON *jobs, const char *spec, const char *out_path, int rc)
+/* ---- --from LIST: this job's share of the list ---- */
+
+typedef struct share {
+    size_t index, count;       /* 0-based share of count */
+    char from[160];            /* what chose it, for the log and --json */
+} share;
+
+static bool parse_count(const char *text, unsigned long long max, unsigned long long *out)
 {
-    cJSON *job = cJSON_CreateObject();
-    cks_fingerprint *fp = NULL;
-    cks_diag ignored;
-    struct stat sb;
-    cJSON_AddItemToObject(job, "source", cli_source_spec(cJSON_CreateObject(), spec));
-    cJSON_AddStringToObject(job, "output", out_path ? out_path : "");
-    cJSON_AddNumberToObject(job, "exit_code", rc);
-    if (rc == EXIT_OK && out_path && stat(out_path, &sb) == 0 && cks_fingerprint_load(out_path, &fp, &ignored) == CKS_OK) {
-        cJSON_AddNumberToObject(job, "bytes", (double)sb.st_size);
-        cJSON_AddNumberToObject(job, "bytes_read", (double)fp->bytes_read);
-        cJSON_AddStringToObject(job, "repo", fp->repo);
-        cJSON_AddStringToObject(job, "commit", fp->commit);
-        cks_fingerprint_free(fp);
-    }
-    cJSON_AddItemToArray(jobs, job);
+    char *end = NULL;
+    unsigned long long v;
+    if (!text || !*text || *text == '-' || *text == '+')
+        return false;
+    errno = 0;
+    v = strtoull(text, &end, 10);
+    if (errno || !end || *end || v > max)
+        return false;
+    *out = v;
+    return true;
 }
 
-/* --from: each line is one job (this binary again), so a failure stays in its own process. */
-static int run_list(const char *list, const char *dir, int jobs, int argc_extra, char **extra, const cli_opts *opts)
-{
-    FILE *f = fopen(list, "r");
-    char line[4096];
-    char **specs = NULL;
-    size_t n = 0, cap = 0, next = 0, done = 0;
-    pid_t *pids = NULL;
-    int first_rc = EXIT_OK, running = 0;
-    char self[4096];
-    ssize_t sl;
-    cJSON *jobs_json = cJSON_CreateArray();
-    bool started = false;
+#define MAX_SHARES 1000000ull
 
-    if (!f) {
-        cks_diag d;
-        cJSON_Delete(jobs_json);
-        return cli_fail("fingerprint", cks_fail(&d, errno == ENOENT ? CKS_ERR_NOT_FOUND : CKS_ERR_IO,
-                                                "--from %s: %s", list, strerror(errno)),
-                        &d);
+/*
+ * Which share of the list this job takes: --shard K/N (1-based, like split -n and test runners'
+ * K/N), else a Slurm array task (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT, counted from
+ * SLURM_ARRAY_TASK_MIN in steps of SLURM_ARRAY_TASK_STEP), else a Kubernetes Indexed Job
+ * (JOB_COMPLETION_INDEX of --shard-count or CKPTSCOPE_SHARD_COUNT), else the whole list.
+ * A misconfigured scheduler is a usage error rather than a silent run of the whole list in
+ * every task.
+ */
+static int pick_share(const char *shard_arg, const char *shard_count_arg, share *sh)
+{
+    unsigned long long k, n, id, min = 0, step = 1, count_given = 0;
+    const char *slurm_id = getenv("SLURM_ARRAY_TASK_ID"), *k8s = getenv("JOB_COMPLETION_INDEX");
+    const char *count_text = shard_count_arg ? shard_count_arg : getenv("CKPTSCOPE_SHARD_COUNT");
+
+    if (shard_count_arg && !parse_count(shard_count_arg, MAX_SHARES, &count_given))
+        return cli_usage_error("fingerprint", "--shard-count needs a number of shares from 1 to %llu", MAX_SHARES);
+    if (shard_count_arg && count_given == 0)
+        return cli_usage_error("fingerprint", "--shard-count needs a number of shares from 1 to %llu", MAX_SHARES);
+    if (shard_arg) {
+        const char *slash = strchr(shard_arg, '/');
+        char kbuf[32];
+        if (!slash || (size_t)(slash - shard_arg) >= sizeof kbuf)
+            return cli_usage_error("fingerprint", "--shard K/N: K of N shares, 1 <= K <= N (e.g. --shard 3/8)");
+        memcpy(kbuf, shard_arg, (size_t)(slash - shard_arg));
+        kbuf[slash - shard_arg] = '\0';
+        if (!parse_count(kbuf, MAX_SHARES, &k) || !parse_count(slash + 1, MAX_SHARES, &n) || k < 1 || k > n)
+            return cli_usage_error("fingerprint", "--shard K/N: K of N shares, 1 <= K <= N (e.g. --shard 3/8)");
+        sh->index = (size_t)(k - 1);
+        sh->count = (size_t)n;
+        snprintf(sh->from, sizeof sh->from, "--shard %llu/%llu", k, n);
+        return EXIT_OK;
     }
-    while (fgets(line, sizeof line, f)) {
-        char *s = line, *e;
-        while (*s == ' ' || *s == '\t')
-            s++;
-        e = s + strlen(s);
-        while (e > s && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t'))
-            *--e = '\0';
-        if (!*s || *s == '#')
-            continue;
-        if (n == cap) {
-            char **grown = realloc(specs, (cap = cap ? cap * 2 : 16) * sizeof *grown);
-            if (!grown)
-                break;
-            specs = grown;
+    if (slurm_id) {
+        const char *min_text = getenv("SLURM_ARRAY_TASK_MIN"), *step_text = getenv("SLURM_ARRAY_TASK_STEP");
+        if (!parse_count(slurm_id, ULLONG_MAX, &id) || !parse_count(getenv("SLURM_ARRAY_TASK_COUNT"), MAX_SHARES, &n) ||
+            n == 0 || (min_text && !parse_count(min_text, ULLONG_MAX, &min)) ||
+            (step_text && (!parse_count(step_text, ULLONG_MAX, &step) || step == 0)))
+            return cli_usage_error("fingerprint", "a Slurm array task without a usable SLURM_ARRAY_TASK_ID, "
+                                                  "SLURM_ARRAY_TASK_COUNT, _MIN or _STEP; pass --shard K/N");
+        if (id < min || (id - min) % step != 0 || (id - min) / step >= n)
+            return cli_usage_error("fingerprint",
+                                   "Slurm array task %llu is not one of %llu tasks numbered from %llu in steps of "
+                                   "%llu: submit with --array=0-%llu (a %%LIMIT suffix is fine), or pass --shard K/N",
+                                   id, n, min, step, n - 1);
+        if (shard_count_arg && count_given != n)
+            return cli_usage_error("fingerprint", "--shard-count %llu but the Slurm array has %llu tasks", count_given,
+                                   n);
+        sh->index = (size_t)((id - min) / step);
+        sh->count = (size_t)n;
+        snprintf(sh->from, sizeof sh->from, "SLURM_ARRAY_TASK_ID %llu of %llu from %llu", id, n, min);
+        return EXIT_OK;
+    }
+    if (k8s) {
+        if (!count_text)
+            return cli_usage_error("fingerprint", "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but not how "
+                                                  "many shares: pass --shard-count N (the Job's completions) or set "
+                                                  "CKPTSCOPE_SHARD_COUNT");
+        if (!parse_count(count_text, MAX_SHARES, &n) || n == 0)
+            return cli_usage_error("fingerprint", "CKPTSCOPE_SHARD_COUNT needs a number of shares from 1 to %llu",
+                                   MAX_SHARES);
+        if (!parse_count(k8s, ULLONG_MAX, &id) || id >= n)
+            return cli_usage_error("fingerprint", "JOB_COMPLETION_INDEX %s is not an index below the %llu shares", k8s,
+                                   n);
+        sh->index = (size_t)id;
+        sh->count = (size_t)n;
+        snprintf(sh->from, sizeof sh->from, "JOB_COMPLETION_INDEX %llu of %llu", id, n);
+        return EXIT_OK;
+    }
+    if (shard_count_arg)
+        return cli_usage_error("fingerprint", "--shard-count goes with JOB_COMPLETION_INDEX (a Kubernetes Indexed "
+                                              "Job); elsewhere pass --shard K/N");
+    sh->index = 0;
+    sh->count = 1;
+    snprintf(sh->from, sizeof sh->from, "the whole list");
+    return EXIT_OK;
+}
+
+enum item_status { ITEM_TODO, ITEM_REDO, ITEM_DONE, ITEM_MADE, ITEM_FAILED };
+
+typedef struct item {
+    const char *spec;
+    char *output;
+    enum item_status status;
+    char why[256];             /* why an existing file is made again */
+    int rc;
+    pid_t pid;
+    double started, seconds;
+} item;
+
+static const char *status_name(enum item_status s, bool plan)
+{
+    switch (s) {
+    case ITEM_TODO:
+        return plan ? "to_make" : "not_run";
+    case ITEM_REDO:
+        return plan ? "to_remake" : "not_run";
+    case ITEM_DONE:
+        return plan ? "done" : "skipped";
+    case ITEM_MADE:
+        return "made";
+    default:
+        return "failed";
+    }
+}
+
+/* A finished job left a valid fingerprint of this SOURCE (made with the seed and budget asked
+ * for, when asked): then it is skipped. Anything else is made (again). */
+static enum item_status existing_status(const char *path, const char *spec, const cks_fp_build_opts *bo, char *why,
+                                        size_t why_len)
+{
+    cks_fingerprint *fp = NULL;
+    cks_diag diag;
+    enum item_status st = ITEM_REDO;
+    struct stat sb;
+
+    why[0] = '\0';
+    if (stat(path, &sb) != 0)
+        return ITEM_TODO;
+    if (cks_fingerprint_load(path, &fp, &diag) != CKS_OK)
+        snprintf(why, why_len, "the file there is not a valid fingerprint (%.200s)", diag.text);
+    else if (strcmp(fp->source, spec) != 0)
+        snprintf(why, why_len, "the file there is a fingerprint of %.200s", fp->source);
+    else if (bo->seed && fp->seed != bo->seed)
+        snprintf(why, why_len, "the file there was made with seed %llu", (unsigned long long)fp->seed);
+    else if (bo->budget && fp->budget != bo->budget)
+        snprintf(why, why_len, "the file there was made with budget %llu", (unsigned long long)fp->budget);
+    else
+        st = ITEM_DONE;
+    cks_fingerprint_free(fp);
+    return st;
+}
+
+static void print_run_json(const char *list, const char *dir, const share *sh, size_t n_list, const item *items,
+                           size_t n, bool plan, double seconds)
+{
+    cJSON *root = cli_json_new("fingerprint");
+    cJSON *s = cJSON_AddObjectToObject(root, "share"), *arr;
+    size_t counts[ITEM_FAILED + 1] = {0};
+    cJSON_AddStringToObject(root, "list", list);
+    cJSON_AddStringToObject(root, "output_dir", dir);
+    cJSON_AddBoolToObject(root, "plan", plan);
+    cJSON_AddNumberToObject(s, "index", (double)sh->index + 1);
+    cJSON_AddNumberToObject(s, "count", (double)sh->count);
+    cJSON_AddStringToObject(s, "from", sh->from);
+    cJSON_AddNumberToObject(root, "sources_in_list", (double)n_list);
+    cJSON_AddNumberToObject(root, "sources_in_share", (double)n);
+    arr = cJSON_AddArrayToObject(root, "items");
+    for (size_t i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        counts[items[i].status]++;
+        cJSON_AddItemToObject(o, "source", cli_source_spec(cJSON_CreateObject(), items[i].spec));
+        cJSON_AddStringToObject(o, "output", items[i].output);
+        cJSON_AddStringToObject(o, "status", status_name(items[i].status, plan));
+        if (items[i].why[0])
+            cJSON_AddStringToObject(o, "why", items[i].why);
+        if (!plan && (items[i].status == ITEM_MADE || items[i].status == ITEM_FAILED)) {
+            cJSON_AddNumberToObject(o, "exit_code", items[i].rc);
+            cJSON_AddNumberToObject(o, "seconds", items[i].seconds);
         }
-        if (!(specs[n] = strdup(s)))
-            break;
-        n++;
+        cJSON_AddItemToArray(arr, o);
     }
-    fclose(f);
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        cks_diag d;
-        first_rc = cli_fail("fingerprint", cks_fail(&d, CKS_ERR_IO, "%s: %s", dir, strerror(errno)), &d);
+    if (plan) {
+        cJSON_AddNumberToObject(root, "to_make", (double)(counts[ITEM_TODO] + counts[ITEM_REDO]));
+        cJSON_AddNumberToObject(root, "done", (double)counts[ITEM_DONE]);
+    } else {
+        cJSON_AddNumberToObject(root, "made", (double)counts[ITEM_MADE]);
+        cJSON_AddNumberToObject(root, "skipped", (double)counts[ITEM_DONE]);
+        cJSON_AddNumberToObject(root, "failed", (double)(counts[ITEM_FAILED] + counts[ITEM_TODO] + counts[ITEM_REDO]));
+        cJSON_AddNumberToObject(root, "seconds", seconds);
+    }
+    cli_json_print(root);
+}
+
+typedef struct run_opts {
+    const char *list, *dir, *shard, *shard_count;
+    int jobs;
+    bool force, plan;
+    int n_extra;
+    char **extra;
+} run_opts;
+
+/* Start one job: this binary again, so a failure or a crash stays in its own process. */
+static int start_job(const char *self, item *it, const run_opts *ro)
+{
+    char **argv = calloc((size_t)ro->n_extra + 8, sizeof *argv);
+    int a = 0;
+    if (!argv)
+        return -1;
+    argv[a++] = (char *)self;
+    argv[a++] = "fingerprint";
+    argv[a++] = (char *)it->spec;
+    argv[a++] = "-o";
+    argv[a++] = it->output;
+    argv[a++] = "--quiet";
+    for (int k = 0; k < ro->n_extra; k++)
+        argv[a++] = ro->extra[k];
+    argv[a] = NULL;
+    it->started = cli_now();
+    if (posix_spawn(&it->pid, self, NULL, NULL, argv, environ) != 0)
+        it->pid = 0;
+    free(argv);
+    return it->pid ? 0 : -1;
+}
+
+/* A scheduler stops a job with SIGTERM (Slurm's scancel, Kubernetes' pod deletion) before it
+ * sends SIGKILL: start nothing new, pass the signal on to the running jobs, and end. Without
+ * this, a job started in the moment between the signal reaching its parent and the parent
+ * dying would outlive the task it belongs to. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: wait() returns EINTR, so the loop sees the signal */
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+static void stop_jobs(const item *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (items[i].pid > 0)
+            kill(items[i].pid, SIGTERM);
+}
+
+/* mkdir -p: many jobs may create the same folders at once, so EEXIST is success. */
+static int make_dirs(const char *dir)
+{
+    char *path = strdup(dir);
+    int rc = 0;
+    if (!path)
+        return -1;
+    for (char *p = path + 1; *p && rc == 0; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(path, 0755) != 0 && errno != EEXIST)
+                rc = -1;
+            *p = '/';
+        }
+    if (rc == 0 && mkdir(path, 0755) != 0 && errno != EEXIST)
+        rc = -1;
+    free(path);
+    return rc;
+}
+
+/* --from: the share's SOURCEs not yet done, one job each, ro->jobs at a time. */
+static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_opts *opts)
+{
+    char **specs = NULL, self[4096];
+    size_t n_specs = 0, n = 0, next = 0;
+    item *items = NULL;
+    share sh;
+    cks_diag diag;
+    cks_err err;
+    int first_rc = EXIT_OK, running = 0, rc;
+    ssize_t sl;
+    double started = cli_now();
+
+    rc = pick_share(ro->shard, ro->shard_count, &sh);
+    if (rc != EXIT_OK)
+        return rc;
+    err = cks_fplib_read_list(ro->list, &specs, &n_specs, &diag);
+    if (err)
+        return cli_fail("fingerprint", err, &diag);
+    items = calloc(n_specs + 1, sizeof *items);
+    if (!items) {
+        first_rc = EXIT_INTERNAL;
+        goto out;
+    }
+    if (!ro->plan && make_dirs(ro->dir) != 0) {
+        fprintf(stderr, "ckptscope fingerprint: %s: %s\n", cli_esc(ro->dir), strerror(errno));
+        first_rc = EXIT_IO;
+        goto out;
+    }
+    for (size_t i = 0; i < n_specs; i++) {
+        item *it;
+        if (!cks_fplib_in_share(i, sh.index, sh.count))
+            continue;
+        it = &items[n++];
+        it->spec = specs[i];
+        it->output = output_name(ro->dir, specs[i]);
+        if (!it->output) {
+            first_rc = EXIT_INTERNAL;
+            goto out;
+        }
+        it->status = ro->force ? ITEM_TODO : existing_status(it->output, it->spec, bo, it->why, sizeof it->why);
+    }
+    if (!opts->quiet && !opts->json)
+        fprintf(stderr, "fingerprint: share %zu of %zu (%s): %zu of the %zu sources in %s\n", sh.index + 1, sh.count,
+                sh.from, n, n_specs, ro->list);
+    if (ro->plan) {
+        if (opts->json)
+            print_run_json(ro->list, ro->dir, &sh, n_specs, items, n, true, 0);
+        else
+            for (size_t i = 0; i < n; i++)
+                printf("%-9s %s -> %s%s%s\n", status_name(items[i].status, true), cli_esc(items[i].spec),
+                       cli_esc(items[i].output), items[i].why[0] ? ": " : "", cli_esc(items[i].why));
         goto out;
     }
     sl = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -266,109 +592,109 @@ static int run_list(const char *list, const char *dir, int jobs, int argc_extra,
         goto out;
     }
     self[sl] = '\0';
-    pids = calloc(n ? n : 1, sizeof *pids);
-    if (!pids) {
-        first_rc = EXIT_INTERNAL;
-        goto out;
-    }
-    started = true;
-    while (done < n) {
-        while (running < jobs && next < n) {
-            char *out_path = output_name(dir, specs[next]);
-            char **argv = calloc((size_t)argc_extra + 8, sizeof *argv);
-            int a = 0;
-            if (!out_path || !argv) {
-                free(out_path);
-                free(argv);
-                first_rc = EXIT_INTERNAL;
-                goto out;
+    catch_stop_signals();
+    for (;;) {
+        while (running < ro->jobs && next < n && !stop_signal) {
+            item *it = &items[next++];
+            if (it->status == ITEM_DONE) {
+                if (!opts->quiet && !opts->json)
+                    printf("done %s -> %s (already there)\n", cli_esc(it->spec), cli_esc(it->output));
+                continue;
             }
-            argv[a++] = self;
-            argv[a++] = "fingerprint";
-            argv[a++] = specs[next];
-            argv[a++] = "-o";
-            argv[a++] = out_path;
-            argv[a++] = "--quiet";
-            for (int k = 0; k < argc_extra; k++)
-                argv[a++] = extra[k];
-            argv[a] = NULL;
-            if (posix_spawn(&pids[next], self, NULL, NULL, argv, environ) != 0) {
-                fprintf(stderr, "ckptscope fingerprint: cannot start a job for %s\n", cli_esc(specs[next]));
-                pids[next] = 0;
+            if (it->status == ITEM_REDO && !opts->quiet)
+                fprintf(stderr, "fingerprint: making %s again: %s\n", cli_esc(it->output), cli_esc(it->why));
+            if (start_job(self, it, ro) != 0) {
+                fprintf(stderr, "ckptscope fingerprint: cannot start a job for %s\n", cli_esc(it->spec));
+                it->status = ITEM_FAILED;
+                it->rc = EXIT_INTERNAL;
                 if (first_rc == EXIT_OK)
                     first_rc = EXIT_INTERNAL;
-                done++;
-            } else {
-                running++;
+                continue;
             }
-            free(out_path);
-            free(argv);
-            next++;
+            running++;
         }
-        if (running > 0) {
+        if (running == 0)
+            break;
+        {
             int status = 0;
             pid_t pid = wait(&status);
-            int rc;
+            if (stop_signal)
+                stop_jobs(items, n);
             if (pid < 0) {
                 if (errno == EINTR)
                     continue;
                 break;
             }
-            rc = WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_INTERNAL;
-            for (size_t k = 0; k < n; k++)
-                if (pids[k] == pid) {
-                    char *out_path = output_name(dir, specs[k]);
-                    if (opts->json)
-                        list_json_job(jobs_json, specs[k], out_path, rc);
-                    else if (!opts->quiet || rc != EXIT_OK)
-                        fprintf(rc == EXIT_OK ? stdout : stderr, "%s %s -> %s (exit %d)\n",
-                                rc == EXIT_OK ? "ok" : "FAILED", cli_esc(specs[k]), cli_esc(out_path ? out_path : "?"), rc);
-                    free(out_path);
-                    pids[k] = 0;
-                }
-            if (rc != EXIT_OK && first_rc == EXIT_OK)
-                first_rc = rc;
-            running--;
-            done++;
+            for (size_t k = 0; k < n; k++) {
+                item *it = &items[k];
+                if (it->pid != pid)
+                    continue;
+                it->pid = 0;
+                it->rc = WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_INTERNAL;
+                it->seconds = cli_now() - it->started;
+                it->status = it->rc == EXIT_OK ? ITEM_MADE : ITEM_FAILED;
+                if (!opts->json && (!opts->quiet || it->rc != EXIT_OK))
+                    fprintf(it->rc == EXIT_OK ? stdout : stderr, "%s %s -> %s (exit %d)\n",
+                            it->rc == EXIT_OK ? "ok" : "FAILED", cli_esc(it->spec), cli_esc(it->output), it->rc);
+                if (it->rc != EXIT_OK && first_rc == EXIT_OK)
+                    first_rc = it->rc;
+                running--;
+            }
         }
+    }
+    if (stop_signal) {
+        fprintf(stderr, "ckptscope fingerprint: stopped by signal %d; what is not written yet is made by the next "
+                        "run\n", (int)stop_signal);
+        first_rc = 128 + (int)stop_signal;
+    }
+    if (opts->json) {
+        print_run_json(ro->list, ro->dir, &sh, n_specs, items, n, false, cli_now() - started);
+    } else if (!opts->quiet) {
+        size_t made = 0, done = 0, failed = 0;
+        for (size_t i = 0; i < n; i++) {
+            made += items[i].status == ITEM_MADE;
+            done += items[i].status == ITEM_DONE;
+            failed += items[i].status == ITEM_FAILED;
+        }
+        printf("share %zu of %zu: %zu made, %zu already there, %zu failed (%.1f s)\n", sh.index + 1, sh.count, made,
+               done, failed, cli_now() - started);
     }
 out:
     while (running > 0 && wait(NULL) > 0)
         running--;
-    if (opts->json && started) {
-        cJSON *root = cli_json_new("fingerprint");
-        cJSON_AddStringToObject(root, "from", list);
-        cJSON_AddStringToObject(root, "output_dir", dir);
-        cJSON_AddItemToObject(root, "jobs", jobs_json);
-        jobs_json = NULL;
-        cJSON_AddNumberToObject(root, "exit_code", first_rc);
-        cli_json_print(root);
-    }
-    cJSON_Delete(jobs_json);
-    for (size_t k = 0; k < n; k++)
-        free(specs[k]);
-    free(specs);
-    free(pids);
+    for (size_t i = 0; items && i < n; i++)
+        free(items[i].output);
+    free(items);
+    cks_fplib_list_free(specs, n_specs);
     return first_rc;
 }
 
 int cmd_fingerprint(int argc, char **argv)
 {
+    enum { OPT_FORCE = 'F' + 0x100, OPT_PLAN, OPT_SHARD, OPT_SHARD_COUNT };
     static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
                                              {"max-size", required_argument, NULL, 'm'},
                                              {"budget", required_argument, NULL, 'b'},
                                              {"seed", required_argument, NULL, 's'},
                                              {"from", required_argument, NULL, 'f'},
                                              {"format-version", required_argument, NULL, 'V'},
+                                             {"shard", required_argument, NULL, OPT_SHARD},
+                                             {"shard-count", required_argument, NULL, OPT_SHARD_COUNT},
+                                             {"force", no_argument, NULL, OPT_FORCE},
+                                             {"plan", no_argument, NULL, OPT_PLAN},
                                              CLI_COMMON_LONGOPTS,
                                              {0}};
     cli_opts opts = {0};
     cks_fp_build_opts bo;
-    const char *output = NULL, *from = NULL;
+    run_opts ro = {0};
+    const char *output = NULL;
     char *extra[16];
-    int n_extra = 0, jobs = 1, opt;
+    int n_extra = 0, opt;
 
+    if (argc > 1 && strcmp(argv[1], "gather") == 0)
+        return cmd_fingerprint_gather(argc - 1, argv + 1);
     memset(&bo, 0, sizeof bo);
+    ro.jobs = 1;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "o:j:h", longopts, NULL)) != -1) {
         int common = cli_common_option(opt, optarg, &opts);
@@ -403,12 +729,24 @@ int cmd_fingerprint(int argc, char **argv)
                                        CKS_FP_VERSION);
             break;
         case 'f':
-            from = optarg;
+            ro.list = optarg;
             break;
         case 'j':
-            jobs = atoi(optarg);
-            if (jobs < 1 || jobs > 256)
+            ro.jobs = atoi(optarg);
+            if (ro.jobs < 1 || ro.jobs > 256)
                 return cli_usage_error("fingerprint", "-j needs 1 to 256");
+            break;
+        case OPT_SHARD:
+            ro.shard = optarg;
+            break;
+        case OPT_SHARD_COUNT:
+            ro.shard_count = optarg;
+            break;
+        case OPT_FORCE:
+            ro.force = true;
+            break;
+        case OPT_PLAN:
+            ro.plan = true;
             break;
         case 'h':
         case OPT_HELP:
@@ -418,33 +756,41 @@ int cmd_fingerprint(int argc, char **argv)
             return cli_bad_option("fingerprint", longopts, argv);
         }
     }
-    if (from) {
-        char sbuf[3][32], *cache_arg = NULL;
+    if (ro.list) {
+        char sbuf[4][32], *cache_arg = NULL;
+        int rc;
+        if (argc - optind != 1 || output)
+            return cli_usage_error("fingerprint", "--from LIST takes one DIR and no -o");
         /* jobs inherit what changes what they read or where they cache it */
         if (opts.cache_dir && asprintf(&cache_arg, "--cache-dir=%s", opts.cache_dir) > 0)
             extra[n_extra++] = cache_arg;
         if (opts.offline)
             extra[n_extra++] = "--offline";
-        if (argc - optind != 1 || output)
-            return cli_usage_error("fingerprint", "--from LIST takes one DIR and no -o");
-        if (bo.max_bytes && n_extra < 14) {
+        if (bo.max_bytes) {
             snprintf(sbuf[0], sizeof sbuf[0], "--max-size=%llu", (unsigned long long)bo.max_bytes);
             extra[n_extra++] = sbuf[0];
         }
-        if (bo.budget && n_extra < 14) {
+        if (bo.budget) {
             snprintf(sbuf[1], sizeof sbuf[1], "--budget=%llu", (unsigned long long)bo.budget);
             extra[n_extra++] = sbuf[1];
         }
-        if (bo.seed && n_extra < 14) {
+        if (bo.seed) {
             snprintf(sbuf[2], sizeof sbuf[2], "--seed=%llu", (unsigned long long)bo.seed);
             extra[n_extra++] = sbuf[2];
         }
-        {
-            int rc = run_list(from, argv[optind], jobs, n_extra, extra, &opts);
-            free(cache_arg);
-            return rc;
+        if (bo.version) {
+            snprintf(sbuf[3], sizeof sbuf[3], "--format-version=%u", bo.version);
+            extra[n_extra++] = sbuf[3];
         }
+        ro.dir = argv[optind];
+        ro.extra = extra;
+        ro.n_extra = n_extra;
+        rc = run_list(&ro, &bo, &opts);
+        free(cache_arg);
+        return rc;
     }
+    if (ro.shard || ro.shard_count || ro.force || ro.plan || ro.jobs != 1)
+        return cli_usage_error("fingerprint", "-j, --shard, --shard-count, --force and --plan go with --from LIST");
     if (argc - optind != 1 || !output)
         return cli_usage_error("fingerprint", "expected SOURCE -o FILE (or --from LIST DIR)");
     return run_one(argv[optind], output, &opts, &bo);

@@ -24,6 +24,7 @@
 #include "ckptscope/compare.h"
 #include "ckptscope/decode.h"
 #include "ckptscope/fingerprint.h"
+#include "ckptscope/fingerprint_library.h"
 #include "ckptscope/hub.h"
 #include "cli.h"
 
@@ -58,7 +59,8 @@ static const char verify_help[] =
     "models with their verdicts.\n"
     "\n"
     "options:\n"
-    "  --against F      a fingerprint file or a directory of them (repeatable)\n"
+    "  --against F      a fingerprint file, a directory of them, or a library made by\n"
+    "                   `fingerprint gather` (repeatable)\n"
     "  --full           SHA-256 of every file against the Hub's, and every value of every\n"
     "                   float tensor checked for NaN/Inf on the way\n"
     "  --no-synthetic   skip compare's synthetic power checks in full comparisons\n"
@@ -746,6 +748,18 @@ static int collect_fps(const char *arg, char **list, size_t *n)
     size_t first = *n, others = 0;
     if (stat(arg, &sb) != 0)
         return cli_usage_error("verify", "--against %s: no such file or directory", arg);
+    if (!S_ISDIR(sb.st_mode) && cks_fplib_is_file(arg)) { /* a library: each member (docs/scale-out.md) */
+        char **refs = NULL;
+        size_t n_refs = 0;
+        int rc = cli_fingerprint_library_refs(arg, &refs, &n_refs);
+        for (size_t i = 0; i < n_refs; i++) {
+            if (rc == EXIT_OK && add_path(list, n, refs[i]))
+                rc = cli_usage_error("verify", "more than %d fingerprints", MAX_FPS);
+            free(refs[i]);
+        }
+        free(refs);
+        return rc;
+    }
     if (!S_ISDIR(sb.st_mode)) {
         if (!cks_fingerprint_is_file(arg))
             return cli_usage_error("verify", "--against %s is not a fingerprint (make one with `ckptscope "
