@@ -1423,6 +1423,16 @@ static void section_provenance(FILE *f, const cks_compare_result *r, const cks_r
           f);
     provenance_model(f, "A", &meta->a);
     provenance_model(f, "B", &meta->b);
+    for (size_t i = 0; i < meta->n_controls; i++) {
+        char tag[48];
+        snprintf(tag, sizeof tag, "Negative control %zu", i + 1);
+        provenance_model(f, tag, &meta->controls[i]);
+    }
+    for (size_t i = 0; i < meta->n_positives; i++) {
+        char tag[48];
+        snprintf(tag, sizeof tag, "Positive control %zu", i + 1);
+        provenance_model(f, tag, &meta->positives[i]);
+    }
     fputs("<h3>Run</h3><table class=\"kv\"><tbody>", f);
     fprintf(f, "<tr><td>seed</td><td>%" PRIu64 "</td></tr>", r->seed);
     if (meta->alpha > 0)

@@ -82,6 +82,9 @@ typedef struct cks_report_model {
 
 typedef struct cks_report_meta {
     cks_report_model a, b;
+    /* --control and --positive models, listed in the provenance like A and B */
+    const cks_report_model *controls, *positives;
+    size_t n_controls, n_positives;
     const char *tool_version;  /* may be NULL */
     const char *generated_at;  /* UTC, e.g. "2026-11-28 04:10:03 UTC"; NULL to omit */
     const char *command_line;  /* may be NULL */

@@ -81,12 +81,46 @@ static void command_line(int argc, char **argv, char *buf, size_t size)
     }
 }
 
+/* The provenance of each --control/--positive: one cks_report_model and its files each. */
+struct extra_models {
+    cks_report_model *models;
+    cks_report_file **files;
+    size_t n;
+};
+
+static bool gather_extras(const cli_report_model *in, size_t n, struct extra_models *out)
+{
+    out->n = 0;
+    out->models = calloc(n ? n : 1, sizeof *out->models);
+    out->files = calloc(n ? n : 1, sizeof *out->files);
+    if (!out->models || !out->files)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        out->files[i] = calloc(in[i].ckpt->n_files ? in[i].ckpt->n_files : 1, sizeof **out->files);
+        if (!out->files[i])
+            return false;
+        out->n = i + 1;
+        gather_model(&in[i], &out->models[i], out->files[i]);
+    }
+    return true;
+}
+
+static void release_extras(struct extra_models *e)
+{
+    for (size_t i = 0; e->files && i < e->n; i++)
+        free(e->files[i]);
+    free(e->files);
+    free(e->models);
+}
+
 int cli_write_html_report(const char *path, const cks_compare_result *r, const cli_report_model *a,
-                          const cli_report_model *b, const cks_compare_opts *copts, int argc, char **argv,
-                          const cli_opts *opts)
+                          const cli_report_model *b, const cli_report_model *controls, size_t n_controls,
+                          const cli_report_model *positives, size_t n_positives, const cks_compare_opts *copts,
+                          int argc, char **argv, const cli_opts *opts)
 {
     cks_report_meta meta;
     cks_report_file *files_a = NULL, *files_b = NULL;
+    struct extra_models ctl = {0}, pos = {0};
     char *tmp = NULL, when[64], cmd[MAX_COMMAND_LINE];
     FILE *f = NULL;
     int fd = -1, rc = EXIT_OK;
@@ -100,12 +134,17 @@ int cli_write_html_report(const char *path, const cks_compare_result *r, const c
     files_a = calloc(a->ckpt->n_files ? a->ckpt->n_files : 1, sizeof *files_a);
     files_b = calloc(b->ckpt->n_files ? b->ckpt->n_files : 1, sizeof *files_b);
     tmp = malloc(len + 16);
-    if (!files_a || !files_b || !tmp) {
+    if (!files_a || !files_b || !tmp || !gather_extras(controls, n_controls, &ctl) ||
+        !gather_extras(positives, n_positives, &pos)) {
         rc = cli_fail("compare", CKS_ERR_NOMEM, NULL);
         goto out;
     }
     gather_model(a, &meta.a, files_a);
     gather_model(b, &meta.b, files_b);
+    meta.controls = ctl.models;
+    meta.n_controls = ctl.n;
+    meta.positives = pos.models;
+    meta.n_positives = pos.n;
     meta.tool_version = CKS_VERSION;
     if (gmtime_r(&now, &tm) && strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm))
         meta.generated_at = when;
@@ -164,5 +203,7 @@ out:
     free(tmp);
     free(files_a);
     free(files_b);
+    release_extras(&ctl);
+    release_extras(&pos);
     return rc;
 }

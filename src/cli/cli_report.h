@@ -20,7 +20,8 @@ typedef struct cli_report_model {
 
 /* Returns EXIT_OK or an exit code after printing why on stderr. */
 int cli_write_html_report(const char *path, const cks_compare_result *r, const cli_report_model *a,
-                          const cli_report_model *b, const cks_compare_opts *copts, int argc, char **argv,
-                          const cli_opts *opts);
+                          const cli_report_model *b, const cli_report_model *controls, size_t n_controls,
+                          const cli_report_model *positives, size_t n_positives, const cks_compare_opts *copts,
+                          int argc, char **argv, const cli_opts *opts);
 
 #endif

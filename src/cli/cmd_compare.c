@@ -226,7 +226,8 @@ static cJSON *matrix_json(const double *m, int rows, int cols)
     return arr;
 }
 
-static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct opened *b)
+static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct opened *b, struct opened *ctl,
+                         size_t n_ctl, struct opened *pos, size_t n_pos)
 {
     cJSON *root = cli_json_new("compare"), *tests, *desc, *sources, *matches;
     cJSON_AddStringToObject(root, "verdict", cks_verdict_name(r->verdict));
@@ -250,6 +251,15 @@ static cJSON *build_json(const cks_compare_result *r, struct opened *a, struct o
     cJSON_AddItemToObject(sources, "a", a->report);
     cJSON_AddItemToObject(sources, "b", b->report);
     a->report = b->report = NULL;
+    {
+        /* the models that gated and powered the verdict, pinned like A and B */
+        cJSON *arr = cJSON_AddArrayToObject(sources, "controls");
+        for (size_t i = 0; i < n_ctl; i++)
+            cJSON_AddItemToArray(arr, ctl[i].report ? cJSON_Duplicate(ctl[i].report, true) : cJSON_CreateNull());
+        arr = cJSON_AddArrayToObject(sources, "positives");
+        for (size_t i = 0; i < n_pos; i++)
+            cJSON_AddItemToArray(arr, pos[i].report ? cJSON_Duplicate(pos[i].report, true) : cJSON_CreateNull());
+    }
     tests = cJSON_AddArrayToObject(root, "tests");
     for (size_t i = 0; i < r->n_tests; i++)
         cJSON_AddItemToArray(tests, test_json(&r->tests[i]));
@@ -599,6 +609,8 @@ int cmd_compare(int argc, char **argv)
     for (; !err && opened_ctl < n_controls; opened_ctl++) {
         snprintf(labels[opened_ctl], sizeof labels[0], "%.60s", controls[opened_ctl]);
         err = open_model(controls[opened_ctl], labels[opened_ctl], &opts, want_tokenizer, &ctl[opened_ctl], &diag);
+        if (!err && html_path && ctl[opened_ctl].ckpt)
+            err = cks_report_track_reads(ctl[opened_ctl].ckpt, &diag);
         if (err)
             break;
         ctl_models[opened_ctl] = ctl[opened_ctl].model;
@@ -607,6 +619,8 @@ int cmd_compare(int argc, char **argv)
         snprintf(labels[MAX_EXTRA + opened_pos], sizeof labels[0], "%.60s", positives[opened_pos]);
         err = open_model(positives[opened_pos], labels[MAX_EXTRA + opened_pos], &opts, want_tokenizer, &pos[opened_pos],
                          &diag);
+        if (!err && html_path && pos[opened_pos].ckpt)
+            err = cks_report_track_reads(pos[opened_pos].ckpt, &diag);
         if (err)
             break;
         pos_models[opened_pos] = pos[opened_pos].model;
@@ -650,7 +664,16 @@ int cmd_compare(int argc, char **argv)
     }
     if (html_path) {
         cli_report_model ra = {argv[optind], a.model.ckpt, a.report}, rb = {argv[optind + 1], b.model.ckpt, b.report};
-        rc = cli_write_html_report(html_path, result, &ra, &rb, &copts, argc, argv, &opts);
+        cli_report_model rc_ctl[MAX_EXTRA], rc_pos[MAX_EXTRA];
+        size_t n_rc_ctl = 0, n_rc_pos = 0;
+        for (size_t i = 0; i < n_controls; i++)
+            if (ctl[i].model.ckpt) /* a fingerprint SOURCE has no files to list */
+                rc_ctl[n_rc_ctl++] = (cli_report_model){controls[i], ctl[i].model.ckpt, ctl[i].report};
+        for (size_t i = 0; i < n_positives; i++)
+            if (pos[i].model.ckpt)
+                rc_pos[n_rc_pos++] = (cli_report_model){positives[i], pos[i].model.ckpt, pos[i].report};
+        rc = cli_write_html_report(html_path, result, &ra, &rb, rc_ctl, n_rc_ctl, rc_pos, n_rc_pos, &copts, argc, argv,
+                                   &opts);
         if (rc != EXIT_OK)
             goto out;
     }
@@ -663,7 +686,7 @@ int cmd_compare(int argc, char **argv)
             print_text(mem, result, argv[optind], argv[optind + 1]);
             fclose(mem);
         }
-        root = build_json(result, &a, &b);
+        root = build_json(result, &a, &b, ctl, n_controls, pos, n_positives);
         if (memo_ok && text && root)
             memo_store(&opts, memo, root, text);
         if (opts.json)

@@ -409,8 +409,23 @@ static enum item_status existing_status(const char *path, const char *spec, cons
     return st;
 }
 
+/* What a fingerprint on disk says about itself, for --json: what it was made from and its size. */
+static void describe_output(cJSON *o, const char *path)
+{
+    cks_fingerprint *fp = NULL;
+    cks_diag ignored;
+    struct stat sb;
+    if (stat(path, &sb) != 0 || cks_fingerprint_load(path, &fp, &ignored) != CKS_OK)
+        return;
+    cJSON_AddNumberToObject(o, "bytes", (double)sb.st_size);
+    cJSON_AddNumberToObject(o, "bytes_read", (double)fp->bytes_read);
+    cJSON_AddStringToObject(o, "repo", fp->repo ? fp->repo : "");
+    cJSON_AddStringToObject(o, "commit", fp->commit ? fp->commit : "");
+    cks_fingerprint_free(fp);
+}
+
 static void print_run_json(const char *list, const char *dir, const share *sh, size_t n_list, const item *items,
-                           size_t n, bool plan, double seconds)
+                           size_t n, bool plan, double seconds, int exit_code)
 {
     cJSON *root = cli_json_new("fingerprint");
     cJSON *s = cJSON_AddObjectToObject(root, "share"), *arr;
@@ -436,6 +451,8 @@ static void print_run_json(const char *list, const char *dir, const share *sh, s
             cJSON_AddNumberToObject(o, "exit_code", items[i].rc);
             cJSON_AddNumberToObject(o, "seconds", items[i].seconds);
         }
+        if (!plan && (items[i].status == ITEM_MADE || items[i].status == ITEM_DONE))
+            describe_output(o, items[i].output);
         cJSON_AddItemToArray(arr, o);
     }
     if (plan) {
@@ -447,6 +464,7 @@ static void print_run_json(const char *list, const char *dir, const share *sh, s
         cJSON_AddNumberToObject(root, "failed", (double)(counts[ITEM_FAILED] + counts[ITEM_TODO] + counts[ITEM_REDO]));
         cJSON_AddNumberToObject(root, "seconds", seconds);
     }
+    cJSON_AddNumberToObject(root, "exit_code", exit_code);
     cli_json_print(root);
 }
 
@@ -578,7 +596,7 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
                 sh.from, n, n_specs, ro->list);
     if (ro->plan) {
         if (opts->json)
-            print_run_json(ro->list, ro->dir, &sh, n_specs, items, n, true, 0);
+            print_run_json(ro->list, ro->dir, &sh, n_specs, items, n, true, 0, EXIT_OK);
         else
             for (size_t i = 0; i < n; i++)
                 printf("%-9s %s -> %s%s%s\n", status_name(items[i].status, true), cli_esc(items[i].spec),
@@ -648,7 +666,7 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
         first_rc = 128 + (int)stop_signal;
     }
     if (opts->json) {
-        print_run_json(ro->list, ro->dir, &sh, n_specs, items, n, false, cli_now() - started);
+        print_run_json(ro->list, ro->dir, &sh, n_specs, items, n, false, cli_now() - started, first_rc);
     } else if (!opts->quiet) {
         size_t made = 0, done = 0, failed = 0;
         for (size_t i = 0; i < n; i++) {

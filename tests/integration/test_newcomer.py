@@ -472,10 +472,11 @@ def remote_cases(tmp):
             doc = json.loads(out)
         except ValueError:
             doc = {}
-        jobs = {j["source"]["spec"]: j for j in doc.get("jobs", [])}
+        jobs = {j["source"]["spec"]: j for j in doc.get("items", [])}
         ok = doc.get("command") == "fingerprint" and set(jobs) == {"org/model", "org/nope"}
         ok = ok and jobs["org/model"]["exit_code"] == 0 and jobs["org/model"]["commit"] == c_main
         ok = ok and jobs["org/nope"]["exit_code"] == EXIT_ACCESS and doc["exit_code"] == rc == EXIT_ACCESS
+        ok = ok and jobs["org/model"]["status"] == "made" and jobs["org/nope"]["status"] == "failed"
         report("fingerprint --from --json: one document, one entry per job", ok, "exit %d %s" % (rc, out[:300]))
 
 

@@ -255,19 +255,28 @@ def case_remote(fam):
         raise Skip("fake Hub not importable: %s" % e)
     store = os.path.join(TMP, "store")
     commits = {}
-    for tag in ("base", "finetune"):
+    for tag in ("base", "finetune", "independent", "permuted"):
         d = os.path.join(fam, "glm", tag)
         commits[tag] = hubrepo.add_repo(store, "demo/" + tag, {n: os.path.join(d, n) for n in os.listdir(d)})
     html = os.path.join(TMP, "remote.html")
     with harness.start(store) as hub:
-        p = run(["compare", "demo/base", "demo/finetune", "--html", html, "--quiet", "--json"],
+        p = run(["compare", "demo/base", "demo/finetune", "--control", "demo/independent", "--positive",
+                 "demo/permuted", "--html", html, "--quiet", "--json"],
                 env={"HF_ENDPOINT": hub.hub_url, "CKPTSCOPE_CACHE": os.path.join(TMP, "remote-cache")})
     check(p.returncode == 0, "remote compare exited %d: %s" % (p.returncode, p.stderr[-300:]))
     js = json.loads(p.stdout)
     text = open(html, encoding="utf-8").read()
     check(self_contained(text) is None, "remote report not self-contained")
-    for tag in ("base", "finetune"):
+    for tag in ("base", "finetune", "independent", "permuted"):
         check(commits[tag] in text, "commit of demo/%s missing" % tag)
+    # controls and positives are pinned by repository and commit, in the JSON and the report
+    ctl, pos = js["sources"].get("controls"), js["sources"].get("positives")
+    check(isinstance(ctl, list) and len(ctl) == 1 and ctl[0].get("repo") == "demo/independent"
+          and ctl[0].get("commit") == commits["independent"], "sources.controls: %r" % (ctl,))
+    check(isinstance(pos, list) and len(pos) == 1 and pos[0].get("repo") == "demo/permuted"
+          and pos[0].get("commit") == commits["permuted"], "sources.positives: %r" % (pos,))
+    check("Negative control 1" in text and "Positive control 1" in text, "controls missing from the provenance")
+    check(js["verdict"] == "derived", "verdict %s with a control and a positive" % js["verdict"])
     for f in js["sources"]["a"]["files"]:
         if f.get("sha256"):
             check(f["sha256"] in text, "SHA-256 of %s missing" % f["path"])

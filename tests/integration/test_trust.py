@@ -199,7 +199,7 @@ def case_hf_damaged_copy_whole_reads_use_the_hub(env, fx):
           "compare --tests T1: exit %d %s %s" % (rc, out[:200], err[-300:]))
     rc, out, err = env.run(["verify", "org/hf", "--full", "--json"], env.cache(), e)
     j = json.loads(out) if out.strip() else {}
-    check(rc == 0 and j.get("outcome") == "valid_unrelated" and not j.get("problems"),
+    check(rc == 0 and j.get("outcome") == "valid" and not j.get("problems"),
           "verify --full blamed the upload: exit %d %s %s" % (rc, out[:400], err[-300:]))
     check(tree(hf) == before, "ckptscope wrote into HF_HOME")
 
@@ -208,7 +208,7 @@ def case_hf_pristine_copy_needs_no_network(env, fx):
     hf = hf_home(env, "org/hf", fx.c_hf, fx.m, fx.sha_m)
     env.hub.clear_log()
     rc, out, err = env.run(["verify", "org/hf", "--full", "--json"], env.cache(), {"HF_HOME": hf})
-    check(rc == 0 and json.loads(out)["outcome"] == "valid_unrelated", "exit %d %s" % (rc, err[-300:]))
+    check(rc == 0 and json.loads(out)["outcome"] == "valid", "exit %d %s" % (rc, err[-300:]))
     # verify asks the CDN for one byte, to learn the size it serves (README "Sizes, three ways")
     data = [g["range"] for g in env.cdn_gets() if g["range"] != "bytes=0-0"]
     check(data == [], "a copy that checks out was fetched again: %r" % data)
@@ -314,7 +314,7 @@ def case_damaged_partial_transfer_replaced(env, fx):
     cache = env.cache()
     damaged_fetch(cache)
     rc, out, err = env.run(["verify", "org/m", "--full", "--json"], cache)
-    check(rc == 0 and json.loads(out)["outcome"] == "valid_unrelated",
+    check(rc == 0 and json.loads(out)["outcome"] == "valid",
           "verify --full after a damaged fetch: exit %d %s %s" % (rc, out[:300], err[-300:]))
 
 
