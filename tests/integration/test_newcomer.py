@@ -381,7 +381,7 @@ def remote_cases(tmp):
         rc, out, err = cli(["ls", "org/model"], dict(env, HF_ENDPOINT="http://no-such-host.invalid",
                                                       CKPTSCOPE_CACHE=os.path.join(tmp, "dns-cache")))
         took = time.time() - t0
-        report("a DNS failure fails at once (no retries) and suggests --offline", rc == EXIT_NETWORK and took < 3 and
+        report("a DNS failure fails at once (no retries) and suggests --offline", rc == EXIT_NETWORK and took < 5 and
                "--offline" in err and "HF_HUB_OFFLINE" in err, "exit %d in %.1f s: %s" % (rc, took, err))
 
         # a pasted Hub web URL is a Hub source (pinned commit, LFS SHA-256), on HF_ENDPOINT's host and huggingface.co
