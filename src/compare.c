@@ -613,11 +613,11 @@ static cks_err test_norms(const cmp_ctx *ctx, const cmp_model *a_in, const cmp_m
         goto out;
     if (!a->layers || !b->layers || f->n_pairs == 0) {
         cmp_not_run(t, "%s", "no decoder layers with norm gains on both sides");
-        return CKS_OK;
+        goto out; /* the ranked copies are freed there */
     }
     if (a->hidden != b->hidden) {
         cmp_not_run(t, "%s", "hidden sizes differ: index-aligned norms cannot be compared (T4 aligns them)");
-        return CKS_OK;
+        goto out;
     }
     cap = 2 * f->n_pairs;
     va = calloc(cap, sizeof *va);
