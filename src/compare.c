@@ -802,6 +802,23 @@ static void weight_item_stats(weight_item *it, const cmp_matrix *a, const cmp_ma
     it->r = s / ((double)n * it->sa * it->sb);
 }
 
+/*
+ * T3's cross matrix gathers many blocks of few rows (16 sampled k or v rows, 128 router rows
+ * per layer): one sgemm each streams the whole d x d cross matrix (64 MiB at d = 4096) for
+ * 16 rows of work. Blocks are stacked (A's side pre-scaled by the block's weight) into
+ * batches of up to CROSS_BATCH_ROWS rows and added with one sgemm per batch: the same sum,
+ * in another order (float rounding only).
+ */
+#define CROSS_BATCH_ROWS 512u
+
+static size_t cross_flush(const float *batch_a, const float *batch_b, size_t rows, size_t d, float *cross)
+{
+    if (rows)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)rows, 1.0f, batch_a, (int)d, batch_b,
+                    (int)d, 1.0f, cross, (int)d);
+    return 0;
+}
+
 static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
                             cmp_family *f, const char *id, const char *name, cks_diag *diag)
 {
@@ -809,7 +826,8 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
     cks_test_result *t = cmp_family_add(f, id, name, true);
     weight_item *items = NULL;
     size_t n_items = 0, cap, d = a->hidden, strong = 0, used = 0;
-    float *cross = NULL;
+    float *cross = NULL, *batch_a = NULL, *batch_b = NULL;
+    size_t batched = 0;
     double constant = 0, sum_r = 0, null_mean, null_sd;
     bool power_check;
     cks_perm_result pr;
@@ -865,11 +883,17 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
     power_check = cmp_reused_null(ctx, id, &null_mean, &null_sd);
     if (!power_check) {
         cross = calloc(d * d, sizeof *cross);
-        if (!cross) {
+        batch_a = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_a);
+        batch_b = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_b);
+        if (!cross || !batch_a || !batch_b) {
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
             goto out;
         }
     }
+    /* the cross matrix's products are large (d x d x 512): the caller's BLAS threads pay off
+     * there, unlike on the small products elsewhere */
+    if (cross && ctx->blas_threads > 1)
+        openblas_set_num_threads(ctx->blas_threads);
     /* one item at a time: its winsorised copies, its r, and its share of the cross matrix
      * (cross += Za^T Zb / N, so the statistic of any column permutation is a trace) */
     for (size_t i = 0; i < n_items; i++) {
@@ -891,9 +915,18 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
             if (it->r >= cmp_floor_value(id) && it->r * sqrt((double)n - 1.0) >= ITEM_Z)
                 strong++;
             if (cross) {
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)wa.rows,
-                            (float)(1.0 / ((double)wa.rows * (double)d * it->sa * it->sb)), wa.v, (int)d, wb.v, (int)d,
-                            1.0f, cross, (int)d);
+                float w = (float)(1.0 / ((double)wa.rows * (double)d * it->sa * it->sb));
+                if (wa.rows > CROSS_BATCH_ROWS) {
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)wa.rows, w, wa.v, (int)d,
+                                wb.v, (int)d, 1.0f, cross, (int)d);
+                } else {
+                    if (batched + wa.rows > CROSS_BATCH_ROWS)
+                        batched = cross_flush(batch_a, batch_b, batched, d, cross);
+                    for (size_t x = 0; x < wa.rows * d; x++)
+                        batch_a[batched * d + x] = wa.v[x] * w;
+                    memcpy(batch_b + batched * d, wb.v, wa.rows * d * sizeof *batch_b);
+                    batched += wa.rows;
+                }
                 constant -= it->ma * it->mb / (it->sa * it->sb);
             }
             if (cmp_add_item(t, it->label, it->r, NAN) != CKS_OK)
@@ -904,6 +937,9 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
         if (err)
             goto out;
     }
+    if (cross)
+        batched = cross_flush(batch_a, batch_b, batched, d, cross);
+    openblas_set_num_threads(1);
     if (used == 0) {
         cmp_not_run(t, "%s", "every candidate weight block is constant");
         goto out;
@@ -929,8 +965,11 @@ static cks_err test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_mo
     snprintf(t->tensors, sizeof t->tensors, "%zu blocks: sampled k/v rows, routers, shared-token embedding rows",
              n_items);
 out:
+    openblas_set_num_threads(1); /* also on the error paths out of the loop */
     free(items);
     free(cross);
+    free(batch_a);
+    free(batch_b);
     return err;
 }
 
@@ -971,11 +1010,13 @@ static cks_err rotated_similarity(const float *s0, size_t subset, const float *e
     err = cks_rotation_apply(rot, sim, subset, diag);
     if (!err)
         err = cks_rotation_column_norms2(rot, eb, n, colsq, diag);
-    for (size_t j = 0; j < db && !err; j++) {
-        float inv = colsq[j] > 0 ? (float)(1.0 / sqrt(colsq[j])) : 0.0f;
-        for (size_t i = 0; i < subset; i++)
-            sim[i * db + j] *= inv;
-    }
+    if (err)
+        return err;
+    for (size_t j = 0; j < db; j++) /* colsq now holds each column's factor, applied row by row */
+        colsq[j] = colsq[j] > 0 ? (double)(float)(1.0 / sqrt(colsq[j])) : 0.0;
+    for (size_t i = 0; i < subset; i++)
+        for (size_t j = 0; j < db; j++)
+            sim[i * db + j] *= (float)colsq[j];
     return err;
 }
 
@@ -2033,6 +2074,7 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
      * the same products for less CPU; restored on the way out for the caller. */
     blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
+    ctx.blas_threads = blas_threads;
     r = calloc(1, sizeof *r);
     if (!r) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");

@@ -95,15 +95,16 @@ void cks_rng_permutation(cks_rng *rng, uint32_t *perm, size_t n)
 cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    double *a = NULL, *v = NULL, *diag_sign = NULL;
+    double *a = NULL, *v = NULL, *w = NULL, *diag_sign = NULL;
     if (n == 0 || n > 4096 || !q) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "a random orthogonal matrix needs 1 <= n <= 4096 (got %zu)", n);
         goto out;
     }
     a = malloc(n * n * sizeof *a);
     v = malloc(n * sizeof *v);
+    w = malloc(n * sizeof *w);
     diag_sign = malloc(n * sizeof *diag_sign);
-    if (!a || !v || !diag_sign) {
+    if (!a || !v || !w || !diag_sign) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for a %zu x %zu rotation", n, n);
         goto out;
     }
@@ -130,15 +131,20 @@ cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
             vnorm += v[i] * v[i];
         if (vnorm == 0)
             continue;
-        /* A <- (I - 2 v v^T / v^T v) A on columns k.. ; Q <- Q (I - 2 v v^T / v^T v) */
-        for (size_t j = k; j < n; j++) {
-            double dot = 0;
-            for (size_t i = k; i < n; i++)
-                dot += v[i] * a[i * n + j];
-            dot *= 2.0 / vnorm;
-            for (size_t i = k; i < n; i++)
-                a[i * n + j] -= dot * v[i];
-        }
+        /* A <- (I - 2 v v^T / v^T v) A on columns k.. ; Q <- Q (I - 2 v v^T / v^T v).
+         * A is walked row by row with one dot per column (w): the same sums in the same
+         * order as a column walk, without its stride of a row (8 rows apart share a cache
+         * set at n = 64): T4a draws 128 of these per rotation */
+        for (size_t j = k; j < n; j++)
+            w[j] = 0;
+        for (size_t i = k; i < n; i++)
+            for (size_t j = k; j < n; j++)
+                w[j] += v[i] * a[i * n + j];
+        for (size_t j = k; j < n; j++)
+            w[j] *= 2.0 / vnorm;
+        for (size_t i = k; i < n; i++)
+            for (size_t j = k; j < n; j++)
+                a[i * n + j] -= w[j] * v[i];
         for (size_t i = 0; i < n; i++) {
             double dot = 0;
             for (size_t j = k; j < n; j++)
@@ -157,6 +163,7 @@ cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
 out:
     free(a);
     free(v);
+    free(w);
     free(diag_sign);
     return err;
 }
