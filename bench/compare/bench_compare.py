@@ -52,7 +52,7 @@ def one(bench, name, binary, cache, runs_dir, endpoint, memo_off=False):
             js = json.load(f)
         row["verdict"] = js.get("verdict")
         row["tests"] = {t["id"]: {"ran": t.get("ran"), "rejects": t.get("rejects"), "statistic": t.get("statistic"),
-                                  "p": t.get("p_value"), "z": t.get("z")} for t in js.get("tests", [])}
+                                  "p": t.get("p_value", t.get("p")), "z": t.get("z")} for t in js.get("tests", [])}
         row["transfer"] = js.get("transfer")
         row["from_cache"] = js.get("from_cache", False)
     except (OSError, ValueError):
