@@ -76,6 +76,8 @@ typedef struct cmp_ctx {
      * nulls are cheaper, and T4a reuses the token-shuffle null of the real pair */
     unsigned tests_override;      /* 0: opts->tests */
     bool power_run;
+    int blas_threads;             /* the caller's OpenBLAS threads (compare runs on one) */
+    bool alignment_only;          /* T4: T4a alone (the real pair's T4b/T4c did not run) */
     double t4a_null_mean, t4a_null_sd; /* NAN when not known */
     /* nulls of the real pair by test id, reused to judge the synthetic derivatives */
     struct cmp_null {

@@ -95,15 +95,16 @@ void cks_rng_permutation(cks_rng *rng, uint32_t *perm, size_t n)
 cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    double *a = NULL, *v = NULL, *diag_sign = NULL;
+    double *a = NULL, *v = NULL, *w = NULL, *diag_sign = NULL;
     if (n == 0 || n > 4096 || !q) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "a random orthogonal matrix needs 1 <= n <= 4096 (got %zu)", n);
         goto out;
     }
     a = malloc(n * n * sizeof *a);
     v = malloc(n * sizeof *v);
+    w = malloc(n * sizeof *w);
     diag_sign = malloc(n * sizeof *diag_sign);
-    if (!a || !v || !diag_sign) {
+    if (!a || !v || !w || !diag_sign) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for a %zu x %zu rotation", n, n);
         goto out;
     }
@@ -130,15 +131,20 @@ cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
             vnorm += v[i] * v[i];
         if (vnorm == 0)
             continue;
-        /* A <- (I - 2 v v^T / v^T v) A on columns k.. ; Q <- Q (I - 2 v v^T / v^T v) */
-        for (size_t j = k; j < n; j++) {
-            double dot = 0;
-            for (size_t i = k; i < n; i++)
-                dot += v[i] * a[i * n + j];
-            dot *= 2.0 / vnorm;
-            for (size_t i = k; i < n; i++)
-                a[i * n + j] -= dot * v[i];
-        }
+        /* A <- (I - 2 v v^T / v^T v) A on columns k.. ; Q <- Q (I - 2 v v^T / v^T v).
+         * A is walked row by row with one dot per column (w): the same sums in the same
+         * order as a column walk, without its stride of a row (8 rows apart share a cache
+         * set at n = 64): T4a draws 128 of these per rotation */
+        for (size_t j = k; j < n; j++)
+            w[j] = 0;
+        for (size_t i = k; i < n; i++)
+            for (size_t j = k; j < n; j++)
+                w[j] += v[i] * a[i * n + j];
+        for (size_t j = k; j < n; j++)
+            w[j] *= 2.0 / vnorm;
+        for (size_t i = k; i < n; i++)
+            for (size_t j = k; j < n; j++)
+                a[i * n + j] -= w[j] * v[i];
         for (size_t i = 0; i < n; i++) {
             double dot = 0;
             for (size_t j = k; j < n; j++)
@@ -157,6 +163,7 @@ cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
 out:
     free(a);
     free(v);
+    free(w);
     free(diag_sign);
     return err;
 }
@@ -204,11 +211,10 @@ out:
     return err;
 }
 
-cks_err cks_rotation_apply(cks_rotation *rot, float *x, size_t count, cks_diag *diag)
+/* Grow the rotation's scratch to count vectors. */
+static cks_err rotation_scratch(cks_rotation *rot, size_t count, cks_diag *diag)
 {
     size_t n = rot->n;
-    if (count == 0)
-        return CKS_OK;
     if (count > SIZE_MAX / n / sizeof(float))
         return cks_fail(diag, CKS_ERR_INVALID_ARG, "rotation: %zu vectors of %zu is too many", count, n);
     if (rot->scratch_len < count * n) {
@@ -218,7 +224,14 @@ cks_err cks_rotation_apply(cks_rotation *rot, float *x, size_t count, cks_diag *
         rot->scratch = grown;
         rot->scratch_len = count * n;
     }
-    for (size_t r = 0; r < rot->rounds; r++) {
+    return CKS_OK;
+}
+
+/* Rounds [0, rounds) of the rotation applied to count vectors of x in place. */
+static void rotation_rounds(cks_rotation *rot, float *x, size_t count, size_t rounds)
+{
+    size_t n = rot->n;
+    for (size_t r = 0; r < rounds; r++) {
         const uint32_t *perm = rot->perm + r * n;
         /* scratch = x with coordinates permuted */
         for (size_t v = 0; v < count; v++)
@@ -232,7 +245,71 @@ cks_err cks_rotation_apply(cks_rotation *rot, float *x, size_t count, cks_diag *
                         (int)n, qb, (int)m, 0.0f, x + off, (int)n);
         }
     }
-    return CKS_OK;
+}
+
+cks_err cks_rotation_apply(cks_rotation *rot, float *x, size_t count, cks_diag *diag)
+{
+    cks_err err;
+    if (count == 0)
+        return CKS_OK;
+    err = rotation_scratch(rot, count, diag);
+    if (!err)
+        rotation_rounds(rot, x, count, rot->rounds);
+    return err;
+}
+
+#define NORMS_BATCH 256u
+
+cks_err cks_rotation_column_norms2(cks_rotation *rot, const float *x, size_t count, double *colsq, cks_diag *diag)
+{
+    const size_t n = rot->n, B = CKS_ROTATION_BLOCK, last = rot->rounds - 1;
+    const uint32_t *perm = rot->perm + last * n;
+    float *batch = NULL, *gram = NULL, *qg = NULL;
+    cks_err err = CKS_OK;
+    for (size_t j = 0; j < n; j++)
+        colsq[j] = 0;
+    if (count == 0)
+        return CKS_OK;
+    batch = malloc(NORMS_BATCH * n * sizeof *batch);
+    gram = calloc(rot->n_blocks * B * B, sizeof *gram);
+    qg = malloc(B * B * sizeof *qg);
+    if (!batch || !gram || !qg) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the norms of %zu rotated vectors", count);
+        goto out;
+    }
+    err = rotation_scratch(rot, NORMS_BATCH, diag);
+    for (size_t v0 = 0; v0 < count && !err; v0 += NORMS_BATCH) {
+        size_t rows = count - v0 < NORMS_BATCH ? count - v0 : NORMS_BATCH;
+        memcpy(batch, x + v0 * n, rows * n * sizeof *batch);
+        rotation_rounds(rot, batch, rows, last);
+        /* the last round's permutation, then each block's Gram: gram_b += Z_b^T Z_b */
+        for (size_t v = 0; v < rows; v++)
+            for (size_t i = 0; i < n; i++)
+                rot->scratch[v * n + i] = batch[v * n + perm[i]];
+        for (size_t b = 0; b < rot->n_blocks; b++) {
+            size_t m = block_size(rot, b), off = b * B;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)m, (int)rows, 1.0f, rot->scratch + off,
+                        (int)n, rot->scratch + off, (int)n, 1.0f, gram + b * B * B, (int)m);
+        }
+    }
+    /* column off + c of block b is Z_b q_c with q_c = row c of Q_b: |.|^2 = q_c^T G_b q_c */
+    for (size_t b = 0; b < rot->n_blocks && !err; b++) {
+        size_t m = block_size(rot, b), off = b * B;
+        const float *qb = rot->blocks + (last * rot->n_blocks + b) * B * B;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)m, (int)m, 1.0f, qb, (int)m, gram + b * B * B,
+                    (int)m, 0.0f, qg, (int)m);
+        for (size_t c = 0; c < m; c++) {
+            double sum = 0;
+            for (size_t k = 0; k < m; k++)
+                sum += (double)qg[c * m + k] * qb[c * m + k];
+            colsq[off + c] = sum;
+        }
+    }
+out:
+    free(batch);
+    free(gram);
+    free(qg);
+    return err;
 }
 
 void cks_rotation_release(cks_rotation *rot)
@@ -257,9 +334,29 @@ static bool at_least_as_extreme(double permuted, double observed, cks_alternativ
     }
 }
 
+uint32_t cks_perm_stop_after(double alpha, uint32_t permutations)
+{
+    double h;
+    if (!(alpha > 0 && alpha < 1))
+        return 0;
+    h = ceil(alpha * ((double)permutations + 1.0));
+    /* never before CKS_PERM_MIN_STOP draws as extreme: the null's mean and sd, reported and
+     * reused by compare's power checks, then rest on 2 x 32 draws or more (sd within ~9 %) */
+    if (h < CKS_PERM_MIN_STOP)
+        h = CKS_PERM_MIN_STOP;
+    return h >= (double)permutations ? 0 : (uint32_t)h; /* a stop that could never happen */
+}
+
 cks_err cks_perm_test(size_t n, cks_perm_statistic statistic, void *ctx, uint64_t seed,
                       uint32_t permutations, cks_alternative alternative, cks_perm_result *out,
                       cks_diag *diag)
+{
+    return cks_perm_test_curtailed(n, statistic, ctx, seed, permutations, 0, alternative, out, diag);
+}
+
+cks_err cks_perm_test_curtailed(size_t n, cks_perm_statistic statistic, void *ctx, uint64_t seed,
+                                uint32_t permutations, uint32_t stop_after, cks_alternative alternative,
+                                cks_perm_result *out, cks_diag *diag)
 {
     uint32_t *perm = NULL;
     cks_err err = CKS_OK;
@@ -285,25 +382,30 @@ cks_err cks_perm_test(size_t n, cks_perm_statistic statistic, void *ctx, uint64_
     if ((err = statistic(ctx, NULL, n, &observed, diag)) != CKS_OK)
         goto out;
     cks_rng_seed(&rng, seed);
-    uint32_t extreme = 0;
+    uint32_t extreme = 0, drawn = 0;
     double mean = 0, m2 = 0;
-    for (uint32_t t = 0; t < permutations; t++) {
+    bool stopped = false;
+    for (uint32_t t = 0; t < permutations && !stopped; t++) {
         double value;
         cks_rng_permutation(&rng, perm, n);
         if ((err = statistic(ctx, perm, n, &value, diag)) != CKS_OK)
             goto out;
         extreme += at_least_as_extreme(value, observed, alternative);
+        drawn = t + 1;
         double delta = value - mean; /* Welford */
         mean += delta / (double)(t + 1);
         m2 += delta * (value - mean);
+        stopped = stop_after > 0 && extreme >= stop_after && drawn < permutations;
     }
     out->observed = observed;
     out->seed = seed;
-    out->permutations = permutations;
+    out->permutations = drawn;
+    out->planned = permutations;
+    out->curtailed = stopped;
     out->at_least_as_extreme = extreme;
-    out->p_value = (1.0 + extreme) / (1.0 + permutations);
+    out->p_value = stopped ? (double)extreme / (double)drawn : (1.0 + extreme) / (1.0 + drawn);
     out->null_mean = mean;
-    out->null_sd = permutations > 1 ? sqrt(m2 / (permutations - 1)) : NAN;
+    out->null_sd = drawn > 1 ? sqrt(m2 / (drawn - 1)) : NAN;
     out->z = cks_zscore(observed, mean, out->null_sd);
     out->alternative = alternative;
 out:
@@ -374,6 +476,14 @@ cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const 
                                     cks_alternative alternative, cks_perm_result *out,
                                     cks_diag *diag)
 {
+    return cks_joint_pearson_perm_test_curtailed(a, b, k, n, seed, permutations, 0, alternative, out, diag);
+}
+
+cks_err cks_joint_pearson_perm_test_curtailed(const double *const *a, const double *const *b, size_t k,
+                                              size_t n, uint64_t seed, uint32_t permutations,
+                                              uint32_t stop_after, cks_alternative alternative,
+                                              cks_perm_result *out, cks_diag *diag)
+{
     joint_pearson_ctx ctx = {k, NULL, NULL};
     double *row = NULL;
     cks_err err = CKS_OK;
@@ -399,7 +509,8 @@ cks_err cks_joint_pearson_perm_test(const double *const *a, const double *const 
             ctx.zb[i * k + j] = row[n + i];
         }
     }
-    err = cks_perm_test(n, joint_pearson_statistic, &ctx, seed, permutations, alternative, out, diag);
+    err = cks_perm_test_curtailed(n, joint_pearson_statistic, &ctx, seed, permutations, stop_after, alternative, out,
+                                  diag);
 out:
     free(ctx.za);
     free(ctx.zb);

@@ -613,9 +613,124 @@ static void median_and_ranks_exact(void)
     CHECK(cks_mid_ranks_f64(ties, 6, r, NULL) == CKS_ERR_NUMERIC);
 }
 
+/* Records every statistic it is asked for: the draws of a plain run, to check the curtailed
+ * one against by counting. Values: a fixed pseudo-random function of the permutation. */
+typedef struct recorder {
+    double values[4096];
+    size_t n;
+} recorder;
+
+static cks_err recording_statistic(void *ctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    recorder *r = ctx;
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += sin((double)(i + 1) * (double)(perm ? perm[i] : i));
+    *value = s;
+    if (perm && r->n < sizeof r->values / sizeof r->values[0])
+        r->values[r->n++] = s;
+    return CKS_OK;
+}
+
+/* Curtailed (Besag-Clifford) test: the same draws as the plain test, stopped at the h-th draw
+ * as extreme with p = h / L; the plain answer when that never happens; and the stop rule of
+ * cks_perm_stop_after by hand. */
+static void perm_test_curtailed_matches_counting(void)
+{
+    static recorder plain, cut;
+    cks_perm_result full, r;
+    double observed = 0;
+    size_t extreme = 0, at = 0;
+    memset(&plain, 0, sizeof plain);
+    memset(&cut, 0, sizeof cut);
+    CHECK(cks_perm_test(40, recording_statistic, &plain, 77, 999, CKS_ALT_GREATER, &full, NULL) == CKS_OK);
+    CHECK(plain.n == 999);
+    observed = full.observed;
+    for (at = 0; at < plain.n && extreme < 32; at++)
+        extreme += plain.values[at] >= observed - 1e-12 * fabs(observed);
+    CHECK(extreme == 32); /* the observed value is not extreme for this statistic: it must stop */
+    CHECK(cks_perm_test_curtailed(40, recording_statistic, &cut, 77, 999, 32, CKS_ALT_GREATER, &r, NULL) == CKS_OK);
+    CHECK(r.curtailed && r.planned == 999 && r.permutations == at && r.at_least_as_extreme == 32);
+    CHECK_NEAR(r.p_value, 32.0 / (double)at, 1e-15);
+    CHECK(cut.n == at && memcmp(cut.values, plain.values, at * sizeof plain.values[0]) == 0);
+    /* a stop that never comes: the plain result, bit for bit */
+    memset(&cut, 0, sizeof cut);
+    CHECK(cks_perm_test_curtailed(40, recording_statistic, &cut, 77, 999, 999, CKS_ALT_GREATER, &r, NULL) == CKS_OK);
+    CHECK(!r.curtailed && r.permutations == 999 && r.p_value == full.p_value && r.null_sd == full.null_sd);
+    /* stop_after = max(ceil(alpha (T + 1)), 32), 0 when it could never come before T */
+    CHECK(cks_perm_stop_after(1e-3, 999) == 32);
+    CHECK(cks_perm_stop_after(0.05, 9999) == 500);
+    CHECK(cks_perm_stop_after(0.01, 9999) == 100);
+    CHECK(cks_perm_stop_after(1e-3, 19) == 0);
+    CHECK(cks_perm_stop_after(0, 999) == 0);
+}
+
+/* Under the null the curtailed p is valid: P(p <= u) <= u (Besag & Clifford 1991), checked over
+ * 4000 exchangeable data sets (the observed value is one more draw of the null). */
+static void perm_test_curtailed_valid_under_null(void)
+{
+    static const double levels[] = {0.05, 0.1, 0.25, 0.5};
+    size_t below[4] = {0}, runs = 4000, stopped = 0;
+    cks_rng rng;
+    cks_rng_seed(&rng, 2024);
+    for (size_t run = 0; run < runs; run++) {
+        double x[24], y[24];
+        const double *px = x, *py = y;
+        cks_perm_result r;
+        for (size_t i = 0; i < 24; i++) {
+            x[i] = cks_rng_normal(&rng);
+            y[i] = cks_rng_normal(&rng);
+        }
+        CHECK(cks_joint_pearson_perm_test_curtailed(&px, &py, 1, 24, 500 + run, 199, 8, CKS_ALT_GREATER, &r, NULL) ==
+              CKS_OK);
+        stopped += r.curtailed;
+        for (size_t l = 0; l < 4; l++)
+            below[l] += r.p_value <= levels[l];
+    }
+    CHECK_MSG(stopped > runs / 2, "only %zu of %zu runs stopped early", stopped, runs);
+    for (size_t l = 0; l < 4; l++) /* binomial sd at 4000 runs is <= 0.008: 3 sd of slack */
+        CHECK_MSG((double)below[l] / (double)runs <= levels[l] + 0.024, "P(p <= %.2f) = %.3f", levels[l],
+                  (double)below[l] / (double)runs);
+}
+
+/* Column norms of rotated vectors without rotating them: against rotating and summing squares. */
+static void rotation_column_norms_match_rotating(void)
+{
+    static const size_t sizes[] = {50, 300, 4096};
+    cks_rng rng;
+    cks_rng_seed(&rng, 31);
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s], count = 300;
+        float *x = malloc(count * n * sizeof *x), *y = malloc(count * n * sizeof *y);
+        double *ref = calloc(n, sizeof *ref), *got = malloc(n * sizeof *got), worst = 0;
+        cks_rotation rot;
+        CHECK(x && y && ref && got);
+        if (!x || !y || !ref || !got)
+            return;
+        for (size_t i = 0; i < count * n; i++)
+            x[i] = (float)cks_rng_normal(&rng);
+        memcpy(y, x, count * n * sizeof *y);
+        CHECK(cks_rotation_draw(&rng, n, &rot, NULL) == CKS_OK);
+        CHECK(cks_rotation_apply(&rot, y, count, NULL) == CKS_OK);
+        for (size_t v = 0; v < count; v++)
+            for (size_t j = 0; j < n; j++)
+                ref[j] += (double)y[v * n + j] * y[v * n + j];
+        CHECK(cks_rotation_column_norms2(&rot, x, count, got, NULL) == CKS_OK);
+        for (size_t j = 0; j < n; j++)
+            worst = fmax(worst, fabs(got[j] - ref[j]) / ref[j]);
+        CHECK_MSG(worst < 1e-4, "n = %zu: column norms off by %g (relative)", n, worst);
+        cks_rotation_release(&rot);
+        free(x);
+        free(y);
+        free(ref);
+        free(got);
+    }
+}
+
 TEST_MAIN(T(rng_matches_python_reference), T(orthogonal_matrices_are_haar), T(rotation_keeps_geometry_and_mixes_coordinates),
           T(median_and_ranks_exact), T(rng_bounded_and_permutations_are_uniform),
-          T(perm_test_counting_rules), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
+          T(perm_test_counting_rules), T(perm_test_curtailed_matches_counting),
+          T(perm_test_curtailed_valid_under_null), T(rotation_column_norms_match_rotating), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
           T(joint_column_test_matches_brute_force),
           T(equality_null_exact), T(equality_null_bf16_against_shuffles), T(holm_correction),
           T(normal_tail_and_z))
