@@ -11,7 +11,7 @@ bench/scale does; for the 40 ms rows bench/scale/link.py (one simulated access l
 
   whole     `ckptscope hash` of a remote 2 GiB single-file checkpoint (16 BF16 tensors of
             128 MiB, incompressible bytes), cold cache, against `curl -s URL | openssl dgst
-            -sha256` of the same blob: throughput ratio and ckptscope's peak RSS (wait4).
+            -sha256` of the same blob: throughput ratio and ckptscope's peak RSS (GNU time).
   scattered 500 tensors picked at random (fixed seed) from one 77 MB file of 2,000 tensors:
             `ckptscope fetch --tensors-from` (cold cache) on loopback against one `curl -K`
             process doing the same 502 ranges (the 8-byte length, the header, the 500 tensors)
@@ -109,17 +109,21 @@ def ck_env(cache, home, endpoint):
 
 
 def run_ck(argv, env, out=None):
-    """One ckptscope run: (wall, peak RSS MiB, cpu s); raises on a non-zero exit."""
+    """One ckptscope run: (wall, peak RSS MiB, cpu s); raises on a non-zero exit.
+    Peak RSS and CPU come from GNU time, not from this process's wait4: Linux carries the
+    high-water RSS across exec, so a child spawned by this (large) Python process would report
+    at least this process's size (180 MiB here, whatever ckptscope used)."""
+    rfile = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "out", "io-time.%d" % os.getpid())
     t0 = time.monotonic()
-    p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=open(out or os.devnull, "wb"),
-                         stderr=subprocess.PIPE)
-    err = p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", rfile, *argv], env=env, stdin=subprocess.DEVNULL,
+                       stdout=open(out or os.devnull, "wb"), stderr=subprocess.PIPE)
     wall = time.monotonic() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError("%s: exit %d\n%s" % (" ".join(argv), code, err.decode(errors="replace")[-2000:]))
-    return wall, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
+    if p.returncode != 0:
+        raise RuntimeError("%s: exit %d\n%s" % (" ".join(argv), p.returncode, p.stderr.decode(errors="replace")[-2000:]))
+    with open(rfile) as f:
+        kib, user, sys_s = f.read().split()[-3:]
+    os.unlink(rfile)
+    return wall, int(kib) / 1024.0, float(user) + float(sys_s)
 
 
 def blob_url(store, repo, path, base):
@@ -357,7 +361,7 @@ def render(args, res):
     L.append("Ratios are anchor time ÷ ckptscope time (above 1: ckptscope is faster). Each ckptscope run is a fresh "
              "process with an empty cache (`CKPTSCOPE_CACHE` in a scratch folder), so it includes the listing, the "
              "resolve redirect, the header and writing the bytes to its disk cache; the anchors write nothing. "
-             "Peak RSS is the kernel's (`wait4`).\n")
+             "Peak RSS and CPU are GNU time's (`/usr/bin/time -f %M`).\n")
     L.append("Commands (from the repository root):\n")
     L.append("```")
     L.append("/usr/bin/python3 bench/io/bench_io.py --bin %s --runs %d --big-mib %d" % (

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Whole-file remote reads stream with bounded memory (issue 15): `hash` of a 192 MiB Hub file
-(12 tensors of 16 MiB) through the fake Hub on 127.0.0.1, with and without the disk cache.
+(12 tensors of 16 MiB) through the fake Hub on 127.0.0.1, with and without the disk cache, and
+`verify --full` of the same file.
 
 Each case checks the tensor hashes against hashlib, the peak RSS of the process (wait4) against
 a bound the old read-ahead broke (it kept every window up to the 256 MiB memory cap: a 192 MiB
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -67,7 +69,7 @@ def make_file(path):
     return want, whole.hexdigest()
 
 
-def measured_run(hub, tmp, repo, cache):
+def measured_run(hub, tmp, repo, cache, command=("hash",)):
     """(exit, stdout, stderr, peak RSS MiB) with the child reaped by wait4 for its rusage."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "HF_ENDPOINT": hub.hub_url,
            "HF_HOME": os.path.join(tmp, "hf"), "XDG_CACHE_HOME": os.path.join(tmp, "xdg")}
@@ -77,7 +79,7 @@ def measured_run(hub, tmp, repo, cache):
         env["CKPTSCOPE_NO_CACHE"] = "1"
     out_path, err_path = os.path.join(tmp, "out.txt"), os.path.join(tmp, "err.txt")
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        p = subprocess.Popen([BIN, "hash", repo, "--json", "--quiet"], env=env, stdout=out, stderr=err,
+        p = subprocess.Popen([BIN, *command, repo, "--json", "--quiet"], env=env, stdout=out, stderr=err,
                              stdin=subprocess.DEVNULL)
         _, status, ru = os.wait4(p.pid, 0)
     with open(out_path, errors="replace") as f:
@@ -121,6 +123,12 @@ def main():
             cdn = [e for e in hub.log() if e["server"] == "cdn"]
             report(rc == 0 and hashes_of(out) == want and not cdn, "hash_remote_stream_verified_whole",
                    "exit %d, %d CDN requests on the rerun: %s" % (rc, len(cdn), err[-300:]))
+            # verify --full reads each file front to back through the same stream
+            rc, out, err, peak = measured_run(hub, tmp, "org/stream", None, ("verify", "--full"))
+            matched = re.search(r'"sha256_match":\s*true', out) is not None
+            report(rc == 0 and matched and peak <= PEAK_BOUND_MIB, "verify_full_remote_streams_bounded",
+                   "exit %d, sha256_match %s, peak RSS %.0f MiB (bound %d): %s"
+                   % (rc, matched, peak, PEAK_BOUND_MIB, err[-300:]))
             rc, out, err, _ = measured_run(hub, tmp, "org/stream-bad", None)
             report(rc == EXIT_FORMAT and "SHA-256" in err, "hash_remote_stream_bad_sha_fails",
                    "exit %d (want %d): %s" % (rc, EXIT_FORMAT, err[-300:]))
