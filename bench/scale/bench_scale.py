@@ -190,10 +190,19 @@ class Bench:
         n0 = os.path.getsize(self.nginx_log)
         stdout = open(os.path.join(self.work, name + ".stdout"), "wb")
         stderr = open(os.path.join(self.work, name + ".stderr"), "wb")
+        # Peak RSS from GNU time: Linux keeps the high-water RSS of the process that spawned a
+        # child across its exec, so wait4 here reported at least this Python process's size.
+        rss_file = os.path.join(self.work, name + ".rss")
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd or ROOT, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss_file, *argv], env=env, cwd=cwd or ROOT,
+                                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.monotonic() - t0
+        try:
+            with open(rss_file) as f:
+                peak_kib = int(f.read().split()[-1])
+        except (OSError, ValueError, IndexError):
+            peak_kib = ru.ru_maxrss
         proc.returncode = os.waitstatus_to_exitcode(status)
         stdout.close()
         stderr.close()
@@ -206,7 +215,7 @@ class Bench:
         wire = {k: {f: s1[k][f] - s0[k][f] for f in ("connections", "up_bytes", "down_bytes")} for k in ("hub", "cdn")}
         row = {"name": name, "argv": argv, "exit": proc.returncode, "wall_s": wall,
                "cpu_s": ru.ru_utime + ru.ru_stime, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
-               "peak_rss_mib": ru.ru_maxrss / 1024.0,
+               "peak_rss_mib": peak_kib / 1024.0,
                "wire_bytes": sum(wire[k]["up_bytes"] + wire[k]["down_bytes"] for k in wire),
                "down_bytes": sum(wire[k]["down_bytes"] for k in wire),
                "connections": sum(wire[k]["connections"] for k in wire),
