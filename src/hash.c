@@ -37,6 +37,8 @@ struct hash_job {
     void *progress_ctx;
     uint64_t total_bytes;
 
+    const size_t *order;    /* the order tensors are taken in (NULL: as given) */
+
     pthread_mutex_t lock;   /* guards everything below */
     size_t next;
     uint64_t done_bytes;
@@ -95,7 +97,8 @@ static void *hash_worker(void *arg)
             pthread_mutex_unlock(&job->lock);
             break;
         }
-        i = job->next++;
+        i = job->order ? job->order[job->next] : job->next;
+        job->next++;
         pthread_mutex_unlock(&job->lock);
         err = hash_one(job, job->tensors[i], buf, &job->out[i], &diag);
         if (err) {
@@ -112,13 +115,53 @@ static void *hash_worker(void *arg)
     return NULL;
 }
 
+struct placed {
+    size_t file;
+    uint64_t begin;
+    size_t index;
+};
+
+static int by_place(const void *a, const void *b)
+{
+    const struct placed *x = a, *y = b;
+    if (x->file != y->file)
+        return x->file < y->file ? -1 : 1;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* The tensors in file order (file, then offset), as indexes into `tensors`; NULL when out of
+ * memory (the given order then stands: slower, never wrong). */
+static size_t *file_order(const cks_ckpt_tensor *const *tensors, size_t n)
+{
+    struct placed *p = malloc((n ? n : 1) * sizeof *p);
+    size_t *order = malloc((n ? n : 1) * sizeof *order);
+    if (!p || !order) {
+        free(p);
+        free(order);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        p[i].file = tensors[i]->file;
+        p[i].begin = tensors[i]->info->begin;
+        p[i].index = i;
+    }
+    qsort(p, n, sizeof *p, by_place);
+    for (size_t i = 0; i < n; i++)
+        order[i] = p[i].index;
+    free(p);
+    return order;
+}
+
 cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *tensors, size_t n,
                          const cks_hash_opts *opts, cks_tensor_hash *out, cks_diag *diag)
 {
     struct hash_job job;
     pthread_t threads[MAX_THREADS];
     unsigned n_threads = opts && opts->threads ? opts->threads : 0, started = 0;
-    bool all_thread_safe = true;
+    bool all_thread_safe = true, any_sequential = false;
+    size_t *order = NULL;
 
     memset(&job, 0, sizeof job);
     job.ckpt = ckpt;
@@ -132,6 +175,8 @@ cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *ten
         job.total_bytes += tensors[i]->info->end - tensors[i]->info->begin;
         if (!ckpt->files[tensors[i]->file].source->thread_safe)
             all_thread_safe = false;
+        if (ckpt->files[tensors[i]->file].source->sequential)
+            any_sequential = true;
     }
     if (n_threads == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -142,6 +187,12 @@ cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *ten
     if (n_threads > n)
         n_threads = n ? (unsigned)n : 1;
     if (!all_thread_safe)
+        n_threads = 1;
+    /* A network stream: one reader in file order keeps the source's read-ahead a stream (two
+     * threads on tensors 128 MiB apart defeat it: each 4 MiB read then waits for its own
+     * request) and its memory to two windows. One core hashes faster than a link delivers,
+     * and the source's worker fetches, caches and checks the file on the other. */
+    if (any_sequential)
         n_threads = 1;
     /* whole files are checked before their bytes are used (a copy that fails is replaced by
      * the source: HF_HOME by the network, an old cached copy by a fresh one) */
@@ -168,6 +219,8 @@ cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *ten
             return job.err;
         }
     }
+    if (any_sequential)
+        job.order = order = file_order(tensors, n);
     pthread_mutex_init(&job.lock, NULL);
     if (n_threads == 1) {
         hash_worker(&job);
@@ -183,6 +236,7 @@ cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *ten
     pthread_mutex_destroy(&job.lock);
     for (size_t i = 0; i < n && !job.err; i++)
         out[i].unverified = cks_source_unverified(ckpt->files[tensors[i]->file].source);
+    free(order);
     if (job.err && diag)
         *diag = job.diag;
     return job.err;

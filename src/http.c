@@ -42,6 +42,7 @@
 #define ERROR_BODY_MAX 1024
 /* Signed URLs are refreshed this long before they expire, so a request never races it. */
 #define EXPIRY_MARGIN 30.0
+#define SPARE_EASY 64u
 
 struct cks_http {
     CURLM *multi;
@@ -70,6 +71,11 @@ struct cks_http {
     cks_http_stats stats;
     double last_progress;
     uint64_t rng;
+    /* Easy handles of finished transfers, reset and reused by the next ones: a new handle per
+     * request cost more than the request itself on loopback (500 scattered ranges: ~1 ms
+     * each against 0.25 ms for curl -K reusing one). At most SPARE_EASY are kept. */
+    CURL *spare[SPARE_EASY];
+    unsigned n_spare;
 };
 
 enum xkind { XK_SIMPLE, XK_RANGE };
@@ -405,6 +411,8 @@ void cks_http_free(cks_http *h)
 {
     if (!h)
         return;
+    while (h->n_spare > 0)
+        curl_easy_cleanup(h->spare[--h->n_spare]);
     if (h->multi)
         curl_multi_cleanup(h->multi);
     if (h->aux_multi)
@@ -703,6 +711,8 @@ static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
     } else {
         url = x->req->url;
     }
+    if (!x->easy && h->n_spare > 0)
+        x->easy = h->spare[--h->n_spare];
     if (!x->easy)
         x->easy = curl_easy_init();
     else
@@ -1228,6 +1238,10 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
                 finish_range(h, x, rc);
             if (x->done) {
                 n_done++;
+                if (x->easy && h->n_spare < SPARE_EASY) { /* for the next transfer */
+                    h->spare[h->n_spare++] = x->easy;
+                    x->easy = NULL;
+                }
                 if (x->err && stop_on_error) {
                     err = x->err;
                     if (diag)

@@ -33,8 +33,15 @@
  * parser finds in memory exactly what was prefetched: a small header costs one 4 KiB range,
  * a larger one that plus exactly the rest of the header, never tensor data. */
 #define HEADER_CHUNK CKS_ST_FIRST_READ
+/* Read-ahead windows of a stream (a file read front to back). Bytes a stream has read are
+ * dropped once the whole-file hash has them too (drop_consumed), so a stream holds about the
+ * window it reads plus the one in flight: with 64 MiB windows and nothing dropped before the
+ * 256 MiB memory cap, `hash` of a remote 2 GiB file peaked at 400-600 MiB RSS; with 8 MiB
+ * windows at 48 MiB (77 MiB with the disk cache, whose merge of adjacent extents copies up to
+ * 40 MiB), 16 MiB windows took 64 and 106 MiB. A window still outlasts a round trip at
+ * 1 Gbit/s (67 ms against 40), so the next one is on its way before this one is read. */
 #define READAHEAD_MIN (8u * 1024u * 1024u)
-#define READAHEAD_MAX (64u * 1024u * 1024u)
+#define READAHEAD_MAX (8u * 1024u * 1024u)
 #define MAX_SMALL_FILE (256u * 1024u * 1024u)
 
 struct extent {
@@ -953,6 +960,12 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     err = resolve_pending(r, srcs, np, diag);
     if (!err)
         err = cks_http_fetch(r->http, pieces, np, diag);
+    /* Into the cache before the lock is taken again: a cache write (an fsync per extent of
+     * 1 MiB or more) must not stop readers copying what memory holds. Still before the
+     * whole-file hash sees these bytes, so a hash that fails drops them from the cache after
+     * they were written (`net`, held here, keeps other fetches out meanwhile). */
+    for (size_t i = 0; i < np && !err && !refresh; i++)
+        cache_store(srcs[i], pieces[i].offset, pieces[i].dst, pieces[i].length);
     pthread_mutex_lock(&r->mu);
     if (err && cks_err_class_of(err) == CKS_CLASS_FORMAT)
         distrust_listing(r); /* a size or hash the servers contradict */
@@ -961,9 +974,10 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     for (size_t i = 0; i < np; i++) {
         struct rsrc *s = srcs[i];
         note_fetched(s, pieces[i].offset, pieces[i].length);
-        if (refresh)
+        if (refresh) {
             compare_with_cache(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
-        cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
+            cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
+        }
         sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
         pieces[i].dst = NULL; /* owned by the extent (or freed by add_extent) now */
@@ -1025,6 +1039,26 @@ static bool post_readahead(cks_remote *r, struct rsrc *s, uint64_t off, uint64_t
     r->bg_len = len;
     pthread_cond_signal(&r->bg_cv);
     return true;
+}
+
+/* A stream read [from, end): extents inside what it has read, which the whole-file hash has
+ * passed too, are not needed again by it (the disk cache keeps them; a reader that comes
+ * back refetches). Without this a stream held every window up to the memory cap. */
+static void drop_consumed(struct rsrc *s, uint64_t from, uint64_t end)
+{
+    uint64_t hashed = s->sha_state == SHA_RUNNING ? s->sha_next : UINT64_MAX;
+    uint64_t since = from > s->ahead ? from - s->ahead : 0; /* a window back: hash lag */
+    for (size_t i = 0; i < s->n_ext;) {
+        struct extent *e = &s->ext[i];
+        uint64_t e_end = e->off + e->len;
+        if (e_end > since && e_end <= end && e_end <= hashed) {
+            s->mem -= e->len;
+            free(e->data);
+            *e = s->ext[--s->n_ext];
+        } else {
+            i++;
+        }
+    }
 }
 
 static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t len,
@@ -1094,6 +1128,8 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
     }
     s->last_end = end;
+    if (streaming)
+        drop_consumed(s, offset, end);
     /* The read-ahead worker may have concluded the whole-file hash while this read waited
      * for the network: bytes of a file that failed its check are never handed out. */
     if (!err && s->sha_state == SHA_BAD)
@@ -1473,6 +1509,7 @@ static cks_err new_source(cks_remote *r, const char *path, uint64_t size, const 
     s->base.ops = &rsrc_ops;
     s->base.size = size;
     s->base.thread_safe = true;
+    s->base.sequential = true;
     s->path = strdup(path);
     if (r->repo) {
         if (asprintf(&s->base.name, "%s@%.12s/%s", r->repo->repo_id, r->repo->commit, path) < 0)

@@ -214,6 +214,7 @@ cks_err cks_report_track_reads(cks_ckpt *ckpt, cks_diag *diag)
         ts->base.ops = &track_ops;
         ts->base.size = inner->size;
         ts->base.thread_safe = inner->thread_safe;
+        ts->base.sequential = inner->sequential;
         memcpy(ts->base.sha256_hex, inner->sha256_hex, sizeof ts->base.sha256_hex);
         ts->inner = inner;
         /* opening the checkpoint already read the length prefix and the JSON header */

@@ -11,10 +11,14 @@
             after one header read per table, as sionic's compare_embeddings did. config.json,
             model.safetensors.index.json and (with rows) tokenizer.json are downloaded whole
             first, as hf_hub_download did.
+  pool      the competent peer (issue 15): the same tensors through a keep-alive connection
+            pool and 16 worker threads, each shard's redirect followed and its header read once
+            (what HfFileSystem, or a requests.Session shared by 16 workers, does).
   download  approach 5 (sionic's "Revisited" and hyunwoongko): download whole shards; with
             --max-bytes, stop each shard after that many bytes (the driver extrapolates).
 
     peers.py ranges --endpoint URL --items ITEMS.json --out OUT.json
+    peers.py pool --endpoint URL --items ITEMS.json [--workers 16] --out OUT.json
     peers.py download --endpoint URL --repo R --file F [--file F...] --tmp DIR [--max-bytes N] --out OUT.json
 
 ITEMS.json: {"tensors": [{"repo", "tensor", "kind"}...], "embed_rows": N, "embed_pair": [A, B]}
@@ -158,6 +162,114 @@ def cmd_ranges(args):
     return 0
 
 
+class Pool:
+    """A competent stdlib client: keep-alive connections, one per (thread, host), reused for
+    every request the thread makes (what a requests.Session per worker or HfFileSystem's
+    aiohttp pool gives), a redirect followed once per file and its target kept, and 16 workers
+    (concurrent.futures) issuing the ranges in parallel."""
+
+    def __init__(self, workers):
+        import concurrent.futures
+        import threading
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.ctr = Counter()
+        self.exe = concurrent.futures.ThreadPoolExecutor(workers)
+
+    def conn(self, u, fresh=False):
+        conns = self.local.__dict__.setdefault("conns", {})
+        key = (u.hostname, u.port or 80)
+        if fresh or key not in conns:
+            if key in conns:
+                conns[key].close()
+            conns[key] = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=180)
+            with self.lock:
+                self.ctr.connections += 1
+        return conns[key]
+
+    def request(self, url, rng=None):
+        """(status, headers, body) of one GET on this thread's keep-alive connection; a
+        connection the server closed meanwhile is reopened once."""
+        u = urllib.parse.urlsplit(url)
+        headers = {"Accept-Encoding": "identity", "User-Agent": "peer-pool/1"}
+        if rng:
+            headers["Range"] = "bytes=%d-%d" % rng
+        for attempt in (0, 1):
+            c = self.conn(u, fresh=attempt == 1)
+            try:
+                c.request("GET", u.path + ("?" + u.query if u.query else ""), headers=headers)
+                r = c.getresponse()
+                body = r.read()
+                break
+            except (http.client.HTTPException, ConnectionError):
+                if attempt:
+                    raise
+        with self.lock:
+            self.ctr.requests += 1
+            self.ctr.body += len(body)
+        return r.status, r, body
+
+    def get(self, url, rng=None):
+        """GET following redirects; returns (final url, body)."""
+        for _ in range(6):
+            status, r, body = self.request(url, rng)
+            if status in (301, 302, 303, 307, 308):
+                url = urllib.parse.urljoin(url, r.getheader("Location"))
+                continue
+            if status not in (200, 206):
+                raise RuntimeError("GET %s: HTTP %d" % (url, status))
+            return url, body
+        raise RuntimeError("too many redirects for %s" % url)
+
+    def map(self, fn, items):
+        return list(self.exe.map(fn, items))
+
+
+def cmd_pool(args):
+    """The thread-pool peer on the same items as `ranges`: small files, then one resolve and
+    one header read per shard (8 bytes, then the header), then every tensor's bytes, each
+    stage spread over the workers."""
+    with open(args.items) as f:
+        items = json.load(f)
+    pool = Pool(args.workers)
+    t_start = time.time()
+    repos = sorted({t["repo"] for t in items["tensors"]})
+
+    def small(job):
+        repo, name = job
+        return json.loads(pool.get(resolve_url(args.endpoint, repo, name))[1])
+
+    got = pool.map(small, [(r, n) for r in repos for n in ("config.json", "model.safetensors.index.json")])
+    index = {r: got[2 * i + 1]["weight_map"] for i, r in enumerate(repos)}
+    shards = sorted({(t["repo"], index[t["repo"]][t["tensor"]]) for t in items["tensors"]})
+
+    def head(job):
+        repo, f = job
+        url, raw = pool.get(resolve_url(args.endpoint, repo, f), (0, 7))  # the redirect, once
+        n = struct.unpack("<Q", raw)[0]
+        if n > 64 << 20:
+            raise RuntimeError("header too large")
+        return url, 8 + n, json.loads(pool.get(url, (8, 8 + n - 1))[1])
+
+    heads = dict(zip(shards, pool.map(head, shards)))
+
+    def tensor(t):
+        url, base, hdr = heads[(t["repo"], index[t["repo"]][t["tensor"]])]
+        a, b = hdr[t["tensor"]]["data_offsets"]
+        if len(pool.get(url, (base + a, base + b - 1))[1]) != b - a:
+            raise RuntimeError("short read for %s" % t["tensor"])
+        return b - a
+
+    tensor_bytes = sum(pool.map(tensor, items["tensors"]))
+    pool.exe.shutdown()
+    out = {"approach": "pool", "workers": args.workers, "seconds": time.time() - t_start,
+           "requests": pool.ctr.requests, "connections": pool.ctr.connections, "body_bytes": pool.ctr.body,
+           "tensor_bytes": tensor_bytes, "shards": len(shards), "tensors": len(items["tensors"])}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    return 0
+
+
 def cmd_download(args):
     files = []
     t_start = time.time()
@@ -187,6 +299,11 @@ def main():
     r.add_argument("--endpoint", required=True)
     r.add_argument("--items", required=True)
     r.add_argument("--out", required=True)
+    p = sub.add_parser("pool")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--items", required=True)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--out", required=True)
     d = sub.add_parser("download")
     d.add_argument("--endpoint", required=True)
     d.add_argument("--repo", required=True)
@@ -195,7 +312,7 @@ def main():
     d.add_argument("--max-bytes", type=int)
     d.add_argument("--out", required=True)
     args = ap.parse_args()
-    return cmd_ranges(args) if args.cmd == "ranges" else cmd_download(args)
+    return {"ranges": cmd_ranges, "pool": cmd_pool, "download": cmd_download}[args.cmd](args)
 
 
 if __name__ == "__main__":

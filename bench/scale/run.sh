@@ -7,7 +7,7 @@
 set -eu
 BUILD=${1:-build}
 cd "$(dirname "$0")/../.."
-scripts/deps.sh nginx
+scripts/deps.sh nginx time
 avail=$(df -Pk bench | awk 'NR==2 {print $4}')
 if [ ! -f bench/out/scale/hub/stamp.json ] && [ "$avail" -lt $((16 * 1024 * 1024)) ]; then
     echo "bench/scale: needs ~8 GB free for the sparse bench hub (+ one shard for the download test)" >&2

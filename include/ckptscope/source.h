@@ -64,6 +64,9 @@ struct cks_source {
     uint64_t size;     /* total file size in bytes */
     char *name;        /* what a person calls it: a path or repo/file@commit */
     bool thread_safe;  /* read_at may be called concurrently */
+    /* Reads in file order are what this source serves best (a network stream with bounded
+     * read-ahead): a reader of many tensors should take them in offset order, one at a time. */
+    bool sequential;
     /* Content identity when known (the Hub's LFS SHA-256 as 64 hex chars), else "". */
     char sha256_hex[65];
 };

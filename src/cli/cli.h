@@ -191,6 +191,10 @@ double cli_now(void);
 cks_err cli_check_globs(const cks_ckpt *const *ckpts, size_t n, char *const *globs, size_t n_globs,
                         cks_diag *diag);
 
+/* fnmatch(glob, name, 0) == 0, with a plain name (no * ? [ \\) compared as a string: a
+ * --tensors-from list of 500 names against 2,000 tensors spent 60 ms in fnmatch. */
+bool cli_glob_match(const char *glob, const char *name);
+
 /*
  * The tensors of `ckpt` whose names match any glob (all when n_globs == 0), in natural
  * name order ("layers.9" before "layers.10"). *out is malloc'd; *n may be 0.

@@ -2,7 +2,6 @@
  * src/cli/cli_args.c — the conventions a user brings: HF_HUB_OFFLINE, suggestions for a
  * mistyped command, option or tensor pattern, and errors that say which argument was wrong.
  */
-#include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -221,8 +220,10 @@ static size_t substring_distance(const char *pattern, const char *name)
 
 static bool glob_matches_any(const cks_ckpt *ckpt, const char *glob)
 {
+    bool plain = !strpbrk(glob, "*?[\\");
     for (size_t i = 0; i < ckpt->n_tensors; i++)
-        if (fnmatch(glob, ckpt->tensors[i].info->name, 0) == 0)
+        if (plain ? strcmp(glob, ckpt->tensors[i].info->name) == 0
+                  : cli_glob_match(glob, ckpt->tensors[i].info->name))
             return true;
     return false;
 }

@@ -383,6 +383,18 @@ static int natural_order(const void *a, const void *b)
     return strverscmp(x->info->name, y->info->name);
 }
 
+static int by_string(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+bool cli_glob_match(const char *glob, const char *name)
+{
+    if (!strpbrk(glob, "*?[\\"))
+        return strcmp(glob, name) == 0;
+    return fnmatch(glob, name, 0) == 0;
+}
+
 cks_err cli_select_tensors(const cks_ckpt *ckpt, char *const *globs, size_t n_globs,
                            const cks_ckpt_tensor ***out, size_t *n, cks_diag *diag)
 {
@@ -392,13 +404,35 @@ cks_err cli_select_tensors(const cks_ckpt *ckpt, char *const *globs, size_t n_gl
     *n = 0;
     if (!sel)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    /* plain names are looked up in a sorted copy, patterns tried one by one: 500 names of a
+     * --tensors-from list against 2,000 tensors were a million fnmatch calls (60 ms) */
+    char **plain = malloc((n_globs ? n_globs : 1) * sizeof *plain);
+    char **pattern = malloc((n_globs ? n_globs : 1) * sizeof *pattern);
+    size_t n_plain = 0, n_pattern = 0;
+    if (!plain || !pattern) {
+        free(plain);
+        free(pattern);
+        free(sel);
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    }
+    for (size_t g = 0; g < n_globs; g++) {
+        if (strpbrk(globs[g], "*?[\\"))
+            pattern[n_pattern++] = globs[g];
+        else
+            plain[n_plain++] = globs[g];
+    }
+    qsort(plain, n_plain, sizeof *plain, by_string);
     for (size_t i = 0; i < ckpt->n_tensors; i++) {
-        bool keep = n_globs == 0;
-        for (size_t g = 0; g < n_globs && !keep; g++)
-            keep = fnmatch(globs[g], ckpt->tensors[i].info->name, 0) == 0;
+        const char *name = ckpt->tensors[i].info->name;
+        bool keep = n_globs == 0 ||
+                    (n_plain && bsearch(&name, plain, n_plain, sizeof *plain, by_string));
+        for (size_t g = 0; g < n_pattern && !keep; g++)
+            keep = fnmatch(pattern[g], name, 0) == 0;
         if (keep)
             sel[count++] = &ckpt->tensors[i];
     }
+    free(plain);
+    free(pattern);
     qsort(sel, count, sizeof *sel, natural_order);
     *out = sel;
     *n = count;
