@@ -850,7 +850,7 @@ static cks_err add_cand(gather *g, const char *path, const cks_fplib *lib, size_
         if (asprintf(&c->path, "%s#%s", lib->path, lib->entries[lib_index].name) < 0)
             c->path = NULL;
     } else {
-        c->path = strdup(path);
+        c->path = path ? strdup(path) : NULL; /* NULL: out of memory below */
     }
     if (!c->path)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
