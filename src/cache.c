@@ -15,6 +15,7 @@
  *      that a live process pinned (flock LOCK_SH on the key's pin file).
  */
 #include "ckptscope/cache.h"
+#include "ckptscope/hash.h"
 #include "cache_internal.h"
 
 #include <dirent.h>
@@ -183,30 +184,6 @@ static int64_t now_seconds(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec;
-}
-
-static bool is_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')))
-            return false;
-    }
-    return true;
-}
-
-static void sha256_hex(const void *data, size_t len, char out[65])
-{
-    unsigned char md[32];
-    unsigned int mdlen = 0;
-    static const char hx[] = "0123456789abcdef";
-    if (!EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32)
-        memset(md, 0, sizeof md);
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = hx[md[i] >> 4];
-        out[2 * i + 1] = hx[md[i] & 15];
-    }
-    out[64] = '\0';
 }
 
 static void add_note(cks_cache *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -477,9 +454,9 @@ bool cks_cache_key_valid(const char *key)
     if (n > MAX_KEY_LEN)
         return false;
     if (strncmp(key, "sha256:", 7) == 0)
-        return n == 7 + 64 && is_hex(key + 7, 64);
+        return n == 7 + 64 && cks_hex_span(key + 7, 64, false);
     if (strncmp(key, "git:", 4) == 0) {
-        if (n < 4 + 40 + 2 || !is_hex(key + 4, 40) || key[44] != ':')
+        if (n < 4 + 40 + 2 || !cks_hex_span(key + 4, 40, false) || key[44] != ':')
             return false;
         for (size_t i = 45; i < n; i++)
             if ((unsigned char)key[i] < 0x20)
@@ -500,7 +477,7 @@ static void key_dirname(const char *key, char out[67])
         out[66] = '\0';
     } else {
         char h[65];
-        sha256_hex(key, strlen(key), h);
+        cks_sha256_hex(key, strlen(key), h);
         out[0] = 'g';
         out[1] = '-';
         memcpy(out + 2, h, 65);
@@ -528,7 +505,7 @@ static bool parse_extent_name(const char *s, uint64_t *off, uint64_t *len)
 {
     if (strlen(s) != 2 + 16 + 1 + 16 || s[0] != 'x' || s[1] != '-' || s[18] != '-')
         return false;
-    if (!is_hex(s + 2, 16) || !is_hex(s + 19, 16))
+    if (!cks_hex_span(s + 2, 16, false) || !cks_hex_span(s + 19, 16, false))
         return false;
     *off = strtoull(s + 2, NULL, 16);
     *len = strtoull(s + 19, NULL, 16);
@@ -2203,7 +2180,7 @@ static char *meta_path(const cks_cache *c, const char *ns, const char *key)
     memcpy(buf, ns, nl);
     buf[nl] = '\0';
     memcpy(buf + nl + 1, key, kl);
-    sha256_hex(buf, nl + 1 + kl, h);
+    cks_sha256_hex(buf, nl + 1 + kl, h);
     free(buf);
     if (asprintf(&p, "%s/meta/%s/%s", c->dir, ns, h) < 0)
         return NULL;
@@ -2670,8 +2647,7 @@ static cks_err hash_locked(cks_cache *c, keyent *k, uint64_t size, char hex[65],
         pos += n;
     }
     EVP_DigestFinal_ex(md, dg, &dl);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", dg[i]);
+    cks_hex_encode(dg, 32, hex);
     *whole = true;
 out:
     EVP_MD_CTX_free(md);

@@ -135,9 +135,8 @@ typedef struct cli_option {
 int cli_parse_options(const char *cmd, int argc, char **argv, const cli_option *table, cli_opts *opts,
                       const char *help);
 
-/* --tensor GLOB: append arg to globs (room for max); false, after a usage message, when full. */
+/* At most this many --tensor GLOB patterns (a cli_list of them). */
 #define CLI_MAX_GLOBS 64
-bool cli_add_glob(const char *cmd, char **globs, size_t *n, const char *arg);
 
 /* "2G", "512M", "1.5GiB", "1000000" → bytes; false on nonsense. */
 bool cli_parse_size(const char *text, uint64_t *out);

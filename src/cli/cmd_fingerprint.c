@@ -209,7 +209,7 @@ static int run_one(const char *spec, const char *output, const cli_opts *opts, c
     {
         char stage[300];
         snprintf(stage, sizeof stage, "fingerprint: reading %.270s", spec);
-        cli_progress_stage(opts, stage, bo.budget ? bo.budget : (384ull << 20));
+        cli_progress_stage(opts, stage, bo.budget ? bo.budget : CKS_DEFAULT_BUDGET_BYTES);
     }
     err = cks_fingerprint_build(&model, &bo, &fp, &diag);
     cli_progress_stage(opts, NULL, 0);
