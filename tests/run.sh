@@ -10,8 +10,9 @@
 #          check  everything but the long tier below (make check: under a minute alone)
 #          long   only the long tier
 #   CKS_TEST_JOBS     programs run at once (default: nproc)
-#   CKS_TEST_TIMEOUT  seconds one program may run before it is killed and failed (default 900;
-#                     the slowest program, test_slurm.py, takes 31-57 s alone and ~3 min under ASan)
+#   CKS_TEST_TIMEOUT  seconds one program may run before it is killed and failed (default 1200,
+#                     doubled when CKS_SANITIZED=1: the slowest program, test_fingerprint_wide.py,
+#                     took 187 s alone and 692 s next to other helpers' test-san runs at a load of 9)
 #   CKS_TEST_ONLY     run only programs whose label contains this string
 #
 # Programs run in parallel, the long ones first (so the short ones fill the other cores while they
@@ -26,7 +27,7 @@ cd "$ROOT"
 export CKS_BIN="$ROOT/$BUILD/ckptscope" CKS_BUILD="$ROOT/$BUILD" CKS_ROOT="$ROOT"
 export CKS_REALDATA="${CKS_REALDATA:-$ROOT/../shared/realdata}"
 JOBS=${CKS_TEST_JOBS:-$(nproc 2>/dev/null || echo 2)}
-LIMIT=${CKS_TEST_TIMEOUT:-900}
+LIMIT=${CKS_TEST_TIMEOUT:-$([ "${CKS_SANITIZED:-0}" = 1 ] && echo 2400 || echo 1200)}
 ONLY=${CKS_TEST_ONLY:-}
 case "$TIER" in all|check|long) ;; *) echo "tests/run.sh: unknown tier '$TIER' (all, check or long)" >&2; exit 2 ;; esac
 case "$JOBS" in ''|*[!0-9]*|0) echo "tests/run.sh: CKS_TEST_JOBS must be a whole number >= 1, not '$JOBS'" >&2; exit 2 ;; esac
