@@ -82,8 +82,17 @@ start_one() {  # index: run program number index in the background, its results 
         started=$SECONDS
         # timeout puts the program in its own process group and signals the whole group, so a
         # fake Hub or a Slurm daemon the program started goes too; KILL 10 s after TERM
-        timeout --kill-after=10 "$LIMIT" "${cmd[@]}" >"$LOG/$i.out" 2>"$LOG/$i.err" </dev/null
+        timeout --kill-after=10 "$LIMIT" "${cmd[@]}" >"$LOG/$i.out" 2>"$LOG/$i.err" </dev/null &
+        group=$!
+        wait "$group"
         rc=$?
+        # what the program left running in its group (a fake Hub it did not stop) goes too, so
+        # it cannot hold a port or a core while the next programs run
+        if pgrep -g "$group" >/dev/null 2>&1; then
+            pgrep -g "$group" -a | sed 's/^/    left running: /' >>"$LOG/$i.err"
+            echo "note: it left processes running; they were killed" >>"$LOG/$i.note"
+            kill -KILL -- "-$group" 2>/dev/null
+        fi
         echo $((SECONDS - started)) >"$LOG/$i.took"
         echo $rc >"$LOG/$i.rc.part" && mv "$LOG/$i.rc.part" "$LOG/$i.rc"  # whole, or not there
     ) &
@@ -97,6 +106,7 @@ report_one() {  # index: print the block of a finished program and add its count
     rc=$(cat "$LOG/$i.rc") took=$(cat "$LOG/$i.took")
     p=$(grep -c '^PASS ' "$out"); f=$(grep -c '^FAIL ' "$out"); s=$(grep -c '^SKIP ' "$out")
     grep -E '^(FAIL|SKIP) ' "$out" | sed "s|^|[$label] |"
+    [ -f "$LOG/$i.note" ] && sed "s|^|[$label] |" "$LOG/$i.note"
     if [ "$f" -gt 0 ] || [ "$rc" -ne 0 ]; then
         sed 's/^/    /' "$err" | tail -n 40
     fi
