@@ -15,7 +15,7 @@
  *      that a live process pinned (flock LOCK_SH on the key's pin file).
  */
 #include "ckptscope/cache.h"
-#include "ckptscope/hash.h"
+#include "ckptscope/hex.h"
 #include "cache_internal.h"
 
 #include <dirent.h>

@@ -7,7 +7,7 @@
  * regular file is a complete file; we still refuse anything that escapes the repo folder.
  */
 #include "ckptscope/cache.h"
-#include "ckptscope/hash.h"
+#include "ckptscope/hex.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -4,7 +4,7 @@
  * is exactly what the remote source used the first time.
  */
 #include "ckptscope/cache_hub.h"
-#include "ckptscope/hash.h"
+#include "ckptscope/hex.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>

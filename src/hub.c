@@ -2,7 +2,7 @@
  * hub.c — the Hugging Face Hub client. Contract in include/ckptscope/hub.h; the protocol as
  * observed is in research/hub-protocol.md §A (section numbers below refer to it).
  */
-#include "ckptscope/hash.h"
+#include "ckptscope/hex.h"
 #include "ckptscope/hub.h"
 
 #include <cjson/cJSON.h>

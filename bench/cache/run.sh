@@ -10,7 +10,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/cks-bench-cache-XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 # The cache code alone, optimised as `make bench` builds it (OPT=-O3).
 gcc -O3 -g -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c src/cache.c \
-    src/cache_crc.c src/cache_hf.c src/error.c -lcrypto -lzstd -lm -pthread -o "$WORK/bench_cache"
+    src/cache_crc.c src/cache_hf.c src/hex.c src/error.c -lcrypto -lzstd -lm -pthread -o "$WORK/bench_cache"
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 OUT=$("$WORK/bench_cache" "$WORK" "$MIB")
 if [ -x "$BUILD/ckptscope" ]; then

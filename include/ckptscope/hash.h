@@ -45,14 +45,7 @@ typedef struct cks_hash_opts {
 cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *tensors, size_t n,
                          const cks_hash_opts *opts, cks_tensor_hash *out, cks_diag *diag);
 
-/* SHA-256 of a buffer as lowercase hex (65 bytes with the NUL). */
-void cks_sha256_hex(const void *data, size_t len, char hex[65]);
-/* The one hex helper of the library (hash.c): n bytes as 2n lowercase digits and a NUL; */
-void cks_hex_encode(const uint8_t *bytes, size_t n, char *hex_out);
-/* s is exactly n lowercase hex digits (a SHA-256 is 64, a git commit 40); NULL is not; */
-bool cks_is_lower_hex(const char *s, size_t n);
-/* the first n characters of s are hex digits, lowercase only unless any_case (what follows is
- * not looked at: a key with a hash inside it). */
-bool cks_hex_span(const char *s, size_t n, bool any_case);
+/* cks_sha256_hex and cks_hex_encode live in ckptscope/hex.h (the one hex helper). */
+#include "ckptscope/hex.h"
 
 #endif

@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 #include "check.h"
-#include "ckptscope/hash.h"
+#include "ckptscope/hex.h"
 #include "ckptscope/text.h"
 
 static void test_human_bytes_fixed_and_adaptive(void)
