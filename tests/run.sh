@@ -88,6 +88,8 @@ start_one() {  # index: run program number index in the background, its results 
         rc=$?
         # what the program left running in its group (a fake Hub it did not stop) goes too, so
         # it cannot hold a port or a core while the next programs run
+        # (a moment's grace first: a process substitution's last reader may still be exiting)
+        pgrep -g "$group" >/dev/null 2>&1 && sleep 0.5
         if pgrep -g "$group" >/dev/null 2>&1; then
             pgrep -g "$group" -a | sed 's/^/    left running: /' >>"$LOG/$i.err"
             echo "note: it left processes running; they were killed" >>"$LOG/$i.note"
