@@ -88,9 +88,10 @@ start_one() {  # index: run program number index in the background, its results 
         rc=$?
         # what the program left running in its group (a fake Hub it did not stop) goes too, so
         # it cannot hold a port or a core while the next programs run
-        # (a moment's grace first: a process substitution's last reader may still be exiting)
-        pgrep -g "$group" >/dev/null 2>&1 && sleep 0.5
-        if pgrep -g "$group" >/dev/null 2>&1; then
+        # (zombies do not count: a process substitution's sed is left defunct for init to reap)
+        alive() { local p; for p in $(pgrep -g "$group"); do ps -o stat= -p "$p" | grep -qv '^Z' && return 0; done; return 1; }
+        alive && sleep 0.5
+        if alive; then
             pgrep -g "$group" -a | sed 's/^/    left running: /' >>"$LOG/$i.err"
             echo "note: it left processes running; they were killed" >>"$LOG/$i.note"
             kill -KILL -- "-$group" 2>/dev/null
