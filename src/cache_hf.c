@@ -7,6 +7,7 @@
  * regular file is a complete file; we still refuse anything that escapes the repo folder.
  */
 #include "ckptscope/cache.h"
+#include "ckptscope/hex.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -15,16 +16,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static bool hex40(const char *s)
-{
-    if (strlen(s) != 40)
-        return false;
-    for (int i = 0; i < 40; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
 
 /* A repo-relative path we are willing to join: no "..", no absolute, no empty segments. */
 static bool safe_rel_path(const char *p, bool allow_slash)
@@ -125,7 +116,7 @@ cks_err cks_cache_hf_lookup(const char *hf_home, const char *repo_type, const ch
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if (!hex40(commit)) {
+    if (!cks_is_lower_hex(commit, 40)) {
         /* a branch or tag: refs/<rev> holds the commit (no newline) */
         if (asprintf(&ref, "%s/refs/%s", repo_dir, commit) < 0) {
             ref = NULL;
@@ -137,7 +128,7 @@ cks_err cks_cache_hf_lookup(const char *hf_home, const char *repo_type, const ch
             goto out;
         size_t n = fread(commit_buf, 1, 40, f);
         commit_buf[n] = '\0';
-        if (n != 40 || !hex40(commit_buf))
+        if (n != 40 || !cks_is_lower_hex(commit_buf, 40))
             goto out;
         commit = commit_buf;
     }
@@ -187,16 +178,6 @@ struct snap_walk {
     bool nomem;
 };
 
-static bool hex_only(const char *s, size_t n)
-{
-    if (strlen(s) != n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
-
 /* One snapshot entry: a symlink to ../../blobs/<etag>, complete (blobs are renamed into place
  * only when whole). Its etag is the LFS SHA-256 (64 hex) or the git blob id (40 hex). */
 static void snap_add(struct snap_walk *w, const char *full, const char *rel)
@@ -229,10 +210,10 @@ static void snap_add(struct snap_walk *w, const char *full, const char *rel)
     f->size = (uint64_t)st.st_size;
     f->size_known = true;
     blob = strrchr(real, '/') + 1;
-    if (hex_only(blob, 64)) {
+    if (cks_is_lower_hex(blob, 64)) {
         f->lfs = true;
         memcpy(f->sha256, blob, 65);
-    } else if (hex_only(blob, 40)) {
+    } else if (cks_is_lower_hex(blob, 40)) {
         memcpy(f->blob_id, blob, 41);
     }
     w->n++;
@@ -303,7 +284,7 @@ cks_err cks_cache_hf_repo(const char *hf_home, cks_repo_type type, const char *r
         }
     }
     *w_at = '\0';
-    if (hex_only(rev, 40)) {
+    if (cks_is_lower_hex(rev, 40)) {
         memcpy(commit, rev, 41);
     } else {
         size_t n;
@@ -317,7 +298,7 @@ cks_err cks_cache_hf_repo(const char *hf_home, cks_repo_type type, const char *r
             goto out;
         n = fread(commit, 1, 40, f);
         commit[n] = '\0';
-        if (n != 40 || !hex_only(commit, 40))
+        if (n != 40 || !cks_is_lower_hex(commit, 40))
             goto out;
     }
     if (asprintf(&snap, "%s/snapshots/%s", repo_dir, commit) < 0) {

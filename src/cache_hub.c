@@ -4,6 +4,7 @@
  * is exactly what the remote source used the first time.
  */
 #include "ckptscope/cache_hub.h"
+#include "ckptscope/hex.h"
 
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -14,16 +15,6 @@
 #define REPO_NS "repo"
 #define REPO_FORMAT 1
 #define MAX_REPO_FILES 1000000
-
-static bool hex_n(const char *s, size_t n)
-{
-    if (!s || strlen(s) != n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
 
 static char *repo_key(const char *endpoint, cks_repo_type type, const char *repo_id,
                       const char *revision)
@@ -38,7 +29,7 @@ static char *repo_key(const char *endpoint, cks_repo_type type, const char *repo
 static bool copy_hex(const cJSON *o, const char *name, char *dst, size_t n)
 {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!cJSON_IsString(j) || (*j->valuestring && !hex_n(j->valuestring, n)))
+    if (!cJSON_IsString(j) || (*j->valuestring && !cks_is_lower_hex(j->valuestring, n)))
         return false;
     memcpy(dst, j->valuestring, strlen(j->valuestring) + 1);
     return true;
@@ -123,7 +114,7 @@ cks_err cks_cache_repo_get(cks_cache *c, const char *endpoint, cks_repo_type typ
     }
     /* a commit never moves; a branch or tag does. Offline, the last answer is the only one:
      * an expired listing still answers (as huggingface_hub's offline mode reads refs/). */
-    int64_t ttl = hex_n(revision, 40) || cks_cache_offline(c) ? -1 : cks_cache_revision_ttl(c);
+    int64_t ttl = cks_is_lower_hex(revision, 40) || cks_cache_offline(c) ? -1 : cks_cache_revision_ttl(c);
     err = cks_cache_meta_get(c, REPO_NS, key, ttl, &data, &len, &h, diag);
     if (err || !h)
         goto out;

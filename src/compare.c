@@ -9,14 +9,15 @@
 #include <string.h>
 
 #include "ckptscope/cka.h"
+#include "ckptscope/defaults.h"
 #include "ckptscope/lap.h"
 #include "ckptscope/layers.h"
 #include "ckptscope/metrics.h"
 #include "ckptscope/stats.h"
 #include "compare_internal.h"
 
-#define DEFAULT_BUDGET (384ull << 20)
-#define DEFAULT_SEED 20260128ull
+#define DEFAULT_BUDGET CKS_DEFAULT_BUDGET_BYTES
+#define DEFAULT_SEED CKS_DEFAULT_SEED
 #define DEFAULT_ALPHA 1e-3
 #define DEFAULT_PERMUTATIONS 9999u
 #define MAX_CROSS_DIM 8192u   /* T3's d x d cross matrix: 256 MiB of floats at most */

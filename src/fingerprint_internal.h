@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ckptscope/defaults.h"
 #include "ckptscope/fingerprint.h"
 #include "ckptscope/tokenizer.h"
 #include "compare_internal.h"
@@ -34,8 +35,8 @@ cks_err fp_embed_quantise(cks_fingerprint *fp);
 void fp_sync_parent(const char *path);
 
 /* compare's defaults, which a fingerprint is built with unless told otherwise */
-#define FP_COMPARE_BUDGET (384ull << 20)
-#define FP_COMPARE_SEED 20260128ull
+#define FP_COMPARE_BUDGET CKS_DEFAULT_BUDGET_BYTES
+#define FP_COMPARE_SEED CKS_DEFAULT_SEED
 
 /* ---- hooks called from compare's loaders (compare_data.c, compare_embed.c) ---- */
 

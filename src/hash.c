@@ -9,24 +9,6 @@
 #define DEFAULT_CHUNK (4u * 1024u * 1024u)
 #define MAX_THREADS 8u
 
-void cks_hex_encode(const uint8_t *bytes, size_t n, char *hex_out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        hex_out[2 * i] = digits[bytes[i] >> 4];
-        hex_out[2 * i + 1] = digits[bytes[i] & 15];
-    }
-    hex_out[2 * n] = '\0';
-}
-
-void cks_sha256_hex(const void *data, size_t len, char hex[65])
-{
-    uint8_t digest[32];
-    unsigned int dlen = 0;
-    EVP_Digest(data, len, digest, &dlen, EVP_sha256(), NULL);
-    cks_hex_encode(digest, 32, hex);
-}
-
 struct hash_job {
     const cks_ckpt *ckpt;
     const cks_ckpt_tensor *const *tensors;

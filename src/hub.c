@@ -2,6 +2,7 @@
  * hub.c — the Hugging Face Hub client. Contract in include/ckptscope/hub.h; the protocol as
  * observed is in research/hub-protocol.md §A (section numbers below refer to it).
  */
+#include "ckptscope/hex.h"
 #include "ckptscope/hub.h"
 
 #include <cjson/cJSON.h>
@@ -48,24 +49,6 @@ __attribute__((format(printf, 1, 2))) static char *xasprintf(const char *fmt, ..
         s = NULL;
     va_end(ap);
     return s;
-}
-
-static bool is_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isxdigit((unsigned char)s[i]))
-            return false;
-    return s[n] == '\0';
-}
-
-static bool is_lower_hex(const char *s, size_t n)
-{
-    if (strlen(s) != n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!(isdigit((unsigned char)s[i]) || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
 }
 
 char *cks_hub_quote(const char *s, bool keep_slash)
@@ -769,7 +752,7 @@ static cks_err parse_listing(const char *body, size_t len, cks_hub_repo *repo, c
         goto out;
     }
     sha = cJSON_GetObjectItemCaseSensitive(root, "sha");
-    if (!cJSON_IsString(sha) || !is_lower_hex(sha->valuestring, 40)) {
+    if (!cJSON_IsString(sha) || !cks_is_lower_hex(sha->valuestring, 40)) {
         err = cks_fail(diag, CKS_ERR_HTTP, "%s: the Hub's listing has no commit id (\"sha\")", what);
         goto out;
     }
@@ -822,13 +805,13 @@ static cks_err parse_listing(const char *body, size_t len, cks_hub_repo *repo, c
         }
         repo->n_files++;
         f->size_known = json_u64(size, &f->size);
-        if (cJSON_IsString(blob) && is_lower_hex(blob->valuestring, 40))
+        if (cJSON_IsString(blob) && cks_is_lower_hex(blob->valuestring, 40))
             memcpy(f->blob_id, blob->valuestring, 41);
         if (cJSON_IsObject(lfs)) {
             const cJSON *h = cJSON_GetObjectItemCaseSensitive(lfs, "sha256");
             const cJSON *ls = cJSON_GetObjectItemCaseSensitive(lfs, "size");
             f->lfs = true;
-            if (cJSON_IsString(h) && is_lower_hex(h->valuestring, 64))
+            if (cJSON_IsString(h) && cks_is_lower_hex(h->valuestring, 64))
                 memcpy(f->sha256, h->valuestring, 65);
             uint64_t v;
             if (json_u64(ls, &v)) {
@@ -1007,7 +990,7 @@ cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
     if (err)
         goto out;
     /* A commit asked for by id must come back as itself. */
-    if (is_hex(revision, 40) && strcasecmp(revision, repo->commit) != 0) {
+    if (cks_hex_span(revision, 40, true) && revision[40] == '\0' && strcasecmp(revision, repo->commit) != 0) {
         err = cks_fail(diag, CKS_ERR_REVISION_NOT_FOUND, "%s: the Hub resolved commit %s to %s",
                        what, revision, repo->commit);
         goto out;
@@ -1116,9 +1099,9 @@ static cks_err take_resolution(cks_hub *hub, const cks_http_response *r, const c
         out->size_known = true;
     }
     normalize_etag(r->x_linked_etag[0] ? r->x_linked_etag : "", etag, sizeof etag);
-    if (is_lower_hex(etag, 64))
+    if (cks_is_lower_hex(etag, 64))
         memcpy(out->sha256, etag, 65);
-    if (is_lower_hex(r->x_repo_commit, 40))
+    if (cks_is_lower_hex(r->x_repo_commit, 40))
         memcpy(out->commit, r->x_repo_commit, 41);
     out->url = strdup(url);
     if (!out->url) {

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "ckptscope/report.h"
+#include "ckptscope/text.h"
 
 /* ------------------------------------------------------------------ read tracking */
 
@@ -272,20 +273,10 @@ static void esc(FILE *f, const char *s)
     }
 }
 
+/* three significant digits in the tables ("1.46 GiB") */
 static const char *human_bytes(uint64_t bytes, char *buf, size_t size)
 {
-    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-    double v = (double)bytes;
-    int u = 0;
-    while (v >= 1024.0 && u < 5) {
-        v /= 1024.0;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, size, "%" PRIu64 " B", bytes);
-    else
-        snprintf(buf, size, "%.*f %s", v < 10 ? 2 : v < 100 ? 1 : 0, v, units[u]);
-    return buf;
+    return cks_human_bytes(bytes, -1, buf, size);
 }
 
 /* A number for a table cell; a dash for "not applicable". */
@@ -309,18 +300,10 @@ static void pval(FILE *f, double p)
         fprintf(f, "%.3g", p);
 }
 
+/* The verdict's name (cks_verdict_name, one list of names) as a title: "not derived" */
 static const char *verdict_title(cks_verdict v)
 {
-    switch (v) {
-    case CKS_VERDICT_IDENTICAL:
-        return "identical";
-    case CKS_VERDICT_DERIVED:
-        return "derived";
-    case CKS_VERDICT_NOT_DERIVED:
-        return "not derived";
-    default:
-        return "inconclusive";
-    }
+    return v == CKS_VERDICT_NOT_DERIVED ? "not derived" : cks_verdict_name(v);
 }
 
 static const char *verdict_gloss(cks_verdict v)

@@ -45,8 +45,7 @@ typedef struct cks_hash_opts {
 cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *tensors, size_t n,
                          const cks_hash_opts *opts, cks_tensor_hash *out, cks_diag *diag);
 
-/* SHA-256 of a buffer as lowercase hex (65 bytes with the NUL). */
-void cks_sha256_hex(const void *data, size_t len, char hex[65]);
-void cks_hex_encode(const uint8_t *bytes, size_t n, char *hex_out);
+/* cks_sha256_hex and cks_hex_encode live in ckptscope/hex.h (the one hex helper). */
+#include "ckptscope/hex.h"
 
 #endif

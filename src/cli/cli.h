@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "ckptscope/checkpoint.h"
+#include "ckptscope/defaults.h"
 #include "ckptscope/error.h"
 #include "ckptscope/hash.h"
 
@@ -93,9 +94,49 @@ const char *cli_nearest(const char *word, const char *const *candidates, size_t 
  */
 int cli_common_option(int opt, const char *arg, cli_opts *opts);
 
-/* --tensor GLOB: append arg to globs (room for max); false, after a usage message, when full. */
+/*
+ * One option parser for every command (cli_options.c). A command lists its own options in a
+ * table ending with {.kind = CLI_END}; cli_parse_options adds the common options above and
+ * -h/--help (printing `help`), runs getopt_long, checks and stores every value, and returns
+ * CLI_GO_ON with optind at the first operand, or the exit code to return at once (EXIT_OK after
+ * --help, EXIT_USAGE after a message that names the option and, for numbers, the allowed range).
+ */
+typedef enum cli_kind {
+    CLI_END = 0,
+    CLI_FLAG,   /* bool *dest = true */
+    CLI_TEXT,   /* const char **dest = the value; with `what`, a value that is an option is refused */
+    CLI_LIST,   /* cli_list *dest gets the value appended (repeatable, at most list->max) */
+    CLI_WHOLE,  /* a whole number of digits only, min..max (max 0: the type's largest) */
+    CLI_SIZE,   /* a size ("384M", "1G", cli_parse_size), min..max bytes (max 0: none); `what`: examples */
+    CLI_REAL,   /* double *dest, strictly between lo and hi */
+    CLI_CALL,   /* call(cmd, value, dest): CLI_GO_ON, or the exit code after its own message */
+} cli_kind;
+#define CLI_GO_ON (-1)
+
+typedef struct cli_list {
+    const char **items;
+    size_t n, max;
+    const char *what; /* "models": "at most 8 --control models" */
+} cli_list;
+
+typedef struct cli_option {
+    const char *name;    /* long name without "--"; NULL for a short-only option (-j) */
+    int short_name;      /* 'o' for -o, or 0 */
+    cli_kind kind;
+    void *dest;
+    size_t width;        /* CLI_WHOLE, CLI_SIZE: sizeof *dest, 4 or 8 (CLI_DEST sets it) */
+    uint64_t min, max;   /* CLI_WHOLE, CLI_SIZE */
+    double lo, hi;       /* CLI_REAL */
+    const char *what;
+    int (*call)(const char *cmd, const char *value, void *dest);
+} cli_option;
+#define CLI_DEST(lvalue) .dest = &(lvalue), .width = sizeof(lvalue)
+
+int cli_parse_options(const char *cmd, int argc, char **argv, const cli_option *table, cli_opts *opts,
+                      const char *help);
+
+/* At most this many --tensor GLOB patterns (a cli_list of them). */
 #define CLI_MAX_GLOBS 64
-bool cli_add_glob(const char *cmd, char **globs, size_t *n, const char *arg);
 
 /* "2G", "512M", "1.5GiB", "1000000" → bytes; false on nonsense. */
 bool cli_parse_size(const char *text, uint64_t *out);

@@ -51,7 +51,6 @@ static const char cache_help[] =
     "  ckptscope cache prune --max 50G\n"
     "  ckptscope cache ls --json | jq '.entries[] | select(.kind == \"file\")'\n";
 
-enum { OPT_MAX = 0x2000, OPT_REPAIR, OPT_ENTRIES };
 
 static void iso_time(int64_t t, char *buf, size_t n)
 {
@@ -415,41 +414,25 @@ static int do_clear(cks_cache *c, const cli_opts *o)
 
 int cks_cmd_cache(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"max", required_argument, NULL, OPT_MAX},
-                                             {"repair", no_argument, NULL, OPT_REPAIR},
-                                             {"entries", no_argument, NULL, OPT_ENTRIES},
-                                             CLI_COMMON_LONGOPTS,
-                                             {0}};
     cli_opts opts = {0};
-    uint64_t max = 0;
+    uint64_t max = UINT64_MAX; /* not given */
     bool have_max = false, repair = false, entries = false;
-    int opt, rc = EXIT_OK;
+    const cli_option table[] = {{.name = "max", .kind = CLI_SIZE, CLI_DEST(max), .what = "20G or 500M"},
+                                {.name = "repair", .kind = CLI_FLAG, .dest = &repair},
+                                {.name = "entries", .kind = CLI_FLAG, .dest = &entries},
+                                {.kind = CLI_END}};
+    int rc = EXIT_OK;
     cks_cache *c = NULL;
     cks_diag d;
 
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        if (opt == OPT_HELP || opt == 'h') {
-            fputs(cache_help, stdout);
-            return EXIT_OK;
-        } else if (opt == OPT_MAX) {
-            if (!cli_parse_size(optarg, &max))
-                return cli_usage_error("cache", "--max wants a size such as 20G or 500M, not \"%s\"",
-                                       optarg);
-            have_max = true;
-        } else if (opt == OPT_REPAIR) {
-            repair = true;
-        } else if (opt == OPT_ENTRIES) {
-            entries = true;
-        } else {
-            return cli_bad_option("cache", longopts, argv);
-        }
-    }
+    rc = cli_parse_options("cache", argc, argv, table, &opts, cache_help);
+    if (rc != CLI_GO_ON)
+        return rc;
+    rc = EXIT_OK;
+    /* cli_parse_size refuses 2^64-1 itself, so UINT64_MAX still means "no --max" */
+    have_max = max != UINT64_MAX;
+    if (!have_max)
+        max = 0;
     if (argc - optind < 1)
         return cli_usage_error("cache", "expected one action: ls, rm, du, verify, prune or clear");
     const char *action = argv[optind];

@@ -498,19 +498,16 @@ static void memo_store(const cli_opts *opts, const char *key, const cJSON *json,
     cJSON_Delete(doc);
 }
 
+/* --tests T1,T2,T4 for cli_parse_options */
+static int take_tests(const char *cmd, const char *value, void *dest)
+{
+    if (!parse_tests(value, dest))
+        return cli_usage_error(cmd, "--tests wants a list such as T1,T2,T4, not \"%s\"", value);
+    return CLI_GO_ON;
+}
+
 int cmd_compare(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"control", required_argument, NULL, 'c'},
-                                             {"positive", required_argument, NULL, 'p'},
-                                             {"budget", required_argument, NULL, 'b'},
-                                             {"tests", required_argument, NULL, 't'},
-                                             {"seed", required_argument, NULL, 's'},
-                                             {"alpha", required_argument, NULL, 'a'},
-                                             {"permutations", required_argument, NULL, 'n'},
-                                             {"no-synthetic", no_argument, NULL, 'S'},
-                                             {"html", required_argument, NULL, 'H'},
-                                             CLI_COMMON_LONGOPTS,
-                                             {0}};
     cli_opts opts = {0};
     cks_compare_opts copts;
     const char *controls[MAX_EXTRA], *positives[MAX_EXTRA];
@@ -521,7 +518,7 @@ int cmd_compare(int argc, char **argv)
     cks_compare_result *result = NULL;
     cks_diag diag;
     cks_err err = CKS_OK;
-    int opt, rc = EXIT_OK;
+    int rc = EXIT_OK;
     size_t opened_ctl = 0, opened_pos = 0;
     bool want_tokenizer, memo_ok = false;
     char memo[65];
@@ -531,66 +528,24 @@ int cmd_compare(int argc, char **argv)
     memset(&copts, 0, sizeof copts);
     memset(&a, 0, sizeof a);
     memset(&b, 0, sizeof b);
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        char *end = NULL;
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        switch (opt) {
-        case 'c':
-            if (n_controls == MAX_EXTRA)
-                return cli_usage_error("compare", "at most %d --control models", MAX_EXTRA);
-            controls[n_controls++] = optarg;
-            break;
-        case 'p':
-            if (n_positives == MAX_EXTRA)
-                return cli_usage_error("compare", "at most %d --positive models", MAX_EXTRA);
-            positives[n_positives++] = optarg;
-            break;
-        case 'b':
-            if (!cli_parse_size(optarg, &copts.budget_bytes) || copts.budget_bytes < 4096)
-                return cli_usage_error("compare", "--budget wants a size such as 384M or 1G, not \"%s\"", optarg);
-            break;
-        case 't':
-            if (!parse_tests(optarg, &copts.tests))
-                return cli_usage_error("compare", "--tests wants a list such as T1,T2,T4, not \"%s\"", optarg);
-            break;
-        case 's':
-            copts.seed = strtoull(optarg, &end, 10);
-            if (!end || *end || copts.seed == 0)
-                return cli_usage_error("compare", "--seed wants a positive integer, not \"%s\"", optarg);
-            break;
-        case 'a':
-            copts.alpha = strtod(optarg, &end);
-            if (!end || *end || !(copts.alpha > 0 && copts.alpha < 0.5))
-                return cli_usage_error("compare", "--alpha wants a level in (0, 0.5), not \"%s\"", optarg);
-            break;
-        case 'n': {
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (!end || *end || v < 19 || v > 1000000)
-                return cli_usage_error("compare", "--permutations wants 19 to 1000000, not \"%s\"", optarg);
-            copts.permutations = (uint32_t)v;
-            break;
-        }
-        case 'S':
-            copts.no_synthetic_power = true;
-            break;
-        case 'H':
-            if (cli_value_missing("compare", "html", optarg, "a FILE to write the report to (--html report.html)"))
-                return EXIT_USAGE;
-            html_path = optarg;
-            break;
-        case OPT_HELP:
-        case 'h':
-            fputs(compare_help, stdout);
-            return EXIT_OK;
-        default:
-            return cli_bad_option("compare", longopts, argv);
-        }
-    }
+    cli_list control_list = {controls, 0, MAX_EXTRA, "models"}, positive_list = {positives, 0, MAX_EXTRA, "models"};
+    const cli_option table[] = {
+        {.name = "control", .kind = CLI_LIST, .dest = &control_list},
+        {.name = "positive", .kind = CLI_LIST, .dest = &positive_list},
+        {.name = "budget", .kind = CLI_SIZE, CLI_DEST(copts.budget_bytes), .min = CKS_MIN_BUDGET_BYTES, .what = "384M or 1G"},
+        {.name = "tests", .kind = CLI_CALL, .dest = &copts.tests, .call = take_tests},
+        {.name = "seed", .kind = CLI_WHOLE, CLI_DEST(copts.seed), .min = 1},
+        {.name = "alpha", .kind = CLI_REAL, .dest = &copts.alpha, .lo = 0, .hi = 0.5},
+        {.name = "permutations", .kind = CLI_WHOLE, CLI_DEST(copts.permutations), .min = 19, .max = 1000000},
+        {.name = "no-synthetic", .kind = CLI_FLAG, .dest = &copts.no_synthetic_power},
+        {.name = "html", .kind = CLI_TEXT, .dest = &html_path, .what = "a FILE to write the report to (--html report.html)"},
+        {.kind = CLI_END}};
+    rc = cli_parse_options("compare", argc, argv, table, &opts, compare_help);
+    if (rc != CLI_GO_ON)
+        return rc;
+    rc = EXIT_OK;
+    n_controls = control_list.n;
+    n_positives = positive_list.n;
     if (argc - optind == 1 && html_path && !strstr(html_path, ".htm"))
         return cli_usage_error("compare", "--html took \"%s\" as the report's FILE, which leaves one SOURCE; write "
                                           "--html report.html A B",

@@ -566,51 +566,29 @@ static void print_json(struct side *a, struct side *b, const struct pair *pairs,
 
 int cmd_diff(int argc, char **argv)
 {
-    enum { OPT_STAT = 0x2000, OPT_YES, OPT_ASK_ABOVE };
-    static const struct option longopts[] = {{"tensor", required_argument, NULL, 't'},
-                                             {"all", no_argument, NULL, 'a'},
-                                             {"stat", no_argument, NULL, OPT_STAT},
-                                             {"yes", no_argument, NULL, OPT_YES},
-                                             {"ask-above", required_argument, NULL, OPT_ASK_ABOVE},
-                                             CLI_COMMON_LONGOPTS,
-                                             {0}};
     cli_opts opts = {0};
     char *globs[CLI_MAX_GLOBS];
     size_t n_globs = 0, n_pairs, counts[CAT__COUNT] = {0};
     bool all = false, same, stat = false, yes = false;
     uint64_t ask_above = DEFAULT_ASK_ABOVE;
-    int opt, rc = EXIT_OK;
+    cli_list tensor_list = {(const char **)globs, 0, CLI_MAX_GLOBS, "patterns"};
+    const cli_option table[] = {{.name = "tensor", .short_name = 't', .kind = CLI_LIST, .dest = &tensor_list},
+                                {.name = "all", .short_name = 'a', .kind = CLI_FLAG, .dest = &all},
+                                {.name = "stat", .kind = CLI_FLAG, .dest = &stat},
+                                {.name = "yes", .kind = CLI_FLAG, .dest = &yes},
+                                {.name = "ask-above", .kind = CLI_SIZE, CLI_DEST(ask_above), .what = "4G or 500M"},
+                                {.kind = CLI_END}};
+    int rc = EXIT_OK;
     struct side a = {0}, b = {0};
     struct pair *pairs = NULL;
     cks_diag diag;
     cks_err err;
 
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "t:ah", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        if (opt == 't') {
-            if (!cli_add_glob("diff", globs, &n_globs, optarg))
-                return EXIT_USAGE;
-        } else if (opt == 'a') {
-            all = true;
-        } else if (opt == OPT_STAT) {
-            stat = true;
-        } else if (opt == OPT_YES) {
-            yes = true;
-        } else if (opt == OPT_ASK_ABOVE) {
-            if (!cli_parse_size(optarg, &ask_above))
-                return cli_usage_error("diff", "--ask-above wants a size such as 4G or 500M, not \"%s\"", optarg);
-        } else if (opt == OPT_HELP || opt == 'h') {
-            fputs(diff_help, stdout);
-            return EXIT_OK;
-        } else {
-            return cli_bad_option("diff", longopts, argv);
-        }
-    }
+    rc = cli_parse_options("diff", argc, argv, table, &opts, diff_help);
+    if (rc != CLI_GO_ON)
+        return rc;
+    rc = EXIT_OK;
+    n_globs = tensor_list.n;
     if (argc - optind != 2)
         return cli_usage_error("diff", "expected two SOURCEs, A and B");
 

@@ -130,18 +130,33 @@ static bool write_all(FILE *f, const void *p, size_t n)
     return n == 0 || fwrite(p, 1, n, f) == n;
 }
 
+/* --tensor NAME and --tensors-from FILE for cli_parse_options */
+static int take_tensor(const char *cmd, const char *value, void *dest)
+{
+    cks_diag diag;
+    if (!globs_add(dest, (char *)value))
+        return cli_fail(cmd, cks_fail(&diag, CKS_ERR_NOMEM, "out of memory"), &diag);
+    return CLI_GO_ON;
+}
+
+static int take_tensors_from(const char *cmd, const char *value, void *dest)
+{
+    if (!globs_from_file(dest, value))
+        return cli_usage_error(cmd, "cannot read tensor names from '%s'", value);
+    return CLI_GO_ON;
+}
+
 int cmd_fetch(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"tensor", required_argument, NULL, 't'},
-                                             {"tensors-from", required_argument, NULL, 'F'},
-                                             {"output", required_argument, NULL, 'o'},
-                                             CLI_COMMON_LONGOPTS,
-                                             {0}};
     cli_opts opts = {0};
     struct globs g = {0};
     const char *output = NULL;
+    const cli_option table[] = {{.name = "tensor", .short_name = 't', .kind = CLI_CALL, .dest = &g, .call = take_tensor},
+                                {.name = "tensors-from", .kind = CLI_CALL, .dest = &g, .call = take_tensors_from},
+                                {.name = "output", .short_name = 'o', .kind = CLI_TEXT, .dest = &output, .what = "a FILE to write"},
+                                {.kind = CLI_END}};
     char *tmp_path = NULL, *hdr = NULL;
-    int opt, rc = EXIT_OK;
+    int rc = EXIT_OK;
     cks_ckpt *ckpt = NULL;
     cJSON *source_report = NULL, *root = NULL, *jt = NULL;
     const cks_ckpt_tensor **sel = NULL;
@@ -159,39 +174,10 @@ int cmd_fetch(int argc, char **argv)
     cks_err err = CKS_OK;
     double t0 = cli_now();
 
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "t:o:h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        if (common < 0) {
-            rc = EXIT_USAGE;
-            goto out;
-        }
-        if (common > 0)
-            continue;
-        if (opt == 't') {
-            if (!globs_add(&g, optarg)) {
-                err = cks_fail(&diag, CKS_ERR_NOMEM, "out of memory");
-                goto fail;
-            }
-        } else if (opt == 'F') {
-            if (!globs_from_file(&g, optarg)) {
-                rc = cli_usage_error("fetch", "cannot read tensor names from '%s'", optarg);
-                goto out;
-            }
-        } else if (opt == 'o') {
-            if (cli_value_missing("fetch", "output", optarg, "a FILE to write")) {
-                rc = EXIT_USAGE;
-                goto out;
-            }
-            output = optarg;
-        } else if (opt == OPT_HELP || opt == 'h') {
-            fputs(fetch_help, stdout);
-            goto out;
-        } else {
-            rc = cli_bad_option("fetch", longopts, argv);
-            goto out;
-        }
-    }
+    rc = cli_parse_options("fetch", argc, argv, table, &opts, fetch_help);
+    if (rc != CLI_GO_ON)
+        goto out;
+    rc = EXIT_OK;
     if (argc - optind != 1) {
         rc = cli_usage_error("fetch", "expected exactly one SOURCE");
         goto out;

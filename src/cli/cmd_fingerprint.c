@@ -209,7 +209,7 @@ static int run_one(const char *spec, const char *output, const cli_opts *opts, c
     {
         char stage[300];
         snprintf(stage, sizeof stage, "fingerprint: reading %.270s", spec);
-        cli_progress_stage(opts, stage, bo.budget ? bo.budget : (384ull << 20));
+        cli_progress_stage(opts, stage, bo.budget ? bo.budget : CKS_DEFAULT_BUDGET_BYTES);
     }
     err = cks_fingerprint_build(&model, &bo, &fp, &diag);
     cli_progress_stage(opts, NULL, 0);
@@ -689,94 +689,35 @@ out:
 
 int cmd_fingerprint(int argc, char **argv)
 {
-    enum { OPT_FORCE = 'F' + 0x100, OPT_PLAN, OPT_SHARD, OPT_SHARD_COUNT };
-    static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
-                                             {"max-size", required_argument, NULL, 'm'},
-                                             {"budget", required_argument, NULL, 'b'},
-                                             {"seed", required_argument, NULL, 's'},
-                                             {"from", required_argument, NULL, 'f'},
-                                             {"format-version", required_argument, NULL, 'V'},
-                                             {"shard", required_argument, NULL, OPT_SHARD},
-                                             {"shard-count", required_argument, NULL, OPT_SHARD_COUNT},
-                                             {"force", no_argument, NULL, OPT_FORCE},
-                                             {"plan", no_argument, NULL, OPT_PLAN},
-                                             CLI_COMMON_LONGOPTS,
-                                             {0}};
     cli_opts opts = {0};
     cks_fp_build_opts bo;
     run_opts ro = {0};
     const char *output = NULL;
     char *extra[16];
-    int n_extra = 0, opt;
+    int n_extra = 0, rc;
+    const cli_option table[] = {
+        {.name = "output", .short_name = 'o', .kind = CLI_TEXT, .dest = &output, .what = "a FILE to write"},
+        {.name = "max-size", .kind = CLI_SIZE, CLI_DEST(bo.max_bytes), .min = 4096, .what = "10M or 500K"},
+        {.name = "budget", .kind = CLI_SIZE, CLI_DEST(bo.budget), .min = CKS_MIN_BUDGET_BYTES, .what = "384M or 1G"},
+        {.name = "seed", .kind = CLI_WHOLE, CLI_DEST(bo.seed), .min = 1},
+        {.name = "from", .kind = CLI_TEXT, .dest = &ro.list},
+        {.name = "format-version", .kind = CLI_WHOLE, CLI_DEST(bo.version), .min = CKS_FP_MIN_VERSION, .max = CKS_FP_VERSION},
+        {.short_name = 'j', .kind = CLI_WHOLE, CLI_DEST(ro.jobs), .min = 1, .max = 256},
+        {.name = "shard", .kind = CLI_TEXT, .dest = &ro.shard},
+        {.name = "shard-count", .kind = CLI_TEXT, .dest = &ro.shard_count},
+        {.name = "force", .kind = CLI_FLAG, .dest = &ro.force},
+        {.name = "plan", .kind = CLI_FLAG, .dest = &ro.plan},
+        {.kind = CLI_END}};
 
     if (argc > 1 && strcmp(argv[1], "gather") == 0)
         return cmd_fingerprint_gather(argc - 1, argv + 1);
     memset(&bo, 0, sizeof bo);
     ro.jobs = 1;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "o:j:h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        char *end = NULL;
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        switch (opt) {
-        case 'o':
-            if (cli_value_missing("fingerprint", "output", optarg, "a FILE to write"))
-                return EXIT_USAGE;
-            output = optarg;
-            break;
-        case 'm':
-            if (!cli_parse_size(optarg, &bo.max_bytes) || bo.max_bytes < 4096)
-                return cli_usage_error("fingerprint", "--max-size needs a size of at least 4K");
-            break;
-        case 'b':
-            if (!cli_parse_size(optarg, &bo.budget) || bo.budget == 0)
-                return cli_usage_error("fingerprint", "--budget needs a size");
-            break;
-        case 's':
-            bo.seed = strtoull(optarg, &end, 10);
-            if (!end || *end || bo.seed == 0)
-                return cli_usage_error("fingerprint", "--seed needs a positive integer");
-            break;
-        case 'V':
-            bo.version = (uint32_t)strtoul(optarg, &end, 10);
-            if (!end || *end || bo.version < CKS_FP_MIN_VERSION || bo.version > CKS_FP_VERSION)
-                return cli_usage_error("fingerprint", "--format-version: %d to %d", CKS_FP_MIN_VERSION,
-                                       CKS_FP_VERSION);
-            break;
-        case 'f':
-            ro.list = optarg;
-            break;
-        case 'j':
-            ro.jobs = atoi(optarg);
-            if (ro.jobs < 1 || ro.jobs > 256)
-                return cli_usage_error("fingerprint", "-j needs 1 to 256");
-            break;
-        case OPT_SHARD:
-            ro.shard = optarg;
-            break;
-        case OPT_SHARD_COUNT:
-            ro.shard_count = optarg;
-            break;
-        case OPT_FORCE:
-            ro.force = true;
-            break;
-        case OPT_PLAN:
-            ro.plan = true;
-            break;
-        case 'h':
-        case OPT_HELP:
-            fputs(fingerprint_help, stdout);
-            return EXIT_OK;
-        default:
-            return cli_bad_option("fingerprint", longopts, argv);
-        }
-    }
+    rc = cli_parse_options("fingerprint", argc, argv, table, &opts, fingerprint_help);
+    if (rc != CLI_GO_ON)
+        return rc;
     if (ro.list) {
         char sbuf[4][32], *cache_arg = NULL;
-        int rc;
         if (argc - optind != 1 || output)
             return cli_usage_error("fingerprint", "--from LIST takes one DIR and no -o");
         /* jobs inherit what changes what they read or where they cache it */

@@ -180,12 +180,6 @@ static void print_text(const cks_gather_report *r, const char *output, size_t n_
 
 int cmd_fingerprint_gather(int argc, char **argv)
 {
-    enum { OPT_LIST = 0x2000, OPT_SUMMARY };
-    static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
-                                             {"list", required_argument, NULL, OPT_LIST},
-                                             {"summary", required_argument, NULL, OPT_SUMMARY},
-                                             CLI_COMMON_LONGOPTS,
-                                             {0}};
     cli_opts opts = {0};
     const char *output = NULL, *list = NULL, *summary = NULL;
     char **expected = NULL, *text = NULL;
@@ -195,33 +189,16 @@ int cmd_fingerprint_gather(int argc, char **argv)
     cks_diag diag;
     cks_err err;
     cJSON *doc;
-    int opt, rc = EXIT_OK;
+    int rc = EXIT_OK;
+    const cli_option table[] = {{.name = "output", .short_name = 'o', .kind = CLI_TEXT, .dest = &output, .what = "a FILE to write"},
+                                {.name = "list", .kind = CLI_TEXT, .dest = &list, .what = "a LIST file"},
+                                {.name = "summary", .kind = CLI_TEXT, .dest = &summary, .what = "a FILE to write"},
+                                {.kind = CLI_END}};
 
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        switch (opt) {
-        case 'o':
-            output = optarg;
-            break;
-        case OPT_LIST:
-            list = optarg;
-            break;
-        case OPT_SUMMARY:
-            summary = optarg;
-            break;
-        case 'h':
-        case OPT_HELP:
-            fputs(gather_help, stdout);
-            return EXIT_OK;
-        default:
-            return cli_usage_error("fingerprint gather", "unknown option");
-        }
-    }
+    rc = cli_parse_options("fingerprint gather", argc, argv, table, &opts, gather_help);
+    if (rc != CLI_GO_ON)
+        return rc;
+    rc = EXIT_OK;
     if (optind >= argc)
         return cli_usage_error("fingerprint gather", "expected at least one INPUT (a folder, fingerprint or library)");
     if (list) {

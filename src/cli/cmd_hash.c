@@ -25,11 +25,12 @@ static const char hash_help[] =
 
 int cmd_hash(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"tensor", required_argument, NULL, 't'}, CLI_COMMON_LONGOPTS, {0}};
     cli_opts opts = {0};
     char *globs[CLI_MAX_GLOBS];
+    cli_list tensor_list = {(const char **)globs, 0, CLI_MAX_GLOBS, "patterns"};
+    const cli_option table[] = {{.name = "tensor", .short_name = 't', .kind = CLI_LIST, .dest = &tensor_list}, {.kind = CLI_END}};
     size_t n_globs = 0, n_sel = 0;
-    int opt, rc = EXIT_OK;
+    int rc = EXIT_OK;
     cks_ckpt *ckpt = NULL;
     cJSON *source_report = NULL;
     const cks_ckpt_tensor **sel = NULL;
@@ -37,23 +38,11 @@ int cmd_hash(int argc, char **argv)
     cks_diag diag;
     cks_err err;
 
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        if (opt == 't') {
-            if (!cli_add_glob("hash", globs, &n_globs, optarg))
-                return EXIT_USAGE;
-        } else if (opt == OPT_HELP || opt == 'h') {
-            fputs(hash_help, stdout);
-            return EXIT_OK;
-        } else {
-            return cli_bad_option("hash", longopts, argv);
-        }
-    }
+    rc = cli_parse_options("hash", argc, argv, table, &opts, hash_help);
+    if (rc != CLI_GO_ON)
+        return rc;
+    rc = EXIT_OK;
+    n_globs = tensor_list.n;
     if (argc - optind != 1)
         return cli_usage_error("hash", "expected exactly one SOURCE");
 

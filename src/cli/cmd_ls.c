@@ -30,11 +30,12 @@ struct dtype_total {
 
 int cmd_ls(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"tensor", required_argument, NULL, 't'}, CLI_COMMON_LONGOPTS, {0}};
     cli_opts opts = {0};
     char *globs[CLI_MAX_GLOBS];
+    cli_list tensor_list = {(const char **)globs, 0, CLI_MAX_GLOBS, "patterns"};
+    const cli_option table[] = {{.name = "tensor", .short_name = 't', .kind = CLI_LIST, .dest = &tensor_list}, {.kind = CLI_END}};
     size_t n_globs = 0, n_sel = 0;
-    int opt, rc = EXIT_OK;
+    int rc = EXIT_OK;
     cks_ckpt *ckpt = NULL;
     cJSON *source_report = NULL;
     const cks_ckpt_tensor **sel = NULL;
@@ -43,23 +44,11 @@ int cmd_ls(int argc, char **argv)
     cks_diag diag;
     cks_err err;
 
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        if (opt == 't') {
-            if (!cli_add_glob("ls", globs, &n_globs, optarg))
-                return EXIT_USAGE;
-        } else if (opt == OPT_HELP || opt == 'h') {
-            fputs(ls_help, stdout);
-            return EXIT_OK;
-        } else {
-            return cli_bad_option("ls", longopts, argv);
-        }
-    }
+    rc = cli_parse_options("ls", argc, argv, table, &opts, ls_help);
+    if (rc != CLI_GO_ON)
+        return rc;
+    rc = EXIT_OK;
+    n_globs = tensor_list.n;
     if (argc - optind != 1)
         return cli_usage_error("ls", "expected exactly one SOURCE");
 

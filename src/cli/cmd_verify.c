@@ -1132,18 +1132,12 @@ out:
 
 int cmd_verify(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"against", required_argument, NULL, 'a'},
-                                             {"full", no_argument, NULL, 'F'},
-                                             {"no-synthetic", no_argument, NULL, 'N'},
-                                             {"no-screen", no_argument, NULL, 'S'},
-                                             CLI_COMMON_LONGOPTS,
-                                             {0}};
     cli_opts opts = {0};
     const char *against[MAX_AGAINST];
     size_t n_against = 0, n_fps = 0, n_known = 0;
     char **fps = NULL;
     bool full = false, no_synth = false, screen = true;
-    int opt, rc = EXIT_OK;
+    int rc = EXIT_OK;
     verify_state *v = NULL;
     known *ks = NULL;
     cks_ckpt *ckpt = NULL;
@@ -1154,30 +1148,19 @@ int cmd_verify(int argc, char **argv)
     cks_diag diag, ignored;
     cks_err err;
 
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        int common = cli_common_option(opt, optarg, &opts);
-        if (common < 0)
-            return EXIT_USAGE;
-        if (common > 0)
-            continue;
-        if (opt == 'a') {
-            if (n_against == MAX_AGAINST)
-                return cli_usage_error("verify", "at most %d --against", MAX_AGAINST);
-            against[n_against++] = optarg;
-        } else if (opt == 'F') {
-            full = true;
-        } else if (opt == 'N') {
-            no_synth = true;
-        } else if (opt == 'S') {
-            screen = false;
-        } else if (opt == 'h' || opt == OPT_HELP) {
-            fputs(verify_help, stdout);
-            return EXIT_OK;
-        } else {
-            return cli_bad_option("verify", longopts, argv);
-        }
-    }
+    cli_list against_list = {against, 0, MAX_AGAINST, "fingerprints, libraries or folders"};
+    bool no_screen = false;
+    const cli_option table[] = {{.name = "against", .kind = CLI_LIST, .dest = &against_list},
+                                {.name = "full", .kind = CLI_FLAG, .dest = &full},
+                                {.name = "no-synthetic", .kind = CLI_FLAG, .dest = &no_synth},
+                                {.name = "no-screen", .kind = CLI_FLAG, .dest = &no_screen},
+                                {.kind = CLI_END}};
+    rc = cli_parse_options("verify", argc, argv, table, &opts, verify_help);
+    if (rc != CLI_GO_ON)
+        return rc;
+    rc = EXIT_OK;
+    n_against = against_list.n;
+    screen = !no_screen;
     if (argc - optind != 1)
         return cli_usage_error("verify", "expected exactly one SOURCE");
     fps = calloc(MAX_FPS, sizeof *fps);

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ckptscope/text.h"
 #include "cli.h"
 #include "cli_remote.h"
 
@@ -56,16 +57,6 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     fprintf(stderr, "ckptscope %s: %s\n(run `ckptscope %s --help` for usage)\n", cmd, cli_esc(message), cmd);
     cli_json_error("UsageError", message, EXIT_USAGE);
     return EXIT_USAGE;
-}
-
-bool cli_add_glob(const char *cmd, char **globs, size_t *n, const char *arg)
-{
-    if (*n == CLI_MAX_GLOBS) {
-        cli_usage_error(cmd, "at most %d --tensor patterns", CLI_MAX_GLOBS);
-        return false;
-    }
-    globs[(*n)++] = (char *)arg;
-    return true;
 }
 
 bool cli_parse_size(const char *text, uint64_t *out)
@@ -352,18 +343,7 @@ const char *cli_esc(const char *s)
 
 const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size)
 {
-    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-    double v = (double)bytes;
-    int u = 0;
-    while (v >= 1024.0 && u < 5) {
-        v /= 1024.0;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, size, "%llu B", (unsigned long long)bytes);
-    else
-        snprintf(buf, size, "%.1f %s", v, units[u]);
-    return buf;
+    return cks_human_bytes(bytes, 1, buf, size);
 }
 
 const char *cli_shape_text(const cks_tensor_info *info, char *buf, size_t size)

@@ -61,6 +61,78 @@ EXPECTED_RULES = {
 }
 
 
+COMMANDS = ("ls", "hash", "diff", "compare", "fingerprint", "fingerprint gather", "verify", "fetch", "cache")
+
+
+def option_cases(a, tmp):
+    """One option parser for every command (issue 17): --help, suggestions, and numbers
+    checked against their range with a usage error (exit 2) naming the option and the range."""
+    for cmd in COMMANDS:
+        words = cmd.split()
+        rc, out, err = run(*words, "--help")
+        report(f"{cmd} --help exits 0 with its usage", rc == 0 and out.startswith("usage: ckptscope " + cmd) and
+               err == "", f"exit {rc}: {out[:80]!r} {err[:200]!r}")
+        rc, out, err = run(*words, "--jsno", "x")
+        report(f"{cmd}: a mistyped common option is named with the nearest", rc == 2 and
+               "unknown option --jsno (did you mean --json?)" in err and out == "", f"exit {rc}: {err[:200]!r}")
+        rc, out, err = run(*words, "--json", "--cache-max", "lots", "x")
+        doc = json.loads(out) if out.strip().startswith("{") else {}
+        report(f"{cmd} --cache-max lots: a usage error, as JSON too", rc == 2 and "--cache-max" in err and
+               doc.get("error", {}).get("rule") == "UsageError", f"exit {rc}: {err[:200]!r} {out[:200]!r}")
+    out_file = os.path.join(tmp, "never-written.ckfp")
+    refused = [
+        # (what, argv, the words the message must hold)
+        ("compare --budget 1", ["compare", "--budget", "1", a, a], ["--budget", "at least 4.0 KiB", '"1"']),
+        ("fingerprint --budget 1 (accepted before)", ["fingerprint", "--budget", "1", a, "-o", out_file],
+         ["--budget", "at least 4.0 KiB"]),
+        ("compare --budget 4095", ["compare", "--budget", "4095", a, a], ["--budget", "at least 4.0 KiB"]),
+        ("compare --seed -1 (wrapped to 2^64-1 before)", ["compare", "--seed", "-1", a, a],
+         ["--seed", "from 1 to 18446744073709551615", '"-1"']),
+        ("fingerprint --seed -1", ["fingerprint", "--seed", "-1", a, "-o", out_file], ["--seed", "from 1 to"]),
+        ("compare --seed 0", ["compare", "--seed", "0", a, a], ["--seed", "from 1 to"]),
+        ("compare --seed 2^64", ["compare", "--seed", "18446744073709551616", a, a], ["--seed", "from 1 to"]),
+        ("compare --seed ' 5'", ["compare", "--seed", " 5", a, a], ["--seed"]),
+        ("fingerprint -j 2x (atoi read 2 before)", ["fingerprint", "-j", "2x", "--from", a, tmp],
+         ["-j", "from 1 to 256", '"2x"']),
+        ("fingerprint -j 0", ["fingerprint", "-j", "0", "--from", a, tmp], ["-j", "from 1 to 256"]),
+        ("fingerprint -j 257", ["fingerprint", "-j", "257", "--from", a, tmp], ["-j", "from 1 to 256"]),
+        ("fingerprint -j without a value", ["fingerprint", "--from", a, tmp, "-j"], ["-j needs a value"]),
+        ("fingerprint --max-size 1K", ["fingerprint", "--max-size", "1K", a, "-o", out_file],
+         ["--max-size", "at least 4.0 KiB"]),
+        ("fingerprint --format-version 99", ["fingerprint", "--format-version", "99", a, "-o", out_file],
+         ["--format-version", "from 1 to"]),
+        ("compare --alpha 0.5", ["compare", "--alpha", "0.5", a, a], ["--alpha", "between 0 and 0.5"]),
+        ("compare --alpha nan", ["compare", "--alpha", "nan", a, a], ["--alpha", "between 0 and 0.5"]),
+        ("compare --permutations 18", ["compare", "--permutations", "18", a, a],
+         ["--permutations", "from 19 to 1000000"]),
+        ("compare --permutations 4294967297 (past 32 bits)", ["compare", "--permutations", "4294967297", a, a],
+         ["--permutations", "from 19 to 1000000"]),
+        ("diff --ask-above much", ["diff", "--ask-above", "much", a, a], ["--ask-above", '"much"']),
+        ("cache --max -5", ["cache", "--max", "-5", "du"], ["--max", '"-5"']),
+        ("fingerprint gather --lst (unknown, suggested)", ["fingerprint", "gather", "--lst", "x", tmp],
+         ["unknown option --lst (did you mean --list?)"]),
+    ]
+    for what, argv, words in refused:
+        rc, out, err = run(*argv)
+        first = err.splitlines()[0] if err else ""
+        report(f"refused with a usage error: {what}", rc == 2 and all(w in first for w in words) and out == "",
+               f"exit {rc}: {err[:300]!r}")
+    report("a refused value wrote nothing", not os.path.exists(out_file), out_file)
+    # the values at the ends of each range are taken: the command gets past its options
+    accepted = [
+        ("compare --budget 4K --seed 1 --permutations 19 --alpha 0.001",
+         ["compare", "--budget", "4K", "--seed", "1", "--permutations", "19", "--alpha", "0.001", a, a]),
+        ("compare --seed 2^64-1 --permutations 1000000",
+         ["compare", "--seed", "18446744073709551615", "--permutations", "1000000", "--tests", "T1", a, a]),
+        ("fingerprint --budget 4K --seed 7 --format-version 1", ["fingerprint", "--budget", "4K", "--seed", "7",
+                                                                  "--format-version", "1", a, "-o",
+                                                                  os.path.join(tmp, "ok.ckfp")]),
+    ]
+    for what, argv in accepted:
+        rc, out, err = run(*argv)
+        report(f"accepted at the ends of the range: {what}", rc != 2 and "wants" not in err, f"exit {rc}: {err[:300]!r}")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="cks-cli-")
     try:
@@ -128,6 +200,7 @@ def main():
         report("diff identical exits 0", rc == 0 and "5 identical" in out, f"exit {rc}: {out}")
         rc, out, err = run("hash", a, "--tensor", "nomatch*")
         report("hash --tensor with no match fails clearly", rc == 6 and "no tensor matches" in err, f"exit {rc}")
+        option_cases(a, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failures else 0

@@ -176,6 +176,16 @@ def no_auth_on_cdn(log):
             check("authorization_on_cdn" not in (e.get("flags") or []), "fakehub flagged auth on CDN")
 
 
+def token_redirects_to_cdn(log):
+    """How many Hub redirects answered to a request with a token were followed by a CDN request."""
+    followed = 0
+    for i, e in enumerate(log):
+        if (e["server"] == "hub" and "authorization" in e["headers"] and e["status"] in (301, 302, 307, 308)
+                and any(later["server"] == "cdn" for later in log[i + 1:])):
+            followed += 1
+    return followed
+
+
 def tensor_hashes(tensors):
     return {n: hashlib.sha256(d).hexdigest() for n, _, _, d in tensors}
 
@@ -738,14 +748,20 @@ def main():
         env.hub_root = root
         # every request of every case is checked for a token on the CDN before a case clears
         # the log, so the final verdict covers the whole run
+        # ... and the verdict only means something if a request that carried a token to the Hub
+        # was redirected and followed to the CDN at all: count those (an authorised Hub 302 with a
+        # CDN request after it in the same log window)
         auth_leaks = []
+        token_redirects_followed = [0]
         orig_clear = hub.clear_log
 
         def clear_and_check():
+            log = hub.log()
             try:
-                no_auth_on_cdn(hub.log())
+                no_auth_on_cdn(log)
             except Fail as e:
                 auth_leaks.append(str(e))
+            token_redirects_followed[0] += token_redirects_to_cdn(log)
             orig_clear()
         hub.clear_log = clear_and_check
         for c in CASES:
@@ -768,6 +784,9 @@ def main():
         hub.clear_log()
         if auth_leaks:
             report("FAIL", "never_authorization_on_cdn", auth_leaks[0])
+        elif not token_redirects_followed[0]:
+            report("FAIL", "never_authorization_on_cdn",
+                   "no token-bearing Hub request was redirected to the CDN: the check saw nothing to check")
         else:
             report("PASS", "never_authorization_on_cdn")
     finally:
