@@ -383,7 +383,7 @@ static cks_err entry_from_json(const cJSON *o, cks_fplib_entry *e, size_t i, cks
          json_bool(o, "all_tokens", &e->all_tokens) && json_bool(o, "embedding_4bit", &e->embed_q4) &&
          json_bool(o, "full_coverage", &e->full_coverage) && json_u64(o, "seed", &e->seed) &&
          json_u64(o, "budget", &e->budget) && json_u64(o, "bytes_read", &e->bytes_read);
-    if (ok && (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64 || version > UINT32_MAX ||
+    if (ok && (strlen(sha) != 64 || !cks_is_lower_hex(sha, 64) || version > UINT32_MAX ||
                layers > INT32_MAX || !e->name[0] || strchr(e->name, '/')))
         ok = false;
     if (!ok) {

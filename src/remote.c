@@ -15,6 +15,7 @@
  * (HF_HOME) is checked against the Hub's hash before a whole-file read, read from the
  * network instead when it does not match, and reported unverified while read only in part.
  */
+#include "ckptscope/hex.h"
 #include "ckptscope/hub.h"
 #include "ckptscope/cache_hub.h"
 
@@ -421,16 +422,6 @@ void cks_remote_get_stats(const cks_remote *r, cks_http_stats *out)
 
 /* ---------------------------------------------------------------- sources ---- */
 
-static void hex32(const unsigned char *d, char out[65])
-{
-    static const char h[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = h[d[i] >> 4];
-        out[2 * i + 1] = h[d[i] & 15];
-    }
-    out[64] = '\0';
-}
-
 /* Feed bytes [off, off+len) to the whole-file hash if they continue it. */
 static void sha_feed(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
 {
@@ -461,7 +452,7 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
         unsigned dl = 0;
         char hex[65];
         EVP_DigestFinal_ex(s->sha, d, &dl);
-        hex32(d, hex);
+        cks_hex_encode(d, 32, hex);
         memcpy(s->sha_hex, hex, sizeof s->sha_hex);
         s->sha_state = strcmp(hex, s->base.sha256_hex) == 0 ? SHA_OK : SHA_BAD;
         /* cache hook: remember the check, so a rerun from the cache need not redo it */
@@ -1631,8 +1622,8 @@ static cks_err hf_hash(struct hfsrc *h, char out[65], cks_diag *diag)
         pos += n;
     }
     EVP_DigestFinal_ex(md, d, &dl);
-    for (unsigned i = 0; i < dl && i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", d[i]);
+    if (dl >= 32)
+        cks_hex_encode(d, 32, out);
 out:
     EVP_MD_CTX_free(md);
     free(buf);
@@ -2156,8 +2147,8 @@ static void git_blob_id(const char *data, uint64_t len, char out[41])
         EVP_DigestUpdate(md, head, (size_t)n + 1);
         EVP_DigestUpdate(md, data, (size_t)len);
         EVP_DigestFinal_ex(md, d, &dl);
-        for (unsigned i = 0; i < dl && i < 20; i++)
-            snprintf(out + 2 * i, 3, "%02x", d[i]);
+        if (dl >= 20)
+            cks_hex_encode(d, 20, out);
     }
     EVP_MD_CTX_free(md);
 }

@@ -9,6 +9,7 @@
 
 #include "ckptscope/cache.h"
 #include "ckptscope/compare.h"
+#include "ckptscope/defaults.h"
 #include "ckptscope/fingerprint.h"
 #include "ckptscope/report.h"
 #include "cli.h"
@@ -55,7 +56,6 @@ static const char compare_help[] =
     "  ckptscope compare ./base ./finetune --html report.html\n";
 
 #define MAX_EXTRA 16
-#define DEFAULT_BUDGET (384ull << 20) /* what budget_bytes = 0 means (compare.h) */
 
 struct opened {
     cks_ckpt *ckpt;
@@ -602,12 +602,12 @@ int cmd_compare(int argc, char **argv)
     copts.positives = pos_models;
     copts.n_positives = n_positives;
     stage.opts = &opts;
-    stage.budget = copts.budget_bytes ? copts.budget_bytes : DEFAULT_BUDGET;
+    stage.budget = copts.budget_bytes ? copts.budget_bytes : CKS_DEFAULT_BUDGET_BYTES;
     copts.progress = progress_stage;
     copts.progress_ctx = &stage;
     err = cks_compare(&a.model, &b.model, &copts, &result, &diag);
     if (!err && (a.fp || b.fp)) /* what the fingerprint could not support, said per test */
-        cks_fingerprint_annotate(result, a.fp, b.fp, copts.seed ? copts.seed : 20260128u);
+        cks_fingerprint_annotate(result, a.fp, b.fp, copts.seed ? copts.seed : CKS_DEFAULT_SEED);
     cli_progress_stage(&opts, NULL, 0);
     if (err) {
         rc = cli_fail("compare", err, &diag);
