@@ -591,15 +591,15 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
             if (fd >= 0 && fstat(fd, &st) == 0) {
                 ssize_t r = pread(fd, hdr, sizeof hdr, 0);
                 if (r >= (ssize_t)META_HEADER_SIZE && memcmp(hdr, META_MAGIC, 8) == 0) {
-                    uint32_t kl = cache_get_u32(hdr + 16);
+                    uint32_t kl = cks_get_le32(hdr + 16);
                     if (kl <= MAX_KEY_LEN && (size_t)r >= META_HEADER_SIZE + kl) {
                         cks_cache_entry e = {0};
                         e.kind = CKS_CACHE_ENTRY_META;
                         e.ns = cache_xstrdup(a->d_name);
                         e.key = strndup((const char *)hdr + META_HEADER_SIZE, kl);
-                        e.logical_bytes = cache_get_u64(hdr + 24);
+                        e.logical_bytes = cks_get_le64(hdr + 24);
                         e.stored_bytes = (uint64_t)st.st_size;
-                        e.last_used = (int64_t)cache_get_u64(hdr + 8);
+                        e.last_used = (int64_t)cks_get_le64(hdr + 8);
                         if (!e.ns || !e.key || entries_push(&v, &n, &cap, &e) != CKS_OK) {
                             free(e.ns);
                             free(e.key);

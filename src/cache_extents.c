@@ -67,10 +67,10 @@ static ext_status ext_load_table(int fd, const char *key, uint64_t want_off, uin
         snprintf(why, why_len, "bad magic");
         return EXT_CORRUPT;
     }
-    t->off = cache_get_u64(t->raw + 8);
-    t->len = cache_get_u64(t->raw + 16);
-    uint32_t cs = cache_get_u32(t->raw + 24);
-    t->n_chunks = cache_get_u32(t->raw + 28);
+    t->off = cks_get_le64(t->raw + 8);
+    t->len = cks_get_le64(t->raw + 16);
+    uint32_t cs = cks_get_le32(t->raw + 24);
+    t->n_chunks = cks_get_le32(t->raw + 28);
     if (t->off != want_off || t->len != want_len || cs != CHUNK_SIZE ||
         t->n_chunks != (want_len + CHUNK_SIZE - 1) / CHUNK_SIZE || t->n_chunks > MAX_CHUNKS) {
         snprintf(why, why_len, "header does not match its name");
@@ -84,7 +84,7 @@ static ext_status ext_load_table(int fd, const char *key, uint64_t want_off, uin
         snprintf(why, why_len, "truncated chunk table");
         return EXT_CORRUPT;
     }
-    uint32_t want_crc = cache_get_u32(t->raw + 60);
+    uint32_t want_crc = cks_get_le32(t->raw + 60);
     uint32_t crc = cks_crc32c(0, t->raw, 60);
     crc = cks_crc32c(crc, t->raw + EXT_HEADER_SIZE, table_len);
     if (crc != want_crc) {
@@ -111,15 +111,15 @@ static ext_status ext_read_chunk(cks_cache *c, int fd, const ext_table *t, uint3
                                  unsigned char *dst, char *why, size_t why_len)
 {
     const unsigned char *ent = t->raw + EXT_HEADER_SIZE + (size_t)i * EXT_ENTRY_SIZE;
-    uint64_t soff = cache_get_u64(ent);
-    uint32_t slen = cache_get_u32(ent + 8);
-    uint32_t method = cache_get_u32(ent + 12);
+    uint64_t soff = cks_get_le64(ent);
+    uint32_t slen = cks_get_le32(ent + 8);
+    uint32_t method = cks_get_le32(ent + 12);
     uint32_t want[4], got[4];
     uint32_t llen = chunk_logical_len(t, i);
     int e;
 
     for (int k = 0; k < 4; k++)
-        want[k] = cache_get_u32(ent + 16 + 4 * k);
+        want[k] = cks_get_le32(ent + 16 + 4 * k);
     if (soff > (uint64_t)t->st.st_size || slen > (uint64_t)t->st.st_size - soff ||
         slen > c->scratch_cap) {
         snprintf(why, why_len, "chunk %u lies outside the file", i);
@@ -413,11 +413,11 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
         }
         cks_cache_checksum(src, llen, sum);
         unsigned char *ent = hdr + EXT_HEADER_SIZE + (size_t)i * EXT_ENTRY_SIZE;
-        cache_put_u64(ent, pos);
-        cache_put_u32(ent + 8, out_len);
-        cache_put_u32(ent + 12, method);
+        cks_put_le64(ent, pos);
+        cks_put_le32(ent + 8, out_len);
+        cks_put_le32(ent + 12, method);
         for (int q = 0; q < 4; q++)
-            cache_put_u32(ent + 16 + 4 * q, sum[q]);
+            cks_put_le32(ent + 16 + 4 * q, sum[q]);
         e = cache_pwrite_all(fd, out_p, out_len, pos);
         if (e) {
             err = cache_io_fail(diag, e, "writing", tmp);
@@ -426,14 +426,14 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
         pos += out_len;
     }
     memcpy(hdr, EXT_MAGIC, 8);
-    cache_put_u64(hdr + 8, off);
-    cache_put_u64(hdr + 16, len);
-    cache_put_u32(hdr + 24, CHUNK_SIZE);
-    cache_put_u32(hdr + 28, n_chunks);
+    cks_put_le64(hdr + 8, off);
+    cks_put_le64(hdr + 16, len);
+    cks_put_le32(hdr + 24, CHUNK_SIZE);
+    cks_put_le32(hdr + 28, n_chunks);
     key_fingerprint(k->key, hdr + 32);
     uint32_t crc = cks_crc32c(0, hdr, 60);
     crc = cks_crc32c(crc, hdr + EXT_HEADER_SIZE, hdr_len - EXT_HEADER_SIZE);
-    cache_put_u32(hdr + 60, crc);
+    cks_put_le32(hdr + 60, crc);
     e = cache_pwrite_all(fd, hdr, hdr_len, 0);
     if (e) {
         err = cache_io_fail(diag, e, "writing", tmp);

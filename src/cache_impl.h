@@ -29,6 +29,8 @@
 #ifndef CKPTSCOPE_CACHE_IMPL_H
 #define CKPTSCOPE_CACHE_IMPL_H
 
+#include "byteorder.h"
+
 #include <dirent.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -145,10 +147,6 @@ typedef enum ext_status {
 } ext_status;
 
 /* cache_fs.c */
-void cache_put_u32(unsigned char *p, uint32_t v);
-void cache_put_u64(unsigned char *p, uint64_t v);
-uint32_t cache_get_u32(const unsigned char *p);
-uint64_t cache_get_u64(const unsigned char *p);
 char *cache_xstrdup(const char *s);
 char *cache_path_join(const char *a, const char *b);
 int64_t cache_now_seconds(void);

@@ -200,14 +200,14 @@ static uint64_t key_gen_read(const keyent *k)
     unsigned char b[8];
     if (k->lock_fd < 0 || pread(k->lock_fd, b, 8, 0) != 8)
         return 0;
-    return cache_get_u64(b);
+    return cks_get_le64(b);
 }
 
 void cache_key_gen_bump(keyent *k)
 {
     unsigned char b[8];
     uint64_t g = key_gen_read(k) + 1;
-    cache_put_u64(b, g);
+    cks_put_le64(b, g);
     if (k->lock_fd >= 0 && pwrite(k->lock_fd, b, 8, 0) == 8) {
         k->gen_seen = g;
         k->gen_valid = true;

@@ -69,14 +69,14 @@ bool cache_meta_decode(cks_cache *c, const unsigned char *img, size_t n, int64_t
     *data = NULL;
     if (n < META_HEADER_SIZE + 4 || memcmp(img, META_MAGIC, 8) != 0)
         return false;
-    *created = (int64_t)cache_get_u64(img + 8);
-    *key_len = cache_get_u32(img + 16);
-    uint32_t method = cache_get_u32(img + 20);
-    uint64_t dlen = cache_get_u64(img + 24), slen = cache_get_u64(img + 32);
+    *created = (int64_t)cks_get_le64(img + 8);
+    *key_len = cks_get_le32(img + 16);
+    uint32_t method = cks_get_le32(img + 20);
+    uint64_t dlen = cks_get_le64(img + 24), slen = cks_get_le64(img + 32);
     if (*key_len > MAX_KEY_LEN || dlen > MAX_META_LEN || slen > MAX_META_LEN ||
         META_HEADER_SIZE + (uint64_t)*key_len + slen + 4 != n)
         return false;
-    if (cks_crc32c(0, img, n - 4) != cache_get_u32(img + n - 4))
+    if (cks_crc32c(0, img, n - 4) != cks_get_le32(img + n - 4))
         return false;
     *key = img + META_HEADER_SIZE;
     const unsigned char *s = img + META_HEADER_SIZE + *key_len;
@@ -235,14 +235,14 @@ static cks_err meta_put(cks_cache *c, const char *ns, const char *key, const voi
         memcpy(s, data, len);
     }
     memcpy(img, META_MAGIC, 8);
-    cache_put_u64(img + 8, (uint64_t)cache_now_seconds());
-    cache_put_u32(img + 16, (uint32_t)kl);
-    cache_put_u32(img + 20, method);
-    cache_put_u64(img + 24, len);
-    cache_put_u64(img + 32, slen);
+    cks_put_le64(img + 8, (uint64_t)cache_now_seconds());
+    cks_put_le32(img + 16, (uint32_t)kl);
+    cks_put_le32(img + 20, method);
+    cks_put_le64(img + 24, len);
+    cks_put_le64(img + 32, slen);
     memcpy(img + META_HEADER_SIZE, key, kl);
     size_t total = META_HEADER_SIZE + kl + slen;
-    cache_put_u32(img + total, cks_crc32c(0, img, total));
+    cks_put_le32(img + total, cks_crc32c(0, img, total));
     total += 4;
     if (cache_mkdirs_here(c, dir) != 0) {
         err = cache_io_fail(diag, errno, "creating directory", dir);

@@ -58,31 +58,6 @@ static bool mul_ok(uint64_t a, uint64_t b, uint64_t *out)
     return true;
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static uint32_t f32_bits(float f)
 {
     uint32_t u;
@@ -158,7 +133,7 @@ static cJSON *put_floats(bbuf *b, const float *v, size_t n, uint32_t version)
             at[2 * i] = (uint8_t)(u >> 16);
             at[2 * i + 1] = (uint8_t)(u >> 24);
         } else {
-            put_u32(at + 4 * i, u);
+            cks_put_le32(at + 4 * i, u);
         }
     }
     return ref_json(bf16 ? "bf16" : "f32", off, n);
@@ -179,7 +154,7 @@ static cJSON *put_doubles(bbuf *b, const double *v, size_t n, uint32_t version)
         for (size_t i = 0; i < n; i++) {
             uint64_t u;
             memcpy(&u, &v[i], 8);
-            put_u64(at + 8 * i, u);
+            cks_put_le64(at + 8 * i, u);
         }
         return ref_json("f64", off, n);
     }
@@ -200,7 +175,7 @@ static cJSON *put_u32s(bbuf *b, const uint32_t *v, size_t n)
     if (n > SIZE_MAX / 4 || !(at = bbuf_grow(b, n * 4)))
         return NULL;
     for (size_t i = 0; i < n; i++)
-        put_u32(at + 4 * i, v[i]);
+        cks_put_le32(at + 4 * i, v[i]);
     return ref_json("u32", off, n);
 }
 
@@ -530,11 +505,11 @@ static bool encode_values(cks_dtype dtype, const double *dv, const float *fv, si
         case CKS_DTYPE_F64: {
             uint64_t u;
             memcpy(&u, &d, 8);
-            put_u64(out + 8 * i, u);
+            cks_put_le64(out + 8 * i, u);
             break;
         }
         case CKS_DTYPE_F32:
-            put_u32(out + 4 * i, f32_bits(f));
+            cks_put_le32(out + 4 * i, f32_bits(f));
             break;
         case CKS_DTYPE_BF16: {
             uint32_t u = f32_bits(f);
@@ -1374,13 +1349,13 @@ cks_err cks_fingerprint_encode(const cks_fingerprint *fp, uint32_t version, uint
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory encoding the fingerprint");
         goto out;
     }
-    put_u32(payload, (uint32_t)json_len);
+    cks_put_le32(payload, (uint32_t)json_len);
     memcpy(payload + 4, json, json_len);
     if (b.len)
         memcpy(payload + 4 + json_len, b.p, b.len);
     memcpy(file, CKS_FP_MAGIC, CKS_FP_MAGIC_LEN);
-    put_u32(file + 8, version);
-    put_u64(file + 12, payload_len);
+    cks_put_le32(file + 8, version);
+    cks_put_le64(file + 12, payload_len);
     zlen = ZSTD_compress(file + FP_HEAD_LEN, bound, payload, payload_len,
                          payload_len < FP_ZSTD_LARGE ? FP_ZSTD_LEVEL_SMALL : FP_ZSTD_LEVEL_LARGE);
     if (ZSTD_isError(zlen)) {
@@ -1488,7 +1463,7 @@ static cks_err get_floats(dec *d, const cJSON *o, const char *key, size_t want, 
         if (strcmp(e, "bf16") == 0)
             (*out)[i] = bits_f32((uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16);
         else if (strcmp(e, "f32") == 0)
-            (*out)[i] = bits_f32(get_u32(p + 4 * i));
+            (*out)[i] = bits_f32(cks_get_le32(p + 4 * i));
         else {
             free(*out);
             *out = NULL;
@@ -1513,7 +1488,7 @@ static cks_err get_doubles(dec *d, const cJSON *o, const char *key, size_t want,
         if (!*out)
             return cks_fail(d->diag, CKS_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < n; i++) {
-            uint64_t u = get_u64(p + 8 * i);
+            uint64_t u = cks_get_le64(p + 8 * i);
             memcpy(&(*out)[i], &u, 8);
         }
         return CKS_OK;
@@ -1546,7 +1521,7 @@ static cks_err get_u32s(dec *d, const cJSON *o, const char *key, size_t want, ui
     if (!*out)
         return cks_fail(d->diag, CKS_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < *n; i++)
-        (*out)[i] = get_u32(p + 4 * i);
+        (*out)[i] = cks_get_le32(p + 4 * i);
     return CKS_OK;
 }
 
@@ -1878,7 +1853,7 @@ static cks_err decode_payload(dec *d, const uint8_t *payload, size_t len, cks_fi
     const cJSON *cfg;
     uint64_t v, n_layers, hidden;
 
-    if (len < 4 || (json_len = get_u32(payload)) > len - 4)
+    if (len < 4 || (json_len = cks_get_le32(payload)) > len - 4)
         return bad(d, "the metadata length is beyond the payload");
     d->bin = payload + 4 + json_len;
     d->bin_len = len - 4 - json_len;
@@ -1986,8 +1961,8 @@ cks_err cks_fingerprint_decode(const uint8_t *buf, size_t len, cks_fingerprint *
     d.diag = diag;
     if (len < FP_HEAD_LEN || !cks_fingerprint_sniff(buf, len))
         return cks_fail(diag, FP_BAD, "not a ckptscope fingerprint (no CKSFPRNT magic)");
-    d.version = get_u32(buf + 8);
-    payload_len = get_u64(buf + 12);
+    d.version = cks_get_le32(buf + 8);
+    payload_len = cks_get_le64(buf + 12);
     if (d.version < CKS_FP_MIN_VERSION || d.version > CKS_FP_VERSION)
         return cks_fail(diag, CKS_ERR_UNSUPPORTED, "fingerprint version %u: this ckptscope reads versions %d to %d",
                         d.version, CKS_FP_MIN_VERSION, CKS_FP_VERSION);

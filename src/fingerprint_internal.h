@@ -5,6 +5,8 @@
 #ifndef CKS_FINGERPRINT_INTERNAL_H
 #define CKS_FINGERPRINT_INTERNAL_H
 
+#include "byteorder.h"
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -31,34 +31,6 @@
 
 /* ---- small helpers ---- */
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-static uint64_t get_u64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 static uint64_t align_up(uint64_t v)
 {
     return (v + CKS_FPLIB_ALIGN - 1) / CKS_FPLIB_ALIGN * CKS_FPLIB_ALIGN;
@@ -475,13 +447,13 @@ cks_err cks_fplib_open(const char *path, cks_fplib **out, cks_diag *diag)
         err = cks_fail(diag, LIB_BAD, "%s: not a fingerprint library (no CKSFPLIB magic)", path);
         goto out;
     }
-    lib->version = get_u32(head + 8);
-    index_len = get_u64(head + 16);
-    data_off = get_u64(head + 24);
-    if (lib->version != CKS_FPLIB_VERSION || get_u32(head + 12) != 0) {
+    lib->version = cks_get_le32(head + 8);
+    index_len = cks_get_le64(head + 16);
+    data_off = cks_get_le64(head + 24);
+    if (lib->version != CKS_FPLIB_VERSION || cks_get_le32(head + 12) != 0) {
         err = cks_fail(diag, CKS_ERR_UNSUPPORTED,
                        "%s: fingerprint library version %u (flags %#x): this ckptscope reads version %d", path,
-                       lib->version, get_u32(head + 12), CKS_FPLIB_VERSION);
+                       lib->version, cks_get_le32(head + 12), CKS_FPLIB_VERSION);
         goto out;
     }
     if (index_len == 0 || index_len > CKS_FPLIB_MAX_INDEX || data_off % CKS_FPLIB_ALIGN != 0 ||
@@ -681,10 +653,10 @@ static cks_err write_library(const char *path, cks_fplib_entry *entries, size_t 
     }
     memset(head, 0, sizeof head);
     memcpy(head, CKS_FPLIB_MAGIC, 8);
-    put_u32(head + 8, CKS_FPLIB_VERSION);
-    put_u32(head + 12, 0);
-    put_u64(head + 16, text_len);
-    put_u64(head + 24, data_off);
+    cks_put_le32(head + 8, CKS_FPLIB_VERSION);
+    cks_put_le32(head + 12, 0);
+    cks_put_le64(head + 16, text_len);
+    cks_put_le64(head + 24, data_off);
     EVP_Digest(text, text_len, head + 32, &dlen, EVP_sha256(), NULL);
 
     (void)gethostname(host, sizeof host - 1);
