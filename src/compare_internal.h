@@ -191,4 +191,36 @@ void cmp_role_dims(const cmp_model *md, cks_role role, size_t *rows, size_t *col
 /* Rows sampled from a tensor with `total` rows: the same indices for the same total. */
 size_t cmp_sample_rows(uint64_t seed, size_t total, size_t want, uint32_t *rows);
 
+/* ---- the family T1-T4 across compare*.c (split along the tests) ---- */
+
+#define CMP_MAX_CROSS_DIM 8192u /* T3's d x d cross matrix: 256 MiB of floats at most */
+#define CMP_ITEM_Z 2.0          /* with its effect at the test's floor, a layer or tensor corroborates above this z */
+#define CMP_SYNTH_NOISE 1.0     /* synthetic positive: noise sd relative to the values' sd (r ~ 0.7) */
+
+double cmp_raw_cosine(const double *a, const double *b, size_t n);
+double cmp_pearson_or_nan(const double *a, const double *b, size_t n);
+cks_err cmp_norm_matrix(const cmp_model *a, const cmp_model *b, double *s, bool *any);
+cks_err cmp_choose_pairing(const cmp_model *a, const cmp_model *b, cmp_family *f, cks_diag *diag);
+float cmp_clipped(float value, double lo, double hi);
+cks_err cmp_winsorised(const cmp_matrix *m, cmp_matrix *out);
+cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
+                         cmp_family *f, const char *id, const char *name, cks_diag *diag);
+void cmp_matrix_moments(const cmp_matrix *m, double *mean, double *sd);
+cks_err cmp_test_norms(const cmp_ctx *ctx, const cmp_model *a_in, const cmp_model *b_in, cmp_family *f,
+                       const char *id, const char *name, cks_diag *diag);
+cks_err cmp_test_identity(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_family *f, cks_diag *diag);
+cks_err cmp_test_t4(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb, cmp_family *f,
+                    cks_diag *diag);
+cks_err cmp_reindex_model(const cmp_model *src, const int32_t *idx, const int8_t *signs, size_t n, cmp_model *dst);
+cks_err cmp_select_columns(const cmp_matrix *src, const int32_t *cols, const int8_t *signs, size_t n,
+                           cmp_matrix *dst);
+void cmp_describe(const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb, const cmp_family *f,
+                  cks_compare_result *r);
+cks_err cmp_synth_noisy(const cmp_model *a, const cmp_embed_pair *emb, uint64_t seed, cmp_model *out,
+                        cmp_embed_pair *eout);
+cks_err cmp_synth_permuted(const cmp_model *b, const cmp_embed_pair *emb, uint64_t seed, bool weights,
+                           cmp_model *out, cmp_embed_pair *eout);
+cks_err cmp_run_family(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
+                       bool with_t1, cmp_family *f, cks_diag *diag);
+
 #endif
