@@ -15,48 +15,16 @@ import json
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import traceback
 
 ROOT = os.environ.get("CKS_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CKS_BIN") or os.path.join(ROOT, "build", "ckptscope")
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
-
-EXIT_IO = 4
-failures = 0
-
-
-def report(status, name, why=""):
-    global failures
-    if status == "FAIL":
-        failures += 1
-    print("%s %s%s" % (status, name, (": " + why) if why else ""), flush=True)
-
-
-class Fail(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, why):
-    if not cond:
-        raise Fail(why)
-
-
-def st_bytes(tensors):
-    hdr, off = {}, 0
-    for name, dt, shape, data in tensors:
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    h = json.dumps(hdr).encode()
-    h += b" " * (-len(h) % 8)
-    return struct.pack("<Q", len(h)) + h + b"".join(t[3] for t in tensors)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckstest  # noqa: E402
+from ckstest import EXIT_IO, Skip, check, st_bytes, status as report  # noqa: E402
 
 
 def model_tensors(seed, layers):
@@ -76,12 +44,7 @@ class Env:
         self.hub, self.tmp = hub, tmp
 
     def run(self, args, cache, extra_env=None, timeout=60):
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp,
-               "HF_ENDPOINT": self.hub.hub_url, "CKPTSCOPE_BACKOFF_BASE": "0.05",
-               "XDG_CACHE_HOME": os.path.join(self.tmp, "xdg"), "HF_HOME": os.path.join(self.tmp, "no-hf")}
-        if extra_env:
-            env.update(extra_env)
-        env = {k: v for k, v in env.items() if v is not None}
+        env = ckstest.hub_env(self.hub, self.tmp, extra_env)
         p = subprocess.run([BIN] + args + ["--cache-dir", cache], env=env, capture_output=True,
                            timeout=timeout)
         return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
@@ -364,25 +327,12 @@ def main():
         fx = Fixture(store)
         hub = harness.start(store, state_file=os.path.join(tmp, "hub.json"))
         env = Env(hub, tmp)
-        for case in CASES:
-            name = case.__name__[5:]
-            if only and only not in name:
-                continue
-            try:
-                case(env, fx)
-                report("PASS", name)
-            except Skip as e:
-                report("SKIP", name, str(e))
-            except Fail as e:
-                report("FAIL", name, str(e))
-            except Exception:
-                report("FAIL", name, traceback.format_exc().strip().splitlines()[-1])
-                traceback.print_exc()
+        ckstest.run_cases(CASES, env, fx, only=only)
     finally:
         if hub:
             hub.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

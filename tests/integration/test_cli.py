@@ -10,20 +10,11 @@ import struct
 import subprocess
 import sys
 import tempfile
+import ckstest  # noqa: E402
+from ckstest import report  # noqa: E402
 
 BIN = os.environ.get("CKS_BIN", "build/ckptscope")
 BUILD = os.environ.get("CKS_BUILD", "build")
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
-
 
 def run(*args):
     p = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
@@ -203,7 +194,7 @@ def main():
         option_cases(a, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

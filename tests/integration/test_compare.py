@@ -19,17 +19,8 @@ ROOT = os.environ.get("CKS_ROOT", os.getcwd())
 BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
 REAL = os.environ.get("CKS_REALDATA", os.path.join(ROOT, "../shared/realdata"))
 sys.path.insert(0, os.path.join(ROOT, "tests/fakehub"))
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
-
+import ckstest  # noqa: E402
+from ckstest import report  # noqa: E402
 
 def compare(env, *args):
     try:
@@ -254,7 +245,7 @@ def main():
         realdata()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

@@ -20,22 +20,12 @@ import tempfile
 import time
 
 import numpy as np
+import ckstest  # noqa: E402
+from ckstest import report  # noqa: E402
 
 ROOT = os.environ.get("CKS_ROOT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build", "ckptscope"))
 GEN = os.path.join(ROOT, "tests", "tools", "gen_family.py")
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
-    sys.stdout.flush()
-
 
 def skip(name, why):
     print(f"SKIP {name}: {why}")
@@ -498,7 +488,7 @@ def main():
         check_ls(root, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

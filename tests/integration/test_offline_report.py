@@ -10,14 +10,8 @@ import tempfile
 ROOT = os.environ.get("CKS_ROOT", os.getcwd())
 BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
 sys.path.insert(0, os.path.join(ROOT, "tests/fakehub"))
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    print(f"PASS {name}" if ok else f"FAIL {name}: {why}")
-    failures += 0 if ok else 1
-
+import ckstest  # noqa: E402
+from ckstest import report  # noqa: E402
 
 def run(env, *args):
     p = subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
@@ -51,7 +45,7 @@ def main():
             report("hash --offline after that: same output", rc == 0 and out2 == out, f"exit {rc}: {err[-300:]}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

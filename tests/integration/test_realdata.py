@@ -11,20 +11,11 @@ import os
 import struct
 import subprocess
 import sys
+import ckstest  # noqa: E402
+from ckstest import report  # noqa: E402
 
 BIN = os.environ.get("CKS_BIN", "build/ckptscope")
 REAL = os.environ.get("CKS_REALDATA", "../shared/realdata")
-failures = 0
-
-
-def report(name, ok, why=""):
-    global failures
-    if ok:
-        print(f"PASS {name}")
-    else:
-        failures += 1
-        print(f"FAIL {name}: {why}")
-
 
 def run(*args):
     p = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=120)
@@ -128,7 +119,7 @@ def main():
             continue
         rc, out, err = run("ls", path)
         report(f"reject {rel}", rc == 3 and rule in err, f"exit {rc}, stderr: {err.strip()}")
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

@@ -21,44 +21,16 @@ import traceback
 ROOT = os.environ.get("CKS_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CKS_BIN") or os.path.join(ROOT, "build", "ckptscope")
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckstest  # noqa: E402
+from ckstest import EXIT_ACCESS, EXIT_NETWORK, Fail, check, st_bytes, status as report  # noqa: E402
 
 TOKEN_OK = "hf_fakeAllowedToken0123456789abcdefghij"
 TOKEN_OTHER = "hf_fakeOtherUserToken0123456789abcdefgh"
 TOKEN_BAD = "hf_fakeRevokedToken0123456789abcdefghij"
-EXIT_NETWORK, EXIT_ACCESS, EXIT_FORMAT = 5, 6, 3
-
-failures = 0
-
-
-def report(status, name, why=""):
-    global failures
-    if status == "FAIL":
-        failures += 1
-    print("%s %s%s" % (status, name, (": " + why) if why else ""), flush=True)
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, why):
-    if not cond:
-        raise Fail(why)
 
 
 # ------------------------------------------------------------------ fixtures
-
-def st_bytes(tensors, meta=None):
-    """A safetensors file: tensors = [(name, dtype, shape, data)]."""
-    hdr, off = {}, 0
-    for name, dt, shape, data in tensors:
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    if meta:
-        hdr["__metadata__"] = meta
-    h = json.dumps(hdr).encode()
-    return struct.pack("<Q", len(h)) + h + b"".join(t[3] for t in tensors)
-
 
 def rbytes(rnd, n):
     return rnd.getrandbits(8 * n).to_bytes(n, "little") if n else b""
@@ -132,16 +104,8 @@ class Env:
         self.tmp = tmp
 
     def run(self, args, token=None, extra_env=None, timeout=60):
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp,
-               "HF_ENDPOINT": self.hub.hub_url, "CKPTSCOPE_NO_CACHE": "1",
-               "CKPTSCOPE_BACKOFF_BASE": "0.05", "XDG_CACHE_HOME": os.path.join(self.tmp, "xdg")}
-        if self.hub.ca_bundle:
-            env["CKPTSCOPE_CA_BUNDLE"] = self.hub.ca_bundle
-        if token:
-            env["HF_TOKEN"] = token
-        if extra_env:
-            env.update(extra_env)
-        env = {k: v for k, v in env.items() if v is not None}
+        env = ckstest.hub_env(self.hub, self.tmp, {"CKPTSCOPE_NO_CACHE": "1", "HF_HOME": None,
+                                                   "HF_TOKEN": token, **(extra_env or {})})
         t0 = time.time()
         p = subprocess.run([BIN] + args, env=env, capture_output=True, timeout=timeout)
         self.last_seconds = time.time() - t0
@@ -793,7 +757,7 @@ def main():
         if hub:
             hub.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

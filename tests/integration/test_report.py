@@ -16,7 +16,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 import zlib
 
@@ -24,28 +23,9 @@ ROOT = os.environ.get("CKS_ROOT") or os.path.abspath(os.path.join(os.path.dirnam
 BIN = os.environ.get("CKS_BIN") or os.path.join(ROOT, "build", "ckptscope")
 CHROMIUM = "/usr/bin/chromium"
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
-
-failures = 0
-
-
-def report(status, name, why=""):
-    global failures
-    if status == "FAIL":
-        failures += 1
-    print("%s %s%s" % (status, name, (": " + why) if why else ""), flush=True)
-
-
-class Fail(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, why):
-    if not cond:
-        raise Fail(why)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckstest  # noqa: E402
+from ckstest import Fail, Skip, check, status as report  # noqa: E402
 
 
 def run(args, env=None, timeout=120):
@@ -378,7 +358,7 @@ def main():
         report("FAIL", "unexpected", traceback.format_exc().replace("\n", " | ")[-600:])
     finally:
         shutil.rmtree(TMP, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 TMP = FAM = None

@@ -26,6 +26,11 @@ BIN = os.environ.get("CKS_BIN") or os.path.join(ROOT, "build", "ckptscope")
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
 import harness  # noqa: E402
 import hubrepo  # noqa: E402
+import ckstest  # noqa: E402
+
+
+def report(ok, name, why=""):
+    ckstest.report(name, ok, why)
 
 MiB = 1 << 20
 N_TENSORS, TENSOR_MIB = 12, 16
@@ -33,14 +38,6 @@ N_TENSORS, TENSOR_MIB = 12, 16
 # old read-ahead held the file itself (192 MiB) before evicting anything.
 PEAK_BOUND_MIB = 128
 EXIT_FORMAT = 3
-failures = 0
-
-
-def report(ok, name, why=""):
-    global failures
-    failures += 0 if ok else 1
-    print("%s %s%s" % ("PASS" if ok else "FAIL", name, "" if ok else ": " + why), flush=True)
-
 
 def make_file(path):
     """12 U8 tensors of 16 MiB: one random MiB repeated with a different first byte per MiB, so
@@ -139,7 +136,7 @@ def main():
                    "exit %d (want %d): %s" % (rc, EXIT_FORMAT, err[-300:]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":

@@ -28,46 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 ROOT = os.environ.get("CKS_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CKS_BIN") or os.path.join(ROOT, "build", "ckptscope")
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakehub"))
-
-EXIT_FORMAT, EXIT_IO, EXIT_NETWORK, EXIT_ACCESS = 3, 4, 5, 6
-failures = 0
-
-
-def report(status, name, why=""):
-    global failures
-    if status == "FAIL":
-        failures += 1
-    print("%s %s%s" % (status, name, (": " + why) if why else ""), flush=True)
-
-
-class Fail(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, why):
-    if not cond:
-        raise Fail(why)
-
-
-def st_bytes(tensors, meta=None):
-    hdr, off = {}, 0
-    if meta:
-        hdr["__metadata__"] = meta
-    for name, dt, shape, data in tensors:
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    h = json.dumps(hdr).encode()
-    h += b" " * (-len(h) % 8)
-    return struct.pack("<Q", len(h)) + h + b"".join(t[3] for t in tensors)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ckstest  # noqa: E402
+from ckstest import EXIT_ACCESS, EXIT_FORMAT, EXIT_NETWORK, Skip, check, st_bytes, status as report  # noqa: E402
 
 
 def hashes_of(tensors):
@@ -129,12 +96,7 @@ class Env:
         return os.path.join(self.tmp, "cache-%d" % self.n)
 
     def run(self, args, cache=None, extra_env=None, timeout=120):
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.tmp,
-               "HF_ENDPOINT": self.hub.hub_url, "CKPTSCOPE_BACKOFF_BASE": "0.05",
-               "XDG_CACHE_HOME": os.path.join(self.tmp, "xdg"), "HF_HOME": os.path.join(self.tmp, "no-hf")}
-        if extra_env:
-            env.update(extra_env)
-        env = {k: v for k, v in env.items() if v is not None}
+        env = ckstest.hub_env(self.hub, self.tmp, extra_env)
         argv = [BIN] + args + (["--cache-dir", cache] if cache else [])
         p = subprocess.run(argv, env=env, capture_output=True, timeout=timeout)
         return p.returncode, p.stdout.decode("utf-8", "surrogateescape"), p.stderr.decode("utf-8", "surrogateescape")
@@ -588,27 +550,12 @@ def main():
         fx = Fixture(store)
         hub = harness.start(store, state_file=os.path.join(tmp, "hub.json"))
         env = Env(hub, tmp, fx)
-        for case in CASES:
-            name = case.__name__[5:]
-            if only and only not in name:
-                continue
-            try:
-                case(env, fx)
-                report("PASS", name)
-            except Skip as e:
-                report("SKIP", name, str(e))
-            except Fail as e:
-                report("FAIL", name, str(e))
-            except Exception:
-                report("FAIL", name, traceback.format_exc().strip().splitlines()[-1])
-                traceback.print_exc()
-            finally:
-                hub.clear_faults()
+        ckstest.run_cases(CASES, env, fx, only=only, after=hub.clear_faults)
     finally:
         if hub:
             hub.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures else 0
+    return ckstest.exit_code()
 
 
 if __name__ == "__main__":
