@@ -298,13 +298,13 @@ cks_err cmp_run_family(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
     if (!err && with_t1)
         err = cmp_test_adapters(ctx, a, b, f, diag);
     if (err)
-        return err;
+        goto out;
     if (!a->known_arch || !b->known_arch || a->n_layers <= 0 || b->n_layers <= 0) {
         if (with_t1)
             err = cmp_test_generic(ctx, a, b, f, diag);
         if (with_t1 && !err)
             err = cmp_test_generic_rows(ctx, a, b, f, diag);
-        return err;
+        goto out;
     }
     err = cmp_choose_pairing(a, b, f, diag);
     if (!err && (tests & CKS_TEST_T2))
@@ -313,6 +313,11 @@ cks_err cmp_run_family(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *
         err = cmp_test_weights(ctx, a, b, emb, f, "T3", "index-aligned k/v/router/embedding rows", diag);
     if (!err && (tests & CKS_TEST_T4))
         err = cmp_test_t4(ctx, a, b, emb, f, diag);
+out:
+    /* a family that failed half-way is of no use to the caller: what it holds goes with it
+     * (the callers release a family only after success; found by tests/unit/test_oom.c) */
+    if (err)
+        cmp_family_release(f);
     return err;
 }
 

@@ -107,12 +107,18 @@ static uint8_t *bbuf_grow(bbuf *b, size_t n)
     return at;
 }
 
-static cJSON *ref_json(const char *enc, size_t off, size_t n)
+/* The reference to a run of the binary section. A reference that cannot be made marks the
+ * section failed: the caller would otherwise write the object without its data and the
+ * encoder would return a fingerprint that does not decode (found by tests/unit/test_oom.c). */
+static cJSON *ref_json(bbuf *b, const char *enc, size_t off, size_t n)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "enc", enc);
-    cJSON_AddNumberToObject(o, "off", (double)off);
-    cJSON_AddNumberToObject(o, "n", (double)n);
+    if (!o || !cJSON_AddStringToObject(o, "enc", enc) || !cJSON_AddNumberToObject(o, "off", (double)off) ||
+        !cJSON_AddNumberToObject(o, "n", (double)n)) {
+        cJSON_Delete(o);
+        b->failed = true;
+        return NULL;
+    }
     return o;
 }
 
@@ -136,7 +142,7 @@ static cJSON *put_floats(bbuf *b, const float *v, size_t n, uint32_t version)
             cks_put_le32(at + 4 * i, u);
         }
     }
-    return ref_json(bf16 ? "bf16" : "f32", off, n);
+    return ref_json(b, bf16 ? "bf16" : "f32", off, n);
 }
 
 static cJSON *put_doubles(bbuf *b, const double *v, size_t n, uint32_t version)
@@ -156,11 +162,13 @@ static cJSON *put_doubles(bbuf *b, const double *v, size_t n, uint32_t version)
             memcpy(&u, &v[i], 8);
             cks_put_le64(at + 8 * i, u);
         }
-        return ref_json("f64", off, n);
+        return ref_json(b, "f64", off, n);
     }
     f = malloc((n ? n : 1) * sizeof *f);
-    if (!f)
+    if (!f) {
+        b->failed = true;
         return NULL;
+    }
     for (size_t i = 0; i < n; i++)
         f[i] = (float)v[i];
     ref = put_floats(b, f, n, version);
@@ -176,7 +184,7 @@ static cJSON *put_u32s(bbuf *b, const uint32_t *v, size_t n)
         return NULL;
     for (size_t i = 0; i < n; i++)
         cks_put_le32(at + 4 * i, v[i]);
-    return ref_json("u32", off, n);
+    return ref_json(b, "u32", off, n);
 }
 
 /* `bytes` bytes already in their stored form, referred to as n elements of encoding enc */
@@ -188,7 +196,7 @@ static cJSON *put_raw(bbuf *b, const uint8_t *v, size_t bytes, const char *enc, 
         return NULL;
     if (bytes)
         memcpy(at, v, bytes);
-    return ref_json(enc, off, n);
+    return ref_json(b, enc, off, n);
 }
 
 static cJSON *put_bytes(bbuf *b, const uint8_t *v, size_t n)

@@ -786,7 +786,8 @@ cks_err cks_st_index_parse(const char *json, size_t len, cks_st_index **out, cks
     }
     err = check_duplicate_keys(map, "weight_map", diag);
     if (err) {
-        err = CKS_ERR_INDEX_INVALID;
+        if (err != CKS_ERR_NOMEM) /* out of memory is not a broken index */
+            err = CKS_ERR_INDEX_INVALID;
         goto out;
     }
     index = calloc(1, sizeof *index);
