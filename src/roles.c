@@ -717,33 +717,6 @@ out:
     return err;
 }
 
-cks_err cks_roles_load(const cks_ckpt *ckpt, const cks_ckpt_provider *provider, cks_roles **out,
-                       cks_diag *diag)
-{
-    char *data = NULL;
-    size_t len = 0;
-    cks_err err;
-
-    if (out)
-        *out = NULL;
-    if (!provider || !provider->fetch_file) {
-        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "roles: no file provider");
-        goto out;
-    }
-    err = provider->fetch_file(provider->ctx, "config.json", &data, &len, diag);
-    if (err == CKS_ERR_NOT_FOUND || err == CKS_ERR_FILE_NOT_FOUND) {
-        free(data);
-        data = NULL;
-        len = 0;
-    } else if (err) {
-        goto out;
-    }
-    err = cks_roles_build(ckpt, data, len, out, diag);
-out:
-    free(data);
-    return err;
-}
-
 cks_err cks_roles_load_dir(const cks_ckpt *ckpt, const char *dir, cks_roles **out, cks_diag *diag)
 {
     char path[4096];

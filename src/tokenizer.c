@@ -386,26 +386,6 @@ out:
     return err;
 }
 
-cks_err cks_vocab_load(const cks_ckpt_provider *provider, cks_vocab **out, cks_diag *diag)
-{
-    char *data = NULL;
-    size_t len = 0;
-    cks_err err;
-
-    if (out)
-        *out = NULL;
-    if (!provider || !provider->fetch_file) {
-        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "tokenizer: no file provider");
-        goto out;
-    }
-    if ((err = provider->fetch_file(provider->ctx, "tokenizer.json", &data, &len, diag)))
-        goto out;
-    err = cks_vocab_parse(data, len, out, diag);
-out:
-    free(data);
-    return err;
-}
-
 cks_err cks_vocab_load_file(const char *path, cks_vocab **out, cks_diag *diag)
 {
     FILE *f = NULL;

@@ -163,13 +163,6 @@ cks_err cks_arch_config_parse(const char *json, size_t len, cks_arch_config *out
 cks_err cks_roles_build(const cks_ckpt *ckpt, const char *config_json, size_t config_len,
                         cks_roles **out, cks_diag *diag);
 
-/*
- * Same, fetching config.json through the provider; a missing config.json (NOT_FOUND /
- * FILE_NOT_FOUND) is not an error: roles are then inferred.
- */
-cks_err cks_roles_load(const cks_ckpt *ckpt, const cks_ckpt_provider *provider, cks_roles **out,
-                       cks_diag *diag);
-
 /* Same, reading <dir>/config.json from local disk (absent: inferred). */
 cks_err cks_roles_load_dir(const cks_ckpt *ckpt, const char *dir, cks_roles **out, cks_diag *diag);
 

@@ -78,9 +78,6 @@ typedef struct cks_vocab {
 /* Parse tokenizer.json (explicit length). */
 cks_err cks_vocab_parse(const char *json, size_t len, cks_vocab **out, cks_diag *diag);
 
-/* Fetch and parse <root>/tokenizer.json through a provider; absent: CKS_ERR_NOT_FOUND or the
- * provider's CKS_ERR_FILE_NOT_FOUND, passed through for the caller to report. */
-cks_err cks_vocab_load(const cks_ckpt_provider *provider, cks_vocab **out, cks_diag *diag);
 
 /* Read and parse a local tokenizer.json (a path to the file). */
 cks_err cks_vocab_load_file(const char *path, cks_vocab **out, cks_diag *diag);

@@ -179,6 +179,26 @@ static void streaming_matches_plain_reference(void)
     CHECK(m.n == N);
     CHECK_NEAR(cks_moments_std(&m, 1), r.std_a, 1e-15);
     CHECK_NEAR(m.mean, r.mean_a, 1e-14);
+    /* ... and so do two halves accumulated apart and merged (Chan et al.'s pairwise update),
+     * in either order, with an empty side changing nothing */
+    {
+        cks_moments lo, hi, empty;
+        cks_moments_init(&lo);
+        cks_moments_init(&hi);
+        cks_moments_init(&empty);
+        cks_moments_add_f64(&lo, a, 1001);
+        cks_moments_add_f64(&hi, a + 1001, N - 1001);
+        cks_moments_merge(&hi, &lo);
+        CHECK(hi.n == N);
+        CHECK_NEAR(hi.mean, r.mean_a, 1e-14);
+        CHECK_NEAR(cks_moments_std(&hi, 1), r.std_a, 1e-14);
+        cks_moments_merge(&hi, &empty);
+        CHECK(hi.n == N);
+        CHECK_NEAR(cks_moments_std(&hi, 1), r.std_a, 1e-14);
+        cks_moments_merge(&empty, &hi);
+        CHECK(empty.n == N);
+        CHECK_NEAR(empty.mean, r.mean_a, 1e-14);
+    }
     free(a);
     free(b);
 }
