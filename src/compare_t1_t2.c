@@ -1,5 +1,6 @@
 /*
- * compare: T1 (identity: shared bits beyond chance) and T2 (norm gains under a joint hidden-dimension permutation).
+ * compare: T1 (identity: shared bits beyond chance), T2 (norm gains under a joint hidden-dimension
+ * permutation) and the layer pairing, which reads T2's norm-gain matrix.
  * Part of cks_compare (compare.c); shared declarations in compare_internal.h.
  */
 #include <cblas.h>
@@ -452,5 +453,46 @@ out:
     free((void *)vb);
     cmp_model_release(&ranked_a);
     cmp_model_release(&ranked_b);
+    return err;
+}
+
+/* ---- layer pairing (on T2's norm-gain matrix) ---- */
+
+/* Equal depth: the diagonal. Otherwise a monotone path on the norm-gain matrix. */
+cks_err cmp_choose_pairing(const cmp_model *a, const cmp_model *b, cmp_family *f, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    double *s = NULL, score;
+    bool any = false;
+    int la = a->n_layers, lb = b->n_layers;
+
+    f->n_pairs = 0;
+    if (la <= 0 || lb <= 0 || la > (int)CKS_LAYERS_MAX_DIM || lb > (int)CKS_LAYERS_MAX_DIM)
+        return CKS_OK;
+    if (la == lb || a->hidden != b->hidden) {
+        for (int i = 0; i < (la < lb ? la : lb); i++) {
+            f->pairs[f->n_pairs].a = i;
+            f->pairs[f->n_pairs].b = i;
+            f->n_pairs++;
+        }
+        return CKS_OK;
+    }
+    s = malloc((size_t)la * (size_t)lb * sizeof *s);
+    if (!s || cmp_norm_matrix(a, b, s, &any) != CKS_OK) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (!any) {
+        /* no norms to align by: pair by relative depth */
+        for (int i = 0; i < (la < lb ? la : lb); i++) {
+            f->pairs[f->n_pairs].a = (la <= lb) ? i : (int)((double)i * la / lb);
+            f->pairs[f->n_pairs].b = (la <= lb) ? (int)((double)i * lb / la) : i;
+            f->n_pairs++;
+        }
+        goto out;
+    }
+    err = cks_layer_monotone_path(s, (size_t)la, (size_t)lb, 0.0, f->pairs, &f->n_pairs, &score, diag);
+out:
+    free(s);
     return err;
 }
