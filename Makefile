@@ -47,7 +47,10 @@ ifeq ($(SAN),1)
   LDFLAGS += -fsanitize=address,undefined
 endif
 
-LIB_SRC   := $(wildcard src/*.c)
+# The library in folders by layer, from the bottom (PLAN.md, "Layers"; tests/integration/
+# test_layers.py checks the rule): core, format, storage, transport, statistics, analysis.
+LAYERS    := core format storage transport statistics analysis
+LIB_SRC   := $(foreach layer,$(LAYERS),$(wildcard src/$(layer)/*.c))
 CLI_SRC   := $(wildcard src/cli/*.c)
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 SUPPORT_SRC := $(wildcard tests/support/*.c)
@@ -84,9 +87,9 @@ deps-build:
 deps-demo:
 	@scripts/deps.sh --demo
 
-# The library (src/*.c) sees only include/ and its own internal headers, so it cannot include a
+# The library (src/<layer>/*.c) sees only include/ and its own internal headers, so it cannot include a
 # CLI or test header by accident; the CLI adds nothing; tests and tools also see tests/.
-# tests/integration/test_layers.sh checks the same by reading the #include lines.
+# tests/integration/test_layers.py checks the same from the #include lines and the call graph.
 LIB_INC   := -Isrc
 TEST_INC  := -Isrc -Itests
 

@@ -9,8 +9,12 @@ MIB=${CACHE_BENCH_MIB:-$(( ${BENCH_GIB:-1} * 1024 ))}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cks-bench-cache-XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 # The cache code alone, optimised as `make bench` builds it (OPT=-O3).
-gcc -O3 -g -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c src/cache_fs.c src/cache_index.c src/cache_extents.c src/cache_meta.c src/cache_admin.c \
-    src/cache_crc.c src/cache_hf.c src/hex.c src/error.c -lcrypto -lzstd -lm -pthread -o "$WORK/bench_cache"
+# (the storage layer, the HF_HOME reader it is benchmarked with, and the core it uses;
+# tests/integration/test_setup.sh links the same list)
+CACHE_SRCS="src/storage/*.c src/transport/cache_hf.c src/format/source.c src/core/hex.c src/core/error.c"
+# shellcheck disable=SC2086
+gcc -O3 -g -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c $CACHE_SRCS \
+    -lcrypto -lzstd -lm -pthread -o "$WORK/bench_cache"
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 OUT=$("$WORK/bench_cache" "$WORK" "$MIB")
 if [ -x "$BUILD/ckptscope" ]; then

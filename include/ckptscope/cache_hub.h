@@ -70,7 +70,7 @@ cks_err cks_cache_describe_ckpt_missing(cks_cache *c, const cks_ckpt *ckpt,
                                         const cks_ckpt_tensor *const *sel, size_t n_sel,
                                         char **message, cks_diag *diag);
 
-/* ---- the cache seen by repository (`ckptscope cache ls`, `cache rm`; src/cache_repos.c) ----
+/* ---- the cache seen by repository (`ckptscope cache ls`, `cache rm`; src/transport/cache_repos.c) ----
  *
  * Bytes are stored by content, so which repository they belong to is known only from the
  * listings kept in the cache: every cached file key named by some listing of a repo (any

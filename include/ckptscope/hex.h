@@ -1,5 +1,5 @@
 /*
- * include/ckptscope/hex.h — the one hex helper of the library (src/hex.c): encoding, checking,
+ * include/ckptscope/hex.h — the one hex helper of the library (src/core/hex.c): encoding, checking,
  * and a buffer's SHA-256 as hex. It needs only OpenSSL, so the cache builds without the rest of
  * the library (bench/cache links the cache alone).
  */

@@ -443,7 +443,7 @@ out:
 
 /*
  * --full's value check: every element of every float tensor, decoded from the bytes as they
- * stream past for the SHA-256 (no second read, the decoders of src/decode.c). A file's tensors
+ * stream past for the SHA-256 (no second read, the decoders of src/core/decode.c). A file's tensors
  * lie back to back in offset order, so one cursor walks them; an element cut by a chunk boundary
  * waits in `carry`. Complex (C64) tensors are checked as pairs of F32; F4 and F6 have no NaN or
  * Inf encoding, so there is nothing to check in them.

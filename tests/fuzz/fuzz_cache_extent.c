@@ -24,7 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cache_internal.h"
+#include "storage/cache_internal.h"
 #include "ckptscope/cache.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

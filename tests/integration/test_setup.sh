@@ -61,8 +61,11 @@ fi
 
 # make bench compiles parts of the library on their own: the cache alone must link without the
 # Hub client (a helper of cache_hf.c once called cks_hub_repo_free and broke bench/cache)
-cache_srcs=$(grep -o -E 'src/(cache[a-z_]*|hex)\.c' bench/cache/run.sh | tr '\n' ' ')
-if gcc -O0 -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c $cache_srcs src/error.c \
+cache_srcs=$(sed -n 's/^CACHE_SRCS="\(.*\)"$/\1/p' bench/cache/run.sh)
+# shellcheck disable=SC2086
+[ -n "$cache_srcs" ] && [ -n "$(ls $cache_srcs 2>/dev/null)" ] || fail "bench/cache's source list" "no CACHE_SRCS line in bench/cache/run.sh"
+# shellcheck disable=SC2086
+if [ -n "$cache_srcs" ] && gcc -O0 -std=c17 -D_GNU_SOURCE -Iinclude -Isrc bench/cache/bench_cache.c $cache_srcs \
     -lcrypto -lzstd -lm -pthread -o "$TMP/bench_cache" 2>"$TMP/ld.err"; then
     pass "bench/cache's cache-only build links ($cache_srcs)"
 else

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "ckptscope/tokenizer.h"
-#include "fingerprint_internal.h"
+#include "analysis/fingerprint_internal.h"
 
 static void put_hex(const uint8_t *s, size_t n)
 {

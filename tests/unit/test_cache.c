@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cache_internal.h"
+#include "storage/cache_internal.h"
 #include "check.h"
 #include "ckptscope/cache.h"
 #include "ckptscope/cache_hub.h"

@@ -14,7 +14,7 @@
 #include "check.h"
 #include "ckptscope/fingerprint.h"
 #include "ckptscope/stats.h"
-#include "fingerprint_internal.h" /* the 4-bit quantiser and the reference strings */
+#include "analysis/fingerprint_internal.h" /* the 4-bit quantiser and the reference strings */
 
 #define FIXTURE "tests/fixtures/fingerprint-v1-llama-base.ckfp"
 

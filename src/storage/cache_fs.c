@@ -1,6 +1,6 @@
 /*
- * src/cache_fs.c — the disk cache: filesystem primitives: bytes in little-endian, paths, directories, fsync, temporary files committed by rename.
- * What the five cache_*.c files share, and the rules they follow: src/cache_impl.h.
+ * src/storage/cache_fs.c — the disk cache: filesystem primitives: bytes in little-endian, paths, directories, fsync, temporary files committed by rename.
+ * What the cache_*.c files of this folder share, and the rules they follow: src/storage/cache_impl.h.
  */
 #include "ckptscope/cache.h"
 #include "ckptscope/hex.h"

@@ -1,6 +1,6 @@
 /*
- * src/cache_extents.c — the disk cache: extent files with per-chunk checksums; the public read, write and missing.
- * What the five cache_*.c files share, and the rules they follow: src/cache_impl.h.
+ * src/storage/cache_extents.c — the disk cache: extent files with per-chunk checksums; the public read, write and missing.
+ * What the cache_*.c files of this folder share, and the rules they follow: src/storage/cache_impl.h.
  */
 #include "ckptscope/cache.h"
 #include "ckptscope/hex.h"
@@ -191,13 +191,6 @@ static chunk_slot *slot_claim(cks_cache *c)
     }
     best->name[0] = '\0';
     return best;
-}
-
-void cache_slots_forget(cks_cache *c, const char *name)
-{
-    for (size_t s = 0; s < N_SLOTS; s++)
-        if (strcmp(c->slots[s].name, name) == 0)
-            c->slots[s].name[0] = '\0';
 }
 
 /*

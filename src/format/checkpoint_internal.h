@@ -1,5 +1,5 @@
 /*
- * src/checkpoint_internal.h — what checkpoint.c shares with checkpoint_check.c: the local
+ * src/format/checkpoint_internal.h — what checkpoint.c shares with checkpoint_check.c: the local
  * provider (ctx is the root directory as a C string).
  */
 #ifndef CKS_CHECKPOINT_INTERNAL_H

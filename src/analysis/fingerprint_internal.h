@@ -5,7 +5,7 @@
 #ifndef CKS_FINGERPRINT_INTERNAL_H
 #define CKS_FINGERPRINT_INTERNAL_H
 
-#include "byteorder.h"
+#include "core/byteorder.h"
 
 #include <stddef.h>
 #include <stdint.h>

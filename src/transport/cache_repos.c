@@ -4,7 +4,7 @@
  *
  * The cache stores bytes by content key ("sha256:<hex>", "git:<commit>:<path>") and keeps
  * each repository listing as metadata (namespace "repo", key "endpoint|type|org/name@rev",
- * src/cache_hub.c), so a repository's files are the keys its listings name.
+ * src/transport/cache_hub.c), so a repository's files are the keys its listings name.
  */
 #include "ckptscope/cache_hub.h"
 

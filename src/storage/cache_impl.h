@@ -1,14 +1,15 @@
 /*
- * src/cache_impl.h — what the five files of the disk cache share: its limits, the cache
+ * src/storage/cache_impl.h — what the files of the disk cache share: its limits, the cache
  * object and the helpers one file uses from another. Not part of the public API (that is
- * include/ckptscope/cache.h); src/cache_internal.h is what the unit tests also see.
+ * include/ckptscope/cache.h); src/storage/cache_internal.h is what the unit tests also see.
  *
  * The files, along the seams the one 3,600-line cache.c had marked with banners:
  *   cache_fs.c       filesystem primitives: bytes in little-endian, paths, directories, fsync, temporary files committed by rename
  *   cache_index.c    keys, their directories, locks and extent indexes; opening and freeing a cache
  *   cache_extents.c  extent files with per-chunk checksums; the public read, write and missing
  *   cache_meta.c     metadata entries, dropping what failed a check, whole-file verification, offline reporting
- *   cache_admin.c    walking the cache: list, stat, verify, prune, clear, and eviction under the size cap
+ *   cache_evict.c    walking the extent files, eviction under the size cap, prune
+ *   cache_admin.c    list, stat, verify, clear, remove (on the walker of cache_evict.c)
  *
  *
  * The disk cache: content-addressed extents with per-chunk checksums, metadata with TTLs,
@@ -29,7 +30,7 @@
 #ifndef CKPTSCOPE_CACHE_IMPL_H
 #define CKPTSCOPE_CACHE_IMPL_H
 
-#include "byteorder.h"
+#include "core/byteorder.h"
 
 #include <dirent.h>
 #include <stdbool.h>
@@ -199,6 +200,29 @@ bool cache_meta_decode(cks_cache *c, const unsigned char *img, size_t n, int64_t
                         size_t *data_len);
 int cache_slurp(const char *path, uint64_t max, unsigned char **img, size_t *n);
 /* cache_admin.c */
+/* ---- walking the extent files (cache_evict.c; used by cache_admin.c too) ---- */
+
+typedef struct cache_walk_ext {
+    char *path;
+    char name[67];
+    uint64_t off, len, stored;
+    int64_t atime;
+} cache_walk_ext;
+
+typedef struct cache_walk {
+    cache_walk_ext *ext;
+    size_t n, cap;
+    uint64_t meta_bytes, n_meta;
+} cache_walk;
+
+void cache_walk_release(cache_walk *w);
+/* Every extent file (with size and access time) and the metadata totals. */
+cks_err cache_walk_cache(cks_cache *c, cache_walk *w, cks_diag *diag);
+/* A key pinned by this process (an open checkpoint reads it). */
+bool cache_name_pinned_here(cks_cache *c, const char *name);
+/* The key's pin lock taken exclusively (no live process reads it), or -1. */
+int cache_pin_exclusive(cks_cache *c, const char *name);
+
 cks_err cache_maybe_evict(cks_cache *c, cks_diag *diag);
 
 #endif

@@ -1,6 +1,6 @@
 /*
- * src/cache_meta.c — the disk cache: metadata entries, dropping what failed a check, whole-file verification, offline reporting.
- * What the five cache_*.c files share, and the rules they follow: src/cache_impl.h.
+ * src/storage/cache_meta.c — the disk cache: metadata entries, dropping what failed a check, whole-file verification, offline reporting.
+ * What the cache_*.c files of this folder share, and the rules they follow: src/storage/cache_impl.h.
  */
 #include "ckptscope/cache.h"
 #include "ckptscope/hex.h"

@@ -1,6 +1,6 @@
 /*
- * src/cache_index.c — the disk cache: keys, their directories, locks and extent indexes; opening and freeing a cache.
- * What the five cache_*.c files share, and the rules they follow: src/cache_impl.h.
+ * src/storage/cache_index.c — the disk cache: keys, their directories, locks and extent indexes; opening and freeing a cache.
+ * What the cache_*.c files of this folder share, and the rules they follow: src/storage/cache_impl.h.
  */
 #include "ckptscope/cache.h"
 #include "ckptscope/hex.h"
@@ -757,4 +757,13 @@ void cks_cache_pin(cks_cache *c, const char *key)
     if (k)
         cache_key_pin(c, k);
     pthread_mutex_unlock(&c->mu);
+}
+
+/* Drop the decoded chunks of a key from the slot cache (its extents changed or went away);
+ * here, beside the cache object, so eviction and metadata need not call up into extents. */
+void cache_slots_forget(cks_cache *c, const char *name)
+{
+    for (size_t s = 0; s < N_SLOTS; s++)
+        if (strcmp(c->slots[s].name, name) == 0)
+            c->slots[s].name[0] = '\0';
 }

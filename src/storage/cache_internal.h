@@ -1,5 +1,5 @@
 /*
- * src/cache_internal.h — pieces of the cache shared between src/cache*.c and the unit tests.
+ * src/storage/cache_internal.h — pieces of the cache shared between src/storage/cache*.c and the unit tests.
  * Not part of the public API.
  */
 #ifndef CKPTSCOPE_CACHE_INTERNAL_H

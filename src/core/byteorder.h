@@ -1,4 +1,4 @@
-/* src/byteorder.h — little-endian integers in the library's file formats (cache index and
+/* src/core/byteorder.h — little-endian integers in the library's file formats (cache index and
  * extents, fingerprints, fingerprint libraries): one definition instead of a copy per format. */
 #ifndef CKS_BYTEORDER_H
 #define CKS_BYTEORDER_H

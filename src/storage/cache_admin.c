@@ -1,6 +1,7 @@
 /*
- * src/cache_admin.c — the disk cache: walking the cache: list, stat, verify, prune, clear, and eviction under the size cap.
- * What the five cache_*.c files share, and the rules they follow: src/cache_impl.h.
+ * src/storage/cache_admin.c — the disk cache: list, stat, verify, clear and remove, on the walker
+ * and the pins of cache_evict.c.
+ * What the cache_*.c files of this folder share, and the rules they follow: src/storage/cache_impl.h.
  */
 #include "ckptscope/cache.h"
 #include "ckptscope/hex.h"
@@ -24,261 +25,6 @@
 
 /* ------------------------------------------------------------------------------------ */
 /* walking the cache: list, stat, verify, prune, clear                                  */
-
-typedef struct walk_ext {
-    char *path;
-    char name[67];
-    uint64_t off, len, stored;
-    int64_t atime;
-} walk_ext;
-
-typedef struct walk {
-    walk_ext *ext;
-    size_t n, cap;
-    uint64_t meta_bytes, n_meta;
-} walk;
-
-static void walk_release(walk *w)
-{
-    for (size_t i = 0; i < w->n; i++)
-        free(w->ext[i].path);
-    free(w->ext);
-    memset(w, 0, sizeof *w);
-}
-
-/* Every extent file (with size and access time) and the metadata totals. */
-static cks_err walk_cache(cks_cache *c, walk *w, cks_diag *diag)
-{
-    cks_err err = CKS_OK;
-    char *files = cache_path_join(c->dir, "files"), *meta = cache_path_join(c->dir, "meta");
-    DIR *d1 = NULL;
-    memset(w, 0, sizeof *w);
-    if (!files || !meta) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-        goto out;
-    }
-    d1 = cache_opendir_here(files);
-    struct dirent *a;
-    while (d1 && (a = readdir(d1)) != NULL) {
-        if (a->d_name[0] == '.')
-            continue;
-        char *p1 = cache_path_join(files, a->d_name);
-        DIR *d2 = p1 ? cache_opendir_here(p1) : NULL;
-        struct dirent *b;
-        while (d2 && (b = readdir(d2)) != NULL) {
-            if (b->d_name[0] == '.' || strlen(b->d_name) != 66)
-                continue;
-            char *p2 = cache_path_join(p1, b->d_name);
-            DIR *d3 = p2 ? cache_opendir_here(p2) : NULL;
-            struct dirent *x;
-            while (d3 && (x = readdir(d3)) != NULL) {
-                uint64_t off, len;
-                struct stat st;
-                if (!cache_parse_extent_name(x->d_name, &off, &len))
-                    continue;
-                char *p3 = cache_path_join(p2, x->d_name);
-                if (!p3 || stat(p3, &st) != 0) {
-                    free(p3);
-                    continue;
-                }
-                if (w->n == w->cap) {
-                    size_t nc = w->cap ? 2 * w->cap : 64;
-                    walk_ext *ne = realloc(w->ext, nc * sizeof *ne);
-                    if (!ne) {
-                        free(p3);
-                        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-                        break;
-                    }
-                    w->ext = ne;
-                    w->cap = nc;
-                }
-                walk_ext *we = &w->ext[w->n++];
-                we->path = p3;
-                memcpy(we->name, b->d_name, 67);
-                we->off = off;
-                we->len = len;
-                we->stored = (uint64_t)st.st_size;
-                we->atime = (int64_t)st.st_atim.tv_sec;
-            }
-            if (d3)
-                closedir(d3);
-            free(p2);
-            if (err)
-                break;
-        }
-        if (d2)
-            closedir(d2);
-        free(p1);
-        if (err)
-            goto out;
-    }
-    if (d1)
-        closedir(d1);
-    d1 = cache_opendir_here(meta);
-    while (d1 && (a = readdir(d1)) != NULL) {
-        if (a->d_name[0] == '.')
-            continue;
-        char *p1 = cache_path_join(meta, a->d_name);
-        DIR *d2 = p1 ? cache_opendir_here(p1) : NULL;
-        struct dirent *b;
-        while (d2 && (b = readdir(d2)) != NULL) {
-            struct stat st;
-            if (b->d_name[0] == '.' || strlen(b->d_name) != 64)
-                continue;
-            char *p2 = cache_path_join(p1, b->d_name);
-            if (p2 && stat(p2, &st) == 0) {
-                w->meta_bytes += (uint64_t)st.st_size;
-                w->n_meta++;
-            }
-            free(p2);
-        }
-        if (d2)
-            closedir(d2);
-        free(p1);
-    }
-out:
-    if (d1)
-        closedir(d1);
-    free(files);
-    free(meta);
-    if (err)
-        walk_release(w);
-    return err;
-}
-
-static int cmp_walk_atime(const void *x, const void *y)
-{
-    const walk_ext *a = x, *b = y;
-    if (a->atime != b->atime)
-        return a->atime < b->atime ? -1 : 1;
-    return strcmp(a->path, b->path);
-}
-
-static bool name_pinned_here(cks_cache *c, const char *name)
-{
-    for (size_t i = 0; i < c->n_keys; i++)
-        if (c->keys[i].pinned && strcmp(c->keys[i].name, name) == 0)
-            return true;
-    return false;
-}
-
-/* Try to take a key's pin file exclusively: succeeds only when no live process pins it.
- * Returns the fd holding the lock, or -1. */
-static int pin_exclusive(cks_cache *c, const char *name)
-{
-    char *dir = cache_keydir_path(c, name);
-    char *pf = dir ? cache_path_join(dir, "pin") : NULL;
-    int fd = pf ? open(pf, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644) : -1;
-    if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        close(fd);
-        fd = -1;
-    }
-    free(pf);
-    free(dir);
-    return fd;
-}
-
-/* Evict LRU extents until the total on disk is at most target. Caller holds c->mu. */
-static cks_err evict_to(cks_cache *c, uint64_t target, uint64_t *n_out, uint64_t *bytes_out,
-                        uint64_t *remaining_out, cks_diag *diag)
-{
-    cks_err err = CKS_OK;
-    walk w;
-    uint64_t total, n_ev = 0, b_ev = 0;
-    char *lockp = cache_path_join(c->dir, "evict.lock");
-    int lfd = lockp ? open(lockp, O_RDONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644) : -1;
-    if (lfd >= 0)
-        (void)flock(lfd, LOCK_EX);
-    err = walk_cache(c, &w, diag);
-    if (err)
-        goto out;
-    total = w.meta_bytes;
-    for (size_t i = 0; i < w.n; i++)
-        total += w.ext[i].stored;
-    if (w.n > 1)
-        qsort(w.ext, w.n, sizeof *w.ext, cmp_walk_atime);
-    for (size_t i = 0; i < w.n && total > target; i++) {
-        walk_ext *e = &w.ext[i];
-        if (name_pinned_here(c, e->name))
-            continue;
-        int pfd = pin_exclusive(c, e->name);
-        if (pfd < 0)
-            continue; /* another process needs it */
-        if (unlink(e->path) == 0) {
-            total -= e->stored;
-            n_ev++;
-            b_ev += e->stored;
-            cache_add_note(c, "cache: evicted [%" PRIu64 ", %" PRIu64 ") of %s (%" PRIu64 " bytes)",
-                     e->off, e->off + e->len, e->name, e->stored);
-        }
-        close(pfd);
-        cache_slots_forget(c, e->name);
-    }
-    c->size_estimate = total;
-    c->size_known = true;
-    if (remaining_out)
-        *remaining_out = total;
-out:
-    walk_release(&w);
-    if (lfd >= 0)
-        close(lfd);
-    free(lockp);
-    if (n_out)
-        *n_out = n_ev;
-    if (bytes_out)
-        *bytes_out = b_ev;
-    return err;
-}
-
-/* Keep the cap without walking the whole cache on every write: walk once, then track our
- * own writes, and walk again only when the estimate crosses the cap (other processes'
- * writes are caught at that point). */
-cks_err cache_maybe_evict(cks_cache *c, cks_diag *diag)
-{
-    cks_err err = CKS_OK;
-    if (!c->size_known) {
-        walk w;
-        err = walk_cache(c, &w, diag);
-        if (err)
-            goto out;
-        c->size_estimate = w.meta_bytes;
-        for (size_t i = 0; i < w.n; i++)
-            c->size_estimate += w.ext[i].stored;
-        c->size_known = true;
-        walk_release(&w);
-    }
-    uint64_t limit = c->max_bytes > c->size_floor ? c->max_bytes : c->size_floor;
-    if (c->size_estimate <= limit)
-        goto out;
-    uint64_t remaining = 0;
-    err = evict_to(c, c->max_bytes, NULL, NULL, &remaining, diag);
-    if (err)
-        goto out;
-    /* what is left over the cap is pinned; wait for 10% more growth before walking again */
-    c->size_floor = remaining > c->max_bytes ? remaining + c->max_bytes / 10 : 0;
-out:
-    return err;
-}
-
-cks_err cks_cache_prune(cks_cache *c, uint64_t max_bytes, uint64_t *evicted_extents,
-                        uint64_t *evicted_bytes, cks_diag *diag)
-{
-    cks_err err = CKS_OK;
-    if (evicted_extents)
-        *evicted_extents = 0;
-    if (evicted_bytes)
-        *evicted_bytes = 0;
-    if (!c) {
-        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "cache: no cache");
-        goto out;
-    }
-    pthread_mutex_lock(&c->mu);
-    cache_clean_stale_temps(c, NULL, true);
-    err = evict_to(c, max_bytes, evicted_extents, evicted_bytes, NULL, diag);
-    pthread_mutex_unlock(&c->mu);
-out:
-    return err;
-}
 
 static void remove_tree_files(const char *dir, uint64_t *bytes)
 {
@@ -328,9 +74,9 @@ cks_err cks_cache_clear(cks_cache *c, uint64_t *removed_bytes, cks_diag *diag)
         while (d2 && (b = readdir(d2)) != NULL) {
             if (b->d_name[0] == '.' || strlen(b->d_name) != 66)
                 continue;
-            if (name_pinned_here(c, b->d_name))
+            if (cache_name_pinned_here(c, b->d_name))
                 continue;
-            int pfd = pin_exclusive(c, b->d_name);
+            int pfd = cache_pin_exclusive(c, b->d_name);
             if (pfd < 0)
                 continue; /* in use by a live process */
             char *p2 = cache_path_join(p1, b->d_name);
@@ -398,7 +144,7 @@ cks_err cks_cache_remove_key(cks_cache *c, const char *key, uint64_t *removed_by
         pthread_mutex_unlock(&c->mu);
         goto out; /* nothing cached under it */
     }
-    busy = name_pinned_here(c, name) || (pfd = pin_exclusive(c, name)) < 0;
+    busy = cache_name_pinned_here(c, name) || (pfd = cache_pin_exclusive(c, name)) < 0;
     lf = busy ? NULL : cache_path_join(dir, "lock");
     lfd = lf ? open(lf, O_RDONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
     if (!busy && lfd >= 0 && flock(lfd, LOCK_EX | LOCK_NB) == 0) {
@@ -473,7 +219,7 @@ static int cmp_entry(const void *x, const void *y)
 
 static int cmp_walk_name(const void *x, const void *y)
 {
-    const walk_ext *a = x, *b = y;
+    const cache_walk_ext *a = x, *b = y;
     int r = strcmp(a->name, b->name);
     if (r)
         return r;
@@ -510,7 +256,7 @@ static cks_err entries_push(cks_cache_entry **v, size_t *n, size_t *cap, cks_cac
 cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entries, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    walk w = {0};
+    cache_walk w = {0};
     cks_cache_entry *v = NULL;
     size_t n = 0, cap = 0;
     char *metad = NULL;
@@ -526,7 +272,7 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
     }
     pthread_mutex_lock(&c->mu);
     locked = true;
-    err = walk_cache(c, &w, diag);
+    err = cache_walk_cache(c, &w, diag);
     if (err)
         goto out;
     if (w.n > 1)
@@ -537,7 +283,7 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
         uint64_t covered_to = 0;
         e.kind = CKS_CACHE_ENTRY_FILE;
         for (; j < w.n && strcmp(w.ext[j].name, w.ext[i].name) == 0; j++) {
-            const walk_ext *x = &w.ext[j];
+            const cache_walk_ext *x = &w.ext[j];
             uint64_t a = x->off > covered_to ? x->off : covered_to, b = x->off + x->len;
             if (b > a)
                 e.logical_bytes += b - a; /* union: overlaps counted once */
@@ -627,7 +373,7 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
 out:
     if (locked)
         pthread_mutex_unlock(&c->mu);
-    walk_release(&w);
+    cache_walk_release(&w);
     free(metad);
     if (err) {
         cks_cache_entries_free(v, n);
@@ -720,7 +466,7 @@ void cks_cache_verify_report_bad(cks_cache_verify_report *rep, const char *fmt, 
 cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    walk w = {0};
+    cache_walk w = {0};
     unsigned char *buf = NULL;
     char *metad = NULL;
     bool locked = false;
@@ -733,7 +479,7 @@ cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep
     }
     pthread_mutex_lock(&c->mu);
     locked = true;
-    err = walk_cache(c, &w, diag);
+    err = cache_walk_cache(c, &w, diag);
     if (err)
         goto out;
     buf = malloc(MAX_EXTENT_LEN);
@@ -742,7 +488,7 @@ cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep
         goto out;
     }
     for (size_t i = 0; i < w.n; i++) {
-        walk_ext *x = &w.ext[i];
+        cache_walk_ext *x = &w.ext[i];
         char *dir = cache_keydir_path(c, x->name);
         char *kf = dir ? cache_path_join(dir, "key") : NULL;
         unsigned char *img = NULL;
@@ -834,7 +580,7 @@ cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep
 out:
     if (locked)
         pthread_mutex_unlock(&c->mu);
-    walk_release(&w);
+    cache_walk_release(&w);
     free(buf);
     free(metad);
     if (err && rep)

@@ -1,5 +1,5 @@
 /*
- * src/hex.c — the one hex helper (include/ckptscope/hex.h).
+ * src/core/hex.c — the one hex helper (include/ckptscope/hex.h).
  */
 #include <openssl/evp.h>
 

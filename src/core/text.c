@@ -1,5 +1,5 @@
 /*
- * src/text.c — numbers as people read them (include/ckptscope/text.h).
+ * src/core/text.c — numbers as people read them (include/ckptscope/text.h).
  */
 #include <inttypes.h>
 #include <stdio.h>
