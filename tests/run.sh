@@ -36,11 +36,13 @@ case "$LIMIT" in ''|*[!0-9]*|0) echo "tests/run.sh: CKS_TEST_TIMEOUT must be sec
 # The long tier: every program that takes 11 s or more alone, slowest first (measured 2026-12-04,
 # make test on the 2-core machine under a load of ~4: fingerprint_wide 187 s, verdicts 70,
 # scaleout 60, slurm 51, fingerprint 45, compare 31, report 30, remote 21, cache_hub 19, docs 17,
-# fakehub 14, verify 12, cache_cli 11; everything else 95 s together). make check leaves them
-# out; make test and CI run them, and start them first so the short ones fill the other cores.
+# fakehub 14, verify 12, cache_cli 11; everything else 95 s together), and the real tokenizers
+# (21 s: five multi-MB tokenizer.json files read by the binary and by Python; session 4, when it
+# alone kept make check at 58 s). make check leaves them out; make test and CI run them, and
+# start them first so the short ones fill the other cores.
 LONG_TIER="test_fingerprint_wide.py test_verdicts.py test_scaleout.py test_slurm.py test_fingerprint.py
-           test_compare.py test_report.py test_remote.py test_cache_hub.py test_docs.py test_fakehub.py
-           test_verify.py test_cache_cli.sh"
+           test_compare.py test_report.py test_tokenizers_real.py test_remote.py test_cache_hub.py test_docs.py
+           test_fakehub.py test_verify.py test_cache_cli.sh"
 
 in_long_tier() { case " $(echo $LONG_TIER) " in *" $1 "*) return 0 ;; esac; return 1; }
 
