@@ -8,6 +8,7 @@
  * and the row count only, so two models with the same shape get the same rows.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -18,10 +19,9 @@
 #include "ckptscope/decode.h"
 #include "ckptscope/hash.h"
 #include "ckptscope/stats.h"
+#include "ckptscope/tokenizer.h"
 #include "compare_internal.h"
-#include "fingerprint_internal.h" /* models read from a fingerprint */
 
-#define ROW_BLOCK 8u
 #define MAX_PLAN 65536u
 /*
  * Memory bounds (peak under 512 MiB whatever the model size, both models and the tests'
@@ -32,107 +32,6 @@
 #define RAW_KEEP_BIG_MODEL (256u << 10) /* the same for models over 64 MiB: norms and biases */
 #define KV_FLOAT_CAP (24ull << 20)    /* decoded k and v rows, all layers */
 #define ROUTER_FLOAT_CAP (8ull << 20)  /* decoded router rows, all layers */
-
-void cmp_matrix_free(cmp_matrix *m)
-{
-    free(m->v);
-    memset(m, 0, sizeof *m);
-}
-
-void cmp_normalise_columns(cmp_matrix *m)
-{
-    /* row by row, with one sum per column: the same sums in the same order as the column walk
-     * below, without its stride of a whole row (0.4 s -> ~10 ms for 2048 x 4096 rows) */
-    double *col_ss = m->v && m->cols ? calloc(m->cols, sizeof *col_ss) : NULL;
-    if (col_ss) {
-        for (size_t r = 0; r < m->rows; r++) {
-            const float *row = m->v + r * m->cols;
-            for (size_t c = 0; c < m->cols; c++)
-                col_ss[c] += (double)row[c] * row[c];
-        }
-        for (size_t c = 0; c < m->cols; c++)
-            col_ss[c] = col_ss[c] > 0 ? (double)(float)(1.0 / sqrt(col_ss[c])) : 1.0;
-        for (size_t r = 0; r < m->rows; r++) {
-            float *row = m->v + r * m->cols;
-            for (size_t c = 0; c < m->cols; c++)
-                row[c] *= (float)col_ss[c];
-        }
-        free(col_ss);
-        return;
-    }
-    for (size_t c = 0; c < m->cols && m->v; c++) {
-        double ss = 0;
-        for (size_t r = 0; r < m->rows; r++)
-            ss += (double)m->v[r * m->cols + c] * m->v[r * m->cols + c];
-        if (ss > 0) {
-            float inv = (float)(1.0 / sqrt(ss));
-            for (size_t r = 0; r < m->rows; r++)
-                m->v[r * m->cols + c] *= inv;
-        }
-    }
-}
-
-void cmp_model_release(cmp_model *md)
-{
-    if (!md)
-        return;
-    for (int l = 0; l < md->n_layers && md->layers; l++) {
-        cmp_layer *L = &md->layers[l];
-        free(L->attn_norm);
-        free(L->ffn_norm);
-        cmp_matrix_free(&L->k);
-        cmp_matrix_free(&L->v);
-        cmp_matrix_free(&L->router);
-        free(L->router_bias);
-    }
-    free(md->layers);
-    for (size_t i = 0; i < md->n_raw; i++)
-        free(md->raw[i].bytes);
-    free(md->raw);
-    cks_roles_free(md->roles);
-    memset(md, 0, sizeof *md);
-}
-
-void cmp_embed_pair_release(cmp_embed_pair *e)
-{
-    cmp_matrix_free(&e->a);
-    cmp_matrix_free(&e->b);
-}
-
-size_t cmp_sample_rows(uint64_t seed, size_t total, size_t want, uint32_t *rows)
-{
-    size_t n_blocks = (total + ROW_BLOCK - 1) / ROW_BLOCK, take, n = 0;
-    uint32_t *blocks;
-    cks_rng rng;
-    if (want >= total) {
-        for (size_t r = 0; r < total; r++)
-            rows[r] = (uint32_t)r;
-        return total;
-    }
-    take = (want + ROW_BLOCK - 1) / ROW_BLOCK;
-    if (take > n_blocks)
-        take = n_blocks;
-    blocks = malloc(n_blocks * sizeof *blocks);
-    if (!blocks)
-        return 0;
-    cks_rng_seed(&rng, seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)total));
-    cks_rng_permutation(&rng, blocks, n_blocks);
-    /* the first `take` blocks of a random permutation, in file order */
-    for (size_t i = 1; i < take; i++) {
-        uint32_t key = blocks[i];
-        size_t j = i;
-        while (j > 0 && blocks[j - 1] > key) {
-            blocks[j] = blocks[j - 1];
-            j--;
-        }
-        blocks[j] = key;
-    }
-    for (size_t b = 0; b < take && n < want; b++)
-        for (size_t r = (size_t)blocks[b] * ROW_BLOCK; r < total && r < ((size_t)blocks[b] + 1) * ROW_BLOCK && n < want; r++)
-            rows[n++] = (uint32_t)r;
-    free(blocks);
-    return n;
-}
 
 /* ---- planned reads ---- */
 
@@ -331,14 +230,14 @@ static cks_err load_rows(cmp_model *md, const cks_tensor_role *tr, const cks_fus
     out->cols = cols;
     if (!tr->transposed && !(slice && tr->split.axis == 1)) {
         size_t row_bytes = cols * esize, first = slice ? (size_t)slice->begin : 0;
-        buf = malloc(row_bytes * ROW_BLOCK);
+        buf = malloc(row_bytes * CMP_ROW_BLOCK);
         if (!buf) {
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             goto out;
         }
         for (size_t i = 0; i < n;) {
             size_t run = 1;
-            while (i + run < n && run < ROW_BLOCK && rows[i + run] == rows[i] + run)
+            while (i + run < n && run < CMP_ROW_BLOCK && rows[i + run] == rows[i] + run)
                 run++;
             err = cks_ckpt_read_tensor(md->m->ckpt, tr->tensor, (uint64_t)(first + rows[i]) * row_bytes, buf,
                                        run * row_bytes, diag);
@@ -400,7 +299,7 @@ static size_t infer_hidden(const cmp_model *md)
     return 0;
 }
 
-cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag)
+static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     const cks_ckpt *ckpt = m->ckpt;
@@ -412,8 +311,6 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
     /* read only what the selected tests use: norms for T2/T4, routers and k/v for T3/T4 */
     bool want_norms = tests & (CKS_TEST_T2 | CKS_TEST_T4), want_weights = tests & (CKS_TEST_T3 | CKS_TEST_T4);
 
-    if (m->fingerprint) /* stored data instead of reads: compare_fp.c */
-        return cmp_fp_model_load(ctx, m, md, diag);
     memset(md, 0, sizeof *md);
     md->m = m;
     err = cks_roles_build(ckpt, m->config_json, m->config_len, &md->roles, diag);
@@ -567,8 +464,8 @@ cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model
                 /* decoded floats of k and v over all layers stay under their cap */
                 uint64_t per_row_floats = (uint64_t)md->hidden * sizeof(float) * 2 * (uint64_t)md->n_layers;
                 size_t cap = (size_t)(KV_FLOAT_CAP / (per_row_floats ? per_row_floats : 1));
-                if (cap < 2 * ROW_BLOCK)
-                    cap = 2 * ROW_BLOCK;
+                if (cap < 2 * CMP_ROW_BLOCK)
+                    cap = 2 * CMP_ROW_BLOCK;
                 if (n_rows > cap)
                     n_rows = cap;
             }
@@ -653,8 +550,8 @@ void cmp_role_dims(const cmp_model *md, cks_role role, size_t *rows, size_t *col
     *elem_bytes = cks_decode_elem_size(tr->tensor->info->dtype);
 }
 
-cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
-                           uint64_t *counter, cks_diag *diag)
+static cks_err live_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
+                              uint64_t *counter, cks_diag *diag)
 {
     cks_err err;
     const cks_fused_slice *slice;
@@ -662,8 +559,6 @@ cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, s
     read_plan *plan = NULL;
     size_t total, cols, esize;
 
-    if (md->m && md->m->fingerprint) /* rows the fingerprint kept: compare_fp.c */
-        return cmp_fp_role_rows(md, role, rows, n, out, diag);
     memset(out, 0, sizeof *out);
     if (!tr || tr->tensor->info->ndim != 2 || !cks_decode_supported(tr->tensor->info->dtype))
         return CKS_OK;
@@ -689,67 +584,29 @@ cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, s
     return load_rows(md, tr, slice, rows, n, out, counter, diag);
 }
 
-/* ---- what initialisation does to a tensor ---- */
-
-bool cmp_is_lora_factor(const cmp_raw *r)
+/* The tokens of the checkpoint's tokenizer.json (T3/T4's shared rows). */
+static cks_err live_vocab(const cks_compare_model *m, cks_vocab **out, char *note, size_t note_size)
 {
-    char key[CKS_ADAPTER_KEY_MAX];
-    bool transposed;
-    cks_adapter_factor f = cks_adapter_key(r->tensor->info->name, key, sizeof key, &transposed);
-    return f == CKS_ADAPTER_DOWN || f == CKS_ADAPTER_UP;
-}
-
-/* Case-insensitive substring. */
-static bool name_has(const char *name, const char *needle)
-{
-    size_t n = strlen(needle);
-    for (const char *p = name; *p; p++)
-        if (strncasecmp(p, needle, n) == 0)
-            return true;
-    return false;
-}
-
-/*
- * Norm gains start at one and norm biases, HF-initialised linear biases, router score biases
- * and LoRA up factors at zero: what they hold, training wrote. Everything else (weights,
- * embeddings, LoRA down factors, heads) starts from a random draw, which two runs can share
- * through a seed. Plain PyTorch modules initialise biases randomly, so a bias of an unknown
- * architecture counts as fixed by initialisation (the conservative side).
- */
-cks_evidence cmp_init_class(const cmp_raw *r)
-{
-    char key[CKS_ADAPTER_KEY_MAX];
-    bool transposed;
-    const char *name = r->tensor->info->name;
-    switch (cks_adapter_key(name, key, sizeof key, &transposed)) {
-    case CKS_ADAPTER_UP:
-        return CKS_EVIDENCE_TRAINED;
-    case CKS_ADAPTER_DOWN:
-        return CKS_EVIDENCE_INIT;
-    default:
-        break;
+    cks_diag d;
+    cks_err err;
+    *out = NULL;
+    if (!m->tokenizer_json) {
+        snprintf(note, note_size, "%s has no tokenizer.json", m->label);
+        err = CKS_ERR_NOT_FOUND;
+        goto out;
     }
-    switch (r->role) {
-    case CKS_ROLE_EMBED_NORM:
-    case CKS_ROLE_FINAL_NORM:
-    case CKS_ROLE_ATTN_NORM:
-    case CKS_ROLE_FFN_NORM:
-    case CKS_ROLE_POST_ATTN_NORM:
-    case CKS_ROLE_POST_FFN_NORM:
-    case CKS_ROLE_Q_NORM:
-    case CKS_ROLE_K_NORM:
-    case CKS_ROLE_Q_A_NORM:
-    case CKS_ROLE_KV_A_NORM:
-    case CKS_ROLE_ROUTER_BIAS:
-        return CKS_EVIDENCE_TRAINED;
-    case CKS_ROLE_OTHER:
-        break;
-    default:
-        return r->part == CKS_PART_BIAS ? CKS_EVIDENCE_TRAINED : CKS_EVIDENCE_INIT;
-    }
-    if (r->tensor->info->ndim <= 1 &&
-        (name_has(name, "norm") || name_has(name, "ln_") || name_has(name, ".ln") || name_has(name, "running_mean") ||
-         name_has(name, "running_var")))
-        return CKS_EVIDENCE_TRAINED;
-    return CKS_EVIDENCE_INIT;
+    err = cks_vocab_parse(m->tokenizer_json, m->tokenizer_len, out, &d);
+    if (err)
+        snprintf(note, note_size, "tokenizer.json of %s is unusable: %.100s", m->label, d.text);
+out:
+    return err;
 }
+
+const cmp_loader cmp_live_loader = {
+    .kind = "checkpoint",
+    .reads_bytes = true,
+    .load = live_load,
+    .role_rows = live_role_rows,
+    .vocab = live_vocab,
+    .reconcile = NULL,
+};

@@ -16,28 +16,10 @@
 #include "ckptscope/stats.h"
 #include "ckptscope/tokenizer.h"
 #include "compare_internal.h"
-#include "fingerprint_internal.h" /* pairs with a fingerprint on a side */
 
 #define TOKEN_BLOCK 64u
 #define MAX_TOKENS 16384u
 #define EMBED_FLOAT_CAP (32ull << 20) /* decoded rows per side: part of the 512 MiB peak bound */
-
-static cks_err parse_vocab(const cks_compare_model *m, cks_vocab **out, char *note, size_t note_size)
-{
-    cks_diag d;
-    cks_err err;
-    *out = NULL;
-    if (m->fingerprint) /* the tokens the fingerprint kept */
-        return cmp_fp_vocab(m->fingerprint, out, note, note_size);
-    if (!m->tokenizer_json) {
-        snprintf(note, note_size, "%s has no tokenizer.json", m->label);
-        return CKS_ERR_NOT_FOUND;
-    }
-    err = cks_vocab_parse(m->tokenizer_json, m->tokenizer_len, out, &d);
-    if (err)
-        snprintf(note, note_size, "tokenizer.json of %s is unusable: %.100s", m->label, d.text);
-    return err;
-}
 
 cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag)
 {
@@ -50,13 +32,13 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
     cks_token_pair *pairs = NULL;
 
     memset(out, 0, sizeof *out);
-    /* a fingerprint may hold fewer k/v rows: both sides keep only the rows both hold */
-    if ((a->m->fingerprint || b->m->fingerprint) && (err = cmp_fp_reconcile(ctx, a, b, diag)) != CKS_OK)
+    /* a model read from a store may hold fewer k/v rows: both sides keep only the rows both hold */
+    if ((err = cmp_pair_reconcile(ctx, a, b, diag)) != CKS_OK)
         goto out;
     if (ctx->opts && ctx->opts->tests && !(ctx->opts->tests & (CKS_TEST_T3 | CKS_TEST_T4)))
         goto out; /* only T3 and T4 use embedding rows */
-    if (parse_vocab(a->m, &va, out->note, sizeof out->note) != CKS_OK ||
-        parse_vocab(b->m, &vb, out->note, sizeof out->note) != CKS_OK)
+    if (cmp_model_vocab(a, &va, out->note, sizeof out->note) != CKS_OK ||
+        cmp_model_vocab(b, &vb, out->note, sizeof out->note) != CKS_OK)
         goto out; /* not an error: T4 reports why it could not run */
     out->vocab_a = va->n;
     out->vocab_b = vb->n;

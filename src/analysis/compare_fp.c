@@ -47,7 +47,7 @@ static bool used_by_layers(const cks_fingerprint *fp, const cks_ckpt_tensor *t, 
     return false;
 }
 
-cks_err cmp_fp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag)
+static cks_err stored_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     const cks_fingerprint *fp = m->fingerprint;
@@ -134,7 +134,7 @@ out:
     return err;
 }
 
-cks_err cmp_fp_vocab(const cks_fingerprint *fp, cks_vocab **out, char *note, size_t note_size)
+static cks_err stored_vocab_of(const cks_fingerprint *fp, cks_vocab **out, char *note, size_t note_size)
 {
     size_t text = 0, at = 0;
     cks_vocab *v;
@@ -184,8 +184,8 @@ static const cks_fp_token *token_by_id(const cks_fingerprint *fp, uint32_t id, s
     return NULL;
 }
 
-cks_err cmp_fp_role_rows(const cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
-                         cks_diag *diag)
+static cks_err stored_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
+                                uint64_t *counter, cks_diag *diag)
 {
     const cks_fingerprint *fp = md->m->fingerprint;
     size_t cols = fp->embed_cols;
@@ -326,7 +326,7 @@ static cks_err restrict_model(const cmp_ctx *ctx, cmp_model *md, const row_table
     return err;
 }
 
-cks_err cmp_fp_reconcile(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_diag *diag)
+static cks_err stored_reconcile(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_diag *diag)
 {
     cks_err err;
     row_table ta = {0}, tb = {0};
@@ -342,3 +342,17 @@ cks_err cmp_fp_reconcile(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_dia
     table_release(&tb);
     return err;
 }
+
+static cks_err stored_vocab(const cks_compare_model *m, cks_vocab **out, char *note, size_t note_size)
+{
+    return stored_vocab_of(m->fingerprint, out, note, note_size);
+}
+
+const cmp_loader cmp_stored_loader = {
+    .kind = "fingerprint",
+    .reads_bytes = false,
+    .load = stored_load,
+    .role_rows = stored_role_rows,
+    .vocab = stored_vocab,
+    .reconcile = stored_reconcile,
+};

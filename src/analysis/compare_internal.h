@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "ckptscope/compare.h"
+#include "ckptscope/tokenizer.h"
 #include "ckptscope/stats.h"
 #include "ckptscope/layers.h"
 #include "ckptscope/roles.h"
@@ -54,6 +55,7 @@ typedef struct cmp_model {
     bool full_coverage;           /* every tensor was hashed */
     uint64_t bytes_norms, bytes_weights, bytes_router, bytes_embed, bytes_other;
     bool synthetic;               /* built in memory, not read */
+    const struct cmp_loader *loader; /* where the data came from (NULL: built in memory) */
 } cmp_model;
 
 /* The embedding rows of the tokens two models share (depends on the pair). */
@@ -173,23 +175,55 @@ const char *cmp_short_p(const cks_test_result *t, double p, char *buf, size_t si
 cks_err cmp_test_adapters(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_family *f,
                           cks_diag *diag);
 
+/* ---- the shared types' helpers (compare_model.c, below every loader) ---- */
+
+/* Rows are sampled by blocks of this many consecutive rows (one range each). */
+#define CMP_ROW_BLOCK 8u
+
 void cmp_matrix_free(cmp_matrix *m);
 void cmp_normalise_columns(cmp_matrix *m);
 void cmp_model_release(cmp_model *md);
 void cmp_embed_pair_release(cmp_embed_pair *e);
-
-/* Read and decode what the tests need from one model, within the budget. */
-cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag);
-/* The shared-token embedding rows of a pair (empty, with a note, when not possible). */
-cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag);
-/* Decode rows `rows[0..n)` of the tensor with `role` (weight part, no layer) into out,
- * prefetching them first; out is left empty when the model has no such decodable matrix. */
-cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
-                           uint64_t *counter, cks_diag *diag);
-/* Output rows and input width of a whole-model role's matrix (0, 0 when absent). */
-void cmp_role_dims(const cmp_model *md, cks_role role, size_t *rows, size_t *cols, size_t *elem_bytes);
 /* Rows sampled from a tensor with `total` rows: the same indices for the same total. */
 size_t cmp_sample_rows(uint64_t seed, size_t total, size_t want, uint32_t *rows);
+
+/* ---- loaders: where a model's data comes from, chosen once per model ----
+ *
+ * A model is read from its checkpoint's bytes (compare_data.c, `cmp_live_loader`) or from a
+ * store of what the tests need (compare_fp.c, `cmp_stored_loader`); compare_load.c picks one
+ * when a model is loaded and dispatches to it afterwards, so the tests and the pair loader
+ * (compare_embed.c) never ask which it is. */
+typedef struct cmp_loader {
+    const char *kind;        /* "checkpoint", "fingerprint": for messages */
+    bool reads_bytes;        /* the checkpoint's own tensor bytes can be read (L reads adapters whole) */
+    /* Read and decode what the tests need from one model, within the budget. */
+    cks_err (*load)(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag);
+    /* Decode rows `rows[0..n)` of the matrix with `role` (weight part, no layer) into out;
+     * out is left empty when the model has no such matrix (or kept none of it). */
+    cks_err (*role_rows)(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
+                         uint64_t *counter, cks_diag *diag);
+    /* The model's vocabulary, or an error with a note saying why there is none. */
+    cks_err (*vocab)(const cks_compare_model *m, cks_vocab **out, char *note, size_t note_size);
+    /* May be NULL. Make both models of a pair hold the same weight rows, when this loader's
+     * model holds only some of them; run before the pair's tests. */
+    cks_err (*reconcile)(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_diag *diag);
+} cmp_loader;
+
+extern const cmp_loader cmp_live_loader;   /* compare_data.c */
+extern const cmp_loader cmp_stored_loader; /* compare_fp.c */
+
+/* compare_load.c: pick the loader of m and load it (md->loader is set); then, on md: */
+cks_err cmp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag);
+cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
+                           uint64_t *counter, cks_diag *diag);
+cks_err cmp_model_vocab(const cmp_model *md, cks_vocab **out, char *note, size_t note_size);
+cks_err cmp_pair_reconcile(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_diag *diag);
+
+/* The shared-token embedding rows of a pair (empty, with a note, when not possible). */
+cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag);
+/* Output rows and input width of a whole-model role's matrix in a checkpoint (0, 0 when
+ * absent; compare_data.c). */
+void cmp_role_dims(const cmp_model *md, cks_role role, size_t *rows, size_t *cols, size_t *elem_bytes);
 
 /* ---- the family T1-T4 across compare*.c (split along the tests) ---- */
 

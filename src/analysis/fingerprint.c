@@ -799,7 +799,7 @@ static cks_err choose_candidates(build_state *st, size_t max_rows, uint32_t vers
     }
     for (size_t i = 0; i < st->n_cand; i++)
         ids[i] = v->tokens[st->cand_ids[i]].id;
-    err = cmp_load_role_rows(&st->md, CKS_ROLE_EMBED, ids, st->n_cand, &st->cand_rows, &st->bytes_read, diag);
+    err = cmp_live_loader.role_rows(&st->md, CKS_ROLE_EMBED, ids, st->n_cand, &st->cand_rows, &st->bytes_read, diag);
     if (!err && st->cand_rows.rows != st->n_cand)
         st->n_cand = 0;
 out:
@@ -1063,7 +1063,7 @@ cks_err cks_fingerprint_build(const cks_compare_model *m, const cks_fp_build_opt
     if (err)
         goto out;
     /* exactly what compare reads, through compare's own loader */
-    err = cmp_model_load(&ctx, m, &st.md, diag);
+    err = cmp_live_loader.load(&ctx, m, &st.md, diag);
     if (err)
         goto out;
     fp->full_coverage = st.md.full_coverage;

@@ -40,16 +40,4 @@ void fp_sync_parent(const char *path);
 #define FP_COMPARE_BUDGET CKS_DEFAULT_BUDGET_BYTES
 #define FP_COMPARE_SEED CKS_DEFAULT_SEED
 
-/* ---- hooks called from compare's loaders (compare_data.c, compare_embed.c) ---- */
-
-/* cmp_model_load for a model whose cks_compare_model has a fingerprint. */
-cks_err cmp_fp_model_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag);
-/* The vocabulary of the tokens a fingerprint kept (strings, ids, flags). */
-cks_err cmp_fp_vocab(const cks_fingerprint *fp, cks_vocab **out, char *note, size_t note_size);
-/* cmp_load_role_rows for a fingerprint: only CKS_ROLE_EMBED rows it kept. */
-cks_err cmp_fp_role_rows(const cmp_model *md, cks_role role, const uint32_t *rows, size_t n, cmp_matrix *out,
-                         cks_diag *diag);
-/* With a fingerprint on either side: keep only the k/v rows both sides hold. */
-cks_err cmp_fp_reconcile(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_diag *diag);
-
 #endif
