@@ -27,10 +27,9 @@
  * Memory bounds (peak under 512 MiB whatever the model size, both models and the tests'
  * temporaries included): the byte budget limits the wire, these limit what is decoded.
  */
-#define FULL_READ_MAX (256ull << 20)  /* read and hash every tensor only below this */
 #define RAW_KEEP_MAX (4u << 20)       /* raw bytes kept for bit-equality only up to this */
+#define BIG_MODEL_BYTES (64ull << 20)   /* a quarter of the largest checkpoint read whole */
 #define RAW_KEEP_BIG_MODEL (256u << 10) /* the same for models over 64 MiB: norms and biases */
-#define KV_FLOAT_CAP (24ull << 20)    /* decoded k and v rows, all layers */
 #define ROUTER_FLOAT_CAP (8ull << 20)  /* decoded router rows, all layers */
 
 /* ---- planned reads ---- */
@@ -328,7 +327,7 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
     plan->n = 0;
 
     /* Small enough: read and hash everything, so T1 can say "identical" for certain. */
-    if (total <= ctx->budget && total <= FULL_READ_MAX && (tests & CKS_TEST_T1)) {
+    if (cmp_budget_read_whole(ctx->budget, total, tests & CKS_TEST_T1)) {
         for (size_t i = 0; i < ckpt->n_tensors; i++)
             plan_add(plan, ckpt, &ckpt->tensors[i], 0, tensor_bytes(&ckpt->tensors[i]));
         err = plan_run(plan, diag);
@@ -368,7 +367,7 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
                 if ((r < 2 && !want_norms) || (r >= 2 && !want_weights))
                     continue;
                 /* routers only while they fit in half the budget */
-                if (whole_roles[r] == CKS_ROLE_ROUTER && small + tensor_bytes(tr->tensor) > ctx->budget / 2)
+                if (whole_roles[r] == CKS_ROLE_ROUTER && small + tensor_bytes(tr->tensor) > cmp_budget_whole_reads(ctx->budget))
                     continue;
                 small += tensor_bytes(tr->tensor);
                 if (!raw_find(md, tr->tensor))
@@ -411,7 +410,7 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
             }
             tr = want_weights && l % router_stride == 0 ? find_weight(md->roles, CKS_ROLE_ROUTER, l, &slice) : NULL;
             if (!err && tr && !tr->fused && tr->tensor->info->ndim == 2 && tr->tensor->info->shape[1] == md->hidden &&
-                tensor_bytes(tr->tensor) <= ctx->budget / 2) {
+                tensor_bytes(tr->tensor) <= cmp_budget_whole_reads(ctx->budget)) {
                 size_t experts = (size_t)tr->tensor->info->shape[0];
                 uint32_t *all = malloc(experts * sizeof *all);
                 if (!all) {
@@ -440,7 +439,6 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
     }
     /* k and v: sampled row blocks with what the budget leaves (a quarter is kept for embeddings). */
     {
-        uint64_t left = used < ctx->budget ? (ctx->budget - used) * 3 / 4 : 0;
         size_t max_rows = 0;
         for (int l = 0; l < md->n_layers; l++) {
             static const cks_role kv[2] = {CKS_ROLE_K, CKS_ROLE_V};
@@ -456,21 +454,7 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
             }
         }
         if (max_rows > 0 && md->hidden > 0 && want_weights) {
-            uint64_t per_row = (uint64_t)md->hidden * 2 /* bf16-ish */ * 2 /* k and v */ * (uint64_t)md->n_layers;
-            n_rows = per_row ? (size_t)(left / per_row) : 0;
-            if (n_rows > max_rows || md->full_coverage)
-                n_rows = max_rows;
-            {
-                /* decoded floats of k and v over all layers stay under their cap */
-                uint64_t per_row_floats = (uint64_t)md->hidden * sizeof(float) * 2 * (uint64_t)md->n_layers;
-                size_t cap = (size_t)(KV_FLOAT_CAP / (per_row_floats ? per_row_floats : 1));
-                if (cap < 2 * CMP_ROW_BLOCK)
-                    cap = 2 * CMP_ROW_BLOCK;
-                if (n_rows > cap)
-                    n_rows = cap;
-            }
-            if (n_rows > 4096)
-                n_rows = 4096; /* enough features for CKA; beyond this costs compute, not evidence */
+            n_rows = cmp_budget_kv_rows(ctx->budget, used, md->n_layers, md->hidden, max_rows, md->full_coverage);
             rows = malloc((max_rows ? max_rows : 1) * sizeof *rows);
             if (!rows) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
@@ -527,7 +511,7 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
         cks_source_trim(ckpt->files[f].source);
     /* raw bytes only where bit-equality or the generic test can use them (small tensors) */
     for (size_t i = 0; i < md->n_raw; i++)
-        if (md->raw[i].len > (total > FULL_READ_MAX / 4 ? RAW_KEEP_BIG_MODEL : RAW_KEEP_MAX)) {
+        if (md->raw[i].len > (total > BIG_MODEL_BYTES ? RAW_KEEP_BIG_MODEL : RAW_KEEP_MAX)) {
             free(md->raw[i].bytes);
             md->raw[i].bytes = NULL;
         }

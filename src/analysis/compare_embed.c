@@ -61,8 +61,7 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
     for (size_t i = 0; i < match->n_pairs; i++)
         if (match->pairs[i].id_a < ra && match->pairs[i].id_b < rb)
             pairs[usable++] = match->pairs[i];
-    /* a quarter of each model's budget goes to embedding rows */
-    want = (size_t)(ctx->budget / 4 / ((uint64_t)ca * ea + (uint64_t)cb * eb + 1));
+    want = cmp_budget_embed_tokens(ctx->budget, (uint64_t)ca * ea, (uint64_t)cb * eb);
     if (want > MAX_TOKENS)
         want = MAX_TOKENS;
     {

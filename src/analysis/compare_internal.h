@@ -219,6 +219,21 @@ cks_err cmp_load_role_rows(cmp_model *md, cks_role role, const uint32_t *rows, s
 cks_err cmp_model_vocab(const cmp_model *md, cks_vocab **out, char *note, size_t note_size);
 cks_err cmp_pair_reconcile(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cks_diag *diag);
 
+/* ---- the budget planner (compare_budget.c): how one model's byte budget is split ---- */
+
+/* Read and hash the whole checkpoint (T1 selected, and it fits the budget and the cap)? */
+bool cmp_budget_read_whole(uint64_t budget, uint64_t total_bytes, bool t1);
+/* Norms, routers and router biases read whole: routers only while the sum stays under this. */
+uint64_t cmp_budget_whole_reads(uint64_t budget);
+/* k and v rows to sample per layer after `used` bytes of whole reads: three quarters of
+ * what is left, as bf16-sized rows of k and v in every layer, at most max_rows (all of them
+ * when the model was read whole), under the decoded-float cap (at least two blocks) and 4,096. */
+size_t cmp_budget_kv_rows(uint64_t budget, uint64_t used, int n_layers, size_t hidden, size_t max_rows,
+                          bool full_coverage);
+/* Shared tokens whose embedding rows a pair reads: a quarter of the budget over the two
+ * models' bytes per row. */
+size_t cmp_budget_embed_tokens(uint64_t budget, uint64_t row_bytes_a, uint64_t row_bytes_b);
+
 /* The shared-token embedding rows of a pair (empty, with a note, when not possible). */
 cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag);
 /* Output rows and input width of a whole-model role's matrix in a checkpoint (0, 0 when
