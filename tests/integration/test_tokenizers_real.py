@@ -20,7 +20,7 @@ tests/tools/tokdump prints what the library reads; this script compares every to
 match count and every matched pair. Then the fingerprint's reference list (PLAN.md, "Fingerprint
 embedding rows (version 3)"): how many reference strings each vocabulary holds, which 2,816 a
 fingerprint keeps, and how many of those two fingerprints share (T4 needs 2,048), first by the
-rule of fingerprint.c's choose_candidates re-implemented here, then through the binary itself
+rule of fingerprint_build.c's choose_candidates re-implemented here, then through the binary itself
 (a one-layer model per family with its real tokenizer: `fingerprint`, then `compare --tests T4`
 reports the shared tokens).
 """
@@ -47,7 +47,7 @@ EMBED_ROWS = {"qwen3": 151936, "llama3": 128256, "deepseek_v3": 129280, "gemma3"
 
 ADDED, SPECIAL, CONTINUATION, BYTE = 1, 2, 4, 8
 T4_MIN_SHARED = 2048      # compare.c: T4 runs on >= 2 x hidden shared tokens, capped at 2,048
-FP_EMBED_TARGET = 2816    # fingerprint.c: rows a capped fingerprint keeps
+FP_EMBED_TARGET = 2816    # fingerprint_internal.h: rows a capped fingerprint keeps
 V2_REFS = 3382            # fingerprint_refs.c: versions 1-2 stop after 3,382 strings
 
 # Looked up by hand in the pinned files (model.vocab / added_tokens): size, kind, specials, and
@@ -263,7 +263,7 @@ def check_matches(present, refs, lib):
 
 
 def kept_by_fingerprint(ref, strings, cap):
-    """fingerprint.c choose_candidates: the reference strings in priority order, each standing
+    """fingerprint_build.c choose_candidates: the reference strings in priority order, each standing
     for the lowest-id token with that text when that token is not special, each token once;
     the first `cap` of them."""
     by, _ = ref.lowest_by_text(skip_special=False)
