@@ -200,6 +200,9 @@ bool cks_http_parse_ratelimit(const char *value, double *seconds);
  * scaled by a jitter factor in [0.5, 1.0] drawn from `rnd` in [0,1). */
 double cks_http_backoff(double base, unsigned attempt, double rnd);
 
+/* The largest request the planner makes when not told (split into parallel parts beyond). */
+#define CKS_HTTP_DEFAULT_MAX_REQUEST (8u * 1024u * 1024u)
+
 /* Group pieces into requests: sorts `order` (indices into pieces) by (target, offset) and
  * writes request spans; returns the number of spans. Exposed so coalescing is testable. */
 typedef struct cks_http_span {

@@ -17,6 +17,7 @@
  */
 #include "ckptscope/hex.h"
 #include "ckptscope/hub.h"
+#include "ckptscope/rangeset.h"
 #include "ckptscope/cache_hub.h"
 
 #include <ctype.h>
@@ -117,8 +118,7 @@ struct rsrc {
     char sha_hex[65];          /* the SHA-256 of the bytes, once the whole file was hashed */
     uint64_t head_end;         /* [0, head_end) was read by the caller (coverage of prefetches) */
     bool settled;              /* check_whole put the whole file in the cache and verified it */
-    cks_range *fetched;        /* what this run fetched from the network: sorted, merged */
-    size_t n_fetched, cap_fetched;
+    cks_rangeset fetched;      /* what this run fetched from the network */
 };
 
 static const cks_source_ops rsrc_ops;
@@ -580,45 +580,7 @@ static uint64_t copy_from_memory(struct rsrc *s, uint64_t off, uint8_t *buf, uin
  * allocation only makes check_whole more careful (it then rechecks those bytes too). */
 static void note_fetched(struct rsrc *s, uint64_t off, uint64_t len)
 {
-    uint64_t a = off, b = off + len;
-    size_t i = 0, j;
-    if (!len)
-        return;
-    while (i < s->n_fetched && s->fetched[i].offset + s->fetched[i].length < a)
-        i++;
-    for (j = i; j < s->n_fetched && s->fetched[j].offset <= b; j++) {
-        uint64_t e = s->fetched[j].offset + s->fetched[j].length;
-        if (s->fetched[j].offset < a)
-            a = s->fetched[j].offset;
-        if (e > b)
-            b = e;
-    }
-    if (j == i) { /* no overlap: insert */
-        if (s->n_fetched == s->cap_fetched) {
-            size_t nc = s->cap_fetched ? 2 * s->cap_fetched : 8;
-            cks_range *g = realloc(s->fetched, nc * sizeof *g);
-            if (!g)
-                return;
-            s->fetched = g;
-            s->cap_fetched = nc;
-        }
-        memmove(&s->fetched[i + 1], &s->fetched[i], (s->n_fetched - i) * sizeof *s->fetched);
-        s->n_fetched++;
-    } else { /* [i, j) merge into i */
-        memmove(&s->fetched[i + 1], &s->fetched[j], (s->n_fetched - j) * sizeof *s->fetched);
-        s->n_fetched -= j - i - 1;
-    }
-    s->fetched[i].offset = a;
-    s->fetched[i].length = b - a;
-}
-
-/* True when [a, b) lies within what this run fetched from the network. */
-static bool fetched_covers(const struct rsrc *s, uint64_t a, uint64_t b)
-{
-    for (size_t i = 0; i < s->n_fetched; i++)
-        if (s->fetched[i].offset <= a && b <= s->fetched[i].offset + s->fetched[i].length)
-            return true;
-    return a >= b;
+    (void)cks_rangeset_add(&s->fetched, off, len);
 }
 
 /* What the cache holds of [off, off+len) must equal the bytes just fetched; when it does not,
@@ -712,7 +674,7 @@ static void rsrc_destroy(cks_source *src)
     for (size_t i = 0; i < s->n_ext; i++)
         free(s->ext[i].data);
     free(s->ext);
-    free(s->fetched);
+    cks_rangeset_free(&s->fetched);
     free(s->target.url);
     free(s->path);
     free(s->base.name);
@@ -1210,7 +1172,7 @@ static void sha_restart(struct rsrc *s)
     s->sha_saw_cache = false;
     s->settled = false;
     s->sha_hex[0] = '\0';
-    s->n_fetched = 0;
+    s->fetched.n = 0; /* forgotten, the memory kept for the next pass */
     s->ahead = 0;
     s->last_end = 0;
 }
@@ -1289,7 +1251,7 @@ static cks_err rsrc_check_whole(cks_source *src, cks_diag *diag)
     uint64_t pos = 0;
     for (size_t i = 0; i <= n_miss && !mixed; i++) {
         uint64_t stop = i < n_miss ? miss[i].offset : s->base.size;
-        mixed = !fetched_covers(s, pos, stop);
+        mixed = !cks_rangeset_covers(&s->fetched, pos, stop);
         if (i < n_miss)
             pos = miss[i].offset + miss[i].length;
     }
@@ -1310,22 +1272,11 @@ out:
     return err;
 }
 
-static int cmp_range(const void *a, const void *b)
-{
-    const cks_range *x = a, *y = b;
-    return x->offset < y->offset ? -1 : x->offset > y->offset;
-}
-
 /* Do these ranges (sorted in place), with [0, head) already read, cover a file of `size`
  * bytes? (A caller that prefetches every tensor of a file is about to read all of it.) */
 static bool ranges_cover(cks_range *ranges, size_t n, uint64_t head, uint64_t size)
 {
-    uint64_t pos = head;
-    qsort(ranges, n, sizeof *ranges, cmp_range);
-    for (size_t i = 0; i < n && ranges[i].offset <= pos; i++)
-        if (ranges[i].offset + ranges[i].length > pos)
-            pos = ranges[i].offset + ranges[i].length;
-    return n > 0 && pos >= size;
+    return n > 0 && cks_ranges_cover(ranges, n, head, size);
 }
 
 /* The same for the ranges of `src` in a batch over several sources. */
