@@ -1,0 +1,126 @@
+/*
+ * remote_impl.h — what the remote files share (not part of the API; that is
+ * include/ckptscope/hub.h): the session, its remote sources and their state.
+ *
+ *   remote_session.c  the session: options, notes, stats, freeing (the bottom)
+ *   remote_source.c   remote sources (memory, disk cache, network; the whole-file SHA-256;
+ *                     read-ahead), HF_HOME copies, and the sizes servers report
+ *   remote.c          the checkpoint provider: listing, shards, index, opening (the top)
+ */
+#ifndef CKS_REMOTE_IMPL_H
+#define CKS_REMOTE_IMPL_H
+
+#include "ckptscope/cache_hub.h"
+#include "ckptscope/hex.h"
+#include "ckptscope/hub.h"
+#include "ckptscope/rangeset.h"
+
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DEFAULT_MEMORY_CAP (256u * 1024u * 1024u)
+/* The first read of every shard. It matches cks_st_read_header's first read (4 KiB), so the
+ * parser finds in memory exactly what was prefetched: a small header costs one 4 KiB range,
+ * a larger one that plus exactly the rest of the header, never tensor data. */
+#define HEADER_CHUNK CKS_ST_FIRST_READ
+/* Read-ahead windows of a stream (a file read front to back). Bytes a stream has read are
+ * dropped once the whole-file hash has them too (drop_consumed), so a stream holds about the
+ * window it reads plus the one in flight: with 64 MiB windows and nothing dropped before the
+ * 256 MiB memory cap, `hash` of a remote 2 GiB file peaked at 400-600 MiB RSS; with 8 MiB
+ * windows at 48 MiB (77 MiB with the disk cache, whose merge of adjacent extents copies up to
+ * 40 MiB), 16 MiB windows took 64 and 106 MiB. A window still outlasts a round trip at
+ * 1 Gbit/s (67 ms against 40), so the next one is on its way before this one is read. */
+#define READAHEAD_MIN (8u * 1024u * 1024u)
+#define READAHEAD_MAX (8u * 1024u * 1024u)
+#define MAX_SMALL_FILE (256u * 1024u * 1024u)
+
+struct extent {
+    uint64_t off, len;
+    uint8_t *data;
+    uint64_t stamp;   /* last use, for LRU eviction */
+    bool from_cache;  /* read from the disk cache, not fetched in this run */
+};
+
+enum sha_state { SHA_NONE, SHA_RUNNING, SHA_OK, SHA_BAD };
+
+/*
+ * Locking: `mu` guards the extents, the hash state and the session; `net` serialises the
+ * range engine (libcurl handles are single-threaded). The network is never used with `mu`
+ * held, so while one thread waits for bytes the others keep reading what is in memory.
+ * Order: net before mu.
+ */
+struct rsrc;
+
+struct cks_remote {
+    pthread_mutex_t mu;
+    pthread_mutex_t net;
+    /* The read-ahead worker: fetches the next window of a stream while readers work on
+     * the current one, so a reader never waits for bytes it does not need yet. */
+    pthread_cond_t bg_cv;      /* with mu: a request was posted, a fetch ended, or stop */
+    pthread_t bg;
+    bool bg_started, bg_stop;
+    struct rsrc *bg_src;       /* the posted request (NULL: none) */
+    uint64_t bg_off, bg_len;
+    struct rsrc *bg_busy;      /* the source the worker is fetching for right now */
+    /* Files resolved ahead of need (the shards next to an index, resolved together with it),
+     * handed to their sources when those are opened. */
+    struct presolved {
+        char *path, *url;
+        double expires_at;
+    } *pre;
+    size_t n_pre;
+    int refs;
+    cks_http *http;
+    cks_hub *hub;
+    cks_hub_repo *repo;        /* HUB */
+    cks_hub_spec spec;
+    cks_cache *cache;
+    const char *token_origin;
+    uint64_t memory_cap;
+    uint64_t stamp;
+    char *url;                 /* URL session: the file URL */
+    char *url_base;            /* URL session: up to and including the last '/' */
+    char *url_shown;           /* URL without the query string */
+    cks_hub_resolved url_res;  /* URL session: resolution of `url` */
+    char *endpoint;            /* as given, the key of the cached listing */
+    bool listing_forgotten;    /* the cached listing was dropped after a failed check */
+    char **notes;              /* for the command line (cks_remote_take_notes) */
+    size_t n_notes;
+};
+
+struct rsrc {
+    cks_source base;
+    cks_remote *rem;
+    char *path;                /* path in the repo, or the URL for URL sessions */
+    cks_http_target target;
+    char key[200];             /* cache key, "" when the content has no identity */
+    struct extent *ext;
+    size_t n_ext, cap_ext;
+    uint64_t mem;
+    uint64_t last_end;         /* end of the previous read_at */
+    uint64_t ahead;            /* current read-ahead window; grows while reads stream */
+    EVP_MD_CTX *sha;
+    uint64_t sha_next;
+    enum sha_state sha_state;
+    bool sha_saw_cache;        /* some hashed bytes came from the disk cache */
+    char sha_hex[65];          /* the SHA-256 of the bytes, once the whole file was hashed */
+    uint64_t head_end;         /* [0, head_end) was read by the caller (coverage of prefetches) */
+    bool settled;              /* check_whole put the whole file in the cache and verified it */
+    cks_rangeset fetched;      /* what this run fetched from the network */
+};
+
+/* ---- shared across remote_session.c, remote_source.c, remote.c ---- */
+
+void remote_distrust_listing(cks_remote *r);
+cks_err remote_new_source(cks_remote *r, const char *path, uint64_t size, const char *sha256,
+                          const char *url, struct rsrc **out, cks_diag *diag);
+void remote_note(cks_remote *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void remote_unref(cks_remote *r);
+cks_err remote_resolve_now(cks_remote *r, const char *const *paths, size_t n, char **urls,
+                           cks_served_size *out, cks_diag *diag);
+cks_err remote_served_sizes(cks_remote *r, const char *const *paths, size_t n, cks_served_size *out,
+                            cks_diag *diag);
+
+#endif

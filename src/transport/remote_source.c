@@ -1,0 +1,1614 @@
+/*
+ * remote_source.c — remote sources: every byte from memory, the disk cache or the range
+ * engine, in that order; the whole-file SHA-256 and read-ahead; copies found in HF_HOME; the
+ * sizes the servers report. See remote_impl.h and include/ckptscope/hub.h.
+ */
+#include "remote_impl.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- sources ---- */
+static const cks_source_ops rsrc_ops;
+
+
+/* Feed bytes [off, off+len) to the whole-file hash if they continue it. */
+static void sha_feed(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
+{
+    if (s->sha_state != SHA_RUNNING || off > s->sha_next || off + len <= s->sha_next)
+        return;
+    uint64_t skip = s->sha_next - off;
+    EVP_DigestUpdate(s->sha, data + skip, (size_t)(len - skip));
+    s->sha_next = off + len;
+}
+
+/* Continue the hash through the in-memory extents, and conclude it at the end of file. */
+static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
+{
+    bool moved = true;
+    while (s->sha_state == SHA_RUNNING && moved && s->sha_next < s->base.size) {
+        moved = false;
+        for (size_t i = 0; i < s->n_ext; i++) {
+            struct extent *e = &s->ext[i];
+            if (e->off <= s->sha_next && s->sha_next < e->off + e->len) {
+                s->sha_saw_cache = s->sha_saw_cache || e->from_cache;
+                sha_feed(s, e->off, e->data, e->len);
+                moved = true;
+            }
+        }
+    }
+    if (s->sha_state == SHA_RUNNING && s->sha_next == s->base.size) {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned dl = 0;
+        char hex[65];
+        EVP_DigestFinal_ex(s->sha, d, &dl);
+        cks_hex_encode(d, 32, hex);
+        memcpy(s->sha_hex, hex, sizeof s->sha_hex);
+        s->sha_state = strcmp(hex, s->base.sha256_hex) == 0 ? SHA_OK : SHA_BAD;
+        /* cache hook: remember the check, so a rerun from the cache need not redo it */
+        if (s->sha_state == SHA_OK && s->rem->cache && s->key[0])
+            (void)cks_cache_mark_verified(s->rem->cache, s->key, s->base.size, NULL);
+        /* cache hook: bytes that are not the file must not outlive this run (a rerun, or any
+         * command reading single tensors, would take them for the file's): every cached byte
+         * of the key goes, whether or not all of it is cached, and so does the listing that
+         * named the hash (it may be the listing that is wrong) */
+        if (s->sha_state == SHA_BAD && s->rem->cache && s->key[0])
+            (void)cks_cache_drop(s->rem->cache, s->key, "they do not hash to the Hub's SHA-256",
+                                 NULL);
+        if (s->sha_state == SHA_BAD)
+            remote_distrust_listing(s->rem);
+    }
+    if (s->sha_state == SHA_BAD) {
+        return cks_fail(diag, CKS_ERR_INTEGRITY,
+                        "%s: the bytes read (%s) hash to %s, not to the SHA-256 the Hub publishes "
+                        "(%s); %s",
+                        s->base.name,
+                        s->sha_saw_cache ? "partly from the disk cache" : "all from the network",
+                        s->sha_hex, s->base.sha256_hex,
+                        s->sha_saw_cache
+                            ? "the cached copy was damaged and is dropped: run the command again"
+                            : "the file was changed or corrupted in transit (nothing of it was "
+                              "kept) — retry, and report it if it persists");
+    }
+    return CKS_OK;
+}
+
+bool cks_remote_source_verified(const cks_source *src, bool *verified)
+{
+    /* cache hook: a file served whole from the cache was verified when it was marked */
+    if (cks_cache_source_is(src)) {
+        if (verified)
+            *verified = true;
+        return true;
+    }
+    if (!src || src->ops != &rsrc_ops)
+        return false;
+    const struct rsrc *s = (const struct rsrc *)src;
+    if (verified)
+        *verified = s->sha_state == SHA_OK;
+    return true;
+}
+
+int cks_remote_source_sha_check(const cks_source *src, char computed[65])
+{
+    int outcome = 0;
+    struct rsrc *s = (struct rsrc *)src;
+    if (!src || src->ops != &rsrc_ops)
+        goto out;
+    pthread_mutex_lock(&s->rem->mu);
+    outcome = s->sha_state == SHA_OK ? 1 : s->sha_state == SHA_BAD ? -1 : 0;
+    if (outcome && computed)
+        memcpy(computed, s->sha_hex, 65);
+    pthread_mutex_unlock(&s->rem->mu);
+out:
+    return outcome;
+}
+
+static void evict(struct rsrc *s, uint64_t cap)
+{
+    while (s->mem > cap && s->n_ext > 0) {
+        size_t oldest = 0;
+        for (size_t i = 1; i < s->n_ext; i++)
+            if (s->ext[i].stamp < s->ext[oldest].stamp)
+                oldest = i;
+        s->mem -= s->ext[oldest].len;
+        free(s->ext[oldest].data);
+        s->ext[oldest] = s->ext[--s->n_ext];
+    }
+}
+
+static cks_err add_extent(struct rsrc *s, uint64_t off, uint64_t len, uint8_t *data, cks_diag *diag)
+{
+    if (s->n_ext == s->cap_ext) {
+        size_t ncap = s->cap_ext ? s->cap_ext * 2 : 8;
+        struct extent *ne = realloc(s->ext, ncap * sizeof *ne);
+        if (!ne) {
+            free(data);
+            return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        }
+        s->ext = ne;
+        s->cap_ext = ncap;
+    }
+    /* make room first, so the newest bytes are never the ones evicted */
+    if (s->mem + len > s->rem->memory_cap)
+        evict(s, s->rem->memory_cap > len ? s->rem->memory_cap - len : 0);
+    s->ext[s->n_ext].off = off;
+    s->ext[s->n_ext].len = len;
+    s->ext[s->n_ext].data = data;
+    s->ext[s->n_ext].stamp = ++s->rem->stamp;
+    s->ext[s->n_ext].from_cache = false;
+    s->n_ext++;
+    s->mem += len;
+    return CKS_OK;
+}
+
+/* Copy from memory what covers [off, off+len); return the first byte not covered. */
+static uint64_t copy_from_memory(struct rsrc *s, uint64_t off, uint8_t *buf, uint64_t len)
+{
+    uint64_t pos = off, end = off + len;
+    bool moved = true;
+    while (pos < end && moved) {
+        moved = false;
+        for (size_t i = 0; i < s->n_ext; i++) {
+            struct extent *e = &s->ext[i];
+            if (e->off <= pos && pos < e->off + e->len) {
+                uint64_t n = e->off + e->len - pos;
+                if (n > end - pos)
+                    n = end - pos;
+                memcpy(buf + (pos - off), e->data + (pos - e->off), (size_t)n);
+                e->stamp = ++s->rem->stamp;
+                pos += n;
+                moved = true;
+                break;
+            }
+        }
+    }
+    return pos;
+}
+
+/* Remember that [off, off+len) came from the network in this run (r->mu held). A failed
+ * allocation only makes check_whole more careful (it then rechecks those bytes too). */
+static void note_fetched(struct rsrc *s, uint64_t off, uint64_t len)
+{
+    (void)cks_rangeset_add(&s->fetched, off, len);
+}
+
+/* What the cache holds of [off, off+len) must equal the bytes just fetched; when it does not,
+ * an earlier transfer stored wrong bytes that no check could catch (the file was read only
+ * in part): every cached byte of the file goes, and the fresh bytes are stored instead. */
+static void compare_with_cache(struct rsrc *s, uint64_t off, const uint8_t *fresh, uint64_t len)
+{
+    cks_cache *c = s->rem->cache;
+    uint8_t *old = c && s->key[0] ? malloc((size_t)len) : NULL;
+    cks_range *gaps = NULL;
+    size_t ng = 0;
+    bool differs = false;
+    if (!old || cks_cache_read_some(c, s->key, off, old, (size_t)len, &gaps, &ng, NULL) != CKS_OK)
+        goto out;
+    uint64_t pos = off;
+    for (size_t g = 0; g <= ng && !differs; g++) {
+        uint64_t stop = g < ng ? gaps[g].offset : off + len;
+        if (stop > pos)
+            differs = memcmp(old + (pos - off), fresh + (pos - off), (size_t)(stop - pos)) != 0;
+        if (g < ng)
+            pos = gaps[g].offset + gaps[g].length;
+    }
+    if (differs) {
+        (void)cks_cache_drop(c, s->key, "they differ from what the server sends now", NULL);
+        remote_note(s->rem,
+                    "%s: the disk cache held bytes of this file that differ from what the server "
+                    "sends now (a damaged earlier transfer, never checked because the file was "
+                    "read only in part): they were dropped and replaced",
+                    s->base.name);
+    }
+out:
+    free(gaps);
+    free(old);
+}
+
+/* Store fetched bytes in the cache; a cache failure costs a refetch later, never data. */
+static void cache_store(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
+{
+    if (s->rem->cache && s->key[0] && len)
+        (void)cks_cache_write(s->rem->cache, s->key, off, data, (size_t)len, NULL);
+}
+
+static cks_err refresh_target(void *ctx, cks_http_target *t, long hint, cks_diag *diag)
+{
+    struct rsrc *s = ctx;
+    cks_remote *r = s->rem;
+    cks_err err = CKS_OK;
+    cks_hub_resolved res;
+    memset(&res, 0, sizeof res);
+    if (r->repo) {
+        const char *p = s->path;
+        err = cks_hub_resolve_many(r->hub, r->repo, &p, 1, &res, diag);
+    } else {
+        err = cks_hub_resolve_url(r->hub, r->url, &res, diag);
+    }
+    if (err)
+        goto out;
+    if (res.size_known && res.size != s->base.size) {
+        err = cks_fail(diag, CKS_ERR_INTEGRITY,
+                       "%s: the server now reports %" PRIu64 " bytes, the listing said %" PRIu64,
+                       s->base.name, res.size, s->base.size);
+        goto out;
+    }
+    if (s->base.sha256_hex[0] && res.sha256[0] && strcmp(res.sha256, s->base.sha256_hex) != 0) {
+        err = cks_fail(diag, CKS_ERR_INTEGRITY, "%s: the Hub now names content %s, not %s",
+                       s->base.name, res.sha256, s->base.sha256_hex);
+        goto out;
+    }
+    free(t->url);
+    t->url = res.url;
+    res.url = NULL;
+    t->expires_at = res.expires_at;
+out:
+    cks_hub_resolved_release(&res);
+    return err;
+}
+
+static void rsrc_destroy(cks_source *src)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *rr = s->rem;
+    if (rr) {
+        /* the worker must neither start nor be in the middle of a fetch for this source */
+        pthread_mutex_lock(&rr->mu);
+        if (rr->bg_src == s)
+            rr->bg_src = NULL;
+        while (rr->bg_busy == s)
+            pthread_cond_wait(&rr->bg_cv, &rr->mu);
+        pthread_mutex_unlock(&rr->mu);
+    }
+    for (size_t i = 0; i < s->n_ext; i++)
+        free(s->ext[i].data);
+    free(s->ext);
+    cks_rangeset_free(&s->fetched);
+    free(s->target.url);
+    free(s->path);
+    free(s->base.name);
+    EVP_MD_CTX_free(s->sha);
+    cks_remote *r = s->rem;
+    free(s);
+    remote_unref(r);
+}
+
+/* A batch of (source, range) to bring into memory; the caller holds the session lock. */
+struct want {
+    struct rsrc *src;
+    uint64_t off, len;
+};
+
+static cks_err resolve_pending(cks_remote *r, struct rsrc **srcs, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const char **paths = calloc(n ? n : 1, sizeof *paths);
+    struct rsrc **todo = calloc(n ? n : 1, sizeof *todo);
+    cks_hub_resolved *res = NULL;
+    size_t m = 0;
+    if (!paths || !todo) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        bool dup = false;
+        if (srcs[i]->target.url || !r->repo)
+            continue;
+        for (size_t k = 0; k < m && !dup; k++)
+            dup = todo[k] == srcs[i];
+        if (dup)
+            continue;
+        todo[m] = srcs[i];
+        paths[m++] = srcs[i]->path;
+    }
+    if (m == 0)
+        goto out;
+    res = calloc(m, sizeof *res);
+    if (!res) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    err = cks_hub_resolve_many(r->hub, r->repo, paths, m, res, diag);
+    if (err)
+        goto out;
+    for (size_t k = 0; k < m; k++) {
+        struct rsrc *s = todo[k];
+        if (res[k].size_known && res[k].size != s->base.size) {
+            err = cks_fail(diag, CKS_ERR_INTEGRITY,
+                           "%s: the resolve reports %" PRIu64 " bytes, the listing %" PRIu64,
+                           s->base.name, res[k].size, s->base.size);
+            goto out;
+        }
+        s->target.url = res[k].url;
+        s->target.expires_at = res[k].expires_at;
+        res[k].url = NULL;
+    }
+out:
+    if (res)
+        for (size_t k = 0; k < m; k++)
+            cks_hub_resolved_release(&res[k]);
+    free(res);
+    free(paths);
+    free(todo);
+    return err;
+}
+
+/* End of the bytes in memory that continue without a hole from `pos` (pos itself if none). */
+static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
+{
+    bool moved = true;
+    while (moved) {
+        moved = false;
+        for (size_t i = 0; i < s->n_ext; i++)
+            if (s->ext[i].off <= pos && pos < s->ext[i].off + s->ext[i].len) {
+                pos = s->ext[i].off + s->ext[i].len;
+                moved = true;
+            }
+    }
+    return pos;
+}
+
+/*
+ * Bring every wanted range into memory (and the cache): skip what memory already holds,
+ * read what the cache holds, fetch the rest in one engine call. Called and returns with
+ * r->mu held, but drops it while on the network. With `try_net`, gives up silently (CKS_OK)
+ * when another thread is using the network: used for early read-ahead, which is optional.
+ * With `refresh`, the cache is not read: everything comes from the network, and what the
+ * cache held of it is compared with the fresh bytes (cks_remote_refresh).
+ */
+static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, bool refresh,
+                          cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_http_piece *pieces = NULL;
+    struct rsrc **srcs = NULL;
+    struct want *holes = NULL;
+    size_t np = 0, nh = 0, cap_h = 0, cap_p = 0;
+    bool have_net = false;
+    if (try_net) {
+        if (pthread_mutex_trylock(&r->net) != 0)
+            goto out;
+    } else {
+        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_lock(&r->net);
+        pthread_mutex_lock(&r->mu);
+    }
+    have_net = true;
+    /* What is still missing now that we may go to the network: another thread may have
+     * fetched some of it meanwhile, and bytes must never be fetched twice. */
+    for (size_t i = 0; i < n; i++) {
+        struct rsrc *s = w[i].src;
+        uint64_t pos = w[i].off, end = w[i].off + w[i].len;
+        while (pos < end) {
+            uint64_t f = memory_frontier(s, pos);
+            if (f > pos) {
+                pos = f;
+                continue;
+            }
+            uint64_t hole_end = end;
+            for (size_t k = 0; k < s->n_ext; k++)
+                if (s->ext[k].off > pos && s->ext[k].off < hole_end)
+                    hole_end = s->ext[k].off;
+            if (nh == cap_h) {
+                size_t nc = cap_h ? cap_h * 2 : (n ? n : 1);
+                struct want *nw = realloc(holes, nc * sizeof *nw);
+                if (!nw) {
+                    err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                    goto out;
+                }
+                holes = nw;
+                cap_h = nc;
+            }
+            holes[nh].src = s;
+            holes[nh].off = pos;
+            holes[nh].len = hole_end - pos;
+            nh++;
+            pos = hole_end;
+        }
+    }
+    w = holes;
+    n = nh;
+    for (size_t i = 0; i < n; i++) {
+        struct rsrc *s = w[i].src;
+        cks_range whole = {w[i].off, w[i].len}, *gaps = &whole;
+        size_t ng = 1;
+        cks_range *cached_gaps = NULL;
+        /* cache hook (cache/README.md): serve what the cache holds of this hole and fetch
+         * only the rest, so a range already partly cached costs only its missing part */
+        if (r->cache && s->key[0] && !refresh) {
+            uint8_t *buf = malloc((size_t)w[i].len);
+            if (!buf) {
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
+                goto out;
+            }
+            if (cks_cache_read_some(r->cache, s->key, w[i].off, buf, (size_t)w[i].len,
+                                    &cached_gaps, &ng, NULL) != CKS_OK) {
+                cached_gaps = NULL;
+                ng = 1;
+            } else if (ng > 0) {
+                gaps = cached_gaps;
+            }
+            if (ng == 0) {
+                err = add_extent(s, w[i].off, w[i].len, buf, diag);
+                if (err)
+                    goto out;
+                s->ext[s->n_ext - 1].from_cache = true;
+                continue;
+            }
+            /* keep the cached runs between the gaps */
+            uint64_t pos = w[i].off, end = w[i].off + w[i].len;
+            for (size_t g = 0; g <= ng && !err; g++) {
+                uint64_t stop = g < ng ? gaps[g].offset : end;
+                if (stop > pos) {
+                    uint8_t *part = malloc((size_t)(stop - pos));
+                    if (!part) {
+                        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                        break;
+                    }
+                    memcpy(part, buf + (pos - w[i].off), (size_t)(stop - pos));
+                    err = add_extent(s, pos, stop - pos, part, diag);
+                    if (!err)
+                        s->ext[s->n_ext - 1].from_cache = true;
+                }
+                if (g < ng)
+                    pos = gaps[g].offset + gaps[g].length;
+            }
+            free(buf);
+            if (!err && cks_cache_offline(r->cache))
+                err = cks_fail(diag, CKS_ERR_OFFLINE_MISS,
+                               "%s: bytes %" PRIu64 "-%" PRIu64 " are not in the cache and "
+                               "--offline forbids the network",
+                               s->base.name, gaps[0].offset, gaps[0].offset + gaps[0].length - 1);
+            if (err) {
+                free(cached_gaps);
+                goto out;
+            }
+        }
+        if (np + ng > cap_p) {
+            size_t nc = (np + ng) * 2;
+            cks_http_piece *npc = realloc(pieces, nc * sizeof *npc);
+            if (npc)
+                pieces = npc;
+            struct rsrc **nsr = npc ? realloc(srcs, nc * sizeof *nsr) : NULL;
+            if (nsr)
+                srcs = nsr;
+            if (!npc || !nsr) {
+                free(cached_gaps);
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            cap_p = nc;
+        }
+        for (size_t g = 0; g < ng; g++) {
+            uint8_t *buf = malloc((size_t)gaps[g].length);
+            if (!buf) {
+                free(cached_gaps);
+                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes",
+                               gaps[g].length);
+                goto out;
+            }
+            memset(&pieces[np], 0, sizeof pieces[np]);
+            pieces[np].target = &s->target;
+            pieces[np].offset = gaps[g].offset;
+            pieces[np].length = gaps[g].length;
+            pieces[np].dst = buf;
+            srcs[np++] = s;
+        }
+        free(cached_gaps);
+    }
+    if (np == 0)
+        goto out;
+    pthread_mutex_unlock(&r->mu);
+    err = resolve_pending(r, srcs, np, diag);
+    if (!err)
+        err = cks_http_fetch(r->http, pieces, np, diag);
+    /* Into the cache before the lock is taken again: a cache write (an fsync per extent of
+     * 1 MiB or more) must not stop readers copying what memory holds. Still before the
+     * whole-file hash sees these bytes, so a hash that fails drops them from the cache after
+     * they were written (`net`, held here, keeps other fetches out meanwhile). */
+    for (size_t i = 0; i < np && !err && !refresh; i++)
+        cache_store(srcs[i], pieces[i].offset, pieces[i].dst, pieces[i].length);
+    pthread_mutex_lock(&r->mu);
+    if (err && cks_err_class_of(err) == CKS_CLASS_FORMAT)
+        remote_distrust_listing(r); /* a size or hash the servers contradict */
+    if (err)
+        goto out;
+    for (size_t i = 0; i < np; i++) {
+        struct rsrc *s = srcs[i];
+        note_fetched(s, pieces[i].offset, pieces[i].length);
+        if (refresh) {
+            compare_with_cache(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
+            cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
+        }
+        sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
+        err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
+        pieces[i].dst = NULL; /* owned by the extent (or freed by add_extent) now */
+        if (err)
+            goto out;
+    }
+    for (size_t i = 0; i < np; i++) {
+        err = sha_advance(srcs[i], diag);
+        if (err)
+            goto out;
+    }
+out:
+    if (have_net)
+        pthread_mutex_unlock(&r->net);
+    if (pieces)
+        for (size_t i = 0; i < np; i++)
+            free(pieces[i].dst);
+    free(pieces);
+    free(srcs);
+    free(holes);
+    return err;
+}
+
+static void *bg_main(void *arg)
+{
+    cks_remote *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->bg_stop && !r->bg_src)
+            pthread_cond_wait(&r->bg_cv, &r->mu);
+        if (r->bg_stop)
+            break;
+        struct want w = {r->bg_src, r->bg_off, r->bg_len};
+        cks_diag ignored;
+        r->bg_busy = r->bg_src;
+        r->bg_src = NULL;
+        /* a failure here is not reported: the reader that needs these bytes fetches them
+         * itself and meets the error then (an integrity failure is sticky on the source) */
+        (void)fetch_wants(r, &w, 1, false, false, &ignored);
+        r->bg_busy = NULL;
+        pthread_cond_broadcast(&r->bg_cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Ask the worker for a window (r->mu held). False when it cannot take one now. */
+static bool post_readahead(cks_remote *r, struct rsrc *s, uint64_t off, uint64_t len)
+{
+    if (!r->bg_started) {
+        if (pthread_create(&r->bg, NULL, bg_main, r) != 0)
+            return false;
+        r->bg_started = true;
+    }
+    if (r->bg_src || r->bg_busy)
+        return true; /* one window at a time; the next read posts the next one */
+    r->bg_src = s;
+    r->bg_off = off;
+    r->bg_len = len;
+    pthread_cond_signal(&r->bg_cv);
+    return true;
+}
+
+/* A stream read [from, end): extents inside what it has read, which the whole-file hash has
+ * passed too, are not needed again by it (the disk cache keeps them; a reader that comes
+ * back refetches). Without this a stream held every window up to the memory cap. */
+static void drop_consumed(struct rsrc *s, uint64_t from, uint64_t end)
+{
+    uint64_t hashed = s->sha_state == SHA_RUNNING ? s->sha_next : UINT64_MAX;
+    uint64_t since = from > s->ahead ? from - s->ahead : 0; /* a window back: hash lag */
+    for (size_t i = 0; i < s->n_ext;) {
+        struct extent *e = &s->ext[i];
+        uint64_t e_end = e->off + e->len;
+        if (e_end > since && e_end <= end && e_end <= hashed) {
+            s->mem -= e->len;
+            free(e->data);
+            *e = s->ext[--s->n_ext];
+        } else {
+            i++;
+        }
+    }
+}
+
+static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t len,
+                            cks_diag *diag)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *r = s->rem;
+    cks_err err = CKS_OK;
+    uint8_t *buf = vbuf;
+    if (s->settled) {
+        /* the whole file is in the cache and verified: read it straight into the caller's
+         * buffer (no read-ahead copies); a chunk that went bad falls back to the path below */
+        bool hit = false;
+        if (cks_cache_read(r->cache, s->key, offset, buf, len, &hit, NULL) == CKS_OK && hit)
+            return CKS_OK;
+    }
+    pthread_mutex_lock(&r->mu);
+    if (offset <= s->head_end && offset + len > s->head_end)
+        s->head_end = offset + len;
+    if (s->sha_state == SHA_BAD) {
+        err = sha_advance(s, diag);
+        goto out;
+    }
+    uint64_t pos = copy_from_memory(s, offset, buf, len);
+    uint64_t end = offset + len;
+    /* Streaming: this read continues the previous one, or it misses exactly where the bytes
+     * already fetched end (several threads taking turns through the file look like that). */
+    bool streaming = offset > 0 && offset == s->last_end;
+    /* only a read that starts at that edge: one that overlaps fetched bytes and runs past
+     * them (a header read again with its full length) is not a stream */
+    for (size_t i = 0; i < s->n_ext && !streaming && pos == offset && pos < end; i++)
+        streaming = pos > 0 && s->ext[i].off + s->ext[i].len == pos;
+    if (!streaming && pos < end) {
+        /* a jump elsewhere ends the stream; a miss near the fetched frontier (threads taking
+         * turns) does not */
+        uint64_t f = memory_frontier(s, s->last_end);
+        if (pos + s->ahead < f || pos > f + s->ahead)
+            s->ahead = 0;
+        else if (s->ahead)
+            streaming = true;
+    }
+    while (pos < end && err == CKS_OK) {
+        /* the hole runs from pos to the next byte memory holds (or the end of the read) */
+        uint64_t hole_end = end;
+        for (size_t i = 0; i < s->n_ext; i++)
+            if (s->ext[i].off > pos && s->ext[i].off < hole_end)
+                hole_end = s->ext[i].off;
+        uint64_t want = hole_end - pos;
+        if (streaming && hole_end == end) {
+            /* someone is reading the file front to back: fetch ahead, in parallel parts */
+            s->ahead = s->ahead ? s->ahead * 2 : READAHEAD_MIN;
+            if (s->ahead > READAHEAD_MAX)
+                s->ahead = READAHEAD_MAX;
+            uint64_t ahead = s->ahead;
+            if (ahead > s->base.size - end)
+                ahead = s->base.size - end;
+            for (size_t i = 0; i < s->n_ext; i++)
+                if (s->ext[i].off >= end && s->ext[i].off - end < ahead)
+                    ahead = s->ext[i].off - end; /* stop where fetched bytes resume */
+            if (want + ahead <= r->memory_cap / 2)
+                want += ahead;
+        }
+        struct want w = {s, pos, want};
+        err = fetch_wants(r, &w, 1, false, false, diag);
+        if (err)
+            break;
+        pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
+    }
+    s->last_end = end;
+    if (streaming)
+        drop_consumed(s, offset, end);
+    /* The read-ahead worker may have concluded the whole-file hash while this read waited
+     * for the network: bytes of a file that failed its check are never handed out. */
+    if (!err && s->sha_state == SHA_BAD)
+        err = sha_advance(s, diag);
+    if (!err && s->ahead > 0) {
+        /* A stream that has started on its window fetches the next one now, so the link
+         * stays busy while this and other threads work on what is in memory. */
+        uint64_t frontier = memory_frontier(s, end);
+        if (frontier < s->base.size && frontier - end < s->ahead) {
+            uint64_t n = s->ahead;
+            if (n > s->base.size - frontier)
+                n = s->base.size - frontier;
+            if (!post_readahead(r, s, frontier, n)) {
+                struct want w = {s, frontier, n};
+                err = fetch_wants(r, &w, 1, true, false, diag);
+            }
+        }
+    }
+out:
+    pthread_mutex_unlock(&r->mu);
+    return err;
+}
+
+static cks_err rsrc_prefetch(cks_source *src, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_source **srcs = malloc((n ? n : 1) * sizeof *srcs);
+    cks_err err;
+    if (!srcs)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        srcs[i] = src;
+    err = cks_remote_prefetch(s->rem, srcs, ranges, n, diag);
+    free(srcs);
+    return err;
+}
+
+/* Ranges of many remote files: one parallel batch per session (a session is one repo). */
+static cks_err rsrc_prefetch_many(cks_source *const *srcs, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    bool *done = calloc(n ? n : 1, sizeof *done);
+    cks_source **group = malloc((n ? n : 1) * sizeof *group);
+    cks_range *granges = malloc((n ? n : 1) * sizeof *granges);
+    if (!done || !group || !granges) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n && !err; i++) {
+        cks_remote *rem = ((struct rsrc *)srcs[i])->rem;
+        size_t k = 0;
+        if (done[i])
+            continue;
+        for (size_t j = i; j < n; j++)
+            if (!done[j] && ((struct rsrc *)srcs[j])->rem == rem) {
+                group[k] = srcs[j];
+                granges[k] = ranges[j];
+                k++;
+                done[j] = true;
+            }
+        err = cks_remote_prefetch(rem, group, granges, k, diag);
+    }
+out:
+    free(done);
+    free(group);
+    free(granges);
+    return err;
+}
+
+/* The caller is done with what it read: free the fetched extents (the disk cache keeps them). */
+static void rsrc_trim(cks_source *src)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    pthread_mutex_lock(&s->rem->mu);
+    evict(s, 0);
+    pthread_mutex_unlock(&s->rem->mu);
+}
+
+/* Forget what memory holds and start the whole-file hash again from byte 0 (r->mu held, and
+ * the read-ahead worker not busy with this source). */
+static void sha_restart(struct rsrc *s)
+{
+    evict(s, 0);
+    if (s->sha && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) == 1)
+        s->sha_state = SHA_RUNNING;
+    s->sha_next = 0;
+    s->sha_saw_cache = false;
+    s->settled = false;
+    s->sha_hex[0] = '\0';
+    s->fetched.n = 0; /* forgotten, the memory kept for the next pass */
+    s->ahead = 0;
+    s->last_end = 0;
+}
+
+/* r->mu held: keep the read-ahead worker away from s while its state is reset. */
+static void quiesce(cks_remote *r, struct rsrc *s)
+{
+    if (r->bg_src == s)
+        r->bg_src = NULL;
+    while (r->bg_busy == s)
+        pthread_cond_wait(&r->bg_cv, &r->mu);
+}
+
+/* The caller found the bytes it read wrong (a header that does not parse): none of them may
+ * stay, in memory or in the cache; the next read fetches them from the server again. */
+static bool rsrc_discard(cks_source *src)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *r = s->rem;
+    pthread_mutex_lock(&r->mu);
+    quiesce(r, s);
+    if (r->cache && s->key[0])
+        (void)cks_cache_drop(r->cache, s->key, "they failed a check (a header that does not parse)",
+                             NULL);
+    sha_restart(s);
+    pthread_mutex_unlock(&r->mu);
+    return true;
+}
+
+/* One pass of check_whole: the file from the hash frontier to its end, a window at a time,
+ * through fetch_wants (the cache for what it holds, the network for the rest) and into the
+ * hash; memory is freed after each window (the cache keeps the bytes). r->mu held. */
+#define SETTLE_WINDOW (16u * 1024u * 1024u)
+static cks_err settle_pass(cks_remote *r, struct rsrc *s, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    while (!err && s->sha_state == SHA_RUNNING && s->sha_next < s->base.size) {
+        uint64_t from = s->sha_next, len = s->base.size - from;
+        struct want w = {s, from, len < SETTLE_WINDOW ? len : SETTLE_WINDOW};
+        err = fetch_wants(r, &w, 1, false, false, diag);
+        if (!err)
+            err = sha_advance(s, diag);
+        if (!err && s->sha_state == SHA_RUNNING && s->sha_next == from)
+            err = cks_fail(diag, CKS_ERR_IO, "%s: the whole-file check made no progress at byte %" PRIu64,
+                           s->base.name, from);
+        evict(s, 0);
+    }
+    return err;
+}
+
+/*
+ * The whole file is about to be read. When every byte will come from this run's network
+ * reads, the streaming hash checks them as they arrive and nothing is done here. When the
+ * disk cache holds bytes of the file from an earlier run (a header read by `ls`, blocks
+ * sampled by `verify`, a transfer killed half way), those have never been checked against
+ * the Hub's SHA-256: the file is then read through the cache and hashed now, before any byte
+ * reaches the caller, and when it does not match, the damaged copy is dropped and the file
+ * hashed again from the network alone. So a damaged partial transfer of one run never makes
+ * a later whole-file read fail, or succeed with wrong bytes.
+ */
+static cks_err rsrc_check_whole(cks_source *src, cks_diag *diag)
+{
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *r = s->rem;
+    cks_err err = CKS_OK;
+    cks_range whole = {0, s->base.size}, *miss = NULL;
+    size_t n_miss = 0;
+    bool mixed = false;
+    pthread_mutex_lock(&r->mu);
+    if (s->sha_state != SHA_RUNNING || !r->cache || strncmp(s->key, "sha256:", 7) != 0 ||
+        s->base.size == 0 || cks_cache_is_verified(r->cache, s->key, s->base.size))
+        goto out; /* checked already, nothing to check against, or only this run's bytes */
+    if (cks_cache_missing(r->cache, s->key, &whole, 1, &miss, &n_miss, NULL) != CKS_OK)
+        goto out;
+    /* a cached range this run did not fetch itself is an old, unchecked copy */
+    uint64_t pos = 0;
+    for (size_t i = 0; i <= n_miss && !mixed; i++) {
+        uint64_t stop = i < n_miss ? miss[i].offset : s->base.size;
+        mixed = !cks_rangeset_covers(&s->fetched, pos, stop);
+        if (i < n_miss)
+            pos = miss[i].offset + miss[i].length;
+    }
+    mixed = mixed || s->sha_saw_cache;
+    if (!mixed)
+        goto out;
+    quiesce(r, s);
+    err = settle_pass(r, s, diag);
+    if (err == CKS_ERR_INTEGRITY && s->sha_saw_cache) {
+        /* the old copy was damaged (sha_advance dropped it): once more, all from the network */
+        sha_restart(s);
+        err = settle_pass(r, s, diag);
+    }
+    s->settled = !err && s->sha_state == SHA_OK;
+out:
+    pthread_mutex_unlock(&r->mu);
+    free(miss);
+    return err;
+}
+
+/* Do these ranges (sorted in place), with [0, head) already read, cover a file of `size`
+ * bytes? (A caller that prefetches every tensor of a file is about to read all of it.) */
+static bool ranges_cover(cks_range *ranges, size_t n, uint64_t head, uint64_t size)
+{
+    return n > 0 && cks_ranges_cover(ranges, n, head, size);
+}
+
+/* The same for the ranges of `src` in a batch over several sources. */
+static bool batch_covers(const void *src, cks_source *const *sources, const cks_range *ranges,
+                         size_t n, uint64_t head, uint64_t size)
+{
+    cks_range *mine = malloc((n ? n : 1) * sizeof *mine);
+    size_t m = 0;
+    bool covers;
+    if (!mine)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (sources[i] == src && ranges[i].length)
+            mine[m++] = ranges[i];
+    covers = ranges_cover(mine, m, head, size);
+    free(mine);
+    return covers;
+}
+
+static const cks_source_ops rsrc_ops = {.read_at = rsrc_read_at,
+                                        .prefetch = rsrc_prefetch,
+                                        .destroy = rsrc_destroy,
+                                        .prefetch_many = rsrc_prefetch_many,
+                                        .trim = rsrc_trim,
+                                        .check_whole = rsrc_check_whole,
+                                        .discard = rsrc_discard};
+
+cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
+                            size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct want *w = calloc(n ? n : 1, sizeof *w);
+    size_t m = 0;
+    if (!w)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    /* a batch that reads the rest of a file whole: check what the cache holds of it first
+     * (the distinct sources of a batch are few: the shards of one repository) */
+    const cks_source **seen = calloc(n ? n : 1, sizeof *seen);
+    size_t n_seen = 0;
+    for (size_t i = 0; seen && i < n && !err; i++) {
+        bool first = true;
+        if (!sources[i] || sources[i]->ops != &rsrc_ops || ((struct rsrc *)sources[i])->rem != r)
+            continue;
+        for (size_t j = 0; j < n_seen && first; j++)
+            first = seen[j] != sources[i];
+        if (!first)
+            continue;
+        seen[n_seen++] = sources[i];
+        struct rsrc *s = (struct rsrc *)sources[i];
+        if (batch_covers(s, sources, ranges, n, s->head_end, s->base.size))
+            err = rsrc_check_whole(&s->base, diag);
+    }
+    free(seen);
+    if (err) {
+        free(w);
+        return err;
+    }
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (!sources[i] || sources[i]->ops != &rsrc_ops)
+            continue;
+        struct rsrc *s = (struct rsrc *)sources[i];
+        if (s->rem != r || ranges[i].length == 0)
+            continue;
+        if (ranges[i].offset > s->base.size || ranges[i].length > s->base.size - ranges[i].offset) {
+            err = cks_fail(diag, CKS_ERR_TRUNCATED,
+                           "%s: prefetch of %" PRIu64 " bytes at %" PRIu64 " is past the end",
+                           s->base.name, ranges[i].length, ranges[i].offset);
+            goto out;
+        }
+        w[m].src = s;
+        w[m].off = ranges[i].offset;
+        w[m].len = ranges[i].length;
+        m++;
+    }
+    err = fetch_wants(r, w, m, false, false, diag);
+out:
+    pthread_mutex_unlock(&r->mu);
+    free(w);
+    return err;
+}
+
+/*
+ * A partial read cannot be checked against the Hub's SHA-256 (it covers whole files), so
+ * bytes an earlier run cached for one could be a damaged transfer that nothing caught. For
+ * the commands whose answer is the bytes themselves (hash or fetch of some tensors), those
+ * ranges come from the network again, and a cached copy that differs is replaced. Files
+ * verified whole, sources without a disk cache (everything is this run's) and --offline
+ * (the cache is the answer asked for) are left alone. Ranges are fetched in batches of
+ * REFRESH_BATCH, split into windows of SETTLE_WINDOW, one parallel round per batch.
+ */
+#define REFRESH_BATCH (64u * 1024u * 1024u)
+cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, size_t n,
+                           cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct want *w = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        if (!sources[i] || sources[i]->ops != &rsrc_ops)
+            continue;
+        cks_remote *r = ((struct rsrc *)sources[i])->rem;
+        size_t m = 0;
+        uint64_t batch = 0;
+        bool seen_before = false;
+        for (size_t j = 0; j < i && !seen_before; j++)
+            seen_before = sources[j] && sources[j]->ops == &rsrc_ops && ((struct rsrc *)sources[j])->rem == r;
+        if (seen_before || !r->cache || cks_cache_offline(r->cache))
+            continue;
+        pthread_mutex_lock(&r->mu);
+        for (size_t j = i; j <= n && !err; j++) {
+            bool flush = j == n || batch >= REFRESH_BATCH;
+            if (flush && m) {
+                err = fetch_wants(r, w, m, false, true, diag);
+                m = 0;
+                batch = 0;
+            }
+            if (j == n || err)
+                break;
+            if (!sources[j] || sources[j]->ops != &rsrc_ops)
+                continue;
+            struct rsrc *s = (struct rsrc *)sources[j];
+            if (s->rem != r || strncmp(s->key, "sha256:", 7) != 0 || s->sha_state == SHA_OK ||
+                ranges[j].length == 0 || ranges[j].offset > s->base.size ||
+                ranges[j].length > s->base.size - ranges[j].offset ||
+                cks_cache_is_verified(r->cache, s->key, s->base.size))
+                continue;
+            quiesce(r, s);
+            /* bytes memory holds from the cache are as unchecked as the cache */
+            for (size_t k = s->n_ext; k-- > 0;)
+                if (s->ext[k].from_cache) {
+                    s->mem -= s->ext[k].len;
+                    free(s->ext[k].data);
+                    s->ext[k] = s->ext[--s->n_ext];
+                }
+            for (uint64_t off = ranges[j].offset, end = off + ranges[j].length; off < end;) {
+                uint64_t len = end - off < SETTLE_WINDOW ? end - off : SETTLE_WINDOW;
+                if (m == cap) {
+                    size_t nc = cap ? 2 * cap : 64;
+                    struct want *g = realloc(w, nc * sizeof *g);
+                    if (!g) {
+                        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+                        break;
+                    }
+                    w = g;
+                    cap = nc;
+                }
+                w[m].src = s;
+                w[m].off = off;
+                w[m].len = len;
+                m++;
+                batch += len;
+                off += len;
+            }
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
+    free(w);
+    return err;
+}
+
+cks_err remote_new_source(cks_remote *r, const char *path, uint64_t size, const char *sha256,
+                          const char *url, struct rsrc **out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct rsrc *s = calloc(1, sizeof *s);
+    *out = NULL;
+    if (!s) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    s->base.ops = &rsrc_ops;
+    s->base.size = size;
+    s->base.thread_safe = true;
+    s->base.sequential = true;
+    s->path = strdup(path);
+    if (r->repo) {
+        if (asprintf(&s->base.name, "%s@%.12s/%s", r->repo->repo_id, r->repo->commit, path) < 0)
+            s->base.name = NULL;
+    } else {
+        s->base.name = strdup(r->url_shown);
+    }
+    if (!s->path || !s->base.name) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (sha256 && strlen(sha256) == 64) {
+        memcpy(s->base.sha256_hex, sha256, 65);
+        snprintf(s->key, sizeof s->key, "sha256:%s", sha256);
+        s->sha = EVP_MD_CTX_new();
+        if (!s->sha || EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) != 1) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cannot set up SHA-256");
+            goto out;
+        }
+        s->sha_state = SHA_RUNNING;
+    } else if (r->repo && strlen(path) + 50 < sizeof s->key) {
+        snprintf(s->key, sizeof s->key, "git:%s:%s", r->repo->commit, path);
+    }
+    if (s->key[0] && r->cache && !cks_cache_key_valid(s->key))
+        s->key[0] = '\0';
+    if (url) {
+        s->target.url = strdup(url);
+        if (!s->target.url) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+    } else {
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < r->n_pre; i++)
+            if (r->pre[i].path && strcmp(r->pre[i].path, path) == 0) {
+                s->target.url = r->pre[i].url;
+                s->target.expires_at = r->pre[i].expires_at;
+                r->pre[i].url = NULL;
+                free(r->pre[i].path);
+                r->pre[i].path = NULL;
+                break;
+            }
+        pthread_mutex_unlock(&r->mu);
+    }
+    s->target.size = size;
+    s->target.name = s->base.name;
+    s->target.refresh = refresh_target;
+    s->target.refresh_ctx = s;
+    pthread_mutex_lock(&r->mu);
+    r->refs++;
+    pthread_mutex_unlock(&r->mu);
+    s->rem = r;
+out:
+    if (err && s) {
+        EVP_MD_CTX_free(s->sha);
+        free(s->path);
+        free(s->base.name);
+        free(s->target.url);
+        free(s);
+        s = NULL;
+    }
+    *out = s;
+    return err;
+}
+
+/* ---------------------------------------------------------------- HF_HOME copies ---- */
+
+/*
+ * A file found in the Hugging Face cache is another program's copy on a disk anyone may
+ * have written to: it is checked against the Hub's identity of the file (the LFS SHA-256,
+ * or the git blob id of a regular file) before a whole-file read uses it, read from the
+ * network instead when it does not match, and said to be unverified while it is read only
+ * in part (hashing a 5 GB shard to read one tensor would cost more than the network read).
+ */
+enum hf_state { HF_UNCHECKED, HF_VERIFIED, HF_FALLBACK };
+
+struct hfsrc {
+    cks_source base;
+    cks_remote *rem;           /* a reference */
+    cks_source *local;         /* the copy in HF_HOME */
+    cks_source *net;           /* after a mismatch: the file as the Hub serves it */
+    char *path;                /* in the repository */
+    bool lfs;
+    char want[65];             /* the Hub's SHA-256 (LFS) or git blob id (regular file) */
+    enum hf_state state;
+    uint64_t head_end;         /* [0, head_end) was read (coverage of prefetches) */
+    pthread_mutex_t mu;        /* guards state, net, head_end */
+};
+
+static const cks_source_ops hfsrc_ops;
+static cks_err open_file(cks_remote *r, const char *path, bool allow_hf, cks_source **out,
+                         cks_diag *diag);
+
+/* The identity of the local copy, in the form the Hub gives it (hex into out). */
+static cks_err hf_hash(struct hfsrc *h, char out[65], cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    const size_t step = 8u * 1024u * 1024u;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    uint8_t *buf = malloc(step);
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned dl = 0;
+    if (!md || !buf || EVP_DigestInit_ex(md, h->lfs ? EVP_sha256() : EVP_sha1(), NULL) != 1) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (!h->lfs) {
+        /* a git blob id hashes "blob <size>\0" and then the content */
+        char head[32];
+        int n = snprintf(head, sizeof head, "blob %" PRIu64, h->base.size);
+        EVP_DigestUpdate(md, head, (size_t)n + 1);
+    }
+    for (uint64_t pos = 0; pos < h->base.size;) {
+        size_t n = h->base.size - pos < step ? (size_t)(h->base.size - pos) : step;
+        err = cks_source_read_at(h->local, pos, buf, n, diag);
+        if (err)
+            goto out;
+        EVP_DigestUpdate(md, buf, n);
+        pos += n;
+    }
+    EVP_DigestFinal_ex(md, d, &dl);
+    if (dl >= 32)
+        cks_hex_encode(d, 32, out);
+out:
+    EVP_MD_CTX_free(md);
+    free(buf);
+    return err;
+}
+
+/* From now on the file comes from the network (h->mu held). */
+static cks_err hf_fall_back(struct hfsrc *h, const char *why, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_source *net = NULL;
+    if (h->state == HF_FALLBACK)
+        goto out;
+    err = open_file(h->rem, h->path, false, &net, diag);
+    if (err)
+        goto out;
+    h->net = net;
+    h->state = HF_FALLBACK;
+    pthread_mutex_lock(&h->rem->mu);
+    remote_note(h->rem,
+                "%s: the copy in the Hugging Face cache (HF_HOME) %s, so it was read from the Hub "
+                "instead (that copy is left as it is: delete it, or download the file again)",
+                h->base.name, why);
+    pthread_mutex_unlock(&h->rem->mu);
+out:
+    return err;
+}
+
+static cks_err hf_check_whole(cks_source *src, cks_diag *diag)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    cks_err err = CKS_OK;
+    char got[65] = "", why[200];
+    pthread_mutex_lock(&h->mu);
+    if (h->state == HF_VERIFIED)
+        goto out;
+    if (h->state == HF_FALLBACK) {
+        err = cks_source_check_whole(h->net, diag);
+        goto out;
+    }
+    cks_diag ignored;
+    if (hf_hash(h, got, &ignored) == CKS_OK && strcmp(got, h->want) == 0) {
+        h->state = HF_VERIFIED;
+        goto out;
+    }
+    snprintf(why, sizeof why, "%s%s, not to the Hub's %s %s", got[0] ? "hashes to " : "cannot be read",
+             got, h->lfs ? "SHA-256" : "git blob id", h->want);
+    err = hf_fall_back(h, why, diag);
+    if (!err)
+        err = cks_source_check_whole(h->net, diag);
+out:
+    pthread_mutex_unlock(&h->mu);
+    return err;
+}
+
+/* The source to read from now, after noting what is read (coverage of later prefetches). */
+static cks_source *hf_current(struct hfsrc *h, uint64_t offset, uint64_t len)
+{
+    cks_source *cur;
+    pthread_mutex_lock(&h->mu);
+    if (offset <= h->head_end && offset + len > h->head_end)
+        h->head_end = offset + len;
+    cur = h->state == HF_FALLBACK ? h->net : h->local;
+    pthread_mutex_unlock(&h->mu);
+    return cur;
+}
+
+static cks_err hf_read_at(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag)
+{
+    return cks_source_read_at(hf_current((struct hfsrc *)src, offset, len), offset, buf, len, diag);
+}
+
+static cks_err hf_prefetch(cks_source *src, const cks_range *ranges, size_t n, cks_diag *diag)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    cks_err err = CKS_OK;
+    cks_range *copy = malloc((n ? n : 1) * sizeof *copy);
+    cks_source *net;
+    if (!copy)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    memcpy(copy, ranges, n * sizeof *copy);
+    pthread_mutex_lock(&h->mu);
+    bool whole = h->state == HF_UNCHECKED && ranges_cover(copy, n, h->head_end, h->base.size);
+    pthread_mutex_unlock(&h->mu);
+    free(copy);
+    if (whole)
+        err = hf_check_whole(src, diag);
+    pthread_mutex_lock(&h->mu);
+    net = h->state == HF_FALLBACK ? h->net : NULL;
+    pthread_mutex_unlock(&h->mu);
+    if (!err && net)
+        err = cks_source_prefetch(net, ranges, n, diag);
+    return err;
+}
+
+/* The caller could not use what it read (a header that does not parse): the copy is not the
+ * file, so the network serves it from now on. */
+static bool hf_discard(cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    bool ok;
+    pthread_mutex_lock(&h->mu);
+    if (h->state == HF_FALLBACK)
+        ok = cks_source_discard(h->net);
+    else
+        ok = hf_fall_back(h, "gave bytes that failed a check (a header that does not parse)", NULL) ==
+             CKS_OK;
+    pthread_mutex_unlock(&h->mu);
+    return ok;
+}
+
+static bool hf_unverified(const cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    bool u;
+    pthread_mutex_lock(&h->mu);
+    u = h->state == HF_UNCHECKED;
+    pthread_mutex_unlock(&h->mu);
+    return u;
+}
+
+static void hf_trim(cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    pthread_mutex_lock(&h->mu);
+    cks_source_trim(h->net);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void hf_destroy(cks_source *src)
+{
+    struct hfsrc *h = (struct hfsrc *)src;
+    cks_remote *r = h->rem;
+    cks_source_free(h->local);
+    cks_source_free(h->net);
+    pthread_mutex_destroy(&h->mu);
+    free(h->path);
+    free(h->base.name);
+    free(h);
+    remote_unref(r);
+}
+
+static const cks_source_ops hfsrc_ops = {.read_at = hf_read_at,
+                                         .prefetch = hf_prefetch,
+                                         .destroy = hf_destroy,
+                                         .trim = hf_trim,
+                                         .check_whole = hf_check_whole,
+                                         .discard = hf_discard,
+                                         .unverified = hf_unverified};
+
+/* Wrap the local copy `local` of listed file f; takes ownership of local. */
+static cks_err hf_wrap(cks_remote *r, const cks_hub_file *f, cks_source *local, cks_source **out,
+                       cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct hfsrc *h = calloc(1, sizeof *h);
+    const char *want = f->lfs ? f->sha256 : f->blob_id;
+    *out = NULL;
+    if (!h || !(h->path = strdup(f->path)) || !(h->base.name = strdup(local->name))) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    h->base.ops = &hfsrc_ops;
+    h->base.size = local->size;
+    h->base.thread_safe = true;
+    memcpy(h->base.sha256_hex, local->sha256_hex, sizeof h->base.sha256_hex);
+    h->lfs = f->lfs;
+    snprintf(h->want, sizeof h->want, "%s", want);
+    h->local = local;
+    local = NULL;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_lock(&r->mu);
+    r->refs++;
+    pthread_mutex_unlock(&r->mu);
+    h->rem = r;
+    *out = &h->base;
+    h = NULL;
+out:
+    if (h) {
+        free(h->path);
+        free(h->base.name);
+        free(h);
+    }
+    cks_source_free(local);
+    return err;
+}
+
+cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, cks_diag *diag)
+{
+    return open_file(r, path, true, out, diag);
+}
+
+/* A hub file, or a URL session's file: from HF_HOME (allow_hf), the disk cache, or the network. */
+static cks_err open_file(cks_remote *r, const char *path, bool allow_hf, cks_source **out,
+                         cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct rsrc *s = NULL;
+    cks_source *hf = NULL; /* a local copy from the Hugging Face cache (cache hook) */
+    cks_source *cached = NULL; /* the file served whole from the disk cache (cache hook) */
+    char *url = NULL;
+    *out = NULL;
+    if (r->repo) {
+        const cks_hub_file *f = cks_hub_repo_find(r->repo, path);
+        if (!f) {
+            err = cks_fail(diag, CKS_ERR_FILE_NOT_FOUND, "%s@%.12s has no file '%s'",
+                           r->repo->repo_id, r->repo->commit, path);
+            goto out;
+        }
+        /* cache hook: a complete copy in the standard Hugging Face cache needs no network
+         * (checked against the Hub's identity of the file before a whole read) */
+        if (allow_hf)
+            (void)cks_cache_hf_source(NULL, r->repo, f, &hf, NULL);
+        if (hf) {
+            cks_source *local = hf;
+            /* reports still name the Hub's content identity for it */
+            if (f->sha256[0])
+                memcpy(local->sha256_hex, f->sha256, sizeof local->sha256_hex);
+            hf = NULL;
+            err = hf_wrap(r, f, local, &hf, diag);
+            goto out;
+        }
+        if (f->size_known) {
+            err = remote_new_source(r, path, f->size, f->sha256, NULL, &s, diag);
+        } else {
+            /* the listing did not say how big it is: ask now */
+            cks_hub_resolved res;
+            err = cks_hub_resolve_many(r->hub, r->repo, &path, 1, &res, diag);
+            if (err)
+                goto out;
+            if (!res.size_known) {
+                cks_hub_resolved_release(&res);
+                err = cks_fail(diag, CKS_ERR_HTTP, "%s: the Hub did not report the size", path);
+                goto out;
+            }
+            err = remote_new_source(r, path, res.size, f->sha256[0] ? f->sha256 : res.sha256, res.url,
+                                    &s, diag);
+            cks_hub_resolved_release(&res);
+        }
+        goto out;
+    }
+    /* URL session: the file itself, or a file next to it (a shard named by an index) */
+    const char *base_name = strrchr(r->url_shown, '/') + 1;
+    if (strcmp(path, base_name) == 0) {
+        err = remote_new_source(r, path, r->url_res.size, r->url_res.sha256, r->url_res.url, &s, diag);
+        goto out;
+    }
+    if (asprintf(&url, "%s%s", r->url_base, path) < 0) {
+        url = NULL;
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    cks_hub_resolved res;
+    err = cks_hub_resolve_url(r->hub, url, &res, diag);
+    if (err)
+        goto out;
+    err = remote_new_source(r, path, res.size, res.sha256, res.url, &s, diag);
+    if (s) {
+        /* re-resolves must go to this file, not the session's URL */
+        free(s->base.name);
+        s->base.name = strdup(url);
+        s->target.name = s->base.name;
+        if (!s->base.name)
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    }
+    cks_hub_resolved_release(&res);
+out:
+    free(url);
+    if (err && s) {
+        rsrc_destroy(&s->base);
+        s = NULL;
+    }
+    /* cache hook: a file the cache holds whole and verified is read straight from it
+     * (falling back to this source for anything the cache can no longer serve) */
+    if (!err && s && r->cache && strncmp(s->key, "sha256:", 7) == 0 &&
+        cks_cache_source_wrap(r->cache, s->key, &s->base, &cached, NULL) == CKS_OK && cached)
+        s = NULL;
+    *out = s ? &s->base : cached ? cached : hf;
+    return err;
+}
+
+/* ---------------------------------------------------------------- served sizes ---- */
+
+/* Where the bytes of each path come from, resolved now: urls[i] (malloc'd), or out[i].err and
+ * out[i].diag say why not. Never the cache: this asks the servers. */
+cks_err remote_resolve_now(cks_remote *r, const char *const *paths, size_t n, char **urls,
+                           cks_served_size *out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_hub_resolved *res = calloc(n ? n : 1, sizeof *res);
+    cks_err *errs = calloc(n ? n : 1, sizeof *errs);
+    char *url = NULL;
+    if (!res || !errs) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (r->repo) {
+        pthread_mutex_lock(&r->net);
+        err = cks_hub_resolve_some(r->hub, r->repo, paths, n, res, errs, diag);
+        pthread_mutex_unlock(&r->net);
+        if (err)
+            goto out;
+        for (size_t i = 0; i < n; i++) {
+            if (errs[i]) {
+                out[i].err = cks_fail(&out[i].diag, errs[i], "%s/%s: the Hub did not resolve it (%s)",
+                                      r->repo->repo_id, paths[i], cks_strerror(errs[i]));
+                continue;
+            }
+            urls[i] = res[i].url;
+            res[i].url = NULL;
+        }
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *base_name = strrchr(r->url_shown, '/') + 1;
+        cks_hub_resolved one;
+        cks_err e;
+        free(url);
+        url = NULL;
+        if (strcmp(paths[i], base_name) != 0 && asprintf(&url, "%s%s", r->url_base, paths[i]) < 0) {
+            url = NULL;
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        pthread_mutex_lock(&r->net);
+        e = cks_hub_resolve_url(r->hub, url ? url : r->url, &one, &out[i].diag);
+        pthread_mutex_unlock(&r->net);
+        if (e) {
+            out[i].err = e;
+            continue;
+        }
+        urls[i] = one.url;
+        one.url = NULL;
+        cks_hub_resolved_release(&one);
+    }
+out:
+    if (res)
+        for (size_t i = 0; i < n; i++)
+            cks_hub_resolved_release(&res[i]);
+    free(res);
+    free(errs);
+    free(url);
+    return err;
+}
+
+/* What one answer to "Range: bytes=0-0" says the file's size is. */
+static void take_total(const cks_http_request *q, const char *path, cks_served_size *o)
+{
+    uint64_t a, b, t;
+    long st = q->resp.status;
+    o->err = CKS_OK;
+    if ((st == 206 || st == 416) && cks_http_parse_content_range(q->resp.content_range, &a, &b, &t) &&
+        t != UINT64_MAX) {
+        o->size = t; /* 206 "bytes 0-0/T", or 416 "bytes * /T" for an empty file */
+    } else if (st == 200 && q->resp.content_length[0] && isdigit((unsigned char)q->resp.content_length[0])) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(q->resp.content_length, &end, 10);
+        if (*end || errno)
+            o->err = cks_fail(&o->diag, CKS_ERR_HTTP, "%s: unreadable Content-Length '%s'", path,
+                              q->resp.content_length);
+        else
+            o->size = v; /* the server ignored Range and announced the whole file */
+    } else if (st == 404 || st == 410) {
+        o->err = cks_fail(&o->diag, CKS_ERR_FILE_NOT_FOUND, "%s: the data server answers HTTP %ld", path, st);
+    } else if (st == 401 || st == 403) {
+        o->err = cks_fail(&o->diag, CKS_ERR_DENIED, "%s: the data server refuses access (HTTP %ld); no token is sent to it", path, st);
+    } else {
+        o->err = cks_fail(&o->diag, CKS_ERR_HTTP,
+                          "%s: the data server answered a one-byte range with HTTP %ld and Content-Range '%s'",
+                          path, st, q->resp.content_range);
+    }
+}
+
+/*
+ * The size each file's data server (the CDN for an LFS file) reports now: a GET of
+ * "bytes=0-0" to a freshly resolved URL, read from the Content-Range TOTAL (the
+ * Content-Length of a 200 that ignored the range, whose body is cut off after 64 bytes).
+ * With --offline nothing is asked (CKS_ERR_UNSUPPORTED per file).
+ */
+cks_err remote_served_sizes(cks_remote *r, const char *const *paths, size_t n, cks_served_size *out,
+                            cks_diag *diag)
+{
+    cks_err err = CKS_OK, e;
+    char **urls = calloc(n ? n : 1, sizeof *urls);
+    cks_http_request *reqs = calloc(n ? n : 1, sizeof *reqs);
+    size_t *idx = calloc(n ? n : 1, sizeof *idx);
+    size_t m = 0;
+    cks_diag d;
+    bool any_item_err = false;
+
+    memset(out, 0, n * sizeof *out);
+    if (!urls || !reqs || !idx) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (cks_cache_offline(r->cache)) {
+        for (size_t i = 0; i < n; i++)
+            out[i].err = cks_fail(&out[i].diag, CKS_ERR_UNSUPPORTED, "--offline: the data server was not asked");
+        goto out;
+    }
+    err = remote_resolve_now(r, paths, n, urls, out, diag);
+    if (err)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (!urls[i])
+            continue;
+        reqs[m].method = "GET";
+        reqs[m].url = urls[i];
+        reqs[m].range = "bytes=0-0";
+        reqs[m].max_body = 64;
+        idx[m++] = i;
+    }
+    pthread_mutex_lock(&r->net);
+    e = cks_http_request_many(r->http, reqs, m, &d);
+    pthread_mutex_unlock(&r->net);
+    for (size_t k = 0; k < m; k++)
+        any_item_err = any_item_err || reqs[k].err != CKS_OK;
+    if (e && !any_item_err) {
+        /* the batch itself failed (memory, libcurl): nothing was learnt about any file */
+        err = cks_fail(diag, e, "%s", d.text);
+        goto out;
+    }
+    for (size_t k = 0; k < m; k++) {
+        cks_served_size *o = &out[idx[k]];
+        if (reqs[k].err) {
+            o->err = reqs[k].err;
+            o->diag = reqs[k].diag;
+        } else {
+            take_total(&reqs[k], paths[idx[k]], o);
+        }
+    }
+out:
+    for (size_t k = 0; reqs && k < m; k++)
+        cks_http_response_release(&reqs[k].resp);
+    for (size_t i = 0; urls && i < n; i++)
+        free(urls[i]);
+    free(urls);
+    free(reqs);
+    free(idx);
+    return err;
+}
