@@ -163,7 +163,7 @@ cks_err cks_hub_map_error(const cks_http_response *resp, const char *what, const
  * neither is present. Exposed for tests. */
 double cks_hub_url_expiry(const char *url);
 
-/* ---- remote checkpoints: sources and the checkpoint provider (src/transport/remote.c) ----
+/* ---- remote checkpoints: sources and the checkpoint provider (src/transport/remote*.c) ----
  *
  * A cks_remote is one session with one Hub repo (or one URL): it resolves the revision to
  * a commit at open, then hands out cks_sources whose bytes come through the range engine:
