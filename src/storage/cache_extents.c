@@ -432,7 +432,7 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
         err = cache_io_fail(diag, e, "writing", tmp);
         goto out;
     }
-    err = cache_tmp_commit(tmp, fd, final, dir, len >= EXTENT_SYNC_MIN, diag);
+    err = cache_tmp_commit(tmp, fd, final, dir, false /* rule 1: extents are not synced */, diag);
     fd = -1;
     if (err)
         goto out;
@@ -849,8 +849,7 @@ cks_err cache_write(cks_cache *c, const char *key, uint64_t offset, const void *
         if (e->off + e->len > ub)
             ub = e->off + e->len;
     }
-    uint64_t merge_limit = (uint64_t)len * 4 > MERGE_ABS_LIMIT ? (uint64_t)len * 4
-                                                                 : MERGE_ABS_LIMIT;
+    uint64_t merge_limit = (uint64_t)len / 4 > MERGE_SMALL ? (uint64_t)len / 4 : MERGE_SMALL;
     if (first < k->n_ext && ub - ua <= MAX_EXTENT_LEN && neigh <= merge_limit) {
         merged = malloc((size_t)(ub - ua));
         if (!merged) {

@@ -279,6 +279,32 @@ static void adjacent_and_overlapping_extents_merge(void)
     free(dir);
 }
 
+/* A file streamed in blocks is stored once, as a row of extents: a block merges with a
+ * neighbour only when that rewrites at most a quarter of it or under 1 MiB (issue 15: the old
+ * rule rewrote each 8 MiB block into its growing neighbour, 3x the bytes written). */
+static void streamed_blocks_are_not_rewritten(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    size_t block = 2u * 1024 * 1024;
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ_INT(put_range(c, KEY_A, (uint64_t)i * block, block, false), CKS_OK);
+    CHECK_EQ_INT(count_extents(dir, KEY_A), 8);
+    CHECK_EQ_INT(get_range(c, KEY_A, 0, 8 * block, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, block - 5, 10, false), 1); /* across a seam */
+    /* small neighbours still coalesce: 64 reads of 4 KiB end as one extent */
+    for (int i = 0; i < 64; i++)
+        CHECK_EQ_INT(put_range(c, KEY_B, (uint64_t)i * 4096, 4096, false), CKS_OK);
+    CHECK_EQ_INT(count_extents(dir, KEY_B), 1);
+    /* a large write next to a small extent takes it in (rewrites under a quarter of itself) */
+    CHECK_EQ_INT(put_range(c, KEY_B, 64 * 4096, block, false), CKS_OK);
+    CHECK_EQ_INT(count_extents(dir, KEY_B), 1);
+    CHECK_EQ_INT(get_range(c, KEY_B, 0, 64 * 4096 + block, false), 1);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 static void compression_saves_space_and_reads_back(void)
 {
     char *dir = mkcachedir();
@@ -1222,7 +1248,7 @@ static void cache_source_serves_verified_files(void)
 }
 
 TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
-          T(adjacent_and_overlapping_extents_merge), T(compression_saves_space_and_reads_back),
+          T(adjacent_and_overlapping_extents_merge), T(streamed_blocks_are_not_rewritten), T(compression_saves_space_and_reads_back),
           T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
           T(whole_file_sha256_check), T(lru_eviction_respects_cap_and_pins), T(hf_home_reuse),
           T(offline_report_names_missing_tensors), T(concurrent_writers_overlapping_ranges),
