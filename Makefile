@@ -63,7 +63,7 @@ LIB       := $(BUILD)/libckptscope.a
 BIN       := $(BUILD)/ckptscope
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_REPLAY := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/replay_%)
-TOOLS     := $(BUILD)/tests/mkfixtures $(BUILD)/tests/tokdump
+TOOLS     := $(BUILD)/tests/mkfixtures $(BUILD)/tests/tokdump $(BUILD)/tests/opensource
 
 .PHONY: all build deps deps-build deps-demo test-deps test test-san check fuzz demo bench install clean transcripts FORCE
 .SECONDARY:
@@ -130,6 +130,10 @@ $(BUILD)/tests/test_oom: $(BUILD)/obj/tests/unit/test_oom.o $(SUPPORT_OBJ) $(LIB
 $(BUILD)/tests/mkfixtures: $(BUILD)/obj/tests/tools/mkfixtures.o $(SUPPORT_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(SUPPORT_OBJ) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/opensource: $(BUILD)/obj/tests/tools/opensource.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(BUILD)/tests/tokdump: $(BUILD)/obj/tests/tools/tokdump.o $(LIB)
 	@mkdir -p $(dir $@)

@@ -51,6 +51,10 @@ cks_err cli_refresh_partial(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *
 /* The disk cache of this run (opened on first use; NULL when unusable or disabled). */
 struct cks_cache *cli_remote_cache(const cli_opts *opts);
 
+/* Said and freed when the command returns (main): cache and session warnings, then the
+ * workspace with every session. */
+void cli_remote_finish(void);
+
 int cmd_fetch(int argc, char **argv);
 
 #endif

@@ -56,8 +56,11 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0) {
+            int rc;
             cli_start(commands[i].name, argc - 1, argv + 1);
-            return commands[i].run(argc - 1, argv + 1);
+            rc = commands[i].run(argc - 1, argv + 1);
+            cli_remote_finish();
+            return rc;
         }
     {
         const char *names[sizeof commands / sizeof commands[0]];

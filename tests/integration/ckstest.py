@@ -7,6 +7,7 @@ import subprocess
 
 ROOT = os.environ.get("CKS_ROOT", os.getcwd())
 BIN = os.environ.get("CKS_BIN", os.path.join(ROOT, "build/ckptscope"))
+BUILD_DIR = os.environ.get("CKS_BUILD", os.path.join(ROOT, "build"))
 _failed = [0]
 
 
