@@ -2,6 +2,8 @@
  * src/cli/cli_args.c — the conventions a user brings: HF_HUB_OFFLINE, suggestions for a
  * mistyped command, option or tensor pattern, and errors that say which argument was wrong.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -11,61 +13,6 @@
 /* Names longer than this are not compared letter by letter (a tensor name is ~60). */
 #define NEAREST_MAX_LEN 256
 #define GLOB_EXAMPLES 4
-
-static struct {
-    const char *command;
-    bool json;
-    bool json_printed;
-} g;
-
-void cli_start(const char *command, int argc, char **argv)
-{
-    g.command = command;
-    g.json = false;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--") == 0)
-            break;
-        if (strcmp(argv[i], "--json") == 0)
-            g.json = true;
-    }
-    opterr = 0; /* cli_bad_option explains instead of getopt's one-liner */
-}
-
-bool cli_json_wanted(void)
-{
-    return g.json;
-}
-
-void cli_json_mark_printed(void)
-{
-    g.json_printed = true;
-}
-
-void cli_json_error(const char *rule, const char *message, int exit_code)
-{
-    cJSON *root, *error;
-    if (!g.json || g.json_printed)
-        return;
-    root = cli_json_new(g.command ? g.command : "ckptscope");
-    error = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(error, "rule", rule);
-    cJSON_AddStringToObject(error, "message", message);
-    cJSON_AddNumberToObject(error, "exit_code", exit_code);
-    cJSON_AddNumberToObject(root, "exit_code", exit_code);
-    cli_json_print(root);
-}
-
-bool cli_offline(const cli_opts *opts)
-{
-    static const char *const truthy[] = {"1", "ON", "YES", "TRUE"};
-    const char *env = getenv("HF_HUB_OFFLINE");
-    if (opts && opts->offline)
-        return true;
-    for (size_t i = 0; env && i < sizeof truthy / sizeof truthy[0]; i++)
-        if (strcasecmp(env, truthy[i]) == 0)
-            return true;
-    return false;
-}
 
 /* Optimal string alignment distance (Levenshtein plus adjacent transpositions: "comapre"
  * is one edit from "compare"), capped at `cap` + 1 for speed. */

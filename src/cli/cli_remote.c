@@ -3,12 +3,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "cli_remote.h"
 #include "ckptscope/cache.h"
 #include "ckptscope/cache_hub.h"
 #include "ckptscope/workspace.h"
+
+/* HF_HUB_OFFLINE or --offline: answer from the cache alone. */
+bool cli_offline(const cli_opts *opts)
+{
+    static const char *const truthy[] = {"1", "ON", "YES", "TRUE"};
+    const char *env = getenv("HF_HUB_OFFLINE");
+    if (opts && opts->offline)
+        return true;
+    for (size_t i = 0; env && i < sizeof truthy / sizeof truthy[0]; i++)
+        if (strcasecmp(env, truthy[i]) == 0)
+            return true;
+    return false;
+}
 
 /*
  * The command's workspace (include/ckptscope/workspace.h): the library owns the sessions, the

@@ -12,53 +12,6 @@
 #include "cli.h"
 #include "cli_remote.h"
 
-int cli_exit_code(cks_err err)
-{
-    switch (cks_err_class_of(err)) {
-    case CKS_CLASS_OK:
-        return EXIT_OK;
-    case CKS_CLASS_USAGE:
-        return EXIT_USAGE;
-    case CKS_CLASS_FORMAT:
-        return EXIT_FORMAT;
-    case CKS_CLASS_IO:
-        return EXIT_IO;
-    case CKS_CLASS_NETWORK:
-        return EXIT_NETWORK;
-    case CKS_CLASS_ACCESS:
-        return EXIT_ACCESS;
-    default:
-        return EXIT_INTERNAL;
-    }
-}
-
-int cli_fail(const char *cmd, cks_err err, const cks_diag *diag)
-{
-    const char *text = diag && diag->text[0] ? diag->text : "";
-    const char *name = cks_strerror(err);
-    cli_progress_clear();
-    /* the detail usually starts with the rule's name already; do not say it twice */
-    if (strstr(text, name))
-        fprintf(stderr, "ckptscope %s: %s\n", cmd, cli_esc(text));
-    else
-        fprintf(stderr, "ckptscope %s: %s: %s\n", cmd, name, cli_esc(text));
-    cli_json_error(name, text, cli_exit_code(err));
-    return cli_exit_code(err);
-}
-
-int cli_usage_error(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-    char message[1024];
-    va_start(ap, fmt);
-    vsnprintf(message, sizeof message, fmt, ap);
-    va_end(ap);
-    cli_progress_clear();
-    fprintf(stderr, "ckptscope %s: %s\n(run `ckptscope %s --help` for usage)\n", cmd, cli_esc(message), cmd);
-    cli_json_error("UsageError", message, EXIT_USAGE);
-    return EXIT_USAGE;
-}
-
 bool cli_parse_size(const char *text, uint64_t *out)
 {
     char *end = NULL;
@@ -207,15 +160,6 @@ void cli_note_unverified(const char *cmd, const cks_ckpt *ckpt, cJSON *root)
     }
 }
 
-cJSON *cli_json_new(const char *command)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddNumberToObject(root, "schema_version", CKS_SCHEMA_VERSION);
-    cJSON_AddStringToObject(root, "command", command);
-    cJSON_AddStringToObject(root, "ckptscope_version", CKS_VERSION);
-    return root;
-}
-
 cJSON *cli_source_spec(cJSON *source, const char *spec)
 {
     cJSON *value;
@@ -231,130 +175,12 @@ cJSON *cli_source_spec(cJSON *source, const char *spec)
     return source;
 }
 
-void cli_json_print(cJSON *root)
-{
-    cli_remote_json_finish(root); /* "transfer" when remote sources were read */
-    cli_progress_clear();
-    cli_json_mark_printed();
-    char *text = cJSON_Print(root);
-    if (text) {
-        fputs(text, stdout);
-        fputc('\n', stdout);
-        free(text);
-    }
-    cJSON_Delete(root);
-}
-
 cJSON *cli_json_shape(const cks_tensor_info *info)
 {
     cJSON *shape = cJSON_CreateArray();
     for (uint32_t d = 0; d < info->ndim; d++)
         cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)info->shape[d]));
     return shape;
-}
-
-/* Length of the well-formed UTF-8 sequence at s (0: not one) and its code point. */
-static size_t utf8_seq(const unsigned char *s, uint32_t *cp)
-{
-    uint32_t c = s[0], min;
-    size_t n;
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2, c &= 0x1f, min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3, c &= 0x0f, min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4, c &= 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0; /* also stops at the terminating NUL */
-        c = (c << 6) | (s[i] & 0x3f);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
-    *cp = c;
-    return n;
-}
-
-/* Code points a terminal acts on instead of showing: C0, DEL, C1, line/paragraph
- * separators, and the bidirectional overrides that reorder what is shown. */
-static bool cp_dangerous(uint32_t c)
-{
-    return c < 0x20 || (c >= 0x7f && c <= 0x9f) || c == 0x200e || c == 0x200f ||
-           (c >= 0x2028 && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
-}
-
-const char *cli_esc(const char *s)
-{
-    static __thread char *ring[8];
-    static __thread size_t ring_cap[8];
-    static __thread unsigned next;
-    const unsigned char *p = (const unsigned char *)(s ? s : "(null)");
-    size_t need = 1;
-    unsigned slot = next++ % 8;
-    /* worst case: every byte becomes "\xHH" (4 bytes); a 2-byte C1 sequence "\u00HH" (6) */
-    for (const unsigned char *q = p; *q; q++)
-        need += 4;
-    if (need > ring_cap[slot]) {
-        char *grown = realloc(ring[slot], need);
-        if (!grown)
-            return "(out of memory)";
-        ring[slot] = grown;
-        ring_cap[slot] = need;
-    }
-    char *w = ring[slot];
-    while (*p) {
-        uint32_t cp = 0;
-        size_t n = utf8_seq(p, &cp);
-        if (n == 0) {
-            w += sprintf(w, "\\x%02x", *p);
-            p++;
-        } else if (cp == '\\') {
-            *w++ = '\\';
-            *w++ = '\\';
-            p++;
-        } else if (!cp_dangerous(cp)) {
-            memcpy(w, p, n);
-            w += n;
-            p += n;
-        } else {
-            if (cp == '\n')
-                w += sprintf(w, "\\n");
-            else if (cp == '\t')
-                w += sprintf(w, "\\t");
-            else if (cp == '\r')
-                w += sprintf(w, "\\r");
-            else if (cp < 0x80)
-                w += sprintf(w, "\\x%02x", (unsigned)cp);
-            else
-                w += sprintf(w, "\\u%04x", (unsigned)cp);
-            p += n;
-        }
-    }
-    *w = '\0';
-    return ring[slot];
-}
-
-const char *cli_human_bytes(uint64_t bytes, char *buf, size_t size)
-{
-    return cks_human_bytes(bytes, 1, buf, size);
-}
-
-const char *cli_shape_text(const cks_tensor_info *info, char *buf, size_t size)
-{
-    size_t at = 0;
-    at += (size_t)snprintf(buf + at, size - at, "[");
-    for (uint32_t d = 0; d < info->ndim && at < size; d++)
-        at += (size_t)snprintf(buf + at, size - at, "%s%llu", d ? ", " : "", (unsigned long long)info->shape[d]);
-    if (at < size)
-        snprintf(buf + at, size - at, "]");
-    return buf;
 }
 
 static int natural_order(const void *a, const void *b)
@@ -366,13 +192,6 @@ static int natural_order(const void *a, const void *b)
 static int by_string(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-bool cli_glob_match(const char *glob, const char *name)
-{
-    if (!strpbrk(glob, "*?[\\"))
-        return strcmp(glob, name) == 0;
-    return fnmatch(glob, name, 0) == 0;
 }
 
 cks_err cli_select_tensors(const cks_ckpt *ckpt, char *const *globs, size_t n_globs,

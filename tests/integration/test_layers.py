@@ -93,10 +93,10 @@ def include_violations(root):
     return n, bad
 
 
-def call_graph(build):
-    """({file: layer}, {file: set of files it calls}) from the library's objects."""
+def call_graph(build, layers=LAYERS):
+    """({file: layer}, {file: set of files it calls}) from the objects of these folders."""
     defs, uses, layer_of = {}, collections.defaultdict(set), {}
-    for layer in LAYERS:
+    for layer in layers:
         for obj in glob.glob(os.path.join(build, "obj", "src", layer, "*.o")):
             name = f"{layer}/{os.path.basename(obj)[:-2]}"
             if not os.path.exists(os.path.join(ROOT, "src", name + ".c")):
@@ -174,6 +174,11 @@ def main():
     cyc = cycles(graph)
     report("no cycle between library files in the call graph", not cyc,
            "; ".join(" <-> ".join(c) for c in cyc))
+
+    cli_of, cli_graph = call_graph(BUILD, ["cli"])
+    cli_cyc = cycles(cli_graph)
+    report(f"no cycle between the CLI's files ({len(cli_of)} files)", len(cli_of) > 10 and not cli_cyc,
+           "; ".join(" <-> ".join(c) for c in cli_cyc) or "no CLI objects read")
 
     # the checks can fail: planted violations are found
     planted = dict(graph)
