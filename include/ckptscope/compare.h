@@ -40,6 +40,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ckptscope/cache.h"
 #include "ckptscope/checkpoint.h"
 #include "ckptscope/error.h"
 
@@ -215,5 +216,23 @@ typedef struct cks_compare_result {
 cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, const cks_compare_opts *opts,
                     cks_compare_result **out, cks_diag *diag);
 void cks_compare_result_free(cks_compare_result *r);
+
+/*
+ * The memo of results (src/analysis/compare_memo.c). A comparison is a pure function of the
+ * bytes of its models and the options (every sample and permutation comes from the seed), so a
+ * result can be kept under a key of the models' identities and the options and shown again
+ * instead of recomputed. `identities[i]` is what pins model i (a Hub commit with its files'
+ * SHA-256, as the caller prints it); NULL for a model nothing pins (a local path can change
+ * under the same name): then there is no key (false). `producer` names the program and its
+ * version, so another version never reads an old result.
+ */
+bool cks_compare_memo_key(const char *const *identities, size_t n, const cks_compare_opts *opts,
+                          const char *producer, char hex[65]);
+/* The result kept under key: *json (the --json document) and *text (what a person reads),
+ * malloc'd, or *hit false. */
+cks_err cks_compare_memo_get(cks_cache *cache, const char *key, char **json, char **text, bool *hit,
+                             cks_diag *diag);
+/* Keep a result under key (best effort: the cache may refuse). */
+cks_err cks_compare_memo_put(cks_cache *cache, const char *key, const char *json, const char *text, cks_diag *diag);
 
 #endif

@@ -2,7 +2,6 @@
  * ckptscope compare A B — was B derived from A? Text for people, --json as the contract.
  */
 #include <math.h>
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -403,43 +402,24 @@ static void print_text(FILE *out, const cks_compare_result *r, const char *a, co
 }
 
 /*
- * A comparison is a pure function of the bytes of both models and the options (every
- * sample and permutation comes from the seed). When every model is pinned to a Hub commit,
- * its result is kept in the cache under a key of those commits, their files' SHA-256 and the
- * options, so a rerun prints it again without recomputing. Local paths are never memoised:
- * a file can change under the same name.
+ * Results are memoised by the library (cks_compare_memo_*) when every model is pinned to a Hub
+ * commit: its source report (commit, files, SHA-256) is its identity. Local paths and
+ * fingerprints are never memoised: a file can change under the same name.
  */
 static bool memo_key(struct opened *const *models, size_t n, const cks_compare_opts *copts, char hex[65])
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    uint8_t digest[32];
-    unsigned int len = 0;
-    char opts_text[256];
-    bool ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    char **ids = calloc(n ? n : 1, sizeof *ids);
+    bool ok = ids != NULL;
     for (size_t i = 0; ok && i < n; i++) {
         const cJSON *commit = models[i]->report ? cJSON_GetObjectItemCaseSensitive(models[i]->report, "commit") : NULL;
-        char *text;
-        if (!cJSON_IsString(commit) || models[i]->fp) {
-            ok = false;
-            break;
-        }
-        text = cJSON_PrintUnformatted(models[i]->report);
-        if (!text) {
-            ok = false;
-            break;
-        }
-        EVP_DigestUpdate(md, text, strlen(text) + 1);
-        free(text);
+        if (cJSON_IsString(commit) && !models[i]->fp)
+            ids[i] = cJSON_PrintUnformatted(models[i]->report);
+        ok = ids[i] != NULL;
     }
-    snprintf(opts_text, sizeof opts_text, "ckptscope %s compare v2|tests %u|budget %llu|seed %llu|alpha %.17g|perm %u|syn %d",
-             CKS_VERSION, copts->tests, (unsigned long long)copts->budget_bytes, (unsigned long long)copts->seed,
-             copts->alpha, copts->permutations, (int)copts->no_synthetic_power);
-    if (ok) {
-        EVP_DigestUpdate(md, opts_text, strlen(opts_text) + 1);
-        EVP_DigestFinal_ex(md, digest, &len);
-        cks_hex_encode(digest, 32, hex);
-    }
-    EVP_MD_CTX_free(md);
+    ok = ok && cks_compare_memo_key((const char *const *)ids, n, copts, "ckptscope " CKS_VERSION, hex);
+    for (size_t i = 0; ids && i < n; i++)
+        free(ids[i]);
+    free(ids);
     return ok;
 }
 
@@ -447,55 +427,39 @@ static bool memo_key(struct opened *const *models, size_t n, const cks_compare_o
 static bool memo_replay(const cli_opts *opts, const char *key)
 {
     cks_cache *cache = cli_remote_cache(opts);
-    char *data = NULL;
-    size_t len = 0;
+    char *json = NULL, *text = NULL;
     bool hit = false, printed = false;
     cks_diag d;
     cJSON *doc = NULL;
-    if (!cache || cks_cache_meta_get(cache, "compare-result", key, -1, &data, &len, &hit, &d) != CKS_OK || !hit)
-        goto out;
-    doc = cJSON_ParseWithLength(data, len);
-    if (!doc)
+    if (!cache || cks_compare_memo_get(cache, key, &json, &text, &hit, &d) != CKS_OK || !hit)
         goto out;
     if (opts->json) {
-        cJSON *json = cJSON_DetachItemFromObjectCaseSensitive(doc, "json");
-        if (!cJSON_IsObject(json)) {
-            cJSON_Delete(json);
+        doc = cJSON_Parse(json);
+        if (!cJSON_IsObject(doc))
             goto out;
-        }
-        cJSON_AddBoolToObject(json, "from_cache", true);
-        cli_json_print(json);
-        printed = true;
+        cJSON_AddBoolToObject(doc, "from_cache", true);
+        cli_json_print(doc);
+        doc = NULL; /* printed and freed */
     } else {
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(doc, "text");
-        if (!cJSON_IsString(text))
-            goto out;
-        fputs(text->valuestring, stdout);
+        fputs(text, stdout);
         printf("\n(the same inputs and options were compared before: result from the cache)\n");
-        printed = true;
     }
+    printed = true;
 out:
     cJSON_Delete(doc);
-    free(data);
+    free(json);
+    free(text);
     return printed;
 }
 
 static void memo_store(const cli_opts *opts, const char *key, const cJSON *json, const char *text)
 {
     cks_cache *cache = cli_remote_cache(opts);
-    cJSON *doc;
-    char *data;
+    char *data = cache ? cJSON_PrintUnformatted(json) : NULL;
     cks_diag d;
-    if (!cache)
-        return;
-    doc = cJSON_CreateObject();
-    cJSON_AddItemToObject(doc, "json", cJSON_Duplicate(json, true));
-    cJSON_AddStringToObject(doc, "text", text);
-    data = cJSON_PrintUnformatted(doc);
     if (data)
-        (void)cks_cache_meta_put(cache, "compare-result", key, data, strlen(data), &d); /* best effort */
+        (void)cks_compare_memo_put(cache, key, data, text, &d); /* best effort */
     free(data);
-    cJSON_Delete(doc);
 }
 
 /* --tests T1,T2,T4 for cli_parse_options */
