@@ -9,6 +9,7 @@
 #include "cli_remote.h"
 #include "ckptscope/cache.h"
 #include "ckptscope/cache_hub.h"
+#include "ckptscope/fetch.h"
 #include "ckptscope/workspace.h"
 
 /* HF_HUB_OFFLINE or --offline: answer from the cache alone. */
@@ -285,36 +286,7 @@ void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel
 cks_err cli_refresh_partial(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel,
                             cks_diag *diag)
 {
-    cks_err err = CKS_OK;
-    size_t *picked = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *picked);
-    size_t *present = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *present);
-    cks_source **srcs = calloc(n_sel ? n_sel : 1, sizeof *srcs);
-    cks_range *ranges = calloc(n_sel ? n_sel : 1, sizeof *ranges);
-    size_t m = 0;
-    if (!picked || !present || !srcs || !ranges) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n_sel; i++)
-        picked[sel[i]->file]++;
-    for (size_t i = 0; i < ckpt->n_tensors; i++)
-        present[ckpt->tensors[i].file]++;
-    for (size_t i = 0; i < n_sel; i++) {
-        if (picked[sel[i]->file] >= present[sel[i]->file])
-            continue; /* read whole: checked against the Hub's SHA-256 instead */
-        srcs[m] = ckpt->files[sel[i]->file].source;
-        ranges[m].offset = sel[i]->info->file_offset;
-        ranges[m].length = sel[i]->info->end - sel[i]->info->begin;
-        m++;
-    }
-    if (m)
-        err = cks_remote_refresh(srcs, ranges, m, diag);
-out:
-    free(picked);
-    free(present);
-    free(srcs);
-    free(ranges);
-    return err;
+    return cks_refresh_partial(ckpt, sel, n_sel, diag);
 }
 
 struct cks_cache *cli_remote_cache(const cli_opts *opts)

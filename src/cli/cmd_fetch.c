@@ -1,13 +1,13 @@
 /* ckptscope fetch SOURCE [--tensor GLOB]... [-o FILE] — pull chosen tensors, nothing else. */
 #include <errno.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "cli_remote.h"
+#include "ckptscope/fetch.h"
 
 static const char fetch_help[] =
     "usage: ckptscope fetch [OPTIONS] SOURCE\n"
@@ -34,11 +34,6 @@ static const char fetch_help[] =
     "examples:\n"
     "  ckptscope fetch org/model --tensor 'model.layers.0.*' -o layer0.safetensors\n"
     "  ckptscope fetch hf://org/model@refs/pr/3 --tensor '*norm*' --json\n";
-
-/* Tensors are fetched in batches of about this many bytes: big enough to keep many
- * requests in flight, small enough that memory does not grow with the model. */
-#define BATCH_BYTES (64u * 1024u * 1024u)
-#define READ_CHUNK (8u * 1024u * 1024u)
 
 struct globs {
     char **v;
@@ -85,49 +80,37 @@ static bool globs_from_file(struct globs *g, const char *path)
     return true;
 }
 
-/* The safetensors header of the output: same dtypes and shapes, new offsets. */
-static char *output_header(const cks_ckpt_tensor *const *sel, size_t n, const char *source,
-                           size_t *len)
+/* What the library says while it fetches: progress, and each tensor's hash. */
+struct fetch_ui {
+    cli_progress *progress;
+    const cks_ckpt *ckpt;
+    const cks_ckpt_tensor **sel;
+    cJSON *json_tensors; /* --json: the "tensors" array, else NULL (hashes to stdout) */
+};
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
-    cJSON *h = cJSON_CreateObject();
-    cJSON *meta = cJSON_AddObjectToObject(h, "__metadata__");
-    uint64_t off = 0;
-    char *text, *out = NULL;
-    cJSON_AddStringToObject(meta, "ckptscope_source", source);
-    for (size_t i = 0; i < n; i++) {
-        const cks_tensor_info *t = sel[i]->info;
-        cJSON *e = cJSON_AddObjectToObject(h, t->name);
-        cJSON *offs;
-        uint64_t sz = t->end - t->begin;
-        cJSON_AddStringToObject(e, "dtype", cks_dtype_name(t->dtype));
-        cJSON_AddItemToObject(e, "shape", cli_json_shape(t));
-        offs = cJSON_AddArrayToObject(e, "data_offsets");
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + sz)));
-        off += sz;
-    }
-    text = cJSON_PrintUnformatted(h);
-    cJSON_Delete(h);
-    if (!text)
-        return NULL;
-    /* pad with spaces to a multiple of 8 so the data section stays aligned */
-    size_t n0 = strlen(text), padded = (n0 + 7) & ~(size_t)7;
-    out = malloc(8 + padded);
-    if (out) {
-        uint64_t hl = padded;
-        for (int b = 0; b < 8; b++)
-            out[b] = (char)((hl >> (8 * b)) & 0xff);
-        memcpy(out + 8, text, n0);
-        memset(out + 8 + n0, ' ', padded - n0);
-        *len = 8 + padded;
-    }
-    free(text);
-    return out;
+    struct fetch_ui *ui = ctx;
+    cli_progress_update(ui->progress, done, total);
 }
 
-static bool write_all(FILE *f, const void *p, size_t n)
+static void on_tensor(void *ctx, size_t i, const char hex[65])
 {
-    return n == 0 || fwrite(p, 1, n, f) == n;
+    struct fetch_ui *ui = ctx;
+    const cks_tensor_info *t = ui->sel[i]->info;
+    if (ui->json_tensors) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "name", t->name);
+        cJSON_AddStringToObject(e, "dtype", cks_dtype_name(t->dtype));
+        cJSON_AddItemToObject(e, "shape", cli_json_shape(t));
+        cJSON_AddStringToObject(e, "file", ui->ckpt->files[ui->sel[i]->file].path);
+        cJSON_AddNumberToObject(e, "bytes", (double)(t->end - t->begin));
+        cJSON_AddStringToObject(e, "sha256", hex);
+        cJSON_AddItemToArray(ui->json_tensors, e);
+    } else {
+        /* the hashes are the answer; --quiet only quiets stderr */
+        printf("%s  %s\n", hex, cli_esc(t->name));
+    }
 }
 
 /* --tensor NAME and --tensors-from FILE for cli_parse_options */
@@ -155,19 +138,13 @@ int cmd_fetch(int argc, char **argv)
                                 {.name = "tensors-from", .kind = CLI_CALL, .dest = &g, .call = take_tensors_from},
                                 {.name = "output", .short_name = 'o', .kind = CLI_TEXT, .dest = &output, .what = "a FILE to write"},
                                 {.kind = CLI_END}};
-    char *tmp_path = NULL, *hdr = NULL;
     int rc = EXIT_OK;
     cks_ckpt *ckpt = NULL;
-    cJSON *source_report = NULL, *root = NULL, *jt = NULL;
+    cJSON *source_report = NULL, *root = NULL;
     const cks_ckpt_tensor **sel = NULL;
-    size_t n_sel = 0, hdr_len = 0;
+    size_t n_sel = 0;
     cks_hub_spec spec = {0};
     cks_remote *rem = NULL;
-    cks_range *ranges = NULL;
-    cks_source **srcs = NULL;
-    uint8_t *buf = NULL;
-    FILE *out = NULL;
-    EVP_MD_CTX *md = NULL;
     uint64_t total = 0, all_bytes = 0;
     cli_progress progress = {0};
     cks_diag diag;
@@ -205,29 +182,6 @@ int cmd_fetch(int argc, char **argv)
         err = cli_select_tensors(ckpt, g.v, g.n, &sel, &n_sel, &diag);
     if (err)
         goto fail;
-    /* fetch in file order: neighbours coalesce and each shard streams front to back */
-    ranges = calloc(n_sel ? n_sel : 1, sizeof *ranges);
-    srcs = calloc(n_sel ? n_sel : 1, sizeof *srcs);
-    buf = malloc(READ_CHUNK);
-    md = EVP_MD_CTX_new();
-    if (!ranges || !srcs || !buf || !md) {
-        err = cks_fail(&diag, CKS_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    if (output) {
-        hdr = output_header(sel, n_sel, argv[optind], &hdr_len);
-        if (asprintf(&tmp_path, "%s.tmp-%ld", output, (long)getpid()) < 0)
-            tmp_path = NULL;
-        if (!hdr || !tmp_path) {
-            err = cks_fail(&diag, CKS_ERR_NOMEM, "out of memory");
-            goto fail;
-        }
-        out = fopen(tmp_path, "wb");
-        if (!out || !write_all(out, hdr, hdr_len)) {
-            err = cks_fail(&diag, CKS_ERR_IO, "cannot write '%s': %s", tmp_path, strerror(errno));
-            goto fail;
-        }
-    }
     for (size_t k = 0; k < n_sel; k++)
         all_bytes += sel[k]->info->end - sel[k]->info->begin;
     cli_progress_init(&progress, &opts, "fetching");
@@ -237,100 +191,14 @@ int cmd_fetch(int argc, char **argv)
         cJSON_AddItemToObject(root, "source", source_report);
         source_report = NULL;
     }
-    jt = cJSON_AddArrayToObject(root, "tensors");
-
-    /* a file whose every tensor is fetched is read whole: checked first (cks_hash_tensors
-     * does the same), so a damaged copy never gives its hashes as the file's */
-    for (size_t f = 0; f < ckpt->n_files && !err; f++) {
-        size_t picked = 0, present = 0;
-        for (size_t k = 0; k < n_sel; k++)
-            picked += sel[k]->file == f;
-        for (size_t k = 0; k < ckpt->n_tensors; k++)
-            present += ckpt->tensors[k].file == f;
-        if (picked && picked == present)
-            err = cks_source_check_whole(ckpt->files[f].source, &diag);
+    {
+        struct fetch_ui ui = {&progress, ckpt, sel, opts.json ? cJSON_AddArrayToObject(root, "tensors") : NULL};
+        cks_fetch_opts fo = {.remote = rem, .output = output, .source_name = argv[optind],
+                             .progress = on_progress, .tensor_done = on_tensor, .ctx = &ui};
+        err = cks_fetch(ckpt, sel, n_sel, &fo, &total, &diag);
     }
-    if (!err)
-        err = cli_refresh_partial(ckpt, sel, n_sel, &diag);
     if (err)
         goto fail;
-
-    size_t i = 0;
-    while (i < n_sel) {
-        /* one batch: prefetch all its small tensors at once, then read them in order */
-        size_t j = i, m = 0;
-        uint64_t batch = 0;
-        while (j < n_sel) {
-            uint64_t sz = sel[j]->info->end - sel[j]->info->begin;
-            if (j > i && batch + sz > BATCH_BYTES)
-                break;
-            batch += sz;
-            if (sz <= BATCH_BYTES) {
-                /* larger tensors stream through read-ahead instead */
-                srcs[m] = ckpt->files[sel[j]->file].source;
-                ranges[m].offset = sel[j]->info->file_offset;
-                ranges[m].length = sz;
-                m++;
-            }
-            j++;
-        }
-        if (rem)
-            err = cks_remote_prefetch(rem, srcs, ranges, m, &diag);
-        if (err)
-            goto fail;
-        for (; i < j; i++) {
-            const cks_tensor_info *t = sel[i]->info;
-            uint64_t sz = t->end - t->begin;
-            unsigned char d[EVP_MAX_MD_SIZE];
-            unsigned dl = 0;
-            char hex[65];
-            EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-            for (uint64_t done = 0; done < sz;) {
-                size_t n = sz - done < READ_CHUNK ? (size_t)(sz - done) : READ_CHUNK;
-                err = cks_ckpt_read_tensor(ckpt, sel[i], done, buf, n, &diag);
-                if (err)
-                    goto fail;
-                EVP_DigestUpdate(md, buf, n);
-                cli_progress_update(&progress, total + done + n, all_bytes);
-                if (out && !write_all(out, buf, n)) {
-                    err = cks_fail(&diag, CKS_ERR_IO, "cannot write '%s': %s", tmp_path,
-                                   strerror(errno));
-                    goto fail;
-                }
-                done += n;
-            }
-            EVP_DigestFinal_ex(md, d, &dl);
-            cks_hex_encode(d, 32, hex);
-            total += sz;
-            if (opts.json) {
-                cJSON *e = cJSON_CreateObject();
-                cJSON_AddStringToObject(e, "name", t->name);
-                cJSON_AddStringToObject(e, "dtype", cks_dtype_name(t->dtype));
-                cJSON_AddItemToObject(e, "shape", cli_json_shape(t));
-                cJSON_AddStringToObject(e, "file", ckpt->files[sel[i]->file].path);
-                cJSON_AddNumberToObject(e, "bytes", (double)sz);
-                cJSON_AddStringToObject(e, "sha256", hex);
-                cJSON_AddItemToArray(jt, e);
-            } else {
-                /* the hashes are the answer; --quiet only quiets stderr */
-                printf("%s  %s\n", hex, cli_esc(t->name));
-            }
-        }
-    }
-    if (out) {
-        if (fflush(out) != 0 || fsync(fileno(out)) != 0 || fclose(out) != 0) {
-            out = NULL;
-            err = cks_fail(&diag, CKS_ERR_IO, "cannot write '%s': %s", tmp_path, strerror(errno));
-            goto fail;
-        }
-        out = NULL;
-        if (rename(tmp_path, output) != 0) {
-            err = cks_fail(&diag, CKS_ERR_IO, "cannot rename to '%s': %s", output, strerror(errno));
-            goto fail;
-        }
-        free(tmp_path);
-        tmp_path = NULL;
-    }
     cli_progress_done(&progress);
     cks_http_stats st;
     cli_remote_totals(&st);
@@ -362,19 +230,8 @@ fail:
     cli_progress_done(&progress);
     rc = cli_fail("fetch", err, &diag);
 out:
-    if (out)
-        fclose(out);
-    if (tmp_path) {
-        unlink(tmp_path);
-        free(tmp_path);
-    }
     cJSON_Delete(root);
     cJSON_Delete(source_report);
-    EVP_MD_CTX_free(md);
-    free(hdr);
-    free(buf);
-    free(ranges);
-    free(srcs);
     free(sel);
     free(g.v);
     free(g.from_file);

@@ -1,0 +1,233 @@
+/*
+ * fetch.c — chosen tensors pulled, hashed and optionally written as a new safetensors file
+ * (include/ckptscope/fetch.h). Moved out of the CLI's `fetch` command, which keeps its
+ * options, printing and exit codes.
+ */
+#include "ckptscope/fetch.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "ckptscope/hex.h"
+
+/* Tensors are fetched in batches of about this many bytes: big enough to keep many
+ * requests in flight, small enough that memory does not grow with the model. */
+#define BATCH_BYTES (64u * 1024u * 1024u)
+#define READ_CHUNK (8u * 1024u * 1024u)
+
+/* The safetensors header of the output: same dtypes and shapes, new offsets, padded with
+ * spaces to a multiple of 8 so the data section stays aligned. */
+static char *output_header(const cks_ckpt_tensor *const *sel, size_t n, const char *source, size_t *len)
+{
+    cJSON *h = cJSON_CreateObject();
+    cJSON *meta = h ? cJSON_AddObjectToObject(h, "__metadata__") : NULL;
+    uint64_t off = 0;
+    char *text = NULL, *out = NULL;
+    if (!meta || !cJSON_AddStringToObject(meta, "ckptscope_source", source ? source : ""))
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        const cks_tensor_info *t = sel[i]->info;
+        cJSON *e = cJSON_AddObjectToObject(h, t->name), *shape, *offs;
+        uint64_t sz = t->end - t->begin;
+        if (!e || !cJSON_AddStringToObject(e, "dtype", cks_dtype_name(t->dtype)) ||
+            !(shape = cJSON_AddArrayToObject(e, "shape")) || !(offs = cJSON_AddArrayToObject(e, "data_offsets")))
+            goto out;
+        for (uint32_t d = 0; d < t->ndim; d++)
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(off + sz)));
+        off += sz;
+    }
+    text = cJSON_PrintUnformatted(h);
+    if (!text)
+        goto out;
+    size_t n0 = strlen(text), padded = (n0 + 7) & ~(size_t)7;
+    out = malloc(8 + padded);
+    if (out) {
+        uint64_t hl = padded;
+        for (int b = 0; b < 8; b++)
+            out[b] = (char)((hl >> (8 * b)) & 0xff);
+        memcpy(out + 8, text, n0);
+        memset(out + 8 + n0, ' ', padded - n0);
+        *len = 8 + padded;
+    }
+out:
+    free(text);
+    cJSON_Delete(h);
+    return out;
+}
+
+static bool write_all(FILE *f, const void *p, size_t n)
+{
+    return n == 0 || fwrite(p, 1, n, f) == n;
+}
+
+cks_err cks_refresh_partial(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    size_t *picked = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *picked);
+    size_t *present = calloc(ckpt->n_files ? ckpt->n_files : 1, sizeof *present);
+    cks_source **srcs = calloc(n_sel ? n_sel : 1, sizeof *srcs);
+    cks_range *ranges = calloc(n_sel ? n_sel : 1, sizeof *ranges);
+    size_t m = 0;
+    if (!picked || !present || !srcs || !ranges) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n_sel; i++)
+        picked[sel[i]->file]++;
+    for (size_t i = 0; i < ckpt->n_tensors; i++)
+        present[ckpt->tensors[i].file]++;
+    for (size_t i = 0; i < n_sel; i++) {
+        if (picked[sel[i]->file] >= present[sel[i]->file])
+            continue; /* read whole: checked against the Hub's SHA-256 instead */
+        srcs[m] = ckpt->files[sel[i]->file].source;
+        ranges[m].offset = sel[i]->info->file_offset;
+        ranges[m].length = sel[i]->info->end - sel[i]->info->begin;
+        m++;
+    }
+    if (m)
+        err = cks_remote_refresh(srcs, ranges, m, diag);
+out:
+    free(picked);
+    free(present);
+    free(srcs);
+    free(ranges);
+    return err;
+}
+
+cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel, const cks_fetch_opts *opts,
+                  uint64_t *tensor_bytes, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cks_fetch_opts none = {0};
+    const cks_fetch_opts *o = opts ? opts : &none;
+    cks_range *ranges = calloc(n_sel ? n_sel : 1, sizeof *ranges);
+    cks_source **srcs = calloc(n_sel ? n_sel : 1, sizeof *srcs);
+    uint8_t *buf = malloc(READ_CHUNK);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    char *tmp_path = NULL, *hdr = NULL;
+    size_t hdr_len = 0, i = 0;
+    FILE *out = NULL;
+    uint64_t total = 0, all_bytes = 0;
+
+    if (tensor_bytes)
+        *tensor_bytes = 0;
+    if (!ranges || !srcs || !buf || !md) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if (o->output) {
+        hdr = output_header(sel, n_sel, o->source_name, &hdr_len);
+        if (asprintf(&tmp_path, "%s.tmp-%ld", o->output, (long)getpid()) < 0)
+            tmp_path = NULL;
+        if (!hdr || !tmp_path) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        out = fopen(tmp_path, "wb");
+        if (!out || !write_all(out, hdr, hdr_len)) {
+            err = cks_fail(diag, CKS_ERR_IO, "cannot write '%s': %s", tmp_path, strerror(errno));
+            goto out;
+        }
+    }
+    for (size_t k = 0; k < n_sel; k++)
+        all_bytes += sel[k]->info->end - sel[k]->info->begin;
+
+    /* a file whose every tensor is fetched is read whole: checked first (cks_hash_tensors
+     * does the same), so a damaged copy never gives its hashes as the file's */
+    for (size_t f = 0; f < ckpt->n_files && !err; f++) {
+        size_t picked = 0, present = 0;
+        for (size_t k = 0; k < n_sel; k++)
+            picked += sel[k]->file == f;
+        for (size_t k = 0; k < ckpt->n_tensors; k++)
+            present += ckpt->tensors[k].file == f;
+        if (picked && picked == present)
+            err = cks_source_check_whole(ckpt->files[f].source, diag);
+    }
+    if (!err)
+        err = cks_refresh_partial(ckpt, sel, n_sel, diag);
+    while (!err && i < n_sel) {
+        /* one batch: prefetch all its small tensors at once, then read them in order */
+        size_t j = i, m = 0;
+        uint64_t batch = 0;
+        while (j < n_sel) {
+            uint64_t sz = sel[j]->info->end - sel[j]->info->begin;
+            if (j > i && batch + sz > BATCH_BYTES)
+                break;
+            batch += sz;
+            if (sz <= BATCH_BYTES) {
+                /* larger tensors stream through read-ahead instead */
+                srcs[m] = ckpt->files[sel[j]->file].source;
+                ranges[m].offset = sel[j]->info->file_offset;
+                ranges[m].length = sz;
+                m++;
+            }
+            j++;
+        }
+        if (o->remote)
+            err = cks_remote_prefetch(o->remote, srcs, ranges, m, diag);
+        for (; !err && i < j; i++) {
+            const cks_tensor_info *t = sel[i]->info;
+            uint64_t sz = t->end - t->begin;
+            unsigned char d[EVP_MAX_MD_SIZE];
+            unsigned dl = 0;
+            char hex[65];
+            EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+            for (uint64_t done = 0; !err && done < sz;) {
+                size_t n = sz - done < READ_CHUNK ? (size_t)(sz - done) : READ_CHUNK;
+                err = cks_ckpt_read_tensor(ckpt, sel[i], done, buf, n, diag);
+                if (err)
+                    break;
+                EVP_DigestUpdate(md, buf, n);
+                if (o->progress)
+                    o->progress(o->ctx, total + done + n, all_bytes);
+                if (out && !write_all(out, buf, n))
+                    err = cks_fail(diag, CKS_ERR_IO, "cannot write '%s': %s", tmp_path, strerror(errno));
+                done += n;
+            }
+            if (err)
+                break;
+            EVP_DigestFinal_ex(md, d, &dl);
+            cks_hex_encode(d, 32, hex);
+            total += sz;
+            if (o->tensor_done)
+                o->tensor_done(o->ctx, i, hex);
+        }
+    }
+    if (!err && out) {
+        int failed = fflush(out) != 0 || fsync(fileno(out)) != 0;
+        failed |= fclose(out) != 0;
+        out = NULL;
+        if (failed)
+            err = cks_fail(diag, CKS_ERR_IO, "cannot write '%s': %s", tmp_path, strerror(errno));
+        else if (rename(tmp_path, o->output) != 0)
+            err = cks_fail(diag, CKS_ERR_IO, "cannot rename to '%s': %s", o->output, strerror(errno));
+        else {
+            free(tmp_path);
+            tmp_path = NULL;
+        }
+    }
+    if (!err && tensor_bytes)
+        *tensor_bytes = total;
+out:
+    if (out)
+        fclose(out);
+    if (tmp_path) {
+        unlink(tmp_path); /* nothing half-written stays */
+        free(tmp_path);
+    }
+    EVP_MD_CTX_free(md);
+    free(hdr);
+    free(buf);
+    free(ranges);
+    free(srcs);
+    return err;
+}
