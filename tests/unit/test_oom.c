@@ -251,6 +251,14 @@ static cks_err fingerprint_round_trip(void *ctx, cks_diag *diag)
     return err;
 }
 
+/* A compare's answer: the verdict and which tests ran. */
+static void compare_answer(const cks_compare_result *r)
+{
+    int at = snprintf(answer, sizeof answer, "%s:", cks_verdict_name(r->verdict));
+    for (size_t i = 0; i < r->n_tests && at > 0 && (size_t)at < sizeof answer; i++)
+        at += snprintf(answer + at, sizeof answer - (size_t)at, " %s%s", r->tests[i].id, r->tests[i].ran ? "" : "-");
+}
+
 /* compare a fingerprint with itself: the family, the power checks and the verdict */
 static cks_err compare_fingerprints(void *ctx, cks_diag *diag)
 {
@@ -265,11 +273,8 @@ static cks_err compare_fingerprints(void *ctx, cks_diag *diag)
     cks_fingerprint_model(fp, "A", &a);
     cks_fingerprint_model(fp, "B", &b);
     err = cks_compare(&a, &b, &opts, &r, diag);
-    if (err == CKS_OK) {
-        int at = snprintf(answer, sizeof answer, "%s:", cks_verdict_name(r->verdict));
-        for (size_t i = 0; i < r->n_tests && at > 0 && (size_t)at < sizeof answer; i++)
-            at += snprintf(answer + at, sizeof answer - (size_t)at, " %s%s", r->tests[i].id, r->tests[i].ran ? "" : "-");
-    }
+    if (err == CKS_OK)
+        compare_answer(r);
 out:
     cks_compare_result_free(r);
     cks_fingerprint_free(fp);
@@ -292,11 +297,8 @@ static cks_err compare_live(void *ctx, cks_diag *diag)
     a.ckpt = ca;
     b.ckpt = cb;
     err = cks_compare(&a, &b, &opts, &r, diag);
-    if (err == CKS_OK) {
-        int at = snprintf(answer, sizeof answer, "%s:", cks_verdict_name(r->verdict));
-        for (size_t i = 0; i < r->n_tests && at > 0 && (size_t)at < sizeof answer; i++)
-            at += snprintf(answer + at, sizeof answer - (size_t)at, " %s%s", r->tests[i].id, r->tests[i].ran ? "" : "-");
-    }
+    if (err == CKS_OK)
+        compare_answer(r);
 out:
     cks_compare_result_free(r);
     cks_ckpt_free(ca);
