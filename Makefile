@@ -155,7 +155,7 @@ check: deps
 	@tests/run.sh $(BUILD) check
 
 test-san: deps
-	@$(MAKE) --no-print-directory SAN=1 test
+	@CKS_SANITIZED=1 $(MAKE) --no-print-directory SAN=1 test
 
 FUZZ_SECONDS ?= 30
 fuzz: deps
