@@ -1,0 +1,109 @@
+/*
+ * include/ckptscope/verify.h — checking an upload: every format rule file by file, sizes three
+ * ways, sampled (or, full, every) values for NaN/Inf and all-zero blocks, each file's SHA-256
+ * against the Hub's; and the screen that clears a known model without a full comparison
+ * (src/analysis/verify.c). What `ckptscope verify` prints is this report.
+ */
+#ifndef CKPTSCOPE_VERIFY_H
+#define CKPTSCOPE_VERIFY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckptscope/checkpoint.h"
+#include "ckptscope/compare.h"
+#include "ckptscope/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One finding: a problem (the upload is invalid) or a warning. file/tensor NULL when none. */
+typedef struct cks_verify_finding {
+    char rule[48];
+    char *file;
+    char *tensor;
+    char *detail;
+} cks_verify_finding;
+
+typedef struct cks_verify_findings {
+    cks_verify_finding *items;
+    size_t n, cap, omitted, max; /* max: kept at most (0: none kept); beyond it only counted */
+} cks_verify_findings;
+
+/* What the value check covered and what it did not. */
+typedef struct cks_verify_values {
+    bool full;                 /* every value (full) rather than sampled blocks */
+    size_t float_tensors;      /* float (and complex) tensors of the files opened */
+    uint64_t float_bytes;      /* their bytes */
+    size_t tensors_checked;    /* every value seen (full) */
+    uint64_t bytes_checked, values_checked;
+    size_t no_encoding;        /* F4/F6: no NaN or Inf exists in the format, nothing to check */
+    size_t unread;             /* in a file that could not be read (see problems / error) */
+} cks_verify_values;
+
+/* One file: its sizes as the listing, the server and the header say, and its hashes. */
+typedef struct cks_verify_file {
+    char *path;
+    bool size_known, served_known, implied_known, header_known;
+    uint64_t size, served_size, implied_size, header_bytes;
+    bool header_valid;
+    char sha256[65];           /* the Hub's LFS SHA-256, "" when none */
+    char sha256_computed[65];  /* of the bytes read whole, "" when the file was not hashed */
+    int sha256_match;          /* with sha256_computed: 1, 0, or -1 when there is nothing to match */
+    char *error;               /* "Rule: detail" when the file could not be checked, else NULL */
+} cks_verify_file;
+
+typedef struct cks_verify_report {
+    cks_verify_findings problems, warnings;
+    size_t sampled, nan_tensors, zero_tensors;
+    uint64_t sampled_bytes;
+    cks_verify_values values;
+    uint64_t hashed_bytes;
+    cks_verify_file *files;
+    size_t n_files, cap_files;
+    bool file_by_file;         /* opening failed; the files were checked one by one */
+    size_t unchecked_entries;
+    bool have_error;           /* something could not be checked (network, access, I/O) */
+    cks_err error;
+    char error_text[CKS_DIAG_MAX + 512];
+    char error_file[512];
+    char error_detail[CKS_DIAG_MAX];
+    bool against;              /* known models were compared: provenance was checked */
+} cks_verify_report;
+
+/* An empty report keeping at most max_problems problems and max_warnings warnings. */
+void cks_verify_report_init(cks_verify_report *r, size_t max_problems, size_t max_warnings);
+void cks_verify_report_release(cks_verify_report *r);
+
+/* Add a finding unless the same rule was already found for the same file and tensor. False
+ * only when out of memory. */
+bool cks_verify_add_finding(cks_verify_findings *fs, const char *rule, const char *file, const char *tensor,
+                            const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The first thing that could not be checked is the one reported. */
+void cks_verify_set_error(cks_verify_report *r, cks_err err, const char *file, const char *detail);
+
+/* Take everything a file-by-file check found: problems, per-file sizes, what could not be
+ * checked. False only when out of memory. */
+bool cks_verify_take_check(cks_verify_report *r, const cks_ckpt_check *check);
+
+/* Sample every float tensor (about 64 MiB in one round) for NaN/Inf and all-zero blocks; with
+ * `full`, read every file whole through SHA-256 and every value. A file that cannot be read as
+ * listed becomes a problem; network and access failures are returned. progress (may be NULL)
+ * gets bytes hashed of total. */
+cks_err cks_verify_read(const cks_ckpt *ckpt, cks_verify_report *r, bool full,
+                        void (*progress)(void *ctx, uint64_t done, uint64_t total), void *ctx, cks_diag *diag);
+
+/* The screen (docs/verdicts.md): a known model is cleared without a full comparison when, at
+ * CKS_VERIFY_SCREEN_PERMUTATIONS permutations and without power checks, no primary test
+ * rejects or comes near (p <= 0.01 or z >= 3) with an effect not far under its floor, and the
+ * verdict is neither identical nor derived. *max_z and *min_p say how near the nearest came. */
+#define CKS_VERIFY_SCREEN_PERMUTATIONS 99
+bool cks_verify_screen_clears(const cks_compare_result *r, double *max_z, double *min_p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
