@@ -9,7 +9,6 @@
 #include "cli_remote.h"
 #include "ckptscope/cache.h"
 #include "ckptscope/cache_hub.h"
-#include "ckptscope/fetch.h"
 #include "ckptscope/workspace.h"
 
 /* HF_HUB_OFFLINE or --offline: answer from the cache alone. */
@@ -281,12 +280,6 @@ void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel
     }
     free(message);
     free((void *)all);
-}
-
-cks_err cli_refresh_partial(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel,
-                            cks_diag *diag)
-{
-    return cks_refresh_partial(ckpt, sel, n_sel, diag);
 }
 
 struct cks_cache *cli_remote_cache(const cli_opts *opts)

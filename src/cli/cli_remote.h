@@ -42,12 +42,6 @@ void cli_remote_totals(cks_http_stats *out);
  * cached. Prints nothing for local checkpoints. */
 void cli_explain_offline(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel);
 
-/* Before hash or fetch answer with the bytes of `sel`: the tensors of files read only in
- * part come from the network again rather than from bytes an earlier run cached and no
- * check could cover (cks_remote_refresh; whole files are checked by cks_source_check_whole). */
-cks_err cli_refresh_partial(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel,
-                            cks_diag *diag);
-
 /* The disk cache of this run (opened on first use; NULL when unusable or disabled). */
 struct cks_cache *cli_remote_cache(const cli_opts *opts);
 

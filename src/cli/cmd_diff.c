@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ckptscope/cache.h"
+#include "ckptscope/fetch.h"
 #include "cli.h"
 #include "cli_remote.h"
 
@@ -220,7 +221,7 @@ static cks_err hash_planned(struct side *s, const cli_opts *opts, const char *la
     cks_tensor_hash *got = NULL;
     if (!s->hashed)
         goto out;
-    err = cli_refresh_partial(s->ckpt, s->todo, s->hashed, diag);
+    err = cks_refresh_partial(s->ckpt, s->todo, s->hashed, diag);
     if (!err)
         err = cli_hash_selection(s->ckpt, s->todo, s->hashed, opts, label, &got, diag);
     if (err)

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/fetch.h"
 #include "cli.h"
 #include "cli_remote.h"
 
@@ -52,7 +53,7 @@ int cmd_hash(int argc, char **argv)
     if (!err)
         err = cli_select_tensors(ckpt, globs, n_globs, &sel, &n_sel, &diag);
     if (!err)
-        err = cli_refresh_partial(ckpt, sel, n_sel, &diag);
+        err = cks_refresh_partial(ckpt, sel, n_sel, &diag);
     if (!err)
         err = cli_hash_selection(ckpt, sel, n_sel, &opts, "hashing", &hashes, &diag);
     if (err) {
