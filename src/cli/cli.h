@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "ckptscope/checkpoint.h"
+#include "ckptscope/workspace.h"
 #include "ckptscope/defaults.h"
 #include "ckptscope/error.h"
 #include "ckptscope/hash.h"
@@ -159,6 +160,10 @@ void cli_json_mark_printed(void);
  */
 cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
                             cks_diag *diag);
+/* cli_open_checkpoint for several SOURCEs side by side (cks_workspace_open_all): the caller
+ * sets items[i].source and aux_names; reports[i] as cli_open_checkpoint's report. */
+cks_err cli_open_checkpoints(cks_workspace_item *items, size_t n, const cli_opts *opts, cJSON **reports,
+                             cks_diag *diag);
 
 /*
  * The same SOURCE checked file by file (cks_ckpt_check_local / cks_remote_check_ckpt): what

@@ -212,6 +212,25 @@ bool cli_remote_open(const char *text, const cli_opts *opts, cks_ckpt **out, cJS
     return true;
 }
 
+cks_err cli_remote_open_all(cks_workspace_item *items, size_t n, const cli_opts *opts, cJSON **reports,
+                            cks_diag *diag)
+{
+    cks_err err;
+    cks_workspace *w = workspace(opts, diag, &err);
+    for (size_t i = 0; i < n; i++)
+        reports[i] = NULL;
+    if (err)
+        return err;
+    (void)get_cache(opts);
+    err = cks_workspace_open_all(w, items, n, diag);
+    for (size_t i = 0; i < n; i++)
+        if (!items[i].err && items[i].session) {
+            say_session(opts, items[i].session);
+            reports[i] = cli_remote_source_json(items[i].session, items[i].ckpt);
+        }
+    return err;
+}
+
 bool cli_remote_check(const char *text, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,
                       cks_err *err, cks_diag *diag)
 {

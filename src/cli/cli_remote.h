@@ -14,6 +14,7 @@
 #include "ckptscope/checkpoint.h"
 #include "ckptscope/hub.h"
 #include "cli.h"
+#include "ckptscope/workspace.h"
 
 /* true when `spec` is remote: then *err is the outcome, and out and report are set on success. */
 bool cli_remote_open(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
@@ -26,6 +27,11 @@ bool cli_remote_check(const char *spec, const cli_opts *opts, cks_ckpt_check **o
 
 /* Open a remote session (for commands that need more than a checkpoint, e.g. fetch).
  * The session is registered for the transfer report and freed at exit. */
+/* Open several SOURCEs side by side through the command's workspace
+ * (cks_workspace_open_all); reports[i] gets a remote item's source JSON (NULL for a local
+ * one or on failure). Returns the first failure in order. */
+cks_err cli_remote_open_all(cks_workspace_item *items, size_t n, const cli_opts *opts, cJSON **reports,
+                            cks_diag *diag);
 cks_err cli_remote_session(const cks_hub_spec *spec, const cli_opts *opts, cks_remote **out,
                            cks_diag *diag);
 

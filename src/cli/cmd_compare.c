@@ -65,35 +65,71 @@ struct opened {
     cks_fingerprint *fp; /* when the SOURCE is a fingerprint file */
 };
 
-static cks_err open_model(const char *spec, const char *label, const cli_opts *opts, bool want_tokenizer,
-                          struct opened *o, cks_diag *diag)
+/* A SOURCE once open: the checkpoint with its optional config.json and tokenizer.json (or a
+ * fingerprint standing for the model it was made from), as the library's compare wants it. */
+static void take_opened(struct opened *o, const char *label, cks_workspace_item *it, cJSON *report)
 {
-    cks_err err;
-    cks_diag ignored;
-    memset(o, 0, sizeof *o);
-    if (cks_fingerprint_is_file(spec)) /* a fingerprint stands for the model it was made from */
-        return cli_open_fingerprint(spec, label, &o->fp, &o->model, &o->report, diag);
-    err = cli_open_checkpoint(spec, opts, &o->ckpt, &o->report, diag);
-    if (err)
-        return err;
+    o->ckpt = it->ckpt;
+    o->report = report;
     /* config.json and tokenizer.json are optional: without them roles are inferred and T4 cannot run */
-    if (cks_ckpt_fetch_aux(o->ckpt, "config.json", &o->config, &o->config_len, &ignored) != CKS_OK) {
-        o->config = NULL;
-        o->config_len = 0;
-    }
-    /* tokenizer.json can be megabytes: fetch it only for the tests that match tokens (T3, T4) */
-    if (!want_tokenizer ||
-        cks_ckpt_fetch_aux(o->ckpt, "tokenizer.json", &o->tokenizer, &o->tokenizer_len, &ignored) != CKS_OK) {
-        o->tokenizer = NULL;
-        o->tokenizer_len = 0;
-    }
+    o->config = it->aux[0];
+    o->config_len = it->aux_len[0];
+    o->tokenizer = it->aux[1];
+    o->tokenizer_len = it->aux_len[1];
     o->model.label = label;
     o->model.ckpt = o->ckpt;
     o->model.config_json = o->config;
     o->model.config_len = o->config_len;
     o->model.tokenizer_json = o->tokenizer;
     o->model.tokenizer_len = o->tokenizer_len;
-    return CKS_OK;
+}
+
+/*
+ * Open every SOURCE (A, B, the controls, the positives): fingerprint files directly, the rest
+ * side by side through the workspace (a remote pair's round trips overlap instead of adding
+ * up). Every slot that opened is filled, so close_model frees it whatever failed.
+ */
+static cks_err open_models(const char *const *specs, const char *const *labels, struct opened *const *slots,
+                           size_t n, const cli_opts *opts, bool want_tokenizer, cks_diag *diag)
+{
+    cks_err err = CKS_OK, first = CKS_OK;
+    cks_workspace_item items[2 + 2 * MAX_EXTRA];
+    cJSON *reports[2 + 2 * MAX_EXTRA];
+    size_t slot_of[2 + 2 * MAX_EXTRA], m = 0;
+    cks_diag first_diag;
+    for (size_t i = 0; i < n; i++)
+        memset(slots[i], 0, sizeof *slots[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (cks_fingerprint_is_file(specs[i])) { /* a fingerprint stands for the model it was made from */
+            err = cli_open_fingerprint(specs[i], labels[i], &slots[i]->fp, &slots[i]->model, &slots[i]->report, diag);
+            if (err)
+                return err;
+            continue;
+        }
+        memset(&items[m], 0, sizeof items[m]);
+        items[m].source = specs[i];
+        items[m].aux_names[0] = "config.json";
+        /* tokenizer.json can be megabytes: fetch it only for the tests that match tokens (T3, T4) */
+        items[m].aux_names[1] = want_tokenizer ? "tokenizer.json" : NULL;
+        slot_of[m++] = i;
+    }
+    if (m == 0)
+        return CKS_OK;
+    err = cli_open_checkpoints(items, m, opts, reports, &first_diag);
+    for (size_t k = 0; k < m; k++) {
+        if (items[k].err) {
+            for (int x = 0; x < CKS_WORKSPACE_MAX_AUX; x++)
+                free(items[k].aux[x]);
+            cks_ckpt_free(items[k].ckpt);
+            continue;
+        }
+        take_opened(slots[slot_of[k]], labels[slot_of[k]], &items[k], reports[k]);
+    }
+    if (err) {
+        first = err;
+        *diag = first_diag;
+    }
+    return first;
 }
 
 static void close_model(struct opened *o)
@@ -518,31 +554,39 @@ int cmd_compare(int argc, char **argv)
         return cli_usage_error("compare", "expected two SOURCEs, A and B");
 
     want_tokenizer = !copts.tests || (copts.tests & (CKS_TEST_T3 | CKS_TEST_T4));
-    err = open_model(argv[optind], "A", &opts, want_tokenizer, &a, &diag);
-    if (!err)
-        err = open_model(argv[optind + 1], "B", &opts, want_tokenizer, &b, &diag);
-    if (!err && html_path && a.ckpt) /* the report lists the byte ranges each file gave the analysis */
-        err = cks_report_track_reads(a.ckpt, &diag);
-    if (!err && html_path && b.ckpt)
-        err = cks_report_track_reads(b.ckpt, &diag);
-    for (; !err && opened_ctl < n_controls; opened_ctl++) {
-        snprintf(labels[opened_ctl], sizeof labels[0], "%.60s", controls[opened_ctl]);
-        err = open_model(controls[opened_ctl], labels[opened_ctl], &opts, want_tokenizer, &ctl[opened_ctl], &diag);
-        if (!err && html_path && ctl[opened_ctl].ckpt)
-            err = cks_report_track_reads(ctl[opened_ctl].ckpt, &diag);
-        if (err)
-            break;
-        ctl_models[opened_ctl] = ctl[opened_ctl].model;
-    }
-    for (; !err && opened_pos < n_positives; opened_pos++) {
-        snprintf(labels[MAX_EXTRA + opened_pos], sizeof labels[0], "%.60s", positives[opened_pos]);
-        err = open_model(positives[opened_pos], labels[MAX_EXTRA + opened_pos], &opts, want_tokenizer, &pos[opened_pos],
-                         &diag);
-        if (!err && html_path && pos[opened_pos].ckpt)
-            err = cks_report_track_reads(pos[opened_pos].ckpt, &diag);
-        if (err)
-            break;
-        pos_models[opened_pos] = pos[opened_pos].model;
+    {
+        const char *specs[2 + 2 * MAX_EXTRA], *names[2 + 2 * MAX_EXTRA];
+        struct opened *slots[2 + 2 * MAX_EXTRA];
+        size_t n_specs = 0;
+        specs[n_specs] = argv[optind];
+        names[n_specs] = "A";
+        slots[n_specs++] = &a;
+        specs[n_specs] = argv[optind + 1];
+        names[n_specs] = "B";
+        slots[n_specs++] = &b;
+        for (size_t i = 0; i < n_controls; i++) {
+            snprintf(labels[i], sizeof labels[0], "%.60s", controls[i]);
+            specs[n_specs] = controls[i];
+            names[n_specs] = labels[i];
+            slots[n_specs++] = &ctl[i];
+        }
+        for (size_t i = 0; i < n_positives; i++) {
+            snprintf(labels[MAX_EXTRA + i], sizeof labels[0], "%.60s", positives[i]);
+            specs[n_specs] = positives[i];
+            names[n_specs] = labels[MAX_EXTRA + i];
+            slots[n_specs++] = &pos[i];
+        }
+        err = open_models(specs, names, slots, n_specs, &opts, want_tokenizer, &diag);
+        opened_ctl = n_controls;
+        opened_pos = n_positives;
+        /* the report lists the byte ranges each file gave the analysis */
+        for (size_t i = 0; !err && html_path && i < n_specs; i++)
+            if (slots[i]->ckpt)
+                err = cks_report_track_reads(slots[i]->ckpt, &diag);
+        for (size_t i = 0; i < n_controls; i++)
+            ctl_models[i] = ctl[i].model;
+        for (size_t i = 0; i < n_positives; i++)
+            pos_models[i] = pos[i].model;
     }
     if (err) {
         rc = cli_fail("compare", err, &diag);

@@ -88,6 +88,24 @@ int cli_common_option(int opt, const char *arg, cli_opts *opts)
     }
 }
 
+/* What a local SOURCE's report says about it: its files, sizes and header lengths. */
+static cJSON *local_source_json(const char *spec, const cks_ckpt *ckpt)
+{
+    cJSON *src = cli_source_spec(cJSON_CreateObject(), spec);
+    cJSON *files;
+    cJSON_AddStringToObject(src, "kind", "local");
+    cJSON_AddStringToObject(src, "path", spec);
+    files = cJSON_AddArrayToObject(src, "files");
+    for (size_t f = 0; f < ckpt->n_files; f++) {
+        cJSON *file = cJSON_CreateObject();
+        cJSON_AddStringToObject(file, "path", ckpt->files[f].path);
+        cJSON_AddNumberToObject(file, "size", (double)ckpt->files[f].source->size);
+        cJSON_AddNumberToObject(file, "header_bytes", (double)ckpt->files[f].header->header_len);
+        cJSON_AddItemToArray(files, file);
+    }
+    return src;
+}
+
 cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **out, cJSON **report,
                             cks_diag *diag)
 {
@@ -104,22 +122,24 @@ cks_err cli_open_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt **o
     err = cks_ckpt_open_local(spec, out, diag);
     if (err)
         return err;
-    if (report) {
-        cJSON *src = cli_source_spec(cJSON_CreateObject(), spec);
-        cJSON *files;
-        cJSON_AddStringToObject(src, "kind", "local");
-        cJSON_AddStringToObject(src, "path", spec);
-        files = cJSON_AddArrayToObject(src, "files");
-        for (size_t f = 0; f < (*out)->n_files; f++) {
-            cJSON *file = cJSON_CreateObject();
-            cJSON_AddStringToObject(file, "path", (*out)->files[f].path);
-            cJSON_AddNumberToObject(file, "size", (double)(*out)->files[f].source->size);
-            cJSON_AddNumberToObject(file, "header_bytes", (double)(*out)->files[f].header->header_len);
-            cJSON_AddItemToArray(files, file);
-        }
-        *report = src;
-    }
+    if (report)
+        *report = local_source_json(spec, *out);
     return CKS_OK;
+}
+
+cks_err cli_open_checkpoints(cks_workspace_item *items, size_t n, const cli_opts *opts, cJSON **reports,
+                             cks_diag *diag)
+{
+    cks_err err = cli_remote_open_all(items, n, opts, reports, diag);
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].err)
+            continue;
+        if (reports[i])
+            cli_source_spec(reports[i], items[i].source);
+        else if (!items[i].session)
+            reports[i] = local_source_json(items[i].source, items[i].ckpt);
+    }
+    return err;
 }
 
 cks_err cli_check_checkpoint(const char *spec, const cli_opts *opts, cks_ckpt_check **out, cJSON **report,

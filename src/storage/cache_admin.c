@@ -300,8 +300,10 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
         unsigned char *img = NULL;
         size_t kn = 0;
         struct stat st;
-        if (kf && cache_slurp(kf, MAX_KEY_LEN, &img, &kn) == 0) {
-            img[kn] = '\0';
+        char named[67] = "";
+        if (kf && cache_slurp(kf, MAX_KEY_LEN, &img, &kn) == 0 && (img[kn] = '\0', cks_cache_key_valid((char *)img)) &&
+            (cache_key_dirname((char *)img, named), strcmp(named, w.ext[i].name) == 0)) {
+            /* the key file is written without fsync: only a name that hashes to its folder is it */
             e.key = (char *)img;
         } else {
             free(img);

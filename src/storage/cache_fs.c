@@ -287,6 +287,14 @@ void cache_tmp_abort(char *tmp_path, int fd)
 cks_err cache_write_file_atomic(cks_cache *c, const char *final_path, const char *final_dir,
                                  const void *data, size_t len, cks_diag *diag)
 {
+    return cache_write_file_renamed(c, final_path, final_dir, data, len, true, diag);
+}
+
+/* The same, durable (fsync of the file and its folder) or not: readers of a file written
+ * without fsync must check what they read, since a crash can leave it empty or short. */
+cks_err cache_write_file_renamed(cks_cache *c, const char *final_path, const char *final_dir,
+                                 const void *data, size_t len, bool durable, cks_diag *diag)
+{
     char *tmp = NULL;
     int fd = -1;
     cks_err err = cache_tmp_create(c, &tmp, &fd, diag);
@@ -298,7 +306,7 @@ cks_err cache_write_file_atomic(cks_cache *c, const char *final_path, const char
         cache_tmp_abort(tmp, fd);
         goto out;
     }
-    err = cache_tmp_commit(tmp, fd, final_path, final_dir, true, diag);
+    err = cache_tmp_commit(tmp, fd, final_path, final_dir, durable, diag);
 out:
     free(tmp);
     return err;

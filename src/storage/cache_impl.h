@@ -170,6 +170,8 @@ cks_err cache_tmp_commit(char *tmp_path, int fd, const char *final_path, const c
 void cache_tmp_abort(char *tmp_path, int fd);
 cks_err cache_write_file_atomic(cks_cache *c, const char *final_path, const char *final_dir,
                                  const void *data, size_t len, cks_diag *diag);
+cks_err cache_write_file_renamed(cks_cache *c, const char *final_path, const char *final_dir,
+                                 const void *data, size_t len, bool durable, cks_diag *diag);
 /* cache_index.c */
 void cache_key_dirname(const char *key, char out[67]);
 char *cache_keydir_path(const cks_cache *c, const char *name);

@@ -12,6 +12,7 @@
 #include <curl/curl.h>
 #include <ctype.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,6 +326,16 @@ out:
 
 /* ---------------------------------------------------------------- engine life ---- */
 
+/* libcurl's global set-up, once per process: engines may be made on several threads at once
+ * (cks_workspace_open_all), and curl_global_init is only safe to race on builds that say so. */
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_result;
+
+static void curl_init_once(void)
+{
+    curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
 cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
 {
     static const cks_http_config defaults;
@@ -333,7 +344,8 @@ cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
     *out = NULL;
     if (!cfg)
         cfg = &defaults;
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_result != CURLE_OK) {
         err = cks_fail(diag, CKS_ERR_NETWORK, "libcurl failed to initialise");
         goto out;
     }

@@ -28,7 +28,9 @@ struct cks_workspace {
     cks_diag cache_why;
     ws_session **s;
     size_t n, cap;
-    pthread_mutex_t mu;    /* the counters: engines report from their own threads */
+    pthread_mutex_t mu;    /* the session list and counters: engines report from their own
+                            * threads, and cks_workspace_open_all opens on several */
+    unsigned one_stage;    /* > 0 while open_all speaks for its threads: their own stages are quiet */
 };
 
 cks_err cks_workspace_new(const cks_workspace_opts *opts, cks_workspace **out, cks_diag *diag)
@@ -119,8 +121,10 @@ static void on_progress(void *ctx, const cks_http_stats *st)
 
 static void stage(cks_workspace *w, const char *text)
 {
-    if (w->opts.stage)
+    pthread_mutex_lock(&w->mu);
+    if (w->opts.stage && !w->one_stage)
         w->opts.stage(w->opts.ctx, text);
+    pthread_mutex_unlock(&w->mu);
 }
 
 /* A new session for spec, remembered under `source` (may be NULL). */
@@ -132,16 +136,6 @@ static cks_err add_session(cks_workspace *w, const cks_hub_spec *spec, const cha
     ws_session *s = NULL;
     char what[200];
     *out = NULL;
-    if (w->n == w->cap) {
-        size_t cap = w->cap ? 2 * w->cap : 4;
-        ws_session **grown = realloc(w->s, cap * sizeof *grown);
-        if (!grown) {
-            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-            goto out;
-        }
-        w->s = grown;
-        w->cap = cap;
-    }
     s = calloc(1, sizeof *s);
     if (!s || (source && !(s->source = strdup(source)))) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
@@ -171,12 +165,26 @@ static cks_err add_session(cks_workspace *w, const cks_hub_spec *spec, const cha
     if (err)
         goto out;
     pthread_mutex_lock(&w->mu);
-    w->s[w->n++] = s;
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 4;
+        ws_session **grown = realloc(w->s, cap * sizeof *grown);
+        if (grown) {
+            w->s = grown;
+            w->cap = cap;
+        }
+    }
+    if (w->n < w->cap)
+        w->s[w->n++] = s;
+    else
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
     pthread_mutex_unlock(&w->mu);
+    if (err)
+        goto out;
     *out = s->remote;
     s = NULL;
 out:
     if (s) {
+        cks_remote_free(s->remote);
         free(s->source);
         free(s);
     }
@@ -225,9 +233,11 @@ static cks_err remote_for(cks_workspace *w, const char *source, bool reuse, bool
     if (spec.kind == CKS_SPEC_LOCAL) {
         *local = true;
     } else {
+        pthread_mutex_lock(&w->mu);
         for (size_t i = 0; reuse && i < w->n && !*r; i++)
             if (w->s[i]->source && strcmp(w->s[i]->source, source) == 0)
                 *r = w->s[i]->remote;
+        pthread_mutex_unlock(&w->mu);
         if (!*r)
             err = add_session(w, &spec, source, r, diag);
     }
@@ -256,6 +266,89 @@ cks_err cks_workspace_open(cks_workspace *w, const char *source, cks_ckpt **out,
     err = cks_remote_open_ckpt(r, out, diag);
     stage(w, NULL);
 out:
+    return err;
+}
+
+/* ---- several at once ---- */
+
+struct open_all_job {
+    cks_workspace *w;
+    cks_workspace_item *items;
+    size_t n, next; /* next: the first item no thread has taken (under w->mu) */
+};
+
+static void open_item(cks_workspace *w, cks_workspace_item *it)
+{
+    it->err = cks_workspace_open(w, it->source, &it->ckpt, &it->session, &it->diag);
+    for (size_t i = 0; !it->err && i < CKS_WORKSPACE_MAX_AUX && it->aux_names[i]; i++) {
+        cks_diag ignored;
+        if (cks_ckpt_fetch_aux(it->ckpt, it->aux_names[i], &it->aux[i], &it->aux_len[i], &ignored) != CKS_OK) {
+            it->aux[i] = NULL; /* optional: the caller decides what its absence means */
+            it->aux_len[i] = 0;
+        }
+    }
+}
+
+static void *open_all_worker(void *arg)
+{
+    struct open_all_job *job = arg;
+    for (;;) {
+        size_t k;
+        pthread_mutex_lock(&job->w->mu);
+        k = job->next < job->n ? job->next++ : job->n;
+        pthread_mutex_unlock(&job->w->mu);
+        if (k == job->n)
+            break;
+        open_item(job->w, &job->items[k]);
+    }
+    return NULL;
+}
+
+cks_err cks_workspace_open_all(cks_workspace *w, cks_workspace_item *items, size_t n, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    pthread_t threads[CKS_WORKSPACE_PARALLEL];
+    size_t started = 0, want = n < CKS_WORKSPACE_PARALLEL ? n : CKS_WORKSPACE_PARALLEL;
+    struct open_all_job job = {w, items, n, 0};
+    char what[200];
+    for (size_t i = 0; i < n; i++) {
+        items[i].ckpt = NULL;
+        items[i].session = NULL;
+        items[i].err = CKS_OK;
+        items[i].diag.text[0] = '\0';
+        memset(items[i].aux, 0, sizeof items[i].aux);
+        memset(items[i].aux_len, 0, sizeof items[i].aux_len);
+    }
+    (void)cks_workspace_cache(w, NULL, NULL); /* opened once, before any thread wants it */
+    if (n > 1) {
+        if (n == 2)
+            snprintf(what, sizeof what, "resolving %.90s and %.90s", items[0].source, items[1].source);
+        else
+            snprintf(what, sizeof what, "resolving %.120s and %zu more, side by side", items[0].source, n - 1);
+        stage(w, what);
+        pthread_mutex_lock(&w->mu);
+        w->one_stage++;
+        pthread_mutex_unlock(&w->mu);
+    }
+    /* the calling thread works too; a thread that cannot start leaves its share to the others */
+    for (size_t t = 1; t < want; t++)
+        if (pthread_create(&threads[started], NULL, open_all_worker, &job) == 0)
+            started++;
+    open_all_worker(&job);
+    for (size_t t = 0; t < started; t++)
+        pthread_join(threads[t], NULL);
+    if (n > 1) {
+        pthread_mutex_lock(&w->mu);
+        w->one_stage--;
+        pthread_mutex_unlock(&w->mu);
+        stage(w, NULL);
+    }
+    for (size_t i = 0; i < n && !err; i++)
+        if (items[i].err) {
+            err = items[i].err;
+            if (diag)
+                *diag = items[i].diag;
+        }
     return err;
 }
 

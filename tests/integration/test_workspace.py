@@ -34,8 +34,12 @@ def main():
         store = os.path.join(tmp, "store")
         tensors = [("w%d" % i, "U8", [4096], bytes([i]) * 4096) for i in range(3)]
         data = st_bytes(tensors)
+        config = b'{"model_type": "llama"}'
         for i in range(N_REPOS):
-            hubrepo.add_repo(store, "org/m%d" % i, {"model.safetensors": data})
+            files = {"model.safetensors": data}
+            if i == 0:
+                files["config.json"] = config
+            hubrepo.add_repo(store, "org/m%d" % i, files)
         local = os.path.join(tmp, "local.safetensors")
         with open(local, "wb") as f:
             f.write(data)
@@ -59,6 +63,26 @@ def main():
         report("what failed is said per SOURCE, the rest still opens",
                rc == 1 and out[0].startswith("OK ") and len(errs) == 2 and "RepoNotFound" in errs[0]
                and "NotFound" in errs[1], f"exit {rc}: {out}")
+
+        # the same SOURCEs side by side (cks_workspace_open_all, what compare uses for A and B)
+        env_all = dict(env, CKPTSCOPE_CACHE=os.path.join(tmp, "cache-all"))
+        rc, out, err = run(env_all, "--all", *sources)
+        oks = [line.split() for line in out if line.startswith("OK ")]
+        report(f"{len(sources)} SOURCEs open side by side, each as cks_workspace_open opens it",
+               rc == 0 and len(oks) == len(sources) and all(x[1] == "3" for x in oks)
+               and [x[3] for x in oks] == ["1"] * N_REPOS + ["0", "1"] and "FIRST OK " in out,
+               f"exit {rc}: {out[:3]} {err[-300:]}")
+        report("side by side: an optional file comes back where it exists, NULL where not",
+               len(oks) == len(sources) and oks[0][4] == str(len(config)) and all(x[4] == "-1" for x in oks[1:N_REPOS]),
+               f"{[x[4] for x in oks[:4]]}")
+        report("side by side: one session per remote SOURCE, counters summed",
+               f"SESSIONS {N_REPOS + 1} " in (out[-1] + " ") and int(out[-1].split()[-1]) >= 21 * 64, f"{out[-2:]}")
+        rc, out, err = run(env_all, "--all", os.path.join(tmp, "missing.safetensors"), "org/m2", "org/does-not-exist")
+        errs = [line for line in out if line.startswith("ERR ")]
+        first = [line for line in out if line.startswith("FIRST ")]
+        report("side by side: each SOURCE says its own failure, the call returns the first in order",
+               rc == 1 and len(errs) == 2 and out[1].startswith("OK ") and "RepoNotFound" in errs[1]
+               and first and "RepoNotFound" not in first[0] and "NotFound" in first[0], f"exit {rc}: {out}")
     finally:
         if hub:
             hub.stop()
