@@ -719,19 +719,56 @@ out:
 /* ---------------- Spearman ---------------- */
 
 typedef struct ranked {
+    uint64_t key; /* the value's order as an unsigned integer (see order_key) */
     double value;
     size_t index;
 } ranked;
 
-static int compare_ranked(const void *x, const void *y)
+/* An unsigned integer that orders as the finite double does: flip every bit of a negative
+ * number, only the sign bit of a positive one. -0.0 is made +0.0 first, since they compare
+ * equal and must tie. */
+static uint64_t order_key(double x)
 {
-    const ranked *p = x, *q = y;
-    if (p->value != q->value)
-        return p->value < q->value ? -1 : 1;
-    return p->index < q->index ? -1 : p->index > q->index;
+    uint64_t u;
+    if (x == 0.0)
+        x = 0.0;
+    memcpy(&u, &x, sizeof u);
+    return (u & 0x8000000000000000ull) ? ~u : u | 0x8000000000000000ull;
 }
 
-/* Mid-ranks (1-based; ties share the mean of their positions). */
+/*
+ * Sort by value, ties in index order: a stable least-significant-digit radix sort on the
+ * order keys, 8 bits a pass, skipping the passes where every key has the same digit (the top
+ * bytes of norm gains mostly do). Replaces qsort with a comparison callback, which was ~18 %
+ * of a warm T2 audit's CPU (190 vectors of 4,096 ranked per run, more in T4's alignments).
+ * tmp holds n more items.
+ */
+static void sort_ranked(ranked *a, ranked *tmp, size_t n)
+{
+    size_t count[8][256];
+    memset(count, 0, sizeof count);
+    for (size_t i = 0; i < n; i++)
+        for (int d = 0; d < 8; d++)
+            count[d][(a[i].key >> (8 * d)) & 0xff]++;
+    for (int d = 0; d < 8; d++) {
+        size_t pos = 0;
+        bool trivial = false;
+        for (int b = 0; b < 256; b++) {
+            size_t c = count[d][b];
+            if (c == n)
+                trivial = true;
+            count[d][b] = pos;
+            pos += c;
+        }
+        if (trivial)
+            continue;
+        for (size_t i = 0; i < n; i++)
+            tmp[count[d][(a[i].key >> (8 * d)) & 0xff]++] = a[i];
+        memcpy(a, tmp, n * sizeof *a);
+    }
+}
+
+/* Mid-ranks (1-based; ties share the mean of their positions). scratch holds 2n items. */
 static cks_err mid_ranks(const double *x, size_t n, double *rank, ranked *scratch, cks_diag *diag)
 {
     cks_err err = CKS_OK;
@@ -740,10 +777,11 @@ static cks_err mid_ranks(const double *x, size_t n, double *rank, ranked *scratc
             err = cks_fail(diag, CKS_ERR_NUMERIC, "Spearman: value %zu is not finite", i);
             goto out;
         }
+        scratch[i].key = order_key(x[i]);
         scratch[i].value = x[i];
         scratch[i].index = i;
     }
-    qsort(scratch, n, sizeof *scratch, compare_ranked);
+    sort_ranked(scratch, scratch + n, n);
     for (size_t start = 0; start < n;) {
         size_t end = start + 1;
         while (end < n && scratch[end].value == scratch[start].value)
@@ -768,13 +806,13 @@ cks_err cks_spearman_f64(const double *a, const double *b, size_t n, double *rho
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Spearman needs two vectors of length >= 2");
         goto out;
     }
-    if (n > SIZE_MAX / sizeof(ranked)) {
+    if (n > SIZE_MAX / 2 / sizeof(ranked)) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "Spearman: %zu elements is too many", n);
         goto out;
     }
     rank_a = malloc(n * sizeof *rank_a);
     rank_b = malloc(n * sizeof *rank_b);
-    scratch = malloc(n * sizeof *scratch);
+    scratch = malloc(2 * n * sizeof *scratch);
     if (!rank_a || !rank_b || !scratch) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "Spearman of %zu elements", n);
         goto out;
@@ -794,11 +832,11 @@ cks_err cks_mid_ranks_f64(const double *x, size_t n, double *rank, cks_diag *dia
 {
     cks_err err = CKS_OK;
     ranked *scratch = NULL;
-    if (n > SIZE_MAX / sizeof(ranked)) {
+    if (n > SIZE_MAX / 2 / sizeof(ranked)) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "ranks: %zu elements is too many", n);
         goto out;
     }
-    scratch = malloc((n ? n : 1) * sizeof *scratch);
+    scratch = malloc((n ? 2 * n : 1) * sizeof *scratch);
     if (!scratch) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "ranks of %zu elements", n);
         goto out;

@@ -613,6 +613,41 @@ static void median_and_ranks_exact(void)
     CHECK(cks_mid_ranks_f64(ties, 6, r, NULL) == CKS_ERR_NUMERIC);
 }
 
+/* Mid-ranks against their definition, counted by hand for every element (O(n^2)): rank =
+ * (number below) + (number equal + 1) / 2. Random data with many ties, both zeros (which
+ * compare equal and must tie), negatives, subnormals and extremes; sizes around the radix
+ * sort's edge cases (1, 2, 255-257, 4096). */
+static void mid_ranks_match_definition(void)
+{
+    static const size_t sizes[] = {1, 2, 3, 17, 255, 256, 257, 1000, 4096};
+    static const double specials[] = {0.0, -0.0, 1.0, -1.0, 1e-310, -1e-310, 1.7e308, -1.7e308, 0.5, -0.5};
+    static double x[4096], r[4096];
+    uint64_t state = 12345;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        size_t n = sizes[si], wrong = 0;
+        for (size_t i = 0; i < n; i++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            unsigned pick = (unsigned)(state >> 60);
+            if (pick < 4)
+                x[i] = specials[(state >> 20) % 10];
+            else if (pick < 10)
+                x[i] = (double)((int)((state >> 33) % 9) - 4); /* small integers: many ties */
+            else
+                x[i] = ((double)(state >> 11) * 0x1p-53 - 0.5) * 1e3;
+        }
+        CHECK(cks_mid_ranks_f64(x, n, r, NULL) == CKS_OK);
+        for (size_t i = 0; i < n; i++) {
+            size_t below = 0, equal = 0;
+            for (size_t j = 0; j < n; j++) {
+                below += x[j] < x[i];
+                equal += x[j] == x[i];
+            }
+            wrong += r[i] != (double)below + ((double)equal + 1.0) / 2.0;
+        }
+        CHECK(wrong == 0);
+    }
+}
+
 /* Records every statistic it is asked for: the draws of a plain run, to check the curtailed
  * one against by counting. Values: a fixed pseudo-random function of the permutation. */
 typedef struct recorder {
@@ -728,7 +763,7 @@ static void rotation_column_norms_match_rotating(void)
 }
 
 TEST_MAIN(T(rng_matches_python_reference), T(orthogonal_matrices_are_haar), T(rotation_keeps_geometry_and_mixes_coordinates),
-          T(median_and_ranks_exact), T(rng_bounded_and_permutations_are_uniform),
+          T(median_and_ranks_exact), T(mid_ranks_match_definition), T(rng_bounded_and_permutations_are_uniform),
           T(perm_test_counting_rules), T(perm_test_curtailed_matches_counting),
           T(perm_test_curtailed_valid_under_null), T(rotation_column_norms_match_rotating), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
           T(joint_column_test_matches_brute_force),
