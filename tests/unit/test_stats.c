@@ -648,6 +648,43 @@ static void mid_ranks_match_definition(void)
     }
 }
 
+static int cmp_dbl(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+/* Median and quantiles (selection, not sorting) against a sorted copy and the textbook
+ * formulas (type 7), on sizes 1..1001 with heavy ties (bf16-like), both zeros and extremes. */
+static void median_and_quantile_match_sorted(void)
+{
+    static double v[1001], w[1001], sorted[1001];
+    static const double qs[] = {0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.999, 1.0};
+    uint64_t state = 99;
+    size_t wrong = 0;
+    for (size_t n = 1; n <= 1001; n += (n < 20 ? 1 : 37)) {
+        for (size_t i = 0; i < n; i++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            unsigned pick = (unsigned)(state >> 61);
+            v[i] = pick < 3 ? (double)((int)((state >> 40) % 7) - 3) : pick < 4 ? ((state >> 20) & 1 ? 0.0 : -0.0)
+                                                                    : ((double)(state >> 11) * 0x1p-53 - 0.5) * 1e6;
+        }
+        memcpy(sorted, v, n * sizeof *v);
+        qsort(sorted, n, sizeof *sorted, cmp_dbl);
+        memcpy(w, v, n * sizeof *v);
+        double want = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+        wrong += cks_median_inplace(w, n) != want;
+        for (size_t k = 0; k < sizeof qs / sizeof qs[0]; k++) {
+            double h = qs[k] * (double)(n - 1);
+            size_t lo = (size_t)h;
+            double wq = lo + 1 < n ? sorted[lo] + (h - (double)lo) * (sorted[lo + 1] - sorted[lo]) : sorted[n - 1];
+            memcpy(w, v, n * sizeof *v);
+            wrong += cks_quantile_inplace(w, n, qs[k]) != wq;
+        }
+    }
+    CHECK(wrong == 0);
+}
+
 /* Records every statistic it is asked for: the draws of a plain run, to check the curtailed
  * one against by counting. Values: a fixed pseudo-random function of the permutation. */
 typedef struct recorder {
@@ -763,7 +800,7 @@ static void rotation_column_norms_match_rotating(void)
 }
 
 TEST_MAIN(T(rng_matches_python_reference), T(orthogonal_matrices_are_haar), T(rotation_keeps_geometry_and_mixes_coordinates),
-          T(median_and_ranks_exact), T(mid_ranks_match_definition), T(rng_bounded_and_permutations_are_uniform),
+          T(median_and_ranks_exact), T(mid_ranks_match_definition), T(median_and_quantile_match_sorted), T(rng_bounded_and_permutations_are_uniform),
           T(perm_test_counting_rules), T(perm_test_curtailed_matches_counting),
           T(perm_test_curtailed_valid_under_null), T(rotation_column_norms_match_rotating), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
           T(joint_column_test_matches_brute_force),
