@@ -69,6 +69,10 @@ struct cks_source {
     bool sequential;
     /* Content identity when known (the Hub's LFS SHA-256 as 64 hex chars), else "". */
     char sha256_hex[65];
+    /* A guess at the safetensors header's length (8 + its JSON), 0 when nobody knows: set by
+     * whoever knows which tensors the file holds (a shard index), so that a remote reader can
+     * fetch the whole header in its first request instead of a first chunk and then the rest. */
+    uint64_t header_hint;
 };
 
 cks_err cks_source_read_at(cks_source *src, uint64_t offset, void *buf, size_t len, cks_diag *diag);

@@ -272,8 +272,13 @@ static cks_err prov_prefetch_headers(void *ctx, cks_source *const *sources, size
     if (!ranges)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
+        /* the index's guess when it has one (one round trip instead of two), bounded by the
+         * largest header the parser accepts */
+        uint64_t first = sources[i]->header_hint > HEADER_CHUNK ? sources[i]->header_hint : HEADER_CHUNK;
+        if (first > 8 + (uint64_t)CKS_ST_MAX_HEADER)
+            first = 8 + (uint64_t)CKS_ST_MAX_HEADER;
         ranges[i].offset = 0;
-        ranges[i].length = sources[i]->size < HEADER_CHUNK ? sources[i]->size : HEADER_CHUNK;
+        ranges[i].length = sources[i]->size < first ? sources[i]->size : first;
     }
     err = cks_remote_prefetch(r, sources, ranges, n, diag);
     if (err)
@@ -290,12 +295,12 @@ static cks_err prov_prefetch_headers(void *ctx, cks_source *const *sources, size
         for (int b = 7; b >= 0; b--)
             hlen = (hlen << 8) | le[b];
         /* the parser judges absurd lengths; only fetch what could be a header */
-        if (hlen > CKS_ST_MAX_HEADER || hlen > sources[i]->size - 8 || 8 + hlen <= HEADER_CHUNK) {
+        if (hlen > CKS_ST_MAX_HEADER || hlen > sources[i]->size - 8 || 8 + hlen <= ranges[i].length) {
             ranges[i].length = 0;
             continue;
         }
-        ranges[i].offset = HEADER_CHUNK;
-        ranges[i].length = 8 + hlen - HEADER_CHUNK;
+        ranges[i].offset = ranges[i].length;
+        ranges[i].length = 8 + hlen - ranges[i].offset;
         m++;
     }
     if (m)

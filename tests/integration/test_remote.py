@@ -78,6 +78,21 @@ class Fixture:
                      for i in range(1200)]
         self.bighdr = st_bytes(big_hdr_t)
         self.c_bighdr = hubrepo.add_repo(root, "org/bighdr", {"model.safetensors": self.bighdr})
+        # shards whose headers are far larger than the 4 KiB first chunk, behind an index: the
+        # index's tensor names say how long each header is, so one request per shard does
+        self.bigshards = {}
+        wm = {}
+        for s_ in range(3):
+            name = "model-%05d-of-00003.safetensors" % (s_ + 1)
+            ts = [("model.layers.%d.mlp.experts.%d.down_proj.weight" % (s_, i), "BF16", [4, 2], rbytes(rnd, 16))
+                  for i in range(300)]
+            self.bigshards[name] = st_bytes(ts, {"format": "pt"})
+            for t in ts:
+                wm[t[0]] = name
+        files = dict(self.bigshards)
+        files["model.safetensors.index.json"] = json.dumps({"metadata": {"total_size": 3 * 300 * 16},
+                                                            "weight_map": wm}).encode()
+        self.c_bigshards = hubrepo.add_repo(root, "org/bigshards", files)
         # a big single file for streaming, resume, stall
         self.big_t = [("big.%d" % i, "U8", [1 << 20], rbytes(rnd, 1 << 20)) for i in range(6)]
         self.big = st_bytes(self.big_t)
@@ -215,6 +230,20 @@ def case_ls_big_header(env, fx):
     # a first chunk, then exactly the rest of the header: contiguous, nothing past it
     check(len(ranges) == 2 and ranges[0][0] == 0 and ranges[1][0] == ranges[0][1] + 1 and
           ranges[1][1] == 8 + n - 1, "ranges %r (header ends at %d)" % (ranges, 8 + n))
+
+
+def case_ls_index_sizes_the_header_reads(env, fx):
+    env.hub.clear_log()
+    j = env.json(["ls", "org/bigshards"])
+    check(len(j["tensors"]) == 900, "tensors %d" % len(j["tensors"]))
+    gets = cdn_gets(env.hub.log())
+    check(len(gets) == 3, "%d CDN GETs, want one per shard (the index sizes the first read)" % len(gets))
+    for g in gets:
+        a, b = parse_range(g["range"])
+        name = [n for n in fx.bigshards if hashlib.sha256(fx.bigshards[n]).hexdigest() in g["path"]][0]
+        hl = 8 + struct.unpack("<Q", fx.bigshards[name][:8])[0]
+        # the whole header at once, and not much more than it (the guess errs long by ~5 %)
+        check(hl > 4096 and a == 0 and hl - 1 <= b < 1.25 * hl, "shard read %r for a %d-byte header" % (g["range"], hl))
 
 
 def case_hash_matches(env, fx):
@@ -685,7 +714,7 @@ def case_tls(env, fx):
         check(rc == EXIT_NETWORK and "TlsError" in err, "system CA: %d %s" % (rc, err))
 
 
-CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_hash_matches,
+CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,
