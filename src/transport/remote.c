@@ -50,7 +50,10 @@ static void presolve_with_index(cks_remote *r, const char *index_path)
     paths[n++] = index_path;
     for (size_t i = 0; i < r->repo->n_files; i++) {
         const char *p = r->repo->files[i].path;
-        if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') && ends_with(p, ".safetensors"))
+        /* the shards, and the two small files a compare reads next beside them */
+        if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') &&
+            (ends_with(p, ".safetensors") || strcmp(p + dl, "config.json") == 0 ||
+             strcmp(p + dl, "tokenizer.json") == 0))
             paths[n++] = p;
     }
     if (n < 2 || cks_hub_resolve_some(r->hub, r->repo, paths, n, res, errs, NULL) != CKS_OK)
@@ -263,14 +266,52 @@ out:
  * Every shard's header in (about) one round trip: the first chunk of all shards at once,
  * then, for the few whose header is larger than the chunk, the rest.
  */
+/*
+ * config.json beside the shards, when the session has a disk cache and the file is small: a
+ * compare reads it right after the headers, so it rides in their batch (its bytes land in the
+ * cache, where prov_fetch_file then finds them) instead of costing a round trip of its own.
+ */
+#define RIDE_ALONG_MAX (256u * 1024u)
+static cks_source *ride_along_config(cks_remote *r, cks_source *const *sources, size_t n)
+{
+    const char *name = n ? sources[0]->name : NULL, *rel, *slash;
+    char prefix[300], path[512];
+    const cks_hub_file *f;
+    cks_source *src = NULL;
+    cks_diag ignored;
+    int pl;
+    if (!r->cache || !r->repo || !name)
+        return NULL;
+    /* the shards' folder, from their name "org/repo@commit12/folder/shard" */
+    pl = snprintf(prefix, sizeof prefix, "%s@%.12s/", r->repo->repo_id, r->repo->commit);
+    if (pl < 0 || pl >= (int)sizeof prefix || strncmp(name, prefix, (size_t)pl) != 0)
+        return NULL;
+    rel = name + pl;
+    slash = strrchr(rel, '/');
+    if (snprintf(path, sizeof path, "%.*sconfig.json", slash ? (int)(slash - rel + 1) : 0, rel) >= (int)sizeof path)
+        return NULL;
+    f = cks_hub_repo_find(r->repo, path);
+    if (!f || f->lfs || !f->size_known || f->size == 0 || f->size > RIDE_ALONG_MAX || index_cached(r, f) ||
+        cks_remote_open_file(r, path, &src, &ignored) != CKS_OK)
+        return NULL;
+    return src;
+}
+
 static cks_err prov_prefetch_headers(void *ctx, cks_source *const *sources, size_t n,
                                      cks_diag *diag)
 {
     cks_remote *r = ctx;
     cks_err err = CKS_OK;
-    cks_range *ranges = calloc(n ? n : 1, sizeof *ranges);
-    if (!ranges)
+    cks_source *config = ride_along_config(r, sources, n);
+    cks_source **batch = calloc(n + 1, sizeof *batch);
+    cks_range *ranges = calloc(n + 1, sizeof *ranges);
+    if (!ranges || !batch) {
+        free(ranges);
+        free(batch);
+        cks_source_free(config);
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    }
+    memcpy(batch, sources, n * sizeof *batch);
     for (size_t i = 0; i < n; i++) {
         /* the index's guess when it has one (one round trip instead of two), bounded by the
          * largest header the parser accepts */
@@ -280,7 +321,16 @@ static cks_err prov_prefetch_headers(void *ctx, cks_source *const *sources, size
         ranges[i].offset = 0;
         ranges[i].length = sources[i]->size < first ? sources[i]->size : first;
     }
-    err = cks_remote_prefetch(r, sources, ranges, n, diag);
+    if (config) {
+        batch[n] = config;
+        ranges[n].offset = 0;
+        ranges[n].length = config->size;
+    }
+    /* the config's failure is not the headers': it is fetched again when read */
+    err = cks_remote_prefetch(r, batch, ranges, n + (config != NULL), diag);
+    if (err && config) {
+        err = cks_remote_prefetch(r, sources, ranges, n, diag);
+    }
     if (err)
         goto out;
     size_t m = 0;
@@ -307,6 +357,8 @@ static cks_err prov_prefetch_headers(void *ctx, cks_source *const *sources, size
         err = cks_remote_prefetch(r, sources, ranges, n, diag);
 out:
     free(ranges);
+    free(batch);
+    cks_source_free(config);
     return err;
 }
 

@@ -90,6 +90,8 @@ class Fixture:
             for t in ts:
                 wm[t[0]] = name
         files = dict(self.bigshards)
+        self.bigshards_config = b'{"model_type": "llama", "hidden_size": 8}'
+        files["config.json"] = self.bigshards_config
         files["model.safetensors.index.json"] = json.dumps({"metadata": {"total_size": 3 * 300 * 16},
                                                             "weight_map": wm}).encode()
         self.c_bigshards = hubrepo.add_repo(root, "org/bigshards", files)
@@ -244,6 +246,25 @@ def case_ls_index_sizes_the_header_reads(env, fx):
         hl = 8 + struct.unpack("<Q", fx.bigshards[name][:8])[0]
         # the whole header at once, and not much more than it (the guess errs long by ~5 %)
         check(hl > 4096 and a == 0 and hl - 1 <= b < 1.25 * hl, "shard read %r for a %d-byte header" % (g["range"], hl))
+
+
+def case_config_rides_with_the_headers(env, fx):
+    # with a disk cache, config.json (small, beside the shards) is read in the headers' batch,
+    # so the compare that reads it next finds it in the cache; without one nothing extra is read
+    cache = os.path.join(env.tmp, "cache-ride-%d" % time.time_ns())
+    for extra, want in (({"CKPTSCOPE_NO_CACHE": None, "CKPTSCOPE_CACHE": cache}, 1), ({}, 0)):
+        env.hub.clear_log()
+        env.json(["ls", "org/bigshards"], extra_env=extra)
+        log = env.hub.log()
+        got = [e for e in log if e["method"] == "GET" and e["path"].split("?")[0].endswith("/config.json")]
+        check(len(got) == want, "%s: %d GETs of config.json, want %d" % (extra or "no cache", len(got), want))
+    env.hub.clear_log()
+    rc, out, err = env.run(["compare", "org/bigshards", "org/bigshards", "--tests", "T1", "--json"],
+                           extra_env={"CKPTSCOPE_NO_CACHE": None, "CKPTSCOPE_CACHE": cache})
+    log = env.hub.log()
+    check(rc == 0, "compare exit %d: %s" % (rc, err[-300:]))
+    check(not [e for e in log if e["method"] == "GET" and e["path"].split("?")[0].endswith("/config.json")],
+          "compare fetched config.json again")
 
 
 def case_hash_matches(env, fx):
@@ -714,7 +735,7 @@ def case_tls(env, fx):
         check(rc == EXIT_NETWORK and "TlsError" in err, "system CA: %d %s" % (rc, err))
 
 
-CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_hash_matches,
+CASES = [case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,
