@@ -128,12 +128,28 @@ static bool low_information(const cks_ckpt_tensor *t, const uint8_t *bytes)
     return distinct <= 16;
 }
 
+/* Free a tensor's raw bytes when it is too large for bit-equality or the generic test to use
+ * them (its hash stays for T1). */
+static void raw_drop_big(cmp_raw *r, uint64_t model_bytes)
+{
+    if (r && r->len > (model_bytes > BIG_MODEL_BYTES ? RAW_KEEP_BIG_MODEL : RAW_KEEP_MAX)) {
+        free(r->bytes);
+        r->bytes = NULL;
+    }
+}
+
 /* Read a tensor whole into the raw list (once), hash it. */
 static cks_err raw_load(cmp_model *md, const cks_tensor_role *tr, cmp_raw **out, uint64_t *counter, cks_diag *diag)
 {
     cks_err err;
     cmp_raw *r = raw_find(md, tr->tensor);
     *out = NULL;
+    if (r && !r->bytes) {
+        /* read before and its bytes let go (raw_drop_big): read them again */
+        err = read_whole(md->m->ckpt, tr->tensor, &r->bytes, diag);
+        if (err)
+            return err;
+    }
     if (r) {
         /* already read (a small model is read whole first): count it for the test using it */
         if (counter != &md->bytes_other)
@@ -423,6 +439,10 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
                 if (!err)
                     err = load_rows(md, tr, NULL, all, experts, &L->router, &md->bytes_router, diag);
                 free(all);
+                /* decoded now: its raw bytes go at once, not at the end of the load (GLM-4.5-Air's
+                 * 46 routers are 92 MB raw, all held until the last layer was read) */
+                if (!err)
+                    raw_drop_big(raw, total);
             }
             tr = cks_roles_find(md->roles, CKS_ROLE_ROUTER_BIAS, CKS_PART_WEIGHT, l, -1);
             if (!tr)
@@ -511,10 +531,7 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
         cks_source_trim(ckpt->files[f].source);
     /* raw bytes only where bit-equality or the generic test can use them (small tensors) */
     for (size_t i = 0; i < md->n_raw; i++)
-        if (md->raw[i].len > (total > BIG_MODEL_BYTES ? RAW_KEEP_BIG_MODEL : RAW_KEEP_MAX)) {
-            free(md->raw[i].bytes);
-            md->raw[i].bytes = NULL;
-        }
+        raw_drop_big(&md->raw[i], total);
 out:
     if (md->full_coverage)
         md->bytes_other = total; /* read once up front; the per-test counts say what each used */
