@@ -267,7 +267,7 @@ void cmp_describe(const cmp_model *a, const cmp_model *b, const cmp_embed_pair *
                   cks_compare_result *r);
 cks_err cmp_synth_noisy(const cmp_model *a, const cmp_embed_pair *emb, uint64_t seed, cmp_model *out,
                         cmp_embed_pair *eout);
-cks_err cmp_synth_permuted(const cmp_model *b, const cmp_embed_pair *emb, uint64_t seed, bool weights,
+cks_err cmp_synth_permuted(const cmp_model *b, cmp_embed_pair *emb, uint64_t seed, bool weights,
                            cmp_model *out, cmp_embed_pair *eout);
 cks_err cmp_run_family(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
                        bool with_t1, cmp_family *f, cks_diag *diag);

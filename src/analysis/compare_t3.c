@@ -38,6 +38,7 @@ typedef struct weight_item {
     const cmp_matrix *a, *b;
     char label[96];
     double ma, sa, mb, sb;   /* means and population sds of the winsorised blocks */
+    double lo_a, hi_a, lo_b, hi_b; /* the clipping bounds of each side */
     double r;                /* winsorised Pearson r, NAN for a constant side */
 } weight_item;
 
@@ -143,12 +144,112 @@ static void clipped_item_stats(weight_item *it, double lo_a, double hi_a, double
  */
 #define CROSS_BATCH_ROWS 256u
 
-static size_t cross_flush(const float *batch_a, const float *batch_b, size_t rows, size_t d, float *cross)
+/* cross (rows [j0, j0 + block) of the d x d matrix) += batch_a[:, j0..]^T batch_b */
+static size_t cross_flush(const float *batch_a, const float *batch_b, size_t rows, size_t d, size_t j0, size_t block,
+                          float *cross)
 {
     if (rows)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)d, (int)d, (int)rows, 1.0f, batch_a, (int)d, batch_b,
-                    (int)d, 1.0f, cross, (int)d);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)block, (int)d, (int)rows, 1.0f, batch_a + j0, (int)d,
+                    batch_b, (int)d, 1.0f, cross, (int)d);
     return 0;
+}
+
+/*
+ * The cross matrix a block of rows at a time. The statistic of a draw is a sum over every row j
+ * of one entry, cross[j][perm(j)]: with the draws' permutations known in advance (the same
+ * generator, seed and order cks_perm_test_curtailed uses), each block adds its rows' entries
+ * to every draw's sum and goes, and the d x d matrix (64 MiB at d = 4096, the peak of a
+ * default compare) is never whole: two blocks of 32 MiB plus the first draws' permutations as
+ * 16-bit indices, column-major (1,024 draws in 8 MiB at d = 4096). Each sum still adds the same
+ * float entries in the same order (j ascending, from the same constant): every value is what
+ * the whole matrix gave up to float rounding (OpenBLAS blocks a 2048-row product differently:
+ * the bench pair's T3 statistic moved by 1e-6 of itself, its p and draws not at all). A test that stops within those draws (an unrelated pair: p near
+ * 0.5 stops after ~70) is done; one that needs more (a small p) is run again on the whole
+ * matrix, as before, with the same draws and so the same result.
+ */
+#define CROSS_BLOCK_BYTES (32u << 20)
+#define TABLE_MAX_BYTES (8u << 20)
+#define TABLE_MIN_DRAWS 100u
+#define TABLE_MEAN_R_MAX 0.05
+
+struct draw_table {
+    double observed;
+    double *sums;          /* sums[t]: draw t's statistic */
+    uint16_t *perm_t;      /* perm_t[j * draws + t] = draw t's permutation at j */
+    uint32_t draws, next;  /* next: the draw the permutation test asks for next */
+    size_t dim;
+};
+
+static cks_err table_statistic(void *vctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    struct draw_table *tb = vctx;
+    if (!perm) {
+        *value = tb->observed;
+        return CKS_OK;
+    }
+    if (tb->next >= tb->draws) /* more draws than the table holds: the caller goes whole */
+        return cks_fail(diag, CKS_ERR_NEED_MORE, "T3: the test needs more than the table's %u draws", tb->draws);
+    /* the test must be drawing what the table was made from: check both ends of the draw */
+    if (n != tb->dim || perm[0] != tb->perm_t[tb->next] ||
+        perm[n - 1] != tb->perm_t[(n - 1) * tb->draws + tb->next])
+        return cks_fail(diag, CKS_ERR_INVALID_ARG, "T3: permutation %u is not the one its table was made for", tb->next);
+    *value = tb->sums[tb->next++];
+    return CKS_OK;
+}
+
+/* How many draws the table holds for d (0: no table, the whole matrix is used). */
+static uint32_t table_draws(size_t d, uint32_t permutations)
+{
+    uint64_t fit = d && d <= 65536 ? TABLE_MAX_BYTES / (d * sizeof(uint16_t)) : 0;
+    if (fit > permutations)
+        fit = permutations;
+    return fit >= TABLE_MIN_DRAWS ? (uint32_t)fit : 0;
+}
+
+/* The draws' permutations, as cks_perm_test_curtailed will draw them, transposed. */
+static cks_err table_make(struct draw_table *tb, size_t d, uint32_t draws, uint64_t seed, double constant)
+{
+    cks_rng rng;
+    uint32_t *perm = malloc(d * sizeof *perm);
+    memset(tb, 0, sizeof *tb);
+    tb->dim = d;
+    tb->draws = draws;
+    tb->observed = constant;
+    tb->sums = malloc((draws ? draws : 1) * sizeof *tb->sums);
+    tb->perm_t = malloc(d * (draws ? draws : 1) * sizeof *tb->perm_t);
+    if (!perm || !tb->sums || !tb->perm_t) {
+        free(perm);
+        return CKS_ERR_NOMEM;
+    }
+    cks_rng_seed(&rng, seed);
+    for (uint32_t t = 0; t < draws; t++) {
+        cks_rng_permutation(&rng, perm, d);
+        for (size_t j = 0; j < d; j++)
+            tb->perm_t[j * draws + t] = (uint16_t)perm[j];
+        tb->sums[t] = constant;
+    }
+    free(perm);
+    return CKS_OK;
+}
+
+/* Rows [j0, j0 + rows) of the scaled cross matrix: added to the observed value and every draw. */
+static void table_add_rows(struct draw_table *tb, const float *block, size_t j0, size_t rows)
+{
+    size_t d = tb->dim;
+    for (size_t r = 0; r < rows; r++) {
+        const float *row = block + r * d;
+        const uint16_t *pj = tb->perm_t + (j0 + r) * tb->draws;
+        tb->observed += row[j0 + r];
+        for (uint32_t t = 0; t < tb->draws; t++)
+            tb->sums[t] += row[pj[t]];
+    }
+}
+
+static void table_release(struct draw_table *tb)
+{
+    free(tb->sums);
+    free(tb->perm_t);
+    memset(tb, 0, sizeof *tb);
 }
 
 cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
@@ -159,9 +260,11 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
     weight_item *items = NULL;
     size_t n_items = 0, cap, d = a->hidden, strong = 0, used = 0;
     float *cross = NULL, *batch_a = NULL, *batch_b = NULL;
-    size_t batched = 0;
+    size_t batched = 0, block_rows;
+    uint32_t table_size;
     double constant = 0, sum_r = 0, null_mean, null_sd;
-    bool power_check;
+    bool power_check, blocked;
+    struct draw_table table = {0};
     cks_perm_result pr;
     struct cross_ctx c;
 
@@ -213,61 +316,26 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
         goto out;
     }
     power_check = cmp_reused_null(ctx, id, &null_mean, &null_sd);
-    if (!power_check) {
-        cross = calloc(d * d, sizeof *cross);
-        batch_a = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_a);
-        batch_b = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_b);
-        if (!cross || !batch_a || !batch_b) {
-            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
-            goto out;
-        }
-    }
-    /* the cross matrix's products are large (d x d x 512): the caller's BLAS threads pay off
-     * there, unlike on the small products elsewhere */
-    if (cross && ctx->blas_threads > 1)
-        openblas_set_num_threads(ctx->blas_threads);
-    /* one item at a time: its winsorised r and its share of the cross matrix (cross +=
-     * Za^T Zb / N, so the statistic of any column permutation is a trace); the winsorised
-     * values are made on the fly (cmp_clipped()), never as whole copies: 64 MiB less at the peak
-     * for 2048 embedding rows of 4096 */
+    /* each item: its winsorised r (the values clipped on the fly, cmp_clipped(), never as whole
+     * copies: 64 MiB less at the peak for 2048 embedding rows of 4096) */
     for (size_t i = 0; i < n_items; i++) {
         weight_item *it = &items[i];
         size_t n = it->a->rows * d;
-        double lo_a, hi_a, lo_b, hi_b;
-        clip_bounds(it->a, &lo_a, &hi_a);
-        clip_bounds(it->b, &lo_b, &hi_b);
-        clipped_item_stats(it, lo_a, hi_a, lo_b, hi_b);
-        if (isfinite(it->r)) {
-            used++;
-            sum_r += it->r;
-            if (it->r >= cmp_floor_value(id) && it->r * sqrt((double)n - 1.0) >= CMP_ITEM_Z)
-                strong++;
-            if (cross) {
-                float w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
-                for (size_t r = 0; r < it->a->rows; r++) {
-                    const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
-                    float *ba, *bb;
-                    if (batched == CROSS_BATCH_ROWS)
-                        batched = cross_flush(batch_a, batch_b, batched, d, cross);
-                    ba = batch_a + batched * d;
-                    bb = batch_b + batched * d;
-                    for (size_t x = 0; x < d; x++) {
-                        ba[x] = cmp_clipped(ra[x], lo_a, hi_a) * w;
-                        bb[x] = cmp_clipped(rb[x], lo_b, hi_b);
-                    }
-                    batched++;
-                }
-                constant -= it->ma * it->mb / (it->sa * it->sb);
-            }
-            if (cmp_add_item(t, it->label, it->r, NAN) != CKS_OK) {
-                err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-                goto out;
-            }
+        clip_bounds(it->a, &it->lo_a, &it->hi_a);
+        clip_bounds(it->b, &it->lo_b, &it->hi_b);
+        clipped_item_stats(it, it->lo_a, it->hi_a, it->lo_b, it->hi_b);
+        if (!isfinite(it->r))
+            continue;
+        used++;
+        sum_r += it->r;
+        if (it->r >= cmp_floor_value(id) && it->r * sqrt((double)n - 1.0) >= CMP_ITEM_Z)
+            strong++;
+        constant -= it->ma * it->mb / (it->sa * it->sb);
+        if (cmp_add_item(t, it->label, it->r, NAN) != CKS_OK) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
         }
     }
-    if (cross)
-        batched = cross_flush(batch_a, batch_b, batched, d, cross);
-    openblas_set_num_threads(1);
     if (used == 0) {
         cmp_not_run(t, "%s", "every candidate weight block is constant");
         goto out;
@@ -277,12 +345,80 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
         cmp_judge_by_reused_null(t, sum_r / (double)used, null_mean, null_sd, ctx->alpha);
         goto out;
     }
-    cblas_sscal((int)(d * d), (float)(1.0 / (double)used), cross, 1);
-    c.d = cross;
-    c.dim = d;
-    c.constant = constant / (double)used;
-    err = cks_perm_test_curtailed(d, cross_statistic, &c, ctx->seed + 1, ctx->permutations,
-                                  cks_perm_stop_after(ctx->alpha, ctx->permutations), CKS_ALT_GREATER, &pr, diag);
+    /* the cross matrix (cross += Za^T Zb / N over every item's rows, so the statistic of any
+     * column permutation is a trace): whole, or a block of rows at a time with the draws' table */
+    /* a pair whose blocks already correlate (a derivative: mean r near 1) will not stop early,
+     * and would only pay for the blocks twice: it goes whole at once */
+    table_size = sum_r / (double)used < TABLE_MEAN_R_MAX ? table_draws(d, ctx->permutations) : 0;
+whole_again:
+    blocked = table_size > 0;
+    block_rows = blocked ? CROSS_BLOCK_BYTES / (d * sizeof(float)) : d;
+    if (block_rows == 0)
+        block_rows = 1;
+    if (block_rows > d)
+        block_rows = d;
+    cross = malloc(block_rows * d * sizeof *cross);
+    batch_a = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_a);
+    batch_b = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_b);
+    if (!cross || !batch_a || !batch_b ||
+        (blocked && table_make(&table, d, table_size, ctx->seed + 1, constant / (double)used) != CKS_OK)) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
+        goto out;
+    }
+    /* the cross matrix's products are large (d x d x 512): the caller's BLAS threads pay off
+     * there, unlike on the small products elsewhere */
+    if (ctx->blas_threads > 1)
+        openblas_set_num_threads(ctx->blas_threads);
+    for (size_t j0 = 0; j0 < d; j0 += block_rows) {
+        size_t rows_here = d - j0 < block_rows ? d - j0 : block_rows;
+        memset(cross, 0, rows_here * d * sizeof *cross);
+        batched = 0;
+        for (size_t i = 0; i < n_items; i++) {
+            const weight_item *it = &items[i];
+            float w;
+            if (!isfinite(it->r))
+                continue;
+            w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
+            for (size_t r = 0; r < it->a->rows; r++) {
+                const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
+                float *ba, *bb;
+                if (batched == CROSS_BATCH_ROWS)
+                    batched = cross_flush(batch_a, batch_b, batched, d, j0, rows_here, cross);
+                ba = batch_a + batched * d;
+                bb = batch_b + batched * d;
+                for (size_t x = 0; x < d; x++) {
+                    ba[x] = cmp_clipped(ra[x], it->lo_a, it->hi_a) * w;
+                    bb[x] = cmp_clipped(rb[x], it->lo_b, it->hi_b);
+                }
+                batched++;
+            }
+        }
+        batched = cross_flush(batch_a, batch_b, batched, d, j0, rows_here, cross);
+        cblas_sscal((int)(rows_here * d), (float)(1.0 / (double)used), cross, 1);
+        if (blocked)
+            table_add_rows(&table, cross, j0, rows_here);
+    }
+    openblas_set_num_threads(1);
+    if (blocked) {
+        err = cks_perm_test_curtailed(d, table_statistic, &table, ctx->seed + 1, ctx->permutations,
+                                      cks_perm_stop_after(ctx->alpha, ctx->permutations), CKS_ALT_GREATER, &pr, diag);
+        if (err == CKS_ERR_NEED_MORE) {
+            /* the test did not stop within the table's draws: the whole matrix, as before */
+            table_release(&table);
+            free(cross);
+            free(batch_a);
+            free(batch_b);
+            cross = batch_a = batch_b = NULL;
+            table_size = 0;
+            goto whole_again;
+        }
+    } else {
+        c.d = cross;
+        c.dim = d;
+        c.constant = constant / (double)used;
+        err = cks_perm_test_curtailed(d, cross_statistic, &c, ctx->seed + 1, ctx->permutations,
+                                      cks_perm_stop_after(ctx->alpha, ctx->permutations), CKS_ALT_GREATER, &pr, diag);
+    }
     if (err)
         goto out;
     cmp_set_perm(t, &pr, "joint permutation of B's residual (input) dimension across every tensor", ctx->alpha);
@@ -294,6 +430,7 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
              n_items);
 out:
     openblas_set_num_threads(1); /* also on the error paths out of the loop */
+    table_release(&table);
     free(items);
     free(cross);
     free(batch_a);
