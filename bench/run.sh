@@ -32,5 +32,7 @@ for script in bench/*/run.sh; do
     esac
     run bash "$script" "$BUILD"
 done
+# the issue-15 goal rows of every report above, in one table at the top of bench/RESULTS.md
+run /usr/bin/python3 bench/goals.py
 echo "make bench: $(( $(date +%s) - t_all )) s in all${failed:+; failed:$failed}"
 exit $status
