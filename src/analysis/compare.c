@@ -234,6 +234,10 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     err = load_pair(&ctx, a, b, &ma, &mb, diag);
     if (err)
         goto out;
+    /* what the loads let go (raw bytes, the sources' copies) sits in their threads' malloc
+     * arenas, which the main thread's next allocations cannot reuse: 64 MB more at the peak of
+     * a cold default compare (the embedding rows, 244 -> 310 MB) until it is handed back */
+    return_freed_memory();
     progress(&ctx, "reading shared-token embeddings");
     err = cmp_embed_pair_load(&ctx, &ma, &mb, &emb, diag);
     if (err)
