@@ -394,6 +394,36 @@ static void cache_store(struct rsrc *s, uint64_t off, const uint8_t *data, uint6
         (void)cks_cache_write(s->rem->cache, s->key, off, data, (size_t)len, NULL);
 }
 
+/* Store fetched pieces in the cache, one batch (one lock of the key) per run of pieces of
+ * one source; pieces of streams go to the cache writer when `stream`. */
+static void cache_store_pieces(cks_remote *r, struct rsrc **srcs, const cks_http_piece *pieces,
+                               size_t np, bool stream)
+{
+    cks_range *ranges = malloc((np ? np : 1) * sizeof *ranges);
+    const void **data = malloc((np ? np : 1) * sizeof *data);
+    for (size_t i = 0; i < np;) {
+        struct rsrc *s = srcs[i];
+        size_t j = i, m = 0;
+        for (; j < np && srcs[j] == s; j++) {
+            if (stream && r->cache && s->key[0] &&
+                writer_queue(r, s->key, pieces[j].offset, pieces[j].dst, pieces[j].length))
+                continue;
+            if (!ranges || !data) {
+                cache_store(s, pieces[j].offset, pieces[j].dst, pieces[j].length);
+                continue;
+            }
+            ranges[m].offset = pieces[j].offset;
+            ranges[m].length = pieces[j].length;
+            data[m++] = pieces[j].dst;
+        }
+        if (m && r->cache && s->key[0])
+            (void)cks_cache_write_many(r->cache, s->key, ranges, data, m, NULL);
+        i = j;
+    }
+    free(ranges);
+    free(data);
+}
+
 static cks_err refresh_target(void *ctx, cks_http_target *t, long hint, cks_diag *diag)
 {
     struct rsrc *s = ctx;
@@ -692,22 +722,22 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
      * these bytes, so a hash that fails drops them from the cache after they were written
      * (sha_advance settles the writer's jobs of the key first; `net`, held here, keeps other
      * fetches out meanwhile). */
-    for (size_t i = 0; i < np && !err && !refresh; i++)
-        if (!stream || !r->cache || !srcs[i]->key[0] ||
-            !writer_queue(r, srcs[i]->key, pieces[i].offset, pieces[i].dst, pieces[i].length))
-            cache_store(srcs[i], pieces[i].offset, pieces[i].dst, pieces[i].length);
+    if (!err && !refresh)
+        cache_store_pieces(r, srcs, pieces, np, stream);
     pthread_mutex_lock(&r->mu);
     if (err && cks_err_class_of(err) == CKS_CLASS_FORMAT)
         remote_distrust_listing(r); /* a size or hash the servers contradict */
     if (err)
         goto out;
+    for (size_t i = 0; i < np && refresh; i++)
+        compare_with_cache(srcs[i], pieces[i].offset, pieces[i].dst, pieces[i].length);
+    /* after every comparison: one that differs drops the key, and must not take the fresh
+     * bytes of the other pieces with it */
+    if (refresh)
+        cache_store_pieces(r, srcs, pieces, np, false);
     for (size_t i = 0; i < np; i++) {
         struct rsrc *s = srcs[i];
         note_fetched(s, pieces[i].offset, pieces[i].length);
-        if (refresh) {
-            compare_with_cache(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
-            cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
-        }
         sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
         pieces[i].dst = NULL; /* owned by the extent (or freed by add_extent) now */
