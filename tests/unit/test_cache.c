@@ -1307,6 +1307,22 @@ static void write_many_stores_each_range(void)
     free(p);
     CHECK_EQ_INT(get_range(c, KEY_A, 4096, 8192, false), 0);
     CHECK_EQ_INT(get_range(c, KEY_A, 200000, 65536, false), 1);
+    /* contiguous ranges given in any order become one extent; overlapping ones still read
+     * back exact */
+    static const cks_range rev[] = {{20000, 5000}, {10000, 10000}, {0, 10000}, {30000, 100}, {30050, 100}};
+    unsigned char *rb[5];
+    const void *rdata[5];
+    for (size_t i = 0; i < 5; i++) {
+        rb[i] = malloc((size_t)rev[i].length);
+        fill(rb[i], rev[i].offset, (size_t)rev[i].length, false);
+        rdata[i] = rb[i];
+    }
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_C, rev, rdata, 5, NULL), CKS_OK);
+    CHECK_EQ_INT(get_range(c, KEY_C, 0, 25000, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_C, 30000, 150, false), 1);
+    CHECK_EQ_INT((int)count_extents(dir, KEY_C), 2);
+    for (size_t i = 0; i < 5; i++)
+        free(rb[i]);
     /* nothing to store is fine; a range without its bytes is refused */
     CHECK_EQ_INT(cks_cache_write_many(c, KEY_A, NULL, NULL, 0, NULL), CKS_OK);
     const void *none[] = {NULL};
