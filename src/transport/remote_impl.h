@@ -76,7 +76,7 @@ struct cks_remote {
     pthread_mutex_t wmu;
     pthread_cond_t wcv;        /* with wmu: a job was queued or finished, or stop */
     pthread_t writer;
-    bool w_started, w_stop;
+    bool w_started, w_stop, w_stopping;
     struct cache_job *w_head, *w_tail;
     struct cache_job *w_cur;   /* the job being written now (off the queue) */
     uint64_t w_queued;         /* bytes queued or being written */
@@ -138,8 +138,6 @@ struct rsrc {
 /* ---- shared across remote_session.c, remote_source.c, remote.c ---- */
 
 void remote_distrust_listing(cks_remote *r);
-void remote_writer_init(cks_remote *r);
-void remote_writer_stop(cks_remote *r);
 cks_err remote_new_source(cks_remote *r, const char *path, uint64_t size, const char *sha256,
                           const char *url, struct rsrc **out, cks_diag *diag);
 void remote_note(cks_remote *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

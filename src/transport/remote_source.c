@@ -71,12 +71,6 @@ static void rbuf_put(uint8_t *p)
  */
 #define WRITE_QUEUE_MAX (8u * 1024u * 1024u)
 
-void remote_writer_init(cks_remote *r)
-{
-    pthread_mutex_init(&r->wmu, NULL);
-    pthread_cond_init(&r->wcv, NULL);
-}
-
 static void *writer_main(void *arg)
 {
     cks_remote *r = arg;
@@ -117,22 +111,24 @@ static bool writer_queue(cks_remote *r, const char *key, uint64_t off, uint8_t *
     j->off = off;
     j->len = len;
     pthread_mutex_lock(&r->wmu);
-    if (!r->w_started && !r->w_stop) {
-        if (pthread_create(&r->writer, NULL, writer_main, r) == 0)
+    for (;;) {
+        if (!r->w_started && !r->w_stop && pthread_create(&r->writer, NULL, writer_main, r) == 0)
             r->w_started = true;
-    }
-    if (r->w_started && !r->w_stop) {
-        while (r->w_queued > 0 && r->w_queued + len > WRITE_QUEUE_MAX)
-            pthread_cond_wait(&r->wcv, &r->wmu);
-        j->data = rbuf_ref(data);
-        if (r->w_tail)
-            r->w_tail->next = j;
-        else
-            r->w_head = j;
-        r->w_tail = j;
-        r->w_queued += len;
-        queued = true;
-        pthread_cond_broadcast(&r->wcv);
+        if (!r->w_started || r->w_stop)
+            break; /* no writer, or one that is stopping: the caller writes */
+        if (r->w_queued == 0 || r->w_queued + len <= WRITE_QUEUE_MAX) {
+            j->data = rbuf_ref(data);
+            if (r->w_tail)
+                r->w_tail->next = j;
+            else
+                r->w_head = j;
+            r->w_tail = j;
+            r->w_queued += len;
+            queued = true;
+            pthread_cond_broadcast(&r->wcv);
+            break;
+        }
+        pthread_cond_wait(&r->wcv, &r->wmu); /* full: wait for room (or a stop) */
     }
     pthread_mutex_unlock(&r->wmu);
 out:
@@ -176,17 +172,27 @@ static void writer_settle(cks_remote *r, const char *key, bool discard)
     pthread_mutex_unlock(&r->wmu);
 }
 
-/* At the end of the session: write what is queued, then stop the writer. */
-void remote_writer_stop(cks_remote *r)
+/* When a source goes: write everything queued and stop the writer (r->mu not held). So no
+ * writer outlives the last source, and the session frees no lock a thread still uses; a
+ * stream of another source meanwhile writes its windows itself, then starts a new writer. */
+static void writer_stop(cks_remote *r)
 {
     pthread_mutex_lock(&r->wmu);
-    r->w_stop = true;
+    while (r->w_stopping)
+        pthread_cond_wait(&r->wcv, &r->wmu);
+    bool join = r->w_started;
+    if (join) {
+        r->w_stopping = r->w_stop = true;
+        pthread_cond_broadcast(&r->wcv);
+    }
+    pthread_mutex_unlock(&r->wmu);
+    if (!join)
+        return;
+    pthread_join(r->writer, NULL);
+    pthread_mutex_lock(&r->wmu);
+    r->w_started = r->w_stop = r->w_stopping = false;
     pthread_cond_broadcast(&r->wcv);
     pthread_mutex_unlock(&r->wmu);
-    if (r->w_started)
-        pthread_join(r->writer, NULL);
-    pthread_cond_destroy(&r->wcv);
-    pthread_mutex_destroy(&r->wmu);
 }
 
 
@@ -474,6 +480,7 @@ static void rsrc_destroy(cks_source *src)
         while (rr->bg_busy == s)
             pthread_cond_wait(&rr->bg_cv, &rr->mu);
         pthread_mutex_unlock(&rr->mu);
+        writer_stop(rr);
     }
     for (size_t i = 0; i < s->n_ext; i++)
         rbuf_put(s->ext[i].data);
