@@ -265,7 +265,7 @@ def bench_scattered(args, binary, endpoint, url, work, home, tlist, pick, hdr, b
     conf = os.path.join(work, "curl-ranges.conf")
     n_ranges = curl_config(conf, url, pick, hdr, base)
     curl = "curl -s -K %s" % conf
-    ck, base_s, rss, direct, cpu, direct_cpu = [], [], [], [], [], []
+    ck, base_s, rss, direct, cpu, direct_cpu, nocache, nocache_cpu = [], [], [], [], [], [], [], []
     sh(curl)
     for i in range(max(args.runs, 5)):  # cheap: more runs
         cache = os.path.join(work, "cache-scat")
@@ -281,10 +281,17 @@ def bench_scattered(args, binary, endpoint, url, work, home, tlist, pick, hdr, b
         w2, _, c2 = run_ck([binary, "fetch", url, "--tensors-from", tlist, "--quiet"], ck_env(cache, home, endpoint))
         direct.append(w2)
         direct_cpu.append(c2)
-        print("scattered %d: ckptscope %.3f s (URL %.3f s), curl -K %.3f s" % (i, w, w2, base_s[-1]), file=sys.stderr)
+        # the same Hub run without the disk cache: what storing 500 extents costs
+        env = ck_env(cache, home, endpoint)
+        env["CKPTSCOPE_NO_CACHE"] = "1"
+        w3, _, c3 = run_ck([binary, "fetch", SCAT_REPO, "--tensors-from", tlist, "--quiet"], env)
+        nocache.append(w3)
+        nocache_cpu.append(c3)
+        print("scattered %d: ckptscope %.3f s (URL %.3f s, no cache %.3f s), curl -K %.3f s"
+              % (i, w, w2, w3, base_s[-1]), file=sys.stderr)
     shutil.rmtree(os.path.join(work, "cache-scat"), ignore_errors=True)
     return {"ck_s": ck, "base_s": base_s, "ck_rss_mib": rss, "ck_cpu_s": cpu, "direct_s": direct,
-            "direct_cpu_s": direct_cpu, "baseline": "curl -s -K CONF (%d ranges)" % n_ranges,
+            "direct_cpu_s": direct_cpu, "nocache_s": nocache, "nocache_cpu_s": nocache_cpu, "baseline": "curl -s -K CONF (%d ranges)" % n_ranges,
             "command": "ckptscope fetch %s --tensors-from LIST (500 names, cold cache)" % SCAT_REPO}
 
 
@@ -351,6 +358,12 @@ def render(args, res):
                      "as above | %.2f×; %.2f× | ≥ 1× | %s |"
                      % (fs(min(s["direct_s"])), fs(med(s["direct_s"])), fs(med(s["direct_cpu_s"])), r2,
                         min(s["base_s"]) / min(s["direct_s"]), "yes" if r2 >= 1 else "**no**"))
+        if s.get("nocache_s"):
+            r3 = med(s["base_s"]) / med(s["nocache_s"])
+            L.append("| (diagnostic) the same from the Hub with `CKPTSCOPE_NO_CACHE=1` | %s / %s (CPU median %s) | "
+                     "as above | %.2f×; %.2f× | ≥ 1× | %s |"
+                     % (fs(min(s["nocache_s"])), fs(med(s["nocache_s"])), fs(med(s["nocache_cpu_s"])), r3,
+                        min(s["base_s"]) / min(s["nocache_s"]), "yes" if r3 >= 1 else "**no**"))
     s = res.get("scattered40")
     if s:
         r_med, r_min = med(s["base_s"]) / med(s["ck_s"]), min(s["base_s"]) / min(s["ck_s"])

@@ -109,6 +109,11 @@ cks_err cks_cache_read_some(cks_cache *c, const char *key, uint64_t offset, void
  * size cap, may evict least-recently-used unpinned extents afterwards. */
 cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
                         size_t len, cks_diag *diag);
+/* The same for n ranges of one key (data[i] holds ranges[i].length bytes), under one lock
+ * of the key: what a batch of scattered tensors costs in system calls is then mostly the
+ * creation of their extent files. Stops at the first range that fails. */
+cks_err cks_cache_write_many(cks_cache *c, const char *key, const cks_range *ranges,
+                             const void *const *data, size_t n, cks_diag *diag);
 
 /* Metadata. `ns` is a namespace made of [a-z0-9_-] (e.g. "revision", "resolve", "header",
  * "config", "tokenizer", "index", "size"); `key` any string up to 4 KiB. An entry older

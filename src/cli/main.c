@@ -24,6 +24,25 @@ static const struct command commands[] = {
     {"cache", cks_cmd_cache, "inspect and maintain the disk cache: ls, du, verify, prune, clear"},
 };
 
+/*
+ * OpenBLAS starts its worker threads when it is loaded, and each spins in sched_yield for
+ * about 2^28 cycles (~0.1 s) before it sleeps: in a command that does no algebra that is CPU
+ * taken from the transfer (500 scattered tensors by URL: 0.27 s wall, 0.30 s CPU; with one
+ * BLAS thread 0.23 s, 0.17 s; bench/io). The environment variable that prevents them is read
+ * before main runs, so the commands without algebra stop them here instead, with the call
+ * OpenBLAS itself makes before a fork (a later BLAS call would start them again). Weak: a
+ * BLAS without it is left as it is.
+ */
+extern int blas_thread_shutdown_(void) __attribute__((weak));
+
+static void stop_blas_threads_for_io(const char *command)
+{
+    static const char *const io_commands[] = {"ls", "hash", "fetch", "diff", "cache"};
+    for (size_t i = 0; i < sizeof io_commands / sizeof io_commands[0]; i++)
+        if (strcmp(command, io_commands[i]) == 0 && blas_thread_shutdown_)
+            (void)blas_thread_shutdown_();
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -57,6 +76,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0) {
             int rc;
+            stop_blas_threads_for_io(commands[i].name);
             cli_start(commands[i].name, argc - 1, argv + 1);
             rc = commands[i].run(argc - 1, argv + 1);
             cli_remote_finish();

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #define DEFAULT_CHUNK (4u * 1024u * 1024u)
+#define SEQUENTIAL_CHUNK (1u * 1024u * 1024u)
 #define MAX_THREADS 8u
 
 struct hash_job {
@@ -176,6 +177,11 @@ cks_err cks_hash_tensors(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *ten
      * and the source's worker fetches, caches and checks the file on the other. */
     if (any_sequential)
         n_threads = 1;
+    /* The stream's memory holds the windows already (remote_impl.h): a smaller buffer here
+     * takes 3 MiB off the peak of `hash` of a remote file (51-67 MiB at 2 GiB, goal 64) at
+     * no cost, the bytes being copied from memory either way. */
+    if (any_sequential && !(opts && opts->chunk_bytes))
+        job.chunk = SEQUENTIAL_CHUNK;
     /* whole files are checked before their bytes are used (a copy that fails is replaced by
      * the source: HF_HOME by the network, an old cached copy by a fresh one) */
     {

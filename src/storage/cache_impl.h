@@ -197,8 +197,8 @@ ext_status cache_ext_read(cks_cache *c, keyent *k, const extent *e, uint64_t pos
 cks_err cache_read_locked(cks_cache *c, keyent *k, uint64_t offset, unsigned char *buf,
                            size_t len, bool *hit, cks_diag *diag);
 cks_err cache_lock_key(cks_cache *c, keyent *k, cks_diag *diag);
-cks_err cache_write(cks_cache *c, const char *key, uint64_t offset, const void *data,
-                           size_t len, cks_diag *diag);
+cks_err cache_write(cks_cache *c, const char *key, const cks_range *ranges,
+                    const void *const *data, size_t n, cks_diag *diag);
 /* cache_meta.c */
 bool cache_ns_valid(const char *ns);
 char *cache_meta_path(const cks_cache *c, const char *ns, const char *key);

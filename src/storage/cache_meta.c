@@ -428,7 +428,18 @@ cks_err cks_cache_write(cks_cache *c, const char *key, uint64_t offset, const vo
     cks_diag local;
     if (writes_stopped(c, diag))
         return CKS_ERR_NO_SPACE;
-    return remember_write(c, cache_write(c, key, offset, data, len, diag ? diag : &local),
+    cks_range one = {offset, len};
+    return remember_write(c, cache_write(c, key, &one, &data, 1, diag ? diag : &local),
+                          diag ? diag : &local);
+}
+
+cks_err cks_cache_write_many(cks_cache *c, const char *key, const cks_range *ranges,
+                             const void *const *data, size_t n, cks_diag *diag)
+{
+    cks_diag local;
+    if (writes_stopped(c, diag))
+        return CKS_ERR_NO_SPACE;
+    return remember_write(c, cache_write(c, key, ranges, data, n, diag ? diag : &local),
                           diag ? diag : &local);
 }
 

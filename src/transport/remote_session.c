@@ -32,6 +32,9 @@ void remote_unref(cks_remote *r)
         pthread_join(r->bg, NULL);
     }
     pthread_cond_destroy(&r->bg_cv);
+    /* no cache writer runs now: the last source that used it stopped it (rsrc_destroy) */
+    pthread_cond_destroy(&r->wcv);
+    pthread_mutex_destroy(&r->wmu);
     for (size_t i = 0; i < r->n_pre; i++) {
         free(r->pre[i].path);
         free(r->pre[i].url);
@@ -179,6 +182,8 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->net, NULL);
     pthread_cond_init(&r->bg_cv, NULL);
+    pthread_mutex_init(&r->wmu, NULL);
+    pthread_cond_init(&r->wcv, NULL);
     r->refs = 1;
     r->cache = opts->cache;
     r->memory_cap = opts->memory_cap ? opts->memory_cap : DEFAULT_MEMORY_CAP;

@@ -6,6 +6,9 @@
 #include "remote_impl.h"
 
 #include <ctype.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -15,6 +18,182 @@
 
 /* ---------------------------------------------------------------- sources ---- */
 static const cks_source_ops rsrc_ops;
+
+/* ------------------------------------------------------- shared extent bytes ---- */
+
+/* The bytes of an extent are read by the caller (from memory) and stored by the cache writer
+ * at the same time: a reference count in front of them lets each let go on its own, without
+ * a copy (8 MiB per window; a copy cost 0.3 s per 2 GiB streamed). */
+struct rbuf_head {
+    atomic_uint refs;
+    alignas(max_align_t) unsigned char bytes[];
+};
+
+static uint8_t *rbuf_new(uint64_t len)
+{
+    if (len > SIZE_MAX - sizeof(struct rbuf_head))
+        return NULL;
+    struct rbuf_head *h = malloc(sizeof *h + (size_t)len);
+    if (!h)
+        return NULL;
+    atomic_init(&h->refs, 1);
+    return h->bytes;
+}
+
+static struct rbuf_head *rbuf_of(uint8_t *p)
+{
+    return (struct rbuf_head *)(void *)(p - offsetof(struct rbuf_head, bytes));
+}
+
+static uint8_t *rbuf_ref(uint8_t *p)
+{
+    atomic_fetch_add(&rbuf_of(p)->refs, 1);
+    return p;
+}
+
+static void rbuf_put(uint8_t *p)
+{
+    if (p && atomic_fetch_sub(&rbuf_of(p)->refs, 1) == 1)
+        free(rbuf_of(p));
+}
+
+/* ------------------------------------------------------------ cache writer ---- */
+
+/*
+ * A streamed window used to go into the cache on the thread that fetched it, before it could
+ * fetch the next: 8 MiB of CRC, page-cache copy and file creation between two requests. The
+ * writer thread takes those jobs from a queue of at most WRITE_QUEUE_MAX bytes (a full queue
+ * makes the fetcher wait, so memory stays bounded). Whoever concludes or drops a key first
+ * waits for, or discards, that key's queued jobs (writer_settle): a `verified` mark never
+ * precedes a byte it covers, and a drop leaves nothing behind. One window queued (a job
+ * larger than the room left waits for an empty queue) was as fast as two (hash of a remote
+ * 512 MiB file: 2.35 s median either way, 6 runs each, busy machine) and never held more.
+ */
+#define WRITE_QUEUE_MAX (8u * 1024u * 1024u)
+
+static void *writer_main(void *arg)
+{
+    cks_remote *r = arg;
+    pthread_mutex_lock(&r->wmu);
+    for (;;) {
+        while (!r->w_head && !r->w_stop)
+            pthread_cond_wait(&r->wcv, &r->wmu);
+        if (!r->w_head)
+            break; /* stopped, and everything queued is written */
+        struct cache_job *j = r->w_head;
+        r->w_head = j->next;
+        if (!r->w_head)
+            r->w_tail = NULL;
+        r->w_cur = j;
+        pthread_mutex_unlock(&r->wmu);
+        /* a cache failure costs a refetch later, never data */
+        (void)cks_cache_write(r->cache, j->key, j->off, j->data, (size_t)j->len, NULL);
+        pthread_mutex_lock(&r->wmu);
+        r->w_cur = NULL;
+        r->w_queued -= j->len;
+        rbuf_put(j->data);
+        free(j);
+        pthread_cond_broadcast(&r->wcv);
+    }
+    pthread_mutex_unlock(&r->wmu);
+    return NULL;
+}
+
+/* Queue [off, off+len) of `data` (an rbuf, a reference is taken) for the cache; false when
+ * it cannot (no memory, no thread): the caller then writes it itself. */
+static bool writer_queue(cks_remote *r, const char *key, uint64_t off, uint8_t *data, uint64_t len)
+{
+    struct cache_job *j = calloc(1, sizeof *j);
+    bool queued = false;
+    if (!j || strlen(key) >= sizeof j->key)
+        goto out;
+    memcpy(j->key, key, strlen(key) + 1);
+    j->off = off;
+    j->len = len;
+    pthread_mutex_lock(&r->wmu);
+    for (;;) {
+        if (!r->w_started && !r->w_stop && pthread_create(&r->writer, NULL, writer_main, r) == 0)
+            r->w_started = true;
+        if (!r->w_started || r->w_stop)
+            break; /* no writer, or one that is stopping: the caller writes */
+        if (r->w_queued == 0 || r->w_queued + len <= WRITE_QUEUE_MAX) {
+            j->data = rbuf_ref(data);
+            if (r->w_tail)
+                r->w_tail->next = j;
+            else
+                r->w_head = j;
+            r->w_tail = j;
+            r->w_queued += len;
+            queued = true;
+            pthread_cond_broadcast(&r->wcv);
+            break;
+        }
+        pthread_cond_wait(&r->wcv, &r->wmu); /* full: wait for room (or a stop) */
+    }
+    pthread_mutex_unlock(&r->wmu);
+out:
+    if (!queued)
+        free(j);
+    return queued;
+}
+
+/* Return when no job of `key` is queued or being written; with `discard`, its queued jobs are
+ * dropped instead of written (bytes that failed a check). */
+static void writer_settle(cks_remote *r, const char *key, bool discard)
+{
+    pthread_mutex_lock(&r->wmu);
+    for (;;) {
+        bool pending = r->w_cur && strcmp(r->w_cur->key, key) == 0;
+        for (struct cache_job **pj = &r->w_head; *pj;) {
+            struct cache_job *j = *pj;
+            if (strcmp(j->key, key) != 0) {
+                pj = &j->next;
+                continue;
+            }
+            if (!discard) {
+                pending = true;
+                pj = &j->next;
+                continue;
+            }
+            *pj = j->next;
+            r->w_queued -= j->len;
+            rbuf_put(j->data);
+            free(j);
+        }
+        r->w_tail = NULL;
+        for (struct cache_job *j = r->w_head; j; j = j->next)
+            r->w_tail = j;
+        if (discard)
+            pthread_cond_broadcast(&r->wcv); /* room freed */
+        if (!pending)
+            break;
+        pthread_cond_wait(&r->wcv, &r->wmu);
+    }
+    pthread_mutex_unlock(&r->wmu);
+}
+
+/* When a source goes: write everything queued and stop the writer (r->mu not held). So no
+ * writer outlives the last source, and the session frees no lock a thread still uses; a
+ * stream of another source meanwhile writes its windows itself, then starts a new writer. */
+static void writer_stop(cks_remote *r)
+{
+    pthread_mutex_lock(&r->wmu);
+    while (r->w_stopping)
+        pthread_cond_wait(&r->wcv, &r->wmu);
+    bool join = r->w_started;
+    if (join) {
+        r->w_stopping = r->w_stop = true;
+        pthread_cond_broadcast(&r->wcv);
+    }
+    pthread_mutex_unlock(&r->wmu);
+    if (!join)
+        return;
+    pthread_join(r->writer, NULL);
+    pthread_mutex_lock(&r->wmu);
+    r->w_started = r->w_stop = r->w_stopping = false;
+    pthread_cond_broadcast(&r->wcv);
+    pthread_mutex_unlock(&r->wmu);
+}
 
 
 /* Feed bytes [off, off+len) to the whole-file hash if they continue it. */
@@ -50,6 +229,10 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
         cks_hex_encode(d, 32, hex);
         memcpy(s->sha_hex, hex, sizeof s->sha_hex);
         s->sha_state = strcmp(hex, s->base.sha256_hex) == 0 ? SHA_OK : SHA_BAD;
+        /* the windows still queued for the cache: written before the mark that covers
+         * them, discarded before the drop */
+        if (s->rem->cache && s->key[0])
+            writer_settle(s->rem, s->key, s->sha_state == SHA_BAD);
         /* cache hook: remember the check, so a rerun from the cache need not redo it */
         if (s->sha_state == SHA_OK && s->rem->cache && s->key[0])
             (void)cks_cache_mark_verified(s->rem->cache, s->key, s->base.size, NULL);
@@ -117,7 +300,7 @@ static void evict(struct rsrc *s, uint64_t cap)
             if (s->ext[i].stamp < s->ext[oldest].stamp)
                 oldest = i;
         s->mem -= s->ext[oldest].len;
-        free(s->ext[oldest].data);
+        rbuf_put(s->ext[oldest].data);
         s->ext[oldest] = s->ext[--s->n_ext];
     }
 }
@@ -128,7 +311,7 @@ static cks_err add_extent(struct rsrc *s, uint64_t off, uint64_t len, uint8_t *d
         size_t ncap = s->cap_ext ? s->cap_ext * 2 : 8;
         struct extent *ne = realloc(s->ext, ncap * sizeof *ne);
         if (!ne) {
-            free(data);
+            rbuf_put(data);
             return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         }
         s->ext = ne;
@@ -199,6 +382,7 @@ static void compare_with_cache(struct rsrc *s, uint64_t off, const uint8_t *fres
             pos = gaps[g].offset + gaps[g].length;
     }
     if (differs) {
+        writer_settle(s->rem, s->key, true);
         (void)cks_cache_drop(c, s->key, "they differ from what the server sends now", NULL);
         remote_note(s->rem,
                     "%s: the disk cache held bytes of this file that differ from what the server "
@@ -216,6 +400,36 @@ static void cache_store(struct rsrc *s, uint64_t off, const uint8_t *data, uint6
 {
     if (s->rem->cache && s->key[0] && len)
         (void)cks_cache_write(s->rem->cache, s->key, off, data, (size_t)len, NULL);
+}
+
+/* Store fetched pieces in the cache, one batch (one lock of the key) per run of pieces of
+ * one source; pieces of streams go to the cache writer when `stream`. */
+static void cache_store_pieces(cks_remote *r, struct rsrc **srcs, const cks_http_piece *pieces,
+                               size_t np, bool stream)
+{
+    cks_range *ranges = malloc((np ? np : 1) * sizeof *ranges);
+    const void **data = malloc((np ? np : 1) * sizeof *data);
+    for (size_t i = 0; i < np;) {
+        struct rsrc *s = srcs[i];
+        size_t j = i, m = 0;
+        for (; j < np && srcs[j] == s; j++) {
+            if (stream && r->cache && s->key[0] &&
+                writer_queue(r, s->key, pieces[j].offset, pieces[j].dst, pieces[j].length))
+                continue;
+            if (!ranges || !data) {
+                cache_store(s, pieces[j].offset, pieces[j].dst, pieces[j].length);
+                continue;
+            }
+            ranges[m].offset = pieces[j].offset;
+            ranges[m].length = pieces[j].length;
+            data[m++] = pieces[j].dst;
+        }
+        if (m && r->cache && s->key[0])
+            (void)cks_cache_write_many(r->cache, s->key, ranges, data, m, NULL);
+        i = j;
+    }
+    free(ranges);
+    free(data);
 }
 
 static cks_err refresh_target(void *ctx, cks_http_target *t, long hint, cks_diag *diag)
@@ -260,14 +474,16 @@ static void rsrc_destroy(cks_source *src)
     if (rr) {
         /* the worker must neither start nor be in the middle of a fetch for this source */
         pthread_mutex_lock(&rr->mu);
+        s->ahead = 0;
         if (rr->bg_src == s)
             rr->bg_src = NULL;
         while (rr->bg_busy == s)
             pthread_cond_wait(&rr->bg_cv, &rr->mu);
         pthread_mutex_unlock(&rr->mu);
+        writer_stop(rr);
     }
     for (size_t i = 0; i < s->n_ext; i++)
-        free(s->ext[i].data);
+        rbuf_put(s->ext[i].data);
     free(s->ext);
     cks_rangeset_free(&s->fetched);
     free(s->target.url);
@@ -360,10 +576,12 @@ static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
  * r->mu held, but drops it while on the network. With `try_net`, gives up silently (CKS_OK)
  * when another thread is using the network: used for early read-ahead, which is optional.
  * With `refresh`, the cache is not read: everything comes from the network, and what the
- * cache held of it is compared with the fresh bytes (cks_remote_refresh).
+ * cache held of it is compared with the fresh bytes (cks_remote_refresh). With `stream` (the
+ * windows of a file read front to back), the cache writer stores the bytes, so this thread
+ * can go on to the next window.
  */
 static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, bool refresh,
-                          cks_diag *diag)
+                          bool stream, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_http_piece *pieces = NULL;
@@ -422,7 +640,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
         /* cache hook (cache/README.md): serve what the cache holds of this hole and fetch
          * only the rest, so a range already partly cached costs only its missing part */
         if (r->cache && s->key[0] && !refresh) {
-            uint8_t *buf = malloc((size_t)w[i].len);
+            uint8_t *buf = rbuf_new(w[i].len);
             if (!buf) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", w[i].len);
                 goto out;
@@ -446,7 +664,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
             for (size_t g = 0; g <= ng && !err; g++) {
                 uint64_t stop = g < ng ? gaps[g].offset : end;
                 if (stop > pos) {
-                    uint8_t *part = malloc((size_t)(stop - pos));
+                    uint8_t *part = rbuf_new(stop - pos);
                     if (!part) {
                         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
                         break;
@@ -459,7 +677,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
                 if (g < ng)
                     pos = gaps[g].offset + gaps[g].length;
             }
-            free(buf);
+            rbuf_put(buf);
             if (!err && cks_cache_offline(r->cache))
                 err = cks_fail(diag, CKS_ERR_OFFLINE_MISS,
                                "%s: bytes %" PRIu64 "-%" PRIu64 " are not in the cache and "
@@ -486,7 +704,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
             cap_p = nc;
         }
         for (size_t g = 0; g < ng; g++) {
-            uint8_t *buf = malloc((size_t)gaps[g].length);
+            uint8_t *buf = rbuf_new(gaps[g].length);
             if (!buf) {
                 free(cached_gaps);
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes",
@@ -508,24 +726,27 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     err = resolve_pending(r, srcs, np, diag);
     if (!err)
         err = cks_http_fetch(r->http, pieces, np, diag);
-    /* Into the cache before the lock is taken again: a cache write (an fsync per extent of
-     * 1 MiB or more) must not stop readers copying what memory holds. Still before the
-     * whole-file hash sees these bytes, so a hash that fails drops them from the cache after
-     * they were written (`net`, held here, keeps other fetches out meanwhile). */
-    for (size_t i = 0; i < np && !err && !refresh; i++)
-        cache_store(srcs[i], pieces[i].offset, pieces[i].dst, pieces[i].length);
+    /* Into the cache (or its writer's queue) before the lock is taken again: a cache write
+     * must not stop readers copying what memory holds. Still before the whole-file hash sees
+     * these bytes, so a hash that fails drops them from the cache after they were written
+     * (sha_advance settles the writer's jobs of the key first; `net`, held here, keeps other
+     * fetches out meanwhile). */
+    if (!err && !refresh)
+        cache_store_pieces(r, srcs, pieces, np, stream);
     pthread_mutex_lock(&r->mu);
     if (err && cks_err_class_of(err) == CKS_CLASS_FORMAT)
         remote_distrust_listing(r); /* a size or hash the servers contradict */
     if (err)
         goto out;
+    for (size_t i = 0; i < np && refresh; i++)
+        compare_with_cache(srcs[i], pieces[i].offset, pieces[i].dst, pieces[i].length);
+    /* after every comparison: one that differs drops the key, and must not take the fresh
+     * bytes of the other pieces with it */
+    if (refresh)
+        cache_store_pieces(r, srcs, pieces, np, false);
     for (size_t i = 0; i < np; i++) {
         struct rsrc *s = srcs[i];
         note_fetched(s, pieces[i].offset, pieces[i].length);
-        if (refresh) {
-            compare_with_cache(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
-            cache_store(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
-        }
         sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
         err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
         pieces[i].dst = NULL; /* owned by the extent (or freed by add_extent) now */
@@ -542,7 +763,7 @@ out:
         pthread_mutex_unlock(&r->net);
     if (pieces)
         for (size_t i = 0; i < np; i++)
-            free(pieces[i].dst);
+            rbuf_put(pieces[i].dst);
     free(pieces);
     free(srcs);
     free(holes);
@@ -559,12 +780,29 @@ static void *bg_main(void *arg)
         if (r->bg_stop)
             break;
         struct want w = {r->bg_src, r->bg_off, r->bg_len};
+        struct rsrc *s = r->bg_src;
         cks_diag ignored;
-        r->bg_busy = r->bg_src;
+        r->bg_busy = s;
         r->bg_src = NULL;
-        /* a failure here is not reported: the reader that needs these bytes fetches them
-         * itself and meets the error then (an integrity failure is sticky on the source) */
-        (void)fetch_wants(r, &w, 1, false, false, &ignored);
+        for (;;) {
+            /* a failure here is not reported: the reader that needs these bytes fetches them
+             * itself and meets the error then (an integrity failure is sticky on the source) */
+            cks_err err = fetch_wants(r, &w, 1, false, false, true, &ignored);
+            pthread_cond_broadcast(&r->bg_cv);
+            /* Keep the stream going without waiting for the reader to post the next window,
+             * up to STREAM_LEAD bytes past what it has read: when the reader posted each one,
+             * a window fetched and hashed here while the reader hashed the previous one
+             * often arrived late, and the reader then fetched (and hashed) it itself, one
+             * core doing both passes (hash of a remote file: CPU = wall, issue 15). A
+             * posted request, a stop, or a reader that stopped streaming (ahead 0: a jump,
+             * quiesce, destroy) ends it. */
+            uint64_t frontier = memory_frontier(s, s->last_end);
+            if (err || r->bg_stop || r->bg_src || s->ahead == 0 || s->sha_state == SHA_BAD ||
+                frontier >= s->base.size || frontier - s->last_end >= STREAM_LEAD)
+                break;
+            w.off = frontier;
+            w.len = s->base.size - frontier < s->ahead ? s->base.size - frontier : s->ahead;
+        }
         r->bg_busy = NULL;
         pthread_cond_broadcast(&r->bg_cv);
     }
@@ -601,7 +839,7 @@ static void drop_consumed(struct rsrc *s, uint64_t from, uint64_t end)
         uint64_t e_end = e->off + e->len;
         if (e_end > since && e_end <= end && e_end <= hashed) {
             s->mem -= e->len;
-            free(e->data);
+            rbuf_put(e->data);
             *e = s->ext[--s->n_ext];
         } else {
             i++;
@@ -649,6 +887,13 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
             streaming = true;
     }
     while (pos < end && err == CKS_OK) {
+        if (streaming && s->ahead > 0 && r->bg_busy == s) {
+            /* the worker is fetching this stream, and goes on to this hole next if it is
+             * not fetching it already: wait for it rather than fetch behind it */
+            pthread_cond_wait(&r->bg_cv, &r->mu);
+            pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
+            continue;
+        }
         /* the hole runs from pos to the next byte memory holds (or the end of the read) */
         uint64_t hole_end = end;
         for (size_t i = 0; i < s->n_ext; i++)
@@ -670,7 +915,7 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
                 want += ahead;
         }
         struct want w = {s, pos, want};
-        err = fetch_wants(r, &w, 1, false, false, diag);
+        err = fetch_wants(r, &w, 1, false, false, streaming, diag);
         if (err)
             break;
         pos = copy_from_memory(s, pos, buf + (pos - offset), end - pos);
@@ -692,7 +937,7 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
                 n = s->base.size - frontier;
             if (!post_readahead(r, s, frontier, n)) {
                 struct want w = {s, frontier, n};
-                err = fetch_wants(r, &w, 1, true, false, diag);
+                err = fetch_wants(r, &w, 1, true, false, true, diag);
             }
         }
     }
@@ -775,6 +1020,7 @@ static void sha_restart(struct rsrc *s)
 /* r->mu held: keep the read-ahead worker away from s while its state is reset. */
 static void quiesce(cks_remote *r, struct rsrc *s)
 {
+    s->ahead = 0; /* the worker does not go on with this stream */
     if (r->bg_src == s)
         r->bg_src = NULL;
     while (r->bg_busy == s)
@@ -789,6 +1035,8 @@ static bool rsrc_discard(cks_source *src)
     cks_remote *r = s->rem;
     pthread_mutex_lock(&r->mu);
     quiesce(r, s);
+    if (r->cache && s->key[0])
+        writer_settle(r, s->key, true);
     if (r->cache && s->key[0])
         (void)cks_cache_drop(r->cache, s->key, "they failed a check (a header that does not parse)",
                              NULL);
@@ -807,7 +1055,7 @@ static cks_err settle_pass(cks_remote *r, struct rsrc *s, cks_diag *diag)
     while (!err && s->sha_state == SHA_RUNNING && s->sha_next < s->base.size) {
         uint64_t from = s->sha_next, len = s->base.size - from;
         struct want w = {s, from, len < SETTLE_WINDOW ? len : SETTLE_WINDOW};
-        err = fetch_wants(r, &w, 1, false, false, diag);
+        err = fetch_wants(r, &w, 1, false, false, false, diag);
         if (!err)
             err = sha_advance(s, diag);
         if (!err && s->sha_state == SHA_RUNNING && s->sha_next == from)
@@ -947,7 +1195,7 @@ cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks
         w[m].len = ranges[i].length;
         m++;
     }
-    err = fetch_wants(r, w, m, false, false, diag);
+    err = fetch_wants(r, w, m, false, false, false, diag);
 out:
     pthread_mutex_unlock(&r->mu);
     free(w);
@@ -985,7 +1233,7 @@ cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, 
         for (size_t j = i; j <= n && !err; j++) {
             bool flush = j == n || batch >= REFRESH_BATCH;
             if (flush && m) {
-                err = fetch_wants(r, w, m, false, true, diag);
+                err = fetch_wants(r, w, m, false, true, false, diag);
                 m = 0;
                 batch = 0;
             }
@@ -1004,7 +1252,7 @@ cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, 
             for (size_t k = s->n_ext; k-- > 0;)
                 if (s->ext[k].from_cache) {
                     s->mem -= s->ext[k].len;
-                    free(s->ext[k].data);
+                    rbuf_put(s->ext[k].data);
                     s->ext[k] = s->ext[--s->n_ext];
                 }
             for (uint64_t off = ranges[j].offset, end = off + ranges[j].length; off < end;) {

@@ -134,6 +134,26 @@ def main():
             rc, out, err, _ = measured_run(hub, tmp, "org/stream-bad", None)
             report(rc == EXIT_FORMAT and "SHA-256" in err, "hash_remote_stream_bad_sha_fails",
                    "exit %d (want %d): %s" % (rc, EXIT_FORMAT, err[-300:]))
+            # with the disk cache: the windows a writer thread stores while the stream goes on
+            # are all in the cache before the file is marked verified (cache verify reads them
+            # back), and none of a file that fails its hash stays (the queued ones included)
+            cache = os.path.join(tmp, "cache")
+            env = dict(os.environ, CKPTSCOPE_CACHE=cache)
+            v = subprocess.run([os.environ["CKS_BIN"], "cache", "verify"], env=env, capture_output=True, text=True)
+            whole_ok = re.search(r"checked 1 whole file\(s\) against their SHA-256: 0 bad", v.stdout + v.stderr)
+            extents_ok = re.search(r"extents \(192\.0 MiB\) and \d+ metadata entries: 0 bad", v.stdout + v.stderr)
+            report(v.returncode == 0 and whole_ok is not None and extents_ok is not None,
+                   "hash_remote_stream_cache_complete_and_verified",
+                   "exit %d: %s" % (v.returncode, (v.stdout + v.stderr)[-400:]))
+            bad_cache = os.path.join(tmp, "cache-bad")
+            rc, out, err, _ = measured_run(hub, tmp, "org/stream-bad", bad_cache)
+            keydir = os.path.join(bad_cache, "files", "00", "s-" + "0" * 64)
+            left = [f for f in os.listdir(keydir) if f.startswith("x-")] if os.path.isdir(keydir) else []
+            rc2, _, err2, _ = measured_run(hub, tmp, "org/stream-bad", bad_cache)
+            report(rc == EXIT_FORMAT and not left and rc2 == EXIT_FORMAT,
+                   "hash_remote_stream_bad_sha_leaves_nothing_cached",
+                   "exit %d then %d (want %d both), %d extent files left: %s"
+                   % (rc, rc2, EXIT_FORMAT, len(left), (err + err2)[-300:]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ckstest.exit_code()

@@ -1247,6 +1247,96 @@ static void cache_source_serves_verified_files(void)
     free(dir);
 }
 
+/* A batch of ranges of one key (cks_cache_write_many, what a fetch of scattered tensors
+ * stores): every range reads back exact, the bytes between them stay a miss, adjacent ones
+ * merge as single writes do, the batch removes the whole-file mark, a flipped byte in one of
+ * its extents is a miss for that range only, and bad arguments are refused. */
+static void write_many_stores_each_range(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    static const cks_range want[] = {{4096, 8192}, {40000, 30000}, {70000, 5000}, {200000, 65536}};
+    const size_t n = sizeof want / sizeof want[0];
+    unsigned char *bufs[4];
+    const void *data[4];
+    for (size_t i = 0; i < n; i++) {
+        bufs[i] = malloc((size_t)want[i].length);
+        fill(bufs[i], want[i].offset, (size_t)want[i].length, i == 2 /* one compressible */);
+        data[i] = bufs[i];
+    }
+    cks_diag d = {{0}};
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_A, want, data, n, &d), CKS_OK);
+    for (size_t i = 0; i < n; i++)
+        CHECK_MSG(get_range(c, KEY_A, want[i].offset, (size_t)want[i].length, i == 2) == 1, "range %zu", i);
+    /* a read across two merged neighbours: [40000, 75000) is one extent now */
+    unsigned char *two = malloc(35000);
+    bool hit = false;
+    CHECK_EQ_INT(cks_cache_read(c, KEY_A, 40000, two, 30000, &hit, NULL), CKS_OK);
+    CHECK(hit && check_bytes(two, 40000, 30000, false));
+    free(two);
+    CHECK_EQ_INT((int)count_extents(dir, KEY_A), 3);
+    /* exactly the bytes between the ranges are missing */
+    cks_range all = {0, 300000}, *miss = NULL;
+    size_t n_miss = 0;
+    CHECK_EQ_INT(cks_cache_missing(c, KEY_A, &all, 1, &miss, &n_miss, NULL), CKS_OK);
+    CHECK_EQ_INT((int)n_miss, 4);
+    if (n_miss == 4) {
+        CHECK(miss[0].offset == 0 && miss[0].length == 4096);
+        CHECK(miss[1].offset == 12288 && miss[1].length == 40000 - 12288);
+        CHECK(miss[2].offset == 75000 && miss[2].length == 200000 - 75000);
+        CHECK(miss[3].offset == 265536 && miss[3].length == 300000 - 265536);
+    }
+    free(miss);
+    /* new bytes under a marked key take the mark away, as a single write does (the mark
+     * needs the whole file stored: key B holds [0, 100000) and gets a batch past its end) */
+    CHECK_EQ_INT(put_range(c, KEY_B, 0, 100000, false), CKS_OK);
+    CHECK_EQ_INT(cks_cache_mark_verified(c, KEY_B, 100000, NULL), CKS_OK);
+    CHECK(cks_cache_is_verified(c, KEY_B, 100000));
+    static const cks_range more[] = {{100000, 1000}, {150000, 2000}};
+    unsigned char *m0 = malloc(1000), *m1 = malloc(2000);
+    fill(m0, 100000, 1000, false);
+    fill(m1, 150000, 2000, false);
+    const void *mdata[] = {m0, m1};
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_B, more, mdata, 2, NULL), CKS_OK);
+    CHECK(!cks_cache_is_verified(c, KEY_B, 100000));
+    CHECK(get_range(c, KEY_B, 100000, 1000, false) == 1 && get_range(c, KEY_B, 150000, 2000, false) == 1);
+    /* damage the first range's extent: a miss there, the others still right */
+    char *p = NULL;
+    CHECK(asprintf(&p, "%s/files/aa/s-%s/x-%016x-%016x", dir, KEY_A + 7, 4096, 8192) > 0);
+    flip_byte(p, 64 + 32 + 100);
+    free(p);
+    CHECK_EQ_INT(get_range(c, KEY_A, 4096, 8192, false), 0);
+    CHECK_EQ_INT(get_range(c, KEY_A, 200000, 65536, false), 1);
+    /* contiguous ranges given in any order become one extent; overlapping ones still read
+     * back exact */
+    static const cks_range rev[] = {{20000, 5000}, {10000, 10000}, {0, 10000}, {30000, 100}, {30050, 100}};
+    unsigned char *rb[5];
+    const void *rdata[5];
+    for (size_t i = 0; i < 5; i++) {
+        rb[i] = malloc((size_t)rev[i].length);
+        fill(rb[i], rev[i].offset, (size_t)rev[i].length, false);
+        rdata[i] = rb[i];
+    }
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_C, rev, rdata, 5, NULL), CKS_OK);
+    CHECK_EQ_INT(get_range(c, KEY_C, 0, 25000, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_C, 30000, 150, false), 1);
+    CHECK_EQ_INT((int)count_extents(dir, KEY_C), 2);
+    for (size_t i = 0; i < 5; i++)
+        free(rb[i]);
+    /* nothing to store is fine; a range without its bytes is refused */
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_A, NULL, NULL, 0, NULL), CKS_OK);
+    const void *none[] = {NULL};
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_A, more, none, 1, NULL), CKS_ERR_INVALID_ARG);
+    CHECK_EQ_INT(cks_cache_write_many(c, "not a key", more, mdata, 2, NULL), CKS_ERR_INVALID_ARG);
+    free(m0);
+    free(m1);
+    for (size_t i = 0; i < n; i++)
+        free(bufs[i]);
+    cks_cache_free(c);
+    rmtree(dir);
+    free(dir);
+}
+
 TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
           T(adjacent_and_overlapping_extents_merge), T(streamed_blocks_are_not_rewritten), T(compression_saves_space_and_reads_back),
           T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
@@ -1258,4 +1348,5 @@ TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missin
           T(repo_listing_cached_by_revision_and_commit),
           T(offline_report_for_a_checkpoint),
           T(read_some_fills_cached_parts_and_names_gaps),
-          T(cache_source_serves_verified_files))
+          T(cache_source_serves_verified_files),
+          T(write_many_stores_each_range))
