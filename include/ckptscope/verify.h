@@ -14,6 +14,9 @@
 #include "ckptscope/checkpoint.h"
 #include "ckptscope/compare.h"
 #include "ckptscope/error.h"
+#include "ckptscope/fingerprint.h"
+
+struct cks_cache;
 
 #ifdef __cplusplus
 extern "C" {
@@ -101,6 +104,51 @@ cks_err cks_verify_read(const cks_ckpt *ckpt, cks_verify_report *r, bool full,
  * verdict is neither identical nor derived. *max_z and *min_p say how near the nearest came. */
 #define CKS_VERIFY_SCREEN_PERMUTATIONS 99
 bool cks_verify_screen_clears(const cks_compare_result *r, double *max_z, double *min_p);
+
+
+/*
+ * The pre-screen of `verify --against` at scale (src/analysis/verify_prescreen.c): a summary
+ * of each known model (its tensor hashes, the ranks of its norm gains, the raw bytes of what
+ * training writes from a constant, the embedding values of 32 of the dimensions T4a reads),
+ * made once per fingerprint file and kept in the cache, against the upload's side prepared
+ * once. A known model is cleared only when no tensor is byte-identical, T1's bitwise excess
+ * and every layer pair's norm-gain Spearman (a bound on T2 whatever the layer path) are under
+ * half their floors, both sides have decoder layers, and T4a cannot reach half its floor
+ * (exact when A has too few tokens; else fewer than 1 in 8 of the probed dimensions reach
+ * it: at half the floor at least half of T4a's dimensions do). Everything else is kept and
+ * goes to the screen and the full comparison. docs/verify.md.
+ */
+typedef struct cks_verify_summary cks_verify_summary;
+typedef struct cks_verify_live cks_verify_live;
+
+typedef struct cks_verify_prescreen_result {
+    bool clears;
+    bool copy;               /* a byte-identical tensor */
+    double t1_excess;        /* largest bitwise excess of a tensor pair (NAN: none compared) */
+    double t2_bound;         /* largest norm-gain Spearman of a layer pair (NAN: not bounded) */
+    uint32_t t4a_hits, t4a_sampled, shared_tokens;
+    float t4a_max;
+    char reason[320];
+} cks_verify_prescreen_result;
+
+/* From a decoded fingerprint (all_dims: every embedding column, for the upload's side). */
+cks_err cks_verify_summary_build(const cks_fingerprint *fp, uint64_t seed, bool all_dims, cks_verify_summary **out,
+                                 cks_diag *diag);
+cks_err cks_verify_summary_encode(const cks_verify_summary *s, uint8_t **out, size_t *len, cks_diag *diag);
+cks_err cks_verify_summary_decode(const uint8_t *data, size_t len, cks_verify_summary **out, cks_diag *diag);
+/* From the cache (namespace "verify-summary", keyed by the file's path, size, times, inode and
+ * the SHA-256 of its ends), else from the fingerprint file, then stored (cache may be NULL). */
+cks_err cks_verify_summary_for_file(struct cks_cache *cache, const char *path, uint64_t seed,
+                                    cks_verify_summary **out, bool *from_cache, cks_diag *diag);
+const char *cks_verify_summary_source(const cks_verify_summary *s, const char **repo, const char **commit);
+void cks_verify_summary_free(cks_verify_summary *s);
+
+/* The upload's side: what compare reads from it, read once (seed 0: compare's default). */
+cks_err cks_verify_live_prepare(const cks_compare_model *live, uint64_t seed, cks_verify_live **out, cks_diag *diag);
+void cks_verify_live_free(cks_verify_live *l);
+
+cks_err cks_verify_prescreen(const cks_verify_live *live, const cks_verify_summary *known,
+                             cks_verify_prescreen_result *res, cks_diag *diag);
 
 #ifdef __cplusplus
 }
