@@ -145,6 +145,9 @@ void cks_verify_summary_free(cks_verify_summary *s);
 
 /* The upload's side: what compare reads from it, read once (seed 0: compare's default). */
 cks_err cks_verify_live_prepare(const cks_compare_model *live, uint64_t seed, cks_verify_live **out, cks_diag *diag);
+/* The same from a fingerprint of the upload (fp must outlive the result): tests. */
+cks_err cks_verify_live_from_fingerprint(const cks_fingerprint *fp, uint64_t seed, cks_verify_live **out,
+                                         cks_diag *diag);
 void cks_verify_live_free(cks_verify_live *l);
 
 cks_err cks_verify_prescreen(const cks_verify_live *live, const cks_verify_summary *known,

@@ -145,7 +145,8 @@ cks_err cks_verify_summary_build(const cks_fingerprint *fp, uint64_t seed, bool 
     s->source = dup_or_empty(fp->source);
     s->repo = dup_or_empty(fp->repo);
     s->commit = dup_or_empty(fp->commit);
-    s->seed = seed;
+    s->seed = seed ? seed : CKS_DEFAULT_SEED;
+    seed = s->seed;
     if (fp->hidden > SUMMARY_MAX_HIDDEN || fp->n_layers > SUMMARY_MAX_LAYERS || fp->n_tokens > SUMMARY_MAX_TOKENS ||
         fp->embed_cols > SUMMARY_MAX_HIDDEN) {
         err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "fingerprint too large to summarise (hidden %zu, %d layers, %zu tokens)",
@@ -603,26 +604,19 @@ static void unit_ranks(const uint16_t *r2, size_t n, double *out)
         out[i] = ss > 0 ? (r2[i] - mean) / sqrt(ss) : 0;
 }
 
-cks_err cks_verify_live_prepare(const cks_compare_model *live, uint64_t seed, cks_verify_live **out, cks_diag *diag)
+/* The live side from a fingerprint of it (not taken over: it must outlive the result). */
+cks_err cks_verify_live_from_fingerprint(const cks_fingerprint *fp, uint64_t seed, cks_verify_live **out,
+                                         cks_diag *diag)
 {
     cks_err err;
     cks_verify_live *l = calloc(1, sizeof *l);
-    cks_fp_build_opts bo;
-    cks_compare_model m = *live;
 
     *out = NULL;
     if (!l)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
     if (!seed)
         seed = CKS_DEFAULT_SEED;
-    memset(&bo, 0, sizeof bo);
-    /* rows as compare reads them (never 4-bit): the cap only decides how much is kept */
-    bo.max_bytes = 200u << 20;
-    bo.seed = seed;
-    m.fingerprint = NULL;
-    err = cks_fingerprint_build(&m, &bo, &l->fp, diag);
-    if (!err)
-        err = cks_verify_summary_build(l->fp, seed, true, &l->all, diag);
+    err = cks_verify_summary_build(fp, seed, true, &l->all, diag);
     if (err)
         goto out;
     if (l->all->n_tokens) {
@@ -655,6 +649,31 @@ out:
         cks_verify_live_free(l);
     else
         *out = l;
+    return err;
+}
+
+cks_err cks_verify_live_prepare(const cks_compare_model *live, uint64_t seed, cks_verify_live **out, cks_diag *diag)
+{
+    cks_err err;
+    cks_fingerprint *fp = NULL;
+    cks_fp_build_opts bo;
+    cks_compare_model m = *live;
+
+    *out = NULL;
+    if (!seed)
+        seed = CKS_DEFAULT_SEED;
+    memset(&bo, 0, sizeof bo);
+    /* rows as compare reads them (never 4-bit): the cap only decides how much is kept */
+    bo.max_bytes = 200u << 20;
+    bo.seed = seed;
+    m.fingerprint = NULL;
+    err = cks_fingerprint_build(&m, &bo, &fp, diag);
+    if (!err)
+        err = cks_verify_live_from_fingerprint(fp, seed, out, diag);
+    if (!err)
+        (*out)->fp = fp;
+    else
+        cks_fingerprint_free(fp);
     return err;
 }
 
