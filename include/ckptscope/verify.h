@@ -153,6 +153,49 @@ void cks_verify_live_free(cks_verify_live *l);
 cks_err cks_verify_prescreen(const cks_verify_live *live, const cks_verify_summary *known,
                              cks_verify_prescreen_result *res, cks_diag *diag);
 
+/* ---- provenance: the upload against every known model ---- */
+
+typedef struct cks_verify_known {
+    const char *path;        /* the fingerprint (or LIBRARY#MEMBER) as given; not owned */
+    cks_verdict verdict;     /* NOT_DERIVED when screened out */
+    bool screened;           /* cleared by the screen or the pre-screen: no full comparison */
+    bool prescreened;        /* cleared by the pre-screen: the fingerprint was not even opened */
+    double t2, t1;           /* statistics of the comparison that decided (NAN: not run) */
+    int rank;                /* 0 identical, 1 derived, 2 inconclusive, 3 otherwise */
+    char reason[1024];
+    char source[256], repo[256], commit[64];
+} cks_verify_known;
+
+typedef enum cks_prescreen_mode {
+    CKS_PRESCREEN_AUTO = 0,  /* with CKS_VERIFY_PRESCREEN_MIN fingerprints or more */
+    CKS_PRESCREEN_ALWAYS,
+    CKS_PRESCREEN_NEVER
+} cks_prescreen_mode;
+
+/* Reading the upload for the pre-screen costs about one screen (~3 s for a 100B-class model):
+ * it pays for itself from a few fingerprints on. */
+#define CKS_VERIFY_PRESCREEN_MIN 8
+
+typedef struct cks_verify_against_opts {
+    bool no_screen;          /* every fingerprint gets the full comparison (and no pre-screen) */
+    bool no_synthetic;       /* full comparisons without the synthetic power checks */
+    cks_prescreen_mode prescreen;
+    struct cks_cache *cache; /* where the summaries are kept (NULL: made each time) */
+    /* may be NULL: called before each fingerprint (i of n) and with path NULL when done */
+    void (*progress)(void *ctx, const char *path, size_t i, size_t n);
+    void *progress_ctx;
+} cks_verify_against_opts;
+
+/*
+ * The upload (`live`, as B) against each fingerprint of paths: pre-screen (see above), then the
+ * screen (cks_verify_screen_clears), then the full comparison; out (n entries, caller's) sorted
+ * nearest first (rank, then T2 descending). On an error *n_done says how many were compared (in
+ * the order given, not sorted) and *failed which path failed (SIZE_MAX: the upload's side).
+ */
+cks_err cks_verify_against(const cks_compare_model *live, const char *const *paths, size_t n,
+                           const cks_verify_against_opts *opts, cks_verify_known *out, size_t *n_done,
+                           size_t *failed, cks_diag *diag);
+
 #ifdef __cplusplus
 }
 #endif

@@ -141,39 +141,7 @@ static const char verify_help[] =
 
 /* ---- provenance ---- */
 
-typedef struct known {
-    char *path;
-    cks_verdict verdict;
-    bool screened;           /* cleared by the screen: no full comparison was run */
-    bool prescreened;        /* cleared by the pre-screen: the fingerprint was not even opened */
-    double t2, t1;
-    char reason[1024];
-    char source[256], repo[256], commit[64];
-    int rank;
-} known;
-
-static int verdict_rank(cks_verdict v)
-{
-    switch (v) {
-    case CKS_VERDICT_IDENTICAL:
-        return 0;
-    case CKS_VERDICT_DERIVED:
-        return 1;
-    case CKS_VERDICT_INCONCLUSIVE:
-        return 2;
-    default:
-        return 3;
-    }
-}
-
-static int known_order(const void *x, const void *y)
-{
-    const known *a = x, *b = y;
-    double ta = isfinite(a->t2) ? a->t2 : -2, tb = isfinite(b->t2) ? b->t2 : -2;
-    if (a->rank != b->rank)
-        return a->rank - b->rank;
-    return ta > tb ? -1 : ta < tb;
-}
+typedef cks_verify_known known; /* the library's (include/ckptscope/verify.h) */
 
 static int add_path(char **list, size_t *n, const char *path)
 {
@@ -252,113 +220,16 @@ static int collect_fps(const char *arg, char **list, size_t *n)
     return EXIT_OK;
 }
 
-/*
- * The screen: every test at 99 permutations and without the synthetic power checks (a 100B-
- * class pair: ~4.6 s instead of ~12.7 s, bench/fingerprint). A fingerprint is screened out
- * only when no primary test comes near significance (each permutation p above 0.01, at least
- * one of the 99 permutations as extreme, and each z under 3) with an effect at least half its
- * floor: a test far under its floor cannot make "derived" however significant (shared
- * structure of independent models is often significant and always weak). A test that the full comparison
- * rejects (p <= 1e-3 / 7 after Holm) passes neither bound only if at least one of 99
- * permutations beats it and its z is also under 3, which its p makes all but impossible. The
- * alignment test T4a draws its null independently of the permutation count, so it is the
- * full test.
- */
-
-
-static void keep_result(const cks_compare_result *r, known *k)
+/* The progress line of cks_verify_against. */
+static void against_progress(void *ctx, const char *path, size_t i, size_t n)
 {
-    k->verdict = r->verdict;
-    k->rank = verdict_rank(r->verdict);
-    k->screened = false;
-    snprintf(k->reason, sizeof k->reason, "%s", r->reason);
-    for (size_t i = 0; i < r->n_tests; i++) {
-        if (strcmp(r->tests[i].id, "T2") == 0 && r->tests[i].ran)
-            k->t2 = r->tests[i].statistic;
-        if (strcmp(r->tests[i].id, "T1") == 0 && r->tests[i].ran)
-            k->t1 = r->tests[i].statistic;
+    char stage[600];
+    if (!path) {
+        cli_progress_stage(ctx, NULL, 0);
+        return;
     }
-}
-
-static cks_err compare_against(const char *path, const cks_compare_model *live, bool no_synthetic, bool screen,
-                               known *k, cks_diag *diag)
-{
-    cks_err err;
-    cks_fingerprint *fp = NULL;
-    cks_compare_model a;
-    cks_compare_opts copts;
-    cks_compare_result *r = NULL;
-    double max_z, min_p;
-
-    memset(&copts, 0, sizeof copts);
-    k->t1 = k->t2 = NAN;
-    err = cli_open_fingerprint(path, "known", &fp, &a, NULL, diag);
-    if (err)
-        return err;
-    snprintf(k->source, sizeof k->source, "%s", fp->source);
-    snprintf(k->repo, sizeof k->repo, "%s", fp->repo);
-    snprintf(k->commit, sizeof k->commit, "%s", fp->commit);
-    if (screen) {
-        copts.permutations = CKS_VERIFY_SCREEN_PERMUTATIONS;
-        copts.no_synthetic_power = true;
-        err = cks_compare(&a, live, &copts, &r, diag);
-        if (!err && cks_verify_screen_clears(r, &max_z, &min_p)) {
-            keep_result(r, k);
-            k->screened = true;
-            k->rank = verdict_rank(CKS_VERDICT_NOT_DERIVED);
-            snprintf(k->reason, sizeof k->reason,
-                     "screened out: at %d permutations no test comes near significance (smallest p %.2g, largest z "
-                     "%.2g); the full comparison was skipped (--no-screen runs it)",
-                     CKS_VERIFY_SCREEN_PERMUTATIONS, min_p, isfinite(max_z) ? max_z : 0.0);
-            goto out;
-        }
-        cks_compare_result_free(r);
-        r = NULL;
-        if (err)
-            goto out;
-        memset(&copts, 0, sizeof copts);
-    }
-    copts.no_synthetic_power = no_synthetic;
-    err = cks_compare(&a, live, &copts, &r, diag);
-    if (!err)
-        keep_result(r, k);
-out:
-    cks_compare_result_free(r);
-    cks_fingerprint_free(fp);
-    return err;
-}
-
-/* The pre-screen (docs/verify.md): from the fingerprint's summary, kept in the cache. A
- * summary that cannot be made is no error here: the fingerprint goes to the screen, which
- * reports what is wrong with it. */
-static cks_err prescreen_against(const char *path, const cks_verify_live *pre, const cli_opts *opts, known *k,
-                                 cks_diag *diag)
-{
-    cks_verify_summary *s = NULL;
-    cks_verify_prescreen_result res;
-    bool cached = false;
-    const char *repo, *commit, *source;
-    cks_err err;
-    cks_diag ignored;
-
-    k->prescreened = false;
-    if (cks_verify_summary_for_file(cli_remote_cache(opts), path, 0, &s, &cached, &ignored) != CKS_OK)
-        return CKS_OK;
-    err = cks_verify_prescreen(pre, s, &res, diag);
-    if (!err && res.clears) {
-        source = cks_verify_summary_source(s, &repo, &commit);
-        snprintf(k->source, sizeof k->source, "%s", source);
-        snprintf(k->repo, sizeof k->repo, "%s", repo);
-        snprintf(k->commit, sizeof k->commit, "%s", commit);
-        k->verdict = CKS_VERDICT_NOT_DERIVED;
-        k->rank = verdict_rank(CKS_VERDICT_NOT_DERIVED);
-        k->screened = k->prescreened = true;
-        k->t1 = k->t2 = NAN;
-        snprintf(k->reason, sizeof k->reason, "%s; the screen and the full comparison were skipped (--no-screen runs "
-                 "them)", res.reason);
-    }
-    cks_verify_summary_free(s);
-    return err;
+    snprintf(stage, sizeof stage, "verify: against %s (%zu of %zu)", path, i + 1, n);
+    cli_progress_stage(ctx, stage, 0);
 }
 
 /* ---- output ---- */
@@ -603,7 +474,8 @@ int cmd_verify(int argc, char **argv)
     int rc = EXIT_OK;
     verify_state *v = NULL;
     known *ks = NULL;
-    cks_verify_live *pre_live = NULL;
+    cks_verify_against_opts aopts;
+    size_t failed = SIZE_MAX;
     cks_ckpt *ckpt = NULL;
     cks_ckpt_check *sizes = NULL;
     cJSON *source = NULL;
@@ -694,37 +566,22 @@ int cmd_verify(int argc, char **argv)
             rc = cli_fail("verify", cks_fail(&diag, CKS_ERR_NOMEM, "out of memory"), &diag);
             goto out;
         }
-        /* the upload's side of the pre-screen, read once: pays off from a few fingerprints on
-         * (it reads what compare reads, ~3 s for a 100B-class model; each screen is ~3.5 s) */
-        if (screen && !no_prescreen && (force_prescreen || n_fps >= PRESCREEN_MIN_FPS)) {
-            cli_progress_stage(&opts, "verify: reading the upload for the pre-screen", 0);
-            err = cks_verify_live_prepare(&live, 0, &pre_live, &diag);
-            cli_progress_stage(&opts, NULL, 0);
-            if (err == CKS_ERR_NOMEM) {
-                rc = cli_fail("verify", err, &diag);
-                goto out;
-            }
-            if (err) {
-                cks_verify_set_error(v, err, NULL, diag.text);
-                goto report;
-            }
+        memset(&aopts, 0, sizeof aopts);
+        aopts.no_screen = !screen;
+        aopts.no_synthetic = no_synth;
+        aopts.prescreen = no_prescreen ? CKS_PRESCREEN_NEVER : force_prescreen ? CKS_PRESCREEN_ALWAYS : CKS_PRESCREEN_AUTO;
+        aopts.cache = cli_remote_cache(&opts);
+        aopts.progress = against_progress;
+        aopts.progress_ctx = &opts;
+        err = cks_verify_against(&live, (const char *const *)fps, n_fps, &aopts, ks, &n_known, &failed, &diag);
+        if (err == CKS_ERR_NOMEM && failed == SIZE_MAX) {
+            rc = cli_fail("verify", err, &diag);
+            goto out;
         }
-        for (size_t i = 0; i < n_fps; i++) {
-            char stage[600];
-            snprintf(stage, sizeof stage, "verify: against %s (%zu of %zu)", fps[i], i + 1, n_fps);
-            cli_progress_stage(&opts, stage, 0);
-            ks[n_known].path = fps[i];
-            err = pre_live ? prescreen_against(fps[i], pre_live, &opts, &ks[n_known], &diag) : CKS_OK;
-            if (!err && !ks[n_known].prescreened)
-                err = compare_against(fps[i], &live, no_synth, screen, &ks[n_known], &diag);
-            cli_progress_stage(&opts, NULL, 0);
-            if (err) {
-                cks_verify_set_error(v, err, fps[i], diag.text);
-                goto report;
-            }
-            n_known++;
+        if (err) {
+            cks_verify_set_error(v, err, failed == SIZE_MAX ? NULL : fps[failed], diag.text);
+            goto report;
         }
-        qsort(ks, n_known, sizeof *ks, known_order);
         if (n_known && ks[0].rank <= 1)
             rc = EXIT_DIFFERENT;
     }
@@ -745,7 +602,6 @@ out:
         free(fps[i]);
     free(fps);
     free(ks);
-    cks_verify_live_free(pre_live);
     if (v)
         cks_verify_report_release(v);
     free(v);
