@@ -100,8 +100,9 @@ cks_err cks_verify_read(const cks_ckpt *ckpt, cks_verify_report *r, bool full,
 
 /* The screen (docs/verdicts.md): a known model is cleared without a full comparison when, at
  * CKS_VERIFY_SCREEN_PERMUTATIONS permutations and without power checks, no primary test
- * rejects or comes near (p <= 0.01 or z >= 3) with an effect not far under its floor, and the
- * verdict is neither identical nor derived. *max_z and *min_p say how near the nearest came. */
+ * rejects or comes near (p <= 0.01 or z >= 3) with an effect not far under its floor, at least
+ * one ran, and the verdict is neither identical nor derived. *max_z and *min_p say how near
+ * the nearest came. */
 #define CKS_VERIFY_SCREEN_PERMUTATIONS 99
 bool cks_verify_screen_clears(const cks_compare_result *r, double *max_z, double *min_p);
 

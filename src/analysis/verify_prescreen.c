@@ -490,17 +490,27 @@ bad:
 /* ---- cache ---- */
 
 /* What pins a fingerprint file: its path, size, times and inode, and the SHA-256 of its first
- * and last 64 KiB (the zstd frame's end holds its checksum): any rewrite changes ctime. */
-static bool summary_key(const char *path, uint64_t seed, char *key, size_t cap)
+ * and last 64 KiB (the zstd frame's end holds its checksum): any rewrite changes ctime. A
+ * library member ("LIBRARY#MEMBER") is pinned by its library file and its name. */
+static bool summary_key(const char *ref, uint64_t seed, char *key, size_t cap)
 {
     struct stat sb;
     FILE *f = NULL;
     uint8_t *edge = malloc(KEY_EDGE), digest[32];
     unsigned int dlen = 0;
-    char hex[65], *real = realpath(path, NULL);
+    char hex[65], *real = NULL, *file = strdup(ref);
+    const char *member = "";
     EVP_MD_CTX *md = EVP_MD_CTX_new();
-    bool ok = edge && real && md && stat(path, &sb) == 0 && (f = fopen(path, "rb")) != NULL &&
-              EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
+    bool ok = edge && file && md;
+    if (ok && stat(file, &sb) != 0) {
+        char *hash = strrchr(file, '#');
+        if (hash) {
+            *hash = 0;
+            member = ref + (hash - file) + 1;
+        }
+    }
+    ok = ok && (real = realpath(file, NULL)) != NULL && stat(file, &sb) == 0 && (f = fopen(file, "rb")) != NULL &&
+         EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1;
     if (ok) {
         size_t got = fread(edge, 1, KEY_EDGE, f);
         EVP_DigestUpdate(md, edge, got);
@@ -512,16 +522,16 @@ static bool summary_key(const char *path, uint64_t seed, char *key, size_t cap)
     }
     if (ok) {
         cks_hex_encode(digest, 32, hex);
-        ok = snprintf(key, cap, "v1|%llu|%s|%llu|%lld.%09ld|%lld.%09ld|%llu|%s", (unsigned long long)seed, real,
-                      (unsigned long long)sb.st_size, (long long)sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
-                      (long long)sb.st_ctim.tv_sec, sb.st_ctim.tv_nsec, (unsigned long long)sb.st_ino,
-                      hex) < (int)cap;
+        ok = snprintf(key, cap, "v1|%llu|%s|%s|%llu|%lld.%09ld|%lld.%09ld|%llu|%s", (unsigned long long)seed, real,
+                      member, (unsigned long long)sb.st_size, (long long)sb.st_mtim.tv_sec, sb.st_mtim.tv_nsec,
+                      (long long)sb.st_ctim.tv_sec, sb.st_ctim.tv_nsec, (unsigned long long)sb.st_ino, hex) < (int)cap;
     }
     if (f)
         fclose(f);
     EVP_MD_CTX_free(md);
     free(edge);
     free(real);
+    free(file);
     return ok;
 }
 
@@ -551,7 +561,7 @@ cks_err cks_verify_summary_for_file(cks_cache *cache, const char *path, uint64_t
         }
     }
     free(data);
-    err = cks_fingerprint_load(path, &fp, diag);
+    err = cks_fingerprint_load_ref(path, &fp, diag);
     if (!err)
         err = cks_verify_summary_build(fp, seed, false, out, diag);
     if (!err && keyed && cks_verify_summary_encode(*out, &enc, &enc_len, &ignored) == CKS_OK)
