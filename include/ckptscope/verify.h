@@ -151,7 +151,8 @@ cks_err cks_verify_live_from_fingerprint(const cks_fingerprint *fp, uint64_t see
                                          cks_diag *diag);
 void cks_verify_live_free(cks_verify_live *l);
 
-cks_err cks_verify_prescreen(const cks_verify_live *live, const cks_verify_summary *known,
+/* live is not changed but for a memo of its columns over the last shared tokens. */
+cks_err cks_verify_prescreen(cks_verify_live *live, const cks_verify_summary *known,
                              cks_verify_prescreen_result *res, cks_diag *diag);
 
 /* ---- provenance: the upload against every known model ---- */

@@ -36,6 +36,7 @@
 #define SUMMARY_MAX_BYTES (512u << 20)
 #define PROBE_DIMS 32u  /* of T4a's dimensions of A: ~0.74 GFLOP against a 4096-wide B over 2816 tokens */
 #define KEY_EDGE (64u << 10)
+#define EB_MEMO 4u
 
 /* Bytes of n elements of a whole-byte dtype; 0 when sub-byte, unknown or too large. */
 static uint64_t raw_nbytes(uint32_t dtype, uint64_t n)
@@ -82,6 +83,14 @@ struct cks_verify_live {
     cks_verify_summary *all; /* every dimension probed */
     uint32_t *tok_order;     /* live tokens sorted by text */
     double *unit[2];         /* centred unit rank vectors, n_layers x hidden per kind */
+    /* B's unit columns over the last few sets of shared tokens: members that share a tokenizer
+     * share one, and gathering and normalising 2816 x 4096 floats costs more than T4a's probe */
+    struct {
+        uint32_t *pairs;
+        size_t n;
+        float *eb;
+    } memo[EB_MEMO];
+    unsigned memo_next;
 };
 
 /* ---- building ---- */
@@ -599,6 +608,10 @@ void cks_verify_live_free(cks_verify_live *l)
     free(l->tok_order);
     free(l->unit[0]);
     free(l->unit[1]);
+    for (unsigned i = 0; i < EB_MEMO; i++) {
+        free(l->memo[i].pairs);
+        free(l->memo[i].eb);
+    }
     free(l);
 }
 
@@ -789,15 +802,16 @@ static int find_token(const cks_verify_live *l, const uint8_t *text, uint32_t le
     return -1;
 }
 
-cks_err cks_verify_prescreen(const cks_verify_live *l, const cks_verify_summary *a, cks_verify_prescreen_result *res,
+cks_err cks_verify_prescreen(cks_verify_live *l, const cks_verify_summary *a, cks_verify_prescreen_result *res,
                              cks_diag *diag)
 {
     cks_err err = CKS_OK;
     const cks_verify_summary *b = l->all;
     double *sa = NULL, *prod = NULL;
-    float *ea = NULL, *eb = NULL, *sim = NULL;
+    float *ea = NULL, *sim = NULL;
     uint32_t *pair_a = NULL, *pair_b = NULL;
     size_t n = 0, min_tokens, db = b->embed_cols, m = a->n_probe;
+    unsigned slot;
 
     memset(res, 0, sizeof *res);
     res->t1_excess = res->t2_bound = NAN;
@@ -877,20 +891,38 @@ cks_err cks_verify_prescreen(const cks_verify_live *l, const cks_verify_summary 
         goto out;
     }
     ea = malloc(n * m * sizeof *ea);
-    eb = malloc(n * db * sizeof *eb);
     sim = malloc(m * db * sizeof *sim);
-    if (!ea || !eb || !sim) {
+    if (!ea || !sim) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    for (size_t r = 0; r < n; r++) {
+    for (size_t r = 0; r < n; r++)
         memcpy(ea + r * m, a->probe + (size_t)pair_a[r] * m, m * sizeof *ea);
-        memcpy(eb + r * db, b->probe + (size_t)pair_b[r] * db, db * sizeof *eb);
-    }
     normalise_columns(ea, n, m);
-    normalise_columns(eb, n, db);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)db, (int)n, 1.0f, ea, (int)m, eb, (int)db, 0.0f,
-                sim, (int)db);
+    for (slot = 0; slot < EB_MEMO; slot++)
+        if (l->memo[slot].eb && l->memo[slot].n == n && !memcmp(l->memo[slot].pairs, pair_b, n * sizeof *pair_b))
+            break;
+    if (slot == EB_MEMO) {
+        slot = l->memo_next++ % EB_MEMO;
+        free(l->memo[slot].eb);
+        free(l->memo[slot].pairs);
+        l->memo[slot].n = 0;
+        l->memo[slot].eb = malloc(n * db * sizeof *l->memo[slot].eb);
+        l->memo[slot].pairs = malloc(n * sizeof *l->memo[slot].pairs);
+        if (!l->memo[slot].eb || !l->memo[slot].pairs) {
+            free(l->memo[slot].eb);
+            l->memo[slot].eb = NULL;
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        for (size_t r = 0; r < n; r++)
+            memcpy(l->memo[slot].eb + r * db, b->probe + (size_t)pair_b[r] * db, db * sizeof *l->memo[slot].eb);
+        normalise_columns(l->memo[slot].eb, n, db);
+        memcpy(l->memo[slot].pairs, pair_b, n * sizeof *pair_b);
+        l->memo[slot].n = n;
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)db, (int)n, 1.0f, ea, (int)m, l->memo[slot].eb,
+                (int)db, 0.0f, sim, (int)db);
     for (size_t i = 0; i < m; i++) {
         float best = 0;
         for (size_t j = 0; j < db; j++)
@@ -920,7 +952,6 @@ out:
     free(sa);
     free(prod);
     free(ea);
-    free(eb);
     free(sim);
     free(pair_a);
     free(pair_b);
@@ -1029,7 +1060,7 @@ out:
 
 /* From the fingerprint's summary. A summary that cannot be made is no error here: the
  * fingerprint goes to the screen, which says what is wrong with it. */
-static cks_err prescreen_one(const char *path, const cks_verify_live *pre, struct cks_cache *cache,
+static cks_err prescreen_one(const char *path, cks_verify_live *pre, struct cks_cache *cache,
                              cks_verify_known *k, cks_diag *diag)
 {
     cks_verify_summary *s = NULL;

@@ -210,6 +210,46 @@ static void t1_copies_hand_worked(void)
     CHECK(!r.clears);
 }
 
+/* One upload against members in turn, whose shared tokens differ (the columns memo of the live
+ * side): each answer is the one a fresh upload side gives. */
+static void one_upload_many_members(void)
+{
+    static hand_fp live, near, far, other;
+    static const int ranks[HID] = {5, 1, 8, 3, 7, 2, 6, 4};
+    cks_verify_live *l = NULL;
+    cks_verify_summary *s[3] = {NULL, NULL, NULL};
+    cks_verify_prescreen_result r;
+    cks_diag d;
+    const uint32_t want_hits[3] = {COLS, 0, 0};
+
+    hand_init(&live, LIVE_RANKS, 0xAA, false);
+    live_embed(&live);
+    hand_init(&near, ranks, 0xBB, false);
+    known_embed(&near, 0.2);
+    hand_init(&far, ranks, 0xBB, false);
+    known_embed(&far, 0.1);
+    /* the same strings in the reverse order: another list of shared pairs; A's rows 2 and 10..13
+     * are then the upload's tokens 61 and 50..53, which no column of the upload touches */
+    hand_init(&other, ranks, 0xBB, false);
+    known_embed(&other, 0.2);
+    for (int t = 0; t < TOKENS; t++)
+        snprintf((char *)other.text[t], sizeof other.text[t], "t%02d", TOKENS - 1 - t);
+    CHECK(cks_verify_live_from_fingerprint(&live.fp, 0, &l, &d) == CKS_OK);
+    CHECK(cks_verify_summary_build(&near.fp, 0, false, &s[0], &d) == CKS_OK);
+    CHECK(cks_verify_summary_build(&far.fp, 0, false, &s[1], &d) == CKS_OK);
+    CHECK(cks_verify_summary_build(&other.fp, 0, false, &s[2], &d) == CKS_OK);
+    for (int round = 0; l && round < 12; round++) {
+        int i = (round * 7) % 3;
+        CHECK(cks_verify_prescreen(l, s[i], &r, &d) == CKS_OK);
+        CHECK_EQ_INT(r.t4a_hits, want_hits[i]);
+        CHECK_EQ_INT(r.shared_tokens, TOKENS);
+        CHECK(r.clears == (i != 0));
+    }
+    for (int i = 0; i < 3; i++)
+        cks_verify_summary_free(s[i]);
+    cks_verify_live_free(l);
+}
+
 static void malformed_summary_is_refused(void)
 {
     static hand_fp h;
@@ -229,4 +269,4 @@ static void malformed_summary_is_refused(void)
 }
 
 TEST_MAIN(T(t2_bound_hand_worked), T(t4a_probe_hand_worked), T(t1_copies_hand_worked),
-          T(malformed_summary_is_refused))
+          T(one_upload_many_members), T(malformed_summary_is_refused))
