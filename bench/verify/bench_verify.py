@@ -211,18 +211,20 @@ def main():
     base = f"{binary} verify {source} --against {sub} --no-prescreen --json"
     none = [binary, "verify", source, "--json"]
     t = time.time()
+    load0 = os.getloadavg()
     rc_f, text = farm(new, base, args.runs, 3600, env)
     rc_n, text_none = farm(none, " ".join(none), 1 if args.quick else 3, 600, env)
     elapsed = time.time() - t
+    load1 = os.getloadavg()
 
-    def medians(report):
-        """(A wall min, A wall median, B wall min, B wall median) from farm-bench's table."""
-        rows = [ln for ln in report.splitlines() if re.match(r"\s*(A|B)?\s*wall", ln)]
-        vals = [[float(x) for x in re.findall(r"(\d+\.\d+)", ln)[:3]] for ln in rows]
-        return vals
+    def medians(report, what="wall"):
+        """[[min, median, max] of A, of B] for one figure of farm-bench's table."""
+        rows = [ln for ln in report.splitlines() if re.match(r"\s*(A|B)?\s*%s s" % what, ln)]
+        return [[float(x) for x in re.findall(r"(\d+\.\d+)", ln)[:3]] for ln in rows]
 
     w = medians(text)
     w0 = medians(text_none)
+    c = medians(text, "cpu")
     lines = ["# verify --against at 1,000 fingerprints (issue 15)", "",
              f"`/usr/bin/python3 bench/verify/bench_verify.py --bin {os.path.relpath(binary, ROOT)}"
              f"{' --quick' if args.quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
@@ -249,7 +251,11 @@ def main():
                   f"| validation only | {w0[0][0]:.1f} s | {z_med:.1f} s |",
                   f"| B per fingerprint | | {per:.2f} s |",
                   f"| B extrapolated to {args.n} (anchor) | | {extrap:.0f} s |",
-                  f"| ratio anchor / A | | {extrap / a_med:.0f}x |", "",
+                  f"| ratio anchor / A | | {extrap / a_med:.0f}x |",
+                  f"| A cpu (user + sys) | {c[0][0]:.1f} s | {c[0][1]:.1f} s |",
+                  f"| B cpu (user + sys) | {c[1][0]:.1f} s | {c[1][1]:.1f} s |", "",
+                  f"Load average (1 min) of the 2-core machine, shared with other benchmarks: {load0[0]:.1f} at the "
+                  f"start, {load1[0]:.1f} at the end.", "",
                   f"Goal: A under 60 s warm with {args.n} fingerprints: "
                   f"**{'met' if a_med < 60 and args.n >= 1000 else 'not met' if args.n >= 1000 else 'quick run'}** "
                   f"(median {a_med:.1f} s)."]
@@ -258,6 +264,7 @@ def main():
     lines += ["", f"Outcome of A: exit {p.returncode}, {len(prov)} members listed: {json.dumps(counts)}; planted "
               f"member: {planted[0]['verdict'] if planted else 'missing'}" + ("" if ok else " **(WRONG)**"),
               f"Bench wall time {elapsed:.0f} s."]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     open(args.out, "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if ok and rc_f == 0 else 1
