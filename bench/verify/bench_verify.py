@@ -162,6 +162,19 @@ def make_members(binary, hub, work, n, env):
     return fps
 
 
+def corpus_check(binary, seeds):
+    """The pre-screen on the verdict calibration corpus (tests/integration/test_verify_prescreen.py):
+    (exit code, PASS count, FAIL lines, its summary line)."""
+    env = dict(os.environ, CKS_BIN=binary, CKS_BUILD=os.path.dirname(binary), CKS_ROOT=ROOT,
+               CKS_PRESCREEN_SEEDS=seeds,
+               CKS_REALDATA=os.environ.get("CKS_REALDATA", os.path.join(ROOT, "..", "shared", "realdata")))
+    p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests", "integration", "test_verify_prescreen.py")],
+                       env=env, capture_output=True, text=True)
+    lines = p.stdout.splitlines()
+    return (p.returncode, sum(ln.startswith("PASS") for ln in lines), [ln for ln in lines if ln.startswith("FAIL")],
+            next((ln for ln in lines if ln.startswith("# ")), ""))
+
+
 def farm(a, b, runs, timeout, env):
     cmd = ["farm-bench", "-n", str(runs), "--warmup", "1", "--timeout", str(timeout), "--vs", b, "--"] + a
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -261,6 +274,14 @@ def main():
                   f"(median {a_med:.1f} s)."]
     except (IndexError, ValueError):
         lines += ["(could not read farm-bench's figures: see its output above)"]
+    seeds = "1" if args.quick else "1,2,3"
+    t = time.time()
+    rc_c, n_pass, fails, summary = corpus_check(binary, seeds)
+    lines += ["", f"Calibration corpus, seeds {seeds} and the real pairs of bench/verdicts "
+              f"(`CKS_PRESCREEN_SEEDS={seeds} tests/integration/test_verify_prescreen.py`, {time.time() - t:.0f} s): "
+              f"every derived or identical pair kept by the pre-screen and verify's verdict equal to compare's: "
+              f"**{n_pass} PASS, {len(fails)} FAIL**; {summary.lstrip('# ')}."] + [f"- {f}" for f in fails[:20]]
+    ok = ok and rc_c == 0
     lines += ["", f"Outcome of A: exit {p.returncode}, {len(prov)} members listed: {json.dumps(counts)}; planted "
               f"member: {planted[0]['verdict'] if planted else 'missing'}" + ("" if ok else " **(WRONG)**"),
               f"Bench wall time {elapsed:.0f} s."]
