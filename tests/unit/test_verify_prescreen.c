@@ -26,7 +26,7 @@ typedef struct hand_fp {
     cks_ckpt_tensor tensor;
     cks_fp_hash hash;
     cks_fp_token tokens[TOKENS];
-    uint8_t text[TOKENS][4];
+    uint8_t text[TOKENS][16];
     float embed[TOKENS * COLS];
 } hand_fp;
 
