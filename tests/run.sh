@@ -42,7 +42,7 @@ case "$LIMIT" in ''|*[!0-9]*|0) echo "tests/run.sh: CKS_TEST_TIMEOUT must be sec
 # start them first so the short ones fill the other cores.
 LONG_TIER="test_fingerprint_wide.py test_verdicts.py test_scaleout.py test_slurm.py test_fingerprint.py
            test_compare.py test_report.py test_tokenizers_real.py test_remote.py test_cache_hub.py test_docs.py
-           test_fakehub.py test_verify.py test_cache_cli.sh"
+           test_fakehub.py test_verify.py test_verify_prescreen.py test_cache_cli.sh"
 
 in_long_tier() { case " $(echo $LONG_TIER) " in *" $1 "*) return 0 ;; esac; return 1; }
 

@@ -82,6 +82,9 @@ size_t cks_fplib_find(const cks_fplib *lib, const char *name);
 cks_err cks_fplib_read_member(const cks_fplib *lib, size_t i, uint8_t **buf, size_t *len, cks_diag *diag);
 /* Member i decoded. */
 cks_err cks_fplib_load_member(const cks_fplib *lib, size_t i, cks_fingerprint **out, cks_diag *diag);
+/* A fingerprint file, or a library member named "LIBRARY#MEMBER" (as `verify --against LIBRARY`
+ * lists them) when no file has that name. */
+cks_err cks_fingerprint_load_ref(const char *ref, cks_fingerprint **out, cks_diag *diag);
 bool cks_fplib_sniff(const void *buf, size_t len);
 bool cks_fplib_is_file(const char *path);
 

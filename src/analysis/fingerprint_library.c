@@ -1293,3 +1293,28 @@ out:
     *out = g.r;
     return CKS_OK;
 }
+
+cks_err cks_fingerprint_load_ref(const char *ref, cks_fingerprint **out, cks_diag *diag)
+{
+    cks_err err;
+    struct stat sb;
+    const char *hash = strrchr(ref, '#');
+    char *lib_path;
+    cks_fplib *lib = NULL;
+    size_t i;
+
+    *out = NULL;
+    if (!hash || stat(ref, &sb) == 0)
+        return cks_fingerprint_load(ref, out, diag);
+    lib_path = strndup(ref, (size_t)(hash - ref));
+    if (!lib_path)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
+    err = cks_fplib_open(lib_path, &lib, diag);
+    if (!err && (i = cks_fplib_find(lib, hash + 1)) == SIZE_MAX)
+        err = cks_fail(diag, CKS_ERR_NOT_FOUND, "%s: the library has no member \"%s\"", lib_path, hash + 1);
+    if (!err)
+        err = cks_fplib_load_member(lib, i, out, diag);
+    cks_fplib_close(lib);
+    free(lib_path);
+    return err;
+}

@@ -607,13 +607,14 @@ void cks_verify_report_release(cks_verify_report *r)
 
 bool cks_verify_screen_clears(const cks_compare_result *r, double *max_z, double *min_p)
 {
-    bool clears = true;
+    bool clears = true, any_ran = false;
     *max_z = -INFINITY;
     *min_p = 1;
     for (size_t i = 0; i < r->n_tests; i++) {
         const cks_test_result *t = &r->tests[i];
         if (!t->primary || !t->ran)
             continue;
+        any_ran = true;
         if (isfinite(t->z) && t->z > *max_z)
             *max_z = t->z;
         if (isfinite(t->p_value) && t->p_value < *min_p)
@@ -624,5 +625,9 @@ bool cks_verify_screen_clears(const cks_compare_result *r, double *max_z, double
                            !(isfinite(t->floor) && isfinite(t->effect) && t->effect < t->floor / 2)))
             clears = false;
     }
-    return clears && r->verdict != CKS_VERDICT_IDENTICAL && r->verdict != CKS_VERDICT_DERIVED;
+    /* nothing compared is no evidence of distance: a derivative whose tensors the fingerprint
+     * cannot compare (plain MLPs, adapters, heads) gets the full comparison, which says so
+     * (inconclusive) as a plain compare does. The screen's own verdict is inconclusive for most
+     * unrelated pairs (it runs without the power checks that not_derived needs): not a reason. */
+    return clears && any_ran && r->verdict != CKS_VERDICT_IDENTICAL && r->verdict != CKS_VERDICT_DERIVED;
 }

@@ -97,26 +97,7 @@ static const char *json_text(const cJSON *o, const char *key)
  * an existing file of that name wins. */
 static cks_err load_fingerprint(const char *path, cks_fingerprint **fp, cks_diag *diag)
 {
-    cks_err err;
-    struct stat sb;
-    const char *hash = strrchr(path, '#');
-    char *lib_path;
-    cks_fplib *lib = NULL;
-    size_t i;
-
-    if (!hash || stat(path, &sb) == 0)
-        return cks_fingerprint_load(path, fp, diag);
-    lib_path = strndup(path, (size_t)(hash - path));
-    if (!lib_path)
-        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-    err = cks_fplib_open(lib_path, &lib, diag);
-    if (!err && (i = cks_fplib_find(lib, hash + 1)) == SIZE_MAX)
-        err = cks_fail(diag, CKS_ERR_NOT_FOUND, "%s: the library has no member \"%s\"", lib_path, hash + 1);
-    if (!err)
-        err = cks_fplib_load_member(lib, i, fp, diag);
-    cks_fplib_close(lib);
-    free(lib_path);
-    return err;
+    return cks_fingerprint_load_ref(path, fp, diag);
 }
 
 int cli_fingerprint_library_refs(const char *path, char ***refs, size_t *n)

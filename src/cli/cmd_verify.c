@@ -28,6 +28,7 @@
 #include "ckptscope/hub.h"
 #include "ckptscope/verify.h"
 #include "cli.h"
+#include "cli_remote.h"
 
 /* The report is the library's (include/ckptscope/verify.h); the names this file prints it by. */
 #define MAX_PROBLEMS 2000
@@ -93,6 +94,7 @@ static cJSON *files_json(const verify_state *v)
 #define TEXT_WARNINGS_MAX 20
 #define MAX_AGAINST 64
 #define MAX_FPS 4096
+#define PRESCREEN_MIN_FPS 8
 
 static const char verify_help[] =
     "usage: ckptscope verify [OPTIONS] SOURCE [--against FILE_OR_DIR ...] [--full]\n"
@@ -115,6 +117,9 @@ static const char verify_help[] =
     "  --full           SHA-256 of every file against the Hub's, and every value of every\n"
     "                   float tensor checked for NaN/Inf on the way\n"
     "  --no-synthetic   skip compare's synthetic power checks in full comparisons\n"
+    "  --prescreen      pre-screen every fingerprint from its summary in the cache (default:\n"
+    "                   with 8 or more fingerprints; see docs/verify.md)\n"
+    "  --no-prescreen   never pre-screen (each fingerprint is opened and screened)\n"
     "  --no-screen      compare fully against every fingerprint (default: a quick screen\n"
     "                   first, 99 permutations and no power checks; a fingerprint the\n"
     "                   screen sees nothing of is listed as screened_out, the others are\n"
@@ -136,38 +141,7 @@ static const char verify_help[] =
 
 /* ---- provenance ---- */
 
-typedef struct known {
-    char *path;
-    cks_verdict verdict;
-    bool screened;           /* cleared by the screen: no full comparison was run */
-    double t2, t1;
-    char reason[1024];
-    char source[256], repo[256], commit[64];
-    int rank;
-} known;
-
-static int verdict_rank(cks_verdict v)
-{
-    switch (v) {
-    case CKS_VERDICT_IDENTICAL:
-        return 0;
-    case CKS_VERDICT_DERIVED:
-        return 1;
-    case CKS_VERDICT_INCONCLUSIVE:
-        return 2;
-    default:
-        return 3;
-    }
-}
-
-static int known_order(const void *x, const void *y)
-{
-    const known *a = x, *b = y;
-    double ta = isfinite(a->t2) ? a->t2 : -2, tb = isfinite(b->t2) ? b->t2 : -2;
-    if (a->rank != b->rank)
-        return a->rank - b->rank;
-    return ta > tb ? -1 : ta < tb;
-}
+typedef cks_verify_known known; /* the library's (include/ckptscope/verify.h) */
 
 static int add_path(char **list, size_t *n, const char *path)
 {
@@ -246,80 +220,16 @@ static int collect_fps(const char *arg, char **list, size_t *n)
     return EXIT_OK;
 }
 
-/*
- * The screen: every test at 99 permutations and without the synthetic power checks (a 100B-
- * class pair: ~4.6 s instead of ~12.7 s, bench/fingerprint). A fingerprint is screened out
- * only when no primary test comes near significance (each permutation p above 0.01, at least
- * one of the 99 permutations as extreme, and each z under 3) with an effect at least half its
- * floor: a test far under its floor cannot make "derived" however significant (shared
- * structure of independent models is often significant and always weak). A test that the full comparison
- * rejects (p <= 1e-3 / 7 after Holm) passes neither bound only if at least one of 99
- * permutations beats it and its z is also under 3, which its p makes all but impossible. The
- * alignment test T4a draws its null independently of the permutation count, so it is the
- * full test.
- */
-
-
-static void keep_result(const cks_compare_result *r, known *k)
+/* The progress line of cks_verify_against. */
+static void against_progress(void *ctx, const char *path, size_t i, size_t n)
 {
-    k->verdict = r->verdict;
-    k->rank = verdict_rank(r->verdict);
-    k->screened = false;
-    snprintf(k->reason, sizeof k->reason, "%s", r->reason);
-    for (size_t i = 0; i < r->n_tests; i++) {
-        if (strcmp(r->tests[i].id, "T2") == 0 && r->tests[i].ran)
-            k->t2 = r->tests[i].statistic;
-        if (strcmp(r->tests[i].id, "T1") == 0 && r->tests[i].ran)
-            k->t1 = r->tests[i].statistic;
+    char stage[600];
+    if (!path) {
+        cli_progress_stage(ctx, NULL, 0);
+        return;
     }
-}
-
-static cks_err compare_against(const char *path, const cks_compare_model *live, bool no_synthetic, bool screen,
-                               known *k, cks_diag *diag)
-{
-    cks_err err;
-    cks_fingerprint *fp = NULL;
-    cks_compare_model a;
-    cks_compare_opts copts;
-    cks_compare_result *r = NULL;
-    double max_z, min_p;
-
-    memset(&copts, 0, sizeof copts);
-    k->t1 = k->t2 = NAN;
-    err = cli_open_fingerprint(path, "known", &fp, &a, NULL, diag);
-    if (err)
-        return err;
-    snprintf(k->source, sizeof k->source, "%s", fp->source);
-    snprintf(k->repo, sizeof k->repo, "%s", fp->repo);
-    snprintf(k->commit, sizeof k->commit, "%s", fp->commit);
-    if (screen) {
-        copts.permutations = CKS_VERIFY_SCREEN_PERMUTATIONS;
-        copts.no_synthetic_power = true;
-        err = cks_compare(&a, live, &copts, &r, diag);
-        if (!err && cks_verify_screen_clears(r, &max_z, &min_p)) {
-            keep_result(r, k);
-            k->screened = true;
-            k->rank = verdict_rank(CKS_VERDICT_NOT_DERIVED);
-            snprintf(k->reason, sizeof k->reason,
-                     "screened out: at %d permutations no test comes near significance (smallest p %.2g, largest z "
-                     "%.2g); the full comparison was skipped (--no-screen runs it)",
-                     CKS_VERIFY_SCREEN_PERMUTATIONS, min_p, isfinite(max_z) ? max_z : 0.0);
-            goto out;
-        }
-        cks_compare_result_free(r);
-        r = NULL;
-        if (err)
-            goto out;
-        memset(&copts, 0, sizeof copts);
-    }
-    copts.no_synthetic_power = no_synthetic;
-    err = cks_compare(&a, live, &copts, &r, diag);
-    if (!err)
-        keep_result(r, k);
-out:
-    cks_compare_result_free(r);
-    cks_fingerprint_free(fp);
-    return err;
+    snprintf(stage, sizeof stage, "verify: against %s (%zu of %zu)", path, i + 1, n);
+    cli_progress_stage(ctx, stage, 0);
 }
 
 /* ---- output ---- */
@@ -439,6 +349,7 @@ static void print_json(const char *spec, cJSON *source, const verify_state *v, c
         cJSON_AddStringToObject(k, "commit", ks[i].commit);
         cJSON_AddStringToObject(k, "verdict", ks[i].screened ? "screened_out" : cks_verdict_name(ks[i].verdict));
         cJSON_AddBoolToObject(k, "screened", ks[i].screened);
+        cJSON_AddBoolToObject(k, "prescreened", ks[i].prescreened);
         if (isfinite(ks[i].t2))
             cJSON_AddNumberToObject(k, "norm_gain_pearson", ks[i].t2);
         cJSON_AddStringToObject(k, "reason", ks[i].reason);
@@ -563,6 +474,8 @@ int cmd_verify(int argc, char **argv)
     int rc = EXIT_OK;
     verify_state *v = NULL;
     known *ks = NULL;
+    cks_verify_against_opts aopts;
+    size_t failed = SIZE_MAX;
     cks_ckpt *ckpt = NULL;
     cks_ckpt_check *sizes = NULL;
     cJSON *source = NULL;
@@ -572,11 +485,13 @@ int cmd_verify(int argc, char **argv)
     cks_err err;
 
     cli_list against_list = {against, 0, MAX_AGAINST, "fingerprints, libraries or folders"};
-    bool no_screen = false;
+    bool no_screen = false, force_prescreen = false, no_prescreen = false;
     const cli_option table[] = {{.name = "against", .kind = CLI_LIST, .dest = &against_list},
                                 {.name = "full", .kind = CLI_FLAG, .dest = &full},
                                 {.name = "no-synthetic", .kind = CLI_FLAG, .dest = &no_synth},
                                 {.name = "no-screen", .kind = CLI_FLAG, .dest = &no_screen},
+                                {.name = "prescreen", .kind = CLI_FLAG, .dest = &force_prescreen},
+                                {.name = "no-prescreen", .kind = CLI_FLAG, .dest = &no_prescreen},
                                 {.kind = CLI_END}};
     rc = cli_parse_options("verify", argc, argv, table, &opts, verify_help);
     if (rc != CLI_GO_ON)
@@ -651,20 +566,22 @@ int cmd_verify(int argc, char **argv)
             rc = cli_fail("verify", cks_fail(&diag, CKS_ERR_NOMEM, "out of memory"), &diag);
             goto out;
         }
-        for (size_t i = 0; i < n_fps; i++) {
-            char stage[600];
-            snprintf(stage, sizeof stage, "verify: against %s (%zu of %zu)", fps[i], i + 1, n_fps);
-            cli_progress_stage(&opts, stage, 0);
-            ks[n_known].path = fps[i];
-            err = compare_against(fps[i], &live, no_synth, screen, &ks[n_known], &diag);
-            cli_progress_stage(&opts, NULL, 0);
-            if (err) {
-                cks_verify_set_error(v, err, fps[i], diag.text);
-                goto report;
-            }
-            n_known++;
+        memset(&aopts, 0, sizeof aopts);
+        aopts.no_screen = !screen;
+        aopts.no_synthetic = no_synth;
+        aopts.prescreen = no_prescreen ? CKS_PRESCREEN_NEVER : force_prescreen ? CKS_PRESCREEN_ALWAYS : CKS_PRESCREEN_AUTO;
+        aopts.cache = cli_remote_cache(&opts);
+        aopts.progress = against_progress;
+        aopts.progress_ctx = &opts;
+        err = cks_verify_against(&live, (const char *const *)fps, n_fps, &aopts, ks, &n_known, &failed, &diag);
+        if (err == CKS_ERR_NOMEM && failed == SIZE_MAX) {
+            rc = cli_fail("verify", err, &diag);
+            goto out;
         }
-        qsort(ks, n_known, sizeof *ks, known_order);
+        if (err) {
+            cks_verify_set_error(v, err, failed == SIZE_MAX ? NULL : fps[failed], diag.text);
+            goto report;
+        }
         if (n_known && ks[0].rank <= 1)
             rc = EXIT_DIFFERENT;
     }

@@ -102,6 +102,10 @@ static void screen_clears_only_far_from_derived(void)
     t[0].z = 0.3;
     res.verdict = CKS_VERDICT_IDENTICAL; /* never cleared */
     CHECK(!cks_verify_screen_clears(&res, &z, &p));
+    res.verdict = CKS_VERDICT_INCONCLUSIVE; /* what the screen says without power checks */
+    CHECK(cks_verify_screen_clears(&res, &z, &p));
+    t[0].ran = false; /* no primary test ran: nothing says the models are far apart */
+    CHECK(!cks_verify_screen_clears(&res, &z, &p));
 }
 
 TEST_MAIN(T(full_read_finds_nan_and_hashes_the_file), T(screen_clears_only_far_from_derived))
