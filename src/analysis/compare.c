@@ -11,13 +11,9 @@
  */
 #include <cblas.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __GLIBC__
-#include <malloc.h> /* malloc_trim */
-#endif
 
 #include "ckptscope/cka.h"
 #include "ckptscope/defaults.h"
@@ -139,26 +135,6 @@ static cks_err run_pair(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_fami
     return err;
 }
 
-/*
- * A and B loaded side by side: each model's reads wait on its own server round trips and its
- * own decoding, so B's load runs on a second thread while A's runs here (two 100B-class
- * repos over a 40 ms link: the norm reads of B no longer wait for A's to finish and decode).
- * The loaders share nothing writable but the disk cache, which locks for itself; a thread
- * that cannot start leaves B to this one.
- */
-/*
- * Hand freed heap pages back to the system. A copy made of many blocks of a few hundred KiB
- * (the noisy derivative's k/v rows) is served from the heap once glibc's mmap threshold has
- * grown, and freeing it leaves the pages mapped: the permuted power check then came on top of
- * them (peak 278 MB on the bench pair; with the pages returned, 246 MB).
- */
-static void return_freed_memory(void)
-{
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
-}
-
 struct load_job {
     const cmp_ctx *ctx;
     const cks_compare_model *m;
@@ -174,23 +150,20 @@ static void *load_main(void *arg)
     return NULL;
 }
 
+/*
+ * A and B loaded side by side: each model's reads wait on its own server round trips and its
+ * own decoding (two 100B-class repos over a 40 ms link: the norm reads of B no longer wait for
+ * A's to finish and decode). The loaders share nothing writable but the disk cache. A's error
+ * comes first.
+ */
 static cks_err load_pair(const cmp_ctx *ctx, const cks_compare_model *a, const cks_compare_model *b, cmp_model *ma,
                          cmp_model *mb, cks_diag *diag)
 {
-    struct load_job jb = {ctx, b, mb, CKS_OK, {{0}}};
-    pthread_t t;
-    bool threaded = pthread_create(&t, NULL, load_main, &jb) == 0;
-    cks_err err = cmp_model_load(ctx, a, ma, diag);
-    if (threaded)
-        pthread_join(t, NULL);
-    else
-        load_main(&jb);
-    if (!err && jb.err) {
-        err = jb.err;
-        if (diag)
-            *diag = jb.diag;
-    }
-    return err;
+    struct load_job ja = {ctx, a, ma, CKS_OK, {{0}}}, jb = {ctx, b, mb, CKS_OK, {{0}}};
+    cmp_both_sides(load_main, &ja, &jb);
+    if (diag && (ja.err || jb.err))
+        *diag = ja.err ? ja.diag : jb.diag;
+    return ja.err ? ja.err : jb.err;
 }
 
 cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, const cks_compare_opts *opts,
@@ -234,10 +207,9 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     err = load_pair(&ctx, a, b, &ma, &mb, diag);
     if (err)
         goto out;
-    /* what the loads let go (raw bytes, the sources' copies) sits in their threads' malloc
-     * arenas, which the main thread's next allocations cannot reuse: 64 MB more at the peak of
-     * a cold default compare (the embedding rows, 244 -> 310 MB) until it is handed back */
-    return_freed_memory();
+    /* what the loads let go (raw bytes, the sources' copies) sits in their threads' arenas:
+     * the embedding rows took the cold bench pair's peak from 244 to 310 MB until it went back */
+    cmp_return_freed_memory();
     progress(&ctx, "reading shared-token embeddings");
     err = cmp_embed_pair_load(&ctx, &ma, &mb, &emb, diag);
     if (err)
@@ -292,7 +264,7 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
         cmp_model_release(&noisy);
         e_noisy.a.v = NULL; /* borrowed */
         cmp_embed_pair_release(&e_noisy);
-        return_freed_memory();
+        cmp_return_freed_memory();
         if (!err && pctx.tests_override) {
             err = cmp_run_family(&pctx, &ma, &permuted, &e_perm, false, &fs, diag);
             if (!err) {

@@ -6,13 +6,9 @@
  * positions, so that A's rows come in runs a range request can cover, and the choice is the
  * same on every run with the same seed.
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __GLIBC__
-#include <malloc.h> /* malloc_trim */
-#endif
 
 #include "ckptscope/stats.h"
 #include "ckptscope/tokenizer.h"
@@ -42,18 +38,6 @@ static void *rows_side(void *arg)
     struct side_job *j = arg;
     j->err = cmp_load_role_rows(j->m, CKS_ROLE_EMBED, j->rows, j->n, j->out, &j->bytes, &j->diag);
     return NULL;
-}
-
-/* Run fn(b_job) on a second thread and fn(a_job) here; without a thread, one after the other. */
-static void both_sides(void *(*fn)(void *), struct side_job *a_job, struct side_job *b_job)
-{
-    pthread_t t;
-    bool threaded = pthread_create(&t, NULL, fn, b_job) == 0;
-    fn(a_job);
-    if (threaded)
-        pthread_join(t, NULL);
-    else
-        fn(b_job);
 }
 
 cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag)
@@ -149,13 +133,11 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
     match = NULL;
     va = vb = NULL;
     pairs = NULL;
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
+    cmp_return_freed_memory();
     {
         struct side_job ja = {.m = a, .rows = rows_a, .n = n, .out = &out->a},
                         jb = {.m = b, .rows = rows_b, .n = n, .out = &out->b};
-        both_sides(rows_side, &ja, &jb);
+        cmp_both_sides(rows_side, &ja, &jb);
         out->bytes += ja.bytes + jb.bytes;
         err = ja.err ? ja.err : jb.err;
         if (err) {
@@ -181,10 +163,7 @@ out:
         cks_source_trim(a->m->ckpt->files[f].source);
     for (size_t f = 0; f < b->m->ckpt->n_files; f++)
         cks_source_trim(b->m->ckpt->files[f].source);
-#ifdef __GLIBC__
-    /* A parsed tokenizer.json is a million small allocations; hand their pages back before the
-     * large matrices of T3/T4, or the process keeps both at once (peak memory bound). */
-    malloc_trim(0);
-#endif
+    /* the rows' source copies went just above: their pages go back before T3/T4's matrices */
+    cmp_return_freed_memory();
     return err;
 }

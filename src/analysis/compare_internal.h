@@ -183,6 +183,16 @@ cks_err cmp_test_adapters(const cmp_ctx *ctx, const cmp_model *a, const cmp_mode
 void cmp_matrix_free(cmp_matrix *m);
 void cmp_normalise_columns(cmp_matrix *m);
 void cmp_model_release(cmp_model *md);
+/* fn(b_job) on a second thread while fn(a_job) runs on the caller's (A's and B's reading each
+ * wait on their own round trips and decoding); without a thread, one after the other. The two
+ * jobs must share nothing writable but what locks for itself (the disk cache). */
+void cmp_both_sides(void *(*fn)(void *), void *a_job, void *b_job);
+/* Hand freed heap pages back to the system (glibc's malloc_trim; nothing elsewhere). Between
+ * a compare's stages: each loading thread frees into its own malloc arena, which the main
+ * thread's next allocations cannot reuse (64 MB more at the peak of a cold default compare of
+ * the bench pair), and a copy made of many blocks of a few hundred KiB (a parsed
+ * tokenizer.json, the noisy derivative's k/v rows) leaves its pages mapped once freed. */
+void cmp_return_freed_memory(void);
 void cmp_embed_pair_release(cmp_embed_pair *e);
 /* Rows sampled from a tensor with `total` rows: the same indices for the same total. */
 size_t cmp_sample_rows(uint64_t seed, size_t total, size_t want, uint32_t *rows);

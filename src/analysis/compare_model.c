@@ -6,9 +6,13 @@
  * initialisation does to a tensor.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#ifdef __GLIBC__
+#include <malloc.h> /* malloc_trim */
+#endif
 
 #include "ckptscope/adapter.h"
 #include "ckptscope/stats.h"
@@ -178,4 +182,22 @@ cks_evidence cmp_init_class(const cmp_raw *r)
          name_has(name, "running_var")))
         return CKS_EVIDENCE_TRAINED;
     return CKS_EVIDENCE_INIT;
+}
+
+void cmp_both_sides(void *(*fn)(void *), void *a_job, void *b_job)
+{
+    pthread_t t;
+    bool threaded = pthread_create(&t, NULL, fn, b_job) == 0;
+    fn(a_job);
+    if (threaded)
+        pthread_join(t, NULL);
+    else
+        fn(b_job);
+}
+
+void cmp_return_freed_memory(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }

@@ -252,6 +252,46 @@ static void table_release(struct draw_table *tb)
     memset(tb, 0, sizeof *tb);
 }
 
+/*
+ * Rows [j0, j0 + rows) of the cross matrix, scaled by 1 / used: every item's winsorised rows
+ * (A's side weighted by its block, the values clipped on the fly, cmp_clipped(), never as whole
+ * copies: 64 MiB less at the peak for 2048 embedding rows of 4096) stacked into batches of
+ * CROSS_BATCH_ROWS and added with one sgemm per batch.
+ */
+static void cross_rows(const cmp_ctx *ctx, const weight_item *items, size_t n_items, size_t d, size_t used, size_t j0,
+                       size_t rows, float *batch_a, float *batch_b, float *cross)
+{
+    size_t batched = 0;
+    memset(cross, 0, rows * d * sizeof *cross);
+    /* the cross matrix's products are large (d x d x 512): the caller's BLAS threads pay off
+     * there, unlike on the small products elsewhere */
+    if (ctx->blas_threads > 1)
+        openblas_set_num_threads(ctx->blas_threads);
+    for (size_t i = 0; i < n_items; i++) {
+        const weight_item *it = &items[i];
+        float w;
+        if (!isfinite(it->r))
+            continue;
+        w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
+        for (size_t r = 0; r < it->a->rows; r++) {
+            const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
+            float *ba, *bb;
+            if (batched == CROSS_BATCH_ROWS)
+                batched = cross_flush(batch_a, batch_b, batched, d, j0, rows, cross);
+            ba = batch_a + batched * d;
+            bb = batch_b + batched * d;
+            for (size_t x = 0; x < d; x++) {
+                ba[x] = cmp_clipped(ra[x], it->lo_a, it->hi_a) * w;
+                bb[x] = cmp_clipped(rb[x], it->lo_b, it->hi_b);
+            }
+            batched++;
+        }
+    }
+    cross_flush(batch_a, batch_b, batched, d, j0, rows, cross);
+    cblas_sscal((int)(rows * d), (float)(1.0 / (double)used), cross, 1);
+    openblas_set_num_threads(1);
+}
+
 cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
                          cmp_family *f, const char *id, const char *name, cks_diag *diag)
 {
@@ -260,10 +300,9 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
     weight_item *items = NULL;
     size_t n_items = 0, cap, d = a->hidden, strong = 0, used = 0;
     float *cross = NULL, *batch_a = NULL, *batch_b = NULL;
-    size_t batched = 0, block_rows;
     uint32_t table_size;
     double constant = 0, sum_r = 0, null_mean, null_sd;
-    bool power_check, blocked;
+    bool power_check, whole;
     struct draw_table table = {0};
     cks_perm_result pr;
     struct cross_ctx c;
@@ -316,8 +355,7 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
         goto out;
     }
     power_check = cmp_reused_null(ctx, id, &null_mean, &null_sd);
-    /* each item: its winsorised r (the values clipped on the fly, cmp_clipped(), never as whole
-     * copies: 64 MiB less at the peak for 2048 embedding rows of 4096) */
+    /* each item: its winsorised r (clipped on the fly, as cross_rows does) */
     for (size_t i = 0; i < n_items; i++) {
         weight_item *it = &items[i];
         size_t n = it->a->rows * d;
@@ -346,73 +384,45 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
         goto out;
     }
     /* the cross matrix (cross += Za^T Zb / N over every item's rows, so the statistic of any
-     * column permutation is a trace): whole, or a block of rows at a time with the draws' table */
-    /* a pair whose blocks already correlate (a derivative: mean r near 1) will not stop early,
-     * and would only pay for the blocks twice: it goes whole at once */
-    table_size = sum_r / (double)used < TABLE_MEAN_R_MAX ? table_draws(d, ctx->permutations) : 0;
-whole_again:
-    blocked = table_size > 0;
-    block_rows = blocked ? CROSS_BLOCK_BYTES / (d * sizeof(float)) : d;
-    if (block_rows == 0)
-        block_rows = 1;
-    if (block_rows > d)
-        block_rows = d;
-    cross = malloc(block_rows * d * sizeof *cross);
+     * column permutation is a trace): a block of rows at a time with the draws' table, or whole */
     batch_a = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_a);
     batch_b = malloc(CROSS_BATCH_ROWS * d * sizeof *batch_b);
-    if (!cross || !batch_a || !batch_b ||
-        (blocked && table_make(&table, d, table_size, ctx->seed + 1, constant / (double)used) != CKS_OK)) {
+    if (!batch_a || !batch_b) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
         goto out;
     }
-    /* the cross matrix's products are large (d x d x 512): the caller's BLAS threads pay off
-     * there, unlike on the small products elsewhere */
-    if (ctx->blas_threads > 1)
-        openblas_set_num_threads(ctx->blas_threads);
-    for (size_t j0 = 0; j0 < d; j0 += block_rows) {
-        size_t rows_here = d - j0 < block_rows ? d - j0 : block_rows;
-        memset(cross, 0, rows_here * d * sizeof *cross);
-        batched = 0;
-        for (size_t i = 0; i < n_items; i++) {
-            const weight_item *it = &items[i];
-            float w;
-            if (!isfinite(it->r))
-                continue;
-            w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
-            for (size_t r = 0; r < it->a->rows; r++) {
-                const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
-                float *ba, *bb;
-                if (batched == CROSS_BATCH_ROWS)
-                    batched = cross_flush(batch_a, batch_b, batched, d, j0, rows_here, cross);
-                ba = batch_a + batched * d;
-                bb = batch_b + batched * d;
-                for (size_t x = 0; x < d; x++) {
-                    ba[x] = cmp_clipped(ra[x], it->lo_a, it->hi_a) * w;
-                    bb[x] = cmp_clipped(rb[x], it->lo_b, it->hi_b);
-                }
-                batched++;
-            }
+    /* a pair whose blocks already correlate (a derivative: mean r near 1) will not stop early,
+     * and would only pay for the blocks twice: it goes whole at once */
+    table_size = sum_r / (double)used < TABLE_MEAN_R_MAX ? table_draws(d, ctx->permutations) : 0;
+    whole = table_size == 0;
+    if (!whole) {
+        size_t block_rows = CROSS_BLOCK_BYTES / (d * sizeof(float));
+        block_rows = block_rows == 0 ? 1 : block_rows > d ? d : block_rows;
+        cross = malloc(block_rows * d * sizeof *cross);
+        if (!cross || table_make(&table, d, table_size, ctx->seed + 1, constant / (double)used) != CKS_OK) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
+            goto out;
         }
-        batched = cross_flush(batch_a, batch_b, batched, d, j0, rows_here, cross);
-        cblas_sscal((int)(rows_here * d), (float)(1.0 / (double)used), cross, 1);
-        if (blocked)
+        for (size_t j0 = 0; j0 < d; j0 += block_rows) {
+            size_t rows_here = d - j0 < block_rows ? d - j0 : block_rows;
+            cross_rows(ctx, items, n_items, d, used, j0, rows_here, batch_a, batch_b, cross);
             table_add_rows(&table, cross, j0, rows_here);
-    }
-    openblas_set_num_threads(1);
-    if (blocked) {
+        }
         err = cks_perm_test_curtailed(d, table_statistic, &table, ctx->seed + 1, ctx->permutations,
                                       cks_perm_stop_after(ctx->alpha, ctx->permutations), CKS_ALT_GREATER, &pr, diag);
-        if (err == CKS_ERR_NEED_MORE) {
-            /* the test did not stop within the table's draws: the whole matrix, as before */
-            table_release(&table);
-            free(cross);
-            free(batch_a);
-            free(batch_b);
-            cross = batch_a = batch_b = NULL;
-            table_size = 0;
-            goto whole_again;
+        /* a test that does not stop within the table's draws runs on the whole matrix, as before */
+        whole = err == CKS_ERR_NEED_MORE;
+        table_release(&table);
+        free(cross);
+        cross = NULL;
+    }
+    if (whole) {
+        cross = malloc(d * d * sizeof *cross);
+        if (!cross) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
+            goto out;
         }
-    } else {
+        cross_rows(ctx, items, n_items, d, used, 0, d, batch_a, batch_b, cross);
         c.d = cross;
         c.dim = d;
         c.constant = constant / (double)used;
@@ -429,7 +439,6 @@ whole_again:
     snprintf(t->tensors, sizeof t->tensors, "%zu blocks: sampled k/v rows, routers, shared-token embedding rows",
              n_items);
 out:
-    openblas_set_num_threads(1); /* also on the error paths out of the loop */
     table_release(&table);
     free(items);
     free(cross);

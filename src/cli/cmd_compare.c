@@ -92,11 +92,10 @@ static void take_opened(struct opened *o, const char *label, cks_workspace_item 
 static cks_err open_models(const char *const *specs, const char *const *labels, struct opened *const *slots,
                            size_t n, const cli_opts *opts, bool want_tokenizer, cks_diag *diag)
 {
-    cks_err err = CKS_OK, first = CKS_OK;
+    cks_err err = CKS_OK;
     cks_workspace_item items[2 + 2 * MAX_EXTRA];
     cJSON *reports[2 + 2 * MAX_EXTRA];
     size_t slot_of[2 + 2 * MAX_EXTRA], m = 0;
-    cks_diag first_diag;
     for (size_t i = 0; i < n; i++)
         memset(slots[i], 0, sizeof *slots[i]);
     for (size_t i = 0; i < n; i++) {
@@ -115,21 +114,12 @@ static cks_err open_models(const char *const *specs, const char *const *labels, 
     }
     if (m == 0)
         return CKS_OK;
-    err = cli_open_checkpoints(items, m, opts, reports, &first_diag);
-    for (size_t k = 0; k < m; k++) {
-        if (items[k].err) {
-            for (int x = 0; x < CKS_WORKSPACE_MAX_AUX; x++)
-                free(items[k].aux[x]);
-            cks_ckpt_free(items[k].ckpt);
-            continue;
-        }
-        take_opened(slots[slot_of[k]], labels[slot_of[k]], &items[k], reports[k]);
-    }
-    if (err) {
-        first = err;
-        *diag = first_diag;
-    }
-    return first;
+    /* the first failure in order comes back; an item that failed holds nothing to free */
+    err = cli_open_checkpoints(items, m, opts, reports, diag);
+    for (size_t k = 0; k < m; k++)
+        if (!items[k].err)
+            take_opened(slots[slot_of[k]], labels[slot_of[k]], &items[k], reports[k]);
+    return err;
 }
 
 static void close_model(struct opened *o)

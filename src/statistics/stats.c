@@ -817,42 +817,43 @@ static bool any_nan(const double *v, size_t n)
     return false;
 }
 
+/* The k-th and (k+1)-th smallest of v (next: v[k] when k is the last), v reordered: by
+ * selection, or by a sort when v holds NaN (which has no place in an order: the sort keeps the
+ * answer the callers always had). */
+static double order_statistics(double *v, size_t n, size_t k, double *next)
+{
+    double at;
+    if (any_nan(v, n)) {
+        qsort(v, n, sizeof *v, compare_double);
+        *next = k + 1 < n ? v[k + 1] : v[k];
+        return v[k];
+    }
+    at = select_kth(v, n, k);
+    *next = k + 1 < n ? min_from(v, k + 1, n) : at;
+    return at;
+}
+
 double cks_median_inplace(double *v, size_t n)
 {
-    double upper;
+    double lower, upper;
     if (n == 0)
         return NAN;
-    if (any_nan(v, n)) { /* NaN has no place in an order: keep the sort's old answer */
-        qsort(v, n, sizeof *v, compare_double);
-        return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-    }
-    upper = select_kth(v, n, n / 2);
     if (n % 2)
-        return upper;
-    /* v[0, n/2) now holds the n/2 smallest: the largest of them is the other middle value */
-    {
-        double lower = v[0];
-        for (size_t i = 1; i < n / 2; i++)
-            if (v[i] > lower)
-                lower = v[i];
-        return 0.5 * (lower + upper);
-    }
+        return order_statistics(v, n, n / 2, &upper);
+    lower = order_statistics(v, n, n / 2 - 1, &upper);
+    return 0.5 * (lower + upper);
 }
 
 double cks_quantile_inplace(double *v, size_t n, double q)
 {
-    double h, at;
+    double h, at, next;
     size_t lo;
     if (n == 0 || !(q >= 0 && q <= 1))
         return NAN;
     h = q * (double)(n - 1);
     lo = (size_t)h;
-    if (any_nan(v, n)) {
-        qsort(v, n, sizeof *v, compare_double);
-        return lo + 1 < n ? v[lo] + (h - (double)lo) * (v[lo + 1] - v[lo]) : v[n - 1];
-    }
-    at = select_kth(v, n, lo);
-    return lo + 1 < n ? at + (h - (double)lo) * (min_from(v, lo + 1, n) - at) : at;
+    at = order_statistics(v, n, lo, &next);
+    return lo + 1 < n ? at + (h - (double)lo) * (next - at) : at;
 }
 
 double cks_normal_sf(double z) { return 0.5 * erfc(z / sqrt(2.0)); }
