@@ -157,5 +157,14 @@ if [ "${#labels[@]}" -eq 0 ]; then
     echo "[run.sh] FAIL: no test program selected (tier $TIER${ONLY:+, CKS_TEST_ONLY=$ONLY}; is $BUILD built?)"
     failed=1
 fi
+# CI shows only the end of the log: name the failures again right above the closing line
+if [ "$failed" -gt 0 ]; then
+    echo "== failures (their blocks, with stderr, are above):"
+    for i in "${!labels[@]}"; do
+        grep -E '^FAIL ' "$LOG/$i.out" 2>/dev/null | head -n 20 | sed "s|^|[${labels[$i]}] |"
+        rc=$(cat "$LOG/$i.rc" 2>/dev/null || echo 0)
+        [ "$rc" -ne 0 ] && echo "[${labels[$i]}] exit status $rc"
+    done
+fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
