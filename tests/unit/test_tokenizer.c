@@ -474,6 +474,72 @@ static void family_tokenizers(void)
  * yields a consistent vocabulary (ids strictly increasing, texts inside the pool). Run under
  * the sanitizer build this is a small deterministic fuzz of the parser.
  */
+/* True when two vocabularies hold the same tokens (ids, bytes, flags) and settings. */
+static bool same_vocab(const cks_vocab *a, const cks_vocab *b)
+{
+    if (!a || !b || a->n != b->n || a->model != b->model || a->byte_level != b->byte_level ||
+        a->byte_fallback != b->byte_fallback)
+        return false;
+    for (size_t i = 0; i < a->n; i++) {
+        const cks_token *x = &a->tokens[i], *y = &b->tokens[i];
+        if (x->id != y->id || x->len != y->len || x->flags != y->flags || memcmp(x->text, y->text, x->len) != 0)
+            return false;
+    }
+    return true;
+}
+
+/*
+ * model.merges is emptied by a plain scan before cJSON parses the text (it is most of a real
+ * file and never read). Whatever the merges hold (quotes, brackets and backslashes inside
+ * strings, nested arrays, odd spacing), and wherever "merges" or "model" also appear as names
+ * elsewhere, the vocabulary must be the one read from the same file without any merges.
+ */
+static void merges_skipped(void)
+{
+    static const char *const merges[] = {
+        "[\"a \\\"]\\\" b\", \"\\\\\\\\\", \"x\\\\\\\"y\", \"}{\"]",
+        "[[\"{\", \"}\"], [\"[\", \"]\"], [\"\\\\\", \"\\\"\"]]",
+        "  [ \"\\u0120 w\" ,\n\t\"e r\" ]  ",
+        "[]",
+    };
+    char with[1024], without[1024];
+    for (size_t i = 0; i < sizeof merges / sizeof merges[0]; i++) {
+        /* a top-level "merges", a nested "model" before the real one, a token named "merges" */
+        snprintf(with, sizeof with,
+                 "{\"merges\":[1,2],\"post_processor\":{\"model\":{\"vocab\":{\"zz\":0},\"merges\":[]}},"
+                 "\"decoder\":{\"type\":\"ByteLevel\"},\"model\" : {\"type\":\"BPE\",\"merges\" :%s,"
+                 "\"vocab\":{\"merges\":0,\"\\u0120x\":1,\"a]\\\"\":2}},"
+                 "\"added_tokens\":[{\"id\":3,\"content\":\"<s>\",\"special\":true}]}",
+                 merges[i]);
+        snprintf(without, sizeof without,
+                 "{\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\","
+                 "\"vocab\":{\"merges\":0,\"\\u0120x\":1,\"a]\\\"\":2}},"
+                 "\"added_tokens\":[{\"id\":3,\"content\":\"<s>\",\"special\":true}]}");
+        cks_vocab *a = parse(with), *b = parse(without);
+        CHECK_MSG(a && b && same_vocab(a, b) && a->n == 4, "merges case %zu", i);
+        if (a)
+            EXPECT_TOKEN(a, 1, " x", 0);
+        cks_vocab_free(a);
+        cks_vocab_free(b);
+    }
+    /* without "type", merges that are there make the model BPE, emptied or not */
+    cks_vocab *v = parse("{\"model\":{\"vocab\":{\"a\":0},\"merges\":[\"a a\"]}}");
+    CHECK(v && v->model == CKS_TOK_BPE);
+    cks_vocab_free(v);
+    /* merges the scan cannot close leave the text to cJSON, which refuses it */
+    static const char *const broken[] = {
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a]}}",
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[[\"a\"]}}",
+        "{\"model\":{\"type\":\"BPE\",\"merges\":[\"a\\\"]}, \"vocab\":{\"a\":0}}}",
+    };
+    for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++) {
+        cks_diag diag = {{0}};
+        v = (cks_vocab *)1;
+        CHECK_MSG(cks_vocab_parse(broken[i], strlen(broken[i]), &v, &diag) == CKS_ERR_INVALID_ARG && v == NULL,
+                  "broken case %zu", i);
+    }
+}
+
 static void mutations(void)
 {
     const char *const samples[] = {bpe_byte_level, unigram, wordpiece};
@@ -523,5 +589,5 @@ static void mutations(void)
 }
 
 TEST_MAIN(T(byte_level_bpe), T(sentencepiece_unigram), T(sentencepiece_bpe), T(wordpiece_vocab),
-          T(added_restating_vocab), T(match_across_styles), T(large_shuffled), T(malformed), T(family_tokenizers),
+          T(added_restating_vocab), T(match_across_styles), T(large_shuffled), T(malformed), T(merges_skipped), T(family_tokenizers),
           T(mutations))
