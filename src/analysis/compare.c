@@ -126,7 +126,7 @@ static cks_err run_pair(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_fami
     cks_err err;
     cmp_embed_pair emb;
     memset(&emb, 0, sizeof emb);
-    err = cmp_embed_pair_load(ctx, a, b, &emb, diag);
+    err = cmp_embed_pair_load(ctx, a, b, NULL, &emb, diag);
     if (!err)
         err = cmp_run_family(ctx, a, b, &emb, true, f, diag);
     if (!err)
@@ -151,16 +151,78 @@ static void *load_main(void *arg)
 }
 
 /*
+ * The shared-token rows chosen while A and B load: the tokenizers are parsed and matched on
+ * this thread while the loads wait on their first round trips, and each load fetches its side's
+ * rows in its last batch. Before, the rows were a round of ~1,000 ranges per model after both
+ * loads (about 2 s of a cold default compare of the bench pair over 40 ms). The choice is the
+ * one cmp_embed_pair_load would make afterwards (same function, same roles), so the verdicts
+ * cannot move. It needs roles of its own: the loads build theirs at the same time.
+ */
+static void choose_while_loading(const cmp_ctx *ctx, const cks_compare_model *a, const cks_compare_model *b,
+                                 cmp_embed_early *early)
+{
+    cks_diag ignored;
+    cmp_model sa, sb;
+    memset(&sa, 0, sizeof sa);
+    memset(&sb, 0, sizeof sb);
+    sa.m = a;
+    sb.m = b;
+    sa.loader = sb.loader = &cmp_live_loader;
+    if (cks_roles_build(a->ckpt, a->config_json, a->config_len, &sa.roles, &ignored) == CKS_OK &&
+        cks_roles_build(b->ckpt, b->config_json, b->config_len, &sb.roles, &ignored) == CKS_OK &&
+        cmp_embed_choose(ctx, &sa, &sb, &early->choice, &ignored) != CKS_OK)
+        memset(&early->choice, 0, sizeof early->choice); /* not done: chosen again, error and all, later */
+    cks_roles_free(sa.roles);
+    cks_roles_free(sb.roles);
+    pthread_mutex_lock(&early->mu);
+    early->published = true;
+    pthread_cond_broadcast(&early->cv);
+    pthread_mutex_unlock(&early->mu);
+}
+
+/*
  * A and B loaded side by side: each model's reads wait on its own server round trips and its
  * own decoding (two 100B-class repos over a 40 ms link: the norm reads of B no longer wait for
- * A's to finish and decode). The loaders share nothing writable but the disk cache. A's error
- * comes first.
+ * A's to finish and decode). The loaders share nothing writable but the disk cache and the
+ * early choice (locked). A's error comes first. When both are read from their checkpoints, the
+ * shared-token rows are chosen meanwhile (choose_while_loading) and handed out in *choice.
  */
 static cks_err load_pair(const cmp_ctx *ctx, const cks_compare_model *a, const cks_compare_model *b, cmp_model *ma,
-                         cmp_model *mb, cks_diag *diag)
+                         cmp_model *mb, cmp_embed_choice *choice, cks_diag *diag)
 {
-    struct load_job ja = {ctx, a, ma, CKS_OK, {{0}}}, jb = {ctx, b, mb, CKS_OK, {{0}}};
-    cmp_both_sides(load_main, &ja, &jb);
+    cmp_ctx lctx = *ctx;
+    cmp_embed_early early;
+    struct load_job ja = {&lctx, a, ma, CKS_OK, {{0}}}, jb = {&lctx, b, mb, CKS_OK, {{0}}};
+    pthread_t ta, tb;
+    bool threaded = false;
+
+    memset(choice, 0, sizeof *choice);
+    memset(&early, 0, sizeof early);
+    if (!a->fingerprint && !b->fingerprint && pthread_mutex_init(&early.mu, NULL) == 0) {
+        if (pthread_cond_init(&early.cv, NULL) == 0) {
+            early.model_a = a;
+            early.model_b = b;
+            lctx.early = &early;
+            if (pthread_create(&ta, NULL, load_main, &ja) == 0) {
+                if (pthread_create(&tb, NULL, load_main, &jb) == 0) {
+                    choose_while_loading(ctx, a, b, &early);
+                    pthread_join(tb, NULL);
+                } else {
+                    choose_while_loading(ctx, a, b, &early); /* A's load waits for it */
+                    load_main(&jb);
+                }
+                pthread_join(ta, NULL);
+                threaded = true;
+                *choice = early.choice;
+            }
+            pthread_cond_destroy(&early.cv);
+        }
+        pthread_mutex_destroy(&early.mu);
+    }
+    if (!threaded) {
+        lctx.early = NULL;
+        cmp_both_sides(load_main, &ja, &jb);
+    }
     if (diag && (ja.err || jb.err))
         *diag = ja.err ? ja.diag : jb.diag;
     return ja.err ? ja.err : jb.err;
@@ -173,6 +235,7 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     cmp_ctx ctx;
     cmp_model ma, mb;
     cmp_embed_pair emb;
+    cmp_embed_choice choice;
     cmp_family main_f;
     cks_compare_result *r = NULL;
     int blas_threads;
@@ -181,6 +244,7 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     memset(&ma, 0, sizeof ma);
     memset(&mb, 0, sizeof mb);
     memset(&emb, 0, sizeof emb);
+    memset(&choice, 0, sizeof choice);
     memset(&main_f, 0, sizeof main_f);
     memset(&ctx, 0, sizeof ctx);
     ctx.opts = opts;
@@ -204,14 +268,15 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     }
     r->seed = ctx.seed;
     progress(&ctx, "reading A and B");
-    err = load_pair(&ctx, a, b, &ma, &mb, diag);
+    err = load_pair(&ctx, a, b, &ma, &mb, &choice, diag);
     if (err)
         goto out;
     /* what the loads let go (raw bytes, the sources' copies) sits in their threads' arenas:
      * the embedding rows took the cold bench pair's peak from 244 to 310 MB until it went back */
     cmp_return_freed_memory();
     progress(&ctx, "reading shared-token embeddings");
-    err = cmp_embed_pair_load(&ctx, &ma, &mb, &emb, diag);
+    err = cmp_embed_pair_load(&ctx, &ma, &mb, &choice, &emb, diag);
+    cmp_embed_choice_release(&choice);
     if (err)
         goto out;
     progress(&ctx, "testing A against B");
@@ -358,6 +423,7 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     r = NULL;
 out:
     cmp_family_release(&main_f);
+    cmp_embed_choice_release(&choice);
     cmp_embed_pair_release(&emb);
     cmp_model_release(&ma);
     cmp_model_release(&mb);

@@ -314,6 +314,20 @@ static size_t infer_hidden(const cmp_model *md)
     return 0;
 }
 
+/* Plan rows[0..n) of a role's matrix (when stored row by row: else it is read whole). */
+static void plan_rows(read_plan *plan, const cmp_model *md, const cks_tensor_role *tr, const cks_fused_slice *slice,
+                      const uint32_t *rows, size_t n)
+{
+    size_t total, cols, esize = cks_decode_elem_size(tr->tensor->info->dtype);
+    if (tr->transposed || (slice && tr->split.axis == 1) || !esize)
+        return;
+    matrix_dims(tr, slice, &total, &cols);
+    size_t first = slice ? (size_t)slice->begin : 0;
+    for (size_t i = 0; i < n; i++)
+        if (rows[i] < total)
+            plan_add(plan, md->m->ckpt, tr->tensor, (uint64_t)(first + rows[i]) * cols * esize, (uint64_t)cols * esize);
+}
+
 static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_model *md, cks_diag *diag)
 {
     cks_err err = CKS_OK;
@@ -529,6 +543,24 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
     /* everything this model's tests use is decoded now: a remote source's copies can go */
     for (size_t f = 0; f < ckpt->n_files; f++)
         cks_source_trim(ckpt->files[f].source);
+    /* The shared-token embedding rows, when they were chosen while this model loaded
+     * (compare.c): fetched now, on this model's own thread, instead of in a round after both
+     * loads, and kept until the pair reads them (cmp_embed_pair_load trims them then). After
+     * the k/v rows' copies went, so that the two are not held at once. Fetched together with
+     * this round's first whole-tensor reads instead, they did not finish sooner (their many
+     * small requests wait on round trips either way) and the peak grew by 30 MB. */
+    {
+        size_t n_embed = 0;
+        const uint32_t *embed_rows = cmp_embed_early_rows(ctx, m, &n_embed);
+        const cks_fused_slice *eslice;
+        const cks_tensor_role *etr = n_embed ? find_weight(md->roles, CKS_ROLE_EMBED, -1, &eslice) : NULL;
+        if (etr && etr->tensor->info->ndim == 2 && cks_decode_supported(etr->tensor->info->dtype)) {
+            plan_rows(plan, md, etr, eslice, embed_rows, n_embed);
+            err = plan_run(plan, diag);
+            if (err)
+                goto out;
+        }
+    }
     /* raw bytes only where bit-equality or the generic test can use them (small tensors) */
     for (size_t i = 0; i < md->n_raw; i++)
         raw_drop_big(&md->raw[i], total);
@@ -558,13 +590,12 @@ static cks_err live_role_rows(cmp_model *md, cks_role role, const uint32_t *rows
     const cks_fused_slice *slice;
     const cks_tensor_role *tr = md->roles ? find_weight(md->roles, role, -1, &slice) : NULL;
     read_plan *plan = NULL;
-    size_t total, cols, esize;
+    size_t total, cols;
 
     memset(out, 0, sizeof *out);
     if (!tr || tr->tensor->info->ndim != 2 || !cks_decode_supported(tr->tensor->info->dtype))
         return CKS_OK;
     matrix_dims(tr, slice, &total, &cols);
-    esize = cks_decode_elem_size(tr->tensor->info->dtype);
     for (size_t i = 0; i < n; i++)
         if (rows[i] >= total)
             return cks_fail(diag, CKS_ERR_INVALID_ARG, "row %u beyond the %zu rows of %s", rows[i], total,
@@ -573,11 +604,7 @@ static cks_err live_role_rows(cmp_model *md, cks_role role, const uint32_t *rows
     if (!plan)
         return cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
     plan->n = 0;
-    if (!tr->transposed && !(slice && tr->split.axis == 1)) {
-        size_t first = slice ? (size_t)slice->begin : 0;
-        for (size_t i = 0; i < n; i++)
-            plan_add(plan, md->m->ckpt, tr->tensor, (uint64_t)(first + rows[i]) * cols * esize, (uint64_t)cols * esize);
-    }
+    plan_rows(plan, md, tr, slice, rows, n);
     err = plan_run(plan, diag);
     free(plan);
     if (err)

@@ -40,20 +40,26 @@ static void *rows_side(void *arg)
     return NULL;
 }
 
-cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag)
+void cmp_embed_choice_release(cmp_embed_choice *c)
+{
+    if (!c)
+        return;
+    free(c->rows_a);
+    free(c->rows_b);
+    memset(c, 0, sizeof *c);
+}
+
+cks_err cmp_embed_choose(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_embed_choice *out,
+                         cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_vocab *va = NULL, *vb = NULL;
     cks_vocab_match *match = NULL;
     cks_vocab_match_opts mopts = {true};
-    uint32_t *rows_a = NULL, *rows_b = NULL;
     size_t ra, ca, ea, rb, cb, eb, usable = 0, want, n = 0;
     cks_token_pair *pairs = NULL;
 
     memset(out, 0, sizeof *out);
-    /* a model read from a store may hold fewer k/v rows: both sides keep only the rows both hold */
-    if ((err = cmp_pair_reconcile(ctx, a, b, diag)) != CKS_OK)
-        goto out;
     if (ctx->opts && ctx->opts->tests && !(ctx->opts->tests & (CKS_TEST_T3 | CKS_TEST_T4)))
         goto out; /* only T3 and T4 use embedding rows */
     /* one after the other: a tokenizer.json's parse tree is tens of MB while it lasts, and two
@@ -93,16 +99,16 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
     }
     if (want > usable)
         want = usable;
-    rows_a = malloc((want ? want : 1) * sizeof *rows_a);
-    rows_b = malloc((want ? want : 1) * sizeof *rows_b);
-    if (!rows_a || !rows_b) {
+    out->rows_a = malloc((want ? want : 1) * sizeof *out->rows_a);
+    out->rows_b = malloc((want ? want : 1) * sizeof *out->rows_b);
+    if (!out->rows_a || !out->rows_b) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
     if (want == usable) {
         for (size_t i = 0; i < usable; i++) {
-            rows_a[n] = pairs[i].id_a;
-            rows_b[n] = pairs[i].id_b;
+            out->rows_a[n] = pairs[i].id_a;
+            out->rows_b[n] = pairs[i].id_b;
             n++;
         }
     } else {
@@ -118,25 +124,59 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
         for (size_t k = 0; k < n_blocks && n < want; k++)
             for (size_t i = (size_t)order[k] * TOKEN_BLOCK; i < usable && i < ((size_t)order[k] + 1) * TOKEN_BLOCK && n < want;
                  i++) {
-                rows_a[n] = pairs[i].id_a;
-                rows_b[n] = pairs[i].id_b;
+                out->rows_a[n] = pairs[i].id_a;
+                out->rows_b[n] = pairs[i].id_b;
                 n++;
             }
         free(order);
     }
-    /* the rows are chosen: the vocabularies and their match (tens of MB for two 150k-token
-     * tokenizers) go before the rows come, not after */
+    out->n = n;
+    out->usable = usable;
+    out->rows_chosen = true;
+out:
+    out->done = err == CKS_OK;
+    if (err) {
+        free(out->rows_a);
+        free(out->rows_b);
+        out->rows_a = out->rows_b = NULL;
+    }
+    free(pairs);
+    /* the vocabularies and their match (tens of MB for two 150k-token tokenizers) go before
+     * the rows come, not after */
     cks_vocab_match_free(match);
     cks_vocab_free(va);
     cks_vocab_free(vb);
-    free(pairs);
-    match = NULL;
-    va = vb = NULL;
-    pairs = NULL;
     cmp_return_freed_memory();
+    return err;
+}
+
+cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, const cmp_embed_choice *chosen,
+                            cmp_embed_pair *out, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    cmp_embed_choice own;
+    const cmp_embed_choice *c = chosen;
+
+    memset(out, 0, sizeof *out);
+    memset(&own, 0, sizeof own);
+    /* a model read from a store may hold fewer k/v rows: both sides keep only the rows both hold */
+    if ((err = cmp_pair_reconcile(ctx, a, b, diag)) != CKS_OK)
+        goto out;
+    if (!c || !c->done) {
+        err = cmp_embed_choose(ctx, a, b, &own, diag);
+        if (err)
+            goto out;
+        c = &own;
+    }
+    out->vocab_a = c->vocab_a;
+    out->vocab_b = c->vocab_b;
+    out->shared = c->shared;
+    snprintf(out->note, sizeof out->note, "%s", c->note);
+    if (!c->rows_chosen)
+        goto out;
     {
-        struct side_job ja = {.m = a, .rows = rows_a, .n = n, .out = &out->a},
-                        jb = {.m = b, .rows = rows_b, .n = n, .out = &out->b};
+        struct side_job ja = {.m = a, .rows = c->rows_a, .n = c->n, .out = &out->a},
+                        jb = {.m = b, .rows = c->rows_b, .n = c->n, .out = &out->b};
         cmp_both_sides(rows_side, &ja, &jb);
         out->bytes += ja.bytes + jb.bytes;
         err = ja.err ? ja.err : jb.err;
@@ -148,17 +188,12 @@ cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_
     }
     cmp_normalise_columns(&out->a);
     cmp_normalise_columns(&out->b);
-    if (n < usable)
-        snprintf(out->note, sizeof out->note, "%zu of %zu shared tokens read (budget)", n, usable);
+    if (c->n < c->usable)
+        snprintf(out->note, sizeof out->note, "%zu of %zu shared tokens read (budget)", c->n, c->usable);
 out:
     if (err)
         cmp_embed_pair_release(out);
-    free(pairs);
-    free(rows_a);
-    free(rows_b);
-    cks_vocab_match_free(match);
-    cks_vocab_free(va);
-    cks_vocab_free(vb);
+    cmp_embed_choice_release(&own);
     for (size_t f = 0; f < a->m->ckpt->n_files; f++)
         cks_source_trim(a->m->ckpt->files[f].source);
     for (size_t f = 0; f < b->m->ckpt->n_files; f++)

@@ -6,6 +6,7 @@
 #ifndef CKS_COMPARE_INTERNAL_H
 #define CKS_COMPARE_INTERNAL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -81,6 +82,9 @@ typedef struct cmp_ctx {
     int blas_threads;             /* the caller's OpenBLAS threads (compare runs on one) */
     bool alignment_only;          /* T4: T4a alone (the real pair's T4b/T4c did not run) */
     double t4a_null_mean, t4a_null_sd; /* NAN when not known */
+    /* the shared-token rows chosen while A and B load (compare.c: load_pair), so each load
+     * fetches its rows with its own last batch; NULL everywhere else */
+    struct cmp_embed_early *early;
     /* nulls of the real pair by test id, reused to judge the synthetic derivatives */
     struct cmp_null {
         char id[16];
@@ -244,8 +248,35 @@ size_t cmp_budget_kv_rows(uint64_t budget, uint64_t used, int n_layers, size_t h
  * models' bytes per row. */
 size_t cmp_budget_embed_tokens(uint64_t budget, uint64_t row_bytes_a, uint64_t row_bytes_b);
 
-/* The shared-token embedding rows of a pair (empty, with a note, when not possible). */
-cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, cmp_embed_pair *out, cks_diag *diag);
+/* Which shared-token rows of A and B a pair reads (compare_embed.c): the tokenizers parsed
+ * and matched, the rows chosen from the pairs inside both embedding matrices. Needs of a and b
+ * only their compare model, loader and roles, so it can run while they load. */
+typedef struct cmp_embed_choice {
+    uint32_t *rows_a, *rows_b;    /* n rows each: A's token rows[i] is B's rows_b[i] */
+    size_t n, usable;             /* usable: shared tokens inside both matrices */
+    size_t vocab_a, vocab_b, shared;
+    bool done;                    /* the choice was made (rows_chosen false: none, note says why) */
+    bool rows_chosen;
+    char note[160];
+} cmp_embed_choice;
+cks_err cmp_embed_choose(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_embed_choice *out,
+                         cks_diag *diag);
+void cmp_embed_choice_release(cmp_embed_choice *c);
+/* A choice made on the caller's thread while the two loads run on theirs (compare.c). */
+typedef struct cmp_embed_early {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool published;               /* final: the loads may read it (it may hold no rows) */
+    cmp_embed_choice choice;
+    const cks_compare_model *model_a, *model_b;
+} cmp_embed_early;
+/* For a loader: the rows of m's side in ctx's early choice, waiting until it is published;
+ * NULL (*n = 0) without one, or when it holds none (compare_model.c, below the loaders). */
+const uint32_t *cmp_embed_early_rows(const cmp_ctx *ctx, const cks_compare_model *m, size_t *n);
+/* The shared-token embedding rows of a pair (empty, with a note, when not possible), read as
+ * `chosen` says when it was made beforehand (NULL: chosen here). */
+cks_err cmp_embed_pair_load(const cmp_ctx *ctx, cmp_model *a, cmp_model *b, const cmp_embed_choice *chosen,
+                            cmp_embed_pair *out, cks_diag *diag);
 /* Output rows and input width of a whole-model role's matrix in a checkpoint (0, 0 when
  * absent; compare_data.c). */
 void cmp_role_dims(const cmp_model *md, cks_role role, size_t *rows, size_t *cols, size_t *elem_bytes);

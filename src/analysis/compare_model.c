@@ -184,6 +184,24 @@ cks_evidence cmp_init_class(const cmp_raw *r)
     return CKS_EVIDENCE_INIT;
 }
 
+const uint32_t *cmp_embed_early_rows(const cmp_ctx *ctx, const cks_compare_model *m, size_t *n)
+{
+    cmp_embed_early *e = ctx->early;
+    const uint32_t *rows = NULL;
+    *n = 0;
+    if (!e || (m != e->model_a && m != e->model_b))
+        return NULL;
+    pthread_mutex_lock(&e->mu);
+    while (!e->published)
+        pthread_cond_wait(&e->cv, &e->mu);
+    pthread_mutex_unlock(&e->mu);
+    if (e->choice.rows_chosen && e->choice.n) {
+        rows = m == e->model_a ? e->choice.rows_a : e->choice.rows_b;
+        *n = e->choice.n;
+    }
+    return rows;
+}
+
 void cmp_both_sides(void *(*fn)(void *), void *a_job, void *b_job)
 {
     pthread_t t;

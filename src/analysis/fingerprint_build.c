@@ -454,6 +454,7 @@ cks_err cks_fingerprint_build(const cks_compare_model *m, const cks_fp_build_opt
     *out = NULL;
     memset(&st, 0, sizeof st);
     memset(&copts, 0, sizeof copts);
+    memset(&ctx, 0, sizeof ctx); /* every setting not named below is off (no power run, no early choice) */
     if (!m || !m->ckpt || m->fingerprint || version < CKS_FP_MIN_VERSION || version > CKS_FP_VERSION)
         return cks_fail(diag, CKS_ERR_INVALID_ARG, "fingerprint: needs a model (not a fingerprint), version 1..%d",
                         CKS_FP_VERSION);
