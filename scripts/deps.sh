@@ -15,9 +15,10 @@ BUILD_PACKAGES="build-essential pkg-config libcurl4-openssl-dev libcjson-dev lib
 libopenblas-dev ca-certificates"
 DEMO_PACKAGES="$BUILD_PACKAGES python3 python3-numpy"
 # munge, slurm*, parallel, python3-yaml: the scale-out tests run the documented Slurm, GNU parallel and
-# Kubernetes recipes for real (docs/scale-out.md)
+# Kubernetes recipes for real (docs/scale-out.md); strace: test_cli counts the analyses' restart
+# with huge pages (src/cli/main.c)
 ALL_PACKAGES="$DEMO_PACKAGES openssl python3-scipy python3-yaml clang libclang-rt-dev curl chromium \
-munge slurmctld slurmd slurm-client parallel"
+munge slurmctld slurmd slurm-client parallel strace"
 case "${1:-}" in
 --build) PACKAGES=$BUILD_PACKAGES; shift ;;
 --demo) PACKAGES=$DEMO_PACKAGES; shift ;;

@@ -124,6 +124,49 @@ def option_cases(a, tmp):
         report(f"accepted at the ends of the range: {what}", rc != 2 and "wants" not in err, f"exit {rc}: {err[:300]!r}")
 
 
+def huge_pages(a, b, tmp):
+    """compare, fingerprint and verify start themselves again once with glibc.malloc.hugetlb=1
+    when the kernel gives huge pages on request (src/cli/main.c); other commands, a user's own
+    tunable and CKPTSCOPE_NO_HUGE_PAGES never; either way the answer is the same."""
+    strace = shutil.which("strace")
+    mode = ""
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        pass
+    if os.environ.get("CKS_SANITIZED") == "1":
+        # LeakSanitizer refuses to run under ptrace; a sanitized build never restarts anyway
+        ckstest.status("SKIP", "restart with huge pages", "the sanitized build cannot run under strace")
+        return
+    if not strace or subprocess.run([strace, "-o", os.devnull, "true"], capture_output=True).returncode != 0:
+        ckstest.status("SKIP", "restart with huge pages", "strace is missing or cannot trace here")
+        return
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CKPTSCOPE_NO_HUGE_PAGES")}
+
+    def execs(args, **env):
+        log = os.path.join(tmp, "execve.log")
+        p = subprocess.run([strace, "-f", "-qq", "-v", "-s", "256", "-e", "trace=execve", "-o", log, BIN, *args],
+                           capture_output=True, text=True, timeout=120, env=dict(base, **env))
+        calls = [x for x in open(log).read().splitlines() if "execve(" in x and "= 0" in x]
+        return p.returncode, p.stdout, calls
+
+    restarts = "[madvise]" in mode
+    rc, out_thp, calls = execs(["compare", a, b, "--json", "--quiet"])
+    report("compare restarts once with huge pages" if restarts else "compare runs once (no [madvise] THP here)",
+           rc in (0, 1) and len(calls) == (2 if restarts else 1) and
+           (not restarts or "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in calls[1]),
+           f"exit {rc}, THP {mode.strip()!r}, execve {[c[:200] for c in calls]}")
+    rc2, out_plain, calls = execs(["compare", a, b, "--json", "--quiet"], CKPTSCOPE_NO_HUGE_PAGES="1")
+    report("CKPTSCOPE_NO_HUGE_PAGES: no restart", len(calls) == 1, f"execve {calls}")
+    strip = lambda o: {k: v for k, v in json.loads(o or "{}").items() if k not in ("seconds", "transfer")}
+    report("huge pages or not, the same answer", rc2 == rc and strip(out_plain) == strip(out_thp) and strip(out_thp),
+           f"{out_plain[:200]} | {out_thp[:200]}")
+    rc, _, calls = execs(["compare", a, b, "--json", "--quiet"], GLIBC_TUNABLES="glibc.malloc.hugetlb=0")
+    report("a user's own hugetlb tunable is left alone", len(calls) == 1, f"execve {calls}")
+    rc, _, calls = execs(["ls", a])
+    report("ls never restarts", rc == 0 and len(calls) == 1, f"execve {calls}")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="cks-cli-")
     try:
@@ -192,6 +235,7 @@ def main():
         rc, out, err = run("hash", a, "--tensor", "nomatch*")
         report("hash --tensor with no match fails clearly", rc == 6 and "no tensor matches" in err, f"exit {rc}")
         option_cases(a, tmp)
+        huge_pages(a, c, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ckstest.exit_code()
