@@ -11,6 +11,9 @@
 
 #include <curl/curl.h>
 #include <ctype.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -44,6 +47,13 @@
 /* Signed URLs are refreshed this long before they expire, so a request never races it. */
 #define EXPIRY_MARGIN 30.0
 #define SPARE_EASY 64u
+#define TRACKED_SOCKETS 512u
+#define ACK_NOW_TAIL (256u * 1024u) /* larger than any segment a link carries */
+
+struct tracked_socket {
+    curl_socket_t fd;
+    unsigned port;           /* local port; 0 until learnt */
+};
 
 struct cks_http {
     CURLM *multi;
@@ -77,6 +87,11 @@ struct cks_http {
      * each against 0.25 ms for curl -K reusing one). At most SPARE_EASY are kept. */
     CURL *spare[SPARE_EASY];
     unsigned n_spare;
+    /* The open sockets (libcurl's callbacks keep the list) and a mutex for it: the
+     * callbacks run on whichever thread drives a transfer. */
+    pthread_mutex_t socks_mu;
+    struct tracked_socket socks[TRACKED_SOCKETS];
+    unsigned n_socks;
 };
 
 enum xkind { XK_SIMPLE, XK_RANGE };
@@ -86,6 +101,7 @@ enum verdict { V_NONE, V_IGNORED, V_BAD_RANGE, V_BAD_LENGTH, V_TOO_LONG, V_BODY_
 
 struct xfer {
     enum xkind kind;
+    cks_http *h;               /* the engine driving it (set at each start) */
     CURL *easy;
     struct curl_slist *hdrs;
     bool active, done;
@@ -113,6 +129,7 @@ struct xfer {
     uint64_t served_total;     /* V_SIZE: the file size the server reported */
     uint64_t got;
     uint64_t expect;
+    curl_socket_t sock;        /* the connection's socket, once ack_now looked it up */
     cks_http_response hdr;     /* response headers of the current attempt */
     char errbody[ERROR_BODY_MAX];
     size_t errbody_len;
@@ -354,6 +371,7 @@ cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
+    pthread_mutex_init(&h->socks_mu, NULL);
     h->multi = curl_multi_init();
     const char *ca = cfg->ca_bundle;
     if (!ca || !*ca)
@@ -439,6 +457,7 @@ void cks_http_free(cks_http *h)
             *p++ = 0;
         free(h->auth_header);
     }
+    pthread_mutex_destroy(&h->socks_mu);
     free(h);
 }
 
@@ -617,6 +636,78 @@ cks_range_reply cks_http_range_reply(long status, const char *content_range, int
     return CKS_REPLY_RANGE;
 }
 
+/*
+ * Acknowledge what has arrived at once when more of the range is still to come. A request
+ * and its reply look interactive to the kernel, so it delays its ACKs (40 ms); a server that
+ * holds back a range's last, short segment until the earlier ones are acknowledged (Nagle's
+ * rule, or nginx's tcp_nopush) then stalls every range longer than one segment by those
+ * 40 ms (500 scattered ranges from nginx on loopback, one connection: 5 s instead of 0.2 s).
+ * TCP_QUICKACK set while an ACK is pending sends it now; it is not sticky, so it is set again
+ * after every write callback in the last ACK_NOW_TAIL bytes of a range, where such a tail can
+ * be held back (only there: the body arrives in 16 KiB callbacks, and a syscall for each one
+ * of a 2 GiB stream cost 0.9 s).
+ */
+static curl_socket_t tracked_socket_of(cks_http *h, CURL *easy)
+{
+    long port = 0;
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(easy, CURLINFO_LOCAL_PORT, &port) != CURLE_OK || port <= 0)
+        return CURL_SOCKET_BAD;
+    pthread_mutex_lock(&h->socks_mu);
+    for (unsigned i = 0; i < h->n_socks && fd == CURL_SOCKET_BAD; i++) {
+        struct tracked_socket *t = &h->socks[i];
+        if (t->port == 0) { /* learnt once the socket is bound, on first use */
+            struct sockaddr_storage sa;
+            socklen_t len = sizeof sa;
+            if (getsockname(t->fd, (struct sockaddr *)&sa, &len) == 0) {
+                if (sa.ss_family == AF_INET)
+                    t->port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+                else if (sa.ss_family == AF_INET6)
+                    t->port = ntohs(((struct sockaddr_in6 *)&sa)->sin6_port);
+            }
+        }
+        if (t->port == (unsigned)port)
+            fd = t->fd;
+    }
+    pthread_mutex_unlock(&h->socks_mu);
+    return fd;
+}
+
+static void ack_now(struct xfer *x)
+{
+    int one = 1;
+    if (x->sock == CURL_SOCKET_BAD)
+        x->sock = tracked_socket_of(x->h, x->easy);
+    if (x->sock != CURL_SOCKET_BAD)
+        (void)setsockopt(x->sock, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+}
+
+/* libcurl's socket callbacks: the engine's sockets, so ack_now can find a transfer's one */
+static int on_socket_open(void *clientp, curl_socket_t fd, curlsocktype purpose)
+{
+    cks_http *h = clientp;
+    if (purpose == CURLSOCKTYPE_IPCXN) {
+        pthread_mutex_lock(&h->socks_mu);
+        if (h->n_socks < TRACKED_SOCKETS) /* untracked beyond: those only ACK late */
+            h->socks[h->n_socks++] = (struct tracked_socket){fd, 0};
+        pthread_mutex_unlock(&h->socks_mu);
+    }
+    return CURL_SOCKOPT_OK;
+}
+
+static int on_socket_close(void *clientp, curl_socket_t fd)
+{
+    cks_http *h = clientp;
+    pthread_mutex_lock(&h->socks_mu);
+    for (unsigned i = 0; i < h->n_socks; i++)
+        if (h->socks[i].fd == fd) {
+            h->socks[i] = h->socks[--h->n_socks];
+            break;
+        }
+    pthread_mutex_unlock(&h->socks_mu);
+    return close(fd);
+}
+
 static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct xfer *x = ud;
@@ -666,6 +757,8 @@ static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
     }
     scatter(x, x->next + x->got, (const uint8_t *)p, n);
     x->got += n;
+    if (x->got < x->expect && x->expect - x->got <= ACK_NOW_TAIL)
+        ack_now(x);
     return n;
 }
 
@@ -689,6 +782,7 @@ static void xfer_reset_attempt(struct xfer *x)
     x->validated = false;
     x->verdict = V_NONE;
     x->got = 0;
+    x->sock = CURL_SOCKET_BAD;
     x->errbody_len = 0;
     x->errbody[0] = '\0';
     x->curl_err[0] = '\0';
@@ -736,7 +830,12 @@ static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
         goto out;
     }
     CURL *e = x->easy;
+    x->h = h;
     curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, on_socket_open);
+    curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, h);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_socket_close);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);

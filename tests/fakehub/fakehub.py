@@ -40,7 +40,7 @@ PLURAL_KIND = {"models": "model", "datasets": "dataset"}
 STATUS_FAULTS = {"status", "416", "429", "500", "502", "503", "504", "expired", "denied"}
 BODY_FAULTS = {"short_body", "reset", "stall", "drip"}
 RANGE_FAULTS = {"ignore_range", "wrong_content_range"}
-OTHER_FAULTS = {"no_content_length", "delay", "corrupt", "served_size", "extra_body", "listing"}
+OTHER_FAULTS = {"no_content_length", "delay", "corrupt", "served_size", "extra_body", "listing", "cork"}
 ALL_FAULTS = STATUS_FAULTS | BODY_FAULTS | RANGE_FAULTS | OTHER_FAULTS
 REASONS = {416: "Range Not Satisfiable", 429: "Too Many Requests"}
 
@@ -609,7 +609,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pending = log and kind != "stall"
         if pending:
             self.server.app.log.begin()
+        corked = kind == "cork" and hasattr(socket, "TCP_CORK") and not isinstance(self.connection, ssl.SSLSocket)
         try:
+            if corked:
+                # nginx's sendfile with tcp_nopush: headers and body leave in full segments,
+                # and the short last one is pushed on uncork, but under Nagle's rule
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             self.send_response_only(resp.status, REASONS.get(resp.status))
             self.send_header("Date", self.date_time_string())
             self.send_header("Server", "fakehub")
@@ -657,6 +663,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         self.body_sent += extra
                         if fault.get("content_length", "body") == "none":
                             self.close_connection = True
+            if corked:
+                self.wfile.flush()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, socket.timeout, OSError):
             self.close_connection = True
         sent = self.body_sent
