@@ -168,7 +168,7 @@ static void choose_while_loading(const cmp_ctx *ctx, const cks_compare_model *a,
     sa.m = a;
     sb.m = b;
     sa.loader = sb.loader = &cmp_live_loader;
-    if (ctx->opts && ctx->opts->tests && !(ctx->opts->tests & (CKS_TEST_T3 | CKS_TEST_T4)))
+    if (!cmp_reads_embeddings(ctx))
         early->choice.done = true; /* no test reads embedding rows (`--tests T2`): nothing to choose */
     else if (cks_roles_build(a->ckpt, a->config_json, a->config_len, &sa.roles, &ignored) == CKS_OK &&
         cks_roles_build(b->ckpt, b->config_json, b->config_len, &sb.roles, &ignored) == CKS_OK &&

@@ -49,6 +49,11 @@ void cmp_embed_choice_release(cmp_embed_choice *c)
     memset(c, 0, sizeof *c);
 }
 
+bool cmp_reads_embeddings(const cmp_ctx *ctx)
+{
+    return !ctx->opts || !ctx->opts->tests || (ctx->opts->tests & (CKS_TEST_T3 | CKS_TEST_T4));
+}
+
 cks_err cmp_embed_choose(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_embed_choice *out,
                          cks_diag *diag)
 {
@@ -60,8 +65,8 @@ cks_err cmp_embed_choose(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
     cks_token_pair *pairs = NULL;
 
     memset(out, 0, sizeof *out);
-    if (ctx->opts && ctx->opts->tests && !(ctx->opts->tests & (CKS_TEST_T3 | CKS_TEST_T4)))
-        goto out; /* only T3 and T4 use embedding rows */
+    if (!cmp_reads_embeddings(ctx))
+        goto out;
     /* one after the other: a tokenizer.json's parse tree is tens of MB while it lasts, and two
      * at once were the peak of a cold default compare (276 MB against 243 MB) */
     if (cmp_model_vocab(a, &va, out->note, sizeof out->note) != CKS_OK ||

@@ -261,6 +261,8 @@ typedef struct cmp_embed_choice {
 } cmp_embed_choice;
 cks_err cmp_embed_choose(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, cmp_embed_choice *out,
                          cks_diag *diag);
+/* Whether the chosen tests read shared-token embedding rows (only T3 and T4 do). */
+bool cmp_reads_embeddings(const cmp_ctx *ctx);
 void cmp_embed_choice_release(cmp_embed_choice *c);
 /* A choice made on the caller's thread while the two loads run on theirs (compare.c). */
 typedef struct cmp_embed_early {

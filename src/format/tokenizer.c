@@ -245,12 +245,13 @@ static bool json_member(const char *s, size_t len, size_t i, const char *key, si
         return false;
     i = json_ws(s, len, i + 1);
     while (i < len && s[i] == '"') {
-        size_t kend = json_string_end(s, len, i), b, e;
+        size_t kend = json_string_end(s, len, i), colon, b, e;
         if (kend == 0)
             return false;
-        b = json_ws(s, len, json_ws(s, len, kend) + 1);
-        if (json_ws(s, len, kend) >= len || s[json_ws(s, len, kend)] != ':')
+        colon = json_ws(s, len, kend);
+        if (colon >= len || s[colon] != ':')
             return false;
+        b = json_ws(s, len, colon + 1);
         e = json_value_end(s, len, b);
         if (e == 0)
             return false;

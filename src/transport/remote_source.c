@@ -48,8 +48,13 @@ struct rbuf_head {
 /* Larger pieces are malloc'd alone: malloc hands them memory freed by earlier ones (the
  * windows of a streamed file), already faulted in, which a new block would fault again. */
 #define RBUF_SLOT_MAX ((size_t)1 << 20)
-#define RBUF_BLOCK_MIN ((size_t)2 << 20)   /* below, pieces are malloc'd one by one */
+#define RBUF_BLOCK_MIN ((size_t)2 << 20)   /* a run of fewer bytes is malloc'd piece by piece */
 #define RBUF_SLOT_ALIGN ((size_t)64)
+
+static size_t round_up(size_t v, size_t to) /* `to` a power of two */
+{
+    return (v + to - 1) & ~(to - 1);
+}
 
 static uint8_t *rbuf_new(uint64_t len)
 {
@@ -91,10 +96,9 @@ static void rbuf_put(uint8_t *p)
 /* The bytes one slot of a block takes for a piece of `len` bytes; 0 when it cannot fit any. */
 static size_t rbuf_slot_size(uint64_t len)
 {
-    size_t head = sizeof(struct rbuf_head);
     if (len > RBUF_SLOT_MAX)
         return 0;
-    return (head + (size_t)len + RBUF_SLOT_ALIGN - 1) & ~(RBUF_SLOT_ALIGN - 1);
+    return round_up(sizeof(struct rbuf_head) + (size_t)len, RBUF_SLOT_ALIGN);
 }
 
 /* Map `len` bytes (a multiple of HUGE_PAGE_BYTES) at a huge-page boundary, asking for huge
@@ -104,7 +108,7 @@ static void *map_huge(size_t len)
     uint8_t *raw = mmap(NULL, len + HUGE_PAGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED)
         return NULL;
-    uintptr_t start = ((uintptr_t)raw + HUGE_PAGE_BYTES - 1) & ~(uintptr_t)(HUGE_PAGE_BYTES - 1);
+    uintptr_t start = round_up((uintptr_t)raw, HUGE_PAGE_BYTES);
     size_t lead = start - (uintptr_t)raw, trail = HUGE_PAGE_BYTES - lead;
     if (lead)
         munmap(raw, lead);
@@ -117,8 +121,8 @@ static void *map_huge(size_t len)
 /* Give each of pieces[first, last) a slot of one new block. */
 static bool rbuf_fill_block(cks_http_piece *pieces, size_t first, size_t last, size_t bytes)
 {
-    size_t used = (sizeof(struct rbuf_block) + RBUF_SLOT_ALIGN - 1) & ~(RBUF_SLOT_ALIGN - 1);
-    size_t map_len = (used + bytes + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
+    size_t used = round_up(sizeof(struct rbuf_block), RBUF_SLOT_ALIGN);
+    size_t map_len = round_up(used + bytes, HUGE_PAGE_BYTES);
     struct rbuf_block *b = map_huge(map_len);
     if (!b)
         return false;
@@ -135,37 +139,30 @@ static bool rbuf_fill_block(cks_http_piece *pieces, size_t first, size_t last, s
 }
 
 /*
- * Memory for every piece of a fetch: blocks of huge pages when the pieces add up to at least
- * RBUF_BLOCK_MIN, a malloc each otherwise (and for any a block cannot take). False when
- * memory ran out; the pieces given memory so far keep it (rbuf_put frees them).
+ * Memory for every piece of a fetch: each run of small pieces that adds up to RBUF_BLOCK_MIN
+ * or more (at most RBUF_BLOCK_MAX) shares a block of huge pages; the other pieces, and any
+ * run a block cannot be had for, get a malloc each (a block for a few small pieces would hold
+ * a whole huge page for them). False when memory ran out; the pieces given memory so far keep
+ * it (rbuf_put frees them).
  */
 static bool rbuf_new_pieces(cks_http_piece *pieces, size_t n)
 {
-    uint64_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += pieces[i].length;
-    size_t first = 0, bytes = 0;
-    for (size_t i = 0; i <= n; i++) {
-        size_t slot = i < n && total >= RBUF_BLOCK_MIN ? rbuf_slot_size(pieces[i].length) : 0;
-        bool close_block = i == n || slot == 0 || bytes + slot > RBUF_BLOCK_MAX;
-        if (close_block && i > first) {
-            if (!rbuf_fill_block(pieces, first, i, bytes))
-                for (size_t k = first; k < i; k++)
-                    if (!(pieces[k].dst = rbuf_new(pieces[k].length)))
-                        return false;
-            bytes = 0;
+    size_t i = 0;
+    while (i < n) {
+        size_t end = i, bytes = 0, slot;
+        while (end < n && (slot = rbuf_slot_size(pieces[end].length)) != 0 && bytes + slot <= RBUF_BLOCK_MAX) {
+            bytes += slot;
+            end++;
         }
-        if (i == n)
-            break;
-        if (slot == 0) {
-            if (!(pieces[i].dst = rbuf_new(pieces[i].length)))
-                return false;
-            first = i + 1;
+        if (bytes >= RBUF_BLOCK_MIN && rbuf_fill_block(pieces, i, end, bytes)) {
+            i = end;
             continue;
         }
-        if (close_block)
-            first = i;
-        bytes += slot;
+        if (end == i)
+            end = i + 1; /* a piece too large for any block */
+        for (; i < end; i++)
+            if (!(pieces[i].dst = rbuf_new(pieces[i].length)))
+                return false;
     }
     return true;
 }
