@@ -550,11 +550,19 @@ void cks_http_capture_header(cks_http_response *r, const char *line, size_t n)
     }
 }
 
+static void ack_now(struct xfer *x);
+
 static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct xfer *x = ud;
     size_t n = size * nmemb;
     cks_http_capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->hdr, p, n);
+    /* The blank line that ends a header block: acknowledge the headers now. A server that
+     * writes headers and body apart under Nagle's rule holds a body shorter than a segment
+     * until they are acknowledged, so a delayed ACK cost 40 ms per small reply (config.json
+     * from the fake Hub: 38 ms of a 0.12 s fetch; fault `nagle`). One syscall per reply. */
+    if (n == 0 || p[0] == '\r' || p[0] == '\n')
+        ack_now(x);
     return n;
 }
 

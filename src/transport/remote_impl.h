@@ -59,6 +59,14 @@ enum sha_state { SHA_NONE, SHA_RUNNING, SHA_OK, SHA_BAD };
  */
 struct rsrc;
 
+/* Bytes waiting for the hasher to feed them to their source's whole-file SHA-256. */
+struct hash_job {
+    struct hash_job *next;
+    struct rsrc *src;
+    uint8_t *data;             /* a reference to the extent's bytes (rbuf) */
+    uint64_t skip, len;        /* the bytes hashed: data[skip, skip+len) */
+};
+
 /* A window of a stream waiting to be stored in the disk cache by the writer thread. */
 struct cache_job {
     struct cache_job *next;
@@ -88,6 +96,16 @@ struct cks_remote {
     struct rsrc *bg_src;       /* the posted request (NULL: none) */
     uint64_t bg_off, bg_len;
     struct rsrc *bg_busy;      /* the source the worker is fetching for right now */
+    /* The hasher: feeds fetched bytes to their file's SHA-256 in order, so the thread that
+     * fetches them goes back to the network at once. Hashing on the fetching thread made it
+     * the bottleneck of `hash` of a remote file on 2 cores: receive, copy and the whole-file
+     * SHA-256 there (53% of the CPU samples), while the reader hashed the tensors on the
+     * other core. Its queue is guarded by mu; it lives as long as the session. */
+    pthread_cond_t hcv;        /* with mu: a hash job was queued or finished, or stop */
+    pthread_t hasher;
+    bool h_started, h_stop;
+    struct hash_job *h_head, *h_tail;
+    uint64_t h_queued;         /* bytes queued or being hashed */
     /* Files resolved ahead of need (the shards next to an index, resolved together with it),
      * handed to their sources when those are opened. */
     struct presolved {
@@ -126,7 +144,8 @@ struct rsrc {
     uint64_t last_end;         /* end of the previous read_at */
     uint64_t ahead;            /* current read-ahead window; grows while reads stream */
     EVP_MD_CTX *sha;
-    uint64_t sha_next;
+    uint64_t sha_next;         /* bytes [0, sha_next) are hashed or queued for the hasher */
+    unsigned sha_pending;      /* this source's jobs queued for the hasher or being hashed */
     enum sha_state sha_state;
     bool sha_saw_cache;        /* some hashed bytes came from the disk cache */
     char sha_hex[65];          /* the SHA-256 of the bytes, once the whole file was hashed */

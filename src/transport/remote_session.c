@@ -31,6 +31,15 @@ void remote_unref(cks_remote *r)
         pthread_mutex_unlock(&r->mu);
         pthread_join(r->bg, NULL);
     }
+    if (r->h_started) {
+        /* every source drained its jobs before it went (rsrc_destroy): the queue is empty */
+        pthread_mutex_lock(&r->mu);
+        r->h_stop = true;
+        pthread_cond_broadcast(&r->hcv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->hasher, NULL);
+    }
+    pthread_cond_destroy(&r->hcv);
     pthread_cond_destroy(&r->bg_cv);
     /* no cache writer runs now: the last source that used it stopped it (rsrc_destroy) */
     pthread_cond_destroy(&r->wcv);
@@ -182,6 +191,7 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->net, NULL);
     pthread_cond_init(&r->bg_cv, NULL);
+    pthread_cond_init(&r->hcv, NULL);
     pthread_mutex_init(&r->wmu, NULL);
     pthread_cond_init(&r->wcv, NULL);
     r->refs = 1;

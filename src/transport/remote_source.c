@@ -306,14 +306,95 @@ static void writer_stop(cks_remote *r)
 }
 
 
-/* Feed bytes [off, off+len) to the whole-file hash if they continue it. */
-static void sha_feed(struct rsrc *s, uint64_t off, const uint8_t *data, uint64_t len)
+/* ------------------------------------------------------------------ hasher ---- */
+
+/* How many bytes the hasher may have queued before a fetch waits for it: one window in
+ * hand and one queued, so the next window's transfer overlaps the hashing of the last and
+ * a stream holds no more windows than when the fetching thread hashed them itself. */
+#define HASH_QUEUE_MAX (READAHEAD_MAX)
+
+static void *hasher_main(void *arg)
+{
+    cks_remote *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->h_head && !r->h_stop)
+            pthread_cond_wait(&r->hcv, &r->mu);
+        if (!r->h_head)
+            break;
+        struct hash_job *j = r->h_head;
+        r->h_head = j->next;
+        if (!r->h_head)
+            r->h_tail = NULL;
+        pthread_mutex_unlock(&r->mu);
+        /* the context is this thread's while the source has jobs (sha_drain) */
+        EVP_DigestUpdate(j->src->sha, j->data + j->skip, (size_t)j->len);
+        rbuf_put(j->data);
+        pthread_mutex_lock(&r->mu);
+        j->src->sha_pending--;
+        r->h_queued -= j->len;
+        free(j);
+        pthread_cond_broadcast(&r->hcv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Queue data[skip, skip+len) of s for the hasher (r->mu held; `data` an rbuf, a reference is
+ * taken). False when it cannot (no memory, no thread): the caller hashes it itself. */
+static bool hasher_queue(struct rsrc *s, uint8_t *data, uint64_t skip, uint64_t len)
+{
+    cks_remote *r = s->rem;
+    struct hash_job *j;
+    if (!r->h_started && !r->h_stop) {
+        if (pthread_create(&r->hasher, NULL, hasher_main, r) != 0)
+            return false;
+        r->h_started = true;
+    }
+    if (!r->h_started || r->h_stop || !(j = calloc(1, sizeof *j)))
+        return false;
+    j->src = s;
+    j->data = rbuf_ref(data);
+    j->skip = skip;
+    j->len = len;
+    if (r->h_tail)
+        r->h_tail->next = j;
+    else
+        r->h_head = j;
+    r->h_tail = j;
+    r->h_queued += len;
+    s->sha_pending++;
+    pthread_cond_broadcast(&r->hcv);
+    return true;
+}
+
+/* Wait until the hasher has fed every queued byte of s to its context (r->mu held; dropped
+ * while waiting): before anyone else touches the context, or reads the hash's outcome. */
+static void sha_drain(struct rsrc *s)
+{
+    while (s->sha_pending > 0)
+        pthread_cond_wait(&s->rem->hcv, &s->rem->mu);
+}
+
+/* Feed bytes [off, off+len) of `data` (an rbuf) to the whole-file hash if they continue it:
+ * queued for the hasher, or hashed here when it cannot take them (r->mu held). */
+static void sha_feed(struct rsrc *s, uint64_t off, uint8_t *data, uint64_t len)
 {
     if (s->sha_state != SHA_RUNNING || off > s->sha_next || off + len <= s->sha_next)
         return;
-    uint64_t skip = s->sha_next - off;
-    EVP_DigestUpdate(s->sha, data + skip, (size_t)(len - skip));
-    s->sha_next = off + len;
+    if (hasher_queue(s, data, s->sha_next - off, off + len - s->sha_next)) {
+        s->sha_next = off + len;
+        return;
+    }
+    /* in order behind what is queued: wait for it (holding the bytes, which the wait may
+     * evict from memory), then look again, as the wait let others feed or restart */
+    rbuf_ref(data);
+    sha_drain(s);
+    if (s->sha_state == SHA_RUNNING && off <= s->sha_next && off + len > s->sha_next) {
+        EVP_DigestUpdate(s->sha, data + (s->sha_next - off), (size_t)(off + len - s->sha_next));
+        s->sha_next = off + len;
+    }
+    rbuf_put(data);
 }
 
 /* Continue the hash through the in-memory extents, and conclude it at the end of file. */
@@ -331,7 +412,9 @@ static cks_err sha_advance(struct rsrc *s, cks_diag *diag)
             }
         }
     }
-    if (s->sha_state == SHA_RUNNING && s->sha_next == s->base.size) {
+    if (s->sha_state == SHA_RUNNING && s->sha_next == s->base.size)
+        sha_drain(s); /* every byte is queued: the outcome waits for the hasher */
+    if (s->sha_state == SHA_RUNNING && s->sha_next == s->base.size && s->sha_pending == 0) {
         unsigned char d[EVP_MAX_MD_SIZE];
         unsigned dl = 0;
         char hex[65];
@@ -381,9 +464,12 @@ bool cks_remote_source_verified(const cks_source *src, bool *verified)
     }
     if (!src || src->ops != &rsrc_ops)
         return false;
-    const struct rsrc *s = (const struct rsrc *)src;
+    struct rsrc *s = (struct rsrc *)src;
+    pthread_mutex_lock(&s->rem->mu);
+    (void)sha_advance(s, NULL); /* an outcome the hasher still works on */
     if (verified)
         *verified = s->sha_state == SHA_OK;
+    pthread_mutex_unlock(&s->rem->mu);
     return true;
 }
 
@@ -394,6 +480,7 @@ int cks_remote_source_sha_check(const cks_source *src, char computed[65])
     if (!src || src->ops != &rsrc_ops)
         goto out;
     pthread_mutex_lock(&s->rem->mu);
+    (void)sha_advance(s, NULL); /* an outcome the hasher still works on */
     outcome = s->sha_state == SHA_OK ? 1 : s->sha_state == SHA_BAD ? -1 : 0;
     if (outcome && computed)
         memcpy(computed, s->sha_hex, 65);
@@ -589,6 +676,7 @@ static void rsrc_destroy(cks_source *src)
             rr->bg_src = NULL;
         while (rr->bg_busy == s)
             pthread_cond_wait(&rr->bg_cv, &rr->mu);
+        sha_drain(s); /* the hasher holds no job of a source that is gone */
         pthread_mutex_unlock(&rr->mu);
         writer_stop(rr);
     }
@@ -859,6 +947,10 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
         if (err)
             goto out;
     }
+    /* a fetch runs at most a window ahead of the hasher: its queue holds the bytes it
+     * has not hashed, outside the memory cap */
+    while (r->h_queued > HASH_QUEUE_MAX)
+        pthread_cond_wait(&r->hcv, &r->mu);
     for (size_t i = 0; i < np; i++) {
         err = sha_advance(srcs[i], diag);
         if (err)
@@ -1030,8 +1122,10 @@ static cks_err rsrc_read_at(cks_source *src, uint64_t offset, void *vbuf, size_t
     if (streaming)
         drop_consumed(s, offset, end);
     /* The read-ahead worker may have concluded the whole-file hash while this read waited
-     * for the network: bytes of a file that failed its check are never handed out. */
-    if (!err && s->sha_state == SHA_BAD)
+     * for the network: bytes of a file that failed its check are never handed out. A read
+     * that reaches the end of the file waits for the hasher's outcome, so the last bytes
+     * never leave before the check of the whole file is known. */
+    if (!err && (s->sha_state == SHA_BAD || (s->sha_state == SHA_RUNNING && end == s->base.size)))
         err = sha_advance(s, diag);
     if (!err && s->ahead > 0) {
         /* A stream that has started on its window fetches the next one now, so the link
@@ -1111,6 +1205,7 @@ static void rsrc_trim(cks_source *src)
  * the read-ahead worker not busy with this source). */
 static void sha_restart(struct rsrc *s)
 {
+    sha_drain(s);
     evict(s, 0);
     if (s->sha && EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) == 1)
         s->sha_state = SHA_RUNNING;

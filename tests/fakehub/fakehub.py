@@ -40,7 +40,8 @@ PLURAL_KIND = {"models": "model", "datasets": "dataset"}
 STATUS_FAULTS = {"status", "416", "429", "500", "502", "503", "504", "expired", "denied"}
 BODY_FAULTS = {"short_body", "reset", "stall", "drip"}
 RANGE_FAULTS = {"ignore_range", "wrong_content_range"}
-OTHER_FAULTS = {"no_content_length", "delay", "corrupt", "served_size", "extra_body", "listing", "cork"}
+OTHER_FAULTS = {"no_content_length", "delay", "corrupt", "served_size", "extra_body", "listing", "cork",
+                "nagle"}
 ALL_FAULTS = STATUS_FAULTS | BODY_FAULTS | RANGE_FAULTS | OTHER_FAULTS
 REASONS = {416: "Range Not Satisfiable", 429: "Too Many Requests"}
 
@@ -610,7 +611,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if pending:
             self.server.app.log.begin()
         corked = kind == "cork" and hasattr(socket, "TCP_CORK") and not isinstance(self.connection, ssl.SSLSocket)
+        nagled = kind == "nagle" and not isinstance(self.connection, ssl.SSLSocket)
         try:
+            if nagled:
+                # headers and body in two writes under Nagle's rule: a body shorter than a
+                # segment waits until the client acknowledges the headers
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
             if corked:
                 # nginx's sendfile with tcp_nopush: headers and body leave in full segments,
                 # and the short last one is pushed on uncork, but under Nagle's rule
@@ -630,6 +636,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 announced = length + extra if extra and fault.get("content_length", "body") == "body" else length
                 self.send_header("Content-Length", str(announced))
             self.end_headers()
+            if nagled:
+                self.wfile.flush()
             if method != "HEAD" and resp.status != 304:
                 if body_fault:
                     cut = int(fault.get("after_bytes", length // 2))

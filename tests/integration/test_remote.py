@@ -103,6 +103,8 @@ class Fixture:
         # last segment until the first is acknowledged (the fake Hub keeps Nagle's rule on)
         self.tails_t = [("tail.%02d" % i, "U8", [100000], rbytes(rnd, 100000)) for i in range(64)]
         self.c_tails = hubrepo.add_repo(root, "org/tails", {"model.safetensors": st_bytes(self.tails_t)})
+        self.tiny_t = [("tiny.%02d" % i, "U8", [200], rbytes(rnd, 200)) for i in range(64)]
+        self.c_tiny = hubrepo.add_repo(root, "org/tiny", {"model.safetensors": st_bytes(self.tiny_t)})
         # auth
         hubrepo.add_token(root, TOKEN_OTHER)
         self.c_private = hubrepo.add_repo(root, "org/private", {"model.safetensors": self.single},
@@ -723,6 +725,30 @@ def case_short_tails_do_not_wait_for_delayed_acks(env, fx):
     check(took < 0.8, "%d ranges took %.2f s: the client waits for its own delayed ACKs" % (len(names), took))
 
 
+def case_small_replies_do_not_wait_for_delayed_acks(env, fx):
+    """32 ranges of 200 bytes, one after another on one connection, from a server that writes
+    each reply's headers and body separately under Nagle's rule (fault `nagle`): the body
+    leaves only once the client acknowledges the headers. A client that lets the kernel
+    delay that ACK (40 ms) waits that long per reply, 32 of them more than a second; one that
+    acknowledges a header block at once gets each reply in well under a millisecond."""
+    names = ["tiny.%02d" % i for i in range(0, 64, 2)]
+    extra = {"CKPTSCOPE_MAX_PARALLEL": "1", "CKPTSCOPE_MAX_HOST_CONNS": "1", "CKPTSCOPE_COALESCE_GAP": "0"}
+    env.hub.clear_log()
+    env.hub.faults([{"server": "cdn", "kind": "nagle", "count": -1}])
+    try:
+        t0 = time.time()
+        j = env.json(["fetch", "org/tiny"] + [a for n in names for a in ("--tensor", n)], extra_env=extra)
+        took = time.time() - t0
+    finally:
+        env.hub.clear_faults()
+    want = {n: hashlib.sha256(d).hexdigest() for n, _, _, d in fx.tiny_t if n in names}
+    check({t["name"]: t["sha256"] for t in j["tensors"]} == want, "tensor hashes")
+    gets = [g for g in cdn_gets(env.hub.log()) if g.get("range")]
+    check(len(gets) >= len(names), "%d range requests for %d tensors" % (len(gets), len(names)))
+    print("small replies: %d ranges in %.3f s" % (len(names), took), file=sys.stderr)
+    check(took < 0.8, "%d ranges took %.2f s: the client waits for its own delayed ACKs" % (len(names), took))
+
+
 def case_diff_remote(env, fx):
     rc, out, err = env.run(["diff", "org/single@v1.0", "org/single", "--json"])
     check(rc in (0, 1), "exit %d: %s" % (rc, err))
@@ -763,7 +789,7 @@ def case_tls(env, fx):
         check(rc == EXIT_NETWORK and "TlsError" in err, "system CA: %d %s" % (rc, err))
 
 
-CASES = [case_short_tails_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
+CASES = [case_short_tails_do_not_wait_for_delayed_acks, case_small_replies_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,
