@@ -285,6 +285,10 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
     err = cmp_run_family(&ctx, &ma, &mb, &emb, true, &main_f, diag);
     if (err)
         goto out;
+    /* B's shared-token rows are done with: the power checks read A's, the controls load their
+     * own pairs, and the report wants only the counts (33.5 MB at the bench pair's peak) */
+    cmp_matrix_free(&emb.b);
+    cmp_return_freed_memory();
 
     /* power: built-in synthetic derivatives of A, then the user's positive controls */
     if (!(opts && opts->no_synthetic_power) && ma.known_arch) {

@@ -335,6 +335,7 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
     uint64_t total = 0, used = 0;
     read_plan *plan = NULL;
     uint32_t *rows = NULL;
+    int *last_layer = NULL; /* per file: the last layer whose k/v rows it holds (-1: none) */
     size_t n_rows = 0;
     unsigned tests = ctx->opts && ctx->opts->tests ? ctx->opts->tests : CKS_TEST_ALL;
     /* read only what the selected tests use: norms for T2/T4, routers and k/v for T3/T4 */
@@ -490,10 +491,13 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
         if (max_rows > 0 && md->hidden > 0 && want_weights) {
             n_rows = cmp_budget_kv_rows(ctx->budget, used, md->n_layers, md->hidden, max_rows, md->full_coverage);
             rows = malloc((max_rows ? max_rows : 1) * sizeof *rows);
-            if (!rows) {
+            last_layer = malloc((ckpt->n_files ? ckpt->n_files : 1) * sizeof *last_layer);
+            if (!rows || !last_layer) {
                 err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
                 goto out;
             }
+            for (size_t f = 0; f < ckpt->n_files; f++)
+                last_layer[f] = -1;
         }
         for (int pass = 0; pass < 2 && n_rows > 0; pass++) {
             for (int l = 0; l < md->n_layers && !err; l++) {
@@ -522,6 +526,8 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
                                      (uint64_t)run * c * esize);
                             i += run;
                         }
+                        if (tr->tensor->file < ckpt->n_files && last_layer[tr->tensor->file] < l)
+                            last_layer[tr->tensor->file] = l;
                         continue;
                     }
                     if (w == 0) {
@@ -532,6 +538,12 @@ static cks_err live_load(const cmp_ctx *ctx, const cks_compare_model *m, cmp_mod
                         err = load_rows(md, tr, slice, rows, got, &md->layers[l].v, &md->bytes_weights, diag);
                     }
                 }
+                /* a shard whose last sampled rows are decoded lets its copies go now rather than
+                 * after the last layer: the raw rows of every layer were held with the decoded
+                 * ones (the bench pair's load held ~140 MiB of them, its peak) */
+                for (size_t f = 0; pass == 1 && f < ckpt->n_files; f++)
+                    if (last_layer[f] == l)
+                        cks_source_trim(ckpt->files[f].source);
             }
             if (pass == 0)
                 err = plan_run(plan, diag);
@@ -568,6 +580,7 @@ out:
     if (md->full_coverage)
         md->bytes_other = total; /* read once up front; the per-test counts say what each used */
     free(rows);
+    free(last_layer);
     free(plan);
     return err;
 }

@@ -159,7 +159,9 @@ static size_t cross_flush(const float *batch_a, const float *batch_b, size_t row
  * of one entry, cross[j][perm(j)]: with the draws' permutations known in advance (the same
  * generator, seed and order cks_perm_test_curtailed uses), each block adds its rows' entries
  * to every draw's sum and goes, and the d x d matrix (64 MiB at d = 4096, the peak of a
- * default compare) is never whole: two blocks of 32 MiB plus the first draws' permutations as
+ * default compare) is never whole: blocks of 8 MiB (eight at d = 4096; each pass over the rows
+ * fills only the block's columns of A's side, so more blocks cost little: 32 MiB blocks made T3
+ * the peak of a default compare) plus the first draws' permutations as
  * 16-bit indices, column-major (1,024 draws in 8 MiB at d = 4096). Each sum still adds the same
  * float entries in the same order (j ascending, from the same constant): every value is what
  * the whole matrix gave up to float rounding (OpenBLAS blocks a 2048-row product differently:
@@ -167,7 +169,7 @@ static size_t cross_flush(const float *batch_a, const float *batch_b, size_t row
  * 0.5 stops after ~70) is done; one that needs more (a small p) is run again on the whole
  * matrix, as before, with the same draws and so the same result.
  */
-#define CROSS_BLOCK_BYTES (32u << 20)
+#define CROSS_BLOCK_BYTES (8u << 20)
 #define TABLE_MAX_BYTES (8u << 20)
 #define TABLE_MIN_DRAWS 100u
 #define TABLE_MEAN_R_MAX 0.05
@@ -280,10 +282,11 @@ static void cross_rows(const cmp_ctx *ctx, const weight_item *items, size_t n_it
                 batched = cross_flush(batch_a, batch_b, batched, d, j0, rows, cross);
             ba = batch_a + batched * d;
             bb = batch_b + batched * d;
-            for (size_t x = 0; x < d; x++) {
+            /* the block's product reads only columns [j0, j0 + rows) of A's side */
+            for (size_t x = j0; x < j0 + rows; x++)
                 ba[x] = cmp_clipped(ra[x], it->lo_a, it->hi_a) * w;
+            for (size_t x = 0; x < d; x++)
                 bb[x] = cmp_clipped(rb[x], it->lo_b, it->hi_b);
-            }
             batched++;
         }
     }
