@@ -159,6 +159,16 @@ typedef struct cks_http_piece {
  */
 cks_err cks_http_fetch(cks_http *http, cks_http_piece *pieces, size_t n, cks_diag *diag);
 
+/* Called on the fetching thread, inside cks_http_fetch_notify, once every byte of
+ * pieces[index] has arrived (in a request that completed with the status and length it
+ * had to): the caller may use that dst from then on, while the other pieces are fetched. */
+typedef void (*cks_http_piece_done_fn)(void *ctx, size_t index);
+
+/* cks_http_fetch that reports each piece as it completes; `done` may be NULL. A fetch that
+ * fails may have reported some pieces: their bytes are complete and correct. */
+cks_err cks_http_fetch_notify(cks_http *http, cks_http_piece *pieces, size_t n, cks_http_piece_done_fn done,
+                              void *ctx, cks_diag *diag);
+
 /* ---- pieces exposed for unit tests ---- */
 
 /* Parse "bytes a-b/TOTAL" (TOTAL may be "*": *total = UINT64_MAX) or "bytes * /TOTAL"

@@ -120,6 +120,9 @@ struct xfer {
     const cks_http_piece *pieces;
     const size_t *order;
     size_t cursor;
+    uint64_t *piece_left;      /* per piece: bytes not yet in a completed request (NULL: no report) */
+    cks_http_piece_done_fn piece_done;
+    void *piece_ctx;
     unsigned refreshes;        /* URL refreshes in a row without progress */
 
     /* per attempt */
@@ -1279,6 +1282,24 @@ static void report_progress(cks_http *h, const struct xfer *xs, size_t n, double
  * Drive transfers until all are done. With `stop_on_error`, the first transfer that fails
  * for good ends the run (the others are abandoned) and its error is returned.
  */
+/* A range request is complete: every piece whose last bytes it brought is reported. */
+static void report_pieces(struct xfer *x)
+{
+    if (!x->piece_left || !x->piece_done)
+        return;
+    for (size_t k = x->span.piece_begin; k < x->span.piece_end; k++) {
+        size_t i = x->order[k];
+        const cks_http_piece *p = &x->pieces[i];
+        uint64_t a = p->offset > x->span.first ? p->offset : x->span.first;
+        uint64_t b = p->offset + p->length - 1 < x->span.last ? p->offset + p->length - 1 : x->span.last;
+        if (p->length == 0 || a > b || x->piece_left[i] == 0)
+            continue;
+        x->piece_left[i] -= b - a + 1 < x->piece_left[i] ? b - a + 1 : x->piece_left[i];
+        if (x->piece_left[i] == 0)
+            x->piece_done(x->piece_ctx, i);
+    }
+}
+
 static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, cks_diag *diag)
 {
     cks_err err = CKS_OK;
@@ -1355,6 +1376,8 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
                 finish_simple(h, x, rc);
             else
                 finish_range(h, x, rc);
+            if (x->done && !x->err && x->kind == XK_RANGE)
+                report_pieces(x);
             if (x->done) {
                 n_done++;
                 if (x->easy && h->n_spare < SPARE_EASY) { /* for the next transfer */
@@ -1513,18 +1536,28 @@ out:
 
 cks_err cks_http_fetch(cks_http *h, cks_http_piece *pieces, size_t n, cks_diag *diag)
 {
+    return cks_http_fetch_notify(h, pieces, n, NULL, NULL, diag);
+}
+
+cks_err cks_http_fetch_notify(cks_http *h, cks_http_piece *pieces, size_t n, cks_http_piece_done_fn done,
+                              void *ctx, cks_diag *diag)
+{
     cks_err err = CKS_OK;
     size_t *order = NULL;
+    uint64_t *left = NULL;
     cks_http_span *spans = NULL;
     size_t ns = 0;
     struct xfer *xs = NULL;
     if (n == 0)
         goto out;
     order = malloc(n * sizeof *order);
-    if (!order) {
+    left = done ? malloc(n * sizeof *left) : NULL;
+    if (!order || (done && !left)) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
+    for (size_t i = 0; left && i < n; i++)
+        left[i] = pieces[i].length;
     err = choose_plan(h, pieces, n, order, &spans, &ns, diag);
     if (err || ns == 0)
         goto out;
@@ -1544,6 +1577,9 @@ cks_err cks_http_fetch(cks_http *h, cks_http_piece *pieces, size_t n, cks_diag *
         xs[i].next = spans[i].first;
         xs[i].pieces = pieces;
         xs[i].order = order;
+        xs[i].piece_left = left;
+        xs[i].piece_done = done;
+        xs[i].piece_ctx = ctx;
         h->stats.bytes_planned += spans[i].last - spans[i].first + 1;
     }
     err = run(h, xs, ns, true, diag);
@@ -1551,5 +1587,6 @@ out:
     xfers_release(xs, ns);
     free(spans);
     free(order);
+    free(left);
     return err;
 }

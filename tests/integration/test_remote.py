@@ -749,6 +749,49 @@ def case_small_replies_do_not_wait_for_delayed_acks(env, fx):
     check(took < 0.8, "%d ranges took %.2f s: the client waits for its own delayed ACKs" % (len(names), took))
 
 
+def case_arrived_ranges_are_cached_while_others_are_fetched(env, fx):
+    """One batch of ranges from two shards, the second served 1.5 s late (fault `delay`): the
+    first shard's tensor is in the disk cache while the second is still on its way, not only
+    once the whole batch is in (the cache files were written after the last byte; 500
+    scattered tensors spent 60-100 ms creating them then)."""
+    cache = os.path.join(env.tmp, "cache-arrivals")
+    shutil.rmtree(cache, ignore_errors=True)
+    first, late = "model-00001-of-00004.safetensors", "model-00003-of-00004.safetensors"
+    keydir = os.path.join(cache, "files", hashlib.sha256(fx.shards[first]).hexdigest()[:2],
+                          "s-" + hashlib.sha256(fx.shards[first]).hexdigest())
+    e = ckstest.hub_env(env.hub, env.tmp, {"CKPTSCOPE_NO_CACHE": None, "HF_HOME": None, "HF_TOKEN": None,
+                                          "CKPTSCOPE_CACHE": cache})
+    env.hub.faults([{"server": "cdn", "match": late.split(".")[0], "kind": "delay", "seconds": 1.5, "count": -1}])
+    try:
+        t0 = time.time()
+        p = subprocess.Popen([BIN, "fetch", "org/sharded", "--tensor", "model.layers.0.w1", "--tensor",
+                              "model.layers.2.w1", "--json", "--quiet"], env=e,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen = None
+        while p.poll() is None:
+            try:
+                names = os.listdir(keydir)
+            except OSError:
+                names = []
+            # the header is extent 0; the tensor's bytes come after it
+            if seen is None and any(n.startswith("x-") and int(n.split("-")[1], 16) > 0 for n in names):
+                seen = time.time() - t0
+            time.sleep(0.005)
+        out, err = p.communicate()
+        ended = time.time() - t0
+    finally:
+        env.hub.clear_faults()
+    check(p.returncode == 0, "exit %d: %s" % (p.returncode, err.decode()[-300:]))
+    want = {n: hashlib.sha256(d).hexdigest() for s_ in (first, late) for n, _, _, d in fx.shard_t[s_]}
+    got = {t["name"]: t["sha256"] for t in json.loads(out)["tensors"]}
+    check(got == {n: want[n] for n in ("model.layers.0.w1", "model.layers.2.w1")}, "tensor hashes %r" % got)
+    print("arrivals: first shard's tensor cached at %s s, run ended at %.2f s" % (
+        "never" if seen is None else "%.2f" % seen, ended), file=sys.stderr)
+    check(seen is not None and ended - seen >= 1.0,
+          "the first shard's tensor reached the cache %s s before the end: stored only after the late shard's"
+          % ("never" if seen is None else "%.2f" % (ended - seen)))
+
+
 def case_diff_remote(env, fx):
     rc, out, err = env.run(["diff", "org/single@v1.0", "org/single", "--json"])
     check(rc in (0, 1), "exit %d: %s" % (rc, err))
@@ -789,7 +832,7 @@ def case_tls(env, fx):
         check(rc == EXIT_NETWORK and "TlsError" in err, "system CA: %d %s" % (rc, err))
 
 
-CASES = [case_short_tails_do_not_wait_for_delayed_acks, case_small_replies_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
+CASES = [case_arrived_ranges_are_cached_while_others_are_fetched, case_short_tails_do_not_wait_for_delayed_acks, case_small_replies_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,
