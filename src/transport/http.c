@@ -1278,14 +1278,10 @@ static void report_progress(cks_http *h, const struct xfer *xs, size_t n, double
     h->progress(h->progress_ctx, &s);
 }
 
-/*
- * Drive transfers until all are done. With `stop_on_error`, the first transfer that fails
- * for good ends the run (the others are abandoned) and its error is returned.
- */
 /* A range request is complete: every piece whose last bytes it brought is reported. */
 static void report_pieces(struct xfer *x)
 {
-    if (!x->piece_left || !x->piece_done)
+    if (!x->piece_left) /* allocated only with a piece_done */
         return;
     for (size_t k = x->span.piece_begin; k < x->span.piece_end; k++) {
         size_t i = x->order[k];
@@ -1300,6 +1296,10 @@ static void report_pieces(struct xfer *x)
     }
 }
 
+/*
+ * Drive transfers until all are done. With `stop_on_error`, the first transfer that fails
+ * for good ends the run (the others are abandoned) and its error is returned.
+ */
 static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, cks_diag *diag)
 {
     cks_err err = CKS_OK;

@@ -205,20 +205,16 @@ static void *writer_main(void *arg)
             r->w_tail = NULL;
         r->w_cur = j; /* the batch, chained: writer_settle matches its key */
         pthread_mutex_unlock(&r->wmu);
-        /* a cache failure costs a refetch later, never data */
-        if (n == 1) {
-            (void)cks_cache_write(r->cache, j->key, j->off, j->data, (size_t)j->len, NULL);
-        } else {
-            cks_range ranges[WRITER_BATCH];
-            const void *data[WRITER_BATCH];
-            size_t m = 0;
-            for (struct cache_job *q = j; q; q = q->next, m++) {
-                ranges[m].offset = q->off;
-                ranges[m].length = q->len;
-                data[m] = q->data;
-            }
-            (void)cks_cache_write_many(r->cache, j->key, ranges, data, m, NULL);
+        cks_range ranges[WRITER_BATCH];
+        const void *data[WRITER_BATCH];
+        size_t m = 0;
+        for (struct cache_job *q = j; q; q = q->next, m++) {
+            ranges[m].offset = q->off;
+            ranges[m].length = q->len;
+            data[m] = q->data;
         }
+        /* a cache failure costs a refetch later, never data */
+        (void)cks_cache_write_many(r->cache, j->key, ranges, data, m, NULL);
         pthread_mutex_lock(&r->wmu);
         r->w_cur = NULL;
         while (j) {
@@ -671,8 +667,8 @@ struct arrivals {
     cks_remote *r;
     struct rsrc **srcs;
     const cks_http_piece *pieces;
-    bool *queued;
-    const bool *fresh;         /* a refresh: pieces the cache held no byte of (others wait) */
+    bool *queued;              /* NULL: nothing goes early */
+    bool *fresh;               /* a refresh: pieces the cache held no byte of (others wait) */
 };
 
 static void piece_arrived(void *ctx, size_t i)
@@ -680,7 +676,7 @@ static void piece_arrived(void *ctx, size_t i)
     struct arrivals *a = ctx;
     struct rsrc *s = a->srcs[i];
     const cks_http_piece *p = &a->pieces[i];
-    if (a->r->cache && s->key[0] && p->length && (!a->fresh || a->fresh[i]))
+    if (s->key[0] && p->length && (!a->fresh || a->fresh[i]))
         a->queued[i] = writer_queue(a->r, s->key, p->offset, p->dst, p->length, false);
 }
 
@@ -860,7 +856,6 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     size_t np = 0, nh = 0, cap_h = 0, cap_p = 0;
     bool have_net = false;
     struct arrivals arrived = {0};
-    bool *fresh = NULL;
     if (try_net) {
         if (pthread_mutex_trylock(&r->net) != 0)
             goto out;
@@ -994,13 +989,9 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
      * pieces it held nothing of go early (reading our own bytes back to compare them cost
      * an open per piece), and a difference drops the key and stores every piece (below) */
     if (r->cache) {
-        arrived.queued = calloc(np, sizeof *arrived.queued);
-        fresh = refresh ? absent_from_cache(r, srcs, pieces, np) : NULL;
-        arrived.fresh = fresh;
-        if (refresh && !fresh) {
-            free(arrived.queued);
-            arrived.queued = NULL;
-        }
+        arrived.fresh = refresh ? absent_from_cache(r, srcs, pieces, np) : NULL;
+        if (!refresh || arrived.fresh)
+            arrived.queued = calloc(np, sizeof *arrived.queued);
     }
     arrived.r = r;
     arrived.srcs = srcs;
@@ -1023,7 +1014,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
         goto out;
     bool dropped = false;
     for (size_t i = 0; i < np && refresh; i++)
-        if (!(fresh && fresh[i]))
+        if (!(arrived.fresh && arrived.fresh[i]))
             dropped |= compare_with_cache(srcs[i], pieces[i].offset, pieces[i].dst, pieces[i].length);
     /* after every comparison: one that differs drops the key, and must not take the fresh
      * bytes of the other pieces with it (those stored early went with the key) */
@@ -1057,7 +1048,7 @@ out:
     free(srcs);
     free(holes);
     free(arrived.queued);
-    free(fresh);
+    free(arrived.fresh);
     return err;
 }
 
