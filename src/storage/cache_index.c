@@ -646,8 +646,9 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
                                   "# This file is a cache directory tag created by ckptscope.\n";
         free(sub);
         sub = cache_path_join(c->dir, "CACHEDIR.TAG");
+        /* the tag only tells backup tools to skip the folder: no fsync */
         if (sub)
-            (void)cache_write_file_atomic(c, sub, c->dir, tag, strlen(tag), NULL);
+            (void)cache_write_file_renamed(c, sub, c->dir, tag, strlen(tag), false, NULL);
     }
     c->cctx = ZSTD_createCCtx();
     c->dctx = ZSTD_createDCtx();

@@ -257,7 +257,10 @@ static cks_err meta_put(cks_cache *c, const char *ns, const char *key, const voi
         cache_tmp_abort(tmp, fd);
         goto out;
     }
-    err = cache_tmp_commit(tmp, fd, path, dir, true, diag);
+    /* Not synced: the CRC above turns a file a crash left short or empty into a miss (and a
+     * note), as with extents; synced, each listing or resolve result cost two fsyncs under
+     * the cache's lock, and an fsync waits behind whatever writeback the disk has queued. */
+    err = cache_tmp_commit(tmp, fd, path, dir, false, diag);
     if (!err)
         c->size_estimate += total;
 out:

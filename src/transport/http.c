@@ -99,6 +99,19 @@ enum xkind { XK_SIMPLE, XK_RANGE };
 /* Why a range transfer was cut off by our own write callback. */
 enum verdict { V_NONE, V_IGNORED, V_BAD_RANGE, V_BAD_LENGTH, V_TOO_LONG, V_BODY_FULL, V_SIZE };
 
+/*
+ * What one attempt receives besides the body: ~8 KiB, so it is not part of struct xfer. A
+ * batch allocates an xfer per request up front (hundreds for a scattered fetch); with the
+ * buffers inside, first touching them faulted in ~3 pages per request. At most max_parallel
+ * attempts exist at once and each reuses the memory the last one freed.
+ */
+struct attempt {
+    char curl_err[CURL_ERROR_SIZE];
+    cks_http_response hdr;     /* response headers */
+    char errbody[ERROR_BODY_MAX];
+    size_t errbody_len;
+};
+
 struct xfer {
     enum xkind kind;
     cks_http *h;               /* the engine driving it (set at each start) */
@@ -109,7 +122,7 @@ struct xfer {
     unsigned attempts;         /* failures since the last progress */
     cks_err err;
     cks_diag diag;
-    char curl_err[CURL_ERROR_SIZE];
+    struct attempt *at;        /* while started or waiting for a retry; NULL before and after */
 
     /* XK_SIMPLE */
     cks_http_request *req;
@@ -133,9 +146,6 @@ struct xfer {
     uint64_t got;
     uint64_t expect;
     curl_socket_t sock;        /* the connection's socket, once ack_now looked it up */
-    cks_http_response hdr;     /* response headers of the current attempt */
-    char errbody[ERROR_BODY_MAX];
-    size_t errbody_len;
 };
 
 /* ---------------------------------------------------------------- small helpers ---- */
@@ -559,7 +569,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     struct xfer *x = ud;
     size_t n = size * nmemb;
-    cks_http_capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->hdr, p, n);
+    cks_http_capture_header(x->kind == XK_SIMPLE ? &x->req->resp : &x->at->hdr, p, n);
     /* The blank line that ends a header block: acknowledge the headers now. A server that
      * writes headers and body apart under Nagle's rule holds a body shorter than a segment
      * until they are acknowledged, so a delayed ACK cost 40 ms per small reply (config.json
@@ -730,7 +740,7 @@ static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
         curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
         x->status = code;
         x->validated = true;
-        switch (cks_http_range_reply(code, x->hdr.content_range, (int64_t)cl, x->next, x->span.last,
+        switch (cks_http_range_reply(code, x->at->hdr.content_range, (int64_t)cl, x->next, x->span.last,
                                      x->span.target->size, &x->served_total)) {
         case CKS_REPLY_RANGE:
             break;
@@ -755,11 +765,11 @@ static size_t on_range_body(char *p, size_t size, size_t nmemb, void *ud)
     }
     if (x->status != 206) {
         /* an error page: keep its start for the diagnostic, count the rest */
-        size_t room = sizeof x->errbody - 1 - x->errbody_len;
+        size_t room = sizeof x->at->errbody - 1 - x->at->errbody_len;
         size_t k = n < room ? n : room;
-        memcpy(x->errbody + x->errbody_len, p, k);
-        x->errbody_len += k;
-        x->errbody[x->errbody_len] = '\0';
+        memcpy(x->at->errbody + x->at->errbody_len, p, k);
+        x->at->errbody_len += k;
+        x->at->errbody[x->at->errbody_len] = '\0';
         return n;
     }
     if (n > x->expect - x->got) {
@@ -794,10 +804,10 @@ static void xfer_reset_attempt(struct xfer *x)
     x->verdict = V_NONE;
     x->got = 0;
     x->sock = CURL_SOCKET_BAD;
-    x->errbody_len = 0;
-    x->errbody[0] = '\0';
-    x->curl_err[0] = '\0';
-    memset(&x->hdr, 0, sizeof x->hdr);
+    x->at->errbody_len = 0;
+    x->at->errbody[0] = '\0';
+    x->at->curl_err[0] = '\0';
+    memset(&x->at->hdr, 0, sizeof x->at->hdr);
     if (x->kind == XK_SIMPLE)
         cks_http_response_release(&x->req->resp);
     if (x->kind == XK_RANGE) {
@@ -806,11 +816,29 @@ static void xfer_reset_attempt(struct xfer *x)
     }
 }
 
+/*
+ * libcurl 7.88 allocates a transfer's receive buffer when it starts and frees it when it is
+ * done. 256 KiB keeps a long stream to few recv calls; a range smaller than that would only
+ * fault in pages it never fills (500 scattered 40 KB ranges allocated 115 MB), so a small
+ * range gets a buffer of its own size.
+ */
+static long receive_buffer_size(const struct xfer *x)
+{
+    const uint64_t stream = 256u * 1024u, least = 16u * 1024u;
+    if (x->kind != XK_RANGE || x->expect >= stream)
+        return (long)stream;
+    return (long)(x->expect < least ? least : x->expect);
+}
+
 static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     const char *url;
     char range[64];
+    if (!x->at && !(x->at = malloc(sizeof *x->at))) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory starting a transfer");
+        goto out;
+    }
     xfer_reset_attempt(x);
     if (x->kind == XK_RANGE) {
         cks_http_target *t = x->span.target;
@@ -858,8 +886,8 @@ static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024L);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_err);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, receive_buffer_size(x));
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->at->curl_err);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
@@ -1021,7 +1049,7 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
         rc = CURLE_OK;
     if (rc != CURLE_OK) {
         if (curl_is_dns(rc)) {
-            x->err = dns_fail(&x->diag, shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+            x->err = dns_fail(&x->diag, shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
             x->done = true;
             goto out;
         }
@@ -1029,13 +1057,13 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
             x->err = cks_fail(&x->diag, CKS_ERR_TLS,
                               "TLS failure talking to %s: %s (set CKPTSCOPE_CA_BUNDLE or "
                               "CURL_CA_BUNDLE if you use a private CA)",
-                              shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+                              shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
             x->done = true;
             goto out;
         }
         char what[1100];
         snprintf(what, sizeof what, "%s %s: %s", x->req->method, shown,
-                 x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+                 x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
         if (!schedule_retry(h, x, NULL, what))
             x->done = true;
         goto out;
@@ -1062,10 +1090,10 @@ out:
  * S3-style XML body (CloudFront, S3), cleaned of control characters; "" when nothing. */
 static void error_reason(const struct xfer *x, char *out, size_t cap)
 {
-    const char *src = x->hdr.x_error_message;
+    const char *src = x->at->hdr.x_error_message;
     char tmp[256] = "";
     if (!src[0]) {
-        const char *c = strstr(x->errbody, "<Code>"), *m = strstr(x->errbody, "<Message>");
+        const char *c = strstr(x->at->errbody, "<Code>"), *m = strstr(x->at->errbody, "<Message>");
         const char *ce = c ? strstr(c, "</Code>") : NULL, *me = m ? strstr(m, "</Message>") : NULL;
         if (c && ce && m && me)
             snprintf(tmp, sizeof tmp, "%.*s, %.*s", (int)(ce - c - 6), c + 6, (int)(me - m - 9), m + 9);
@@ -1088,7 +1116,7 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
     x->status = code;
     url_for_diag(t->url, shown, sizeof shown);
-    h->stats.bytes_fetched += x->got + x->errbody_len;
+    h->stats.bytes_fetched += x->got + x->at->errbody_len;
 
     bool too_slow = rc == CURLE_OPERATION_TIMEDOUT;
     if (x->got > 0) {
@@ -1109,7 +1137,7 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                           "%s: ServedSizeMismatch: the server says the file has %" PRIu64 " bytes "
                           "(Content-Range '%s'), but the Hub lists %" PRIu64 "; refusing bytes "
                           "of a file that is not the one listed",
-                          t->name, x->served_total, x->hdr.content_range, t->size);
+                          t->name, x->served_total, x->at->hdr.content_range, t->size);
         x->done = true;
         goto out;
     }
@@ -1128,7 +1156,7 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                           " (file of %" PRIu64 " bytes) with 206 but 'Content-Range: %s'; "
                           "refusing bytes that may not be the ones asked for",
                           t->name, x->next, x->span.last, t->size,
-                          x->hdr.content_range[0] ? x->hdr.content_range : "(missing)");
+                          x->at->hdr.content_range[0] ? x->at->hdr.content_range : "(missing)");
         x->done = true;
         goto out;
     }
@@ -1143,18 +1171,18 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
                           "%s: the server's reply to bytes=%" PRIu64 "-%" PRIu64 " carries the "
                           "right 'Content-Range: %s' (%" PRIu64 " bytes) but %s; refusing a "
                           "reply whose body does not match its own headers",
-                          t->name, x->next, x->span.last, x->hdr.content_range, x->expect, sent);
+                          t->name, x->next, x->span.last, x->at->hdr.content_range, x->expect, sent);
         x->done = true;
         goto out;
     }
     if (rc != CURLE_OK && curl_is_dns(rc)) {
-        x->err = dns_fail(&x->diag, shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+        x->err = dns_fail(&x->diag, shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
         x->done = true;
         goto out;
     }
     if (rc != CURLE_OK && curl_is_tls(rc)) {
         x->err = cks_fail(&x->diag, CKS_ERR_TLS, "TLS failure reading %s from %s: %s", t->name,
-                          shown, x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc));
+                          shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
         x->done = true;
         goto out;
     }
@@ -1170,7 +1198,7 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
         snprintf(what, sizeof what, "%s: reading bytes %" PRIu64 "-%" PRIu64 " from %s: %s",
                  t->name, x->next, x->span.last, shown,
                  too_slow ? slow
-                 : rc != CURLE_OK ? (x->curl_err[0] ? x->curl_err : curl_easy_strerror(rc))
+                 : rc != CURLE_OK ? (x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc))
                                   : "the body ended early");
         if (!schedule_retry(h, x, NULL, what))
             x->done = true;
@@ -1197,31 +1225,31 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
     if (status_retryable(code)) {
         char what[1400];
         snprintf(what, sizeof what, "%s: HTTP %ld from %s", t->name, code, shown);
-        if (!schedule_retry(h, x, &x->hdr, what))
+        if (!schedule_retry(h, x, &x->at->hdr, what))
             x->done = true;
         goto out;
     }
     uint64_t f416, l416, t416;
-    if (code == 416 && cks_http_parse_content_range(x->hdr.content_range, &f416, &l416, &t416) &&
+    if (code == 416 && cks_http_parse_content_range(x->at->hdr.content_range, &f416, &l416, &t416) &&
         t416 != UINT64_MAX && t416 != t->size) {
         x->err = cks_fail(&x->diag, CKS_ERR_SERVED_SIZE,
                           "%s: ServedSizeMismatch: range bytes=%" PRIu64 "-%" PRIu64 " not "
                           "satisfiable (416, Content-Range '%s'): the server holds %" PRIu64
                           " bytes, the Hub lists %" PRIu64,
-                          t->name, x->next, x->span.last, x->hdr.content_range, t416, t->size);
+                          t->name, x->next, x->span.last, x->at->hdr.content_range, t416, t->size);
     } else if (code == 416) {
         x->err = cks_fail(&x->diag, CKS_ERR_HTTP,
                           "%s: range bytes=%" PRIu64 "-%" PRIu64 " not satisfiable (416, "
                           "Content-Range '%s'); the file is not the %" PRIu64 " bytes the Hub "
                           "announced",
-                          t->name, x->next, x->span.last, x->hdr.content_range, t->size);
+                          t->name, x->next, x->span.last, x->at->hdr.content_range, t->size);
     } else if (code == 404 || code == 410) {
         x->err = cks_fail(&x->diag, CKS_ERR_FILE_NOT_FOUND, "%s: HTTP %ld from %s", t->name,
                           code, shown);
     } else if ((code == 401 || code == 403) && same_origin_as_auth(h, t->url)) {
         x->err = cks_fail(&x->diag, CKS_ERR_AUTH,
                           "%s: HTTP %ld from %s%s%s", t->name, code, shown,
-                          x->hdr.x_error_message[0] ? ": " : "", x->hdr.x_error_message);
+                          x->at->hdr.x_error_message[0] ? ": " : "", x->at->hdr.x_error_message);
     } else if (code == 401 || code == 403) {
         /* No token goes to this host (the CDN a download is redirected to), so the token is
          * not what it refuses: its signed URL kept failing after fresh ones were asked for. */
@@ -1380,6 +1408,10 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
                 report_pieces(x);
             if (x->done) {
                 n_done++;
+                if (x->easy) /* the handle outlives the attempt's error buffer */
+                    curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, NULL);
+                free(x->at);
+                x->at = NULL;
                 if (x->easy && h->n_spare < SPARE_EASY) { /* for the next transfer */
                     h->spare[h->n_spare++] = x->easy;
                     x->easy = NULL;
@@ -1438,6 +1470,7 @@ static void xfers_release(struct xfer *xs, size_t n)
         if (xs[i].easy)
             curl_easy_cleanup(xs[i].easy);
         curl_slist_free_all(xs[i].hdrs);
+        free(xs[i].at);
     }
     free(xs);
 }

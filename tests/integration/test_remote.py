@@ -663,6 +663,24 @@ def case_fetch(env, fx):
     check(len(gets) <= 6, "%d CDN requests for 2 shards" % len(gets))
 
 
+def case_fetch_hashes_a_batch_in_order(env, fx):
+    # without -o the tensors of a batch are hashed on two threads; every hash must still be
+    # the tensor's own and the report must keep the selection's order (by name), in the JSON
+    # and in the plain lines
+    want = {}
+    for ts in fx.shard_t.values():
+        want.update(tensor_hashes(ts))
+    names = sorted(want)
+    check(len(names) >= 8, "fixture too small: %d tensors" % len(names))
+    j = env.json(["fetch", "org/sharded", "--tensor", "model.*"])
+    got = [(t["name"], t["sha256"]) for t in j["tensors"]]
+    check([n for n, _ in got] == names, "order %r" % [n for n, _ in got][:6])
+    check(all(h == want[n] for n, h in got), "a hash differs from hashlib's")
+    rc, out, err = env.run(["fetch", "org/sharded", "--tensor", "model.*", "--quiet"])
+    lines = [l.split() for l in out.splitlines()]
+    check(rc == 0 and lines == [[want[n], n] for n in names], "plain output %r" % out[:300])
+
+
 def case_fetch_coalesces_gaps(env, fx):
     sel = ["model.layers.0.w0", "model.layers.0.w2", "model.layers.0.w4", "model.layers.0.w6"]
     shard = fx.shards["model-00001-of-00004.safetensors"]
@@ -839,7 +857,7 @@ CASES = [case_arrived_ranges_are_cached_while_others_are_fetched, case_short_tai
          case_fault_short_body_resumes, case_fault_stall_times_out, case_fault_5xx_retried,
          case_fault_hub_5xx_retried, case_fault_429_retry_after, case_fault_429_without_retry_after, case_fault_429_gives_up_with_time,
          case_fault_hub_429, case_fault_416, case_fault_expired_reresolves, case_fault_no_content_length,
-         case_short_url_ttl_reresolves, case_integrity, case_fetch, case_fetch_coalesces_gaps, case_diff_remote,
+         case_short_url_ttl_reresolves, case_integrity, case_fetch, case_fetch_hashes_a_batch_in_order, case_fetch_coalesces_gaps, case_diff_remote,
          case_cache_rerun_no_network, case_tls]
 
 
