@@ -293,7 +293,7 @@ double cmp_raw_cosine(const double *a, const double *b, size_t n);
 double cmp_pearson_or_nan(const double *a, const double *b, size_t n);
 cks_err cmp_norm_matrix(const cmp_model *a, const cmp_model *b, double *s, bool *any);
 cks_err cmp_choose_pairing(const cmp_model *a, const cmp_model *b, cmp_family *f, cks_diag *diag);
-float cmp_clipped(float value, double lo, double hi);
+float cmp_clipped(float value, float lo_f, float hi_f);
 cks_err cmp_winsorised(const cmp_matrix *m, cmp_matrix *out);
 cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
                          cmp_family *f, const char *id, const char *name, cks_diag *diag);

@@ -86,7 +86,7 @@ cks_err cmp_winsorised(const cmp_matrix *m, cmp_matrix *out)
     return CKS_OK;
 }
 
-/* cmp_winsorised()'s bounds for m, and its value for v (the same double arithmetic, stored as float). */
+/* cmp_winsorised()'s bounds for m. */
 static void clip_bounds(const cmp_matrix *m, double *lo, double *hi)
 {
     double mean, sd;
@@ -95,14 +95,17 @@ static void clip_bounds(const cmp_matrix *m, double *lo, double *hi)
     *lo = mean - WINSOR_SD * sd;
 }
 
-float cmp_clipped(float value, double lo, double hi)
+/*
+ * cmp_winsorised()'s value for v, with its double bounds rounded to float once (lo_f =
+ * (float)lo, hi_f = (float)hi): the same float as clipping in double. A float above hi is
+ * at least hi_f (no float lies strictly between hi and its nearest float), and a float at
+ * most hi is at most hi_f, so both clip exactly the same values to the same (float)hi; the
+ * same holds at lo, and a NaN passes both unchanged. In float the loops vectorise: the
+ * clipping in double was over half of T3's own time.
+ */
+float cmp_clipped(float value, float lo_f, float hi_f)
 {
-    double v = value;
-    if (v > hi)
-        v = hi;
-    else if (v < lo)
-        v = lo;
-    return (float)v;
+    return value > hi_f ? hi_f : value < lo_f ? lo_f : value;
 }
 
 /*
@@ -110,9 +113,10 @@ float cmp_clipped(float value, double lo, double hi)
  * the same values in the same order as over cmp_winsorised() copies, so the moments and r are
  * bit for bit the same.
  */
-static void clipped_item_stats(weight_item *it, double lo_a, double hi_a, double lo_b, double hi_b)
+static void clipped_item_stats(weight_item *it, double lo_a_d, double hi_a_d, double lo_b_d, double hi_b_d)
 {
     const float *a = it->a->v, *b = it->b->v;
+    float lo_a = (float)lo_a_d, hi_a = (float)hi_a_d, lo_b = (float)lo_b_d, hi_b = (float)hi_b_d;
     size_t n = it->a->rows * it->a->cols;
     double sa = 0, sb = 0, ssa = 0, ssb = 0, s = 0;
     for (size_t i = 0; i < n; i++) {
@@ -155,22 +159,22 @@ static size_t cross_flush(const float *batch_a, const float *batch_b, size_t row
 }
 
 /*
- * The cross matrix a block of rows at a time. The statistic of a draw is a sum over every row j
- * of one entry, cross[j][perm(j)]: with the draws' permutations known in advance (the same
- * generator, seed and order cks_perm_test_curtailed uses), each block adds its rows' entries
- * to every draw's sum and goes, and the d x d matrix (64 MiB at d = 4096, the peak of a
- * default compare) is never whole: blocks of 8 MiB (eight at d = 4096; each pass over the rows
- * fills only the block's columns of A's side, so more blocks cost little: 32 MiB blocks made T3
- * the peak of a default compare) plus the first draws' permutations as
- * 16-bit indices, column-major (1,024 draws in 8 MiB at d = 4096). Each sum still adds the same
- * float entries in the same order (j ascending, from the same constant): every value is what
- * the whole matrix gave up to float rounding (OpenBLAS blocks a 2048-row product differently:
- * the bench pair's T3 statistic moved by 1e-6 of itself, its p and draws not at all). A test that stops within those draws (an unrelated pair: p near
- * 0.5 stops after ~70) is done; one that needs more (a small p) is run again on the whole
- * matrix, as before, with the same draws and so the same result.
+ * The draws' table. The statistic of a draw is a sum over every row j of one entry of the
+ * cross matrix, cross[j][perm(j)]: with the draws' permutations known in advance (the same
+ * generator, seed and order cks_perm_test_curtailed uses), only those d entries per draw are
+ * computed, each a dot product of a column of A's stacked rows with one of B's
+ * (table_add_batch), and the d x d matrix is never made. Its sgemm cost d x d x rows (103
+ * GFLOP for the bench pair, 1.6 s of CPU on 2 threads) for the ~70 draws an unrelated pair
+ * needs (p near 0.5); 128 draws cost 1/32 of that. The draws come a chunk at a time, doubling
+ * up to the table (1,024 draws of 16-bit indices in 8 MiB at d = 4096), the test rerun on
+ * each (the same draws give the same values, so a rerun only reaches further). Every value is
+ * the whole matrix's up to float rounding (the bench pair's T3 statistic moved by 2e-6 of
+ * itself, its p and draws not at all; tests/unit/test_compare_t3.c checks p and draws against
+ * a plain double reference). A test that needs more than the table (a small p) runs on the
+ * whole matrix, as before.
  */
-#define CROSS_BLOCK_BYTES (8u << 20)
 #define TABLE_MAX_BYTES (8u << 20)
+#define TABLE_FIRST_DRAWS 128u
 #define TABLE_MIN_DRAWS 100u
 #define TABLE_MEAN_R_MAX 0.05
 
@@ -179,7 +183,12 @@ struct draw_table {
     double *sums;          /* sums[t]: draw t's statistic */
     uint16_t *perm_t;      /* perm_t[j * draws + t] = draw t's permutation at j */
     uint32_t draws, next;  /* next: the draw the permutation test asks for next */
+    uint32_t ready;        /* sums[0..ready) are complete */
+    uint32_t made;         /* permutations [0, made) drawn (table_draw) */
     size_t dim;
+    double constant;
+    cks_rng rng;           /* the test's generator, drawn ahead as far as made */
+    uint32_t *perm;
 };
 
 static cks_err table_statistic(void *vctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
@@ -189,8 +198,8 @@ static cks_err table_statistic(void *vctx, const uint32_t *perm, size_t n, doubl
         *value = tb->observed;
         return CKS_OK;
     }
-    if (tb->next >= tb->draws) /* more draws than the table holds: the caller goes whole */
-        return cks_fail(diag, CKS_ERR_NEED_MORE, "T3: the test needs more than the table's %u draws", tb->draws);
+    if (tb->next >= tb->ready) /* more draws than computed: the caller adds more, or goes whole */
+        return cks_fail(diag, CKS_ERR_NEED_MORE, "T3: the test needs more than the table's %u draws", tb->ready);
     /* the test must be drawing what the table was made from: check both ends of the draw */
     if (n != tb->dim || perm[0] != tb->perm_t[tb->next] ||
         perm[n - 1] != tb->perm_t[(n - 1) * tb->draws + tb->next])
@@ -211,39 +220,77 @@ static uint32_t table_draws(size_t d, uint32_t permutations)
 /* The draws' permutations, as cks_perm_test_curtailed will draw them, transposed. */
 static cks_err table_make(struct draw_table *tb, size_t d, uint32_t draws, uint64_t seed, double constant)
 {
-    cks_rng rng;
-    uint32_t *perm = malloc(d * sizeof *perm);
     memset(tb, 0, sizeof *tb);
     tb->dim = d;
     tb->draws = draws;
     tb->observed = constant;
+    tb->constant = constant;
     tb->sums = malloc((draws ? draws : 1) * sizeof *tb->sums);
     tb->perm_t = malloc(d * (draws ? draws : 1) * sizeof *tb->perm_t);
-    if (!perm || !tb->sums || !tb->perm_t) {
-        free(perm);
+    tb->perm = malloc(d * sizeof *tb->perm);
+    if (!tb->sums || !tb->perm_t || !tb->perm)
         return CKS_ERR_NOMEM;
-    }
-    cks_rng_seed(&rng, seed);
-    for (uint32_t t = 0; t < draws; t++) {
-        cks_rng_permutation(&rng, perm, d);
-        for (size_t j = 0; j < d; j++)
-            tb->perm_t[j * draws + t] = (uint16_t)perm[j];
-        tb->sums[t] = constant;
-    }
-    free(perm);
+    cks_rng_seed(&tb->rng, seed);
     return CKS_OK;
 }
 
-/* Rows [j0, j0 + rows) of the scaled cross matrix: added to the observed value and every draw. */
-static void table_add_rows(struct draw_table *tb, const float *block, size_t j0, size_t rows)
+/* Draws [tb->made, upto) of the table: their permutations, their sums at the constant. */
+static void table_draw(struct draw_table *tb, uint32_t upto)
 {
     size_t d = tb->dim;
-    for (size_t r = 0; r < rows; r++) {
-        const float *row = block + r * d;
-        const uint16_t *pj = tb->perm_t + (j0 + r) * tb->draws;
-        tb->observed += row[j0 + r];
-        for (uint32_t t = 0; t < tb->draws; t++)
-            tb->sums[t] += row[pj[t]];
+    for (uint32_t t = tb->made; t < upto; t++) {
+        cks_rng_permutation(&tb->rng, tb->perm, d);
+        for (size_t j = 0; j < d; j++)
+            tb->perm_t[j * tb->draws + t] = (uint16_t)tb->perm[j];
+        tb->sums[t] = tb->constant;
+    }
+    tb->made = upto > tb->made ? upto : tb->made;
+}
+
+/*
+ * A batch's dot products of a column of A's side with a column of B's side, both stored
+ * transposed (a column's `stride` rows contiguous, zero-padded to a multiple of 16). Sixteen
+ * lanes, each summed in row order, then the lanes in order: the same float on any build.
+ */
+static float column_dot(const float *x, const float *y, size_t stride)
+{
+    float lane[16] = {0};
+    for (size_t i = 0; i < stride; i += 16)
+        for (size_t l = 0; l < 16; l++)
+            lane[l] += x[i + l] * y[i + l];
+    float s = 0;
+    for (size_t l = 0; l < 16; l++)
+        s += lane[l];
+    return s;
+}
+
+/* dst (d x stride) = src (rows x d) transposed, rows [rows, stride) zero; in 16 x 16 tiles */
+static void transpose_rows(const float *src, size_t rows, size_t d, size_t stride, float *dst)
+{
+    for (size_t j0 = 0; j0 < d; j0 += 16)
+        for (size_t r0 = 0; r0 < stride; r0 += 16)
+            for (size_t j = j0; j < j0 + 16 && j < d; j++)
+                for (size_t r = r0; r < r0 + 16; r++)
+                    dst[j * stride + r] = r < rows ? src[r * d + j] : 0.0f;
+}
+
+/*
+ * One batch of stacked rows into draws [t0, t1) of the table (and the observed value when
+ * t0 is 0). A draw's statistic is a sum over j of one entry of the cross matrix,
+ * cross[j][perm(j)], and each entry is a dot product of column j of A's rows with column
+ * perm(j) of B's: only those d entries per draw are computed, never the d x d matrix.
+ */
+static void table_add_batch(struct draw_table *tb, const float *at, const float *bt, size_t stride, uint32_t t0,
+                            uint32_t t1, double scale)
+{
+    size_t d = tb->dim;
+    for (size_t j = 0; j < d; j++) {
+        const float *aj = at + j * stride;
+        const uint16_t *pj = tb->perm_t + j * tb->draws;
+        if (t0 == 0)
+            tb->observed += (double)column_dot(aj, bt + j * stride, stride) * scale;
+        for (uint32_t t = t0; t < t1; t++)
+            tb->sums[t] += (double)column_dot(aj, bt + (size_t)pj[t] * stride, stride) * scale;
     }
 }
 
@@ -251,6 +298,7 @@ static void table_release(struct draw_table *tb)
 {
     free(tb->sums);
     free(tb->perm_t);
+    free(tb->perm);
     memset(tb, 0, sizeof *tb);
 }
 
@@ -275,6 +323,7 @@ static void cross_rows(const cmp_ctx *ctx, const weight_item *items, size_t n_it
         if (!isfinite(it->r))
             continue;
         w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
+        float lo_a = (float)it->lo_a, hi_a = (float)it->hi_a, lo_b = (float)it->lo_b, hi_b = (float)it->hi_b;
         for (size_t r = 0; r < it->a->rows; r++) {
             const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
             float *ba, *bb;
@@ -284,15 +333,50 @@ static void cross_rows(const cmp_ctx *ctx, const weight_item *items, size_t n_it
             bb = batch_b + batched * d;
             /* the block's product reads only columns [j0, j0 + rows) of A's side */
             for (size_t x = j0; x < j0 + rows; x++)
-                ba[x] = cmp_clipped(ra[x], it->lo_a, it->hi_a) * w;
+                ba[x] = cmp_clipped(ra[x], lo_a, hi_a) * w;
             for (size_t x = 0; x < d; x++)
-                bb[x] = cmp_clipped(rb[x], it->lo_b, it->hi_b);
+                bb[x] = cmp_clipped(rb[x], lo_b, hi_b);
             batched++;
         }
     }
     cross_flush(batch_a, batch_b, batched, d, j0, rows, cross);
     cblas_sscal((int)(rows * d), (float)(1.0 / (double)used), cross, 1);
     openblas_set_num_threads(1);
+}
+
+/* Draws [t0, t1) of the table from every item's winsorised rows (stacked as cross_rows does). */
+static void table_fill(const weight_item *items, size_t n_items, size_t d, size_t used, struct draw_table *tb,
+                       uint32_t t0, uint32_t t1, float *batch_a, float *batch_b, float *at, float *bt)
+{
+    size_t batched = 0;
+    double scale = 1.0 / (double)used;
+    for (size_t i = 0; i < n_items; i++) {
+        const weight_item *it = &items[i];
+        if (!isfinite(it->r))
+            continue;
+        float w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
+        float lo_a = (float)it->lo_a, hi_a = (float)it->hi_a, lo_b = (float)it->lo_b, hi_b = (float)it->hi_b;
+        for (size_t r = 0; r < it->a->rows; r++) {
+            const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
+            float *ba = batch_a + batched * d, *bb = batch_b + batched * d;
+            for (size_t x = 0; x < d; x++) {
+                ba[x] = cmp_clipped(ra[x], lo_a, hi_a) * w;
+                bb[x] = cmp_clipped(rb[x], lo_b, hi_b);
+            }
+            if (++batched == CROSS_BATCH_ROWS) {
+                transpose_rows(batch_a, batched, d, CROSS_BATCH_ROWS, at);
+                transpose_rows(batch_b, batched, d, CROSS_BATCH_ROWS, bt);
+                table_add_batch(tb, at, bt, CROSS_BATCH_ROWS, t0, t1, scale);
+                batched = 0;
+            }
+        }
+    }
+    if (batched) {
+        size_t stride = (batched + 15) & ~(size_t)15;
+        transpose_rows(batch_a, batched, d, stride, at);
+        transpose_rows(batch_b, batched, d, stride, bt);
+        table_add_batch(tb, at, bt, stride, t0, t1, scale);
+    }
 }
 
 cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
@@ -399,25 +483,31 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
     table_size = sum_r / (double)used < TABLE_MEAN_R_MAX ? table_draws(d, ctx->permutations) : 0;
     whole = table_size == 0;
     if (!whole) {
-        size_t block_rows = CROSS_BLOCK_BYTES / (d * sizeof(float));
-        block_rows = block_rows == 0 ? 1 : block_rows > d ? d : block_rows;
-        cross = malloc(block_rows * d * sizeof *cross);
-        if (!cross || table_make(&table, d, table_size, ctx->seed + 1, constant / (double)used) != CKS_OK) {
+        /* the draws a chunk at a time, doubling: an unrelated pair stops within the first
+         * (p near 0.5: ~70 draws), and each chunk costs its draws x d x rows products */
+        float *at = malloc(CROSS_BATCH_ROWS * d * sizeof *at), *bt = malloc(CROSS_BATCH_ROWS * d * sizeof *bt);
+        if (!at || !bt || table_make(&table, d, table_size, ctx->seed + 1, constant / (double)used) != CKS_OK) {
+            free(at);
+            free(bt);
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
             goto out;
         }
-        for (size_t j0 = 0; j0 < d; j0 += block_rows) {
-            size_t rows_here = d - j0 < block_rows ? d - j0 : block_rows;
-            cross_rows(ctx, items, n_items, d, used, j0, rows_here, batch_a, batch_b, cross);
-            table_add_rows(&table, cross, j0, rows_here);
-        }
-        err = cks_perm_test_curtailed(d, table_statistic, &table, ctx->seed + 1, ctx->permutations,
-                                      cks_perm_stop_after(ctx->alpha, ctx->permutations), CKS_ALT_GREATER, &pr, diag);
+        do {
+            uint32_t upto = table.ready ? 2 * table.ready : TABLE_FIRST_DRAWS;
+            upto = upto < table.draws ? upto : table.draws;
+            table_draw(&table, upto);
+            table_fill(items, n_items, d, used, &table, table.ready, upto, batch_a, batch_b, at, bt);
+            table.ready = upto;
+            table.next = 0;
+            err = cks_perm_test_curtailed(d, table_statistic, &table, ctx->seed + 1, ctx->permutations,
+                                          cks_perm_stop_after(ctx->alpha, ctx->permutations), CKS_ALT_GREATER, &pr,
+                                          diag);
+        } while (err == CKS_ERR_NEED_MORE && table.ready < table.draws);
+        free(at);
+        free(bt);
         /* a test that does not stop within the table's draws runs on the whole matrix, as before */
         whole = err == CKS_ERR_NEED_MORE;
         table_release(&table);
-        free(cross);
-        cross = NULL;
     }
     if (whole) {
         cross = malloc(d * d * sizeof *cross);
