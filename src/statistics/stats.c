@@ -95,7 +95,7 @@ void cks_rng_permutation(cks_rng *rng, uint32_t *perm, size_t n)
 cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    double *a = NULL, *v = NULL, *w = NULL, *diag_sign = NULL;
+    double *a = NULL, *v = NULL, *w = NULL, *diag_sign = NULL, *qt = NULL, *dots = NULL;
     if (n == 0 || n > 4096 || !q) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "a random orthogonal matrix needs 1 <= n <= 4096 (got %zu)", n);
         goto out;
@@ -104,16 +104,22 @@ cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
     v = malloc(n * sizeof *v);
     w = malloc(n * sizeof *w);
     diag_sign = malloc(n * sizeof *diag_sign);
-    if (!a || !v || !w || !diag_sign) {
+    qt = malloc(n * n * sizeof *qt);
+    dots = malloc(n * sizeof *dots);
+    if (!a || !v || !w || !diag_sign || !qt || !dots) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for a %zu x %zu rotation", n, n);
         goto out;
     }
     for (size_t i = 0; i < n * n; i++)
         a[i] = cks_rng_normal(rng);
-    /* q starts as the identity and accumulates the reflections: Q = H_0 H_1 ... H_{n-2} */
+    /* Q starts as the identity and accumulates the reflections: Q = H_0 H_1 ... H_{n-2}. It is
+     * kept transposed (qt[j * n + i] = Q[i][j]) so that the update walks rows of qt: every
+     * row's dot still sums over j in the same order, so Q is bit for bit what a walk of Q's
+     * rows gave, and the loops over i vectorise (a third of the rotation null's time) */
+    for (size_t i = 0; i < n * n; i++)
+        qt[i] = 0.0;
     for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < n; j++)
-            q[i * n + j] = i == j ? 1.0 : 0.0;
+        qt[i * n + i] = 1.0;
     for (size_t k = 0; k < n; k++) {
         double norm = 0, alpha, vnorm = 0;
         for (size_t i = k; i < n; i++)
@@ -145,26 +151,30 @@ cks_err cks_rng_orthogonal(cks_rng *rng, size_t n, double *q, cks_diag *diag)
         for (size_t i = k; i < n; i++)
             for (size_t j = k; j < n; j++)
                 a[i * n + j] -= w[j] * v[i];
-        for (size_t i = 0; i < n; i++) {
-            double dot = 0;
-            for (size_t j = k; j < n; j++)
-                dot += q[i * n + j] * v[j];
-            dot *= 2.0 / vnorm;
-            for (size_t j = k; j < n; j++)
-                q[i * n + j] -= dot * v[j];
-        }
+        for (size_t i = 0; i < n; i++)
+            dots[i] = 0;
+        for (size_t j = k; j < n; j++)
+            for (size_t i = 0; i < n; i++)
+                dots[i] += qt[j * n + i] * v[j];
+        for (size_t i = 0; i < n; i++)
+            dots[i] *= 2.0 / vnorm;
+        for (size_t j = k; j < n; j++)
+            for (size_t i = 0; i < n; i++)
+                qt[j * n + i] -= dots[i] * v[j];
     }
     /* the last diagonal entry of R is a_nn itself (no reflection) */
     diag_sign[n - 1] = a[(n - 1) * n + (n - 1)] >= 0 ? 1.0 : -1.0;
     /* Q diag(sign(R_kk)): the Haar measure (Mezzadri 2007, eq. 5.3) */
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < n; j++)
-            q[i * n + j] *= diag_sign[j];
+            q[i * n + j] = qt[j * n + i] * diag_sign[j];
 out:
     free(a);
     free(v);
     free(w);
     free(diag_sign);
+    free(qt);
+    free(dots);
     return err;
 }
 
