@@ -76,7 +76,7 @@ static bool write_all(FILE *f, const void *p, size_t n)
  * was the last ~10 % of a 500-tensor fetch, on one core while the other idled. Two threads
  * take them in turn (the copy out of the fetched bytes is serialised by the source, the
  * SHA-256 is not); the caller reports them in order afterwards. Each tensor here is at most
- * BATCH_BYTES, so one read covers it.
+ * READ_CHUNK, so one read covers it and each thread's buffer stays that small.
  */
 struct batch_hash {
     const cks_ckpt *ckpt;
@@ -142,17 +142,25 @@ static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *se
 {
     struct batch_hash b = {.ckpt = ckpt, .sel = sel, .n = n, .hex = hex, .first_bad = n};
     cks_err err = CKS_OK;
+    pthread_t helper;
+    bool two;
     atomic_init(&b.next, 0);
+    *n_ok = 0;
     for (size_t k = 0; k < n; k++) {
         uint64_t sz = sel[k]->info->end - sel[k]->info->begin;
         if (sz > b.largest)
             b.largest = sz;
     }
-    *n_ok = 0;
-    if (b.largest > BATCH_BYTES || pthread_mutex_init(&b.mu, NULL) != 0)
-        return cks_fail(diag, CKS_ERR_NOMEM, "cannot hash a batch of %zu tensors", n);
-    pthread_t helper;
-    bool two = n > 1 && pthread_create(&helper, NULL, hash_batch_helper, &b) == 0;
+    if (b.largest > READ_CHUNK) {
+        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "internal: a tensor of %" PRIu64 " bytes in a batch hashed whole",
+                       b.largest);
+        goto out;
+    }
+    if (pthread_mutex_init(&b.mu, NULL) != 0) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cannot hash a batch of %zu tensors", n);
+        goto out;
+    }
+    two = n > 1 && pthread_create(&helper, NULL, hash_batch_helper, &b) == 0;
     hash_batch_share(&b);
     if (two)
         pthread_join(helper, NULL);
@@ -163,6 +171,7 @@ static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *se
         if (diag)
             *diag = b.bad_diag;
     }
+out:
     return err;
 }
 
@@ -254,12 +263,13 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
     while (!err && i < n_sel) {
         /* one batch: prefetch all its small tensors at once, then read them in order */
         size_t j = i, m = 0;
-        uint64_t batch = 0;
+        uint64_t batch = 0, largest = 0;
         while (j < n_sel) {
             uint64_t sz = sel[j]->info->end - sel[j]->info->begin;
             if (j > i && batch + sz > BATCH_BYTES)
                 break;
             batch += sz;
+            largest = sz > largest ? sz : largest;
             if (sz <= BATCH_BYTES) {
                 /* larger tensors stream through read-ahead instead */
                 srcs[m] = ckpt->files[sel[j]->file].source;
@@ -271,8 +281,9 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
         }
         if (o->remote)
             err = cks_remote_prefetch(o->remote, srcs, ranges, m, diag);
-        if (!err && !out && j - i > 1) {
-            /* several tensors, all in memory now and none written out: hash them side by side */
+        if (!err && !out && j - i > 1 && largest <= READ_CHUNK) {
+            /* several small tensors, all in memory now and none written out: hash them side by
+             * side (larger ones are read in chunks, in order, below) */
             size_t n_ok = 0;
             char (*hex)[65] = malloc((j - i) * sizeof *hex);
             err = hex ? hash_batch(ckpt, sel + i, j - i, hex, &n_ok, diag)
