@@ -38,7 +38,7 @@ typedef struct weight_item {
     const cmp_matrix *a, *b;
     char label[96];
     double ma, sa, mb, sb;   /* means and population sds of the winsorised blocks */
-    double lo_a, hi_a, lo_b, hi_b; /* the clipping bounds of each side */
+    float lo_a, hi_a, lo_b, hi_b; /* each side's clipping bounds, rounded to float (cmp_clipped) */
     double r;                /* winsorised Pearson r, NAN for a constant side */
 } weight_item;
 
@@ -113,10 +113,10 @@ float cmp_clipped(float value, float lo_f, float hi_f)
  * the same values in the same order as over cmp_winsorised() copies, so the moments and r are
  * bit for bit the same.
  */
-static void clipped_item_stats(weight_item *it, double lo_a_d, double hi_a_d, double lo_b_d, double hi_b_d)
+static void clipped_item_stats(weight_item *it)
 {
     const float *a = it->a->v, *b = it->b->v;
-    float lo_a = (float)lo_a_d, hi_a = (float)hi_a_d, lo_b = (float)lo_b_d, hi_b = (float)hi_b_d;
+    float lo_a = it->lo_a, hi_a = it->hi_a, lo_b = it->lo_b, hi_b = it->hi_b;
     size_t n = it->a->rows * it->a->cols;
     double sa = 0, sb = 0, ssa = 0, ssb = 0, s = 0;
     for (size_t i = 0; i < n; i++) {
@@ -148,14 +148,38 @@ static void clipped_item_stats(weight_item *it, double lo_a_d, double hi_a_d, do
  */
 #define CROSS_BATCH_ROWS 256u
 
-/* cross (rows [j0, j0 + block) of the d x d matrix) += batch_a[:, j0..]^T batch_b */
-static size_t cross_flush(const float *batch_a, const float *batch_b, size_t rows, size_t d, size_t j0, size_t block,
-                          float *cross)
+/*
+ * Every item's winsorised rows (A's side weighted by its block, the values clipped on the
+ * fly, cmp_clipped(), never as whole copies: 64 MiB less at the peak for 2048 embedding rows
+ * of 4096), stacked CROSS_BATCH_ROWS rows at a time into batch_a and batch_b (d columns
+ * each); every full batch, and the last, goes to add(ctx, rows).
+ */
+static void stack_rows(const weight_item *items, size_t n_items, size_t d, float *batch_a, float *batch_b,
+                       void (*add)(void *ctx, size_t rows), void *ctx)
 {
-    if (rows)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)block, (int)d, (int)rows, 1.0f, batch_a + j0, (int)d,
-                    batch_b, (int)d, 1.0f, cross, (int)d);
-    return 0;
+    size_t batched = 0;
+    for (size_t i = 0; i < n_items; i++) {
+        const weight_item *it = &items[i];
+        if (!isfinite(it->r))
+            continue;
+        float w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
+        /* locals: a store into the batches could alias the item's fields and stop the loop vectorising */
+        float lo_a = it->lo_a, hi_a = it->hi_a, lo_b = it->lo_b, hi_b = it->hi_b;
+        for (size_t r = 0; r < it->a->rows; r++) {
+            const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
+            float *ba = batch_a + batched * d, *bb = batch_b + batched * d;
+            for (size_t x = 0; x < d; x++) {
+                ba[x] = cmp_clipped(ra[x], lo_a, hi_a) * w;
+                bb[x] = cmp_clipped(rb[x], lo_b, hi_b);
+            }
+            if (++batched == CROSS_BATCH_ROWS) {
+                add(ctx, batched);
+                batched = 0;
+            }
+        }
+    }
+    if (batched)
+        add(ctx, batched);
 }
 
 /*
@@ -183,11 +207,10 @@ struct draw_table {
     double *sums;          /* sums[t]: draw t's statistic */
     uint16_t *perm_t;      /* perm_t[j * draws + t] = draw t's permutation at j */
     uint32_t draws, next;  /* next: the draw the permutation test asks for next */
-    uint32_t ready;        /* sums[0..ready) are complete */
-    uint32_t made;         /* permutations [0, made) drawn (table_draw) */
+    uint32_t ready;        /* draws [0, ready) are drawn and their sums complete */
     size_t dim;
     double constant;
-    cks_rng rng;           /* the test's generator, drawn ahead as far as made */
+    cks_rng rng;           /* the test's generator, drawn ahead as far as ready */
     uint32_t *perm;
 };
 
@@ -234,18 +257,6 @@ static cks_err table_make(struct draw_table *tb, size_t d, uint32_t draws, uint6
     return CKS_OK;
 }
 
-/* Draws [tb->made, upto) of the table: their permutations, their sums at the constant. */
-static void table_draw(struct draw_table *tb, uint32_t upto)
-{
-    size_t d = tb->dim;
-    for (uint32_t t = tb->made; t < upto; t++) {
-        cks_rng_permutation(&tb->rng, tb->perm, d);
-        for (size_t j = 0; j < d; j++)
-            tb->perm_t[j * tb->draws + t] = (uint16_t)tb->perm[j];
-        tb->sums[t] = tb->constant;
-    }
-    tb->made = upto > tb->made ? upto : tb->made;
-}
 
 /*
  * A batch's dot products of a column of A's side with a column of B's side, both stored
@@ -302,81 +313,65 @@ static void table_release(struct draw_table *tb)
     memset(tb, 0, sizeof *tb);
 }
 
-/*
- * Rows [j0, j0 + rows) of the cross matrix, scaled by 1 / used: every item's winsorised rows
- * (A's side weighted by its block, the values clipped on the fly, cmp_clipped(), never as whole
- * copies: 64 MiB less at the peak for 2048 embedding rows of 4096) stacked into batches of
- * CROSS_BATCH_ROWS and added with one sgemm per batch.
- */
-static void cross_rows(const cmp_ctx *ctx, const weight_item *items, size_t n_items, size_t d, size_t used, size_t j0,
-                       size_t rows, float *batch_a, float *batch_b, float *cross)
+struct cross_fill {
+    const float *batch_a, *batch_b;
+    size_t d;
+    float *cross;
+};
+
+/* cross += batch_a^T batch_b */
+static void cross_add(void *vctx, size_t rows)
 {
-    size_t batched = 0;
-    memset(cross, 0, rows * d * sizeof *cross);
+    struct cross_fill *c = vctx;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)c->d, (int)c->d, (int)rows, 1.0f, c->batch_a, (int)c->d,
+                c->batch_b, (int)c->d, 1.0f, c->cross, (int)c->d);
+}
+
+/* The d x d cross matrix, scaled by 1 / used: one sgemm per batch of stacked rows. */
+static void cross_rows(const cmp_ctx *ctx, const weight_item *items, size_t n_items, size_t d, size_t used,
+                       float *batch_a, float *batch_b, float *cross)
+{
+    struct cross_fill c = {batch_a, batch_b, d, cross};
+    memset(cross, 0, d * d * sizeof *cross);
     /* the cross matrix's products are large (d x d x 512): the caller's BLAS threads pay off
      * there, unlike on the small products elsewhere */
     if (ctx->blas_threads > 1)
         openblas_set_num_threads(ctx->blas_threads);
-    for (size_t i = 0; i < n_items; i++) {
-        const weight_item *it = &items[i];
-        float w;
-        if (!isfinite(it->r))
-            continue;
-        w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
-        float lo_a = (float)it->lo_a, hi_a = (float)it->hi_a, lo_b = (float)it->lo_b, hi_b = (float)it->hi_b;
-        for (size_t r = 0; r < it->a->rows; r++) {
-            const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
-            float *ba, *bb;
-            if (batched == CROSS_BATCH_ROWS)
-                batched = cross_flush(batch_a, batch_b, batched, d, j0, rows, cross);
-            ba = batch_a + batched * d;
-            bb = batch_b + batched * d;
-            /* the block's product reads only columns [j0, j0 + rows) of A's side */
-            for (size_t x = j0; x < j0 + rows; x++)
-                ba[x] = cmp_clipped(ra[x], lo_a, hi_a) * w;
-            for (size_t x = 0; x < d; x++)
-                bb[x] = cmp_clipped(rb[x], lo_b, hi_b);
-            batched++;
-        }
-    }
-    cross_flush(batch_a, batch_b, batched, d, j0, rows, cross);
-    cblas_sscal((int)(rows * d), (float)(1.0 / (double)used), cross, 1);
+    stack_rows(items, n_items, d, batch_a, batch_b, cross_add, &c);
+    cblas_sscal((int)(d * d), (float)(1.0 / (double)used), cross, 1);
     openblas_set_num_threads(1);
 }
 
-/* Draws [t0, t1) of the table from every item's winsorised rows (stacked as cross_rows does). */
-static void table_fill(const weight_item *items, size_t n_items, size_t d, size_t used, struct draw_table *tb,
-                       uint32_t t0, uint32_t t1, float *batch_a, float *batch_b, float *at, float *bt)
+struct table_fill {
+    struct draw_table *tb;
+    const float *batch_a, *batch_b;
+    float *at, *bt;        /* the batch transposed */
+    uint32_t t0, t1;
+    double scale;
+};
+
+static void table_add(void *vctx, size_t rows)
 {
-    size_t batched = 0;
-    double scale = 1.0 / (double)used;
-    for (size_t i = 0; i < n_items; i++) {
-        const weight_item *it = &items[i];
-        if (!isfinite(it->r))
-            continue;
-        float w = (float)(1.0 / ((double)it->a->rows * (double)d * it->sa * it->sb));
-        float lo_a = (float)it->lo_a, hi_a = (float)it->hi_a, lo_b = (float)it->lo_b, hi_b = (float)it->hi_b;
-        for (size_t r = 0; r < it->a->rows; r++) {
-            const float *ra = it->a->v + r * d, *rb = it->b->v + r * d;
-            float *ba = batch_a + batched * d, *bb = batch_b + batched * d;
-            for (size_t x = 0; x < d; x++) {
-                ba[x] = cmp_clipped(ra[x], lo_a, hi_a) * w;
-                bb[x] = cmp_clipped(rb[x], lo_b, hi_b);
-            }
-            if (++batched == CROSS_BATCH_ROWS) {
-                transpose_rows(batch_a, batched, d, CROSS_BATCH_ROWS, at);
-                transpose_rows(batch_b, batched, d, CROSS_BATCH_ROWS, bt);
-                table_add_batch(tb, at, bt, CROSS_BATCH_ROWS, t0, t1, scale);
-                batched = 0;
-            }
-        }
+    struct table_fill *f = vctx;
+    size_t d = f->tb->dim, stride = (rows + 15) & ~(size_t)15;
+    transpose_rows(f->batch_a, rows, d, stride, f->at);
+    transpose_rows(f->batch_b, rows, d, stride, f->bt);
+    table_add_batch(f->tb, f->at, f->bt, stride, f->t0, f->t1, f->scale);
+}
+
+/* The table's draws [ready, upto): their permutations, then their sums from every item's rows. */
+static void table_extend(struct draw_table *tb, uint32_t upto, const weight_item *items, size_t n_items, size_t used,
+                         float *batch_a, float *batch_b, float *at, float *bt)
+{
+    struct table_fill f = {tb, batch_a, batch_b, at, bt, tb->ready, upto, 1.0 / (double)used};
+    for (uint32_t t = tb->ready; t < upto; t++) {
+        cks_rng_permutation(&tb->rng, tb->perm, tb->dim);
+        for (size_t j = 0; j < tb->dim; j++)
+            tb->perm_t[j * tb->draws + t] = (uint16_t)tb->perm[j];
+        tb->sums[t] = tb->constant;
     }
-    if (batched) {
-        size_t stride = (batched + 15) & ~(size_t)15;
-        transpose_rows(batch_a, batched, d, stride, at);
-        transpose_rows(batch_b, batched, d, stride, bt);
-        table_add_batch(tb, at, bt, stride, t0, t1, scale);
-    }
+    stack_rows(items, n_items, tb->dim, batch_a, batch_b, table_add, &f);
+    tb->ready = upto;
 }
 
 cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model *b, const cmp_embed_pair *emb,
@@ -446,9 +441,14 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
     for (size_t i = 0; i < n_items; i++) {
         weight_item *it = &items[i];
         size_t n = it->a->rows * d;
-        clip_bounds(it->a, &it->lo_a, &it->hi_a);
-        clip_bounds(it->b, &it->lo_b, &it->hi_b);
-        clipped_item_stats(it, it->lo_a, it->hi_a, it->lo_b, it->hi_b);
+        double lo_a, hi_a, lo_b, hi_b;
+        clip_bounds(it->a, &lo_a, &hi_a);
+        clip_bounds(it->b, &lo_b, &hi_b);
+        it->lo_a = (float)lo_a;
+        it->hi_a = (float)hi_a;
+        it->lo_b = (float)lo_b;
+        it->hi_b = (float)hi_b;
+        clipped_item_stats(it);
         if (!isfinite(it->r))
             continue;
         used++;
@@ -495,9 +495,7 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
         do {
             uint32_t upto = table.ready ? 2 * table.ready : TABLE_FIRST_DRAWS;
             upto = upto < table.draws ? upto : table.draws;
-            table_draw(&table, upto);
-            table_fill(items, n_items, d, used, &table, table.ready, upto, batch_a, batch_b, at, bt);
-            table.ready = upto;
+            table_extend(&table, upto, items, n_items, used, batch_a, batch_b, at, bt);
             table.next = 0;
             err = cks_perm_test_curtailed(d, table_statistic, &table, ctx->seed + 1, ctx->permutations,
                                           cks_perm_stop_after(ctx->alpha, ctx->permutations), CKS_ALT_GREATER, &pr,
@@ -515,7 +513,7 @@ cks_err cmp_test_weights(const cmp_ctx *ctx, const cmp_model *a, const cmp_model
             err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory for the %zu x %zu cross matrix", d, d);
             goto out;
         }
-        cross_rows(ctx, items, n_items, d, used, 0, d, batch_a, batch_b, cross);
+        cross_rows(ctx, items, n_items, d, used, batch_a, batch_b, cross);
         c.d = cross;
         c.dim = d;
         c.constant = constant / (double)used;
