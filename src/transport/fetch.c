@@ -134,28 +134,19 @@ static void *hash_batch_helper(void *arg)
 }
 
 /*
- * Hash sel[0..n) on this thread and one more (this one alone when none can start). *n_ok is
- * how many lead the first that failed (n when none did); that failure is the return value.
+ * Hash sel[0..n), none larger than `largest` (at most READ_CHUNK), on this thread and one
+ * more (this one alone when none can start). *n_ok is how many lead the first that failed
+ * (n when none did); that failure is the return value.
  */
-static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n, char (*hex)[65],
-                          size_t *n_ok, cks_diag *diag)
+static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n, uint64_t largest,
+                          char (*hex)[65], size_t *n_ok, cks_diag *diag)
 {
-    struct batch_hash b = {.ckpt = ckpt, .sel = sel, .n = n, .hex = hex, .first_bad = n};
+    struct batch_hash b = {.ckpt = ckpt, .sel = sel, .n = n, .largest = largest, .hex = hex, .first_bad = n};
     cks_err err = CKS_OK;
     pthread_t helper;
     bool two;
     atomic_init(&b.next, 0);
     *n_ok = 0;
-    for (size_t k = 0; k < n; k++) {
-        uint64_t sz = sel[k]->info->end - sel[k]->info->begin;
-        if (sz > b.largest)
-            b.largest = sz;
-    }
-    if (b.largest > READ_CHUNK) {
-        err = cks_fail(diag, CKS_ERR_INVALID_ARG, "internal: a tensor of %" PRIu64 " bytes in a batch hashed whole",
-                       b.largest);
-        goto out;
-    }
     if (pthread_mutex_init(&b.mu, NULL) != 0) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "cannot hash a batch of %zu tensors", n);
         goto out;
@@ -286,7 +277,7 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
              * side (larger ones are read in chunks, in order, below) */
             size_t n_ok = 0;
             char (*hex)[65] = malloc((j - i) * sizeof *hex);
-            err = hex ? hash_batch(ckpt, sel + i, j - i, hex, &n_ok, diag)
+            err = hex ? hash_batch(ckpt, sel + i, j - i, largest, hex, &n_ok, diag)
                       : cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             for (size_t k = 0; k < n_ok; k++, i++) {
                 total += sel[i]->info->end - sel[i]->info->begin;

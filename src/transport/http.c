@@ -830,6 +830,12 @@ static long receive_buffer_size(const struct xfer *x)
     return (long)(x->expect < least ? least : x->expect);
 }
 
+/* What libcurl said went wrong with this attempt, or its code's generic text. */
+static const char *transfer_error(const struct xfer *x, CURLcode rc)
+{
+    return x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc);
+}
+
 static cks_err xfer_start(cks_http *h, CURLM *m, struct xfer *x, cks_diag *diag)
 {
     cks_err err = CKS_OK;
@@ -1049,7 +1055,7 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
         rc = CURLE_OK;
     if (rc != CURLE_OK) {
         if (curl_is_dns(rc)) {
-            x->err = dns_fail(&x->diag, shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
+            x->err = dns_fail(&x->diag, shown, transfer_error(x, rc));
             x->done = true;
             goto out;
         }
@@ -1057,13 +1063,13 @@ static void finish_simple(cks_http *h, struct xfer *x, CURLcode rc)
             x->err = cks_fail(&x->diag, CKS_ERR_TLS,
                               "TLS failure talking to %s: %s (set CKPTSCOPE_CA_BUNDLE or "
                               "CURL_CA_BUNDLE if you use a private CA)",
-                              shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
+                              shown, transfer_error(x, rc));
             x->done = true;
             goto out;
         }
         char what[1100];
         snprintf(what, sizeof what, "%s %s: %s", x->req->method, shown,
-                 x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
+                 transfer_error(x, rc));
         if (!schedule_retry(h, x, NULL, what))
             x->done = true;
         goto out;
@@ -1176,13 +1182,13 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
         goto out;
     }
     if (rc != CURLE_OK && curl_is_dns(rc)) {
-        x->err = dns_fail(&x->diag, shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
+        x->err = dns_fail(&x->diag, shown, transfer_error(x, rc));
         x->done = true;
         goto out;
     }
     if (rc != CURLE_OK && curl_is_tls(rc)) {
         x->err = cks_fail(&x->diag, CKS_ERR_TLS, "TLS failure reading %s from %s: %s", t->name,
-                          shown, x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc));
+                          shown, transfer_error(x, rc));
         x->done = true;
         goto out;
     }
@@ -1198,7 +1204,7 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
         snprintf(what, sizeof what, "%s: reading bytes %" PRIu64 "-%" PRIu64 " from %s: %s",
                  t->name, x->next, x->span.last, shown,
                  too_slow ? slow
-                 : rc != CURLE_OK ? (x->at->curl_err[0] ? x->at->curl_err : curl_easy_strerror(rc))
+                 : rc != CURLE_OK ? (transfer_error(x, rc))
                                   : "the body ended early");
         if (!schedule_retry(h, x, NULL, what))
             x->done = true;
