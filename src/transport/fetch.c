@@ -135,8 +135,8 @@ static void *hash_batch_helper(void *arg)
 
 /*
  * Hash sel[0..n), none larger than `largest` (at most READ_CHUNK), on this thread and one
- * more (this one alone when none can start). *n_ok is how many lead the first that failed
- * (n when none did); that failure is the return value.
+ * more (this one alone when none can start or a source is not thread-safe). *n_ok is how
+ * many lead the first that failed (n when none did); that failure is the return value.
  */
 static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n, uint64_t largest,
                           char (*hex)[65], size_t *n_ok, cks_diag *diag)
@@ -151,7 +151,13 @@ static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *se
         err = cks_fail(diag, CKS_ERR_NOMEM, "cannot hash a batch of %zu tensors", n);
         goto out;
     }
-    two = n > 1 && pthread_create(&helper, NULL, hash_batch_helper, &b) == 0;
+    /* a source that does not take concurrent reads keeps the batch on this thread, as
+     * cks_hash_tensors does (that hasher is not used here: it reads a network source in one
+     * ordered stream and re-checks whole files, where this batch is already in memory) */
+    bool concurrent = n > 1;
+    for (size_t k = 0; k < n && concurrent; k++)
+        concurrent = ckpt->files[sel[k]->file].source->thread_safe;
+    two = concurrent && pthread_create(&helper, NULL, hash_batch_helper, &b) == 0;
     hash_batch_share(&b);
     if (two)
         pthread_join(helper, NULL);
