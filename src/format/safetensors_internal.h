@@ -1,0 +1,18 @@
+/* The safetensors parser's internals that tests reach (src/format/safetensors.c). */
+#ifndef CKPTSCOPE_SAFETENSORS_INTERNAL_H
+#define CKPTSCOPE_SAFETENSORS_INTERNAL_H
+
+#include "ckptscope/safetensors.h"
+
+/*
+ * cks_st_parse with the whole header given, through cJSON's tree only: the parser that
+ * decides every header the flat path declines. The differential test holds the two to
+ * the same answers.
+ */
+cks_err cks_st_parse_tree_only(const uint8_t *buf, size_t buf_len, uint64_t file_size, cks_st_header **out,
+                               cks_diag *diag);
+
+/* True when the flat path alone takes the header of this file (no tree needed). */
+bool cks_st_flat_accepts(const uint8_t *buf, size_t buf_len);
+
+#endif
