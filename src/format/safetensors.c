@@ -11,6 +11,7 @@
  */
 #include "ckptscope/safetensors.h"
 #include "format/safetensors_internal.h"
+#include "core/byteorder.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -206,6 +207,18 @@ static int compare_cstr_ptr(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+/* The first of names[0..n) that appears twice (the array is sorted in place), or NULL. */
+static const char *first_repeat(const char **names, size_t n)
+{
+    const char *twice = NULL;
+    if (n > 1)
+        qsort(names, n, sizeof *names, compare_cstr_ptr);
+    for (size_t i = 1; i < n && !twice; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            twice = names[i];
+    return twice;
+}
+
 /* Reject an object whose keys repeat (cJSON keeps both; serde keeps the last silently). */
 static cks_err check_duplicate_keys(const cJSON *object, const char *where, cks_diag *diag)
 {
@@ -223,16 +236,12 @@ static cks_err check_duplicate_keys(const cJSON *object, const char *where, cks_
         goto out;
     }
     cJSON_ArrayForEach(child, object) names[i++] = child->string;
-    qsort(names, n, sizeof *names, compare_cstr_ptr);
-    for (i = 1; i < n; i++) {
-        if (strcmp(names[i - 1], names[i]) == 0) {
-            err = cks_fail(diag, CKS_ERR_DUPLICATE_KEY,
-                           "DuplicateKey: key \"%s\" appears more than once in %s (the reference "
-                           "would silently keep the last one)",
-                           names[i], where);
-            goto out;
-        }
-    }
+    const char *twice = first_repeat(names, n);
+    if (twice)
+        err = cks_fail(diag, CKS_ERR_DUPLICATE_KEY,
+                       "DuplicateKey: key \"%s\" appears more than once in %s (the reference "
+                       "would silently keep the last one)",
+                       twice, where);
 out:
     free(names);
     return err;
@@ -487,7 +496,6 @@ static cks_err validate_layout(cks_st_header *hdr, bool eof_rule, cks_diag *diag
  * only what that one accepts and fills the same table (the differential test checks it).
  */
 enum flat { FLAT_OK, FLAT_DECLINE, FLAT_NOMEM };
-#define FLAT_MAX_METADATA 256
 
 struct scan {
     const uint8_t *p, *end;
@@ -595,7 +603,7 @@ static enum flat flat_tensor(struct scan *s, const uint8_t *name, size_t name_le
     return FLAT_OK;
 }
 
-/* null, or an object of strings whose keys do not repeat */
+/* null, or an object of strings (parse_flat checks that its keys do not repeat) */
 static enum flat flat_metadata(struct scan *s, cks_st_header *hdr)
 {
     size_t cap = 0;
@@ -616,14 +624,7 @@ static enum flat flat_metadata(struct scan *s, cks_st_header *hdr)
             r = FLAT_DECLINE;
             break;
         }
-        /* a repeated key declines (the tree parser words the error); so do many keys, whose
-         * pairwise check here would grow with their square */
-        if (hdr->n_metadata >= FLAT_MAX_METADATA)
-            r = FLAT_DECLINE;
-        for (size_t i = 0; i < hdr->n_metadata && r == FLAT_OK; i++)
-            if (strlen(hdr->metadata_keys[i]) == key_len && memcmp(hdr->metadata_keys[i], key, key_len) == 0)
-                r = FLAT_DECLINE;
-        if (r == FLAT_OK && hdr->n_metadata == cap) {
+        if (hdr->n_metadata == cap) {
             size_t ncap = cap ? 2 * cap : 8;
             char **k = realloc(hdr->metadata_keys, ncap * sizeof *k);
             if (k)
@@ -648,28 +649,26 @@ static enum flat flat_metadata(struct scan *s, cks_st_header *hdr)
     return r;
 }
 
-static int compare_tensor_names(const void *a, const void *b)
-{
-    return strcmp((*(const cks_tensor_info *const *)a)->name, (*(const cks_tensor_info *const *)b)->name);
-}
-
-/* True when two tensors share a name (the tree parser then says which). */
+/* FLAT_DECLINE when two tensors, or two metadata keys, share a name: the tree parser then
+ * words the error. */
 static enum flat flat_names_repeat(const cks_st_header *hdr)
 {
-    enum flat r = FLAT_OK;
-    const cks_tensor_info **by_name = NULL;
-    if (hdr->n_tensors < 2)
-        return FLAT_OK;
-    by_name = malloc(hdr->n_tensors * sizeof *by_name);
-    if (!by_name)
-        return FLAT_NOMEM;
-    for (size_t i = 0; i < hdr->n_tensors; i++)
-        by_name[i] = &hdr->tensors[i];
-    qsort(by_name, hdr->n_tensors, sizeof *by_name, compare_tensor_names);
-    for (size_t i = 1; i < hdr->n_tensors && r == FLAT_OK; i++)
-        if (strcmp(by_name[i - 1]->name, by_name[i]->name) == 0)
+    size_t most = hdr->n_tensors > hdr->n_metadata ? hdr->n_tensors : hdr->n_metadata;
+    const char **names = malloc((most ? most : 1) * sizeof *names);
+    enum flat r = names ? FLAT_OK : FLAT_NOMEM;
+    if (r == FLAT_OK) {
+        for (size_t i = 0; i < hdr->n_tensors; i++)
+            names[i] = hdr->tensors[i].name;
+        if (first_repeat(names, hdr->n_tensors))
             r = FLAT_DECLINE;
-    free(by_name);
+    }
+    if (r == FLAT_OK) {
+        for (size_t i = 0; i < hdr->n_metadata; i++)
+            names[i] = hdr->metadata_keys[i];
+        if (first_repeat(names, hdr->n_metadata))
+            r = FLAT_DECLINE;
+    }
+    free(names);
     return r;
 }
 
@@ -740,13 +739,8 @@ static void clear_entries(cks_st_header *hdr)
 bool cks_st_flat_accepts(const uint8_t *buf, size_t buf_len)
 {
     cks_st_header scratch = {0};
-    uint64_t n = 0;
-    bool ok = false;
-    if (buf_len >= 8) {
-        for (int k = 7; k >= 0; k--)
-            n = (n << 8) | buf[k];
-        ok = n <= buf_len - 8 && parse_flat(buf + 8, (size_t)n, &scratch) == FLAT_OK;
-    }
+    uint64_t n = buf_len >= 8 ? cks_get_le64(buf) : 0;
+    bool ok = buf_len >= 8 && n <= buf_len - 8 && parse_flat(buf + 8, (size_t)n, &scratch) == FLAT_OK;
     clear_entries(&scratch);
     return ok;
 }
@@ -884,8 +878,7 @@ static cks_err parse_header(const uint8_t *buf, size_t buf_len, uint64_t file_si
         err = cks_fail(diag, CKS_ERR_NEED_MORE, "need the first 8 bytes");
         goto out;
     }
-    for (int k = 7; k >= 0; k--)
-        n = (n << 8) | buf[k];
+    n = cks_get_le64(buf);
     if (n > CKS_ST_MAX_HEADER || 8 + n > file_size) {
         /* The usual reason is that this is not safetensors at all: say what it is. */
         err = cks_st_sniff(buf, buf_len, file_size, diag);

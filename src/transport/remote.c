@@ -16,6 +16,7 @@
  * (HF_HOME) is checked against the Hub's hash before a whole-file read, read from the
  * network instead when it does not match, and reported unverified while read only in part.
  */
+#include "core/byteorder.h"
 #include "remote_impl.h"
 
 #include <ctype.h>
@@ -336,14 +337,13 @@ static cks_err prov_prefetch_headers(void *ctx, cks_source *const *sources, size
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         uint8_t le[8];
-        uint64_t hlen = 0;
+        uint64_t hlen;
         if (sources[i]->size < 8)
             continue;
         err = cks_source_read_at(sources[i], 0, le, 8, diag);
         if (err)
             goto out;
-        for (int b = 7; b >= 0; b--)
-            hlen = (hlen << 8) | le[b];
+        hlen = cks_get_le64(le);
         /* the parser judges absurd lengths; only fetch what could be a header */
         if (hlen > CKS_ST_MAX_HEADER || hlen > sources[i]->size - 8 || 8 + hlen <= ranges[i].length) {
             ranges[i].length = 0;
