@@ -104,27 +104,20 @@ static void hash_batch_failed(struct batch_hash *b, size_t k, cks_err err, const
 
 static void hash_batch_share(struct batch_hash *b)
 {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
     uint8_t *buf = malloc(b->largest ? (size_t)b->largest : 1);
     for (size_t k; (k = atomic_fetch_add(&b->next, 1)) < b->n;) {
         const cks_tensor_info *t = b->sel[k]->info;
         size_t sz = (size_t)(t->end - t->begin);
-        unsigned char d[EVP_MAX_MD_SIZE];
-        unsigned dl = 0;
         cks_diag why;
-        cks_err err = !md || !buf ? cks_fail(&why, CKS_ERR_NOMEM, "out of memory")
-                                  : cks_ckpt_read_tensor(b->ckpt, b->sel[k], 0, buf, sz, &why);
+        cks_err err = !buf ? cks_fail(&why, CKS_ERR_NOMEM, "out of memory")
+                           : cks_ckpt_read_tensor(b->ckpt, b->sel[k], 0, buf, sz, &why);
         if (err) {
             hash_batch_failed(b, k, err, &why);
             break; /* the tensors after it are not reported */
         }
-        EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-        EVP_DigestUpdate(md, buf, sz);
-        EVP_DigestFinal_ex(md, d, &dl);
-        cks_hex_encode(d, 32, b->hex[k]);
+        cks_sha256_hex(buf, sz, b->hex[k]);
     }
     free(buf);
-    EVP_MD_CTX_free(md);
 }
 
 static void *hash_batch_helper(void *arg)
