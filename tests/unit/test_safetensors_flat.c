@@ -289,10 +289,9 @@ static void make_file(enum mangle m, struct text *out)
                 w += snprintf(parts[1] + w, sizeof parts[1] - (size_t)w, "%s%s%" PRIu64, d ? "," : "", space(),
                               d < nd ? dims[d] : (uint64_t)1);
             snprintf(parts[1] + w, sizeof parts[1] - (size_t)w, "%s]", m == M_TRAILING_COMMA && i == bad ? "," : "");
-            const char *num_fmt = "%" PRIu64;
             char b0[40], b1[40];
-            snprintf(b0, sizeof b0, num_fmt, begin);
-            snprintf(b1, sizeof b1, num_fmt, begin + bytes);
+            snprintf(b0, sizeof b0, "%" PRIu64, begin);
+            snprintf(b1, sizeof b1, "%" PRIu64, begin + bytes);
             if (i == bad) {
                 if (m == M_LEADING_ZERO)
                     snprintf(b1, sizeof b1, "0%" PRIu64, begin + bytes);
