@@ -1126,7 +1126,10 @@ static void finish_range(cks_http *h, struct xfer *x, CURLcode rc)
     h->stats.bytes_fetched += x->got + x->at->errbody_len;
 
     bool too_slow = rc == CURLE_OPERATION_TIMEDOUT;
-    if (x->got > 0) {
+    /* A reply whose body ran past its Content-Range is refused whole below, also when every
+     * byte asked for came before the excess (the excess then arrives in a read of its own,
+     * after the range looked complete): it is no progress to resume from. */
+    if (x->got > 0 && x->verdict != V_TOO_LONG) {
         /* progress: the next attempt resumes after the bytes we have; but an attempt cut for
          * being too slow still counts against the limit, or a server dripping a few bytes per
          * window would be retried forever */

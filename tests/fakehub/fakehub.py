@@ -666,7 +666,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     self.write_body(resp, 0, length)
                     if extra:
                         # bytes past what the Content-Range announces (and, with content_length
-                        # "body", what Content-Length announces too)
+                        # "body", what Content-Length announces too); with "pause", the asked-for
+                        # bytes leave first and the excess after that many seconds, so a client
+                        # has all it asked for before the excess arrives
+                        if fault.get("pause"):
+                            self.wfile.flush()
+                            time.sleep(float(fault["pause"]))
                         self.wfile.write(b"\xa5" * extra)
                         self.body_sent += extra
                         if fault.get("content_length", "body") == "none":
