@@ -223,9 +223,9 @@ static int cmp_walk_name(const void *x, const void *y)
     int r = strcmp(a->name, b->name);
     if (r)
         return r;
-    if (a->off != b->off)
-        return a->off < b->off ? -1 : 1;
-    return a->len < b->len ? -1 : (a->len > b->len);
+    if (a->e.off != b->e.off)
+        return a->e.off < b->e.off ? -1 : 1;
+    return a->e.len < b->e.len ? -1 : (a->e.len > b->e.len);
 }
 
 void cks_cache_entries_free(cks_cache_entry *entries, size_t n)
@@ -284,7 +284,7 @@ cks_err cks_cache_list(cks_cache *c, cks_cache_entry **entries, size_t *n_entrie
         e.kind = CKS_CACHE_ENTRY_FILE;
         for (; j < w.n && strcmp(w.ext[j].name, w.ext[i].name) == 0; j++) {
             const cache_walk_ext *x = &w.ext[j];
-            uint64_t a = x->off > covered_to ? x->off : covered_to, b = x->off + x->len;
+            uint64_t a = x->e.off > covered_to ? x->e.off : covered_to, b = x->e.off + x->e.len;
             if (b > a)
                 e.logical_bytes += b - a; /* union: overlaps counted once */
             if (b > covered_to)
@@ -506,7 +506,7 @@ cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep
                     keyent tmpk = {0};
                     tmpk.key = (char *)img;
                     memcpy(tmpk.name, x->name, sizeof tmpk.name);
-                    extent e = {x->off, x->len};
+                    extent e = x->e;
                     /* bypass the slot cache: verify means reading the disk */
                     cache_slots_forget(c, x->name);
                     st = cache_ext_read(c, &tmpk, &e, e.off, buf, e.len, why, sizeof why);
@@ -527,7 +527,7 @@ cks_err cks_cache_verify(cks_cache *c, bool repair, cks_cache_verify_report *rep
             continue; /* evicted while we walked */
         rep->checked_extents++;
         if (st == EXT_OK) {
-            rep->checked_bytes += x->len;
+            rep->checked_bytes += x->e.len;
             continue;
         }
         rep->bad_extents++;

@@ -59,19 +59,43 @@ cks_err cache_walk_cache(cks_cache *c, cache_walk *w, cks_diag *diag)
             DIR *d3 = p2 ? cache_opendir_here(p2) : NULL;
             struct dirent *x;
             while (d3 && (x = readdir(d3)) != NULL) {
-                uint64_t off, len;
+                extent one = {0}, *members = &one;
+                size_t n_members = 1;
+                uint64_t file_bytes = 0;
                 struct stat st;
-                if (!cache_parse_extent_name(x->d_name, &off, &len))
+                bool pack = cache_parse_pack_name(x->d_name, &one.pack_off, &one.pack_tag);
+                if (!pack && !cache_parse_extent_name(x->d_name, &one.off, &one.len))
                     continue;
                 char *p3 = cache_path_join(p2, x->d_name);
                 if (!p3 || stat(p3, &st) != 0) {
                     free(p3);
                     continue;
                 }
-                if (w->n == w->cap) {
+                file_bytes = (uint64_t)st.st_size;
+                if (pack) {
+                    one.packed = true;
+                    /* a damaged directory still counts as one entry, so that eviction can
+                     * remove it and `cache verify` reports it */
+                    pack_status ps = cache_pack_members(p3, one.pack_off, one.pack_tag, &members,
+                                                        &n_members, &file_bytes);
+                    if (ps == PACK_NOMEM) {
+                        free(p3);
+                        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+                        break;
+                    }
+                    if (ps != PACK_OK) {
+                        members = &one;
+                        n_members = 1;
+                    }
+                }
+                if (w->cap - w->n < n_members) {
                     size_t nc = w->cap ? 2 * w->cap : 64;
+                    while (nc - w->n < n_members)
+                        nc *= 2;
                     cache_walk_ext *ne = realloc(w->ext, nc * sizeof *ne);
                     if (!ne) {
+                        if (members != &one)
+                            free(members);
                         free(p3);
                         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
                         break;
@@ -79,13 +103,24 @@ cks_err cache_walk_cache(cks_cache *c, cache_walk *w, cks_diag *diag)
                     w->ext = ne;
                     w->cap = nc;
                 }
-                cache_walk_ext *we = &w->ext[w->n++];
-                we->path = p3;
-                memcpy(we->name, b->d_name, 67);
-                we->off = off;
-                we->len = len;
-                we->stored = (uint64_t)st.st_size;
-                we->atime = (int64_t)st.st_atim.tv_sec;
+                for (size_t m = 0; m < n_members; m++) {
+                    char *path = m == 0 ? p3 : cache_xstrdup(p3);
+                    if (!path) {
+                        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+                        break;
+                    }
+                    cache_walk_ext *we = &w->ext[w->n++];
+                    we->path = path;
+                    memcpy(we->name, b->d_name, 67);
+                    we->e = members[m];
+                    we->stored = m == 0 ? file_bytes : 0;
+                    we->file_bytes = file_bytes;
+                    we->atime = (int64_t)st.st_atim.tv_sec;
+                }
+                if (members != &one)
+                    free(members);
+                if (err)
+                    break;
             }
             if (d3)
                 closedir(d3);
@@ -192,11 +227,13 @@ static cks_err evict_to(cks_cache *c, uint64_t target, uint64_t *n_out, uint64_t
         if (pfd < 0)
             continue; /* another process needs it */
         if (unlink(e->path) == 0) {
-            total -= e->stored;
+            /* a pack's members share its file: the first of them to go takes all of it */
+            total = total > e->file_bytes ? total - e->file_bytes : 0;
             n_ev++;
-            b_ev += e->stored;
-            cache_add_note(c, "cache: evicted [%" PRIu64 ", %" PRIu64 ") of %s (%" PRIu64 " bytes)",
-                     e->off, e->off + e->len, e->name, e->stored);
+            b_ev += e->file_bytes;
+            cache_add_note(c, "cache: evicted [%" PRIu64 ", %" PRIu64 ") of %s (%" PRIu64 " bytes%s)",
+                     e->e.off, e->e.off + e->e.len, e->name, e->file_bytes,
+                     e->e.packed ? ", with the rest of its pack" : "");
         }
         close(pfd);
         cache_slots_forget(c, e->name);

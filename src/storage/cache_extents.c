@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,9 +34,16 @@
  *   table: n_chunks x { u64 stored_offset, u32 stored_len, u32 method, u32 sum[4] }
  *   payloads, in chunk order
  * All integers little-endian. sum[] is cks_cache_checksum of the chunk's logical bytes.
+ *
+ * Pack file (p-<pack offset>-<tag>): several extent images in one file.
+ *   header (64 bytes): magic "CKSPACK1", u32 n_members, u32 reserved, u64 pack offset (as in
+ *     the name), u64 tag (as in the name), 28 bytes reserved, u32 CRC32C(header[0..60) + directory)
+ *   directory: n_members x { u64 offset, u64 length, u64 position of the member's image }
+ *   images: each laid out as an extent file, its stored offsets counted from its own start
  */
 typedef struct ext_table {
     uint64_t off, len;
+    uint64_t base; /* where the image starts in its file (a pack member's position) */
     uint32_t n_chunks;
     unsigned char raw[EXT_HEADER_SIZE + MAX_CHUNKS * EXT_ENTRY_SIZE];
     struct stat st;
@@ -50,17 +58,18 @@ static void key_fingerprint(const char *key, unsigned char out[16])
     memcpy(out, md, 16);
 }
 
-static ext_status ext_load_table(int fd, const char *key, uint64_t want_off, uint64_t want_len,
-                                 ext_table *t, char *why, size_t why_len)
+static ext_status ext_load_table(int fd, const char *key, const extent *want, ext_table *t,
+                                 char *why, size_t why_len)
 {
     unsigned char fp[16];
     if (fstat(fd, &t->st) != 0)
         return EXT_IOERR;
-    if ((uint64_t)t->st.st_size < EXT_HEADER_SIZE) {
+    t->base = want->base;
+    if ((uint64_t)t->st.st_size < EXT_HEADER_SIZE || (uint64_t)t->st.st_size - EXT_HEADER_SIZE < t->base) {
         snprintf(why, why_len, "shorter than its header");
         return EXT_CORRUPT;
     }
-    int e = cache_pread_all(fd, t->raw, EXT_HEADER_SIZE, 0);
+    int e = cache_pread_all(fd, t->raw, EXT_HEADER_SIZE, t->base);
     if (e > 0)
         return EXT_IOERR;
     if (e < 0 || memcmp(t->raw, EXT_MAGIC, 8) != 0) {
@@ -71,13 +80,13 @@ static ext_status ext_load_table(int fd, const char *key, uint64_t want_off, uin
     t->len = cks_get_le64(t->raw + 16);
     uint32_t cs = cks_get_le32(t->raw + 24);
     t->n_chunks = cks_get_le32(t->raw + 28);
-    if (t->off != want_off || t->len != want_len || cs != CHUNK_SIZE ||
-        t->n_chunks != (want_len + CHUNK_SIZE - 1) / CHUNK_SIZE || t->n_chunks > MAX_CHUNKS) {
+    if (t->off != want->off || t->len != want->len || cs != CHUNK_SIZE ||
+        t->n_chunks != (want->len + CHUNK_SIZE - 1) / CHUNK_SIZE || t->n_chunks > MAX_CHUNKS) {
         snprintf(why, why_len, "header does not match its name");
         return EXT_CORRUPT;
     }
     size_t table_len = (size_t)t->n_chunks * EXT_ENTRY_SIZE;
-    e = cache_pread_all(fd, t->raw + EXT_HEADER_SIZE, table_len, EXT_HEADER_SIZE);
+    e = cache_pread_all(fd, t->raw + EXT_HEADER_SIZE, table_len, t->base + EXT_HEADER_SIZE);
     if (e > 0)
         return EXT_IOERR;
     if (e < 0) {
@@ -120,8 +129,8 @@ static ext_status ext_read_chunk(cks_cache *c, int fd, const ext_table *t, uint3
 
     for (int k = 0; k < 4; k++)
         want[k] = cks_get_le32(ent + 16 + 4 * k);
-    if (soff > (uint64_t)t->st.st_size || slen > (uint64_t)t->st.st_size - soff ||
-        slen > c->scratch_cap) {
+    uint64_t room = (uint64_t)t->st.st_size - t->base; /* ext_load_table: base <= size */
+    if (soff > room || slen > room - soff || slen > c->scratch_cap) {
         snprintf(why, why_len, "chunk %u lies outside the file", i);
         return EXT_CORRUPT;
     }
@@ -130,9 +139,9 @@ static ext_status ext_read_chunk(cks_cache *c, int fd, const ext_table *t, uint3
             snprintf(why, why_len, "chunk %u has the wrong length", i);
             return EXT_CORRUPT;
         }
-        e = cache_pread_all(fd, dst, llen, soff);
+        e = cache_pread_all(fd, dst, llen, t->base + soff);
     } else if (method == METHOD_ZSTD) {
-        e = cache_pread_all(fd, c->scratch, slen, soff);
+        e = cache_pread_all(fd, c->scratch, slen, t->base + soff);
         if (e == 0) {
             size_t r = ZSTD_decompressDCtx(c->dctx, dst, llen, c->scratch, slen);
             if (ZSTD_isError(r) || r != llen) {
@@ -203,7 +212,7 @@ ext_status cache_ext_read(cks_cache *c, keyent *k, const extent *e, uint64_t pos
 {
     ext_status st = EXT_OK;
     ext_table *t = NULL;
-    char *path = cache_extent_path(c, k->name, e->off, e->len);
+    char *path = cache_extent_path(c, k->name, e);
     int fd = -1;
     if (!path) {
         st = EXT_NOMEM;
@@ -219,7 +228,7 @@ ext_status cache_ext_read(cks_cache *c, keyent *k, const extent *e, uint64_t pos
         st = EXT_NOMEM;
         goto out;
     }
-    st = ext_load_table(fd, k->key, e->off, e->len, t, why, why_len);
+    st = ext_load_table(fd, k->key, e, t, why, why_len);
     if (st)
         goto out;
     uint64_t rel = pos - e->off, end = rel + n;
@@ -282,7 +291,7 @@ static uint64_t ext_salvage(cks_cache *c, keyent *k, const extent *e, bool have_
     uint64_t saved = 0;
     ext_table *t = malloc(sizeof *t);
     unsigned char *buf = malloc((size_t)e->len);
-    char *path = cache_extent_path(c, k->name, e->off, e->len);
+    char *path = cache_extent_path(c, k->name, e);
     char why[128];
     int fd = -1;
     bool locked_here = false, wrote = false, in_run = false;
@@ -295,7 +304,7 @@ static uint64_t ext_salvage(cks_cache *c, keyent *k, const extent *e, bool have_
         locked_here = true;
     }
     fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0 || ext_load_table(fd, k->key, e->off, e->len, t, why, sizeof why) != EXT_OK)
+    if (fd < 0 || ext_load_table(fd, k->key, e, t, why, sizeof why) != EXT_OK)
         goto out; /* header or table damaged: nothing can be trusted */
     for (uint32_t i = 0; i <= t->n_chunks; i++) {
         uint64_t cstart = (uint64_t)i * CHUNK_SIZE;
@@ -312,7 +321,8 @@ static uint64_t ext_salvage(cks_cache *c, keyent *k, const extent *e, bool have_
                 continue;
             wrote = true;
             saved += run_end - run_start;
-            if (cache_key_insert_extent(k, e->off + run_start, run_end - run_start) != CKS_OK)
+            extent kept = {.off = e->off + run_start, .len = run_end - run_start};
+            if (cache_key_insert_extent(k, &kept) != CKS_OK)
                 k->gen_valid = false;
         }
     }
@@ -332,20 +342,41 @@ out:
 }
 
 /* Delete a damaged extent so the refetch can replace it (keeping the chunks that still
- * verify); note it for --verbose. */
+ * verify); note it for --verbose. A pack member takes its whole pack file with it, so every
+ * member of that pack is salvaged first. */
 static void ext_drop(cks_cache *c, keyent *k, const extent *e, const char *why, bool have_lock)
 {
-    extent copy = *e;
-    char *path = cache_extent_path(c, k->name, copy.off, copy.len);
-    uint64_t kept = ext_salvage(c, k, &copy, have_lock);
+    extent copy = *e, *members = NULL;
+    size_t n_members = 0;
+    char *path = cache_extent_path(c, k->name, &copy);
+    uint64_t kept = 0;
+    if (copy.packed) {
+        members = malloc(k->n_ext * sizeof *members);
+        for (size_t i = 0; members && i < k->n_ext; i++)
+            if (cache_same_file(&k->ext[i], &copy))
+                members[n_members++] = k->ext[i];
+    }
+    if (!copy.packed || !members) {
+        kept = ext_salvage(c, k, &copy, have_lock);
+    } else {
+        for (size_t i = 0; i < n_members; i++)
+            kept += ext_salvage(c, k, &members[i], have_lock);
+    }
     if (path)
         unlink(path);
     cache_add_note(c,
-             "cache: dropped corrupt extent [%" PRIu64 ", %" PRIu64 ") of %s (%s); kept %" PRIu64
+             "cache: dropped corrupt extent [%" PRIu64 ", %" PRIu64 ") of %s (%s)%s; kept %" PRIu64
              " bytes that verified, refetching the rest",
-             copy.off, copy.off + copy.len, k->key, why, kept);
+             copy.off, copy.off + copy.len, k->key, why,
+             copy.packed ? " with the pack file holding it" : "", kept);
     cache_slots_forget(c, k->name);
-    cache_key_remove_extent(k, copy.off, copy.len);
+    for (size_t i = k->n_ext; i-- > 0;) {
+        if (cache_same_file(&k->ext[i], &copy)) {
+            extent gone = k->ext[i];
+            cache_key_remove_extent(k, &gone);
+        }
+    }
+    free(members);
     free(path);
 }
 
@@ -363,46 +394,139 @@ static bool chunk_worth_compressing(cks_cache *c, const unsigned char *src, uint
     return !ZSTD_isError(z) && (uint64_t)z * 100 <= (uint64_t)SAMPLE_LEN * (100 - want);
 }
 
-/* Encode [off, off+len) into a new extent file and rename it into the key directory. */
-static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned char *data,
-                         uint64_t len, uint64_t *stored_out, cks_diag *diag)
+/*
+ * A file laid out in memory for one gathered write: pieces in file order, each either
+ * memory owned here (headers, tables, compressed chunks) or the caller's bytes (raw chunks,
+ * most of a fetch), which are not copied. Writing an extent chunk by chunk cost two system
+ * calls per small extent; a pack of hundreds of members now takes one or two.
+ */
+typedef struct file_image {
+    struct iovec *iov;
+    size_t n_iov, cap_iov;
+    unsigned char **owned;
+    size_t n_owned, cap_owned;
+    uint64_t size; /* bytes laid out so far: the offset of the next piece */
+} file_image;
+
+/* Append n bytes at p; with `owned`, p is freed with the image. On false nothing was added
+ * (and an owned p is still the caller's to free). */
+static bool image_add(file_image *im, const void *p, size_t n, bool owned)
+{
+    if (owned && im->n_owned == im->cap_owned) {
+        size_t nc = im->cap_owned ? 2 * im->cap_owned : 16;
+        unsigned char **no = realloc(im->owned, nc * sizeof *no);
+        if (!no)
+            return false;
+        im->owned = no;
+        im->cap_owned = nc;
+    }
+    if (n > 0 && im->n_iov == im->cap_iov) {
+        size_t nc = im->cap_iov ? 2 * im->cap_iov : 16;
+        struct iovec *ni = realloc(im->iov, nc * sizeof *ni);
+        if (!ni)
+            return false;
+        im->iov = ni;
+        im->cap_iov = nc;
+    }
+    if (owned)
+        im->owned[im->n_owned++] = (unsigned char *)p;
+    if (n > 0) {
+        im->iov[im->n_iov].iov_base = (void *)p;
+        im->iov[im->n_iov].iov_len = n;
+        im->n_iov++;
+        im->size += n;
+    }
+    return true;
+}
+
+static void image_free(file_image *im)
+{
+    for (size_t i = 0; i < im->n_owned; i++)
+        free(im->owned[i]);
+    free(im->owned);
+    free(im->iov);
+    memset(im, 0, sizeof *im);
+}
+
+/* Write the image at offset 0 of fd: 0, or an errno (EIO for a write that makes no progress). */
+static int image_write(file_image *im, int fd)
+{
+    uint64_t pos = 0;
+    size_t i = 0, skip = 0; /* skip: bytes of iov[i] already written */
+    while (i < im->n_iov) {
+        struct iovec v[64];
+        size_t m = 0;
+        for (size_t j = i; j < im->n_iov && m < 64; j++, m++) {
+            size_t s = j == i ? skip : 0;
+            v[m].iov_base = (unsigned char *)im->iov[j].iov_base + s;
+            v[m].iov_len = im->iov[j].iov_len - s;
+        }
+        ssize_t w = pwritev(fd, v, (int)m, (off_t)pos);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (w == 0)
+            return EIO;
+        pos += (uint64_t)w;
+        size_t left = (size_t)w;
+        while (left > 0) {
+            size_t rest = im->iov[i].iov_len - skip;
+            if (left < rest) {
+                skip += left;
+                left = 0;
+            } else {
+                left -= rest;
+                i++;
+                skip = 0;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Lay out the extent image of [off, off+len) of `key` (its bytes in data) at the end of im. */
+static cks_err ext_encode(cks_cache *c, const char *key, uint64_t off, const unsigned char *data,
+                          uint64_t len, file_image *im, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    char *tmp = NULL, *final = NULL, *dir = NULL;
-    int fd = -1;
-    unsigned char *hdr = NULL;
     uint32_t n_chunks = (uint32_t)((len + CHUNK_SIZE - 1) / CHUNK_SIZE);
     size_t hdr_len = EXT_HEADER_SIZE + (size_t)n_chunks * EXT_ENTRY_SIZE;
-    uint64_t pos = hdr_len;
-    int e;
-
-    *stored_out = 0;
-    hdr = calloc(1, hdr_len);
-    final = cache_extent_path(c, k->name, off, len);
-    dir = cache_keydir_path(c, k->name);
-    if (!hdr || !final || !dir) {
+    uint64_t pos = hdr_len; /* from the image's start */
+    unsigned char *hdr = calloc(1, hdr_len);
+    if (!hdr || !image_add(im, hdr, hdr_len, true)) {
+        free(hdr);
         err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
         goto out;
     }
-    err = cache_tmp_create(c, &tmp, &fd, diag);
-    if (err)
-        goto out;
     for (uint32_t i = 0; i < n_chunks; i++) {
         const unsigned char *src = data + (uint64_t)i * CHUNK_SIZE;
         uint64_t rem = len - (uint64_t)i * CHUNK_SIZE;
         uint32_t llen = rem < CHUNK_SIZE ? (uint32_t)rem : CHUNK_SIZE;
         uint32_t sum[4];
-        const unsigned char *out_p = src;
         uint32_t out_len = llen, method = METHOD_RAW;
         size_t z = (size_t)-1;
         if (c->min_saving_pct <= 100 && chunk_worth_compressing(c, src, llen))
             z = ZSTD_compressCCtx(c->cctx, c->scratch, c->scratch_cap, src, llen,
                                   ZSTD_LEVEL_EXTENT);
+        bool ok;
         if (c->min_saving_pct <= 100 && !ZSTD_isError(z) &&
             (uint64_t)z * 100 <= (uint64_t)llen * (100 - c->min_saving_pct)) {
-            out_p = c->scratch;
+            unsigned char *copy = malloc(z ? z : 1);
+            if (copy)
+                memcpy(copy, c->scratch, z);
+            ok = copy && image_add(im, copy, z, true);
+            if (copy && !ok)
+                free(copy);
             out_len = (uint32_t)z;
             method = METHOD_ZSTD;
+        } else {
+            ok = image_add(im, src, llen, false);
+        }
+        if (!ok) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+            goto out;
         }
         cks_cache_checksum(src, llen, sum);
         unsigned char *ent = hdr + EXT_HEADER_SIZE + (size_t)i * EXT_ENTRY_SIZE;
@@ -411,11 +535,6 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
         cks_put_le32(ent + 12, method);
         for (int q = 0; q < 4; q++)
             cks_put_le32(ent + 16 + 4 * q, sum[q]);
-        e = cache_pwrite_all(fd, out_p, out_len, pos);
-        if (e) {
-            err = cache_io_fail(diag, e, "writing", tmp);
-            goto out;
-        }
         pos += out_len;
     }
     memcpy(hdr, EXT_MAGIC, 8);
@@ -423,27 +542,181 @@ static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned c
     cks_put_le64(hdr + 16, len);
     cks_put_le32(hdr + 24, CHUNK_SIZE);
     cks_put_le32(hdr + 28, n_chunks);
-    key_fingerprint(k->key, hdr + 32);
+    key_fingerprint(key, hdr + 32);
     uint32_t crc = cks_crc32c(0, hdr, 60);
     crc = cks_crc32c(crc, hdr + EXT_HEADER_SIZE, hdr_len - EXT_HEADER_SIZE);
     cks_put_le32(hdr + 60, crc);
-    e = cache_pwrite_all(fd, hdr, hdr_len, 0);
+out:
+    return err;
+}
+
+/* Write the laid-out image to a temporary and rename it to final (rule 1: not synced). */
+static cks_err image_commit(cks_cache *c, keyent *k, file_image *im, const char *final, cks_diag *diag)
+{
+    char *tmp = NULL, *dir = cache_keydir_path(c, k->name);
+    int fd = -1;
+    cks_err err = dir ? cache_tmp_create(c, &tmp, &fd, diag)
+                      : cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+    if (err)
+        goto out;
+    int e = image_write(im, fd);
     if (e) {
         err = cache_io_fail(diag, e, "writing", tmp);
+        cache_tmp_abort(tmp, fd);
         goto out;
     }
     err = cache_tmp_commit(tmp, fd, final, dir, false /* rule 1: extents are not synced */, diag);
-    fd = -1;
+out:
+    free(tmp);
+    free(dir);
+    return err;
+}
+
+/* Encode [off, off+len) into a new extent file and rename it into the key directory. */
+static cks_err ext_write(cks_cache *c, keyent *k, uint64_t off, const unsigned char *data,
+                         uint64_t len, uint64_t *stored_out, cks_diag *diag)
+{
+    file_image im = {0};
+    extent e = {.off = off, .len = len};
+    char *final = cache_extent_path(c, k->name, &e);
+    cks_err err = final ? ext_encode(c, k->key, off, data, len, &im, diag)
+                        : cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+    if (!err)
+        err = image_commit(c, k, &im, final, diag);
+    *stored_out = err ? 0 : im.size;
+    image_free(&im);
+    free(final);
+    return err;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* packs: the small pieces of one write batch in one file                             */
+
+typedef struct pack_piece {
+    uint64_t off, len;
+    const unsigned char *data;
+} pack_piece;
+
+typedef struct pack_builder {
+    pack_piece *v;
+    size_t n, cap;
+    uint64_t bytes;
+} pack_builder;
+
+/* A tag no other pack of the key is likely to have: the name must not replace a pack
+ * another process wrote at the same offset. */
+static uint64_t pack_tag(cks_cache *c)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = ((uint64_t)getpid() << 40) ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)ts.tv_nsec ^
+                 (c->tmp_counter++ << 52) ^ (uint64_t)(uintptr_t)c;
+    /* splitmix64's finaliser: spreads every input bit over the tag */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return x;
+}
+
+/* Store the builder's pieces (one alone as an extent file, several as a pack) and add them
+ * to the index; the builder is emptied either way. */
+static cks_err pack_flush(cks_cache *c, keyent *k, pack_builder *pb, bool *wrote, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    file_image im = {0};
+    extent *members = NULL;
+    unsigned char *head = NULL;
+    char *final = NULL;
+    uint64_t stored = 0;
+    if (pb->n == 0)
+        goto out;
+    if (pb->n == 1) {
+        extent e = {.off = pb->v[0].off, .len = pb->v[0].len};
+        err = ext_write(c, k, e.off, pb->v[0].data, e.len, &stored, diag);
+        if (err)
+            goto out;
+        if (cache_key_insert_extent(k, &e) != CKS_OK)
+            k->gen_valid = false;
+        goto stored;
+    }
+    size_t head_len = PACK_HEADER_SIZE + pb->n * PACK_ENTRY_SIZE;
+    head = calloc(1, head_len);
+    members = malloc(pb->n * sizeof *members);
+    if (!head || !members || !image_add(&im, head, head_len, true)) {
+        free(head);
+        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+        goto out;
+    }
+    uint64_t first = pb->v[0].off, tag = pack_tag(c);
+    for (size_t i = 0; i < pb->n; i++)
+        if (pb->v[i].off < first)
+            first = pb->v[i].off;
+    for (size_t i = 0; i < pb->n && !err; i++) {
+        extent *m = &members[i];
+        *m = (extent){.off = pb->v[i].off, .len = pb->v[i].len, .base = im.size,
+                      .pack_off = first, .pack_tag = tag, .packed = true};
+        unsigned char *ent = head + PACK_HEADER_SIZE + i * PACK_ENTRY_SIZE;
+        cks_put_le64(ent, m->off);
+        cks_put_le64(ent + 8, m->len);
+        cks_put_le64(ent + 16, m->base);
+        err = ext_encode(c, k->key, m->off, pb->v[i].data, m->len, &im, diag);
+    }
     if (err)
         goto out;
-    *stored_out = pos;
+    memcpy(head, PACK_MAGIC, 8);
+    cks_put_le32(head + 8, (uint32_t)pb->n);
+    cks_put_le64(head + 16, first);
+    cks_put_le64(head + 24, tag);
+    uint32_t crc = cks_crc32c(0, head, 60);
+    crc = cks_crc32c(crc, head + PACK_HEADER_SIZE, head_len - PACK_HEADER_SIZE);
+    cks_put_le32(head + 60, crc);
+    final = cache_extent_path(c, k->name, &members[0]);
+    err = final ? image_commit(c, k, &im, final, diag)
+                : cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+    if (err)
+        goto out;
+    stored = im.size;
+    for (size_t i = 0; i < pb->n; i++)
+        if (cache_key_insert_extent(k, &members[i]) != CKS_OK)
+            k->gen_valid = false;
+stored:
+    *wrote = true;
+    c->size_estimate += stored;
 out:
-    if (err && fd >= 0)
-        cache_tmp_abort(tmp, fd);
-    free(tmp);
+    pb->n = 0;
+    pb->bytes = 0;
+    image_free(&im);
+    free(members);
     free(final);
-    free(dir);
-    free(hdr);
+    return err;
+}
+
+/* Add a piece to the pack being built (flushing a full one first). Its bytes must stay valid
+ * until the builder is flushed. */
+static cks_err pack_add(cks_cache *c, keyent *k, pack_builder *pb, uint64_t off,
+                        const unsigned char *data, uint64_t len, bool *wrote, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    if (pb->n == PACK_MAX_MEMBERS || pb->bytes + len > MAX_EXTENT_LEN) {
+        err = pack_flush(c, k, pb, wrote, diag);
+        if (err)
+            goto out;
+    }
+    if (pb->n == pb->cap) {
+        size_t nc = pb->cap ? 2 * pb->cap : 64;
+        pack_piece *nv = realloc(pb->v, nc * sizeof *nv);
+        if (!nv) {
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+            goto out;
+        }
+        pb->v = nv;
+        pb->cap = nc;
+    }
+    pb->v[pb->n++] = (pack_piece){off, len, data};
+    pb->bytes += len;
+out:
     return err;
 }
 
@@ -778,7 +1051,7 @@ static bool covering_extents_exist(cks_cache *c, const keyent *k, uint64_t a, ui
         struct stat st;
         if (e->off >= b || e->off + e->len <= a)
             continue;
-        char *p = cache_extent_path(c, k->name, e->off, e->len);
+        char *p = cache_extent_path(c, k->name, e);
         bool ok = p && stat(p, &st) == 0;
         free(p);
         if (!ok)
@@ -789,9 +1062,11 @@ static bool covering_extents_exist(cks_cache *c, const keyent *k, uint64_t a, ui
 
 
 /* Store [offset, offset+len) of key k: c->mu and k's writer lock held, its index current.
- * *wrote is set when an extent file was created. */
+ * *wrote is set when an extent file was created. Pieces smaller than PACK_MEMBER_MAX that
+ * merge with nothing go to the pack builder pb when there is one (src must then stay valid
+ * until it is flushed). */
 static cks_err write_range(cks_cache *c, keyent *k, uint64_t offset, const unsigned char *src,
-                           size_t len, bool *wrote, cks_diag *diag)
+                           size_t len, pack_builder *pb, bool *wrote, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     unsigned char *merged = NULL;
@@ -875,11 +1150,13 @@ static cks_err write_range(cks_cache *c, keyent *k, uint64_t offset, const unsig
             }
             *wrote = true;
             stored_total += stored;
-            /* the merged extent is durable; the parts it replaces can go */
+            /* the merged extent is durable; the parts it replaces can go (a pack member
+             * stays with its pack: the index reads the extent reaching furthest, and the
+             * unread pack is among the first to be evicted) */
             for (size_t i = 0; i < n_sel; i++) {
-                if (old[i].off == ua && old[i].len == ub - ua)
+                if (old[i].packed || (old[i].off == ua && old[i].len == ub - ua))
                     continue;
-                char *p = cache_extent_path(c, k->name, old[i].off, old[i].len);
+                char *p = cache_extent_path(c, k->name, &old[i]);
                 struct stat st;
                 if (p && stat(p, &st) == 0) {
                     /* the new extent is counted in stored_total; the one it replaces goes */
@@ -888,10 +1165,11 @@ static cks_err write_range(cks_cache *c, keyent *k, uint64_t offset, const unsig
                     unlink(p);
                 }
                 free(p);
-                cache_key_remove_extent(k, old[i].off, old[i].len);
+                cache_key_remove_extent(k, &old[i]);
             }
             free(old);
-            if (cache_key_insert_extent(k, ua, ub - ua) != CKS_OK)
+            extent joined = {.off = ua, .len = ub - ua};
+            if (cache_key_insert_extent(k, &joined) != CKS_OK)
                 k->gen_valid = false;
             goto done;
         }
@@ -910,11 +1188,19 @@ static cks_err write_range(cks_cache *c, keyent *k, uint64_t offset, const unsig
             uint64_t rest = gaps[g].offset + gaps[g].length - p;
             uint64_t piece = rest < MAX_EXTENT_LEN ? rest : MAX_EXTENT_LEN;
             uint64_t stored = 0;
+            if (pb && piece < PACK_MEMBER_MAX) {
+                err = pack_add(c, k, pb, p, src + (p - a), piece, wrote, diag);
+                if (err)
+                    goto out;
+                p += piece;
+                continue;
+            }
             err = ext_write(c, k, p, src + (p - a), piece, &stored, diag);
             if (err)
                 goto out;
             *wrote = true;
-            if (cache_key_insert_extent(k, p, piece) != CKS_OK)
+            extent e = {.off = p, .len = piece};
+            if (cache_key_insert_extent(k, &e) != CKS_OK)
                 k->gen_valid = false;
             stored_total += stored;
             p += piece;
@@ -945,20 +1231,24 @@ static int by_offset(const void *a, const void *b)
     return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
-/* Write a batch (c->mu and the key's lock held). Ranges that follow each other exactly are
- * stored as one extent: written one by one, each would be merged into the extent of the one
- * before (read back, rewritten, the old file deleted), as ~120 of 500 scattered tensors
- * were. Without memory for the joining, each range is written on its own (slower, same
- * bytes). */
+/* Write a batch (c->mu and the key's lock held). Ranges that follow each other exactly (or
+ * overlap) are stored as one extent: written one by one, each would be merged into the
+ * extent of the one before (read back, rewritten, the old file deleted), as ~120 of 500
+ * scattered tensors were. The small pieces of the batch share one pack file. Without memory for the joining
+ * or the pack, each range is written on its own (slower, same bytes). */
 static cks_err write_batch(cks_cache *c, keyent *k, const cks_range *ranges, const void *const *data,
                            size_t n, bool *wrote, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     struct placed_range *o = n > 1 ? malloc(n * sizeof *o) : NULL;
-    if (!o) {
+    unsigned char **joins = n > 1 ? malloc(n * sizeof *joins) : NULL; /* alive until the flush */
+    size_t n_joins = 0;
+    pack_builder pb = {0};
+    if (!o || !joins) {
         for (size_t i = 0; i < n && !err; i++)
-            err = write_range(c, k, ranges[i].offset, data[i], (size_t)ranges[i].length, wrote, diag);
-        return err;
+            err = write_range(c, k, ranges[i].offset, data[i], (size_t)ranges[i].length, NULL, wrote,
+                              diag);
+        goto out;
     }
     for (size_t i = 0; i < n; i++) {
         o[i].off = ranges[i].offset;
@@ -970,27 +1260,41 @@ static cks_err write_batch(cks_cache *c, keyent *k, const cks_range *ranges, con
         uint64_t span = first->length;
         size_t j = i + 1;
         while (j < n) {
-            const cks_range *prev = &ranges[o[j - 1].idx], *next = &ranges[o[j].idx];
-            if (next->offset != prev->offset + prev->length || span + next->length > MAX_EXTENT_LEN)
+            /* the next range touches or overlaps what is joined so far (the same bytes
+             * where they overlap: they are of one file) */
+            const cks_range *next = &ranges[o[j].idx];
+            uint64_t end = first->offset + span, next_end = next->offset + next->length;
+            if (next->offset > end || (next_end > end && next_end - first->offset > MAX_EXTENT_LEN))
                 break;
-            span += next->length;
+            if (next_end > end)
+                span = next_end - first->offset;
             j++;
         }
         unsigned char *joined = j - i > 1 ? malloc((size_t)span) : NULL;
         if (joined) {
+            joins[n_joins++] = joined;
             for (size_t q = i; q < j; q++) {
                 const cks_range *r = &ranges[o[q].idx];
-                memcpy(joined + (r->offset - first->offset), data[o[q].idx], (size_t)r->length);
+                if (r->length)
+                    memcpy(joined + (r->offset - first->offset), data[o[q].idx], (size_t)r->length);
             }
-            err = write_range(c, k, first->offset, joined, (size_t)span, wrote, diag);
-            free(joined);
+            err = write_range(c, k, first->offset, joined, (size_t)span, &pb, wrote, diag);
         } else {
             for (size_t q = i; q < j && !err; q++)
                 err = write_range(c, k, ranges[o[q].idx].offset, data[o[q].idx],
-                                  (size_t)ranges[o[q].idx].length, wrote, diag);
+                                  (size_t)ranges[o[q].idx].length, &pb, wrote, diag);
         }
         i = j;
     }
+    if (!err)
+        err = pack_flush(c, k, &pb, wrote, diag);
+    if (*wrote)
+        cache_slots_forget(c, k->name);
+out:
+    for (size_t i = 0; i < n_joins; i++)
+        free(joins[i]);
+    free(joins);
+    free(pb.v);
     free(o);
     return err;
 }

@@ -74,8 +74,10 @@ int cache_mkdir_p(const char *path)
 {
     char *p = cache_xstrdup(path);
     int rc = 0;
-    if (!p)
+    if (!p) {
+        errno = ENOMEM;
         return -1;
+    }
     for (char *q = p + 1; *q; q++) {
         if (*q != '/')
             continue;
@@ -122,8 +124,10 @@ int cache_mkdirs_here(const cks_cache *c, const char *path)
     size_t root = strlen(c->dir);
     char *p = cache_xstrdup(path);
     int rc = 0;
-    if (!p)
+    if (!p) {
+        errno = ENOMEM;
         return -1;
+    }
     if (strncmp(p, c->dir, root) != 0 || p[root] != '/') {
         free(p);
         errno = EINVAL;
@@ -165,6 +169,8 @@ static bool errno_is_nospace(int e)
 
 cks_err cache_io_fail(cks_diag *diag, int e, const char *what, const char *path)
 {
+    if (e == ENOMEM)
+        return cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory while %s '%s'", what, path);
     if (errno_is_nospace(e))
         return cks_fail(diag, CKS_ERR_NO_SPACE,
                         "cache: no space left while %s '%s'; free space or lower --cache-max",

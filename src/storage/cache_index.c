@@ -72,24 +72,115 @@ char *cache_keydir_path(const cks_cache *c, const char *name)
     return p;
 }
 
-char *cache_extent_path(const cks_cache *c, const char *name, uint64_t off, uint64_t len)
+char *cache_extent_path(const cks_cache *c, const char *name, const extent *e)
 {
     char *p = NULL;
-    if (asprintf(&p, "%s/files/%.2s/%s/x-%016" PRIx64 "-%016" PRIx64, c->dir, name + 2, name,
-                 off, len) < 0)
+    if (asprintf(&p, "%s/files/%.2s/%s/%c-%016" PRIx64 "-%016" PRIx64, c->dir, name + 2, name,
+                 e->packed ? 'p' : 'x', e->packed ? e->pack_off : e->off,
+                 e->packed ? e->pack_tag : e->len) < 0)
         return NULL;
     return p;
 }
 
-bool cache_parse_extent_name(const char *s, uint64_t *off, uint64_t *len)
+/* "<letter>-<16 hex>-<16 hex>" */
+static bool parse_two_hex(const char *s, char letter, uint64_t *a, uint64_t *b)
 {
-    if (strlen(s) != 2 + 16 + 1 + 16 || s[0] != 'x' || s[1] != '-' || s[18] != '-')
+    if (strlen(s) != 2 + 16 + 1 + 16 || s[0] != letter || s[1] != '-' || s[18] != '-')
         return false;
     if (!cks_hex_span(s + 2, 16, false) || !cks_hex_span(s + 19, 16, false))
         return false;
-    *off = strtoull(s + 2, NULL, 16);
-    *len = strtoull(s + 19, NULL, 16);
-    return *len > 0 && *len <= MAX_EXTENT_LEN && *off <= UINT64_MAX - *len;
+    *a = strtoull(s + 2, NULL, 16);
+    *b = strtoull(s + 19, NULL, 16);
+    return true;
+}
+
+bool cache_parse_extent_name(const char *s, uint64_t *off, uint64_t *len)
+{
+    return parse_two_hex(s, 'x', off, len) && *len > 0 && *len <= MAX_EXTENT_LEN &&
+           *off <= UINT64_MAX - *len;
+}
+
+bool cache_parse_pack_name(const char *s, uint64_t *pack_off, uint64_t *pack_tag)
+{
+    return parse_two_hex(s, 'p', pack_off, pack_tag);
+}
+
+/* The same file: both one extent file of that range, or both members of one pack. */
+bool cache_same_file(const extent *a, const extent *b)
+{
+    if (a->packed != b->packed)
+        return false;
+    if (a->packed)
+        return a->pack_off == b->pack_off && a->pack_tag == b->pack_tag;
+    return a->off == b->off && a->len == b->len;
+}
+
+pack_status cache_pack_members(const char *path, uint64_t pack_off, uint64_t pack_tag, extent **members,
+                               size_t *n_members, uint64_t *file_bytes)
+{
+    pack_status ps = PACK_UNREADABLE;
+    unsigned char *dir = NULL;
+    extent *v = NULL;
+    struct stat st;
+    unsigned char hdr[PACK_HEADER_SIZE];
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC), e;
+    *members = NULL;
+    *n_members = 0;
+    if (fd < 0 || fstat(fd, &st) != 0)
+        goto out;
+    ps = PACK_DAMAGED;
+    if (!S_ISREG(st.st_mode))
+        goto out;
+    e = cache_pread_all(fd, hdr, sizeof hdr, 0);
+    if (e > 0)
+        ps = PACK_UNREADABLE;
+    if (e != 0 || memcmp(hdr, PACK_MAGIC, 8) != 0)
+        goto out;
+    uint32_t n = cks_get_le32(hdr + 8);
+    if (n == 0 || n > PACK_MAX_MEMBERS || cks_get_le64(hdr + 16) != pack_off ||
+        cks_get_le64(hdr + 24) != pack_tag)
+        goto out;
+    size_t dir_len = (size_t)n * PACK_ENTRY_SIZE;
+    uint64_t images_from = PACK_HEADER_SIZE + dir_len;
+    dir = malloc(dir_len);
+    v = malloc((size_t)n * sizeof *v);
+    if (!dir || !v) {
+        ps = PACK_NOMEM;
+        goto out;
+    }
+    e = cache_pread_all(fd, dir, dir_len, PACK_HEADER_SIZE);
+    if (e > 0)
+        ps = PACK_UNREADABLE;
+    if (e != 0)
+        goto out;
+    uint32_t crc = cks_crc32c(0, hdr, 60);
+    crc = cks_crc32c(crc, dir, dir_len);
+    if (crc != cks_get_le32(hdr + 60))
+        goto out;
+    for (uint32_t i = 0; i < n; i++) {
+        const unsigned char *ent = dir + (size_t)i * PACK_ENTRY_SIZE;
+        extent *m = &v[i];
+        m->off = cks_get_le64(ent);
+        m->len = cks_get_le64(ent + 8);
+        m->base = cks_get_le64(ent + 16);
+        m->pack_off = pack_off;
+        m->pack_tag = pack_tag;
+        m->packed = true;
+        if (m->len == 0 || m->len > MAX_EXTENT_LEN || m->off > UINT64_MAX - m->len ||
+            m->base < images_from || m->base > (uint64_t)st.st_size)
+            goto out;
+    }
+    *members = v;
+    *n_members = n;
+    *file_bytes = (uint64_t)st.st_size;
+    v = NULL;
+    ps = PACK_OK;
+out:
+    if (fd >= 0)
+        close(fd);
+    free(dir);
+    free(v);
+    return ps;
 }
 
 int cache_cmp_extent(const void *a, const void *b)
@@ -268,13 +359,43 @@ cks_err cache_key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
         goto out;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        uint64_t off, len;
-        if (!cache_parse_extent_name(de->d_name, &off, &len))
+        extent one = {0}, *members = &one;
+        size_t n_members = 1;
+        uint64_t file_bytes = 0;
+        if (cache_parse_pack_name(de->d_name, &one.pack_off, &one.pack_tag)) {
+            one.packed = true;
+            char *pp = cache_extent_path(c, k->name, &one);
+            pack_status ps = pp ? cache_pack_members(pp, one.pack_off, one.pack_tag, &members,
+                                                     &n_members, &file_bytes)
+                                : PACK_NOMEM;
+            bool ok = ps == PACK_OK;
+            if (!pp || ps == PACK_NOMEM) {
+                free(pp);
+                k->gen_valid = false;
+                err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+                goto out;
+            }
+            if (ps == PACK_DAMAGED) {
+                /* a damaged directory: none of its members can be found, so the file is
+                 * only in the way of the refetch that replaces them */
+                cache_add_note(c, "cache: dropped pack file %s of %s (damaged directory)",
+                               de->d_name, k->key);
+                unlink(pp);
+            }
+            free(pp);
+            if (!ok)
+                continue;
+        } else if (!cache_parse_extent_name(de->d_name, &one.off, &one.len)) {
             continue;
-        if (k->n_ext == k->cap_ext) {
+        }
+        if (k->cap_ext - k->n_ext < n_members) {
             size_t nc = k->cap_ext ? 2 * k->cap_ext : 16;
+            while (nc - k->n_ext < n_members)
+                nc *= 2;
             extent *ne = realloc(k->ext, nc * sizeof *ne);
             if (!ne) {
+                if (members != &one)
+                    free(members);
                 k->gen_valid = false;
                 err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
                 goto out;
@@ -282,11 +403,13 @@ cks_err cache_key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
             k->ext = ne;
             k->cap_ext = nc;
         }
-        k->ext[k->n_ext].off = off;
-        k->ext[k->n_ext].len = len;
-        k->n_ext++;
-        if (len > k->max_len)
-            k->max_len = len;
+        for (size_t m = 0; m < n_members; m++) {
+            k->ext[k->n_ext++] = members[m];
+            if (members[m].len > k->max_len)
+                k->max_len = members[m].len;
+        }
+        if (members != &one)
+            free(members);
     }
     if (k->n_ext > 1)
         qsort(k->ext, k->n_ext, sizeof *k->ext, cache_cmp_extent);
@@ -298,7 +421,7 @@ out:
 }
 
 /* Keep the in-memory index in step with our own writes (we hold the key lock). */
-cks_err cache_key_insert_extent(keyent *k, uint64_t off, uint64_t len)
+cks_err cache_key_insert_extent(keyent *k, const extent *e)
 {
     if (k->n_ext == k->cap_ext) {
         size_t nc = k->cap_ext ? 2 * k->cap_ext : 16;
@@ -309,14 +432,13 @@ cks_err cache_key_insert_extent(keyent *k, uint64_t off, uint64_t len)
         k->cap_ext = nc;
     }
     size_t i = k->n_ext;
-    extent e = {off, len};
-    while (i > 0 && cache_cmp_extent(&k->ext[i - 1], &e) > 0)
+    while (i > 0 && cache_cmp_extent(&k->ext[i - 1], e) > 0)
         i--;
     memmove(&k->ext[i + 1], &k->ext[i], (k->n_ext - i) * sizeof *k->ext);
-    k->ext[i] = e;
+    k->ext[i] = *e;
     k->n_ext++;
-    if (len > k->max_len)
-        k->max_len = len;
+    if (e->len > k->max_len)
+        k->max_len = e->len;
     return CKS_OK;
 }
 
@@ -336,10 +458,10 @@ keyent *cache_key_get(cks_cache *c, const char *key, cks_diag *diag, cks_err *er
     return k;
 }
 
-void cache_key_remove_extent(keyent *k, uint64_t off, uint64_t len)
+void cache_key_remove_extent(keyent *k, const extent *e)
 {
     for (size_t i = 0; i < k->n_ext; i++) {
-        if (k->ext[i].off == off && k->ext[i].len == len) {
+        if (k->ext[i].off == e->off && k->ext[i].len == e->len && cache_same_file(&k->ext[i], e)) {
             memmove(&k->ext[i], &k->ext[i + 1], (k->n_ext - i - 1) * sizeof *k->ext);
             k->n_ext--;
             return;
@@ -596,8 +718,12 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
     pthread_mutex_init(&c->mu, NULL);
     c->dir = (opts && opts->dir && *opts->dir) ? cache_xstrdup(opts->dir) : default_dir();
     if (!c->dir) {
-        err = cks_fail(diag, CKS_ERR_CACHE,
-                       "cache: no cache directory (set --cache-dir, CKPTSCOPE_CACHE or HOME)");
+        /* a folder was named (or HOME is set) and only its copy failed: memory */
+        const char *home = getenv("HOME"), *xdg = getenv("XDG_CACHE_HOME"), *env = getenv("CKPTSCOPE_CACHE");
+        bool named = (opts && opts->dir && *opts->dir) || (home && *home) || (xdg && *xdg) || (env && *env);
+        err = named ? cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory")
+                    : cks_fail(diag, CKS_ERR_CACHE,
+                               "cache: no cache directory (set --cache-dir, CKPTSCOPE_CACHE or HOME)");
         goto out;
     }
     /* a trailing slash would double up in every path we print */
@@ -609,7 +735,9 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
     c->revision_ttl = (opts && opts->revision_ttl_seconds >= 0) ? opts->revision_ttl_seconds
                                                                 : CKS_CACHE_DEFAULT_REVISION_TTL;
     if (cache_mkdir_p(c->dir) != 0) {
-        err = cks_fail(diag, CKS_ERR_CACHE, "cache: cannot create '%s': %s", c->dir, strerror(errno));
+        err = errno == ENOMEM ? cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory")
+                              : cks_fail(diag, CKS_ERR_CACHE, "cache: cannot create '%s': %s", c->dir,
+                                         strerror(errno));
         goto out;
     }
     static const char *const subdirs[] = {"tmp", "files", "meta"};
@@ -617,8 +745,9 @@ cks_err cks_cache_open(const cks_cache_opts *opts, cks_cache **out, cks_diag *di
         free(sub);
         sub = cache_path_join(c->dir, subdirs[i]);
         if (!sub || cache_mkdirs_here(c, sub) != 0) {
-            err = cks_fail(diag, CKS_ERR_CACHE, "cache: cannot create '%s': %s",
-                           sub ? sub : c->dir, strerror(errno));
+            err = !sub || errno == ENOMEM
+                      ? cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory")
+                      : cks_fail(diag, CKS_ERR_CACHE, "cache: cannot create '%s': %s", sub, strerror(errno));
             goto out;
         }
     }

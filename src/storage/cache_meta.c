@@ -322,7 +322,7 @@ cks_err cks_cache_drop(cks_cache *c, const char *key, const char *why, cks_diag 
     if (marker)
         unlink(marker);
     for (size_t i = 0; i < k->n_ext; i++) {
-        char *p = cache_extent_path(c, k->name, k->ext[i].off, k->ext[i].len);
+        char *p = cache_extent_path(c, k->name, &k->ext[i]);
         if (p && (unlink(p) == 0 || errno == ENOENT))
             dropped += k->ext[i].len;
         else
@@ -588,7 +588,7 @@ cks_err cks_cache_verify_file(cks_cache *c, const char *key, uint64_t size, bool
         /* every chunk passed its checksum, so the bytes were wrong when they were fetched:
          * drop them all so the next run refetches instead of trusting them */
         for (size_t i = k->n_ext; i-- > 0;) {
-            char *p = cache_extent_path(c, k->name, k->ext[i].off, k->ext[i].len);
+            char *p = cache_extent_path(c, k->name, &k->ext[i]);
             if (p)
                 unlink(p);
             free(p);

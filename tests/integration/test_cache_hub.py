@@ -63,7 +63,7 @@ class Env:
 
 def extent_files(cache, sha):
     d = os.path.join(cache, "files", sha[:2], "s-" + sha)
-    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.startswith("x-")) if os.path.isdir(d) else []
+    return sorted(os.path.join(d, f) for f in os.listdir(d) if f[:2] in ("x-", "p-")) if os.path.isdir(d) else []
 
 
 def cdn_gets(log):

@@ -792,7 +792,7 @@ def case_arrived_ranges_are_cached_while_others_are_fetched(env, fx):
             except OSError:
                 names = []
             # the header is extent 0; the tensor's bytes come after it
-            if seen is None and any(n.startswith("x-") and int(n.split("-")[1], 16) > 0 for n in names):
+            if seen is None and any(n[:2] in ("x-", "p-") and int(n.split("-")[1], 16) > 0 for n in names):
                 seen = time.time() - t0
             time.sleep(0.005)
         out, err = p.communicate()

@@ -148,7 +148,7 @@ def main():
             bad_cache = os.path.join(tmp, "cache-bad")
             rc, out, err, _ = measured_run(hub, tmp, "org/stream-bad", bad_cache)
             keydir = os.path.join(bad_cache, "files", "00", "s-" + "0" * 64)
-            left = [f for f in os.listdir(keydir) if f.startswith("x-")] if os.path.isdir(keydir) else []
+            left = [f for f in os.listdir(keydir) if f[:2] in ("x-", "p-")] if os.path.isdir(keydir) else []
             rc2, _, err2, _ = measured_run(hub, tmp, "org/stream-bad", bad_cache)
             report(rc == EXIT_FORMAT and not left and rc2 == EXIT_FORMAT,
                    "hash_remote_stream_bad_sha_leaves_nothing_cached",

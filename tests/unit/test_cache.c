@@ -137,12 +137,19 @@ static size_t count_extents(const char *dir, const char *key)
     return found;
 }
 
-/* Path of the first extent file of key (LFS keys are stored under s-<hex>). */
+/* The directory of an LFS key (stored under s-<hex>). */
+static char *key_dir(const char *dir, const char *key)
+{
+    char *kd = NULL;
+    const char *hex = key + 7;
+    return asprintf(&kd, "%s/files/%.2s/s-%s", dir, hex, hex) < 0 ? NULL : kd;
+}
+
+/* Path of the first extent file of key. */
 static char *first_extent_path(const char *dir, const char *key)
 {
-    char *kd = NULL, *res = NULL;
-    const char *hex = key + 7;
-    if (asprintf(&kd, "%s/files/%.2s/s-%s", dir, hex, hex) < 0)
+    char *kd = key_dir(dir, key), *res = NULL;
+    if (!kd)
         return NULL;
     DIR *d = opendir(kd);
     struct dirent *de;
@@ -157,6 +164,67 @@ static char *first_extent_path(const char *dir, const char *key)
         closedir(d);
     free(kd);
     return res;
+}
+
+/* The pack file of key and the position of the image of its member at `off`, read from the
+ * pack's directory as cache/README.md lays it out (a 64-byte header with the member count
+ * at byte 8, then 24 bytes per member: offset, length, position). NULL when no pack of the
+ * key has that member. */
+static char *pack_member_path(const char *dir, const char *key, uint64_t off, uint64_t *image_at)
+{
+    char *kd = key_dir(dir, key), *res = NULL;
+    if (!kd)
+        return NULL;
+    DIR *d = opendir(kd);
+    struct dirent *de;
+    while (!res && d && (de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "p-", 2) != 0)
+            continue;
+        char *p = NULL;
+        if (asprintf(&p, "%s/%s", kd, de->d_name) < 0)
+            break;
+        FILE *f = fopen(p, "rb");
+        unsigned char h[64], ent[24];
+        if (f && fread(h, 1, 64, f) == 64 && memcmp(h, "CKSPACK1", 8) == 0) {
+            uint32_t n = (uint32_t)h[8] | (uint32_t)h[9] << 8 | (uint32_t)h[10] << 16 | (uint32_t)h[11] << 24;
+            for (uint32_t i = 0; i < n && fread(ent, 1, 24, f) == 24; i++) {
+                uint64_t o = 0, at = 0;
+                for (int b = 7; b >= 0; b--) {
+                    o = o << 8 | ent[b];
+                    at = at << 8 | ent[16 + b];
+                }
+                if (o == off) {
+                    *image_at = at;
+                    res = p;
+                    p = NULL;
+                    break;
+                }
+            }
+        }
+        if (f)
+            fclose(f);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+    free(kd);
+    return res;
+}
+
+static size_t count_files(const char *dir, const char *key, const char *prefix)
+{
+    char *kd = key_dir(dir, key);
+    size_t n = 0;
+    if (!kd)
+        return 0;
+    DIR *d = opendir(kd);
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL)
+        n += strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+    if (d)
+        closedir(d);
+    free(kd);
+    return n;
 }
 
 static void flip_byte(const char *path, off_t at)
@@ -1300,13 +1368,23 @@ static void write_many_stores_each_range(void)
     CHECK_EQ_INT(cks_cache_write_many(c, KEY_B, more, mdata, 2, NULL), CKS_OK);
     CHECK(!cks_cache_is_verified(c, KEY_B, 100000));
     CHECK(get_range(c, KEY_B, 100000, 1000, false) == 1 && get_range(c, KEY_B, 150000, 2000, false) == 1);
-    /* damage the first range's extent: a miss there, the others still right */
-    char *p = NULL;
-    CHECK(asprintf(&p, "%s/files/aa/s-%s/x-%016x-%016x", dir, KEY_A + 7, 4096, 8192) > 0);
-    flip_byte(p, 64 + 32 + 100);
+    /* the batch's three pieces share one pack file */
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "p-"), 1);
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "x-"), 0);
+    /* damage the first range's bytes in it (past its 64-byte header and one table entry): a
+     * miss there; the pack goes, its other members are kept as extents of their own */
+    uint64_t at = 0;
+    char *p = pack_member_path(dir, KEY_A, 4096, &at);
+    CHECK(p != NULL);
+    if (p)
+        flip_byte(p, (off_t)(at + 64 + 32 + 100));
     free(p);
     CHECK_EQ_INT(get_range(c, KEY_A, 4096, 8192, false), 0);
     CHECK_EQ_INT(get_range(c, KEY_A, 200000, 65536, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 40000, 30000, false), 1);
+    CHECK_EQ_INT(get_range(c, KEY_A, 70000, 5000, true), 1);
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "p-"), 0);
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "x-"), 2);
     /* contiguous ranges given in any order become one extent; overlapping ones still read
      * back exact */
     static const cks_range rev[] = {{20000, 5000}, {10000, 10000}, {0, 10000}, {30000, 100}, {30050, 100}};
@@ -1337,6 +1415,144 @@ static void write_many_stores_each_range(void)
     free(dir);
 }
 
+/* A batch of small pieces is one pack file: another process reads every member back from
+ * it, `cache ls` and `cache verify` count its members, a damaged directory or member costs
+ * exactly those bytes, a later long write over the members reads back exact, and eviction
+ * takes the pack whole. Big pieces and full packs get files of their own. */
+static void pack_holds_a_batch_of_small_pieces(void)
+{
+    char *dir = mkcachedir();
+    cks_cache *c = open_at(dir, 0);
+    enum { N = 300, STRIDE = 50000 };
+    cks_range want[N];
+    const void *data[N];
+    unsigned char *bufs[N];
+    uint64_t logical = 0;
+    for (size_t i = 0; i < N; i++) {
+        /* 1 KiB to ~40 KiB, in shuffled order, every seventh compressible */
+        size_t j = (i * 7919) % N;
+        want[i] = (cks_range){(uint64_t)j * STRIDE + 13, 1024 + (j * 131) % 40000};
+        bufs[i] = malloc((size_t)want[i].length);
+        fill(bufs[i], want[i].offset, (size_t)want[i].length, j % 7 == 0);
+        data[i] = bufs[i];
+        logical += want[i].length;
+    }
+    /* one big piece in the same batch stays an extent file of its own */
+    static unsigned char big[5u << 20];
+    fill(big, 100000000, sizeof big, false);
+    cks_range all[N + 1];
+    const void *all_data[N + 1];
+    memcpy(all, want, sizeof want);
+    memcpy(all_data, data, sizeof data);
+    all[N] = (cks_range){100000000, sizeof big};
+    all_data[N] = big;
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_A, all, all_data, N + 1, NULL), CKS_OK);
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "p-"), 1);
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "x-"), 1);
+    cks_cache_free(c);
+
+    /* another process: everything from the directory scan */
+    c = open_at(dir, 0);
+    int bad = 0;
+    for (size_t i = 0; i < N; i++)
+        bad += get_range(c, KEY_A, want[i].offset, (size_t)want[i].length, (want[i].offset / STRIDE) % 7 == 0) != 1;
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(get_range(c, KEY_A, 100000000, sizeof big, false), 1);
+    /* a read inside one member, across none of the others */
+    CHECK_EQ_INT(get_range(c, KEY_A, want[5].offset + 100, 500, (want[5].offset / STRIDE) % 7 == 0), 1);
+    cks_cache_entry *v = NULL;
+    size_t n = 0;
+    CHECK_EQ_INT(cks_cache_list(c, &v, &n, NULL), CKS_OK);
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(v[i].key, KEY_A) != 0)
+            continue;
+        CHECK_EQ_INT(v[i].n_extents, N + 1);
+        CHECK_EQ_INT(v[i].logical_bytes, logical + sizeof big);
+    }
+    cks_cache_entries_free(v, n);
+    cks_cache_verify_report rep;
+    CHECK_EQ_INT(cks_cache_verify(c, false, &rep, NULL), CKS_OK);
+    CHECK_EQ_INT(rep.checked_extents, N + 1);
+    CHECK_EQ_INT(rep.checked_bytes, logical + sizeof big);
+    CHECK_EQ_INT(rep.bad_extents, 0);
+    cks_cache_verify_report_release(&rep);
+
+    /* a long write over the first ten members' stretch merges them in; all reads back */
+    size_t span = 10 * STRIDE;
+    unsigned char *long_buf = malloc(span);
+    fill(long_buf, 0, span, false);
+    for (size_t i = 0; i < N; i++) /* the compressible members keep their own pattern */
+        if (want[i].offset < span && (want[i].offset / STRIDE) % 7 == 0)
+            fill(long_buf + want[i].offset, want[i].offset, (size_t)want[i].length, true);
+    cks_range lw = {0, span};
+    const void *lwd[] = {long_buf};
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_A, &lw, lwd, 1, NULL), CKS_OK);
+    unsigned char *back = malloc(span);
+    bool hit = false;
+    CHECK_EQ_INT(cks_cache_read(c, KEY_A, 0, back, span, &hit, NULL), CKS_OK);
+    CHECK(hit && memcmp(back, long_buf, span) == 0);
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "p-"), 1); /* the pack stays: others read it */
+    cks_cache_free(c);
+
+    /* a damaged directory: the pack is dropped when the key is scanned, its bytes are
+     * missing (not wrong), and what the long write stored still reads */
+    uint64_t at = 0;
+    char *pp = pack_member_path(dir, KEY_A, want[0].offset, &at);
+    CHECK(pp != NULL);
+    if (pp)
+        flip_byte(pp, 64 + 5);
+    free(pp);
+    c = open_at(dir, 0);
+    size_t later = 0; /* a member the long write did not cover */
+    while (later < N && want[later].offset < span + STRIDE)
+        later++;
+    CHECK(later < N);
+    CHECK_EQ_INT(get_range(c, KEY_A, want[later].offset, (size_t)want[later].length, false), 0);
+    CHECK_EQ_INT((int)count_files(dir, KEY_A, "p-"), 0);
+    hit = false;
+    CHECK_EQ_INT(cks_cache_read(c, KEY_A, 0, back, span, &hit, NULL), CKS_OK);
+    CHECK(hit && memcmp(back, long_buf, span) == 0);
+    char **notes = NULL;
+    size_t nn = cks_cache_take_notes(c, &notes);
+    CHECK(nn >= 1 && strstr(notes[0], "damaged directory") != NULL);
+    cks_cache_free_notes(notes, nn);
+    cks_cache_free(c);
+    free(back);
+    free(long_buf);
+
+    /* more pieces than a pack holds: two packs; a cap evicts a pack whole */
+    enum { M = 1100 };
+    cks_range *many = malloc(M * sizeof *many);
+    const void **many_data = malloc(M * sizeof *many_data);
+    unsigned char *one = malloc(512);
+    for (size_t i = 0; i < M; i++) {
+        many[i] = (cks_range){(uint64_t)i * 1000, 512};
+        many_data[i] = one;
+    }
+    fill(one, 0, 512, false); /* (the bytes of every piece alike: only counting here) */
+    c = open_at(dir, 0);
+    CHECK_EQ_INT(cks_cache_write_many(c, KEY_B, many, many_data, M, NULL), CKS_OK);
+    CHECK_EQ_INT((int)count_files(dir, KEY_B, "p-"), 2);
+    CHECK_EQ_INT(count_extents(dir, KEY_B), M);
+    cks_cache_free(c);
+    c = open_at(dir, 0);
+    uint64_t ev_n = 0, ev_b = 0;
+    CHECK_EQ_INT(cks_cache_prune(c, 0, &ev_n, &ev_b, NULL), CKS_OK);
+    CHECK_EQ_INT(count_extents(dir, KEY_B), 0);
+    CHECK_EQ_INT((int)count_files(dir, KEY_B, "p-"), 0);
+    cks_cache_stat st;
+    CHECK_EQ_INT(cks_cache_stat_get(c, &st, NULL), CKS_OK);
+    CHECK_EQ_INT(st.n_extents, 0);
+    cks_cache_free(c);
+    free(many);
+    free(many_data);
+    free(one);
+    for (size_t i = 0; i < N; i++)
+        free(bufs[i]);
+    rmtree(dir);
+    free(dir);
+}
+
 TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missing),
           T(adjacent_and_overlapping_extents_merge), T(streamed_blocks_are_not_rewritten), T(compression_saves_space_and_reads_back),
           T(flipped_byte_is_a_miss_and_refetch_repairs), T(metadata_roundtrip_ttl_and_corruption),
@@ -1349,4 +1565,4 @@ TEST_MAIN(T(checksum_matches_portable_and_catches_flips), T(roundtrip_and_missin
           T(offline_report_for_a_checkpoint),
           T(read_some_fills_cached_parts_and_names_gaps),
           T(cache_source_serves_verified_files),
-          T(write_many_stores_each_range))
+          T(write_many_stores_each_range), T(pack_holds_a_batch_of_small_pieces))

@@ -11,6 +11,7 @@
  * Only the library's own allocations are wrapped: libcurl, OpenSSL, cJSON and zstd allocate
  * inside their shared objects, which --wrap does not reach.
  */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "ckptscope/cache.h"
 #include "ckptscope/checkpoint.h"
 #include "ckptscope/compare.h"
 #include "ckptscope/fingerprint.h"
@@ -44,6 +46,7 @@ static int should_fail(void)
     if (allocations++ != fail_at)
         return 0;
     oom_failing_now();
+    errno = ENOMEM; /* as the C library's allocators do */
     return 1;
 }
 
@@ -308,6 +311,53 @@ out:
 
 /* ---- cases ---- */
 
+/* A batch of small pieces and one large piece into a fresh cache (a pack and an extent
+ * file), then read back by a second cache object, as another process would. The answer
+ * counts the pieces that read back exact; a wrong byte is an answer of its own. */
+#define CACHE_PIECES 40
+static cks_err cache_pack_round_trip(void *ctx, cks_diag *diag)
+{
+    const char *root = ctx;
+    char dir[300];
+    static unsigned long run;
+    cks_err err = CKS_OK;
+    cks_cache *c = NULL;
+    static unsigned char bytes[CACHE_PIECES][3000], big[300000], back[300000];
+    cks_range r[CACHE_PIECES + 1];
+    const void *d[CACHE_PIECES + 1];
+    snprintf(dir, sizeof dir, "%s/cache-%lu", root, run++);
+    for (size_t i = 0; i < CACHE_PIECES; i++) {
+        r[i] = (cks_range){(uint64_t)i * 10000 + 7, 1000 + 50 * i};
+        for (size_t j = 0; j < r[i].length; j++)
+            bytes[i][j] = (unsigned char)((r[i].offset + j) * 2654435761u >> 13);
+        d[i] = bytes[i];
+    }
+    r[CACHE_PIECES] = (cks_range){1000000, sizeof big};
+    for (size_t j = 0; j < sizeof big; j++)
+        big[j] = (unsigned char)((1000000 + j) * 2654435761u >> 13);
+    d[CACHE_PIECES] = big;
+    cks_cache_opts o = {.dir = dir, .revision_ttl_seconds = -1};
+    err = cks_cache_open(&o, &c, diag);
+    if (!err)
+        err = cks_cache_write_many(c, "sha256:" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                                   r, d, CACHE_PIECES + 1, diag);
+    cks_cache_free(c);
+    c = NULL;
+    if (!err)
+        err = cks_cache_open(&o, &c, diag);
+    int exact = 0, wrong = 0;
+    for (size_t i = 0; !err && i <= CACHE_PIECES; i++) {
+        bool hit = false;
+        err = cks_cache_read(c, "sha256:" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                             r[i].offset, back, (size_t)r[i].length, &hit, diag);
+        if (!err && hit)
+            memcmp(back, d[i], (size_t)r[i].length) == 0 ? exact++ : wrong++;
+    }
+    cks_cache_free(c);
+    snprintf(answer, sizeof answer, "%d exact, %d wrong", exact, wrong);
+    return err;
+}
+
 static char tmpdir[256];
 
 static const char *write_model(const char *name, const void *filler)
@@ -391,6 +441,18 @@ static void fingerprint_decode_and_compare_survive_failed_allocations(void)
     walk("compare", compare_fingerprints, (void *)path, 7);
 }
 
+static void cache_write_and_read_survive_every_failed_allocation(void)
+{
+    char root[] = "/tmp/cks-oom-cache-XXXXXX";
+    if (!mkdtemp(root))
+        SKIP("no temporary folder");
+    walk("cache pack write + read", cache_pack_round_trip, root, 1);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    CHECK(system(cmd) == 0);
+}
+
 TEST_MAIN(T(header_parsing_survives_every_failed_allocation),
           T(local_open_hash_check_and_compare_survive_every_failed_allocation),
-          T(fingerprint_decode_and_compare_survive_failed_allocations))
+          T(fingerprint_decode_and_compare_survive_failed_allocations),
+          T(cache_write_and_read_survive_every_failed_allocation))
