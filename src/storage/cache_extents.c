@@ -448,6 +448,13 @@ static void image_free(file_image *im)
     memset(im, 0, sizeof *im);
 }
 
+/* About this much per system call: one pwritev of a whole 8 MiB window spent ten times as
+ * long in the kernel's copy into the page cache as the same bytes written a chunk at a time
+ * (`hash` of a remote 2 GiB file, farm-bench on this VM: 6.5 s against 3.5 s; 1 MiB per call
+ * 1.30x the time of 256 KiB, 64 KiB per call 1.14x), so a call gathers small pieces up to one
+ * chunk's worth and writes a chunk alone. */
+#define IMAGE_WRITE_MAX CHUNK_SIZE
+
 /* Write the image at offset 0 of fd: 0, or an errno (EIO for a write that makes no progress). */
 static int image_write(file_image *im, int fd)
 {
@@ -455,11 +462,12 @@ static int image_write(file_image *im, int fd)
     size_t i = 0, skip = 0; /* skip: bytes of iov[i] already written */
     while (i < im->n_iov) {
         struct iovec v[64];
-        size_t m = 0;
-        for (size_t j = i; j < im->n_iov && m < 64; j++, m++) {
+        size_t m = 0, bytes = 0;
+        for (size_t j = i; j < im->n_iov && m < 64 && bytes < IMAGE_WRITE_MAX; j++, m++) {
             size_t s = j == i ? skip : 0;
             v[m].iov_base = (unsigned char *)im->iov[j].iov_base + s;
             v[m].iov_len = im->iov[j].iov_len - s;
+            bytes += v[m].iov_len;
         }
         ssize_t w = pwritev(fd, v, (int)m, (off_t)pos);
         if (w < 0) {
