@@ -206,7 +206,7 @@ typedef struct cks_cache_entry {
     cks_cache_entry_kind kind;
     char *key;                /* content key, or metadata key */
     char *ns;                 /* metadata namespace; NULL for files */
-    uint64_t n_extents;       /* files: number of extent files */
+    uint64_t n_extents;       /* files: number of extents (each member of a pack file counts) */
     uint64_t logical_bytes;   /* bytes of the original file covered (metadata: payload size) */
     uint64_t stored_bytes;    /* bytes on disk */
     int64_t last_used;        /* unix seconds: most recent use of any extent / creation */
