@@ -59,35 +59,28 @@ cks_err cache_walk_cache(cks_cache *c, cache_walk *w, cks_diag *diag)
             DIR *d3 = p2 ? cache_opendir_here(p2) : NULL;
             struct dirent *x;
             while (d3 && (x = readdir(d3)) != NULL) {
-                extent one = {0}, *members = &one;
-                size_t n_members = 1;
+                extent one, *members;
+                size_t n_members;
                 uint64_t file_bytes = 0;
                 struct stat st;
-                bool pack = cache_parse_pack_name(x->d_name, &one.pack_off, &one.pack_tag);
-                if (!pack && !cache_parse_extent_name(x->d_name, &one.off, &one.len))
+                pack_status ps = cache_file_extents(p2, x->d_name, &one, &members, &n_members, &file_bytes);
+                if (ps == PACK_NOT_EXTENTS)
                     continue;
+                if (ps == PACK_NOMEM) {
+                    err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+                    break;
+                }
+                /* (a pack whose directory fails still counts as one entry, so that eviction
+                 * can remove it and `cache verify` reports it) */
                 char *p3 = cache_path_join(p2, x->d_name);
                 if (!p3 || stat(p3, &st) != 0) {
+                    if (members != &one)
+                        free(members);
                     free(p3);
                     continue;
                 }
-                file_bytes = (uint64_t)st.st_size;
-                if (pack) {
-                    one.packed = true;
-                    /* a damaged directory still counts as one entry, so that eviction can
-                     * remove it and `cache verify` reports it */
-                    pack_status ps = cache_pack_members(p3, one.pack_off, one.pack_tag, &members,
-                                                        &n_members, &file_bytes);
-                    if (ps == PACK_NOMEM) {
-                        free(p3);
-                        err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-                        break;
-                    }
-                    if (ps != PACK_OK) {
-                        members = &one;
-                        n_members = 1;
-                    }
-                }
+                if (ps != PACK_OK || !one.packed)
+                    file_bytes = (uint64_t)st.st_size;
                 if (w->cap - w->n < n_members) {
                     size_t nc = w->cap ? 2 * w->cap : 64;
                     while (nc - w->n < n_members)

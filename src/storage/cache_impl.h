@@ -201,8 +201,15 @@ bool cache_same_file(const extent *a, const extent *b);
  * malloc'ed. PACK_DAMAGED only when the file is there and its directory wrong; a pack that
  * could not be read (gone, a disk error) is PACK_UNREADABLE and left alone; PACK_NOMEM: no
  * memory to read it. */
-typedef enum pack_status { PACK_OK = 0, PACK_DAMAGED, PACK_UNREADABLE, PACK_NOMEM } pack_status;
+typedef enum pack_status { PACK_OK = 0, PACK_DAMAGED, PACK_UNREADABLE, PACK_NOMEM, PACK_NOT_EXTENTS } pack_status;
 pack_status cache_pack_members(const char *path, uint64_t pack_off, uint64_t pack_tag, extent **members,
+                               size_t *n_members, uint64_t *file_bytes);
+/* The extents the file `name` of the key directory `keydir` holds, for the index and the
+ * walker alike: an extent file's one (*members = one, *n_members = 1) or a pack's members
+ * (*members malloc'ed, free it when it is not `one`; *file_bytes its size). A pack whose
+ * directory fails gives that status with *one naming the pack; PACK_NOT_EXTENTS: a name
+ * that is neither (key, lock, pin, verified). */
+pack_status cache_file_extents(const char *keydir, const char *name, extent *one, extent **members,
                                size_t *n_members, uint64_t *file_bytes);
 int cache_cmp_extent(const void *a, const void *b);
 cks_err cache_key_open_lock(cks_cache *c, keyent *k, cks_diag *diag);

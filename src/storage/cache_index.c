@@ -183,6 +183,29 @@ out:
     return ps;
 }
 
+pack_status cache_file_extents(const char *keydir, const char *name, extent *one, extent **members,
+                               size_t *n_members, uint64_t *file_bytes)
+{
+    pack_status ps = PACK_OK;
+    memset(one, 0, sizeof *one);
+    *members = one;
+    *n_members = 1;
+    if (cache_parse_pack_name(name, &one->pack_off, &one->pack_tag)) {
+        one->packed = true;
+        char *path = cache_path_join(keydir, name);
+        ps = path ? cache_pack_members(path, one->pack_off, one->pack_tag, members, n_members, file_bytes)
+                  : PACK_NOMEM;
+        free(path);
+        if (ps != PACK_OK) {
+            *members = one;
+            *n_members = 1;
+        }
+    } else if (!cache_parse_extent_name(name, &one->off, &one->len)) {
+        ps = PACK_NOT_EXTENTS;
+    }
+    return ps;
+}
+
 int cache_cmp_extent(const void *a, const void *b)
 {
     const extent *x = a, *y = b;
@@ -359,35 +382,26 @@ cks_err cache_key_refresh(cks_cache *c, keyent *k, bool force, cks_diag *diag)
         goto out;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        extent one = {0}, *members = &one;
-        size_t n_members = 1;
+        extent one, *members;
+        size_t n_members;
         uint64_t file_bytes = 0;
-        if (cache_parse_pack_name(de->d_name, &one.pack_off, &one.pack_tag)) {
-            one.packed = true;
-            char *pp = cache_extent_path(c, k->name, &one);
-            pack_status ps = pp ? cache_pack_members(pp, one.pack_off, one.pack_tag, &members,
-                                                     &n_members, &file_bytes)
-                                : PACK_NOMEM;
-            bool ok = ps == PACK_OK;
-            if (!pp || ps == PACK_NOMEM) {
-                free(pp);
-                k->gen_valid = false;
-                err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
-                goto out;
-            }
-            if (ps == PACK_DAMAGED) {
-                /* a damaged directory: none of its members can be found, so the file is
-                 * only in the way of the refetch that replaces them */
-                cache_add_note(c, "cache: dropped pack file %s of %s (damaged directory)",
-                               de->d_name, k->key);
-                unlink(pp);
-            }
-            free(pp);
-            if (!ok)
-                continue;
-        } else if (!cache_parse_extent_name(de->d_name, &one.off, &one.len)) {
-            continue;
+        pack_status ps = cache_file_extents(dir, de->d_name, &one, &members, &n_members, &file_bytes);
+        if (ps == PACK_NOMEM) {
+            k->gen_valid = false;
+            err = cks_fail(diag, CKS_ERR_NOMEM, "cache: out of memory");
+            goto out;
         }
+        if (ps == PACK_DAMAGED) {
+            /* a damaged directory: none of its members can be found, so the file is only in
+             * the way of the refetch that replaces them */
+            char *pp = cache_extent_path(c, k->name, &one);
+            cache_add_note(c, "cache: dropped pack file %s of %s (damaged directory)", de->d_name, k->key);
+            if (pp)
+                unlink(pp);
+            free(pp);
+        }
+        if (ps != PACK_OK)
+            continue;
         if (k->cap_ext - k->n_ext < n_members) {
             size_t nc = k->cap_ext ? 2 * k->cap_ext : 16;
             while (nc - k->n_ext < n_members)
