@@ -36,7 +36,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char name[64];
     uint8_t *img = NULL;
     cks_cache *c = NULL;
     const char *root = fuzz_cache_root("extent");
@@ -47,10 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_fix_extent_image(img, size, 0, KEY);
     uint64_t off = get64(img + 8), len = get64(img + 16);
     /* the cache holds just this extent */
-    snprintf(name, sizeof name, "x-%016" PRIx64 "-%016" PRIx64, off, len);
-    fuzz_fresh_key(root, KEY, name, img, size);
-    cks_cache_opts o = {.dir = root, .revision_ttl_seconds = -1};
-    if (cks_cache_open(&o, &c, NULL) != CKS_OK)
+    c = fuzz_cache_with(root, KEY, 'x', off, len, img, size);
+    if (!c)
         goto out;
     /* what the name claims, bounded: a window at the start of the extent */
     uint64_t want = len < MAX_READ ? len : MAX_READ;

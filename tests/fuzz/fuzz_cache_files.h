@@ -7,6 +7,7 @@
 #define CKS_FUZZ_CACHE_FILES_H
 
 #include <dirent.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <openssl/evp.h>
 #include <stdint.h>
@@ -75,11 +76,14 @@ static const char *fuzz_cache_root(const char *name)
 }
 
 /* Make the directory of `key` (an LFS key: files/<hex[0:2]>/s-<hex>) afresh, with its key file
- * and the file `name` holding img; the cache's layout stays, so opening it costs no fsync. */
-static void fuzz_fresh_key(const char *root, const char *key, const char *name, const uint8_t *img, size_t size)
+ * and one file holding img, named <kind>-<a:16 hex>-<b:16 hex> as its header claims; then open
+ * the cache (NULL when it cannot). The cache's layout stays, so opening it costs no fsync. */
+static cks_cache *fuzz_cache_with(const char *root, const char *key, char kind, uint64_t a, uint64_t b,
+                                  const uint8_t *img, size_t size)
 {
     char keydir[512], path[700];
     const char *hex = key + 7;
+    cks_cache *c = NULL;
     snprintf(keydir, sizeof keydir, "%s/files/%.2s/s-%s", root, hex, hex);
     rm_tree(keydir);
     snprintf(path, sizeof path, "%s/files", root);
@@ -93,12 +97,16 @@ static void fuzz_fresh_key(const char *root, const char *key, const char *name, 
         fputs(key, f);
         fclose(f);
     }
-    snprintf(path, sizeof path, "%s/%s", keydir, name);
+    snprintf(path, sizeof path, "%s/%c-%016" PRIx64 "-%016" PRIx64, keydir, kind, a, b);
     f = fopen(path, "wb");
     if (f) {
         fwrite(img, 1, size, f);
         fclose(f);
     }
+    cks_cache_opts o = {.dir = root, .revision_ttl_seconds = -1};
+    if (cks_cache_open(&o, &c, NULL) != CKS_OK)
+        c = NULL;
+    return c;
 }
 
 /* An extent image (a file of its own, or a pack member at img[base..]) made to pass the

@@ -37,7 +37,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char name[64];
     uint8_t *img = NULL;
     cks_cache *c = NULL;
     uint64_t offs[MAX_MEMBERS], lens[MAX_MEMBERS];
@@ -63,10 +62,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     uint64_t pack_off = get64(img + 16), tag = get64(img + 24);
     /* the cache holds just this pack */
-    snprintf(name, sizeof name, "p-%016" PRIx64 "-%016" PRIx64, pack_off, tag);
-    fuzz_fresh_key(root, KEY, name, img, size);
-    cks_cache_opts o = {.dir = root, .revision_ttl_seconds = -1};
-    if (cks_cache_open(&o, &c, NULL) != CKS_OK)
+    c = fuzz_cache_with(root, KEY, 'p', pack_off, tag, img, size);
+    if (!c)
         goto out;
     /* every member the directory claims, bounded: a window at its start */
     for (uint32_t i = 0; i < n; i++) {
