@@ -164,11 +164,12 @@ class Faults:
                     continue
                 if k in BODY_FAULTS and method != "GET":
                     continue
-                if f["count"] is None or f["count"] < 0:
-                    return dict(f)
                 if f["count"] == 0:
                     continue
-                f["count"] -= 1
+                if f["count"] is not None and f["count"] > 0:
+                    f["count"] -= 1
+                # counted as the request arrives (the log has it only once answered, after any delay)
+                f["taken"] = f.get("taken", 0) + 1
                 return dict(f)
         return None
 

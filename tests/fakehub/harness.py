@@ -96,6 +96,10 @@ class Hub:
     def faults(self, items):
         return self._call("POST", "/_fake/faults", items)
 
+    def armed_faults(self):
+        """The armed faults, each with its remaining "count" and "taken": requests it has met so far."""
+        return self._call("GET", "/_fake/faults")
+
     def clear_faults(self):
         self._call("DELETE", "/_fake/faults")
 

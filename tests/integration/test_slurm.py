@@ -6,7 +6,7 @@ docs/scale-out/slurm-submit.sh: an array of 4 tasks fingerprints the dozen repos
 scaleout_hub.py from the fake Hub into one output folder with one shared cache, and a dependent
 job gathers them into a library. Checked:
   - one array task is cancelled (scancel: SIGTERM, SIGKILL 2 s later) while it fetches its
-    second source: the gather job fails and its summary names exactly the two sources of that
+    second source (whose requests the fake Hub holds 20 s, so none can finish first): the gather job fails and its summary names exactly the two sources of that
     task that are missing (and no other problem); the folder holds no partial fingerprint;
   - the same command again: every other task skips all of its sources, the killed task's share
     makes only the two missing ones, the gather job succeeds, and the library is byte for byte
@@ -82,7 +82,10 @@ def reference_library(tmp, env, lst):
 
 def first_run(cl, hub, env, lst, out, lib, measured):
     """Submit, kill task 1 while it fetches SLOW, let the gather job run on what is there."""
-    hub.faults([{"server": "any", "match": SLOW, "kind": "delay", "seconds": 1.0, "count": -1}])
+    # Every request for SLOW is held long enough that no part of it can finish before the kill:
+    # the test waits for one to arrive (the fault counts it then; the log has it only once it is
+    # answered), so the task is inside its second source however fast it fetches.
+    hub.faults([{"server": "any", "match": SLOW, "kind": "delay", "seconds": 20.0, "count": -1}])
     hub.clear_log()
     started = time.time()
     array, gather = submit(cl, env, lst, out, lib)
@@ -92,8 +95,8 @@ def first_run(cl, hub, env, lst, out, lib, measured):
     seen_slow = False
     deadline = time.time() + 120
     while time.time() < deadline and not seen_slow:
-        seen_slow = any(SLOW in e["path"] for e in hub.log())
-        time.sleep(0.2)
+        seen_slow = any(f.get("taken", 0) > 0 for f in hub.armed_faults())
+        time.sleep(0.1)
     report("the killed task was fetching its second source (its first written)",
            seen_slow and os.path.exists(mirror_fp), "slow source seen %s, %s %s" % (
                seen_slow, mirror_fp, os.path.exists(mirror_fp)))
