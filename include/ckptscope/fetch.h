@@ -26,6 +26,9 @@ typedef struct cks_fetch_opts {
     /* Optional: tensor sel[i] is read; its SHA-256 in hex. Called in `sel` order. */
     void (*tensor_done)(void *ctx, size_t i, const char sha256_hex[65]);
     void *ctx;
+    /* Optional: receives how many tensors were hashed as their bytes arrived from the network
+     * (while the rest were still on their way), not read back afterwards. */
+    size_t *hashed_on_arrival;
 } cks_fetch_opts;
 
 /*
@@ -34,7 +37,8 @@ typedef struct cks_fetch_opts {
  * read again from the network (cks_refresh_partial), then batches of about 64 MiB are
  * prefetched at once and read. The output file is written beside its name and renamed into
  * place only when complete and synced; on failure nothing is left. *tensor_bytes (may be
- * NULL) receives the bytes of tensor data read.
+ * NULL) receives the bytes of tensor data read. Without an output file, the tensors of a
+ * remote checkpoint are hashed on another thread as the pieces holding them arrive.
  */
 cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n, const cks_fetch_opts *opts,
                   uint64_t *tensor_bytes, cks_diag *diag);

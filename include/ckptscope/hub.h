@@ -214,6 +214,20 @@ cks_err cks_remote_open_file(cks_remote *r, const char *path, cks_source **out, 
 cks_err cks_remote_prefetch(cks_remote *r, cks_source *const *sources, const cks_range *ranges,
                             size_t n, cks_diag *diag);
 
+/* Bytes as they arrive. While a watch is set on the calling thread, every piece that a
+ * prefetch or refresh on this thread receives from the network is shown to `fn` once all of
+ * its bytes are in and checked (status, length), on this thread, while the rest of the fetch
+ * is still in flight: the source, the piece's file offset and length, and its bytes. The
+ * bytes stay valid after the call only under a hold (cks_remote_bytes_hold, then
+ * cks_remote_bytes_release, from any thread). `fn` runs between transfers: it should only
+ * take note and hand work on. A NULL `fn` clears the watch. Read-ahead of streamed files and
+ * other threads' fetches are not shown. */
+typedef void (*cks_remote_arrival_fn)(void *ctx, const cks_source *src, uint64_t offset,
+                                      const uint8_t *bytes, uint64_t len);
+void cks_remote_watch_arrivals(cks_remote_arrival_fn fn, void *ctx);
+void cks_remote_bytes_hold(const uint8_t *bytes);
+void cks_remote_bytes_release(const uint8_t *bytes);
+
 /* Read these ranges of remote sources again from the network whatever the disk cache holds,
  * replacing a cached copy that differs. A partial read cannot be checked against the Hub's
  * whole-file SHA-256, so bytes an earlier run cached for one may be a damaged transfer that

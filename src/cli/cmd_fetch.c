@@ -146,6 +146,7 @@ int cmd_fetch(int argc, char **argv)
     cks_hub_spec spec = {0};
     cks_remote *rem = NULL;
     uint64_t total = 0, all_bytes = 0;
+    size_t hashed_on_arrival = 0;
     cli_progress progress = {0};
     cks_diag diag;
     cks_err err = CKS_OK;
@@ -194,7 +195,8 @@ int cmd_fetch(int argc, char **argv)
     {
         struct fetch_ui ui = {&progress, ckpt, sel, opts.json ? cJSON_AddArrayToObject(root, "tensors") : NULL};
         cks_fetch_opts fo = {.remote = rem, .output = output, .source_name = argv[optind],
-                             .progress = on_progress, .tensor_done = on_tensor, .ctx = &ui};
+                             .progress = on_progress, .tensor_done = on_tensor, .ctx = &ui,
+                             .hashed_on_arrival = &hashed_on_arrival};
         err = cks_fetch(ckpt, sel, n_sel, &fo, &total, &diag);
     }
     if (err)
@@ -210,6 +212,7 @@ int cmd_fetch(int argc, char **argv)
         cJSON_AddNumberToObject(cJSON_GetObjectItemCaseSensitive(root, "source"), "bytes_read", (double)read);
         cJSON_AddNumberToObject(root, "tensor_count", (double)n_sel);
         cJSON_AddNumberToObject(root, "tensor_bytes", (double)total);
+        cJSON_AddNumberToObject(root, "hashed_on_arrival", (double)hashed_on_arrival);
         cJSON_AddNumberToObject(root, "bytes_read", (double)read);
         if (output)
             cJSON_AddStringToObject(root, "output", output);

@@ -18,6 +18,7 @@
 #include <cjson/cJSON.h>
 
 #include "ckptscope/hex.h"
+#include "ckptscope/hub.h"
 
 /* Tensors are fetched in batches of about this many bytes: big enough to keep many
  * requests in flight, small enough that memory does not grow with the model. */
@@ -81,6 +82,7 @@ static bool write_all(FILE *f, const void *p, size_t n)
 struct batch_hash {
     const cks_ckpt *ckpt;
     const cks_ckpt_tensor *const *sel; /* the batch */
+    const bool *skip;                  /* NULL, or true where hex[k] is already known */
     size_t n;
     uint64_t largest;
     atomic_size_t next;
@@ -106,6 +108,8 @@ static void hash_batch_share(struct batch_hash *b)
 {
     uint8_t *buf = malloc(b->largest ? (size_t)b->largest : 1);
     for (size_t k; (k = atomic_fetch_add(&b->next, 1)) < b->n;) {
+        if (b->skip && b->skip[k])
+            continue;
         const cks_tensor_info *t = b->sel[k]->info;
         size_t sz = (size_t)(t->end - t->begin);
         cks_diag why;
@@ -128,13 +132,15 @@ static void *hash_batch_helper(void *arg)
 
 /*
  * Hash sel[0..n), none larger than `largest` (at most READ_CHUNK), on this thread and one
- * more (this one alone when none can start or a source is not thread-safe). *n_ok is how
- * many lead the first that failed (n when none did); that failure is the return value.
+ * more (this one alone when none can start or a source is not thread-safe), except those
+ * `skip` marks. *n_ok is how many lead the first that failed (n when none did); that failure
+ * is the return value.
  */
-static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n, uint64_t largest,
-                          char (*hex)[65], size_t *n_ok, cks_diag *diag)
+static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, const bool *skip, size_t n,
+                          uint64_t largest, char (*hex)[65], size_t *n_ok, cks_diag *diag)
 {
-    struct batch_hash b = {.ckpt = ckpt, .sel = sel, .n = n, .largest = largest, .hex = hex, .first_bad = n};
+    struct batch_hash b = {.ckpt = ckpt, .sel = sel, .skip = skip, .n = n, .largest = largest, .hex = hex,
+                           .first_bad = n};
     cks_err err = CKS_OK;
     pthread_t helper;
     bool two;
@@ -163,6 +169,195 @@ static cks_err hash_batch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *se
     }
 out:
     return err;
+}
+
+/*
+ * Hashing as the bytes arrive. A scattered fetch hashed its tensors only once the whole batch
+ * was in memory, copying each out of the fetched pieces first: 7-8 ms of a 110 ms fetch of
+ * 500 tensors, after the network had gone quiet. Here the fetching thread, as each piece
+ * arrives, hands the tensors that piece holds whole to a hasher thread, which hashes them
+ * where they lie (a hold keeps the piece's memory until then). A tensor no piece held whole
+ * (read from the cache, split by a cached part, or fetched by a read-ahead) is hashed
+ * afterwards by hash_batch, as before.
+ */
+struct early_job {
+    size_t k;                 /* index into the selection */
+    const uint8_t *bytes;     /* the tensor's first byte, inside `piece` */
+    const uint8_t *piece;     /* what the hold is on */
+};
+
+struct early_slot {
+    uintptr_t src;            /* the tensor's source, as a number to sort by */
+    uint64_t offset, size;    /* its bytes in the file */
+    size_t k;                 /* index into the selection */
+};
+
+struct early_hash {
+    const cks_ckpt_tensor *const *sel;
+    size_t n;
+    struct early_slot *slots; /* the selection sorted by (source, offset) */
+    bool *claimed;            /* handed to the hasher (the fetching thread alone touches it) */
+    char (*hex)[65];
+    bool *hashed;             /* hex[k] is final (under mu until the hasher is joined) */
+    pthread_mutex_t mu;       /* guards the queue, `closing` and `hashed` */
+    pthread_cond_t cv;        /* work for the hasher */
+    pthread_cond_t done_cv;   /* a tensor hashed */
+    struct early_job *q;
+    size_t q_head, q_len, q_cap;
+    bool closing;
+    bool running;
+    pthread_t thread;
+};
+
+static int early_slot_cmp(const void *a, const void *b)
+{
+    const struct early_slot *x = a, *y = b;
+    if (x->src != y->src)
+        return x->src < y->src ? -1 : 1;
+    if (x->offset != y->offset)
+        return x->offset < y->offset ? -1 : 1;
+    return x->k < y->k ? -1 : x->k > y->k;
+}
+
+static void *early_main(void *arg)
+{
+    struct early_hash *e = arg;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (e->q_len == 0 && !e->closing)
+            pthread_cond_wait(&e->cv, &e->mu);
+        if (e->q_len == 0)
+            break;
+        struct early_job j = e->q[e->q_head];
+        e->q_head = (e->q_head + 1) % e->q_cap;
+        e->q_len--;
+        pthread_mutex_unlock(&e->mu);
+        const cks_tensor_info *t = e->sel[j.k]->info;
+        cks_sha256_hex(j.bytes, (size_t)(t->end - t->begin), e->hex[j.k]);
+        cks_remote_bytes_release(j.piece);
+        pthread_mutex_lock(&e->mu);
+        e->hashed[j.k] = true;
+        pthread_cond_broadcast(&e->done_cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* On the fetching thread: the tensors this piece holds whole go to the hasher. */
+static void early_arrived(void *ctx, const cks_source *src, uint64_t offset, const uint8_t *bytes, uint64_t len)
+{
+    struct early_hash *e = ctx;
+    uintptr_t from = (uintptr_t)src;
+    size_t lo = 0, hi = e->n;
+    /* the first selected tensor of `src` at or after `offset` */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct early_slot *t = &e->slots[mid];
+        if (t->src < from || (t->src == from && t->offset < offset))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    pthread_mutex_lock(&e->mu);
+    for (size_t m = lo; m < e->n && e->slots[m].src == from; m++) {
+        const struct early_slot *t = &e->slots[m];
+        uint64_t into = t->offset - offset;
+        if (into >= len)
+            break; /* sorted by offset: the rest start past the piece */
+        if (t->size > len - into || t->size == 0 || e->claimed[t->k] || e->q_len == e->q_cap)
+            continue;
+        e->claimed[t->k] = true;
+        cks_remote_bytes_hold(bytes);
+        e->q[(e->q_head + e->q_len) % e->q_cap] = (struct early_job){t->k, bytes + into, bytes};
+        e->q_len++;
+    }
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Start watching for the tensors of sel[0..n), all small; false (nothing started) when the
+ * thread or the memory cannot be had: the batches are then hashed as before. */
+static bool early_start(struct early_hash *e, const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n)
+{
+    memset(e, 0, sizeof *e);
+    e->sel = sel;
+    e->n = n;
+    e->q_cap = n ? n : 1; /* each tensor is queued at most once: the queue never fills */
+    e->slots = malloc(e->q_cap * sizeof *e->slots);
+    e->claimed = calloc(e->q_cap, sizeof *e->claimed);
+    e->hex = malloc(e->q_cap * sizeof *e->hex);
+    e->hashed = calloc(e->q_cap, sizeof *e->hashed);
+    e->q = malloc(e->q_cap * sizeof *e->q);
+    bool ok = e->slots && e->claimed && e->hex && e->hashed && e->q;
+    if (ok) {
+        for (size_t k = 0; k < n; k++) {
+            const cks_tensor_info *t = sel[k]->info;
+            e->slots[k] = (struct early_slot){(uintptr_t)ckpt->files[sel[k]->file].source, t->file_offset,
+                                              t->end - t->begin, k};
+        }
+        qsort(e->slots, n, sizeof *e->slots, early_slot_cmp);
+    }
+    if (ok && pthread_mutex_init(&e->mu, NULL) != 0)
+        ok = false;
+    else if (ok && pthread_cond_init(&e->cv, NULL) != 0) {
+        pthread_mutex_destroy(&e->mu);
+        ok = false;
+    } else if (ok && pthread_cond_init(&e->done_cv, NULL) != 0) {
+        pthread_cond_destroy(&e->cv);
+        pthread_mutex_destroy(&e->mu);
+        ok = false;
+    } else if (ok && pthread_create(&e->thread, NULL, early_main, e) != 0) {
+        pthread_cond_destroy(&e->done_cv);
+        pthread_cond_destroy(&e->cv);
+        pthread_mutex_destroy(&e->mu);
+        ok = false;
+    }
+    if (ok) {
+        e->running = true;
+        cks_remote_watch_arrivals(early_arrived, e);
+    }
+    return ok;
+}
+
+/* Stop watching and let the hasher finish what it was handed (after this, hashed[] is final). */
+static void early_finish(struct early_hash *e)
+{
+    if (!e->running)
+        return;
+    cks_remote_watch_arrivals(NULL, NULL);
+    pthread_mutex_lock(&e->mu);
+    e->closing = true;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->thread, NULL);
+    pthread_cond_destroy(&e->done_cv);
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->mu);
+    e->running = false;
+}
+
+/* Wait until every tensor of sel[i..j) handed to the hasher so far is hashed, then copy into
+ * known[0..j-i) which of them the batch need not read. A read while the batch is hashed may
+ * hand over more of them: those are hashed twice, never read from a hex half written. */
+static void early_settle(struct early_hash *e, size_t i, size_t j, bool *known)
+{
+    pthread_mutex_lock(&e->mu);
+    for (size_t k = i; k < j; k++) {
+        while (e->claimed[k] && !e->hashed[k])
+            pthread_cond_wait(&e->done_cv, &e->mu);
+        known[k - i] = e->hashed[k];
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void early_free(struct early_hash *e)
+{
+    early_finish(e);
+    free(e->slots);
+    free(e->claimed);
+    free(e->hex);
+    free(e->hashed);
+    free(e->q);
 }
 
 cks_err cks_refresh_partial(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel, cks_diag *diag)
@@ -213,6 +408,9 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
     size_t hdr_len = 0, i = 0;
     FILE *out = NULL;
     uint64_t total = 0, all_bytes = 0;
+    struct early_hash early = {0};
+    bool *known = NULL; /* the batch's tensors hashed as they arrived */
+    size_t n_early = 0;
 
     if (tensor_bytes)
         *tensor_bytes = 0;
@@ -248,6 +446,9 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
         if (picked && picked == present)
             err = cks_source_check_whole(ckpt->files[f].source, diag);
     }
+    /* without an output file the bytes are only hashed: hash them as they arrive */
+    if (!err && o->remote && !out && n_sel > 1)
+        (void)early_start(&early, ckpt, sel, n_sel);
     if (!err)
         err = cks_refresh_partial(ckpt, sel, n_sel, diag);
     while (!err && i < n_sel) {
@@ -271,19 +472,25 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
         }
         if (o->remote)
             err = cks_remote_prefetch(o->remote, srcs, ranges, m, diag);
+        free(known);
+        known = early.running ? calloc(j - i, sizeof *known) : NULL;
+        if (known)
+            early_settle(&early, i, j, known);
+        size_t batch_first = i;
         if (!err && !out && j - i > 1 && largest <= READ_CHUNK) {
             /* several small tensors, all in memory now and none written out: hash them side by
              * side (larger ones are read in chunks, in order, below) */
             size_t n_ok = 0;
             char (*hex)[65] = malloc((j - i) * sizeof *hex);
-            err = hex ? hash_batch(ckpt, sel + i, j - i, largest, hex, &n_ok, diag)
+            err = hex ? hash_batch(ckpt, sel + i, known, j - i, largest, hex, &n_ok, diag)
                       : cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             for (size_t k = 0; k < n_ok; k++, i++) {
                 total += sel[i]->info->end - sel[i]->info->begin;
                 if (o->progress)
                     o->progress(o->ctx, total, all_bytes);
+                n_early += known && known[k];
                 if (o->tensor_done)
-                    o->tensor_done(o->ctx, i, hex[k]);
+                    o->tensor_done(o->ctx, i, known && known[k] ? early.hex[i] : hex[k]);
             }
             free(hex);
             continue;
@@ -294,6 +501,15 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
             unsigned char d[EVP_MAX_MD_SIZE];
             unsigned dl = 0;
             char hex[65];
+            if (known && known[i - batch_first]) {
+                n_early++;
+                total += sz;
+                if (o->progress)
+                    o->progress(o->ctx, total, all_bytes);
+                if (o->tensor_done)
+                    o->tensor_done(o->ctx, i, early.hex[i]);
+                continue;
+            }
             EVP_DigestInit_ex(md, EVP_sha256(), NULL);
             for (uint64_t done = 0; !err && done < sz;) {
                 size_t n = sz - done < READ_CHUNK ? (size_t)(sz - done) : READ_CHUNK;
@@ -331,7 +547,11 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
     }
     if (!err && tensor_bytes)
         *tensor_bytes = total;
+    if (o->hashed_on_arrival)
+        *o->hashed_on_arrival = n_early;
 out:
+    early_free(&early);
+    free(known);
     if (out)
         fclose(out);
     if (tmp_path) {

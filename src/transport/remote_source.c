@@ -663,12 +663,39 @@ static void cache_store_pieces(cks_remote *r, struct rsrc **srcs, const cks_http
  * of file creation on this VM, were all after the last byte). A full queue does not stop the
  * transfers: such a piece is stored after the fetch, as before.
  */
+/* The calling thread's watch of arriving bytes (cks_remote_watch_arrivals): per thread, so a
+ * fetch on another thread (read-ahead, a second model loaded side by side) never shows its
+ * pieces to a watch that does not expect them, and setting it needs no lock. */
+struct arrival_watch {
+    cks_remote_arrival_fn fn;
+    void *ctx;
+};
+static _Thread_local struct arrival_watch thread_watch;
+
+void cks_remote_watch_arrivals(cks_remote_arrival_fn fn, void *ctx)
+{
+    thread_watch.fn = fn;
+    thread_watch.ctx = fn ? ctx : NULL;
+}
+
+void cks_remote_bytes_hold(const uint8_t *bytes)
+{
+    if (bytes)
+        (void)rbuf_ref((uint8_t *)bytes);
+}
+
+void cks_remote_bytes_release(const uint8_t *bytes)
+{
+    rbuf_put((uint8_t *)bytes);
+}
+
 struct arrivals {
     cks_remote *r;
     struct rsrc **srcs;
     const cks_http_piece *pieces;
     bool *queued;              /* NULL: nothing goes early */
     bool *fresh;               /* a refresh: pieces the cache held no byte of (others wait) */
+    struct arrival_watch watch; /* fn NULL: nobody watches this fetch */
 };
 
 static void piece_arrived(void *ctx, size_t i)
@@ -676,24 +703,59 @@ static void piece_arrived(void *ctx, size_t i)
     struct arrivals *a = ctx;
     struct rsrc *s = a->srcs[i];
     const cks_http_piece *p = &a->pieces[i];
-    if (s->key[0] && p->length && (!a->fresh || a->fresh[i]))
+    if (a->queued && s->key[0] && p->length && (!a->fresh || a->fresh[i]))
         a->queued[i] = writer_queue(a->r, s->key, p->offset, p->dst, p->length, false);
+    if (a->watch.fn && p->length)
+        a->watch.fn(a->watch.ctx, &s->base, p->offset, p->dst, p->length);
 }
 
 /* For a refresh: which pieces the cache holds no byte of (nothing to compare them with, so
- * they may be stored as they arrive; the others are compared first). NULL without memory. */
+ * they may be stored as they arrive; the others are compared first). One question to the
+ * cache per source, not per piece: each asks for the key's generation under the cache's
+ * lock, a system call that 500 scattered tensors paid 500 times. NULL without memory. */
 static bool *absent_from_cache(cks_remote *r, struct rsrc **srcs, const cks_http_piece *pieces, size_t np)
 {
     bool *fresh = calloc(np ? np : 1, sizeof *fresh);
-    for (size_t i = 0; fresh && i < np; i++) {
-        cks_range want = {pieces[i].offset, pieces[i].length}, *miss = NULL;
-        size_t n_miss = 0;
-        if (!srcs[i]->key[0] || !pieces[i].length)
+    bool *asked = calloc(np ? np : 1, sizeof *asked);
+    cks_range *want = malloc((np ? np : 1) * sizeof *want);
+    size_t *which = malloc((np ? np : 1) * sizeof *which);
+    if (!fresh || !asked || !want || !which) {
+        free(fresh);
+        fresh = NULL;
+        goto out;
+    }
+    for (size_t i = 0; i < np; i++) {
+        struct rsrc *s = srcs[i];
+        size_t m = 0, n_miss = 0, g = 0;
+        cks_range *miss = NULL;
+        if (asked[i] || !s->key[0])
             continue;
-        if (cks_cache_missing(r->cache, srcs[i]->key, &want, 1, &miss, &n_miss, NULL) == CKS_OK)
-            fresh[i] = n_miss == 1 && miss[0].offset == want.offset && miss[0].length == want.length;
+        for (size_t j = i; j < np; j++)
+            if (srcs[j] == s && !asked[j]) {
+                asked[j] = true;
+                if (pieces[j].length) {
+                    want[m] = (cks_range){pieces[j].offset, pieces[j].length};
+                    which[m++] = j;
+                }
+            }
+        if (m == 0 || cks_cache_missing(r->cache, s->key, want, m, &miss, &n_miss, NULL) != CKS_OK)
+            continue; /* fresh stays false: compared first, as any piece the cache may hold */
+        /* the answer is sorted and merged: a piece is absent when one missing range holds it;
+         * the pieces of a fetch are in file order, so the walk over the answer goes forward */
+        for (size_t k = 0; k < m; k++) {
+            uint64_t a = want[k].offset, b = a + want[k].length;
+            if (k > 0 && a < want[k - 1].offset)
+                g = 0;
+            while (g < n_miss && miss[g].offset + miss[g].length <= a)
+                g++;
+            fresh[which[k]] = g < n_miss && miss[g].offset <= a && b <= miss[g].offset + miss[g].length;
+        }
         free(miss);
     }
+out:
+    free(asked);
+    free(want);
+    free(which);
     return fresh;
 }
 
@@ -996,10 +1058,14 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     arrived.r = r;
     arrived.srcs = srcs;
     arrived.pieces = pieces;
+    /* read-ahead (try_net) and streamed windows run for a reader, not for whoever watches */
+    if (!try_net && !stream)
+        arrived.watch = thread_watch;
     pthread_mutex_unlock(&r->mu);
     err = resolve_pending(r, srcs, np, diag);
     if (!err)
-        err = cks_http_fetch_notify(r->http, pieces, np, arrived.queued ? piece_arrived : NULL, &arrived, diag);
+        err = cks_http_fetch_notify(r->http, pieces, np, arrived.queued || arrived.watch.fn ? piece_arrived : NULL,
+                                    &arrived, diag);
     /* Into the cache (or its writer's queue) before the lock is taken again: a cache write
      * must not stop readers copying what memory holds. Still before the whole-file hash sees
      * these bytes, so a hash that fails drops them from the cache after they were written
@@ -1509,7 +1575,8 @@ cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, 
         cks_remote *r = ((struct rsrc *)sources[i])->rem;
         size_t m = 0;
         uint64_t batch = 0;
-        bool seen_before = false;
+        bool seen_before = false, verified = false;
+        const struct rsrc *verified_src = NULL;
         for (size_t j = 0; j < i && !seen_before; j++)
             seen_before = sources[j] && sources[j]->ops == &rsrc_ops && ((struct rsrc *)sources[j])->rem == r;
         if (seen_before || !r->cache || cks_cache_offline(r->cache))
@@ -1521,6 +1588,7 @@ cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, 
                 err = fetch_wants(r, w, m, false, true, false, diag);
                 m = 0;
                 batch = 0;
+                verified_src = NULL; /* a fetch may have dropped a key: ask again */
             }
             if (j == n || err)
                 break;
@@ -1529,8 +1597,15 @@ cks_err cks_remote_refresh(cks_source *const *sources, const cks_range *ranges, 
             struct rsrc *s = (struct rsrc *)sources[j];
             if (s->rem != r || strncmp(s->key, "sha256:", 7) != 0 || s->sha_state == SHA_OK ||
                 ranges[j].length == 0 || ranges[j].offset > s->base.size ||
-                ranges[j].length > s->base.size - ranges[j].offset ||
-                cks_cache_is_verified(r->cache, s->key, s->base.size))
+                ranges[j].length > s->base.size - ranges[j].offset)
+                continue;
+            /* asked once per run of ranges of one source (a batch lists a file's tensors
+             * together), not once per range: each question reads the key's generation */
+            if (s != verified_src) {
+                verified_src = s;
+                verified = cks_cache_is_verified(r->cache, s->key, s->base.size);
+            }
+            if (verified)
                 continue;
             quiesce(r, s);
             /* bytes memory holds from the cache are as unchecked as the cache */

@@ -681,6 +681,35 @@ def case_fetch_hashes_a_batch_in_order(env, fx):
     check(rc == 0 and lines == [[want[n], n] for n in names], "plain output %r" % out[:300])
 
 
+def case_fetch_hashes_tensors_as_they_arrive(env, fx):
+    # without -o, a tensor that one fetched piece holds whole is hashed on another thread as
+    # that piece arrives (src/transport/fetch.c, "early"); the hashes must be hashlib's, in the
+    # selection's order, whichever path the bytes took: without the cache (a prefetch), with a
+    # cold cache and a warm one (partial reads come from the network again: a refresh)
+    names = ["tail.%02d" % i for i in range(1, 64, 2)]  # apart: one piece each, past the header
+    want = {n: hashlib.sha256(d).hexdigest() for n, _, _, d in fx.tails_t if n in names}
+    pats = [a for n in names for a in ("--tensor", n)]
+    cache = os.path.join(env.tmp, "c-arrival")
+    with_cache = {"CKPTSCOPE_NO_CACHE": None, "CKPTSCOPE_CACHE": cache}
+    for label, extra in (("no cache", {}), ("cold cache", with_cache), ("warm cache", with_cache)):
+        j = env.json(["fetch", "org/tails"] + pats, extra_env=extra)
+        got = [(t["name"], t["sha256"]) for t in j["tensors"]]
+        check([n for n, _ in got] == names, "%s: order %r" % (label, [n for n, _ in got][:6]))
+        check(all(h == want[n] for n, h in got), "%s: a hash differs from hashlib's" % label)
+        check(j.get("hashed_on_arrival") == len(names), "%s: %r of %d tensors hashed as they arrived"
+              % (label, j.get("hashed_on_arrival"), len(names)))
+    # with -o each tensor is read back to be written in order: none hashed early, same hashes
+    out = os.path.join(env.tmp, "arrival.safetensors")
+    j = env.json(["fetch", "org/tails", "-o", out] + pats)
+    check(j.get("hashed_on_arrival") == 0, "-o: %r hashed on arrival" % j.get("hashed_on_arrival"))
+    check({t["name"]: t["sha256"] for t in j["tensors"]} == want, "-o: hashes differ")
+    # a tensor already in memory with the header's first chunk is read back, not lost
+    first = fx.tails_t[0]
+    j = env.json(["fetch", "org/tails", "--tensor", first[0], "--tensor", names[0]])
+    check({t["name"]: t["sha256"] for t in j["tensors"]} ==
+          {first[0]: hashlib.sha256(first[3]).hexdigest(), names[0]: want[names[0]]}, "header chunk: hashes")
+
+
 def case_fetch_coalesces_gaps(env, fx):
     sel = ["model.layers.0.w0", "model.layers.0.w2", "model.layers.0.w4", "model.layers.0.w6"]
     shard = fx.shards["model-00001-of-00004.safetensors"]
@@ -857,7 +886,8 @@ CASES = [case_arrived_ranges_are_cached_while_others_are_fetched, case_short_tai
          case_fault_short_body_resumes, case_fault_stall_times_out, case_fault_5xx_retried,
          case_fault_hub_5xx_retried, case_fault_429_retry_after, case_fault_429_without_retry_after, case_fault_429_gives_up_with_time,
          case_fault_hub_429, case_fault_416, case_fault_expired_reresolves, case_fault_no_content_length,
-         case_short_url_ttl_reresolves, case_integrity, case_fetch, case_fetch_hashes_a_batch_in_order, case_fetch_coalesces_gaps, case_diff_remote,
+         case_short_url_ttl_reresolves, case_integrity, case_fetch, case_fetch_hashes_a_batch_in_order, case_fetch_hashes_tensors_as_they_arrive,
+         case_fetch_coalesces_gaps, case_diff_remote,
          case_cache_rerun_no_network, case_tls]
 
 
