@@ -617,6 +617,12 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
         {
             int status = 0;
             pid_t pid = wait(&status);
+            /* A job ended by the stop signals is being stopped with us: a scheduler that signals
+             * process by process (Slurm's proctrack/linuxproc) may reach it before this one, and
+             * a job started in between would run on, unsignalled, until the SIGKILL. */
+            if (pid > 0 && WIFSIGNALED(status) && !stop_signal &&
+                (WTERMSIG(status) == SIGTERM || WTERMSIG(status) == SIGINT || WTERMSIG(status) == SIGHUP))
+                stop_signal = WTERMSIG(status);
             if (stop_signal)
                 stop_jobs(items, n);
             if (pid < 0) {
@@ -629,7 +635,8 @@ static int run_list(const run_opts *ro, const cks_fp_build_opts *bo, const cli_o
                 if (it->pid != pid)
                     continue;
                 it->pid = 0;
-                it->rc = WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_INTERNAL;
+                it->rc = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                                                                       : EXIT_INTERNAL;
                 it->seconds = cli_now() - it->started;
                 it->status = it->rc == EXIT_OK ? ITEM_MADE : ITEM_FAILED;
                 if (!opts->json && (!opts->quiet || it->rc != EXIT_OK))

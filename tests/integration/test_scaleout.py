@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 from ckstest import BIN, ROOT, failures, report, run
 import scaleout_hub
@@ -127,6 +128,49 @@ def idempotent(tmp, env, lst):
     report("and they are the same bytes as before", all(open(os.path.join(out, n), "rb").read() == v[1]
                                                         for n, v in stamp.items()), "")
     return out
+
+
+def stopped_job(tmp, env, hub):
+    """A job of `fingerprint --from` ended by SIGTERM stops its run: a scheduler that signals
+    process by process (Slurm's proctrack/linuxproc) may reach the job before the run, and a
+    source started in between would run on unsignalled. The first source's requests are held,
+    its job is sent SIGTERM, the hold is lifted: nothing after it may start."""
+    import signal
+    sub = scaleout_hub.write_list(os.path.join(tmp, "stop.txt"), LIST[:3])
+    out = os.path.join(tmp, "stopped")
+    e = dict(env, CKPTSCOPE_CACHE=os.path.join(tmp, "c-stop"))
+    hub.faults([{"server": "hub", "match": LIST[0], "kind": "delay", "seconds": 30.0, "count": -1}])
+    p = subprocess.Popen([BIN, "fingerprint", "--from", sub, "-j", "1", "--json", out], env=e,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = None
+    deadline = time.time() + 60
+    while time.time() < deadline and child is None:
+        held = any(f.get("taken", 0) > 0 for f in hub.armed_faults())
+        try:
+            with open("/proc/%d/task/%d/children" % (p.pid, p.pid)) as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            kids = []
+        if held and kids:
+            child = kids[0]
+        else:
+            time.sleep(0.05)
+    report("the first source's job is fetching (held by the fake Hub)", child is not None, "")
+    if child is not None:
+        os.kill(child, signal.SIGTERM)
+    hub.clear_faults()  # a source started now would finish at once
+    o, err = p.communicate(timeout=120)
+    try:
+        doc = json.loads(o.decode())
+    except ValueError:
+        doc = None
+    st = {i["source"]["spec"]: i for i in doc["items"]} if doc else {}
+    made = [n for n in os.listdir(out) if n.endswith(".ckfp")] if os.path.isdir(out) else []
+    report("a job ended by SIGTERM stops the run: nothing after it starts, exit 143",
+           p.returncode == 128 + signal.SIGTERM and st and st[LIST[0]]["status"] == "failed" and
+           st[LIST[0]].get("exit_code") == 128 + signal.SIGTERM and
+           all(st[s]["status"] == "not_run" for s in LIST[1:3]) and not made,
+           "exit %d, %s, files %s, %s" % (p.returncode, json.dumps(doc)[:400], made, err.decode()[-300:]))
 
 
 def concurrent_cache(tmp, env, lst, ref_out):
@@ -315,6 +359,7 @@ def main():
             env.pop("HF_TOKEN", None)
             shares(tmp, env, lst)
             out = idempotent(tmp, env, lst)
+            stopped_job(tmp, env, hub)
             concurrent_cache(tmp, env, lst, out)
             ref_lib = gather_cases(tmp, env, store, lst, out)
             doc_recipes(tmp, env, lst, ref_lib)
