@@ -178,7 +178,9 @@ out:
  * arrives, hands the tensors that piece holds whole to a hasher thread, which hashes them
  * where they lie (a hold keeps the piece's memory until then). A tensor no piece held whole
  * (read from the cache, split by a cached part, or fetched by a read-ahead) is hashed
- * afterwards by hash_batch, as before.
+ * afterwards by hash_batch, as before. It pays where the fetch waits on the network (0.96x
+ * the wall over a 40 ms link); on loopback with 2 cores the hasher takes the CPU the
+ * receiving thread needs, and the wall stays where it was (1.01x).
  */
 struct early_job {
     size_t k;                 /* index into the selection */
