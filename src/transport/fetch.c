@@ -185,6 +185,7 @@ out:
 struct early_job {
     size_t k;                 /* index into the selection */
     const uint8_t *bytes;     /* the tensor's first byte, inside `piece` */
+    uint64_t size;            /* its length */
     const uint8_t *piece;     /* what the hold is on */
 };
 
@@ -195,7 +196,6 @@ struct early_slot {
 };
 
 struct early_hash {
-    const cks_ckpt_tensor *const *sel;
     size_t n;
     struct early_slot *slots; /* the selection sorted by (source, offset) */
     bool *claimed;            /* handed to the hasher (the fetching thread alone touches it) */
@@ -234,8 +234,7 @@ static void *early_main(void *arg)
         e->q_head = (e->q_head + 1) % e->q_cap;
         e->q_len--;
         pthread_mutex_unlock(&e->mu);
-        const cks_tensor_info *t = e->sel[j.k]->info;
-        cks_sha256_hex(j.bytes, (size_t)(t->end - t->begin), e->hex[j.k]);
+        cks_sha256_hex(j.bytes, (size_t)j.size, e->hex[j.k]);
         cks_remote_bytes_release(j.piece);
         pthread_mutex_lock(&e->mu);
         e->hashed[j.k] = true;
@@ -270,7 +269,7 @@ static void early_arrived(void *ctx, const cks_source *src, uint64_t offset, con
             continue;
         e->claimed[t->k] = true;
         cks_remote_bytes_hold(bytes);
-        e->q[(e->q_head + e->q_len) % e->q_cap] = (struct early_job){t->k, bytes + into, bytes};
+        e->q[(e->q_head + e->q_len) % e->q_cap] = (struct early_job){t->k, bytes + into, t->size, bytes};
         e->q_len++;
     }
     pthread_cond_signal(&e->cv);
@@ -282,7 +281,6 @@ static void early_arrived(void *ctx, const cks_source *src, uint64_t offset, con
 static bool early_start(struct early_hash *e, const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n)
 {
     memset(e, 0, sizeof *e);
-    e->sel = sel;
     e->n = n;
     e->q_cap = n ? n : 1; /* each tensor is queued at most once: the queue never fills */
     e->slots = malloc(e->q_cap * sizeof *e->slots);
@@ -321,23 +319,6 @@ static bool early_start(struct early_hash *e, const cks_ckpt *ckpt, const cks_ck
     return ok;
 }
 
-/* Stop watching and let the hasher finish what it was handed (after this, hashed[] is final). */
-static void early_finish(struct early_hash *e)
-{
-    if (!e->running)
-        return;
-    cks_remote_watch_arrivals(NULL, NULL);
-    pthread_mutex_lock(&e->mu);
-    e->closing = true;
-    pthread_cond_signal(&e->cv);
-    pthread_mutex_unlock(&e->mu);
-    pthread_join(e->thread, NULL);
-    pthread_cond_destroy(&e->done_cv);
-    pthread_cond_destroy(&e->cv);
-    pthread_mutex_destroy(&e->mu);
-    e->running = false;
-}
-
 /* Wait until every tensor of sel[i..j) handed to the hasher so far is hashed, then copy into
  * known[0..j-i) which of them the batch need not read. A read while the batch is hashed may
  * hand over more of them: those are hashed twice, never read from a hex half written. */
@@ -352,9 +333,21 @@ static void early_settle(struct early_hash *e, size_t i, size_t j, bool *known)
     pthread_mutex_unlock(&e->mu);
 }
 
+/* Stop watching, let the hasher finish what it was handed (its holds go with it), free. */
 static void early_free(struct early_hash *e)
 {
-    early_finish(e);
+    if (e->running) {
+        cks_remote_watch_arrivals(NULL, NULL);
+        pthread_mutex_lock(&e->mu);
+        e->closing = true;
+        pthread_cond_signal(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        pthread_join(e->thread, NULL);
+        pthread_cond_destroy(&e->done_cv);
+        pthread_cond_destroy(&e->cv);
+        pthread_mutex_destroy(&e->mu);
+        e->running = false;
+    }
     free(e->slots);
     free(e->claimed);
     free(e->hex);
@@ -394,6 +387,17 @@ out:
     free(srcs);
     free(ranges);
     return err;
+}
+
+/* sel[i], hashed without a read of its own (a batch, or as it arrived): counted and told. */
+static void report_hashed(const cks_fetch_opts *o, size_t i, const cks_tensor_info *t, const char hex[65],
+                          uint64_t *total, uint64_t all_bytes)
+{
+    *total += t->end - t->begin;
+    if (o->progress)
+        o->progress(o->ctx, *total, all_bytes);
+    if (o->tensor_done)
+        o->tensor_done(o->ctx, i, hex);
 }
 
 cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_t n_sel, const cks_fetch_opts *opts,
@@ -487,12 +491,8 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
             err = hex ? hash_batch(ckpt, sel + i, known, j - i, largest, hex, &n_ok, diag)
                       : cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
             for (size_t k = 0; k < n_ok; k++, i++) {
-                total += sel[i]->info->end - sel[i]->info->begin;
-                if (o->progress)
-                    o->progress(o->ctx, total, all_bytes);
                 n_early += known && known[k];
-                if (o->tensor_done)
-                    o->tensor_done(o->ctx, i, known && known[k] ? early.hex[i] : hex[k]);
+                report_hashed(o, i, sel[i]->info, known && known[k] ? early.hex[i] : hex[k], &total, all_bytes);
             }
             free(hex);
             continue;
@@ -505,11 +505,7 @@ cks_err cks_fetch(const cks_ckpt *ckpt, const cks_ckpt_tensor *const *sel, size_
             char hex[65];
             if (known && known[i - batch_first]) {
                 n_early++;
-                total += sz;
-                if (o->progress)
-                    o->progress(o->ctx, total, all_bytes);
-                if (o->tensor_done)
-                    o->tensor_done(o->ctx, i, early.hex[i]);
+                report_hashed(o, i, t, early.hex[i], &total, all_bytes);
                 continue;
             }
             EVP_DigestInit_ex(md, EVP_sha256(), NULL);
