@@ -152,6 +152,8 @@ struct rsrc {
     uint64_t head_end;         /* [0, head_end) was read by the caller (coverage of prefetches) */
     bool settled;              /* check_whole put the whole file in the cache and verified it */
     cks_rangeset fetched;      /* what this run fetched from the network */
+    uint64_t cold_from;        /* [cold_from, cold_to): none of it was in the disk cache when a */
+    uint64_t cold_to;          /* stream last asked, and this run has not fetched it since */
 };
 
 /* ---- shared across remote_session.c, remote_source.c, remote.c ---- */
