@@ -142,6 +142,22 @@ cks_err cks_perm_test_curtailed(size_t n, cks_perm_statistic statistic, void *ct
                                 uint32_t permutations, uint32_t stop_after, cks_alternative alternative,
                                 cks_perm_result *out, cks_diag *diag);
 
+/*
+ * The same test with the statistic evaluated on up to n_ctx threads at once: ctxs[w] is the
+ * context of evaluator w (its own scratch; whatever the contexts share is only read). The
+ * permutations are drawn from the same generator in the same order and judged in that order,
+ * so *out is cks_perm_test_curtailed's with ctxs[0], bit for bit, whatever the thread count
+ * (fewer than 2 n_ctx draws past a stop are evaluated for nothing). Threads that cannot be
+ * started are done without. n_ctx 1: the serial test.
+ */
+#define CKS_PERM_MAX_THREADS 16u
+cks_err cks_perm_test_curtailed_mt(size_t n, cks_perm_statistic statistic, void *const *ctxs, unsigned n_ctx,
+                                   uint64_t seed, uint32_t permutations, uint32_t stop_after,
+                                   cks_alternative alternative, cks_perm_result *out, cks_diag *diag);
+
+/* Evaluators for a threaded permutation test: one per online CPU, at most CKS_PERM_MAX_THREADS. */
+unsigned cks_perm_threads(void);
+
 /* max(ceil(alpha (T + 1)), CKS_PERM_MIN_STOP): ceil(alpha (T + 1)) is the smallest stop_after
  * that can never turn a rejection at alpha into a non-rejection; any larger one keeps that
  * guarantee (0 when alpha is not in (0, 1), or when the stop could never come before T). */

@@ -8,8 +8,10 @@
 #include "ckptscope/stats.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -371,45 +373,196 @@ cks_err cks_perm_test_curtailed(size_t n, cks_perm_statistic statistic, void *ct
                                 uint32_t permutations, uint32_t stop_after, cks_alternative alternative,
                                 cks_perm_result *out, cks_diag *diag)
 {
-    uint32_t *perm = NULL;
+    void *const one[1] = {ctx};
+    return cks_perm_test_curtailed_mt(n, statistic, one, 1, seed, permutations, stop_after, alternative, out, diag);
+}
+
+unsigned cks_perm_threads(void)
+{
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (online < 1)
+        online = 1;
+    return online > CKS_PERM_MAX_THREADS ? CKS_PERM_MAX_THREADS : (unsigned)online;
+}
+
+/*
+ * The draws of a threaded test go in rounds: the caller's thread draws the permutations of a
+ * round in the serial order, every evaluator takes its slots (slot s: evaluator s % count),
+ * and the caller's thread then judges the slots in order, exactly as the serial loop would.
+ * PERM_ROUND slots per evaluator and round keep the hand-over (a wake-up and a wait each
+ * round) small against a statistic of ~0.1-1 ms, and the draws evaluated past a stop few.
+ */
+#define PERM_ROUND 2u
+
+struct perm_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    uint64_t round;            /* bumped to start a round */
+    unsigned pending;          /* helpers still evaluating this round */
+    bool quit;
+    cks_perm_statistic statistic;
+    void *const *ctxs;
+    unsigned evaluators;       /* the caller's thread and its helpers */
+    size_t n;
+    uint32_t *perms;           /* slots x n */
+    double *values;
+    cks_err *errs;
+    cks_diag *diags;
+    uint32_t slots;            /* filled this round */
+};
+
+struct perm_helper {
+    struct perm_pool *pool;
+    unsigned index;            /* evaluator index, 1.. */
+};
+
+static void perm_evaluate(struct perm_pool *p, unsigned w)
+{
+    for (uint32_t s = w; s < p->slots; s += p->evaluators)
+        p->errs[s] = p->statistic(p->ctxs[w], p->perms + (size_t)s * p->n, p->n, &p->values[s], &p->diags[s]);
+}
+
+static void *perm_helper_main(void *arg)
+{
+    struct perm_helper *h = arg;
+    struct perm_pool *p = h->pool;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->round == seen && !p->quit)
+            pthread_cond_wait(&p->go, &p->mu);
+        if (p->quit)
+            break;
+        seen = p->round;
+        pthread_mutex_unlock(&p->mu);
+        perm_evaluate(p, h->index);
+        pthread_mutex_lock(&p->mu);
+        if (--p->pending == 0)
+            pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* One round: every evaluator takes its slots; back when all are done. */
+static void perm_round(struct perm_pool *p)
+{
+    unsigned helpers = p->evaluators - 1;
+    if (helpers) {
+        pthread_mutex_lock(&p->mu);
+        p->round++;
+        p->pending = helpers;
+        pthread_cond_broadcast(&p->go);
+        pthread_mutex_unlock(&p->mu);
+    }
+    perm_evaluate(p, 0);
+    if (helpers) {
+        pthread_mutex_lock(&p->mu);
+        while (p->pending)
+            pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+cks_err cks_perm_test_curtailed_mt(size_t n, cks_perm_statistic statistic, void *const *ctxs, unsigned n_ctx,
+                                   uint64_t seed, uint32_t permutations, uint32_t stop_after,
+                                   cks_alternative alternative, cks_perm_result *out, cks_diag *diag)
+{
     cks_err err = CKS_OK;
     cks_rng rng;
+    struct perm_pool pool;
+    pthread_t threads[CKS_PERM_MAX_THREADS];
+    struct perm_helper helpers[CKS_PERM_MAX_THREADS];
+    unsigned started = 0;
+    bool sync_ready = false;
+    memset(&pool, 0, sizeof pool);
     if (!out) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG, "permutation test without a result");
         goto out;
     }
     memset(out, 0, sizeof *out);
-    if (n == 0 || n > UINT32_MAX || permutations == 0 || statistic == NULL ||
+    if (n == 0 || n > UINT32_MAX || permutations == 0 || statistic == NULL || !ctxs || n_ctx == 0 ||
         (unsigned)alternative > CKS_ALT_TWO_SIDED) {
         err = cks_fail(diag, CKS_ERR_INVALID_ARG,
                        "permutation test needs 1 <= n <= 2^32-1 (got %zu), T >= 1 (got %u) and a statistic",
                        n, permutations);
         goto out;
     }
-    perm = malloc(n * sizeof *perm);
-    if (!perm) {
-        err = cks_fail(diag, CKS_ERR_NOMEM, "permutation of %zu indices", n);
+    if (n_ctx > CKS_PERM_MAX_THREADS)
+        n_ctx = CKS_PERM_MAX_THREADS;
+    if (n_ctx > permutations)
+        n_ctx = permutations;
+    uint32_t cap = n_ctx * PERM_ROUND;
+    if (cap > permutations)
+        cap = permutations;
+    pool.statistic = statistic;
+    pool.ctxs = ctxs;
+    pool.n = n;
+    pool.evaluators = 1;
+    if (n > SIZE_MAX / sizeof *pool.perms / cap) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "permutations of %zu indices", n);
+        goto out;
+    }
+    pool.perms = malloc((size_t)cap * n * sizeof *pool.perms);
+    pool.values = malloc(cap * sizeof *pool.values);
+    pool.errs = malloc(cap * sizeof *pool.errs);
+    pool.diags = malloc(cap * sizeof *pool.diags);
+    if (!pool.perms || !pool.values || !pool.errs || !pool.diags) {
+        err = cks_fail(diag, CKS_ERR_NOMEM, "permutations of %zu indices", n);
         goto out;
     }
     double observed;
-    if ((err = statistic(ctx, NULL, n, &observed, diag)) != CKS_OK)
+    if ((err = statistic(ctxs[0], NULL, n, &observed, diag)) != CKS_OK)
         goto out;
+    if (n_ctx > 1) {
+        if (pthread_mutex_init(&pool.mu, NULL) == 0) {
+            if (pthread_cond_init(&pool.go, NULL) == 0) {
+                if (pthread_cond_init(&pool.done, NULL) == 0)
+                    sync_ready = true;
+                else
+                    pthread_cond_destroy(&pool.go);
+            }
+            if (!sync_ready)
+                pthread_mutex_destroy(&pool.mu);
+        }
+        /* helpers that cannot be started are done without: the caller's thread evaluates
+         * their share (the result does not depend on how many there are) */
+        for (unsigned w = 1; sync_ready && w < n_ctx; w++) {
+            helpers[started] = (struct perm_helper){&pool, started + 1};
+            if (pthread_create(&threads[started], NULL, perm_helper_main, &helpers[started]) != 0)
+                break;
+            started++;
+        }
+        pool.evaluators = started + 1;
+    }
     cks_rng_seed(&rng, seed);
     uint32_t extreme = 0, drawn = 0;
     double mean = 0, m2 = 0;
     bool stopped = false;
-    for (uint32_t t = 0; t < permutations && !stopped; t++) {
-        double value;
-        cks_rng_permutation(&rng, perm, n);
-        if ((err = statistic(ctx, perm, n, &value, diag)) != CKS_OK)
-            goto out;
-        extreme += at_least_as_extreme(value, observed, alternative);
-        drawn = t + 1;
-        double delta = value - mean; /* Welford */
-        mean += delta / (double)(t + 1);
-        m2 += delta * (value - mean);
-        stopped = stop_after > 0 && extreme >= stop_after && drawn < permutations;
+    uint32_t round_slots = pool.evaluators * PERM_ROUND < cap ? pool.evaluators * PERM_ROUND : cap;
+    for (uint32_t t = 0; t < permutations && !stopped && !err;) {
+        pool.slots = permutations - t < round_slots ? permutations - t : round_slots;
+        for (uint32_t s = 0; s < pool.slots; s++)
+            cks_rng_permutation(&rng, pool.perms + (size_t)s * n, n);
+        perm_round(&pool);
+        for (uint32_t s = 0; s < pool.slots && !stopped; s++, t++) {
+            if (pool.errs[s] != CKS_OK) {
+                err = pool.errs[s];
+                if (diag)
+                    *diag = pool.diags[s];
+                break;
+            }
+            double value = pool.values[s];
+            extreme += at_least_as_extreme(value, observed, alternative);
+            drawn = t + 1;
+            double delta = value - mean; /* Welford */
+            mean += delta / (double)(t + 1);
+            m2 += delta * (value - mean);
+            stopped = stop_after > 0 && extreme >= stop_after && drawn < permutations;
+        }
     }
+    if (err)
+        goto out;
     out->observed = observed;
     out->seed = seed;
     out->permutations = drawn;
@@ -422,9 +575,25 @@ cks_err cks_perm_test_curtailed(size_t n, cks_perm_statistic statistic, void *ct
     out->z = cks_zscore(observed, mean, out->null_sd);
     out->alternative = alternative;
 out:
+    if (started) {
+        pthread_mutex_lock(&pool.mu);
+        pool.quit = true;
+        pthread_cond_broadcast(&pool.go);
+        pthread_mutex_unlock(&pool.mu);
+        for (unsigned w = 0; w < started; w++)
+            pthread_join(threads[w], NULL);
+    }
+    if (sync_ready) {
+        pthread_cond_destroy(&pool.done);
+        pthread_cond_destroy(&pool.go);
+        pthread_mutex_destroy(&pool.mu);
+    }
     if (err != CKS_OK && out)
         memset(out, 0, sizeof *out);
-    free(perm);
+    free(pool.perms);
+    free(pool.values);
+    free(pool.errs);
+    free(pool.diags);
     return err;
 }
 
@@ -522,8 +691,15 @@ cks_err cks_joint_pearson_perm_test_curtailed(const double *const *a, const doub
             ctx.zb[i * k + j] = row[n + i];
         }
     }
-    err = cks_perm_test_curtailed(n, joint_pearson_statistic, &ctx, seed, permutations, stop_after, alternative, out,
-                                  diag);
+    {
+        /* the statistic only reads ctx: every evaluator shares it */
+        void *ctxs[CKS_PERM_MAX_THREADS];
+        unsigned threads = cks_perm_threads();
+        for (unsigned w = 0; w < threads; w++)
+            ctxs[w] = &ctx;
+        err = cks_perm_test_curtailed_mt(n, joint_pearson_statistic, ctxs, threads, seed, permutations, stop_after,
+                                         alternative, out, diag);
+    }
 out:
     free(ctx.za);
     free(ctx.zb);

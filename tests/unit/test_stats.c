@@ -737,6 +737,87 @@ static void perm_test_curtailed_matches_counting(void)
     CHECK(cks_perm_stop_after(0, 999) == 0);
 }
 
+/* A statistic with scratch of its own context (written, then read back), counting its calls, and
+ * failing on request at the first permutation (in draw order) that starts with index 3. */
+typedef struct scratch_ctx {
+    double buf[64];
+    unsigned calls;
+    bool fail;
+} scratch_ctx;
+
+static cks_err scratch_statistic(void *vctx, const uint32_t *perm, size_t n, double *value, cks_diag *diag)
+{
+    scratch_ctx *c = vctx;
+    double s = 0;
+    c->calls++;
+    if (c->fail && perm && perm[0] == 3)
+        return cks_fail(diag, CKS_ERR_NUMERIC, "planted at a permutation whose second index is %u", perm[1]);
+    for (size_t i = 0; i < n; i++)
+        c->buf[i] = sin((double)(i + 1) * (double)(perm ? perm[i] : i));
+    for (size_t i = 0; i < n; i++)
+        s += c->buf[i] * (double)(i % 7);
+    *value = s;
+    return CKS_OK;
+}
+
+static bool same_result(const cks_perm_result *a, const cks_perm_result *b)
+{
+    return a->observed == b->observed && a->permutations == b->permutations && a->planned == b->planned &&
+           a->at_least_as_extreme == b->at_least_as_extreme && a->p_value == b->p_value &&
+           a->null_mean == b->null_mean && a->null_sd == b->null_sd && a->curtailed == b->curtailed &&
+           ((isnan(a->z) && isnan(b->z)) || a->z == b->z) && a->seed == b->seed;
+}
+
+/* The threaded test is the serial one bit for bit, whatever the thread count: the same draws
+ * judged in the same order (a stop, no stop, an error at the same permutation), each thread
+ * on its own context, and few draws evaluated past a stop. */
+static void perm_test_threads_match_serial(void)
+{
+    static scratch_ctx ctx[CKS_PERM_MAX_THREADS];
+    void *cp[CKS_PERM_MAX_THREADS];
+    static const unsigned counts[] = {1, 2, 3, 5, CKS_PERM_MAX_THREADS};
+    static const uint32_t stops[] = {32, 0};
+    for (unsigned w = 0; w < CKS_PERM_MAX_THREADS; w++)
+        cp[w] = &ctx[w];
+    for (size_t si = 0; si < sizeof stops / sizeof stops[0]; si++) {
+        cks_perm_result serial, mt;
+        memset(ctx, 0, sizeof ctx);
+        CHECK(cks_perm_test_curtailed(48, scratch_statistic, &ctx[0], 21, 999, stops[si], CKS_ALT_GREATER, &serial,
+                                      NULL) == CKS_OK);
+        CHECK(serial.curtailed == (stops[si] != 0)); /* the observed value is ordinary: a stop comes */
+        for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+            unsigned threads = counts[ci], calls = 0;
+            memset(ctx, 0, sizeof ctx);
+            CHECK(cks_perm_test_curtailed_mt(48, scratch_statistic, cp, threads, 21, 999, stops[si], CKS_ALT_GREATER,
+                                             &mt, NULL) == CKS_OK);
+            CHECK(same_result(&serial, &mt));
+            for (unsigned w = 0; w < threads; w++)
+                calls += ctx[w].calls;
+            /* the observed value, every draw judged, and fewer than 2 per thread past a stop */
+            CHECK(calls >= 1 + mt.permutations && calls < 1 + mt.permutations + 2 * threads);
+            if (threads > 1)
+                CHECK(ctx[1].calls > 0); /* a second thread really evaluated draws */
+            for (unsigned w = threads; w < CKS_PERM_MAX_THREADS; w++)
+                CHECK(ctx[w].calls == 0);
+        }
+    }
+    /* an error: the same first failing draw (its text names it), out zeroed */
+    cks_diag d1 = {{0}}, d2 = {{0}};
+    cks_perm_result r;
+    memset(ctx, 0, sizeof ctx);
+    for (unsigned w = 0; w < CKS_PERM_MAX_THREADS; w++)
+        ctx[w].fail = true;
+    CHECK(cks_perm_test_curtailed(48, scratch_statistic, &ctx[0], 21, 999, 0, CKS_ALT_GREATER, &r, &d1) ==
+          CKS_ERR_NUMERIC);
+    CHECK(strstr(d1.text, "planted") != NULL);
+    CHECK(cks_perm_test_curtailed_mt(48, scratch_statistic, cp, 4, 21, 999, 0, CKS_ALT_GREATER, &r, &d2) ==
+          CKS_ERR_NUMERIC);
+    CHECK(strcmp(d1.text, d2.text) == 0 && r.permutations == 0 && r.p_value == 0);
+    CHECK(cks_perm_test_curtailed_mt(48, scratch_statistic, cp, 0, 21, 999, 0, CKS_ALT_GREATER, &r, NULL) ==
+          CKS_ERR_INVALID_ARG);
+    CHECK(cks_perm_threads() >= 1 && cks_perm_threads() <= CKS_PERM_MAX_THREADS);
+}
+
 /* Under the null the curtailed p is valid: P(p <= u) <= u (Besag & Clifford 1991), checked over
  * 4000 exchangeable data sets (the observed value is one more draw of the null). */
 static void perm_test_curtailed_valid_under_null(void)
@@ -801,7 +882,7 @@ static void rotation_column_norms_match_rotating(void)
 
 TEST_MAIN(T(rng_matches_python_reference), T(orthogonal_matrices_are_haar), T(rotation_keeps_geometry_and_mixes_coordinates),
           T(median_and_ranks_exact), T(mid_ranks_match_definition), T(median_and_quantile_match_sorted), T(rng_bounded_and_permutations_are_uniform),
-          T(perm_test_counting_rules), T(perm_test_curtailed_matches_counting),
+          T(perm_test_counting_rules), T(perm_test_curtailed_matches_counting), T(perm_test_threads_match_serial),
           T(perm_test_curtailed_valid_under_null), T(rotation_column_norms_match_rotating), T(joint_pearson_null_moments), T(perm_p_values_uniform_under_null),
           T(joint_column_test_matches_brute_force),
           T(equality_null_exact), T(equality_null_bf16_against_shuffles), T(holm_correction),
