@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -379,10 +380,19 @@ cks_err cks_perm_test_curtailed(size_t n, cks_perm_statistic statistic, void *ct
 
 unsigned cks_perm_threads(void)
 {
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    if (online < 1)
-        online = 1;
-    return online > CKS_PERM_MAX_THREADS ? CKS_PERM_MAX_THREADS : (unsigned)online;
+    /* the CPUs this process may run on (a Slurm job's or a container's cpuset, taskset), not
+     * every CPU of the machine */
+    long cpus = 0;
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        cpus = CPU_COUNT(&set);
+#endif
+    if (cpus < 1)
+        cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus < 1)
+        cpus = 1;
+    return cpus > CKS_PERM_MAX_THREADS ? CKS_PERM_MAX_THREADS : (unsigned)cpus;
 }
 
 /*
