@@ -308,7 +308,6 @@ static cks_err test_alignment(const cmp_ctx *ctx, const cmp_model *a, const cmp_
     cmp_null_start(&acc, observed);
     {
         struct t4a_draw d[CKS_PERM_MAX_THREADS];
-        memset(&d[0], 0, sizeof d[0]);
         d[0] = (struct t4a_draw){.s0 = s0, .eb = eb, .subset = subset, .n = n, .db = db, .rot = rot, .sim = sim,
                                  .colsq = colsq, .scratch = scratch};
         err = t4a_null(&rng, draws, d, &acc, diag);
