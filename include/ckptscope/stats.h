@@ -155,7 +155,8 @@ cks_err cks_perm_test_curtailed_mt(size_t n, cks_perm_statistic statistic, void 
                                    uint64_t seed, uint32_t permutations, uint32_t stop_after,
                                    cks_alternative alternative, cks_perm_result *out, cks_diag *diag);
 
-/* Evaluators for a threaded permutation test: one per online CPU, at most CKS_PERM_MAX_THREADS. */
+/* Evaluators for a threaded permutation test: one per CPU this process may run on (its
+ * affinity mask: a Slurm job's or a container's cpuset, taskset), at most CKS_PERM_MAX_THREADS. */
 unsigned cks_perm_threads(void);
 
 /* max(ceil(alpha (T + 1)), CKS_PERM_MIN_STOP): ceil(alpha (T + 1)) is the smallest stop_after

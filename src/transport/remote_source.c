@@ -900,16 +900,6 @@ static uint64_t memory_frontier(struct rsrc *s, uint64_t pos)
 }
 
 /*
- * Bring every wanted range into memory (and the cache): skip what memory already holds,
- * read what the cache holds, fetch the rest in one engine call. Called and returns with
- * r->mu held, but drops it while on the network. With `try_net`, gives up silently (CKS_OK)
- * when another thread is using the network: used for early read-ahead, which is optional.
- * With `refresh`, the cache is not read: everything comes from the network, and what the
- * cache held of it is compared with the fresh bytes (cks_remote_refresh). With `stream` (the
- * windows of a file read front to back), the cache writer stores the bytes, so this thread
- * can go on to the next window.
- */
-/*
  * Whether a stream's hole [off, off+len) is known to be absent from the disk cache, so that
  * asking the cache for it can be skipped (r->mu held; the caller is about to fetch the hole,
  * which then leaves the known-cold stretch). A stream asked the cache once per window, and
@@ -945,6 +935,16 @@ out:
     return cold;
 }
 
+/*
+ * Bring every wanted range into memory (and the cache): skip what memory already holds,
+ * read what the cache holds, fetch the rest in one engine call. Called and returns with
+ * r->mu held, but drops it while on the network. With `try_net`, gives up silently (CKS_OK)
+ * when another thread is using the network: used for early read-ahead, which is optional.
+ * With `refresh`, the cache is not read: everything comes from the network, and what the
+ * cache held of it is compared with the fresh bytes (cks_remote_refresh). With `stream` (the
+ * windows of a file read front to back), the cache writer stores the bytes, so this thread
+ * can go on to the next window.
+ */
 static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net, bool refresh,
                           bool stream, cks_diag *diag)
 {
