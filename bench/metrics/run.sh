@@ -20,7 +20,7 @@ cd "$ROOT"
 BLAS_CFLAGS=$(pkg-config --cflags openblas)
 BLAS_LIBS=$(pkg-config --libs openblas)
 gcc -O3 -g -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iinclude $BLAS_CFLAGS \
-    bench/metrics/bench_metrics.c src/core/decode.c src/statistics/metrics.c src/statistics/stats.c src/statistics/lap.c src/statistics/cka.c \
+    bench/metrics/bench_metrics.c src/core/decode.c src/statistics/metrics.c src/statistics/stats.c src/statistics/lap.c src/statistics/cka.c src/statistics/blas.c \
     src/core/error.c src/core/dtype.c -o "$SCRATCH/bench_metrics" $BLAS_LIBS -lm -pthread
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)

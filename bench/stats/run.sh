@@ -10,6 +10,6 @@ SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/cks-bench-stats-XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
 cd "$ROOT"
 gcc -O3 -g -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter -Iinclude \
-    $(pkg-config --cflags openblas) bench/stats/bench_joint.c src/statistics/stats.c src/core/decode.c src/core/error.c src/core/dtype.c \
+    $(pkg-config --cflags openblas) bench/stats/bench_joint.c src/statistics/stats.c src/statistics/blas.c src/core/decode.c src/core/error.c src/core/dtype.c \
     -o "$SCRATCH/bench_joint" $(pkg-config --libs openblas) -lm -pthread
 "$SCRATCH/bench_joint" "$@"

@@ -9,12 +9,12 @@
  * the descriptive numbers (compare_describe.c), the verdict (compare_verdict.c) and, at the
  * bottom, the family's bookkeeping (compare_family.c).
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/blas.h"
 #include "ckptscope/cka.h"
 #include "ckptscope/defaults.h"
 #include "ckptscope/lap.h"
@@ -260,8 +260,8 @@ cks_err cks_compare(const cks_compare_model *a, const cks_compare_model *b, cons
      * permutation, 64 x 64 rotation blocks), and for those its idle workers spin in
      * sched_yield: 9-13 % of a default compare's CPU on 2 cores (issue 15). One thread does
      * the same products for less CPU; restored on the way out for the caller. */
-    blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    blas_threads = cks_blas_threads();
+    cks_blas_set_threads(1);
     ctx.blas_threads = blas_threads;
     r = calloc(1, sizeof *r);
     if (!r) {
@@ -434,7 +434,7 @@ out:
     cmp_model_release(&ma);
     cmp_model_release(&mb);
     cks_compare_result_free(r);
-    openblas_set_num_threads(blas_threads);
+    cks_blas_set_threads(blas_threads);
     return err;
 }
 

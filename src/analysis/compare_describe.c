@@ -2,12 +2,12 @@
  * compare: descriptive results (raw cosines, moments) printed beside the tests, never evidence.
  * Part of cks_compare (compare.c); shared declarations in compare_internal.h.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/blas.h"
 #include "ckptscope/cka.h"
 #include "ckptscope/lap.h"
 #include "ckptscope/layers.h"
@@ -154,7 +154,7 @@ void cmp_describe(const cmp_model *a, const cmp_model *b, const cmp_embed_pair *
                     for (size_t c = 0; c < rb->cols; c++)
                         y[i * rb->cols + c] = ss > 0 ? (float)(rb->v[i * rb->cols + c] / sqrt(ss)) : 0;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)ra->rows, (int)rb->rows, (int)ra->cols, 1.0f, x,
+                cks_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)ra->rows, (int)rb->rows, (int)ra->cols, 1.0f, x,
                             (int)ra->cols, y, (int)rb->cols, 0.0f, s, (int)rb->rows);
                 if (cks_lap_max_abs(s, ra->rows, rb->rows, m, sg, &total, NULL) == CKS_OK)
                     r->router_match = total / (double)(ra->rows < rb->rows ? ra->rows : rb->rows);

@@ -16,12 +16,12 @@
  * LoRA factors are left to the adapter tests (compare_lora.c): factors are defined only up to
  * an r x r change of basis, so they are compared as the updates they multiply to.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/blas.h"
 #include "ckptscope/decode.h"
 #include "ckptscope/lap.h"
 #include "ckptscope/metrics.h"
@@ -389,7 +389,7 @@ static cks_err match_score(const float *x, const float *y, size_t rows, size_t c
                            int8_t *sign, double *scratch, double *score, size_t *identity, cks_diag *diag)
 {
     cks_err err;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)rows, (int)cols, 1.0f, x, (int)cols, y,
+    cks_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)rows, (int)cols, 1.0f, x, (int)cols, y,
                 (int)cols, 0.0f, sim, (int)rows);
     err = cks_lap_max_abs(sim, rows, rows, map, sign, NULL, diag);
     if (err)

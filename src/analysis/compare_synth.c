@@ -2,7 +2,6 @@
  * compare: the synthetic positives of the power checks: A plus noise, and the same permuted and sign-flipped.
  * Part of cks_compare (compare.c); shared declarations in compare_internal.h.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,12 +3,12 @@
  * permutation) and the layer pairing, which reads T2's norm-gain matrix.
  * Part of cks_compare (compare.c); shared declarations in compare_internal.h.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/blas.h"
 #include "ckptscope/cka.h"
 #include "ckptscope/lap.h"
 #include "ckptscope/layers.h"
@@ -269,7 +269,7 @@ static void dp_fill(struct dp_ctx *c, const uint32_t *perm, bool *any)
                     c->ubp[(size_t)j * c->d + x] = c->ub[k][(size_t)j * c->d + perm[x]];
             ub = c->ubp;
         }
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->la, c->lb, (int)c->d, 1.0, c->ua[k], (int)c->d, ub,
+        cks_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->la, c->lb, (int)c->d, 1.0, c->ua[k], (int)c->d, ub,
                     (int)c->d, 0.0, c->prod[k], c->lb);
     }
     for (int i = 0; i < c->la; i++)

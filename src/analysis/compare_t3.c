@@ -2,12 +2,12 @@
  * compare: T3: index-aligned k/v/router/embedding rows against a row-permutation null.
  * Part of cks_compare (compare.c); shared declarations in compare_internal.h.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/blas.h"
 #include "ckptscope/cka.h"
 #include "ckptscope/lap.h"
 #include "ckptscope/layers.h"
@@ -323,7 +323,7 @@ struct cross_fill {
 static void cross_add(void *vctx, size_t rows)
 {
     struct cross_fill *c = vctx;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)c->d, (int)c->d, (int)rows, 1.0f, c->batch_a, (int)c->d,
+    cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)c->d, (int)c->d, (int)rows, 1.0f, c->batch_a, (int)c->d,
                 c->batch_b, (int)c->d, 1.0f, c->cross, (int)c->d);
 }
 
@@ -336,10 +336,10 @@ static void cross_rows(const cmp_ctx *ctx, const weight_item *items, size_t n_it
     /* the cross matrix's products are large (d x d x 512): the caller's BLAS threads pay off
      * there, unlike on the small products elsewhere */
     if (ctx->blas_threads > 1)
-        openblas_set_num_threads(ctx->blas_threads);
+        cks_blas_set_threads(ctx->blas_threads);
     stack_rows(items, n_items, d, batch_a, batch_b, cross_add, &c);
-    cblas_sscal((int)(d * d), (float)(1.0 / (double)used), cross, 1);
-    openblas_set_num_threads(1);
+    cks_sscal((int)(d * d), (float)(1.0 / (double)used), cross, 1);
+    cks_blas_set_threads(1);
 }
 
 struct table_fill {

@@ -14,9 +14,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <cblas.h>
 #include <openssl/evp.h>
 
+#include "ckptscope/blas.h"
 #include "ckptscope/cache.h"
 #include "ckptscope/defaults.h"
 #include "ckptscope/dtype.h"
@@ -758,7 +758,7 @@ static double t2_bound(const cks_verify_live *l, const cks_verify_summary *a, do
             else
                 memset(scratch_a + (size_t)i * h, 0, h * sizeof *scratch_a);
         }
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->n_layers, b->n_layers, (int)h, 1.0, scratch_a, (int)h,
+        cks_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->n_layers, b->n_layers, (int)h, 1.0, scratch_a, (int)h,
                     l->unit[w], (int)h, 0.0, prod, b->n_layers);
         for (size_t k = 0; k < (size_t)a->n_layers * (size_t)b->n_layers; k++)
             if (prod[k] > worst)
@@ -928,7 +928,7 @@ cks_err cks_verify_prescreen(cks_verify_live *l, const cks_verify_summary *a, ck
     first = m > PROBE_FIRST ? PROBE_FIRST : m;
     for (size_t done = 0; done < m;) {
         size_t rows = done == 0 ? first : m - done;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows, (int)db, (int)n, 1.0f, ea + done, (int)m,
+        cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows, (int)db, (int)n, 1.0f, ea + done, (int)m,
                     l->memo[slot].eb, (int)db, 0.0f, sim, (int)db);
         for (size_t i = 0; i < rows; i++) {
             float best = 0;
@@ -1129,10 +1129,10 @@ cks_err cks_verify_against(const cks_compare_model *live, const char *const *pat
             /* one BLAS thread: each probe is a thin product (16 x 2816 by 2816 x 4096) whose
              * threads would spin more than they work; measured 89 ms against 277 ms a member
              * on this 2-core machine at a load of 8 */
-            int threads = openblas_get_num_threads();
-            openblas_set_num_threads(1);
+            int threads = cks_blas_threads();
+            cks_blas_set_threads(1);
             err = prescreen_one(paths[i], pre, o->cache, k, diag);
-            openblas_set_num_threads(threads);
+            cks_blas_set_threads(threads);
         }
         if (!err && !k->prescreened)
             err = compare_one(paths[i], live, o, k, diag);

@@ -3,10 +3,11 @@
  */
 #include "ckptscope/cka.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "ckptscope/blas.h"
 
 /* Everything a CKA evaluation needs that does not change when Y's rows are permuted. */
 typedef struct cka_prep {
@@ -70,7 +71,7 @@ out:
 /* |A^T A|_F^2 from ssyrk's upper triangle. */
 static double gram_frob2(const float *a, size_t n, size_t p, float *work)
 {
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)p, (blasint)n, 1.0f, a, (blasint)p,
+    cks_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)p, (blasint)n, 1.0f, a, (blasint)p,
                 0.0f, work, (blasint)p);
     double diag_sum = 0, off_sum = 0;
     for (size_t i = 0; i < p; i++) {
@@ -144,7 +145,7 @@ static double hsic1_scaled(double frob2_cross, double sum_de, double sum_d, doub
 static void cka_evaluate(const cka_prep *p, const float *yrows, const uint32_t *perm, cks_cka_result *out)
 {
     size_t n = p->n;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)p->p1, (blasint)p->p2, (blasint)n,
+    cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)p->p1, (blasint)p->p2, (blasint)n,
                 1.0f, p->xc, (blasint)p->p1, yrows, (blasint)p->p2, 0.0f, p->cross, (blasint)p->p2);
     double frob2_cross = 0;
     for (size_t k = 0; k < p->p1 * p->p2; k++)

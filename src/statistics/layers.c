@@ -4,11 +4,11 @@
  */
 #include "ckptscope/layers.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptscope/blas.h"
 #include "ckptscope/lap.h"
 #include "ckptscope/metrics.h"
 
@@ -95,7 +95,7 @@ cks_err cks_layer_pearson_matrix(const double *const *a, size_t la, const double
         if ((err = unit_centred(b[j], n, zb + j * n, "B", j, diag)) != CKS_OK)
             goto out;
     }
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)la, (blasint)lb, (blasint)n, 1.0,
+    cks_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)la, (blasint)lb, (blasint)n, 1.0,
                 za, (blasint)n, zb, (blasint)n, 0.0, s, (blasint)lb);
     for (size_t q = 0; q < la * lb; q++) /* rounding can leave |r| a hair above 1 */
         s[q] = fmax(-1.0, fmin(1.0, s[q]));

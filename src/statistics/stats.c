@@ -14,8 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cblas.h>
-
+#include "ckptscope/blas.h"
 #include "ckptscope/decode.h"
 
 /* ---------------- PRNG ---------------- */
@@ -254,7 +253,7 @@ static void rotation_rounds(cks_rotation *rot, float *x, size_t count, size_t ro
         for (size_t b = 0; b < rot->n_blocks; b++) {
             size_t m = block_size(rot, b), off = b * CKS_ROTATION_BLOCK;
             const float *qb = rot->blocks + (r * rot->n_blocks + b) * CKS_ROTATION_BLOCK * CKS_ROTATION_BLOCK;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)count, (int)m, (int)m, 1.0f, rot->scratch + off,
+            cks_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)count, (int)m, (int)m, 1.0f, rot->scratch + off,
                         (int)n, qb, (int)m, 0.0f, x + off, (int)n);
         }
     }
@@ -304,7 +303,7 @@ cks_err cks_rotation_column_norms2(cks_rotation *rot, const float *x, size_t cou
                 rot->scratch[v * n + i] = batch[v * n + perm[i]];
         for (size_t b = 0; b < rot->n_blocks; b++) {
             size_t m = block_size(rot, b), off = b * B;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)m, (int)rows, 1.0f, rot->scratch + off,
+            cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)m, (int)rows, 1.0f, rot->scratch + off,
                         (int)n, rot->scratch + off, (int)n, 1.0f, gram + b * B * B, (int)m);
         }
     }
@@ -312,7 +311,7 @@ cks_err cks_rotation_column_norms2(cks_rotation *rot, const float *x, size_t cou
     for (size_t b = 0; b < rot->n_blocks && !err; b++) {
         size_t m = block_size(rot, b), off = b * B;
         const float *qb = rot->blocks + (last * rot->n_blocks + b) * B * B;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)m, (int)m, 1.0f, qb, (int)m, gram + b * B * B,
+        cks_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)m, (int)m, 1.0f, qb, (int)m, gram + b * B * B,
                     (int)m, 0.0f, qg, (int)m);
         for (size_t c = 0; c < m; c++) {
             double sum = 0;
@@ -770,7 +769,7 @@ cks_err cks_joint_column_pearson_perm_test(const double *const *a, const double 
             (err = standardise(b[j], len, zb, j, diag)) != CKS_OK)
             goto out;
         /* cross += (1/k) Za^T Zb */
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)n, (blasint)n, (blasint)rows[j],
+        cks_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)n, (blasint)n, (blasint)rows[j],
                     1.0 / (double)k, za, (blasint)n, zb, (blasint)n, 1.0, cross, (blasint)n);
     }
     cross_matrix_ctx ctx = {cross};
