@@ -187,6 +187,10 @@ typedef struct cks_remote_opts {
     cks_http_config http;       /* engine tuning; token and auth_origin are filled in here */
     bool anonymous;             /* do not look for a token */
     uint64_t memory_cap;        /* bytes of fetched data kept in memory per file; 0: 256 MiB */
+    /* config.json will be read after the headers (compare, verify, fingerprint): with a disk
+     * cache it rides in the headers' batch. Other commands never wait for it: the batch ends
+     * with its slowest reply, and the Hub's API can answer slower than the file servers. */
+    bool reads_config;
 } cks_remote_opts;
 
 /* Tuning from the environment (CKPTSCOPE_MAX_PARALLEL, CKPTSCOPE_MAX_HOST_CONNS,

@@ -40,6 +40,7 @@ typedef struct cks_workspace_opts {
     uint64_t cache_max;      /* 0: the cache's default cap */
     bool no_cache;           /* keep fetched bytes in memory only ($CKPTSCOPE_NO_CACHE does too) */
     bool offline;            /* answer from the cache alone (HF_HUB_OFFLINE is read by the Hub client) */
+    bool reads_config;       /* the command reads config.json after the headers (cks_remote_opts) */
     /* Optional. The transfer counters summed over every session, as the engines report them
      * (from the engines' threads, one call at a time). */
     void (*progress)(void *ctx, const cks_http_stats *sum);

@@ -42,6 +42,7 @@ typedef struct cli_opts {
     bool offline;
     const char *cache_dir;
     uint64_t cache_max;
+    bool reads_config;    /* set by compare, verify, fingerprint: they read config.json */
 } cli_opts;
 
 /* Long options every subcommand accepts; values >= 0x1000 are reserved for them. */

@@ -63,6 +63,7 @@ static cks_workspace *workspace(const cli_opts *opts, cks_diag *diag, cks_err *e
         wo.cache_dir = opts->cache_dir;
         wo.cache_max = opts->cache_max;
         wo.offline = cli_offline(opts);
+        wo.reads_config = opts->reads_config;
         wo.progress = on_progress;
         wo.stage = on_stage;
         *err = cks_workspace_new(&wo, &g.ws, diag);

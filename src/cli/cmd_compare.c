@@ -498,7 +498,7 @@ static int take_tests(const char *cmd, const char *value, void *dest)
 
 int cmd_compare(int argc, char **argv)
 {
-    cli_opts opts = {0};
+    cli_opts opts = {.reads_config = true}; /* the roles come from config.json */
     cks_compare_opts copts;
     const char *controls[MAX_EXTRA], *positives[MAX_EXTRA];
     size_t n_controls = 0, n_positives = 0;

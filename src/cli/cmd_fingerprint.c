@@ -677,7 +677,7 @@ out:
 
 int cmd_fingerprint(int argc, char **argv)
 {
-    cli_opts opts = {0};
+    cli_opts opts = {.reads_config = true}; /* the fingerprint keeps config.json */
     cks_fp_build_opts bo;
     run_opts ro = {0};
     const char *output = NULL;

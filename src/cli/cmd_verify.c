@@ -515,6 +515,8 @@ int cmd_verify(int argc, char **argv)
         if (rc != EXIT_OK)
             goto out;
     }
+    /* provenance reads config.json (the model's shape) right after the headers */
+    opts.reads_config = n_fps > 0;
     /* every shard's header and the index against the headers are checked on open */
     err = cli_open_checkpoint(argv[optind], &opts, &ckpt, &source, &diag);
     if (err && worth_checking_files(err)) {

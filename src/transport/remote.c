@@ -268,9 +268,12 @@ out:
  * then, for the few whose header is larger than the chunk, the rest.
  */
 /*
- * config.json beside the shards, when the session has a disk cache and the file is small: a
- * compare reads it right after the headers, so it rides in their batch (its bytes land in the
- * cache, where prov_fetch_file then finds them) instead of costing a round trip of its own.
+ * config.json beside the shards, when the command reads it (compare, verify, fingerprint), the
+ * session has a disk cache and the file is small: it is read right after the headers, so it
+ * rides in their batch (its bytes land in the cache, where prov_fetch_file then finds them)
+ * instead of costing a round trip of its own. Other commands leave it: the batch ends with its
+ * slowest reply, and the file comes from the Hub's API, not the file servers (`fetch` of 500
+ * tensors on loopback waited ~3 ms for it).
  */
 #define RIDE_ALONG_MAX (256u * 1024u)
 static cks_source *ride_along_config(cks_remote *r, cks_source *const *sources, size_t n)
@@ -281,7 +284,7 @@ static cks_source *ride_along_config(cks_remote *r, cks_source *const *sources, 
     cks_source *src = NULL;
     cks_diag ignored;
     int pl;
-    if (!r->cache || !r->repo || !name)
+    if (!r->reads_config || !r->cache || !r->repo || !name)
         return NULL;
     /* the shards' folder, from their name "org/repo@commit12/folder/shard" */
     pl = snprintf(prefix, sizeof prefix, "%s@%.12s/", r->repo->repo_id, r->repo->commit);

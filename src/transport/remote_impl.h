@@ -121,6 +121,7 @@ struct cks_remote {
     cks_cache *cache;
     const char *token_origin;
     uint64_t memory_cap;
+    bool reads_config;         /* config.json rides with the headers (cks_remote_opts) */
     uint64_t stamp;
     char *url;                 /* URL session: the file URL */
     char *url_base;            /* URL session: up to and including the last '/' */

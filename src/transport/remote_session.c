@@ -197,6 +197,7 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
     r->refs = 1;
     r->cache = opts->cache;
     r->memory_cap = opts->memory_cap ? opts->memory_cap : DEFAULT_MEMORY_CAP;
+    r->reads_config = opts->reads_config;
     r->spec.kind = spec->kind;
     r->spec.repo_type = spec->repo_type;
 #define COPY(f)                                                                          \

@@ -144,6 +144,7 @@ static cks_err add_session(cks_workspace *w, const cks_hub_spec *spec, const cha
     s->w = w;
     memset(&ro, 0, sizeof ro);
     ro.cache = cks_workspace_cache(w, NULL, NULL);
+    ro.reads_config = w->opts.reads_config;
     cks_remote_config_from_env(&ro.http);
     ro.http.progress = on_progress;
     ro.http.progress_ctx = s;
