@@ -51,10 +51,11 @@ static void presolve_with_index(cks_remote *r, const char *index_path)
     paths[n++] = index_path;
     for (size_t i = 0; i < r->repo->n_files; i++) {
         const char *p = r->repo->files[i].path;
-        /* the shards, and the two small files a compare reads next beside them */
+        /* the shards, and the two small files a compare reads next beside them (only for a
+         * command that reads them: a batch ends with its slowest reply) */
         if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') &&
-            (ends_with(p, ".safetensors") || strcmp(p + dl, "config.json") == 0 ||
-             strcmp(p + dl, "tokenizer.json") == 0))
+            (ends_with(p, ".safetensors") ||
+             (r->reads_config && (strcmp(p + dl, "config.json") == 0 || strcmp(p + dl, "tokenizer.json") == 0))))
             paths[n++] = p;
     }
     if (n < 2 || cks_hub_resolve_some(r->hub, r->repo, paths, n, res, errs, NULL) != CKS_OK)
