@@ -391,4 +391,248 @@ static void written_checkpoint_agrees(void)
     st_buf_free(&b);
 }
 
-TEST_MAIN(T(fixture_table_agrees), T(fuzz_corpus_agrees), T(realdata_agrees), T(generated_headers_agree), T(written_checkpoint_agrees))
+/* ---- indexes (model.safetensors.index.json): the same pair of parsers ---- */
+
+static bool same_index(const cks_st_index *a, const cks_st_index *b, char *why, size_t cap)
+{
+    if (a->n_entries != b->n_entries || a->n_shards != b->n_shards || a->total_size != b->total_size) {
+        snprintf(why, cap, "%zu/%zu entries, %zu/%zu shards, total %lld/%lld", a->n_entries, b->n_entries,
+                 a->n_shards, b->n_shards, (long long)a->total_size, (long long)b->total_size);
+        return false;
+    }
+    for (size_t i = 0; i < a->n_shards; i++)
+        if (strcmp(a->shards[i], b->shards[i]) != 0) {
+            snprintf(why, cap, "shard %zu differs", i);
+            return false;
+        }
+    for (size_t i = 0; i < a->n_entries; i++)
+        if (strcmp(a->entries[i].tensor, b->entries[i].tensor) != 0 || a->entries[i].shard != b->entries[i].shard) {
+            snprintf(why, cap, "entry %zu differs (%s / %s)", i, a->entries[i].tensor, b->entries[i].tensor);
+            return false;
+        }
+    return true;
+}
+
+static bool index_agrees(const char *json, size_t len, const char *what)
+{
+    cks_st_index *flat = NULL, *tree = NULL;
+    cks_diag df = {{0}}, dt = {{0}};
+    char why[200] = "";
+    cks_err ef = cks_st_index_parse(json, len, &flat, &df);
+    cks_err et = cks_st_index_parse_tree_only(json, len, &tree, &dt);
+    bool ok = ef == et;
+    if (ok && ef == CKS_OK)
+        ok = flat && tree && same_index(flat, tree, why, sizeof why);
+    else if (ok)
+        ok = strcmp(df.text, dt.text) == 0 && !flat && !tree;
+    CHECK_MSG(ok, "%s: flat %s (%s) vs tree %s (%s) %s", what, cks_strerror(ef), df.text, cks_strerror(et), dt.text,
+              why);
+    cks_st_index_free(flat);
+    cks_st_index_free(tree);
+    return ok;
+}
+
+static void index_fixtures_agree(void)
+{
+    for (size_t i = 0; i < st_n_index_fixtures; i++) {
+        const st_index_fixture *fx = &st_index_fixtures[i];
+        size_t len = strlen(fx->json);
+        index_agrees(fx->json, len, fx->name);
+        /* the valid one is plain: it must be read flat; the broken ones must not be */
+        CHECK_MSG(cks_st_index_flat_accepts(fx->json, len) == (fx->expect == CKS_OK), "%s", fx->name);
+    }
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, f) == (size_t)n) {
+        *len = (size_t)n;
+    } else {
+        free(buf);
+        buf = NULL;
+    }
+    if (f)
+        fclose(f);
+    return buf;
+}
+
+static void index_corpus_and_realdata_agree(void)
+{
+    const char *root = getenv("CKS_ROOT"), *real = getenv("CKS_REALDATA");
+    char dir[1024], path[1300];
+    size_t n = 0, len;
+    snprintf(dir, sizeof dir, "%s/tests/fuzz/corpus/fuzz_index", root ? root : ".");
+    DIR *d = opendir(dir);
+    CHECK_MSG(d != NULL, "cannot open %s", dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        char *buf = slurp(path, &len);
+        if (buf)
+            index_agrees(buf, len, e->d_name);
+        free(buf);
+        n++;
+    }
+    if (d)
+        closedir(d);
+    CHECK_MSG(n >= 5, "only %zu corpus files in %s", n, dir);
+    /* an index another tool wrote (FluxML's SafeTensors.jl): plain, so read flat */
+    snprintf(path, sizeof path, "%s/fluxml-safetensors-jl/sharded/model.safetensors.index.json",
+             real ? real : "../shared/realdata");
+    char *buf = slurp(path, &len);
+    if (buf) {
+        CHECK(index_agrees(buf, len, "realdata index"));
+        CHECK(cks_st_index_flat_accepts(buf, len));
+    }
+    free(buf);
+}
+
+enum index_mangle {
+    IX_NONE,
+    IX_ESCAPE, IX_DUP_NAME, IX_DUP_META, IX_DUP_MAP, IX_UNSAFE_PATH, IX_EXTRA_KEY, IX_NO_MAP, IX_NUMBER_VALUE,
+    IX_NESTED_META, IX_FLOAT_TOTAL, IX_TRAILING, IX_EMPTY_PATH, IX_DUP_TOTAL,
+    IX_COUNT
+};
+
+/* An index as transformers writes one (indented or compact, names in layer order or not,
+ * shards of one or many), or mangled one way. */
+static void make_index(enum index_mangle m, struct text *out)
+{
+    unsigned n = 1 + pick(300), shards = 1 + pick(12), dup = pick(n), bad = pick(n);
+    const char *sp = pick(2) ? "" : " ", *nl = pick(2) ? "" : "\n  ";
+    out->len = 0;
+    put(out, "{%s", nl);
+    bool needs_meta = m == IX_NESTED_META || m == IX_FLOAT_TOTAL || m == IX_DUP_META || m == IX_DUP_TOTAL;
+    if (m != IX_NO_MAP && (needs_meta || pick(4))) {
+        put(out, "\"metadata\":%s{", sp);
+        if (m == IX_NESTED_META)
+            put(out, "\"info\": {\"a\": 1}");
+        else if (m == IX_FLOAT_TOTAL)
+            put(out, "\"total_size\": 1.5e3");
+        else if (pick(3))
+            put(out, "\"total_size\":%s%u%s", sp, pick(1000000), pick(2) ? ", \"total_parameters\": \"7B\"" : "");
+        if (m == IX_DUP_TOTAL)
+            put(out, "\"total_size\": 5, \"total_size\": 6");
+        put(out, "},%s", nl);
+        if (m == IX_DUP_META)
+            put(out, "\"metadata\": {},%s", nl);
+    }
+    if (m == IX_EXTRA_KEY)
+        put(out, "\"format\": \"pt\",%s", nl);
+    if (m != IX_NO_MAP) {
+        put(out, "\"weight_map\":%s{", sp);
+        for (unsigned i = 0; i < n; i++) {
+            unsigned layer = pick(3) ? i / 7 : pick(40), shard = 1 + layer * shards / 43;
+            const char *part = pick(5) ? "mlp.experts" : "self_attn.ñ";
+            put(out, "%s%s\"model.layers.%u.%s.%u%s.weight\":%s", i ? "," : "", nl, layer, part, i,
+                m == IX_ESCAPE && i == bad ? "\\u00e9" : "", sp);
+            if (i == dup && m == IX_DUP_NAME) /* the same name again, mapped elsewhere */
+                put(out, "\"x.safetensors\", \"model.layers.%u.%s.%u.weight\": ", layer, part, i);
+            if (m == IX_NUMBER_VALUE && i == bad)
+                put(out, "%u", shard);
+            else if (m == IX_UNSAFE_PATH && i == bad)
+                put(out, "\"../model-%05u-of-%05u.safetensors\"", shard, shards);
+            else if (m == IX_EMPTY_PATH && i == bad)
+                put(out, "\"\"");
+            else
+                put(out, "\"%smodel-%05u-of-%05u.safetensors\"", pick(8) ? "" : "sub/", shard, shards);
+        }
+        put(out, "}");
+        if (m == IX_DUP_MAP)
+            put(out, ", \"weight_map\": {}");
+    }
+    put(out, "%s}%s", nl, m == IX_TRAILING ? " x" : "\n");
+}
+
+static void generated_indexes_agree(void)
+{
+    struct text f = {0};
+    size_t flat_taken = 0, plain = 0, declined = 0, odd = 0, failures = 0;
+    for (int round = 0; round < 3000 && failures < 5; round++) {
+        enum index_mangle m = round % 2 ? (enum index_mangle)(1 + pick(IX_COUNT - 1)) : IX_NONE;
+        make_index(m, &f);
+        if (!index_agrees(f.s, f.len, m == IX_NONE ? "plain index" : "mangled index"))
+            failures++;
+        bool flat = cks_st_index_flat_accepts(f.s, f.len);
+        if (m == IX_NONE) {
+            plain++;
+            flat_taken += flat;
+        } else {
+            odd++;
+            declined += !flat;
+        }
+    }
+    free(f.s);
+    CHECK_MSG(plain > 1000 && flat_taken == plain, "the flat path took %zu of %zu plain indexes", flat_taken, plain);
+    CHECK_MSG(odd > 1000 && declined == odd, "the flat path declined %zu of %zu odd indexes", declined, odd);
+}
+
+/*
+ * The raw checks run eight bytes at a time: a bad byte must be found wherever it sits in a
+ * word, at every offset of a long string value, and named at its own file offset. The
+ * expected offset is where this test put the byte.
+ */
+/* A file of this header (at most 500 bytes) and one byte of data, through cks_st_parse. */
+static cks_err parse_one_byte_file(const char *json, size_t n, cks_diag *d)
+{
+    uint8_t buf[600];
+    cks_st_header *h = NULL;
+    for (int k = 0; k < 8; k++)
+        buf[k] = (uint8_t)((uint64_t)n >> (8 * k));
+    memcpy(buf + 8, json, n);
+    buf[8 + n] = 0;
+    cks_err err = cks_st_parse(buf, 8 + n + 1, 8 + (uint64_t)n + 1, &h, NULL, d);
+    cks_st_header_free(h);
+    return err;
+}
+
+static void raw_checks_find_every_position(void)
+{
+    static const struct {
+        const char *bad;    /* spliced into a metadata value */
+        const char *says;   /* in the message */
+    } cases[] = {
+        {"\x01", "raw control byte inside a string"},
+        {"\n", "raw control byte inside a string"},
+        {"\xff", "not valid UTF-8"},
+        {"\xc0\x80", "not valid UTF-8"},
+        {"\xed\xa0\x80", "not valid UTF-8"},
+        {"\\u0000", "escaped NUL"},
+    };
+    char json[512], value[80], want_at[64];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (size_t pos = 0; pos < 41; pos++) {
+            memset(value, 'a', 40);
+            value[40] = '\0';
+            int n = snprintf(json, sizeof json,
+                             "{\"__metadata__\":{\"key\":\"%.*s%s%s\"},\"t\":{\"dtype\":\"U8\",\"shape\":[1],"
+                             "\"data_offsets\":[0,1]}}",
+                             (int)pos, value, cases[c].bad, value + pos);
+            size_t at = 8 + strlen("{\"__metadata__\":{\"key\":\"") + pos;
+            cks_diag d = {{0}};
+            cks_err err = parse_one_byte_file(json, (size_t)n, &d);
+            snprintf(want_at, sizeof want_at, "offset %zu", at);
+            CHECK_MSG(err != CKS_OK && strstr(d.text, cases[c].says) && strstr(d.text, want_at),
+                      "case %zu at %zu: %s (want \"%s\" at %zu)", c, pos, d.text, cases[c].says, at);
+        }
+    /* and a clean 40-byte value around every position parses */
+    for (size_t pos = 0; pos < 41; pos++) {
+        memset(value, 'a', 40);
+        value[pos < 40 ? pos : 39] = 'z';
+        value[40] = '\0';
+        int n = snprintf(json, sizeof json,
+                         "{\"__metadata__\":{\"key\":\"%s\"},\"t\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}",
+                         value);
+        cks_diag d = {{0}};
+        CHECK_MSG(parse_one_byte_file(json, (size_t)n, &d) == CKS_OK, "%s", d.text);
+    }
+}
+
+TEST_MAIN(T(raw_checks_find_every_position), T(fixture_table_agrees), T(fuzz_corpus_agrees), T(realdata_agrees), T(generated_headers_agree),
+          T(written_checkpoint_agrees), T(index_fixtures_agree), T(index_corpus_and_realdata_agree),
+          T(generated_indexes_agree))
