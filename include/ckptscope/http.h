@@ -27,6 +27,7 @@
 #ifndef CKPTSCOPE_HTTP_H
 #define CKPTSCOPE_HTTP_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -68,6 +69,13 @@ typedef struct cks_http_config {
 } cks_http_config;
 
 cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag);
+
+/* libcurl's global set-up (OpenSSL's with it: ~2 ms here) begun on a thread of its own, so
+ * that it runs while the caller does other first work (the disk cache's opening); the first
+ * cks_http_new waits for it if it is not done. False when no thread could be had (the first
+ * cks_http_new then does it). A started thread is joined with cks_http_init_join. */
+bool cks_http_init_begin(pthread_t *thread);
+void cks_http_init_join(pthread_t thread);
 void cks_http_free(cks_http *http);
 
 /* Counters since cks_http_new. */

@@ -366,6 +366,23 @@ static void curl_init_once(void)
     curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+static void *init_main(void *arg)
+{
+    (void)arg;
+    pthread_once(&curl_once, curl_init_once);
+    return NULL;
+}
+
+bool cks_http_init_begin(pthread_t *thread)
+{
+    return pthread_create(thread, NULL, init_main, NULL) == 0;
+}
+
+void cks_http_init_join(pthread_t thread)
+{
+    pthread_join(thread, NULL);
+}
+
 cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
 {
     static const cks_http_config defaults;
