@@ -35,6 +35,10 @@ void cks_blas_set_threads(int n);
 /* "OpenBLAS <version/config>" or "built-in loops (OpenBLAS could not be loaded: why)". */
 const char *cks_blas_name(void);
 
+/* Why the plain loops run, once a BLAS call found no usable OpenBLAS; NULL when OpenBLAS is
+ * in use, when the loops were forced, or when no BLAS call was made (nothing is loaded here). */
+const char *cks_blas_fallback_reason(void);
+
 /* Tests: the plain loops from now on, whatever is loadable (before the first call only). */
 void cks_blas_use_builtin(void);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ckptscope/blas.h"
 #include "cli.h"
 #include "cli_remote.h" /* cmd_fetch */
 
@@ -26,23 +27,15 @@ static const struct command commands[] = {
     {"cache", cks_cmd_cache, "inspect and maintain the disk cache: ls, du, verify, prune, clear"},
 };
 
-/*
- * OpenBLAS starts its worker threads when it is loaded, and each spins in sched_yield for
- * about 2^28 cycles (~0.1 s) before it sleeps: in a command that does no algebra that is CPU
- * taken from the transfer (500 scattered tensors by URL: 0.27 s wall, 0.30 s CPU; with one
- * BLAS thread 0.23 s, 0.17 s; bench/io). The environment variable that prevents them is read
- * before main runs, so the commands without algebra stop them here instead, with the call
- * OpenBLAS itself makes before a fork (a later BLAS call would start them again). Weak: a
- * BLAS without it is left as it is.
- */
-extern int blas_thread_shutdown_(void) __attribute__((weak));
-
-static void stop_blas_threads_for_io(const char *command)
+/* Said once, whatever --quiet: the statistics are right but every analysis is much slower. */
+static void warn_blas_fallback(void)
 {
-    static const char *const io_commands[] = {"ls", "hash", "fetch", "diff", "cache"};
-    for (size_t i = 0; i < sizeof io_commands / sizeof io_commands[0]; i++)
-        if (strcmp(command, io_commands[i]) == 0 && blas_thread_shutdown_)
-            (void)blas_thread_shutdown_();
+    const char *why = cks_blas_fallback_reason();
+    if (why)
+        fprintf(stderr,
+                "ckptscope: warning: %s; the statistics were computed with plain loops (the same "
+                "results, much slower). Install OpenBLAS (Debian: libopenblas0).\n",
+                why);
 }
 
 /*
@@ -134,10 +127,10 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], commands[i].name) == 0) {
             int rc;
             restart_with_huge_pages(commands[i].name, argv);
-            stop_blas_threads_for_io(commands[i].name);
             cli_start(commands[i].name, argc - 1, argv + 1);
             rc = commands[i].run(argc - 1, argv + 1);
             cli_remote_finish();
+            warn_blas_fallback();
             return rc;
         }
     {

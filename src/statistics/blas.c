@@ -28,7 +28,10 @@ static struct {
     get_threads_fn get_threads; /* NULL: a BLAS without OpenBLAS's thread calls */
     set_threads_fn set_threads;
     char name[200];
+    char why[160];  /* the loops' reason, "" while OpenBLAS is in use or nothing was tried */
 } lib;
+
+static atomic_bool load_done;
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static atomic_bool builtin_forced;
@@ -64,9 +67,10 @@ static void load(void)
         get_config_fn config = (get_config_fn)dlsym(h, "openblas_get_config");
         snprintf(lib.name, sizeof lib.name, "OpenBLAS %s", config ? config() : "");
     } else {
-        snprintf(lib.name, sizeof lib.name, "built-in loops (OpenBLAS could not be loaded: %s)",
-                 why ? why : "unknown reason");
+        snprintf(lib.why, sizeof lib.why, "OpenBLAS could not be loaded: %s", why ? why : "unknown reason");
+        snprintf(lib.name, sizeof lib.name, "built-in loops (%s)", lib.why);
     }
+    atomic_store(&load_done, true);
 }
 
 /* The library's functions, or NULL for the loops below. */
@@ -74,6 +78,13 @@ static bool use_lib(void)
 {
     pthread_once(&load_once, load);
     return lib.sgemm && !atomic_load(&builtin_forced);
+}
+
+const char *cks_blas_fallback_reason(void)
+{
+    if (!atomic_load(&load_done) || atomic_load(&builtin_forced))
+        return NULL;
+    return lib.sgemm ? NULL : lib.why;
 }
 
 void cks_blas_use_builtin(void)

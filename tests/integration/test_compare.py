@@ -175,6 +175,35 @@ def acceptance(tmp):
             nulls = [t["id"] for t in (got[0] or []) if t["permutations"]]
             report(name, got[0] is not None and got[0] == got[1] and len(nulls) == len(parallel),
                    "nulls %s; %s" % (nulls, [a for a, b in zip(got[0] or [], got[1] or []) if a != b][:3]))
+        # Without a usable OpenBLAS (here a libopenblas.so.0 that lacks the CBLAS functions, found
+        # first through LD_LIBRARY_PATH) a compare still runs, on plain loops: the same verdict
+        # and statistics to rounding, and a warning that says why and what to install.
+        pair = next(p for p in manifest["pairs"] if p["transform"]["kind"] == "independent")
+        stub = os.path.join(tmp, "stub-blas")
+        os.makedirs(stub, exist_ok=True)
+        with open(os.path.join(stub, "stub.c"), "w") as f:
+            f.write("int not_a_blas;\n")
+        cc = subprocess.run(["gcc", "-shared", "-fPIC", "-o", os.path.join(stub, "libopenblas.so.0"),
+                             os.path.join(stub, "stub.c")], capture_output=True, text=True)
+        runs = []
+        for i, extra in enumerate(({}, {"LD_LIBRARY_PATH": stub})):
+            envb = dict(env, CKPTSCOPE_CACHE=os.path.join(tmp, "cache-blas-%d" % i), **extra)
+            p = subprocess.run([BIN, "compare", "--json", repo_id(pair["a"]), repo_id(pair["b"])], env=envb,
+                               capture_output=True, text=True, timeout=600)
+            runs.append((p.returncode, json.loads(p.stdout) if p.stdout.strip() else None, p.stderr))
+        (rc0, d0, e0), (rc1, d1, e1) = runs
+        if cc.returncode != 0:
+            ckstest.status("SKIP", "compare without OpenBLAS", "no gcc to build the stub: " + cc.stderr[-200:])
+        else:
+            report("compare without OpenBLAS runs and says why", rc1 == 0 and d1 is not None and
+                   "OpenBLAS could not be loaded: it lacks a CBLAS function" in e1 and "libopenblas0" in e1
+                   and "OpenBLAS could not be loaded" not in e0, "exit %d: %s" % (rc1, e1[-300:]))
+            if d0 and d1:
+                close = all(abs(a["statistic"] - b["statistic"]) <= 1e-4 * max(1.0, abs(a["statistic"]))
+                            for a, b in zip(d0["tests"], d1["tests"])
+                            if isinstance(a.get("statistic"), float) and isinstance(b.get("statistic"), float))
+                report("compare without OpenBLAS: same verdict and statistics", d0["verdict"] == d1["verdict"] and close,
+                       "%s / %s" % (d0["verdict"], d1["verdict"]))
         # T2 alone: bytes on the wire against the norm bytes, and per-test bytes in the JSON
         first = next(p for p in manifest["pairs"] if p["transform"]["kind"] == "finetune" and p["name"].startswith("glm"))
         cache2 = os.path.join(tmp, "cache-t2")

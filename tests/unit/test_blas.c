@@ -32,10 +32,12 @@ static bool have_openblas(void)
 static void opened_on_first_call(void)
 {
     CHECK(!openblas_mapped()); /* linked in, it would be mapped before main */
+    CHECK(cks_blas_fallback_reason() == NULL); /* nothing tried yet */
     int threads = cks_blas_threads();
     if (!have_openblas())
         SKIP("OpenBLAS could not be loaded here: %s", cks_blas_name());
     CHECK(openblas_mapped());
+    CHECK(cks_blas_fallback_reason() == NULL);
     CHECK(threads >= 1);
     cks_blas_set_threads(1);
     CHECK_EQ_INT(cks_blas_threads(), 1);
