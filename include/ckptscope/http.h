@@ -69,6 +69,7 @@ typedef struct cks_http_config {
 } cks_http_config;
 
 cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag);
+void cks_http_free(cks_http *http);
 
 /* libcurl's global set-up (OpenSSL's with it: ~2 ms here) begun on a thread of its own, so
  * that it runs while the caller does other first work (the disk cache's opening); the first
@@ -76,7 +77,6 @@ cks_err cks_http_new(const cks_http_config *cfg, cks_http **out, cks_diag *diag)
  * cks_http_new then does it). A started thread is joined with cks_http_init_join. */
 bool cks_http_init_begin(pthread_t *thread);
 void cks_http_init_join(pthread_t thread);
-void cks_http_free(cks_http *http);
 
 /* Counters since cks_http_new. */
 void cks_http_get_stats(const cks_http *http, cks_http_stats *out);

@@ -31,10 +31,9 @@ static struct {
     char why[160];  /* the loops' reason, "" while OpenBLAS is in use or nothing was tried */
 } lib;
 
-static atomic_bool load_done;
-
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
-static atomic_bool builtin_forced;
+static atomic_bool load_done;      /* load() has run: lib is final */
+static atomic_bool builtin_forced; /* cks_blas_use_builtin */
 
 /* Debian's runtime package installs the soname; the bare name is the -dev package's link. */
 static const char *const candidates[] = {"libopenblas.so.0", "libopenblas.so"};
@@ -73,7 +72,7 @@ static void load(void)
     atomic_store(&load_done, true);
 }
 
-/* The library's functions, or NULL for the loops below. */
+/* True: call the library's functions; false: the loops below. */
 static bool use_lib(void)
 {
     pthread_once(&load_once, load);
