@@ -155,7 +155,7 @@ void cmp_describe(const cmp_model *a, const cmp_model *b, const cmp_embed_pair *
                         y[i * rb->cols + c] = ss > 0 ? (float)(rb->v[i * rb->cols + c] / sqrt(ss)) : 0;
                 }
                 cks_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)ra->rows, (int)rb->rows, (int)ra->cols, 1.0f, x,
-                            (int)ra->cols, y, (int)rb->cols, 0.0f, s, (int)rb->rows);
+                          (int)ra->cols, y, (int)rb->cols, 0.0f, s, (int)rb->rows);
                 if (cks_lap_max_abs(s, ra->rows, rb->rows, m, sg, &total, NULL) == CKS_OK)
                     r->router_match = total / (double)(ra->rows < rb->rows ? ra->rows : rb->rows);
             }

@@ -390,7 +390,7 @@ static cks_err match_score(const float *x, const float *y, size_t rows, size_t c
 {
     cks_err err;
     cks_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)rows, (int)cols, 1.0f, x, (int)cols, y,
-                (int)cols, 0.0f, sim, (int)rows);
+              (int)cols, 0.0f, sim, (int)rows);
     err = cks_lap_max_abs(sim, rows, rows, map, sign, NULL, diag);
     if (err)
         return err;

@@ -270,7 +270,7 @@ static void dp_fill(struct dp_ctx *c, const uint32_t *perm, bool *any)
             ub = c->ubp;
         }
         cks_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->la, c->lb, (int)c->d, 1.0, c->ua[k], (int)c->d, ub,
-                    (int)c->d, 0.0, c->prod[k], c->lb);
+                  (int)c->d, 0.0, c->prod[k], c->lb);
     }
     for (int i = 0; i < c->la; i++)
         for (int j = 0; j < c->lb; j++) {

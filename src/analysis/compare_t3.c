@@ -324,7 +324,7 @@ static void cross_add(void *vctx, size_t rows)
 {
     struct cross_fill *c = vctx;
     cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)c->d, (int)c->d, (int)rows, 1.0f, c->batch_a, (int)c->d,
-                c->batch_b, (int)c->d, 1.0f, c->cross, (int)c->d);
+              c->batch_b, (int)c->d, 1.0f, c->cross, (int)c->d);
 }
 
 /* The d x d cross matrix, scaled by 1 / used: one sgemm per batch of stacked rows. */

@@ -178,7 +178,7 @@ static void best_matches(const float *ea, size_t da, const float *eb, size_t db,
     for (size_t i0 = 0; i0 < da; i0 += T4A_BLOCK) {
         size_t bi = da - i0 < T4A_BLOCK ? da - i0 : T4A_BLOCK;
         cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)bi, (int)db, (int)rows, 1.0f, ea + r0 * da + i0,
-                    (int)da, eb + r0 * db, (int)db, 0.0f, block, (int)db);
+                  (int)da, eb + r0 * db, (int)db, 0.0f, block, (int)db);
         for (size_t i = 0; i < bi; i++) {
             double top = -1;
             int32_t at = -1;
@@ -297,7 +297,7 @@ static cks_err test_alignment(const cmp_ctx *ctx, const cmp_model *a, const cmp_
         for (size_t k = 0; k < subset; k++)
             sub[r * subset + k] = ea[r * da + dims[k]];
     cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)subset, (int)db, (int)n, 1.0f, sub, (int)subset, eb,
-                (int)db, 0.0f, s0, (int)db);
+              (int)db, 0.0f, s0, (int)db);
     memcpy(sim, s0, subset * db * sizeof *sim);
     observed = median_row_max_abs(sim, subset, db, scratch);
     /* the decision rests on z >= 6, no draw as extreme and the effect floor: a derivative is

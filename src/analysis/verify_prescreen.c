@@ -759,7 +759,7 @@ static double t2_bound(const cks_verify_live *l, const cks_verify_summary *a, do
                 memset(scratch_a + (size_t)i * h, 0, h * sizeof *scratch_a);
         }
         cks_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->n_layers, b->n_layers, (int)h, 1.0, scratch_a, (int)h,
-                    l->unit[w], (int)h, 0.0, prod, b->n_layers);
+                  l->unit[w], (int)h, 0.0, prod, b->n_layers);
         for (size_t k = 0; k < (size_t)a->n_layers * (size_t)b->n_layers; k++)
             if (prod[k] > worst)
                 worst = prod[k];
@@ -929,7 +929,7 @@ cks_err cks_verify_prescreen(cks_verify_live *l, const cks_verify_summary *a, ck
     for (size_t done = 0; done < m;) {
         size_t rows = done == 0 ? first : m - done;
         cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows, (int)db, (int)n, 1.0f, ea + done, (int)m,
-                    l->memo[slot].eb, (int)db, 0.0f, sim, (int)db);
+                  l->memo[slot].eb, (int)db, 0.0f, sim, (int)db);
         for (size_t i = 0; i < rows; i++) {
             float best = 0;
             for (size_t j = 0; j < db; j++)

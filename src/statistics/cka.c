@@ -72,7 +72,7 @@ out:
 static double gram_frob2(const float *a, size_t n, size_t p, float *work)
 {
     cks_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (blasint)p, (blasint)n, 1.0f, a, (blasint)p,
-                0.0f, work, (blasint)p);
+              0.0f, work, (blasint)p);
     double diag_sum = 0, off_sum = 0;
     for (size_t i = 0; i < p; i++) {
         const float *row = work + i * p;
@@ -146,7 +146,7 @@ static void cka_evaluate(const cka_prep *p, const float *yrows, const uint32_t *
 {
     size_t n = p->n;
     cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)p->p1, (blasint)p->p2, (blasint)n,
-                1.0f, p->xc, (blasint)p->p1, yrows, (blasint)p->p2, 0.0f, p->cross, (blasint)p->p2);
+              1.0f, p->xc, (blasint)p->p1, yrows, (blasint)p->p2, 0.0f, p->cross, (blasint)p->p2);
     double frob2_cross = 0;
     for (size_t k = 0; k < p->p1 * p->p2; k++)
         frob2_cross += (double)p->cross[k] * p->cross[k];

@@ -96,7 +96,7 @@ cks_err cks_layer_pearson_matrix(const double *const *a, size_t la, const double
             goto out;
     }
     cks_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)la, (blasint)lb, (blasint)n, 1.0,
-                za, (blasint)n, zb, (blasint)n, 0.0, s, (blasint)lb);
+              za, (blasint)n, zb, (blasint)n, 0.0, s, (blasint)lb);
     for (size_t q = 0; q < la * lb; q++) /* rounding can leave |r| a hair above 1 */
         s[q] = fmax(-1.0, fmin(1.0, s[q]));
 out:

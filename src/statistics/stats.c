@@ -254,7 +254,7 @@ static void rotation_rounds(cks_rotation *rot, float *x, size_t count, size_t ro
             size_t m = block_size(rot, b), off = b * CKS_ROTATION_BLOCK;
             const float *qb = rot->blocks + (r * rot->n_blocks + b) * CKS_ROTATION_BLOCK * CKS_ROTATION_BLOCK;
             cks_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)count, (int)m, (int)m, 1.0f, rot->scratch + off,
-                        (int)n, qb, (int)m, 0.0f, x + off, (int)n);
+                      (int)n, qb, (int)m, 0.0f, x + off, (int)n);
         }
     }
 }
@@ -304,7 +304,7 @@ cks_err cks_rotation_column_norms2(cks_rotation *rot, const float *x, size_t cou
         for (size_t b = 0; b < rot->n_blocks; b++) {
             size_t m = block_size(rot, b), off = b * B;
             cks_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)m, (int)rows, 1.0f, rot->scratch + off,
-                        (int)n, rot->scratch + off, (int)n, 1.0f, gram + b * B * B, (int)m);
+                      (int)n, rot->scratch + off, (int)n, 1.0f, gram + b * B * B, (int)m);
         }
     }
     /* column off + c of block b is Z_b q_c with q_c = row c of Q_b: |.|^2 = q_c^T G_b q_c */
@@ -312,7 +312,7 @@ cks_err cks_rotation_column_norms2(cks_rotation *rot, const float *x, size_t cou
         size_t m = block_size(rot, b), off = b * B;
         const float *qb = rot->blocks + (last * rot->n_blocks + b) * B * B;
         cks_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)m, (int)m, 1.0f, qb, (int)m, gram + b * B * B,
-                    (int)m, 0.0f, qg, (int)m);
+                  (int)m, 0.0f, qg, (int)m);
         for (size_t c = 0; c < m; c++) {
             double sum = 0;
             for (size_t k = 0; k < m; k++)
@@ -770,7 +770,7 @@ cks_err cks_joint_column_pearson_perm_test(const double *const *a, const double 
             goto out;
         /* cross += (1/k) Za^T Zb */
         cks_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)n, (blasint)n, (blasint)rows[j],
-                    1.0 / (double)k, za, (blasint)n, zb, (blasint)n, 1.0, cross, (blasint)n);
+                  1.0 / (double)k, za, (blasint)n, zb, (blasint)n, 1.0, cross, (blasint)n);
     }
     cross_matrix_ctx ctx = {cross};
     err = cks_perm_test(n, cross_matrix_statistic, &ctx, seed, permutations, alternative, out, diag);
