@@ -1034,16 +1034,24 @@ const cks_tensor_info *cks_st_find(const cks_st_header *hdr, const char *name)
 
 /* ---- index ---- */
 
+/* Everything an index holds, freed; the index itself left empty. */
+static void index_clear(cks_st_index *ix)
+{
+    for (size_t i = 0; i < ix->n_entries; i++)
+        free(ix->entries[i].tensor);
+    free(ix->entries);
+    for (size_t i = 0; i < ix->n_shards; i++)
+        free(ix->shards[i]);
+    free(ix->shards);
+    memset(ix, 0, sizeof *ix);
+    ix->total_size = -1;
+}
+
 void cks_st_index_free(cks_st_index *index)
 {
     if (!index)
         return;
-    for (size_t i = 0; i < index->n_entries; i++)
-        free(index->entries[i].tensor);
-    free(index->entries);
-    for (size_t i = 0; i < index->n_shards; i++)
-        free(index->shards[i]);
-    free(index->shards);
+    index_clear(index);
     free(index);
 }
 
@@ -1287,19 +1295,6 @@ static enum flat index_flat(const char *json, size_t len, cks_st_index *ix)
     free(f.paths);
     free(f.path_lens);
     return r;
-}
-
-/* Forget what a declined flat parse made, back to an empty index. */
-static void index_clear(cks_st_index *ix)
-{
-    for (size_t i = 0; i < ix->n_entries; i++)
-        free(ix->entries[i].tensor);
-    free(ix->entries);
-    for (size_t i = 0; i < ix->n_shards; i++)
-        free(ix->shards[i]);
-    free(ix->shards);
-    memset(ix, 0, sizeof *ix);
-    ix->total_size = -1;
 }
 
 bool cks_st_index_flat_accepts(const char *json, size_t len)

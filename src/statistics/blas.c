@@ -41,12 +41,10 @@ static const char *const candidates[] = {"libopenblas.so.0", "libopenblas.so"};
 static void load(void)
 {
     void *h = NULL;
-    const char *why = "forced by the caller";
-    if (!atomic_load(&builtin_forced)) {
-        for (size_t i = 0; i < sizeof candidates / sizeof *candidates && !h; i++)
-            h = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
-        why = h ? NULL : dlerror();
-    }
+    const char *why;
+    for (size_t i = 0; i < sizeof candidates / sizeof *candidates && !h; i++)
+        h = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
+    why = h ? NULL : dlerror();
     if (h) {
         lib.sgemm = (sgemm_fn)dlsym(h, "cblas_sgemm");
         lib.dgemm = (dgemm_fn)dlsym(h, "cblas_dgemm");
