@@ -921,17 +921,41 @@ out:
     free(url);
 }
 
+struct walk;
+static cks_err resolve_walk(cks_hub *hub, struct walk *w, size_t n, const char *repo_id,
+                            bool hub_urls, cks_hub_resolved *out, cks_err *item_err,
+                            cks_http_request *extra, cks_diag *diag);
+static struct walk *ahead_walks(cks_hub *hub, cks_repo_type type, const char *repo_id,
+                                const char *qrev, const char *revision, const char *const *paths,
+                                size_t n);
+static void ahead_walks_free(struct walk *w, size_t n);
+static void ahead_keep_pinned(const cks_hub_repo *repo, const char *const *paths, size_t n,
+                              cks_hub_resolved *res, cks_err *errs);
+
 cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
                           const char *revision, cks_hub_repo **out, cks_diag *diag)
+{
+    return cks_hub_open_repo_ahead(hub, type, repo_id, revision, NULL, 0, NULL, NULL, out, diag);
+}
+
+cks_err cks_hub_open_repo_ahead(cks_hub *hub, cks_repo_type type, const char *repo_id,
+                                const char *revision, const char *const *ahead, size_t n_ahead,
+                                cks_hub_resolved *ahead_out, cks_err *ahead_errs,
+                                cks_hub_repo **out, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     cks_hub_repo *repo = calloc(1, sizeof *repo);
     char *qid = NULL, *qrev = NULL, *url = NULL, *what = NULL;
+    struct walk *walks = NULL;
     cks_http_request req;
     memset(&req, 0, sizeof req);
     *out = NULL;
     if (!revision)
         revision = "main";
+    for (size_t i = 0; i < n_ahead; i++) {
+        memset(&ahead_out[i], 0, sizeof ahead_out[i]);
+        ahead_errs[i] = CKS_ERR_HTTP; /* not resolved until shown otherwise */
+    }
     if (!repo) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
@@ -958,7 +982,21 @@ cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
         req.url = url;
         req.max_body = MAX_API_BODY;
         req.accept = "application/json";
-        err = cks_http_request_many(hub->http, &req, 1, diag);
+        if (hop == 0 && n_ahead && (walks = ahead_walks(hub, type, repo_id, qrev, revision, ahead, n_ahead))) {
+            /* the files the caller will ask for next are resolved by the revision's name beside
+             * the listing: one round trip instead of two; kept below only if pinned to the
+             * commit the listing names */
+            for (size_t i = 0; i < n_ahead; i++)
+                ahead_errs[i] = CKS_OK;
+            err = resolve_walk(hub, walks, n_ahead, repo_id, true, ahead_out, ahead_errs, &req, diag);
+            if (!err && req.err) {
+                err = req.err;
+                if (diag)
+                    *diag = req.diag;
+            }
+        } else {
+            err = cks_http_request_many(hub->http, &req, 1, diag);
+        }
         if (err)
             goto out;
         long s = req.resp.status;
@@ -995,8 +1033,11 @@ cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
                        what, revision, repo->commit);
         goto out;
     }
+    if (walks)
+        ahead_keep_pinned(repo, ahead, n_ahead, ahead_out, ahead_errs);
 out:
     cks_http_response_release(&req.resp);
+    ahead_walks_free(walks, n_ahead);
     free(qid);
     free(qrev);
     free(url);
@@ -1004,6 +1045,10 @@ out:
     if (err) {
         cks_hub_repo_free(repo);
         repo = NULL;
+        for (size_t i = 0; i < n_ahead; i++) {
+            cks_hub_resolved_release(&ahead_out[i]);
+            ahead_errs[i] = CKS_ERR_HTTP;
+        }
     }
     *out = repo;
     return err;
@@ -1208,11 +1253,11 @@ out:
  */
 static cks_err resolve_walk(cks_hub *hub, struct walk *w, size_t n, const char *repo_id,
                             bool hub_urls, cks_hub_resolved *out, cks_err *item_err,
-                            cks_diag *diag)
+                            cks_http_request *extra, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    cks_http_request *reqs = calloc(n ? n : 1, sizeof *reqs);
-    size_t *idx = calloc(n ? n : 1, sizeof *idx);
+    cks_http_request *reqs = calloc(n + 1, sizeof *reqs);
+    size_t *idx = calloc(n + 1, sizeof *idx);
     if (!reqs || !idx) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
@@ -1227,9 +1272,16 @@ static cks_err resolve_walk(cks_hub *hub, struct walk *w, size_t n, const char *
             reqs[m].url = w[i].url;
             idx[m++] = i;
         }
-        if (m == 0)
+        if (m == 0 && !extra)
             break;
-        (void)cks_http_request_many(hub->http, reqs, m, NULL);
+        /* the caller's own request rides in the first round; its answer is the caller's */
+        if (extra)
+            reqs[m] = *extra;
+        (void)cks_http_request_many(hub->http, reqs, m + (extra != NULL), NULL);
+        if (extra) {
+            *extra = reqs[m];
+            extra = NULL;
+        }
         for (size_t k = 0; k < m && !err; k++) {
             struct walk *wk = &w[idx[k]];
             cks_diag d;
@@ -1259,6 +1311,76 @@ out:
     return err;
 }
 
+/* The walks of cks_hub_open_repo_ahead: each path resolved by the revision as asked. */
+static struct walk *ahead_walks(cks_hub *hub, cks_repo_type type, const char *repo_id,
+                                const char *qrev, const char *revision, const char *const *paths,
+                                size_t n)
+{
+    struct walk *w = calloc(n, sizeof *w);
+    char *qid = cks_hub_quote(repo_id, true);
+    bool ok = w && qid;
+    for (size_t i = 0; ok && i < n; i++) {
+        char *qp = cks_hub_quote(paths[i], true);
+        w[i].url = qp ? xasprintf("%s/%s%s/resolve/%s/%s", hub->endpoint, type_prefix(type), qid,
+                                  qrev, qp)
+                      : NULL;
+        w[i].what = xasprintf("%s/%s@%s", repo_id, paths[i], revision);
+        free(qp);
+        ok = w[i].url && w[i].what;
+    }
+    free(qid);
+    if (!ok) {
+        ahead_walks_free(w, n);
+        w = NULL;
+    }
+    return w;
+}
+
+static void ahead_walks_free(struct walk *w, size_t n)
+{
+    if (!w)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(w[i].url);
+        free(w[i].what);
+    }
+    free(w);
+}
+
+/*
+ * A file resolved by a branch's name stands for the listing's commit only when its answer says
+ * so: the X-Repo-Commit of a weight's redirect, or, for a regular file (whose 307 carries no
+ * commit header), the commit in the path of the Hub's cached copy it leads to. Anything else
+ * (a push between the two requests, an answer that names no commit) is dropped, and the file
+ * is resolved again, pinned, when it is needed.
+ */
+static bool ahead_pinned(const cks_hub_resolved *r, const char *commit)
+{
+    char seg[44];
+    const char *p, *query, *at;
+    if (r->commit[0])
+        return strcmp(r->commit, commit) == 0;
+    if (!r->url || r->cross_origin || !(p = strstr(r->url, "/api/resolve-cache/")))
+        return false;
+    snprintf(seg, sizeof seg, "/%s/", commit);
+    at = strstr(p, seg);
+    query = strchr(p, '?');
+    return at && (!query || at < query);
+}
+
+static void ahead_keep_pinned(const cks_hub_repo *repo, const char *const *paths, size_t n,
+                              cks_hub_resolved *res, cks_err *errs)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (errs[i])
+            continue;
+        if (!cks_hub_repo_find(repo, paths[i]) || !res[i].url || !ahead_pinned(&res[i], repo->commit)) {
+            cks_hub_resolved_release(&res[i]);
+            errs[i] = CKS_ERR_HTTP;
+        }
+    }
+}
+
 cks_err cks_hub_resolve_many(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
                              size_t n, cks_hub_resolved *out, cks_diag *diag)
 {
@@ -1267,6 +1389,13 @@ cks_err cks_hub_resolve_many(cks_hub *hub, const cks_hub_repo *repo, const char 
 
 cks_err cks_hub_resolve_some(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
                              size_t n, cks_hub_resolved *out, cks_err *errs, cks_diag *diag)
+{
+    return cks_hub_resolve_some_with(hub, repo, paths, n, out, errs, NULL, diag);
+}
+
+cks_err cks_hub_resolve_some_with(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
+                                  size_t n, cks_hub_resolved *out, cks_err *errs,
+                                  cks_http_request *extra, cks_diag *diag)
 {
     cks_err err = CKS_OK;
     struct walk *w = calloc(n ? n : 1, sizeof *w);
@@ -1294,7 +1423,7 @@ cks_err cks_hub_resolve_some(cks_hub *hub, const cks_hub_repo *repo, const char 
     if (errs)
         for (size_t i = 0; i < n; i++)
             errs[i] = CKS_OK;
-    err = resolve_walk(hub, w, n, repo->repo_id, true, out, errs, diag);
+    err = resolve_walk(hub, w, n, repo->repo_id, true, out, errs, extra, diag);
     if (err)
         goto out;
     for (size_t i = 0; i < n; i++) {
@@ -1333,7 +1462,7 @@ cks_err cks_hub_resolve_url(cks_hub *hub, const char *url, cks_hub_resolved *out
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
     }
-    err = resolve_walk(hub, &w, 1, "", false, out, NULL, diag);
+    err = resolve_walk(hub, &w, 1, "", false, out, NULL, NULL, diag);
     if (err)
         goto out;
     if (!out->size_known) {

@@ -33,12 +33,24 @@
 
 static bool ends_with(const char *s, const char *suffix);
 
+/* The URL resolved ahead for `path` (a copy), or NULL. */
+static char *presolved_url(const cks_remote *r, const char *path)
+{
+    for (size_t i = 0; i < r->n_pre; i++)
+        if (r->pre[i].path && r->pre[i].url && strcmp(r->pre[i].path, path) == 0)
+            return strdup(r->pre[i].url);
+    return NULL;
+}
+
 /*
  * An index is about to be read: resolve it together with every .safetensors file in its
  * folder, in one parallel batch, so the shards it names are already resolved when they are
- * opened (a round trip saved). Failures of the speculative ones are ignored.
+ * opened (a round trip saved). Failures of the speculative ones are ignored. When the index
+ * was resolved beside the listing (open_listing), its body is asked for in the same batch
+ * (`body`, its URL in *body_url): the shards' resolves then cost no round trip of their own.
  */
-static void presolve_with_index(cks_remote *r, const char *index_path)
+static void presolve_with_index(cks_remote *r, const char *index_path, const cks_hub_file *f,
+                                cks_http_request *body, char **body_url)
 {
     const char *slash = strrchr(index_path, '/');
     size_t dl = slash ? (size_t)(slash - index_path) + 1 : 0;
@@ -46,33 +58,34 @@ static void presolve_with_index(cks_remote *r, const char *index_path)
     cks_hub_resolved *res = calloc(r->repo->n_files + 1, sizeof *res);
     cks_err *errs = calloc(r->repo->n_files + 1, sizeof *errs);
     size_t n = 0;
-    if (!paths || !res || !errs || r->n_pre)
+    if (!paths || !res || !errs || r->presolved_index)
         goto out;
-    paths[n++] = index_path;
+    r->presolved_index = true;
+    if (!remote_presolved_has(r, index_path))
+        paths[n++] = index_path;
+    else if (!f->lfs && f->size_known && f->size > 0 && f->size <= MAX_SMALL_FILE &&
+             (*body_url = presolved_url(r, index_path))) {
+        body->method = "GET";
+        body->url = *body_url;
+        body->max_body = (size_t)f->size;
+    }
     for (size_t i = 0; i < r->repo->n_files; i++) {
         const char *p = r->repo->files[i].path;
         /* the shards, and the two small files a compare reads next beside them (only for a
          * command that reads them: a batch ends with its slowest reply) */
-        if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') &&
+        if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') && !remote_presolved_has(r, p) &&
             (ends_with(p, ".safetensors") ||
              (r->reads_config && (strcmp(p + dl, "config.json") == 0 || strcmp(p + dl, "tokenizer.json") == 0))))
             paths[n++] = p;
     }
-    if (n < 2 || cks_hub_resolve_some(r->hub, r->repo, paths, n, res, errs, NULL) != CKS_OK)
-        goto out;
-    r->pre = calloc(n, sizeof *r->pre);
-    if (!r->pre)
+    if ((n == 0 && !body->method) ||
+        cks_hub_resolve_some_with(r->hub, r->repo, paths, n, res, errs, body->method ? body : NULL, NULL) != CKS_OK)
         goto out;
     for (size_t i = 0; i < n; i++) {
         if (errs[i] || !res[i].url)
             continue;
-        r->pre[r->n_pre].path = strdup(paths[i]);
-        if (!r->pre[r->n_pre].path)
-            continue;
-        r->pre[r->n_pre].url = res[i].url;
-        r->pre[r->n_pre].expires_at = res[i].expires_at;
+        (void)remote_presolved_add(r, paths[i], res[i].url, res[i].expires_at);
         res[i].url = NULL;
-        r->n_pre++;
     }
 out:
     if (res)
@@ -133,13 +146,21 @@ static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size
     cks_source *src = NULL;
     char *buf = NULL;
     const cks_hub_file *f = r->repo ? cks_hub_repo_find(r->repo, relpath) : NULL;
+    cks_http_request body;
+    char *body_url = NULL;
+    memset(&body, 0, sizeof body);
     *data = NULL;
     *len = 0;
     if (r->repo && ends_with(relpath, ".json") && f && !index_cached(r, f))
-        presolve_with_index(r, relpath);
+        presolve_with_index(r, relpath, f, &body, &body_url);
     err = cks_remote_open_file(r, relpath, &src, diag);
     if (err)
         goto out;
+    /* the body asked for beside the shards' resolves, taken only whole and as listed (the
+     * blob id check below judges its bytes like any others); otherwise it is read as usual */
+    if (body.method && !body.err && body.resp.status == 200 && !body.resp.body_truncated &&
+        body.resp.body && body.resp.body_len == src->size)
+        (void)remote_adopt(src, 0, body.resp.body, src->size, NULL);
     if (src->size > MAX_SMALL_FILE) {
         err = cks_fail(diag, CKS_ERR_UNSUPPORTED, "%s: %" PRIu64 " bytes is too large to read whole",
                        src->name, src->size);
@@ -181,6 +202,8 @@ static cks_err prov_fetch_file(void *ctx, const char *relpath, char **data, size
 out:
     free(buf);
     cks_source_free(src);
+    cks_http_response_release(&body.resp);
+    free(body_url);
     return err;
 }
 

@@ -113,6 +113,7 @@ struct cks_remote {
         double expires_at;
     } *pre;
     size_t n_pre;
+    bool presolved_index;      /* the batch beside an index was resolved (presolve_with_index) */
     int refs;
     cks_http *http;
     cks_hub *hub;
@@ -160,6 +161,13 @@ struct rsrc {
 /* ---- shared across remote_session.c, remote_source.c, remote.c ---- */
 
 void remote_distrust_listing(cks_remote *r);
+/* Keep `url` (taken) as the resolution of `path`, for the source opened on it later. False
+ * (url freed) without memory. */
+bool remote_presolved_add(cks_remote *r, const char *path, char *url, double expires_at);
+/* Keep bytes of a remote source that arrived outside a range fetch, as if fetched now. */
+cks_err remote_adopt(cks_source *src, uint64_t off, const void *bytes, uint64_t len, cks_diag *diag);
+/* True when `path` has a resolution waiting for its source. */
+bool remote_presolved_has(const cks_remote *r, const char *path);
 cks_err remote_new_source(cks_remote *r, const char *path, uint64_t size, const char *sha256,
                           const char *url, struct rsrc **out, cks_diag *diag);
 void remote_note(cks_remote *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

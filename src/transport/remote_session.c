@@ -168,6 +168,67 @@ void cks_remote_config_from_env(cks_http_config *cfg)
         cfg->max_retry_wait = d;
 }
 
+bool remote_presolved_add(cks_remote *r, const char *path, char *url, double expires_at)
+{
+    struct presolved *grown = realloc(r->pre, (r->n_pre + 1) * sizeof *grown);
+    char *copy = strdup(path);
+    if (!grown || !copy) {
+        if (grown)
+            r->pre = grown;
+        free(copy);
+        free(url);
+        return false;
+    }
+    r->pre = grown;
+    r->pre[r->n_pre++] = (struct presolved){copy, url, expires_at};
+    return true;
+}
+
+bool remote_presolved_has(const cks_remote *r, const char *path)
+{
+    for (size_t i = 0; i < r->n_pre; i++)
+        if (r->pre[i].path && strcmp(r->pre[i].path, path) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * The file a session of this spec opens first, when it is known before the listing: the
+ * index or weights file the spec names, or a folder's (the root's) model.safetensors.index.json,
+ * the name a sharded checkpoint nearly always has. A repo without one pays a parallel 404.
+ */
+static char *first_file_guess(const cks_hub_spec *spec)
+{
+    const char *p = spec->path && spec->path[0] ? spec->path : NULL;
+    size_t n = p ? strlen(p) : 0;
+    char *guess = NULL;
+    if (p && ((n > 12 && strcmp(p + n - 12, ".safetensors") == 0) || (n > 5 && strcmp(p + n - 5, ".json") == 0)))
+        return strdup(p);
+    if (asprintf(&guess, "%s%smodel.safetensors.index.json", p ? p : "", p && p[n - 1] != '/' ? "/" : "") < 0)
+        guess = NULL;
+    return guess;
+}
+
+/* The listing from the Hub, with the file the session opens first resolved in the same round
+ * trip (cks_hub_open_repo_ahead): over a 40 ms link a cold open is one round trip shorter. */
+static cks_err open_listing(cks_remote *r, const cks_hub_spec *spec, cks_diag *diag)
+{
+    char *guess = first_file_guess(spec);
+    const char *ahead[1] = {guess};
+    cks_hub_resolved res;
+    cks_err res_err = CKS_ERR_HTTP;
+    cks_err err = cks_hub_open_repo_ahead(r->hub, spec->repo_type, spec->repo_id, spec->revision,
+                                          ahead, guess ? 1 : 0, &res, &res_err, &r->repo, diag);
+    if (!err && guess && res_err == CKS_OK) {
+        (void)remote_presolved_add(r, guess, res.url, res.expires_at); /* a hint: may fail */
+        res.url = NULL;
+    }
+    if (guess && res_err == CKS_OK)
+        cks_hub_resolved_release(&res);
+    free(guess);
+    return err;
+}
+
 cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, cks_remote **out,
                         cks_diag *diag)
 {
@@ -251,8 +312,7 @@ cks_err cks_remote_open(const cks_hub_spec *spec, const cks_remote_opts *opts, c
             goto out;
         }
         if (!listed) {
-            err = cks_hub_open_repo(r->hub, spec->repo_type, spec->repo_id, spec->revision,
-                                    &r->repo, diag);
+            err = open_listing(r, spec, diag);
             if (err)
                 goto out;
             (void)cks_cache_repo_put(r->cache, endpoint, spec->repo_id, spec->revision, r->repo,

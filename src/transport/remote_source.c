@@ -1155,6 +1155,42 @@ out:
     return err;
 }
 
+/*
+ * Bytes of the file that arrived outside a range fetch (an index's body, asked for in the
+ * round trip that resolves its shards): kept exactly as fetched bytes are, in the cache and
+ * in memory, and fed to the whole-file hash. Nothing is kept when they do not fit the file.
+ */
+cks_err remote_adopt(cks_source *src, uint64_t off, const void *bytes, uint64_t len, cks_diag *diag)
+{
+    cks_err err = CKS_OK;
+    struct rsrc *s = (struct rsrc *)src;
+    cks_remote *r;
+    uint8_t *buf;
+    if (!src || src->ops != &rsrc_ops || len == 0)
+        return CKS_OK;
+    r = s->rem;
+    if (off > src->size || len > src->size - off)
+        return cks_fail(diag, CKS_ERR_INVALID_ARG, "%s: %" PRIu64 " bytes at %" PRIu64 " are past the end",
+                        src->name, len, off);
+    buf = rbuf_new(len);
+    if (!buf)
+        return cks_fail(diag, CKS_ERR_NOMEM, "out of memory for %" PRIu64 " bytes", len);
+    memcpy(buf, bytes, (size_t)len);
+    /* as fetch_wants orders it: the cache first (holding `net`, so no fetch of the key runs
+     * meanwhile), then memory and the hash under r->mu */
+    pthread_mutex_lock(&r->net);
+    cache_store(s, off, buf, len);
+    pthread_mutex_lock(&r->mu);
+    note_fetched(s, off, len);
+    sha_feed(s, off, buf, len);
+    err = add_extent(s, off, len, buf, diag); /* owns buf now, or freed it */
+    if (!err)
+        err = sha_advance(s, diag);
+    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->net);
+    return err;
+}
+
 static void *bg_main(void *arg)
 {
     cks_remote *r = arg;

@@ -130,8 +130,9 @@ class Faults:
                 raise ValueError("drip: bytes_per_second must be > 0")
             if kind == "extra_body" and f.get("content_length", "body") not in ("body", "none"):
                 raise ValueError("extra_body: content_length is body or none")
-            if kind == "listing" and not (isinstance(f.get("sizes", {}), dict) and isinstance(f.get("add", []), list)):
-                raise ValueError("listing: sizes is an object {path: size}, add a list of siblings")
+            if kind == "listing" and not (isinstance(f.get("sizes", {}), dict) and isinstance(f.get("add", []), list)
+                                          and isinstance(f.get("sha", ""), str)):
+                raise ValueError("listing: sizes is an object {path: size}, add a list of siblings, sha a commit")
             g = dict(f)
             g["kind"], g["server"] = kind, server
             g.setdefault("match", "")
@@ -1338,8 +1339,10 @@ def gzip_resp(resp):
 
 def patch_listing(resp, fault):
     """The `listing` fault: the Hub's repository listing (/api/{models,datasets}/{repo}
-    [/revision/{rev}]) reports other sizes for some files ("sizes": {path: n}, LFS size too)
-    and/or lists extra siblings ("add": [{"rfilename": ..., ...}]), e.g. a "../x" name."""
+    [/revision/{rev}]) reports other sizes for some files ("sizes": {path: n}, LFS size too),
+    lists extra siblings ("add": [{"rfilename": ..., ...}]), e.g. a "../x" name, and/or names
+    another commit ("sha": a commit of the repo; as if the branch moved between the listing and
+    a request that names the branch)."""
     if resp.status != 200 or resp.file is not None:
         return resp
     try:
@@ -1357,6 +1360,8 @@ def patch_listing(resp, fault):
             if isinstance(s.get("lfs"), dict):
                 s["lfs"]["size"] = n
     info["siblings"].extend(fault.get("add") or [])
+    if fault.get("sha"):
+        info["sha"] = fault["sha"]
     resp.body = json.dumps(info).encode()
     return resp
 

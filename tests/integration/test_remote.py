@@ -73,6 +73,10 @@ class Fixture:
         files["model.safetensors.index.json"] = idx
         self.index = idx
         self.c_sharded = hubrepo.add_repo(root, "org/sharded", files)
+        # the same files in another commit: a listing that names it stands for a branch that
+        # moved between the listing and a resolve by the branch's name
+        self.c_sharded_twin = hubrepo.add_repo(root, "org/sharded", {}, branch="twin", inherit=True,
+                                               parent=self.c_sharded)
         # a header larger than the first chunk
         big_hdr_t = [("t.%05d.some_long_tensor_name_to_make_the_header_big" % i, "U8", [4], rbytes(rnd, 4))
                      for i in range(1200)]
@@ -173,6 +177,25 @@ def token_redirects_to_cdn(log):
     return followed
 
 
+def entry_guesses(log, repo, rev="main"):
+    """The resolves by the revision's name: the file a session opens first, asked for beside the
+    listing (its answer is used only when it names the listing's commit)."""
+    return [e for e in log if e["path"].startswith("/%s/resolve/%s/" % (repo, rev))]
+
+
+def pinned_apart_from_the_guess(log, repo, commit, rev="main"):
+    """Every resolve names the commit, except at most one guess of the entry file by the
+    revision's name (a HEAD); returns the guess (or None)."""
+    guesses = entry_guesses(log, repo, rev)
+    check(len(guesses) <= 1, "%d resolves by the revision's name: %r" % (len(guesses), [g["path"] for g in guesses]))
+    for e in log:
+        if "/resolve/" in e["path"] and e not in guesses:
+            check("/resolve/%s/" % commit in e["path"], "resolve not pinned: %s" % e["path"])
+        if "/resolve/" in e["path"]:
+            check(e["method"] == "HEAD", "resolve with %s" % e["method"])
+    return guesses[0] if guesses else None
+
+
 def tensor_hashes(tensors):
     return {n: hashlib.sha256(d).hexdigest() for n, _, _, d in tensors}
 
@@ -193,11 +216,11 @@ def case_ls_single(env, fx):
     gets = cdn_gets(log)
     check(len(gets) == 1 and gets[0]["status"] == 206, "CDN GETs %r" % [(g["range"], g["status"]) for g in gets])
     check(parse_range(gets[0]["range"]) == (0, len(fx.single2) - 1), "range %r" % gets[0]["range"])
-    # pinned: every resolve names the commit, not the branch
-    for e in log:
-        if "/resolve/" in e["path"]:
-            check("/resolve/%s/" % fx.c_single in e["path"], "resolve not pinned: %s" % e["path"])
-            check(e["method"] == "HEAD", "resolve with %s" % e["method"])
+    # pinned: every resolve names the commit, not the branch, but the guess beside the listing
+    # (a repo without an index answers it 404, and the file is then resolved pinned)
+    guess = pinned_apart_from_the_guess(log, "org/single", fx.c_single)
+    check(guess and guess["path"].endswith("/model.safetensors.index.json") and guess["status"] == 404,
+          "guess %r" % guess)
     no_auth_on_cdn(log)
 
 
@@ -226,6 +249,82 @@ def case_ls_sharded_reads_headers_only(env, fx):
     heads = [e["path"] for e in log if e["server"] == "hub" and e["method"] == "HEAD" and "/resolve/" in e["path"]]
     check(len(heads) == len(set(heads)) == 5, "resolves %r" % heads)
     no_auth_on_cdn(log)
+
+
+def case_entry_resolved_beside_the_listing(env, fx):
+    # A cold open of a sharded repo: the index is resolved by the branch's name in the listing's
+    # round trip, and its body is read in the round trip that resolves the shards (two round
+    # trips before the headers, not three). The fake Hub logs when a request arrived: with the
+    # listing, the guess and the shards' resolves answered 0.3 s late, a request sent only after
+    # one of them was answered arrives 0.3 s after it.
+    cache = os.path.join(env.tmp, "cache-entry-%d" % time.time_ns())
+    with_cache = {"CKPTSCOPE_NO_CACHE": None, "CKPTSCOPE_CACHE": cache}
+    env.hub.clear_log()
+    env.hub.faults([{"server": "hub", "match": "/api/models/org/sharded/revision/main", "kind": "delay",
+                     "seconds": 0.3},
+                    {"server": "hub", "match": "/org/sharded/resolve/main/", "kind": "delay", "seconds": 0.3},
+                    {"server": "hub", "match": "/org/sharded/resolve/%s/model-0" % fx.c_sharded, "kind": "delay",
+                     "seconds": 0.3, "count": -1}])
+    try:
+        j = env.json(["ls", "org/sharded"], extra_env=with_cache)
+    finally:
+        env.hub.clear_faults()
+    check(j["source"]["commit"] == fx.c_sharded and len(j["tensors"]) == 32, "ls %r" % j["source"])
+    log = env.hub.log()
+    guess = pinned_apart_from_the_guess(log, "org/sharded", fx.c_sharded)
+    check(guess and guess["path"] == "/org/sharded/resolve/main/model.safetensors.index.json" and
+          guess["status"] == 307, "guess %r" % guess)
+    listing = [e for e in log if e["path"] == "/api/models/org/sharded/revision/main"]
+    check(len(listing) == 1 and abs(guess["t"] - listing[0]["t"]) < 0.15, "the guess and the listing took turns")
+    # the index is not resolved again, and its body comes whole, once
+    check(not any(e["path"].endswith("/resolve/%s/model.safetensors.index.json" % fx.c_sharded) for e in log),
+          "the index resolved twice")
+    idx = [e for e in log if e["method"] == "GET" and e["path"].endswith("/model.safetensors.index.json")]
+    check(len(idx) == 1 and idx[0]["status"] == 200 and idx[0]["range"] is None and
+          "/%s/" % fx.c_sharded in idx[0]["path"] and idx[0]["bytes_sent"] == len(fx.index),
+          "index GETs %r" % [(e["path"], e["status"], e["range"]) for e in idx])
+    shard_heads = [e for e in log if e["method"] == "HEAD" and "/resolve/%s/model-0" % fx.c_sharded in e["path"]]
+    check(len(shard_heads) == 4, "%d shard resolves" % len(shard_heads))
+    check(idx[0]["t"] < min(e["t"] for e in shard_heads) + 0.15, "the index body waited for the shards' resolves")
+    check(min(e["t"] for e in shard_heads) > listing[0]["t"] + 0.25, "the shards were resolved before the listing came")
+    check(len(cdn_gets(log)) == 4, "CDN GETs %d" % len(cdn_gets(log)))
+    # without a disk cache the body is kept in memory the same way
+    env.hub.clear_log()
+    j2 = env.json(["ls", "org/sharded"])
+    check(j2["tensors"] == j["tensors"], "without a cache: the tensors differ")
+    idx = [e for e in env.hub.log() if e["method"] == "GET" and e["path"].endswith("/model.safetensors.index.json")]
+    check(len(idx) == 1 and idx[0]["range"] is None, "without a cache: index GETs %r" % [(e["status"], e["range"]) for e in idx])
+    # a rerun with the cache reads it all from there
+    env.hub.clear_log()
+    j2 = env.json(["ls", "org/sharded"], extra_env=with_cache)
+    check(j2["tensors"] == j["tensors"], "rerun differs")
+    check(not any("index.json" in e["path"] for e in env.hub.log()), "the rerun asked for the index again: %r" % [(e["method"], e["path"], e["status"]) for e in env.hub.log()])
+
+
+def case_entry_guess_for_another_commit(env, fx):
+    # The branch moved between the listing and the guess: the listing names the twin commit
+    # (the same files), the guess by the branch's name answers for main's head. The guess's
+    # answer is dropped, and the index and shards are resolved pinned to the listed commit.
+    twin = fx.c_sharded_twin
+    for spec, entry in [("org/sharded", "model.safetensors.index.json"),
+                        ("hf://org/sharded/model-00002-of-00004.safetensors", "model-00002-of-00004.safetensors")]:
+        env.hub.clear_log()
+        env.hub.faults([{"server": "hub", "match": "/api/models/org/sharded/revision/main", "kind": "listing",
+                         "sha": twin}])
+        try:
+            j = env.json(["ls", spec])
+        finally:
+            env.hub.clear_faults()
+        check(j["source"]["commit"] == twin, "%s: commit %s" % (spec, j["source"]["commit"]))
+        log = env.hub.log()
+        guess = pinned_apart_from_the_guess(log, "org/sharded", twin)
+        check(guess and guess["path"] == "/org/sharded/resolve/main/" + entry, "%s: guess %r" % (spec, guess))
+        check(any(e["path"] == "/org/sharded/resolve/%s/%s" % (twin, entry) for e in log),
+              "%s: the entry was not resolved again at the listed commit" % spec)
+        for e in log:
+            if "resolve-cache" in e["path"]:
+                check("/%s/" % twin in e["path"], "%s: read at another commit: %s" % (spec, e["path"]))
+        check(cdn_gets(log), "%s: no CDN read" % spec)
 
 
 def case_ls_big_header(env, fx):
@@ -300,8 +399,9 @@ def case_hash_big_streams_and_verifies(env, fx):
     covered = sum(g["bytes_sent"] for g in gets)
     check(covered <= len(fx.big) + 65536, "read %d bytes of a %d-byte file" % (covered, len(fx.big)))
     check(all(g["status"] == 206 for g in gets), "non-206 %r" % [g["status"] for g in gets])
-    heads = [e for e in log if e["method"] == "HEAD" and "/resolve/" in e["path"]]
+    heads = [e for e in log if e["method"] == "HEAD" and "/resolve/" in e["path"] and e["status"] != 404]
     check(len(heads) == 1, "%d resolves for one file" % len(heads))
+    check(len(entry_guesses(log, "org/big")) <= 1, "more than one guess")
 
 
 def case_revisions(env, fx):
@@ -312,9 +412,13 @@ def case_revisions(env, fx):
         env.hub.clear_log()
         j = env.json(["ls", spec])
         check(j["source"]["commit"] == commit, "%s resolved to %s, want %s" % (spec, j["source"]["commit"], commit))
-        for e in env.hub.log():
-            if "/resolve/" in e["path"]:
-                check("/resolve/%s/" % commit in e["path"], "%s: unpinned %s" % (spec, e["path"]))
+        log = env.hub.log()
+        guesses = [e for e in log if "/resolve/" in e["path"] and "/resolve/%s/" % commit not in e["path"]]
+        # the one by the revision's name beside the listing, never used for another commit
+        check(len(guesses) <= 1, "%s: unpinned %r" % (spec, [e["path"] for e in guesses]))
+        for e in log:
+            if e["server"] == "cdn":
+                check(e["status"] in (200, 206), "%s: CDN %s" % (spec, e["status"]))
             if e["path"].startswith("/api/models/org/single/revision/") and "refs" in spec:
                 check("refs%2Fpr%2F1" in e["path"] or "refs%2fpr%2f1" in e["path"].lower(),
                       "revision not percent-encoded: %s" % e["path"])
@@ -504,8 +608,12 @@ def case_fault_ignore_range(env, fx):
 def case_whole_file_200_accepted(env, fx):
     # a server that ignores Range on a small regular file: asking for all of it, the 200 body
     # of exactly the announced size is the range; a partial range answered with 200 is not
+    # (the guess beside the listing fails, so the index is resolved pinned and read by range;
+    # case_entry_resolved_beside_the_listing reads it whole in the shards' round trip)
     env.hub.faults([{"server": "hub", "match": "model.safetensors.index.json", "kind": "ignore_range",
-                     "count": -1}])
+                     "count": -1},
+                    {"server": "hub", "match": "/org/sharded/resolve/main/", "kind": "status", "status": 404,
+                     "count": 1}])
     try:
         env.hub.clear_log()
         j = env.json(["ls", "org/sharded"])
@@ -603,7 +711,7 @@ def case_fault_416(env, fx):
 
 def case_fault_expired_reresolves(env, fx):
     j, log, _ = fault_case(env, fx, {"server": "cdn", "kind": "expired", "count": 1})
-    heads = [e for e in log if e["method"] == "HEAD" and "/resolve/" in e["path"]]
+    heads = [e for e in log if e["method"] == "HEAD" and "/resolve/" in e["path"] and e["status"] != 404]
     check(len(heads) == 2, "%d resolves, want 2 (initial + after 403)" % len(heads))
     check(403 in [g["status"] for g in cdn_gets(log)], "no 403")
 
@@ -886,7 +994,7 @@ def case_tls(env, fx):
         check(rc == EXIT_NETWORK and "TlsError" in err, "system CA: %d %s" % (rc, err))
 
 
-CASES = [case_arrived_ranges_are_cached_while_others_are_fetched, case_short_tails_do_not_wait_for_delayed_acks, case_small_replies_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
+CASES = [case_arrived_ranges_are_cached_while_others_are_fetched, case_short_tails_do_not_wait_for_delayed_acks, case_small_replies_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_entry_resolved_beside_the_listing, case_entry_guess_for_another_commit, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,
