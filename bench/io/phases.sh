@@ -13,7 +13,7 @@ serve=$2
 runs=${3:-15}
 work=$(mktemp -d /tmp/cks-phases.XXXXXX)
 group=cksphase
-probes=(main cks_remote_open cks_hub_open_repo cks_st_read_header cks_fetch hash_batch_helper)
+probes=(main cks_remote_open cks_hub_open_repo_ahead cks_st_read_header cks_fetch hash_batch_helper)
 cleanup() {
     perf probe -q -d "$group:*" >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -38,10 +38,10 @@ for i in $(seq "$runs"); do
     rm -rf "$work/cache-$i"
 done | /usr/bin/python3 -c '
 import statistics, sys
-order = ["execve", "main", "cks_remote_open", "cks_hub_open_repo", "cks_st_read_header",
+order = ["execve", "main", "cks_remote_open", "cks_hub_open_repo_ahead", "cks_st_read_header",
          "cks_fetch", "hash_batch_helper", "fetch_done", "exit_group"]
 label = {"execve": "process start", "main": "local setup", "cks_remote_open": "session",
-         "cks_hub_open_repo": "Hub stages and header transfer", "cks_st_read_header": "header parse",
+         "cks_hub_open_repo_ahead": "Hub stages and header transfer", "cks_st_read_header": "header parse",
          "cks_fetch": "range transfer", "hash_batch_helper": "batch hash", "fetch_done": "exit"}
 gaps, totals = {}, []
 for run in sys.stdin.read().split("END"):
