@@ -119,15 +119,6 @@ typedef struct cks_hub_repo {
 cks_err cks_hub_open_repo(cks_hub *hub, cks_repo_type type, const char *repo_id,
                           const char *revision, cks_hub_repo **out, cks_diag *diag);
 void cks_hub_repo_free(cks_hub_repo *repo);
-/* The same, and the files it is known the caller reads next (ahead[0..n)) resolved by the
- * revision's name in the listing's round trip. ahead_errs[i] is CKS_OK when ahead_out[i] holds
- * a resolution pinned to the listed commit (release each); anything else (absent, an error, an
- * answer for another commit) is not an error of the listing: that file is resolved when used. */
-struct cks_hub_resolved;
-cks_err cks_hub_open_repo_ahead(cks_hub *hub, cks_repo_type type, const char *repo_id,
-                                const char *revision, const char *const *ahead, size_t n_ahead,
-                                struct cks_hub_resolved *ahead_out, cks_err *ahead_errs,
-                                cks_hub_repo **out, cks_diag *diag);
 /* The repository listing as the Hub sends it (`/api/{models,datasets}/{id}/revision/{rev}
  * ?blobs=true`) turned into a repo (what cks_hub_open_repo does with the body); exposed for
  * the fuzz target. Files are sorted by path; unsafe names are counted, not listed. */
@@ -147,6 +138,15 @@ typedef struct cks_hub_resolved {
 } cks_hub_resolved;
 
 void cks_hub_resolved_release(cks_hub_resolved *r);
+
+/* cks_hub_open_repo, and the files the caller reads next (ahead[0..n)) resolved by the
+ * revision's name in the listing's round trip. ahead_errs[i] is CKS_OK when ahead_out[i] holds
+ * a resolution pinned to the listed commit (release each); anything else (absent, an error, an
+ * answer for another commit) is not an error of the listing: that file is resolved when used. */
+cks_err cks_hub_open_repo_ahead(cks_hub *hub, cks_repo_type type, const char *repo_id,
+                                const char *revision, const char *const *ahead, size_t n_ahead,
+                                cks_hub_resolved *ahead_out, cks_err *ahead_errs,
+                                cks_hub_repo **out, cks_diag *diag);
 
 /* Resolve n files of one repo (commit pinned) in parallel. */
 cks_err cks_hub_resolve_many(cks_hub *hub, const cks_hub_repo *repo, const char *const *paths,
