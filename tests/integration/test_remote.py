@@ -370,13 +370,17 @@ def case_config_rides_with_the_headers(env, fx):
         got = [e["method"] + " " + e["path"] for e in env.hub.log()
                if e["path"].split("?")[0].endswith(("/config.json", "/tokenizer.json"))]
         check(not got, "ls (%s) asked for %r" % ("cache" if extra else "no cache", got))
-    for tests, want in (("T1", 2), ("T2", 0)):  # T1: A and B, one session each
+    # T1: A and B open side by side, one session each: each reads it at most once, and the
+    # second may find the first one's copy already in the cache (a race: 1 or 2). T2 after it:
+    # the cache has it.
+    for tests, least, most in (("T1", 1, 2), ("T2", 0, 0)):
         env.hub.clear_log()
         rc, out, err = env.run(["compare", "org/bigshards", "org/bigshards", "--tests", tests, "--json"],
                                extra_env=with_cache)
         check(rc == 0, "compare exit %d: %s" % (rc, err[-300:]))
         got = config_gets()
-        check(len(got) == want, "compare --tests %s read config.json %d times, want %d" % (tests, len(got), want))
+        check(least <= len(got) <= most, "compare --tests %s read config.json %d times, want %d to %d"
+              % (tests, len(got), least, most))
 
 
 def case_hash_matches(env, fx):
