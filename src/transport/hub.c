@@ -925,10 +925,10 @@ struct walk;
 static cks_err resolve_walk(cks_hub *hub, struct walk *w, size_t n, const char *repo_id,
                             bool hub_urls, cks_hub_resolved *out, cks_err *item_err,
                             cks_http_request *extra, cks_diag *diag);
-static struct walk *ahead_walks(cks_hub *hub, cks_repo_type type, const char *repo_id,
-                                const char *qrev, const char *revision, const char *const *paths,
-                                size_t n);
-static void ahead_walks_free(struct walk *w, size_t n);
+static struct walk *walks_new(cks_hub *hub, cks_repo_type type, const char *repo_id,
+                              const char *url_rev, const char *shown_rev, const char *const *paths,
+                              size_t n);
+static void walks_free(struct walk *w, size_t n);
 static void ahead_keep_pinned(const cks_hub_repo *repo, const char *const *paths, size_t n,
                               cks_hub_resolved *res, cks_err *errs);
 
@@ -982,7 +982,7 @@ cks_err cks_hub_open_repo_ahead(cks_hub *hub, cks_repo_type type, const char *re
         req.url = url;
         req.max_body = MAX_API_BODY;
         req.accept = "application/json";
-        if (hop == 0 && n_ahead && (walks = ahead_walks(hub, type, repo_id, qrev, revision, ahead, n_ahead))) {
+        if (hop == 0 && n_ahead && (walks = walks_new(hub, type, repo_id, qrev, revision, ahead, n_ahead))) {
             /* the files the caller will ask for next are resolved by the revision's name beside
              * the listing: one round trip instead of two; kept below only if pinned to the
              * commit the listing names */
@@ -1037,7 +1037,7 @@ cks_err cks_hub_open_repo_ahead(cks_hub *hub, cks_repo_type type, const char *re
         ahead_keep_pinned(repo, ahead, n_ahead, ahead_out, ahead_errs);
 out:
     cks_http_response_release(&req.resp);
-    ahead_walks_free(walks, n_ahead);
+    walks_free(walks, n_ahead);
     free(qid);
     free(qrev);
     free(url);
@@ -1311,32 +1311,33 @@ out:
     return err;
 }
 
-/* The walks of cks_hub_open_repo_ahead: each path resolved by the revision as asked. */
-static struct walk *ahead_walks(cks_hub *hub, cks_repo_type type, const char *repo_id,
-                                const char *qrev, const char *revision, const char *const *paths,
-                                size_t n)
+/* A walk per path of repo_id, from /resolve/{url_rev}/ (url_rev already quoted); messages name
+ * it "repo/path@shown_rev". NULL without memory. */
+static struct walk *walks_new(cks_hub *hub, cks_repo_type type, const char *repo_id,
+                              const char *url_rev, const char *shown_rev, const char *const *paths,
+                              size_t n)
 {
-    struct walk *w = calloc(n, sizeof *w);
+    struct walk *w = calloc(n ? n : 1, sizeof *w);
     char *qid = cks_hub_quote(repo_id, true);
     bool ok = w && qid;
     for (size_t i = 0; ok && i < n; i++) {
         char *qp = cks_hub_quote(paths[i], true);
         w[i].url = qp ? xasprintf("%s/%s%s/resolve/%s/%s", hub->endpoint, type_prefix(type), qid,
-                                  qrev, qp)
+                                  url_rev, qp)
                       : NULL;
-        w[i].what = xasprintf("%s/%s@%s", repo_id, paths[i], revision);
+        w[i].what = xasprintf("%s/%s@%s", repo_id, paths[i], shown_rev);
         free(qp);
         ok = w[i].url && w[i].what;
     }
     free(qid);
     if (!ok) {
-        ahead_walks_free(w, n);
+        walks_free(w, n);
         w = NULL;
     }
     return w;
 }
 
-static void ahead_walks_free(struct walk *w, size_t n)
+static void walks_free(struct walk *w, size_t n)
 {
     if (!w)
         return;
@@ -1398,27 +1399,14 @@ cks_err cks_hub_resolve_some_with(cks_hub *hub, const cks_hub_repo *repo, const 
                                   cks_http_request *extra, cks_diag *diag)
 {
     cks_err err = CKS_OK;
-    struct walk *w = calloc(n ? n : 1, sizeof *w);
-    char *qid = cks_hub_quote(repo->repo_id, true);
-    if (!w || !qid) {
+    char shown[13];
+    snprintf(shown, sizeof shown, "%.12s", repo->commit);
+    struct walk *w = walks_new(hub, repo->type, repo->repo_id, repo->commit, shown, paths, n);
+    for (size_t i = 0; i < n; i++)
+        memset(&out[i], 0, sizeof out[i]);
+    if (!w) {
         err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
         goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        memset(&out[i], 0, sizeof out[i]);
-        char *qp = cks_hub_quote(paths[i], true);
-        if (!qp) {
-            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-            goto out;
-        }
-        w[i].url = xasprintf("%s/%s%s/resolve/%s/%s", hub->endpoint, type_prefix(repo->type), qid,
-                             repo->commit, qp);
-        w[i].what = xasprintf("%s/%s@%.12s", repo->repo_id, paths[i], repo->commit);
-        free(qp);
-        if (!w[i].url || !w[i].what) {
-            err = cks_fail(diag, CKS_ERR_NOMEM, "out of memory");
-            goto out;
-        }
     }
     if (errs)
         for (size_t i = 0; i < n; i++)
@@ -1437,13 +1425,7 @@ cks_err cks_hub_resolve_some_with(cks_hub *hub, const cks_hub_repo *repo, const 
         }
     }
 out:
-    if (w)
-        for (size_t i = 0; i < n; i++) {
-            free(w[i].url);
-            free(w[i].what);
-        }
-    free(w);
-    free(qid);
+    walks_free(w, n);
     if (err)
         for (size_t i = 0; i < n; i++)
             cks_hub_resolved_release(&out[i]);

@@ -33,15 +33,6 @@
 
 static bool ends_with(const char *s, const char *suffix);
 
-/* The URL resolved ahead for `path` (a copy), or NULL. */
-static char *presolved_url(const cks_remote *r, const char *path)
-{
-    for (size_t i = 0; i < r->n_pre; i++)
-        if (r->pre[i].path && r->pre[i].url && strcmp(r->pre[i].path, path) == 0)
-            return strdup(r->pre[i].url);
-    return NULL;
-}
-
 /*
  * An index is about to be read: resolve it together with every .safetensors file in its
  * folder, in one parallel batch, so the shards it names are already resolved when they are
@@ -61,10 +52,11 @@ static void presolve_with_index(cks_remote *r, const char *index_path, const cks
     if (!paths || !res || !errs || r->presolved_index)
         goto out;
     r->presolved_index = true;
-    if (!remote_presolved_has(r, index_path))
+    const char *index_url = remote_presolved_url(r, index_path);
+    if (!index_url)
         paths[n++] = index_path;
     else if (!f->lfs && f->size_known && f->size > 0 && f->size <= MAX_SMALL_FILE &&
-             (*body_url = presolved_url(r, index_path))) {
+             (*body_url = strdup(index_url))) {
         body->method = "GET";
         body->url = *body_url;
         body->max_body = (size_t)f->size;
@@ -73,7 +65,7 @@ static void presolve_with_index(cks_remote *r, const char *index_path, const cks
         const char *p = r->repo->files[i].path;
         /* the shards, and the two small files a compare reads next beside them (only for a
          * command that reads them: a batch ends with its slowest reply) */
-        if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') && !remote_presolved_has(r, p) &&
+        if (strncmp(p, index_path, dl) == 0 && !strchr(p + dl, '/') && !remote_presolved_url(r, p) &&
             (ends_with(p, ".safetensors") ||
              (r->reads_config && (strcmp(p + dl, "config.json") == 0 || strcmp(p + dl, "tokenizer.json") == 0))))
             paths[n++] = p;

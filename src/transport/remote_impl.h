@@ -166,8 +166,8 @@ void remote_distrust_listing(cks_remote *r);
 bool remote_presolved_add(cks_remote *r, const char *path, char *url, double expires_at);
 /* Keep bytes of a remote source that arrived outside a range fetch, as if fetched now. */
 cks_err remote_adopt(cks_source *src, uint64_t off, const void *bytes, uint64_t len, cks_diag *diag);
-/* True when `path` has a resolution waiting for its source. */
-bool remote_presolved_has(const cks_remote *r, const char *path);
+/* The resolution waiting for the source of `path` (still the session's), or NULL. */
+const char *remote_presolved_url(const cks_remote *r, const char *path);
 cks_err remote_new_source(cks_remote *r, const char *path, uint64_t size, const char *sha256,
                           const char *url, struct rsrc **out, cks_diag *diag);
 void remote_note(cks_remote *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -184,12 +184,12 @@ bool remote_presolved_add(cks_remote *r, const char *path, char *url, double exp
     return true;
 }
 
-bool remote_presolved_has(const cks_remote *r, const char *path)
+const char *remote_presolved_url(const cks_remote *r, const char *path)
 {
     for (size_t i = 0; i < r->n_pre; i++)
-        if (r->pre[i].path && strcmp(r->pre[i].path, path) == 0)
-            return true;
-    return false;
+        if (r->pre[i].path && r->pre[i].url && strcmp(r->pre[i].path, path) == 0)
+            return r->pre[i].url;
+    return NULL;
 }
 
 /*

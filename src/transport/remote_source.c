@@ -582,6 +582,15 @@ static void note_fetched(struct rsrc *s, uint64_t off, uint64_t len)
     (void)cks_rangeset_add(&s->fetched, off, len);
 }
 
+/* Bytes just fetched into memory (r->mu held): remembered as this run's, fed to the whole-file
+ * hash, kept as an extent (which owns `data` now, or freed it). */
+static cks_err keep_fetched(struct rsrc *s, uint64_t off, uint64_t len, uint8_t *data, cks_diag *diag)
+{
+    note_fetched(s, off, len);
+    sha_feed(s, off, data, len);
+    return add_extent(s, off, len, data, diag);
+}
+
 /* What the cache holds of [off, off+len) must equal the bytes just fetched; when it does not,
  * an earlier transfer stored wrong bytes that no check could catch (the file was read only
  * in part): every cached byte of the file goes (true), and the caller stores the fresh bytes. */
@@ -1124,10 +1133,7 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
     if (refresh)
         cache_store_pieces(r, srcs, pieces, np, false, dropped ? NULL : arrived.queued);
     for (size_t i = 0; i < np; i++) {
-        struct rsrc *s = srcs[i];
-        note_fetched(s, pieces[i].offset, pieces[i].length);
-        sha_feed(s, pieces[i].offset, pieces[i].dst, pieces[i].length);
-        err = add_extent(s, pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
+        err = keep_fetched(srcs[i], pieces[i].offset, pieces[i].length, pieces[i].dst, diag);
         pieces[i].dst = NULL; /* owned by the extent (or freed by add_extent) now */
         if (err)
             goto out;
@@ -1181,9 +1187,7 @@ cks_err remote_adopt(cks_source *src, uint64_t off, const void *bytes, uint64_t 
     pthread_mutex_lock(&r->net);
     cache_store(s, off, buf, len);
     pthread_mutex_lock(&r->mu);
-    note_fetched(s, off, len);
-    sha_feed(s, off, buf, len);
-    err = add_extent(s, off, len, buf, diag); /* owns buf now, or freed it */
+    err = keep_fetched(s, off, len, buf, diag);
     if (!err)
         err = sha_advance(s, diag);
     pthread_mutex_unlock(&r->mu);
