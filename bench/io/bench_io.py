@@ -5,8 +5,8 @@
             [--out bench/io/RESULTS.md] [--work bench/out/io]
 
 Setup (all on 127.0.0.1): the fake Hub (tests/fakehub) answers the API and the resolve
-redirects; nginx serves the LFS blobs (sendfile, keep-alive, ranges) as the CDN, as
-bench/scale does; for the 40 ms rows bench/scale/link.py (one simulated access line, 40 ms RTT,
+redirects; nginx serves the LFS blobs (sendfile, keep-alive, ranges) as the CDN, as bench/scale
+does but with tcp_nopush at nginx's default, off (see the call); for the 40 ms rows bench/scale/link.py (one simulated access line, 40 ms RTT,
 1 Gbit/s) sits in front of both.
 
   whole     `ckptscope hash` of a remote 2 GiB single-file checkpoint (16 BF16 tensors of
@@ -181,7 +181,11 @@ def main():
         hdr = json.loads(head[8:])
         base = len(head)
         with harness.start(store, stderr=open(os.path.join(work, "fakehub.stderr"), "w")) as hub:
-            nginx, nginx_port = bench_scale.start_nginx(work, store)
+            # nginx's default tcp_nopush (off): with it on, a reply's last short segment waits
+            # for the client's ACK of the rest, which a keep-alive client delays 40 ms, and the
+            # baseline `curl -K` took 5.5 s for the 502 ranges (ckptscope acknowledges such
+            # tails at once: test_remote short_tails_do_not_wait_for_delayed_acks)
+            nginx, nginx_port = bench_scale.start_nginx(work, store, nopush=False)
             cdn = "http://127.0.0.1:%d" % nginx_port
             hub.config(cdn_public_url=cdn)
             home = os.path.join(work, "home")
@@ -260,21 +264,28 @@ def bench_whole(args, binary, endpoint, url, work, home):
 
 
 def curl_config(path, url, pick, hdr, base):
-    """A curl -K file: the 8-byte length, the header, then every picked tensor, one range each."""
+    """A curl -K file: the 8-byte length, the header, then every picked tensor, one range each.
+    `next` between them: a config's `range` (like `output` and `write-out`) is one setting for
+    every URL unless `next` starts a new set, and without it all 502 requests asked for the
+    last tensor's range. Each transfer writes its size, so the caller can check the bytes.
+    Returns the number of ranges and their total bytes."""
     with open(path, "w") as f:
         ranges = [(0, 7), (8, base - 1)] + [(base + hdr[n]["data_offsets"][0], base + hdr[n]["data_offsets"][1] - 1)
                                             for n in pick]
-        for a, b in ranges:
-            f.write('url = "%s"\nrange = "%d-%d"\noutput = "/dev/null"\n' % (url, a, b))
-    return len(ranges)
+        f.write("\nnext\n".join('url = "%s"\nrange = "%d-%d"\noutput = "/dev/null"\nwrite-out = "%%{size_download}\\n"'
+                                 % (url, a, b) for a, b in ranges) + "\n")
+    return len(ranges), sum(b - a + 1 for a, b in ranges)
 
 
 def bench_scattered(args, binary, endpoint, url, work, home, tlist, pick, hdr, base):
     conf = os.path.join(work, "curl-ranges.conf")
-    n_ranges = curl_config(conf, url, pick, hdr, base)
+    n_ranges, n_bytes = curl_config(conf, url, pick, hdr, base)
     curl = "curl -s -K %s" % conf
     ck, base_s, rss, direct, cpu, direct_cpu, nocache, nocache_cpu = [], [], [], [], [], [], [], []
-    sh(curl)
+    sizes = subprocess.run(curl.split(), stdout=subprocess.PIPE, check=True).stdout.split()
+    if len(sizes) != n_ranges or sum(int(x) for x in sizes) != n_bytes:
+        sys.exit("bench_io: the baseline curl -K got %d transfers of %d bytes, not %d ranges of %d bytes"
+                 % (len(sizes), sum(int(x) for x in sizes), n_ranges, n_bytes))
     # cheap (~0.4 s a round), and with 5 rounds the median moved by a quarter between runs
     for i in range(max(args.runs, SCATTERED_RUNS)):
         cache = os.path.join(work, "cache-scat")

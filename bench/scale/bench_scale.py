@@ -69,7 +69,9 @@ def nginx_binary():
     raise SystemExit("nginx is not installed: run scripts/deps.sh nginx (as root) or apt-get install nginx")
 
 
-def start_nginx(work, store):
+def start_nginx(work, store, nopush=True):
+    """nginx as the CDN. `nopush` sets tcp_nopush (with sendfile: a reply's last short segment
+    waits until the rest is acknowledged); nginx's own default is off."""
     """nginx serving every LFS blob of the store at /xet-bridge-us/<oid>/<sha256>, as the CDN."""
     blobs = os.path.join(work, "blobs")
     shutil.rmtree(blobs, ignore_errors=True)
@@ -100,7 +102,7 @@ http {{
     uwsgi_temp_path {work}/nginx-tmp/uwsgi;
     scgi_temp_path {work}/nginx-tmp/scgi;
     sendfile on;
-    tcp_nopush on;
+    tcp_nopush {"on" if nopush else "off"};
     keepalive_timeout 120s;
     keepalive_requests 1000000;
     max_ranges 1;

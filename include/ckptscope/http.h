@@ -42,6 +42,7 @@ typedef struct cks_http_stats {
     uint64_t requests;        /* HTTP requests sent, including retries and resolves */
     uint64_t retries;         /* requests that were repeats of a failed one */
     uint64_t coalesced;       /* caller ranges that were merged into another request */
+    uint64_t connections;     /* connections opened, to every host */
     double seconds;           /* wall time spent inside engine calls */
 } cks_http_stats;
 
@@ -162,8 +163,8 @@ typedef struct cks_http_piece {
  * between them is cheaper to read than to skip (the gap bytes are read and dropped): the
  * engine tries gaps from 0 to coalesce_gap and keeps the plan whose estimated time,
  * cks_http_plan_cost() with the round-trip time and bandwidth measured so far, is lowest.
- * Requests above max_request are split; up to max_parallel run at once. On failure the
- * contents of every dst are unspecified.
+ * Requests above max_request are split; up to cks_http_range_parallel() run at once. On
+ * failure the contents of every dst are unspecified.
  */
 cks_err cks_http_fetch(cks_http *http, cks_http_piece *pieces, size_t n, cks_diag *diag);
 
@@ -234,6 +235,13 @@ cks_err cks_http_plan(const cks_http_piece *pieces, size_t n, uint64_t gap, uint
 
 /* Estimated seconds for a plan: ceil(n_spans / parallel) round trips plus bytes / bandwidth. */
 double cks_http_plan_cost(size_t n_spans, uint64_t bytes, unsigned parallel, double rtt, double bw);
+
+/* Range transfers to keep in flight: a data server's round trip's worth of requests (its
+ * fastest time to first byte so far, seconds, over CKS_HTTP_REQUEST_COST), at least
+ * CKS_HTTP_MIN_RANGE_PARALLEL and at most `cap`; `cap` while nothing was timed (ttfb_min 0). */
+#define CKS_HTTP_REQUEST_COST 100e-6
+#define CKS_HTTP_MIN_RANGE_PARALLEL 8u
+unsigned cks_http_range_parallel(double ttfb_min, unsigned cap);
 
 /* The scheme://host:port of a URL, lower-cased, default port filled in. Caller frees. */
 cks_err cks_http_origin(const char *url, char **out, cks_diag *diag);

@@ -270,6 +270,7 @@ void cli_remote_json_finish(cJSON *root)
     cJSON *tr = cJSON_AddObjectToObject(root, "transfer");
     cJSON_AddNumberToObject(tr, "bytes_fetched", (double)t.bytes_fetched);
     cJSON_AddNumberToObject(tr, "requests", (double)t.requests);
+    cJSON_AddNumberToObject(tr, "connections", (double)t.connections);
     cJSON_AddNumberToObject(tr, "seconds", t.seconds);
     cJSON_AddNumberToObject(tr, "retries", (double)t.retries);
     cJSON_AddNumberToObject(tr, "ranges_coalesced", (double)t.coalesced);

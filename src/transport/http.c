@@ -75,6 +75,8 @@ struct cks_http {
     unsigned max_host_conns;
     double rtt_est;          /* seconds from request sent to first byte, smoothed; 0: none yet */
     double bw_est;           /* bytes/s the link delivered on large runs, smoothed; 0: none yet */
+    double range_ttfb_min;   /* the fastest time to first byte of a range (the data server's
+                              * round trip plus its least think time); 0: none yet */
     bool multiplexed;        /* the last range transfer ran on HTTP/2 or later */
     uint64_t run_bytes;      /* range body bytes of the current run, for bw_est */
     cks_http_progress_fn progress;
@@ -742,6 +744,7 @@ static int on_socket_open(void *clientp, curl_socket_t fd, curlsocktype purpose)
         pthread_mutex_lock(&h->socks_mu);
         if (h->n_socks < TRACKED_SOCKETS) /* untracked beyond: those only ACK late */
             h->socks[h->n_socks++] = (struct tracked_socket){fd, 0};
+        h->stats.connections++;
         pthread_mutex_unlock(&h->socks_mu);
     }
     return CURL_SOCKOPT_OK;
@@ -1326,6 +1329,8 @@ static void measure(cks_http *h, struct xfer *x, CURLcode rc)
         start > pre) {
         double ttfb = (double)(start - pre) / 1e6;
         h->rtt_est = h->rtt_est > 0 ? 0.8 * h->rtt_est + 0.2 * ttfb : ttfb;
+        if (x->kind == XK_RANGE && (h->range_ttfb_min <= 0 || ttfb < h->range_ttfb_min))
+            h->range_ttfb_min = ttfb;
     }
     if (x->kind == XK_RANGE) {
         h->run_bytes += x->got;
@@ -1368,6 +1373,12 @@ static void report_pieces(struct xfer *x)
     }
 }
 
+/* How many range transfers to keep in flight (cks_http_range_parallel, in http_plan.c). */
+static unsigned range_parallel(const cks_http *h)
+{
+    return cks_http_range_parallel(h->range_ttfb_min, h->max_parallel);
+}
+
 /*
  * Drive transfers until all are done. With `stop_on_error`, the first transfer that fails
  * for good ends the run (the others are abandoned) and its error is returned.
@@ -1396,7 +1407,9 @@ static cks_err run(cks_http *h, struct xfer *xs, size_t n, bool stop_on_error, c
     while (n_done < n) {
         double now = mono_now();
         double soonest = -1;
-        for (size_t i = first_undone; i < n && n_active < h->max_parallel; i++) {
+        /* re-read each turn: the batch's own first replies may time the data server */
+        unsigned cap = n > 0 && xs[0].kind == XK_RANGE ? range_parallel(h) : h->max_parallel;
+        for (size_t i = first_undone; i < n && n_active < cap; i++) {
             struct xfer *x = &xs[i];
             if (x->done || x->active)
                 continue;
@@ -1574,9 +1587,8 @@ static cks_err choose_plan(cks_http *h, const cks_http_piece *pieces, size_t n, 
     cks_err err = CKS_OK;
     double rtt = h->rtt_est > 0 ? h->rtt_est : DEFAULT_RTT;
     double bw = h->bw_est > 0 ? h->bw_est : DEFAULT_BANDWIDTH;
-    unsigned parallel = h->multiplexed ? h->max_parallel
-                                       : (h->max_host_conns < h->max_parallel ? h->max_host_conns
-                                                                              : h->max_parallel);
+    unsigned in_flight = range_parallel(h);
+    unsigned parallel = h->multiplexed || h->max_host_conns >= in_flight ? in_flight : h->max_host_conns;
     double best_cost = 0;
     *best = NULL;
     *n_best = 0;

@@ -396,6 +396,7 @@ void cks_workspace_totals(const cks_workspace *w, cks_http_stats *out)
         out->requests += s.requests;
         out->retries += s.retries;
         out->coalesced += s.coalesced;
+        out->connections += s.connections;
         out->seconds += s.seconds;
     }
 }

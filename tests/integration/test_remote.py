@@ -891,6 +891,42 @@ def case_short_tails_do_not_wait_for_delayed_acks(env, fx):
     check(took < 0.8, "%d ranges took %.2f s: the client waits for its own delayed ACKs" % (len(names), took))
 
 
+def case_range_parallelism_follows_the_round_trip(env, fx):
+    """32 separate ranges (coalescing off). From a data server that answers in 0.3 s (fault
+    `delay`), all 32 are in flight at once: 32 round trips one after another would take ~10 s.
+    From the fake Hub's own CDN on loopback, whose first reply takes a millisecond or so,
+    fewer connections than ranges carry them: more parallel requests than fit in a round trip
+    only add connections (cks_http_range_parallel; the rule's numbers are tests/unit/test_http.c's)."""
+    names = ["tail.%02d" % i for i in range(1, 64, 2)]
+    want = {n: hashlib.sha256(d).hexdigest() for n, _, _, d in fx.tails_t if n in names}
+    extra = {"CKPTSCOPE_COALESCE_GAP": "0"}
+
+    def fetch():
+        env.hub.clear_log()
+        t0 = time.time()
+        j = env.json(["fetch", "org/tails"] + [a for n in names for a in ("--tensor", n)], extra_env=extra)
+        took = time.time() - t0
+        check({t["name"]: t["sha256"] for t in j["tensors"]} == want, "tensor hashes")
+        gets = [g for g in cdn_gets(env.hub.log()) if g.get("range") and parse_range(g["range"])[0] > 0]
+        check(len(gets) >= len(names), "%d range requests for %d tensors" % (len(gets), len(names)))
+        return j["transfer"]["connections"], sorted(g["t"] for g in gets[-len(names):]), took
+
+    env.hub.faults([{"server": "cdn", "match": "", "kind": "delay", "seconds": 0.3, "count": -1}])
+    try:
+        slow_conns, arrivals, took = fetch()
+    finally:
+        env.hub.clear_faults()
+    print("range parallelism: slow server %d connections, the 32 ranges sent within %.3f s, %.2f s in all"
+          % (slow_conns, arrivals[-1] - arrivals[0], took), file=sys.stderr)
+    check(arrivals[-1] - arrivals[0] < 0.25, "the 32 ranges were sent over %.2f s: not all in one round trip"
+          % (arrivals[-1] - arrivals[0]))
+    check(slow_conns >= len(names), "%d connections for 32 ranges in flight at once" % slow_conns)
+    quick_conns, _, _ = fetch()
+    print("range parallelism: quick server %d connections" % quick_conns, file=sys.stderr)
+    check(quick_conns < len(names), "%d connections for 32 ranges from a server answering in ~1 ms: one per "
+          "range, as many as on a slow link" % quick_conns)
+
+
 def case_small_replies_do_not_wait_for_delayed_acks(env, fx):
     """32 ranges of 200 bytes, one after another on one connection, from a server that writes
     each reply's headers and body separately under Nagle's rule (fault `nagle`): the body
@@ -998,7 +1034,7 @@ def case_tls(env, fx):
         check(rc == EXIT_NETWORK and "TlsError" in err, "system CA: %d %s" % (rc, err))
 
 
-CASES = [case_arrived_ranges_are_cached_while_others_are_fetched, case_short_tails_do_not_wait_for_delayed_acks, case_small_replies_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_entry_resolved_beside_the_listing, case_entry_guess_for_another_commit, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
+CASES = [case_arrived_ranges_are_cached_while_others_are_fetched, case_short_tails_do_not_wait_for_delayed_acks, case_range_parallelism_follows_the_round_trip, case_small_replies_do_not_wait_for_delayed_acks, case_ls_single, case_ls_sharded_reads_headers_only, case_entry_resolved_beside_the_listing, case_entry_guess_for_another_commit, case_ls_big_header, case_ls_index_sizes_the_header_reads, case_config_rides_with_the_headers, case_hash_matches,
          case_hash_big_streams_and_verifies, case_revisions, case_dataset_and_folder, case_renamed_repo, case_url_source,
          case_private, case_verbose_never_shows_token, case_progress_on_a_terminal, case_token_files, case_invalid_token, case_gated, case_missing,
          case_fault_ignore_range, case_whole_file_200_accepted, case_fault_wrong_content_range, case_fault_reset_resumes,

@@ -248,7 +248,22 @@ static void plan_cost_model(void)
     CHECK_NEAR(cks_http_plan_cost(64, 0, 64, 0.05, 1e6), 0.05, 1e-12);
 }
 
-TEST_MAIN(T(plan_cost_model), T(content_range_valid), T(content_range_invalid), T(range_reply_verdicts),
+static void range_parallel_fits_the_round_trip(void)
+{
+    /* nothing timed yet: the full count */
+    CHECK(cks_http_range_parallel(0, 64) == 64);
+    /* loopback (0.2 ms to the first byte): two requests' worth, raised to the floor of 8 */
+    CHECK(cks_http_range_parallel(0.0002, 64) == 8);
+    /* a LAN (1.5 ms): 15 requests cover the round trip */
+    CHECK(cks_http_range_parallel(0.0015, 64) == 15);
+    /* 40 ms: 400 would fit, the cap holds */
+    CHECK(cks_http_range_parallel(0.040, 64) == 64);
+    /* a user's smaller cap (CKPTSCOPE_MAX_PARALLEL=1) beats the floor */
+    CHECK(cks_http_range_parallel(0.0002, 1) == 1);
+    CHECK(cks_http_range_parallel(0.040, 3) == 3);
+}
+
+TEST_MAIN(T(range_parallel_fits_the_round_trip), T(plan_cost_model), T(content_range_valid), T(content_range_invalid), T(range_reply_verdicts),
           T(header_capture), T(retry_after), T(ratelimit_header),
           T(backoff), T(origin), T(plan_coalesces_and_splits), T(plan_merge_respects_max_request),
           T(engine_refuses_bad_token))
