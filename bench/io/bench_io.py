@@ -343,7 +343,8 @@ def render(args, res):
     L = ["# I/O goals of issue 15 (bench/io)\n",
          "Written by `bash bench/io/run.sh BUILD` (`make bench`) on %s UTC; every ratio compares runs of this "
          "invocation, taking turns (%d each). Servers: the fake Hub on 127.0.0.1 for the API and the resolve "
-         "redirects, nginx for the file bytes (sendfile, keep-alive), as bench/scale sets them up; the 40 ms rows "
+         "redirects, nginx for the file bytes (sendfile, keep-alive, tcp_nopush off: nginx's default), as bench/scale "
+         "sets them up otherwise; the 40 ms rows "
          "go through bench/scale/link.py (40 ms RTT, 1 Gbit/s). Load average at the end: %.2f %.2f %.2f (2 cores, "
          "shared).\n" % (time.strftime("%Y-%m-%d %H:%M", time.gmtime()), args.runs, *os.getloadavg()),
          "| goal | ckptscope (min / median) | anchor (min / median) | ratio (median; min) | target | met |",
@@ -394,7 +395,10 @@ def render(args, res):
     L.append("Ratios are anchor time ÷ ckptscope time (above 1: ckptscope is faster). Each ckptscope run is a fresh "
              "process with an empty cache (`CKPTSCOPE_CACHE` in a scratch folder), so it includes the listing, the "
              "resolve redirect, the header and writing the bytes to its disk cache; the anchors write nothing. "
-             "Peak RSS and CPU are GNU time's (`/usr/bin/time -f %M`).\n")
+             "Peak RSS and CPU are GNU time's (`/usr/bin/time -f %M`). The `curl -K` file separates its 502 "
+             "transfers with `next` (without it, a config's one `range` applied to every URL: all 502 asked for the "
+             "last tensor's range, as the runs before 2026-12-06 16:11 did) and the bench checks, before timing, "
+             "that they bring the ranges' bytes.\n")
     L.append("Commands (from the repository root):\n")
     L.append("```")
     L.append("/usr/bin/python3 bench/io/bench_io.py --bin %s --runs %d --big-mib %d" % (
