@@ -118,21 +118,42 @@ static void *map_huge(size_t len)
     return (void *)start;
 }
 
+/* Where a block's first slot starts. */
+#define RBUF_BLOCK_HEAD round_up(sizeof(struct rbuf_block), RBUF_SLOT_ALIGN)
+
+/* A block with room for `bytes` of slots, `live` references counted; NULL when no mapping. */
+static struct rbuf_block *rbuf_block_new(size_t bytes, size_t live)
+{
+    size_t map_len = round_up(RBUF_BLOCK_HEAD + bytes, HUGE_PAGE_BYTES);
+    struct rbuf_block *b = map_huge(map_len);
+    if (b) {
+        atomic_init(&b->live, live);
+        b->map_len = map_len;
+    }
+    return b;
+}
+
+/* The bytes of the slot at `at` in block b; with `claim`, the slot becomes an rbuf of one
+ * reference (the block's count is the caller's to keep). */
+static uint8_t *rbuf_slot_at(struct rbuf_block *b, size_t at, bool claim)
+{
+    struct rbuf_head *h = (struct rbuf_head *)(void *)((uint8_t *)b + at);
+    if (claim) {
+        atomic_init(&h->refs, 1);
+        h->block = b;
+    }
+    return h->bytes;
+}
+
 /* Give each of pieces[first, last) a slot of one new block. */
 static bool rbuf_fill_block(cks_http_piece *pieces, size_t first, size_t last, size_t bytes)
 {
-    size_t used = round_up(sizeof(struct rbuf_block), RBUF_SLOT_ALIGN);
-    size_t map_len = round_up(used + bytes, HUGE_PAGE_BYTES);
-    struct rbuf_block *b = map_huge(map_len);
+    struct rbuf_block *b = rbuf_block_new(bytes, last - first);
     if (!b)
         return false;
-    atomic_init(&b->live, last - first);
-    b->map_len = map_len;
+    size_t used = RBUF_BLOCK_HEAD;
     for (size_t i = first; i < last; i++) {
-        struct rbuf_head *h = (struct rbuf_head *)(void *)((uint8_t *)b + used);
-        atomic_init(&h->refs, 1);
-        h->block = b;
-        pieces[i].dst = h->bytes;
+        pieces[i].dst = rbuf_slot_at(b, used, true);
         used += rbuf_slot_size(pieces[i].length);
     }
     return true;
@@ -178,7 +199,7 @@ static bool rbuf_new_pieces(cks_http_piece *pieces, size_t n)
  */
 struct rbuf_arena {
     struct rbuf_block *block; /* NULL: none mapped yet */
-    size_t used, cap;         /* bytes of the block given out; its size */
+    size_t used;              /* bytes of the block given out (its head included) */
     uint64_t left;            /* bytes the batch may still ask for, sizing the next block */
 };
 
@@ -190,36 +211,28 @@ static void rbuf_arena_release(struct rbuf_arena *a)
 }
 
 /* A slot's bytes for `len`, or NULL when the arena cannot give one (len too large for a slot,
- * or no mapping): the caller then uses rbuf_new. */
+ * or no mapping): the caller then uses rbuf_new. A slot-sized `len` counts as asked for. */
 static uint8_t *rbuf_arena_offer(struct rbuf_arena *a, uint64_t len)
 {
     size_t slot = rbuf_slot_size(len);
     if (slot == 0)
         return NULL;
-    if (!a->block || a->used + slot > a->cap) {
+    uint64_t want = a->left > RBUF_BLOCK_MAX ? RBUF_BLOCK_MAX : a->left;
+    a->left -= a->left > len ? len : a->left;
+    if (!a->block || a->used + slot > a->block->map_len) {
         rbuf_arena_release(a);
-        size_t head = round_up(sizeof(struct rbuf_block), RBUF_SLOT_ALIGN);
-        uint64_t want = a->left > RBUF_BLOCK_MAX ? RBUF_BLOCK_MAX : a->left;
-        size_t map_len = round_up(head + (size_t)(want > slot ? want : slot), HUGE_PAGE_BYTES);
-        struct rbuf_block *b = map_huge(map_len);
-        if (!b)
+        /* one reference for the arena itself */
+        if (!(a->block = rbuf_block_new(want > slot ? (size_t)want : slot, 1)))
             return NULL;
-        atomic_init(&b->live, 1); /* the arena's own reference */
-        b->map_len = map_len;
-        a->block = b;
-        a->used = head;
-        a->cap = map_len;
+        a->used = RBUF_BLOCK_HEAD;
     }
-    struct rbuf_head *h = (struct rbuf_head *)(void *)((uint8_t *)a->block + a->used);
-    return h->bytes;
+    return rbuf_slot_at(a->block, a->used, false);
 }
 
 /* Keep the slot just offered for `len` bytes: from now on it is an rbuf like any other. */
-static void rbuf_arena_keep(struct rbuf_arena *a, uint8_t *bytes, uint64_t len)
+static void rbuf_arena_keep(struct rbuf_arena *a, uint64_t len)
 {
-    struct rbuf_head *h = rbuf_of(bytes);
-    atomic_init(&h->refs, 1);
-    h->block = a->block;
+    (void)rbuf_slot_at(a->block, a->used, true);
     atomic_fetch_add(&a->block->live, 1);
     a->used += rbuf_slot_size(len);
 }
@@ -1093,11 +1106,9 @@ static cks_err fetch_wants(cks_remote *r, struct want *w, size_t n, bool try_net
             } else if (ng > 0) {
                 gaps = cached_gaps;
             }
-            if (in_arena)
-                arena.left -= arena.left > w[i].len ? w[i].len : arena.left;
             if (ng == 0) {
                 if (in_arena)
-                    rbuf_arena_keep(&arena, buf, w[i].len);
+                    rbuf_arena_keep(&arena, w[i].len);
                 err = add_extent(s, w[i].off, w[i].len, buf, diag);
                 if (err)
                     goto out;
